@@ -1,0 +1,88 @@
+//! Durations in the config file: a number of seconds (`30`) or a number with a unit
+//! (`"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"5d"`), because admins think in minutes and days.
+
+use serde::{Deserialize, Deserializer, Serializer};
+use std::time::Duration;
+
+pub fn parse(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration (examples: 30, \"30s\", \"5m\", \"2h\", \"5d\")"))?;
+    let secs = match unit.trim() {
+        "" | "s" | "sec" | "secs" | "second" | "seconds" => value,
+        "ms" => value / 1000.0,
+        "m" | "min" | "mins" | "minute" | "minutes" => value * 60.0,
+        "h" | "hour" | "hours" => value * 3600.0,
+        "d" | "day" | "days" => value * 86400.0,
+        other => return Err(format!("unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)")),
+    };
+    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
+        return Err(format!("duration `{s}` is out of range"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+pub fn format(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        format!("{ms}ms")
+    } else {
+        let s = d.as_secs();
+        if s != 0 && s % 86400 == 0 {
+            format!("{}d", s / 86400)
+        } else if s != 0 && s % 3600 == 0 {
+            format!("{}h", s / 3600)
+        } else if s != 0 && s % 60 == 0 {
+            format!("{}m", s / 60)
+        } else {
+            format!("{s}s")
+        }
+    }
+}
+
+pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        U(u64),
+        F(f64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::U(n) => Ok(Duration::from_secs(n)),
+        Raw::F(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
+        Raw::F(f) => Err(serde::de::Error::custom(format!("duration {f} is out of range"))),
+        Raw::S(s) => parse(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format(*d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let ok = [
+            ("30", 30_000), ("30s", 30_000), ("500ms", 500), ("5m", 300_000), ("2h", 7_200_000),
+            ("5d", 432_000_000), ("1.5s", 1500), (" 10 s ", 10_000), ("0", 0),
+        ];
+        for (s, ms) in ok {
+            assert_eq!(parse(s).unwrap().as_millis(), ms, "{s}");
+        }
+        for bad in ["", "s", "5x", "-1s", "1e999", "abc", "99999999d"] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        for d in [0, 1, 59, 60, 3600, 86400, 90] {
+            let dur = Duration::from_secs(d);
+            assert_eq!(parse(&format(dur)).unwrap(), dur);
+        }
+        assert_eq!(format(Duration::from_millis(1500)), "1500ms");
+    }
+}

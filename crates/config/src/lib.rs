@@ -1,0 +1,183 @@
+//! Configuration: one TOML file, every key overridable from the environment, validated up front.
+//!
+//! An admin who edits a config file at 7 a.m. because the scanner stopped must be told exactly
+//! which key is wrong and why, all at once, before the relay starts. So loading has two passes:
+//! figment turns the file and the environment into [`Config`] (type errors name the key and the
+//! file or variable it came from), then [`validate`] checks what types cannot (references between
+//! tables, required credentials, readable files) and reports every problem with its key path.
+//!
+//! # Layout
+//! - `schema.rs`: every key, type and default.
+//! - `duration.rs`: human durations (`"30s"`, `"5d"`).
+//! - `env.rs`: `SMTP2OAUTH_…` overrides, including entries of arrays of tables.
+//! - `validate.rs`: the semantic checks.
+
+pub mod duration;
+pub mod env;
+mod schema;
+mod validate;
+
+pub use schema::*;
+pub use validate::validate;
+
+use figment::providers::{Format, Toml};
+use figment::value::{Dict, Value};
+use figment::Figment;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// One thing wrong (or worth a warning) in the configuration, with the key it concerns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `accounts.0.client_id`; empty when the problem is not about one key.
+    pub key: String,
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Problem { key: key.into(), message: message.into() }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+/// The configuration could not be used. Holds every problem found.
+#[derive(Debug, thiserror::Error)]
+pub struct ConfigError {
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} configuration problem(s):", self.problems.len())?;
+        for p in &self.problems {
+            writeln!(f, "  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A loaded, validated configuration and the warnings found on the way.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<Problem>,
+    pub path: Option<PathBuf>,
+}
+
+/// Loads `path` (if any) and the process environment, then validates.
+pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+    load_with_env(path, std::env::vars())
+}
+
+/// Like [`load`], with the environment given explicitly (tests).
+pub fn load_with_env(
+    path: Option<&Path>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    let config = parse(path, vars)?;
+    let (problems, warnings) = validate(&config);
+    if !problems.is_empty() {
+        return Err(ConfigError { problems });
+    }
+    Ok(Loaded { config, warnings, path: path.map(Path::to_path_buf) })
+}
+
+/// Parses without semantic validation (used by `check-config` to report everything).
+pub fn parse(
+    path: Option<&Path>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let mut figment = Figment::new();
+    if let Some(p) = path {
+        if !p.exists() {
+            return Err(ConfigError {
+                problems: vec![Problem::new("", format!("configuration file {} does not exist", p.display()))],
+            });
+        }
+        figment = figment.merge(Toml::file_exact(p));
+    }
+    let base: Dict = match figment.extract::<Value>() {
+        Ok(Value::Dict(_, d)) => d,
+        Ok(_) => Dict::new(),
+        Err(e) => return Err(figment_problems(e)),
+    };
+    let overrides = env::EnvOverrides::new(&base, vars)
+        .map_err(|m| ConfigError { problems: vec![Problem::new("", m)] })?;
+    if !overrides.is_empty() {
+        figment = figment.merge(overrides);
+    }
+    figment.extract::<Config>().map_err(figment_problems)
+}
+
+fn figment_problems(err: figment::Error) -> ConfigError {
+    let problems = err
+        .into_iter()
+        .map(|e| {
+            let mut message = e.kind.to_string();
+            if let Some(md) = &e.metadata {
+                match &md.source {
+                    Some(src) => message.push_str(&format!(" (in {src})")),
+                    None => message.push_str(&format!(" (from {})", md.name)),
+                }
+            }
+            Problem::new(e.path.join("."), message)
+        })
+        .collect();
+    ConfigError { problems }
+}
+
+impl Config {
+    /// The host name to announce: `[server] hostname` or the system's.
+    pub fn hostname(&self) -> String {
+        if let Some(h) = &self.server.hostname {
+            return h.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "localhost".into())
+    }
+
+    pub fn account(&self, name: &str) -> Option<&Account> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+
+    /// Where `route = "capture"` writes for `account`.
+    pub fn capture_dir(&self, account: &Account) -> PathBuf {
+        account.capture_dir.clone().unwrap_or_else(|| self.store.dir.join("capture"))
+    }
+}
+
+impl Account {
+    /// The client secret, from `client_secret` or the file named by `client_secret_file`
+    /// (trailing newlines removed, as Docker secrets usually end with one).
+    pub fn client_secret(&self) -> Result<Option<Secret>, String> {
+        if let Some(s) = &self.client_secret {
+            return Ok(Some(s.clone()));
+        }
+        if let Some(p) = &self.client_secret_file {
+            let s = std::fs::read_to_string(p)
+                .map_err(|e| format!("cannot read client_secret_file {}: {e}", p.display()))?;
+            let s = s.trim_end_matches(['\r', '\n']).to_string();
+            if s.is_empty() {
+                return Err(format!("client_secret_file {} is empty", p.display()));
+            }
+            return Ok(Some(Secret::new(s)));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests;

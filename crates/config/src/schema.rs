@@ -1,0 +1,468 @@
+//! The configuration file's shape: every key, its type and its default.
+//!
+//! This is a contract with our users (their config files outlive our releases), so names follow
+//! the documented examples, unknown keys are errors (a typo must not silently fall back to a
+//! default), and every default is written here once. `docs/configuration.md` mirrors this file.
+
+use crate::duration;
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer, Serialize};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A secret value from the config file. Never printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Secret(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Environment variables holding digits arrive as numbers; a secret is always a string.
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::S(s) => Secret(s),
+            Raw::I(i) => Secret(i.to_string()),
+        })
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: Server,
+    pub tls: Tls,
+    pub listeners: Vec<Listener>,
+    pub store: Store,
+    pub admin: Admin,
+    pub delivery: Delivery,
+    pub accounts: Vec<Account>,
+    pub devices: Vec<Device>,
+}
+
+/// `[server]`: what the inbound SMTP server accepts, and its limits.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Server {
+    /// Name in the greeting, EHLO reply and Received header. Default: the system's host name.
+    pub hostname: Option<String>,
+    /// Bytes; advertised in SIZE and enforced while the message streams in.
+    pub max_message_size: u64,
+    /// Longest command line in bytes, CRLF included (RFC 5321 requires at least 512).
+    pub max_line_length: usize,
+    pub max_recipients: usize,
+    /// Concurrent sessions over all listeners.
+    pub max_sessions: usize,
+    pub max_sessions_per_ip: usize,
+    /// Time allowed for one whole command line to arrive (also the idle time between commands).
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+    /// Longest silence while a message body is arriving.
+    #[serde(with = "duration")]
+    pub data_timeout: Duration,
+    /// Longest a session may last, whatever it does.
+    #[serde(with = "duration")]
+    pub session_timeout: Duration,
+    /// Failed AUTH attempts allowed in one session before it is closed.
+    pub max_auth_failures: u32,
+    /// Refused commands allowed in one session before it is closed.
+    pub max_errors: u32,
+    /// Prepend a Received: header to every accepted message.
+    pub add_received_header: bool,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Server {
+            hostname: None,
+            max_message_size: 36_700_160,
+            max_line_length: 4096,
+            max_recipients: 500,
+            max_sessions: 500,
+            max_sessions_per_ip: 50,
+            command_timeout: Duration::from_secs(60),
+            data_timeout: Duration::from_secs(120),
+            session_timeout: Duration::from_secs(30 * 60),
+            max_auth_failures: 3,
+            max_errors: 20,
+            add_received_header: true,
+        }
+    }
+}
+
+/// `[tls]`: the certificate for listeners with `tls = "starttls"` or `"implicit"`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Without cert_file/key_file, generate a self-signed certificate into `<store dir>/tls/`
+    /// on first start (devices on a LAN rarely verify certificates; this makes STARTTLS work
+    /// out of the box). Set to false to require real files.
+    pub self_signed: bool,
+}
+
+impl Default for Tls {
+    fn default() -> Self {
+        Tls { cert_file: None, key_file: None, self_signed: true }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// Plain SMTP; STARTTLS is not offered.
+    None,
+    /// Plain SMTP with STARTTLS offered.
+    Starttls,
+    /// TLS from the first byte (port 465 style).
+    Implicit,
+}
+
+/// `[[listeners]]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    pub address: SocketAddr,
+    /// Label for logs and metrics. Default: `smtp-<port>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default = "default_listener_tls")]
+    pub tls: ListenerTls,
+    /// AUTH and MAIL are refused until STARTTLS.
+    #[serde(default)]
+    pub require_tls: bool,
+    /// AUTH is allowed without TLS (for devices that cannot do TLS). Off by default.
+    #[serde(default)]
+    pub allow_insecure_auth: bool,
+}
+
+fn default_listener_tls() -> ListenerTls {
+    ListenerTls::Starttls
+}
+
+impl Listener {
+    pub fn label(&self) -> String {
+        self.name.clone().unwrap_or_else(|| format!("smtp-{}", self.address.port()))
+    }
+}
+
+/// `[store]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// Spool, captures and generated keys live here. Relative paths are relative to the
+    /// working directory.
+    pub dir: PathBuf,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store { dir: PathBuf::from("/var/lib/smtp2oauth") }
+    }
+}
+
+/// `[admin]`.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Address of the admin HTTP server (health endpoints). Empty string disables it.
+    pub listen: String,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Admin { listen: "127.0.0.1:8025".into() }
+    }
+}
+
+/// `[delivery]`: how we talk to upstreams.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// Name we give in EHLO upstream. Default: `[server] hostname`.
+    pub helo_name: Option<String>,
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest wait for any one upstream reply, except the reply to the message body.
+    #[serde(with = "duration")]
+    pub command_timeout: Duration,
+    /// Longest wait for the upstream's reply after the whole message body was sent.
+    #[serde(with = "duration")]
+    pub data_timeout: Duration,
+    /// Timeout of one HTTP request to a token endpoint.
+    #[serde(with = "duration")]
+    pub http_timeout: Duration,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Delivery {
+            helo_name: None,
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(60),
+            data_timeout: Duration::from_secs(600),
+            http_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    Smtp,
+    Graph,
+    Smarthost,
+    Capture,
+}
+
+impl Route {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Route::Smtp => "smtp",
+            Route::Graph => "graph",
+            Route::Smarthost => "smarthost",
+            Route::Capture => "capture",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    Microsoft,
+    Google,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Flow {
+    ClientCredentials,
+    AuthorizationCode,
+    DeviceCode,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    Starttls,
+    Implicit,
+    /// Plain text: only for tests against local fakes; logged as a warning.
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum JwtAlg {
+    #[serde(alias = "ps256", alias = "Ps256")]
+    PS256,
+    #[serde(alias = "rs256", alias = "Rs256")]
+    RS256,
+}
+
+/// `[[accounts]]`: a mailbox we send as, and how we get its tokens and reach its upstream.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Account {
+    pub name: String,
+    pub mailbox: String,
+    #[serde(default = "default_route")]
+    pub route: Route,
+    #[serde(default = "default_provider")]
+    pub provider: Provider,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub certificate_file: Option<PathBuf>,
+    #[serde(default)]
+    pub private_key_file: Option<PathBuf>,
+    /// Signature of the JWT client assertion with a certificate credential.
+    #[serde(default = "default_jwt_alg")]
+    pub jwt_alg: JwtAlg,
+    #[serde(default = "default_flow")]
+    pub flow: Flow,
+    #[serde(default)]
+    pub rewrite_sender: bool,
+    /// Extra envelope senders this account may send as: exact addresses or patterns with `*`
+    /// and `?` (case-insensitive), e.g. `"*@contoso.com"`.
+    #[serde(default)]
+    pub allowed_senders: Vec<String>,
+    /// Identity platform base URL. Default for microsoft: `https://login.microsoftonline.com`.
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Token endpoint; default `{authority}/{tenant}/oauth2/v2.0/token`.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// Default for microsoft with client credentials: `https://outlook.office365.com/.default`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    #[serde(default)]
+    pub smtp_host: Option<String>,
+    #[serde(default)]
+    pub smtp_port: Option<u16>,
+    #[serde(default)]
+    pub smtp_tls: Option<UpstreamTls>,
+    /// Extra CA certificates (PEM) trusted for this account's upstream and token endpoint,
+    /// in addition to the built-in web PKI roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub graph_url: Option<String>,
+    /// For `route = "capture"`: where messages are written. Default `<store dir>/capture`.
+    #[serde(default)]
+    pub capture_dir: Option<PathBuf>,
+}
+
+fn default_route() -> Route {
+    Route::Smtp
+}
+fn default_provider() -> Provider {
+    Provider::Microsoft
+}
+fn default_flow() -> Flow {
+    Flow::ClientCredentials
+}
+fn default_jwt_alg() -> JwtAlg {
+    JwtAlg::PS256
+}
+
+impl Account {
+    pub fn authority(&self) -> String {
+        self.authority
+            .clone()
+            .unwrap_or_else(|| "https://login.microsoftonline.com".into())
+            .trim_end_matches('/')
+            .to_string()
+    }
+
+    /// The token endpoint URL, from `token_url` or `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub fn token_url(&self) -> Option<String> {
+        if let Some(u) = &self.token_url {
+            return Some(u.clone());
+        }
+        match self.provider {
+            Provider::Microsoft => {
+                let tenant = self.tenant.as_deref()?;
+                Some(format!("{}/{}/oauth2/v2.0/token", self.authority(), tenant))
+            }
+            Provider::Google => Some("https://oauth2.googleapis.com/token".into()),
+            Provider::Generic => None,
+        }
+    }
+
+    pub fn scope(&self) -> String {
+        if let Some(s) = &self.scope {
+            return s.clone();
+        }
+        match (self.provider, self.flow) {
+            (Provider::Google, _) => "https://mail.google.com/".into(),
+            (_, Flow::ClientCredentials) => "https://outlook.office365.com/.default".into(),
+            _ => "https://outlook.office.com/SMTP.Send offline_access".into(),
+        }
+    }
+
+    pub fn smtp_host(&self) -> String {
+        self.smtp_host.clone().unwrap_or_else(|| match self.provider {
+            Provider::Google => "smtp.gmail.com".into(),
+            _ => "smtp.office365.com".into(),
+        })
+    }
+
+    pub fn smtp_tls(&self) -> UpstreamTls {
+        self.smtp_tls.unwrap_or(UpstreamTls::Starttls)
+    }
+
+    pub fn smtp_port(&self) -> u16 {
+        self.smtp_port.unwrap_or(match self.smtp_tls() {
+            UpstreamTls::Implicit => 465,
+            _ => 587,
+        })
+    }
+}
+
+/// `[[devices]]`: who may send, and as which account.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    /// Label for logs. Default: the username.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    /// An argon2id PHC string from `smtp2oauth hash-password`.
+    #[serde(default)]
+    pub password_hash: Option<Secret>,
+    /// false: the device does not authenticate and is recognised by its address (`allow_ips`).
+    #[serde(default = "default_true")]
+    pub auth: bool,
+    /// Addresses (CIDR) the device may connect from. For `auth = false` devices this is how
+    /// they are recognised; for authenticating devices it is an extra restriction when set.
+    #[serde(default, deserialize_with = "deserialize_nets")]
+    pub allow_ips: Vec<IpNet>,
+    pub account: String,
+    /// Overrides the account's `allowed_senders` for this device when set.
+    #[serde(default)]
+    pub allowed_senders: Option<Vec<String>>,
+    /// Overrides the account's `rewrite_sender` for this device when set.
+    #[serde(default)]
+    pub rewrite_sender: Option<bool>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Device {
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .or_else(|| self.username.clone())
+            .unwrap_or_else(|| "unnamed-device".into())
+    }
+}
+
+/// Accepts CIDR networks and plain addresses (`192.168.1.50` means `/32`).
+fn deserialize_nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Error> {
+    let raw: Vec<String> = Vec::deserialize(d)?;
+    raw.iter()
+        .map(|s| {
+            let s = s.trim();
+            s.parse::<IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR network")))
+        })
+        .collect()
+}

@@ -1,0 +1,237 @@
+use super::*;
+use std::io::Write;
+
+fn write(toml: &str) -> tempfile_like::TempFile {
+    tempfile_like::TempFile::new(toml)
+}
+
+/// A tiny temp-file helper so this crate needs no dev-dependencies.
+mod tempfile_like {
+    use std::path::PathBuf;
+    pub struct TempFile(pub PathBuf);
+    impl TempFile {
+        pub fn new(content: &str) -> Self {
+            use std::sync::atomic::{AtomicU32, Ordering};
+            static N: AtomicU32 = AtomicU32::new(0);
+            let p = std::env::temp_dir().join(format!(
+                "smtp2oauth-config-test-{}-{}.toml",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            std::fs::write(&p, content).unwrap();
+            TempFile(p)
+        }
+    }
+    impl Drop for TempFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+const MINIMAL: &str = r#"
+[server]
+hostname = "relay.test"
+
+[[listeners]]
+address = "127.0.0.1:2525"
+tls = "none"
+allow_insecure_auth = true
+
+[store]
+dir = "/tmp/s2o"
+
+[[accounts]]
+name = "scanner"
+mailbox = "scanner@contoso.com"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+client_secret = "s3cret-value"
+
+[[devices]]
+username = "mfp-3f"
+password_hash = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
+account = "scanner"
+
+[[devices]]
+name = "ups-monitor"
+auth = false
+allow_ips = ["192.168.1.50/32", "10.0.0.7"]
+account = "scanner"
+"#;
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+#[test]
+fn minimal_config_loads_with_defaults() {
+    let f = write(MINIMAL);
+    let l = load_with_env(Some(&f.0), no_env()).unwrap();
+    let c = &l.config;
+    assert_eq!(c.hostname(), "relay.test");
+    assert_eq!(c.server.max_message_size, 36_700_160);
+    assert_eq!(c.listeners[0].label(), "smtp-2525");
+    let a = &c.accounts[0];
+    assert_eq!(a.token_url().unwrap(), "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
+    assert_eq!(a.scope(), "https://outlook.office365.com/.default");
+    assert_eq!((a.smtp_host().as_str(), a.smtp_port(), a.smtp_tls()), ("smtp.office365.com", 587, UpstreamTls::Starttls));
+    assert_eq!(c.devices[1].allow_ips.len(), 2);
+    assert_eq!(c.devices[1].allow_ips[1].to_string(), "10.0.0.7/32");
+    assert!(c.devices[0].auth);
+    // the plain listener with insecure auth is worth a warning
+    assert!(l.warnings.iter().any(|w| w.key == "listeners.0.allow_insecure_auth"));
+}
+
+#[test]
+fn example_config_in_repo_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/smtp2oauth.example.toml");
+    let l = load_with_env(Some(&path), no_env()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(l.config.accounts.iter().all(|a| a.route == Route::Capture));
+}
+
+#[test]
+fn secrets_are_redacted_in_debug() {
+    let f = write(MINIMAL);
+    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
+    let dbg = format!("{c:?}");
+    assert!(!dbg.contains("s3cret-value"), "{dbg}");
+    assert!(!dbg.contains("aGFzaGhh"), "{dbg}");
+    assert!(dbg.contains("[redacted]"));
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let f = write(&MINIMAL.replace("hostname = \"relay.test\"", "hostnme = \"relay.test\""));
+    let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
+    let text = e.to_string();
+    assert!(text.contains("hostnme"), "{text}");
+    assert!(text.contains(f.0.to_str().unwrap()), "names the file: {text}");
+}
+
+#[test]
+fn type_errors_name_key_and_source() {
+    let f = write(&MINIMAL.replace("[server]", "[server]\nmax_message_size = \"big\""));
+    let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
+    assert_eq!(e.problems[0].key, "server.max_message_size", "{e}");
+}
+
+#[test]
+fn env_overrides_plain_keys_and_array_entries() {
+    let f = write(MINIMAL);
+    let env = vec![
+        ("SMTP2OAUTH_SERVER__HOSTNAME".to_string(), "from-env.test".to_string()),
+        ("SMTP2OAUTH_SERVER__COMMAND_TIMEOUT".to_string(), "45s".to_string()),
+        ("SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_SECRET".to_string(), "env-secret".to_string()),
+        ("SMTP2OAUTH_ACCOUNTS__0__SMTP_PORT".to_string(), "2587".to_string()),
+        ("SMTP2OAUTH_DEVICES__UPS_MONITOR__ALLOW_IPS".to_string(), "[\"10.1.0.0/16\"]".to_string()),
+        ("SMTP2OAUTH_CONFIG".to_string(), "ignored, no __".to_string()),
+    ];
+    let c = load_with_env(Some(&f.0), env).unwrap().config;
+    assert_eq!(c.hostname(), "from-env.test");
+    assert_eq!(c.server.command_timeout.as_secs(), 45);
+    assert_eq!(c.accounts[0].client_secret.as_ref().unwrap().expose(), "env-secret");
+    assert_eq!(c.accounts[0].smtp_port(), 2587);
+    // file values of the same entry survive
+    assert_eq!(c.accounts[0].mailbox, "scanner@contoso.com");
+    assert_eq!(c.devices[1].allow_ips[0].to_string(), "10.1.0.0/16");
+    assert_eq!(c.devices.len(), 2);
+}
+
+#[test]
+fn config_from_environment_alone() {
+    let env: Vec<(String, String)> = [
+        ("SMTP2OAUTH_LISTENERS__0__ADDRESS", "127.0.0.1:2525"),
+        ("SMTP2OAUTH_LISTENERS__0__TLS", "none"),
+        ("SMTP2OAUTH_LISTENERS__0__ALLOW_INSECURE_AUTH", "true"),
+        ("SMTP2OAUTH_STORE__DIR", "/tmp/s2o-env"),
+        ("SMTP2OAUTH_ACCOUNTS__SCANNER__MAILBOX", "scanner@contoso.com"),
+        ("SMTP2OAUTH_ACCOUNTS__SCANNER__ROUTE", "capture"),
+        ("SMTP2OAUTH_DEVICES__0__USERNAME", "mfp"),
+        ("SMTP2OAUTH_DEVICES__0__PASSWORD_HASH", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA"),
+        ("SMTP2OAUTH_DEVICES__0__ACCOUNT", "scanner"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let c = load_with_env(None, env).unwrap_or_else(|e| panic!("{e}")).config;
+    assert_eq!(c.accounts[0].name, "scanner");
+    assert_eq!(c.devices[0].username.as_deref(), Some("mfp"));
+    assert!(c.listeners[0].allow_insecure_auth);
+}
+
+#[test]
+fn env_index_cannot_skip_entries() {
+    let env = vec![("SMTP2OAUTH_ACCOUNTS__5__NAME".to_string(), "x".to_string())];
+    let e = load_with_env(None, env).unwrap_err();
+    assert!(e.to_string().contains("SMTP2OAUTH_ACCOUNTS__5__NAME"), "{e}");
+}
+
+#[test]
+fn validation_reports_every_problem_with_key_paths() {
+    let bad = r#"
+[server]
+max_line_length = 100
+
+[[listeners]]
+address = "127.0.0.1:2525"
+[[listeners]]
+address = "127.0.0.1:2525"
+tls = "none"
+require_tls = true
+
+[tls]
+self_signed = false
+
+[[accounts]]
+name = "scanner"
+mailbox = "not-an-address"
+client_secret = "x"
+client_secret_file = "/nonexistent"
+
+[[accounts]]
+name = "g"
+mailbox = "g@example.com"
+route = "graph"
+
+[[devices]]
+username = "mfp"
+password_hash = "plaintext"
+account = "nope"
+
+[[devices]]
+auth = false
+account = "scanner"
+"#;
+    let f = write(bad);
+    let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    for want in [
+        "server.max_line_length", "listeners.1.address", "listeners.1.require_tls", "tls",
+        "accounts.0.mailbox", "accounts.0.client_id", "accounts.0.tenant", "accounts.0.client_secret",
+        "accounts.1.route", "devices.0.account", "devices.0.password_hash", "devices.1.allow_ips",
+    ] {
+        assert!(keys.contains(&want), "missing {want} in {keys:?}");
+    }
+}
+
+#[test]
+fn secret_file_is_read_and_trimmed() {
+    let mut tf = std::env::temp_dir();
+    tf.push(format!("s2o-secret-{}", std::process::id()));
+    let mut fh = std::fs::File::create(&tf).unwrap();
+    fh.write_all(b"file-secret\n").unwrap();
+    let cfg = MINIMAL.replace("client_secret = \"s3cret-value\"", &format!("client_secret_file = \"{}\"", tf.display()));
+    let f = write(&cfg);
+    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
+    assert_eq!(c.accounts[0].client_secret().unwrap().unwrap().expose(), "file-secret");
+    std::fs::remove_file(&tf).unwrap();
+    let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
+    assert!(e.problems.iter().any(|p| p.key == "accounts.0.client_secret_file"), "{e}");
+}
+
+#[test]
+fn missing_file_is_a_clear_error() {
+    let e = load_with_env(Some(std::path::Path::new("/nonexistent/smtp2oauth.toml")), no_env()).unwrap_err();
+    assert!(e.to_string().contains("does not exist"));
+}

@@ -1,0 +1,301 @@
+//! Semantic checks that types cannot express: references between tables, required credentials,
+//! files that must exist, limits that must make sense. Every problem names its key.
+
+use crate::{Config, Flow, ListenerTls, Problem, Provider, Route, UpstreamTls};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Returns (problems that stop the relay, warnings worth logging).
+pub fn validate(c: &Config) -> (Vec<Problem>, Vec<Problem>) {
+    let mut p = Vec::new();
+    let mut w = Vec::new();
+
+    server(c, &mut p);
+    listeners(c, &mut p, &mut w);
+    accounts(c, &mut p, &mut w);
+    devices(c, &mut p, &mut w);
+
+    if c.store.dir.as_os_str().is_empty() {
+        p.push(Problem::new("store.dir", "must not be empty"));
+    }
+    if !c.admin.listen.is_empty() && c.admin.listen.parse::<SocketAddr>().is_err() {
+        p.push(Problem::new("admin.listen", format!("`{}` is not an address such as 127.0.0.1:8025", c.admin.listen)));
+    }
+    for (key, d) in [
+        ("delivery.connect_timeout", c.delivery.connect_timeout),
+        ("delivery.command_timeout", c.delivery.command_timeout),
+        ("delivery.data_timeout", c.delivery.data_timeout),
+        ("delivery.http_timeout", c.delivery.http_timeout),
+    ] {
+        if d.is_zero() {
+            p.push(Problem::new(key, "must be longer than zero"));
+        }
+    }
+    (p, w)
+}
+
+fn server(c: &Config, p: &mut Vec<Problem>) {
+    let s = &c.server;
+    if let Some(h) = &s.hostname
+        && (h.is_empty() || h.contains(|ch: char| ch.is_whitespace() || ch.is_control()))
+    {
+        p.push(Problem::new("server.hostname", "must be a host name without spaces"));
+    }
+    if !(512..=65536).contains(&s.max_line_length) {
+        p.push(Problem::new("server.max_line_length", "must be between 512 (RFC 5321) and 65536"));
+    }
+    if s.max_message_size < 1024 {
+        p.push(Problem::new("server.max_message_size", "must be at least 1024 bytes"));
+    }
+    if s.max_recipients == 0 {
+        p.push(Problem::new("server.max_recipients", "must be at least 1"));
+    }
+    if s.max_sessions == 0 {
+        p.push(Problem::new("server.max_sessions", "must be at least 1"));
+    }
+    if s.max_sessions_per_ip == 0 {
+        p.push(Problem::new("server.max_sessions_per_ip", "must be at least 1"));
+    }
+    if s.max_auth_failures == 0 {
+        p.push(Problem::new("server.max_auth_failures", "must be at least 1"));
+    }
+    if s.max_errors == 0 {
+        p.push(Problem::new("server.max_errors", "must be at least 1"));
+    }
+    for (key, d) in [
+        ("server.command_timeout", s.command_timeout),
+        ("server.data_timeout", s.data_timeout),
+        ("server.session_timeout", s.session_timeout),
+    ] {
+        if d.is_zero() {
+            p.push(Problem::new(key, "must be longer than zero"));
+        }
+    }
+}
+
+fn listeners(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
+    if c.listeners.is_empty() {
+        p.push(Problem::new("listeners", "at least one [[listeners]] entry is needed"));
+    }
+    let mut seen = HashSet::new();
+    let mut needs_tls = false;
+    for (i, l) in c.listeners.iter().enumerate() {
+        let key = format!("listeners.{i}");
+        if !seen.insert(l.address) {
+            p.push(Problem::new(format!("{key}.address"), format!("{} is used by another listener", l.address)));
+        }
+        if l.tls != ListenerTls::None {
+            needs_tls = true;
+        }
+        if l.tls == ListenerTls::None && l.require_tls {
+            p.push(Problem::new(format!("{key}.require_tls"), "needs tls = \"starttls\" (a plain listener cannot require TLS)"));
+        }
+        if l.allow_insecure_auth && l.tls != ListenerTls::Implicit {
+            w.push(Problem::new(
+                format!("{key}.allow_insecure_auth"),
+                format!("devices may send passwords in clear text to {} (allowed for devices that cannot do TLS)", l.address),
+            ));
+        }
+        if l.tls == ListenerTls::None && !l.allow_insecure_auth {
+            w.push(Problem::new(
+                format!("{key}"),
+                format!("{} has no TLS and allow_insecure_auth = false: only devices with auth = false can send through it", l.address),
+            ));
+        }
+    }
+    let t = &c.tls;
+    match (&t.cert_file, &t.key_file) {
+        (Some(_), None) => p.push(Problem::new("tls.key_file", "is needed with tls.cert_file")),
+        (None, Some(_)) => p.push(Problem::new("tls.cert_file", "is needed with tls.key_file")),
+        (Some(cert), Some(key)) => {
+            readable(cert, "tls.cert_file", p);
+            readable(key, "tls.key_file", p);
+        }
+        (None, None) if needs_tls && !t.self_signed => p.push(Problem::new(
+            "tls",
+            "a listener uses TLS but there is no tls.cert_file/tls.key_file and tls.self_signed = false",
+        )),
+        (None, None) => {}
+    }
+}
+
+fn readable(path: &Path, key: &str, p: &mut Vec<Problem>) {
+    if let Err(e) = std::fs::File::open(path) {
+        p.push(Problem::new(key, format!("cannot read {}: {e}", path.display())));
+    }
+}
+
+fn valid_mailbox(m: &str) -> bool {
+    let mut parts = m.split('@');
+    matches!((parts.next(), parts.next(), parts.next()), (Some(l), Some(d), None)
+        if !l.is_empty() && !d.is_empty() && !m.contains(|c: char| c.is_whitespace() || c == '<' || c == '>'))
+}
+
+fn valid_url(u: &str) -> bool {
+    (u.starts_with("https://") || u.starts_with("http://")) && u.len() > 8 && !u.contains(char::is_whitespace)
+}
+
+fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
+    if c.accounts.is_empty() {
+        p.push(Problem::new("accounts", "at least one [[accounts]] entry is needed"));
+    }
+    let mut names = HashSet::new();
+    for (i, a) in c.accounts.iter().enumerate() {
+        let key = format!("accounts.{i}");
+        if a.name.is_empty() || !a.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+            p.push(Problem::new(format!("{key}.name"), "must be non-empty and use only letters, digits, '-', '_' and '.'"));
+        }
+        if !names.insert(a.name.as_str()) {
+            p.push(Problem::new(format!("{key}.name"), format!("account `{}` is defined twice", a.name)));
+        }
+        if !valid_mailbox(&a.mailbox) {
+            p.push(Problem::new(format!("{key}.mailbox"), format!("`{}` is not a mailbox address", a.mailbox)));
+        }
+        for (j, pat) in a.allowed_senders.iter().enumerate() {
+            if pat.trim().is_empty() {
+                p.push(Problem::new(format!("{key}.allowed_senders.{j}"), "must not be empty"));
+            }
+        }
+        for (k, v) in [("authority", &a.authority), ("token_url", &a.token_url), ("graph_url", &a.graph_url)] {
+            if let Some(u) = v
+                && !valid_url(u)
+            {
+                p.push(Problem::new(format!("{key}.{k}"), format!("`{u}` is not an http(s) URL")));
+            }
+        }
+        if let Some(f) = &a.ca_file {
+            readable(f, &format!("{key}.ca_file"), p);
+        }
+        match a.route {
+            Route::Capture => continue,
+            Route::Smtp => {}
+            Route::Graph | Route::Smarthost => {
+                p.push(Problem::new(
+                    format!("{key}.route"),
+                    format!("route \"{}\" is not available in this version; use \"smtp\" or \"capture\"", a.route.as_str()),
+                ));
+                continue;
+            }
+        }
+        if a.flow != Flow::ClientCredentials {
+            p.push(Problem::new(
+                format!("{key}.flow"),
+                "only flow = \"client_credentials\" is available in this version",
+            ));
+        }
+        if a.provider == Provider::Google {
+            p.push(Problem::new(
+                format!("{key}.provider"),
+                "Google does not offer the client-credentials flow for Gmail SMTP; it needs a sign-in flow, not available in this version",
+            ));
+        }
+        if a.client_id.as_deref().is_none_or(str::is_empty) {
+            p.push(Problem::new(format!("{key}.client_id"), "is required (the Application (client) ID from Entra ID)"));
+        }
+        if a.token_url.is_none() && a.provider == Provider::Microsoft && a.tenant.as_deref().is_none_or(str::is_empty) {
+            p.push(Problem::new(format!("{key}.tenant"), "is required (tenant ID or domain, e.g. contoso.onmicrosoft.com), or set token_url"));
+        }
+        if a.token_url.is_none() && a.provider == Provider::Generic {
+            p.push(Problem::new(format!("{key}.token_url"), "is required with provider = \"generic\""));
+        }
+        let secret = a.client_secret.is_some() as u8 + a.client_secret_file.is_some() as u8;
+        let cert = a.certificate_file.is_some() || a.private_key_file.is_some();
+        match (secret, cert) {
+            (0, false) => p.push(Problem::new(
+                format!("{key}.client_secret"),
+                "a credential is required: client_secret, client_secret_file, or certificate_file + private_key_file",
+            )),
+            (2, _) => p.push(Problem::new(format!("{key}.client_secret"), "set client_secret or client_secret_file, not both")),
+            (1, true) => p.push(Problem::new(
+                format!("{key}.certificate_file"),
+                "set either a client secret or a certificate, not both",
+            )),
+            _ => {}
+        }
+        if let Some(f) = &a.client_secret_file {
+            if let Err(e) = a.client_secret() {
+                let _ = f;
+                p.push(Problem::new(format!("{key}.client_secret_file"), e));
+            }
+        }
+        if cert {
+            match (&a.certificate_file, &a.private_key_file) {
+                (Some(c), Some(k)) => {
+                    readable(c, &format!("{key}.certificate_file"), p);
+                    readable(k, &format!("{key}.private_key_file"), p);
+                }
+                (None, _) => p.push(Problem::new(format!("{key}.certificate_file"), "is needed with private_key_file")),
+                (_, None) => p.push(Problem::new(format!("{key}.private_key_file"), "is needed with certificate_file")),
+            }
+        }
+        if a.smtp_tls() == UpstreamTls::None {
+            w.push(Problem::new(
+                format!("{key}.smtp_tls"),
+                "\"none\" sends tokens and mail in clear text; use it only against a local test server",
+            ));
+        }
+        if let Some(h) = &a.smtp_host
+            && (h.is_empty() || h.contains(char::is_whitespace))
+        {
+            p.push(Problem::new(format!("{key}.smtp_host"), "must be a host name"));
+        }
+        if a.smtp_port == Some(0) {
+            p.push(Problem::new(format!("{key}.smtp_port"), "must not be 0"));
+        }
+    }
+}
+
+fn devices(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
+    if c.devices.is_empty() {
+        w.push(Problem::new("devices", "no [[devices]] are configured: nothing can send through the relay"));
+    }
+    let mut usernames = HashSet::new();
+    for (i, d) in c.devices.iter().enumerate() {
+        let key = format!("devices.{i}");
+        if c.account(&d.account).is_none() {
+            p.push(Problem::new(format!("{key}.account"), format!("no [[accounts]] entry is named `{}`", d.account)));
+        }
+        if d.auth {
+            match d.username.as_deref() {
+                None | Some("") => p.push(Problem::new(format!("{key}.username"), "is required for a device with auth = true")),
+                Some(u) => {
+                    if !usernames.insert(u.to_string()) {
+                        p.push(Problem::new(format!("{key}.username"), format!("username `{u}` is used by another device")));
+                    }
+                    if u.contains(['\0', '\r', '\n']) {
+                        p.push(Problem::new(format!("{key}.username"), "must not contain control characters"));
+                    }
+                }
+            }
+            match &d.password_hash {
+                None => p.push(Problem::new(
+                    format!("{key}.password_hash"),
+                    "is required for a device with auth = true (create one with `smtp2oauth hash-password`)",
+                )),
+                Some(h) if !h.expose().starts_with("$argon2") => p.push(Problem::new(
+                    format!("{key}.password_hash"),
+                    "must be an argon2 hash from `smtp2oauth hash-password` (a PHC string starting with $argon2id$)",
+                )),
+                Some(_) => {}
+            }
+        } else {
+            if d.allow_ips.is_empty() {
+                p.push(Problem::new(
+                    format!("{key}.allow_ips"),
+                    "a device with auth = false must list the addresses it connects from (CIDR), or anyone could relay",
+                ));
+            }
+            if d.username.is_some() || d.password_hash.is_some() {
+                w.push(Problem::new(format!("{key}"), "auth = false: username and password_hash are ignored"));
+            }
+        }
+        if let Some(list) = &d.allowed_senders {
+            for (j, pat) in list.iter().enumerate() {
+                if pat.trim().is_empty() {
+                    p.push(Problem::new(format!("{key}.allowed_senders.{j}"), "must not be empty"));
+                }
+            }
+        }
+    }
+}

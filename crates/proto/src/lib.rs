@@ -1,0 +1,24 @@
+//! SMTP vocabulary shared by the inbound server and the upstream client.
+//!
+//! This crate knows nothing of OAuth, sockets or files. It holds what both directions of the
+//! relay must agree on, so they cannot drift apart:
+//!
+//! - [`Reply`]: an SMTP reply kept as data (code, enhanced status, text), whether we send it or an
+//!   upstream sent it to us;
+//! - [`dot`]: the DATA transparency procedure, as a streaming decoder (device to spool) and encoder
+//!   (spool to upstream);
+//! - [`replies`]: every reply we send, and the one mapping from our failure enums
+//!   ([`SessionError`], [`DeliveryError`]) to SMTP replies.
+//!
+//! # Layout
+//! - `reply.rs`: [`Reply`], [`EnhancedStatus`], [`ReplyAssembler`] (parses replies line by line).
+//! - `dot.rs`: [`DotDecoder`], [`DotEncoder`].
+//! - `replies.rs`: [`replies::ok`], [`SessionError`], [`DeliveryError`], [`Stage`].
+
+pub mod dot;
+pub mod replies;
+pub mod reply;
+
+pub use dot::{Decoded, DotDecoder, DotEncoder};
+pub use replies::{DeliveryError, SessionError, Stage};
+pub use reply::{EnhancedStatus, Reply, ReplyAssembler, ReplyParseError, Severity};

@@ -1,0 +1,393 @@
+//! Every reply smtp2oauth sends, and the one mapping from our failure enums to SMTP replies.
+//!
+//! Devices act on the first digit (retry or give up) and admins read the enhanced code and text,
+//! so the choice of code for each situation is a product decision. Keeping all of them in one file
+//! makes that decision reviewable in one place, and keeps crates from inventing their own.
+
+use crate::reply::{EnhancedStatus, Reply};
+use std::fmt;
+
+fn r(code: u16, status: (u8, u16, u16), text: impl AsRef<str>) -> Reply {
+    Reply::with_status(code, status, text)
+}
+
+/// Replies of a normal session.
+pub mod ok {
+    use super::*;
+
+    pub fn greeting(hostname: &str) -> Reply {
+        Reply::new(220, None, format!("{hostname} ESMTP smtp2oauth ready"))
+    }
+    pub fn helo(hostname: &str, peer: &str) -> Reply {
+        Reply::new(250, None, format!("{hostname} Hello {peer}"))
+    }
+    pub fn ok() -> Reply {
+        r(250, (2, 0, 0), "OK")
+    }
+    pub fn reset() -> Reply {
+        r(250, (2, 0, 0), "Reset state")
+    }
+    pub fn sender_ok() -> Reply {
+        r(250, (2, 1, 0), "Sender OK")
+    }
+    pub fn recipient_ok() -> Reply {
+        r(250, (2, 1, 5), "Recipient OK")
+    }
+    pub fn start_data() -> Reply {
+        Reply::new(354, None, "End data with <CR><LF>.<CR><LF>")
+    }
+    pub fn bye() -> Reply {
+        r(221, (2, 0, 0), "Bye")
+    }
+    pub fn vrfy() -> Reply {
+        r(252, (2, 5, 0), "Cannot VRFY user, but will accept message and attempt delivery")
+    }
+    pub fn help() -> Reply {
+        Reply::multiline(
+            214,
+            Some(EnhancedStatus::new(2, 0, 0)),
+            vec![
+                "smtp2oauth relays mail from devices to Microsoft 365 and other OAuth 2.0 mail services".into(),
+                "Commands: EHLO HELO AUTH STARTTLS MAIL RCPT DATA RSET NOOP VRFY HELP QUIT".into(),
+            ],
+        )
+    }
+    pub fn start_tls() -> Reply {
+        r(220, (2, 0, 0), "Ready to start TLS")
+    }
+    /// The empty challenge that asks for an AUTH PLAIN response.
+    pub fn auth_plain_challenge() -> Reply {
+        Reply::new(334, None, "")
+    }
+    /// `334 VXNlcm5hbWU6` ("Username:"): some devices give up on any other prompt.
+    pub fn auth_login_username() -> Reply {
+        Reply::new(334, None, "VXNlcm5hbWU6")
+    }
+    /// `334 UGFzc3dvcmQ6` ("Password:").
+    pub fn auth_login_password() -> Reply {
+        Reply::new(334, None, "UGFzc3dvcmQ6")
+    }
+    pub fn auth_success() -> Reply {
+        r(235, (2, 7, 0), "Authentication successful")
+    }
+    /// The device's message was delivered (or captured) while it waited.
+    pub fn delivered(queue_id: &str) -> Reply {
+        r(250, (2, 0, 0), format!("OK: delivered as {queue_id}"))
+    }
+    /// Delivered to some recipients; the others were refused by the upstream.
+    pub fn delivered_partially(queue_id: &str, accepted: usize, total: usize) -> Reply {
+        r(
+            250,
+            (2, 0, 0),
+            format!("OK: delivered as {queue_id} to {accepted} of {total} recipients; the others were refused upstream"),
+        )
+    }
+    /// Accepted into the durable queue.
+    pub fn queued(queue_id: &str) -> Reply {
+        r(250, (2, 0, 0), format!("OK: queued as {queue_id}"))
+    }
+}
+
+/// Why the inbound session refuses a command. Each variant maps to exactly one reply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SessionError {
+    UnknownCommand,
+    LineTooLong,
+    Syntax(&'static str),
+    BadSenderAddress,
+    BadRecipientAddress,
+    UnsupportedParameter(String),
+    InvalidParameter(&'static str),
+    NotImplemented(&'static str),
+    NeedHelo,
+    NeedMail,
+    NeedRcpt,
+    NestedMail,
+    NoValidRecipients,
+    AlreadyAuthenticated,
+    AuthDuringTransaction,
+    TlsAlreadyActive,
+    TlsUnavailable,
+    MechanismNotSupported,
+    AuthCancelled,
+    BadBase64,
+    AuthFailed,
+    EncryptionRequired,
+    TlsRequired,
+    AuthRequired,
+    TooManyAuthFailures,
+    SenderNotAllowed(String),
+    TooManyRecipients,
+    MessageTooBig(u64),
+    Timeout,
+    TooManyErrors,
+    TooManyConnections,
+    TooManyConnectionsFromAddress,
+    ShuttingDown,
+    StorageFull,
+    LocalError,
+}
+
+impl SessionError {
+    pub fn reply(&self) -> Reply {
+        use SessionError::*;
+        match self {
+            UnknownCommand => r(500, (5, 5, 1), "Command unrecognized"),
+            LineTooLong => r(500, (5, 5, 2), "Line too long"),
+            Syntax(syntax) => r(501, (5, 5, 4), format!("Syntax: {syntax}")),
+            BadSenderAddress => r(501, (5, 1, 7), "Bad sender address syntax"),
+            BadRecipientAddress => r(501, (5, 1, 3), "Bad recipient address syntax"),
+            UnsupportedParameter(p) => r(555, (5, 5, 4), format!("Unsupported parameter {p}")),
+            InvalidParameter(p) => r(501, (5, 5, 4), format!("Invalid value for parameter {p}")),
+            NotImplemented(cmd) => r(502, (5, 5, 1), format!("{cmd} not implemented")),
+            NeedHelo => r(503, (5, 5, 1), "Send EHLO or HELO first"),
+            NeedMail => r(503, (5, 5, 1), "Need MAIL command first"),
+            NeedRcpt => r(503, (5, 5, 1), "Need RCPT command first"),
+            NestedMail => r(503, (5, 5, 1), "Sender already specified"),
+            NoValidRecipients => r(554, (5, 5, 1), "No valid recipients"),
+            AlreadyAuthenticated => r(503, (5, 5, 1), "Already authenticated"),
+            AuthDuringTransaction => r(503, (5, 5, 1), "AUTH not permitted during a mail transaction"),
+            TlsAlreadyActive => r(503, (5, 5, 1), "TLS already active"),
+            TlsUnavailable => r(454, (4, 7, 0), "TLS not available"),
+            MechanismNotSupported => r(504, (5, 5, 4), "Unrecognized authentication type"),
+            AuthCancelled => r(501, (5, 0, 0), "Authentication cancelled"),
+            BadBase64 => r(501, (5, 5, 2), "Cannot decode base64 response"),
+            AuthFailed => r(535, (5, 7, 8), "Authentication credentials invalid"),
+            EncryptionRequired => {
+                r(538, (5, 7, 11), "Encryption required for requested authentication mechanism")
+            }
+            TlsRequired => r(530, (5, 7, 0), "Must issue a STARTTLS command first"),
+            AuthRequired => r(530, (5, 7, 0), "Authentication required"),
+            TooManyAuthFailures => r(421, (4, 7, 0), "Too many failed authentication attempts"),
+            SenderNotAllowed(sender) => r(
+                553,
+                (5, 7, 1),
+                format!("<{sender}>: Sender address not allowed for this device"),
+            ),
+            TooManyRecipients => r(452, (4, 5, 3), "Too many recipients"),
+            MessageTooBig(limit) => r(
+                552,
+                (5, 3, 4),
+                format!("Message size exceeds fixed maximum message size ({limit} bytes)"),
+            ),
+            Timeout => r(421, (4, 4, 2), "Timeout exceeded, closing connection"),
+            TooManyErrors => r(421, (4, 7, 0), "Too many errors, closing connection"),
+            TooManyConnections => r(421, (4, 7, 0), "Too many connections, try again later"),
+            TooManyConnectionsFromAddress => {
+                r(421, (4, 7, 0), "Too many connections from your address, try again later")
+            }
+            ShuttingDown => r(421, (4, 3, 2), "Service shutting down, try again later"),
+            StorageFull => r(452, (4, 3, 1), "Insufficient system storage, try again later"),
+            LocalError => r(451, (4, 3, 0), "Local error in processing, try again later"),
+        }
+    }
+
+    /// Errors after which the session is closed (the reply is sent first).
+    pub fn closes_session(&self) -> bool {
+        matches!(
+            self,
+            SessionError::TooManyAuthFailures
+                | SessionError::Timeout
+                | SessionError::TooManyErrors
+                | SessionError::TooManyConnections
+                | SessionError::TooManyConnectionsFromAddress
+                | SessionError::ShuttingDown
+        )
+    }
+}
+
+impl fmt::Display for SessionError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.reply().fmt(f)
+    }
+}
+
+/// The step of an upstream conversation at which something happened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Stage {
+    Connect,
+    Greeting,
+    Ehlo,
+    StartTls,
+    Auth,
+    Mail,
+    Rcpt,
+    Data,
+    Body,
+    Token,
+    Http,
+    Local,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Connect => "connect",
+            Stage::Greeting => "greeting",
+            Stage::Ehlo => "ehlo",
+            Stage::StartTls => "starttls",
+            Stage::Auth => "auth",
+            Stage::Mail => "mail",
+            Stage::Rcpt => "rcpt",
+            Stage::Data => "data",
+            Stage::Body => "body",
+            Stage::Token => "token",
+            Stage::Http => "http",
+            Stage::Local => "local",
+        }
+    }
+}
+
+impl fmt::Display for Stage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a delivery attempt did not succeed.
+///
+/// The rule every variant follows: only an upstream's own 5xx is permanent. Our timeouts,
+/// dropped connections, TLS trouble and token trouble are always temporary, because the message
+/// itself is fine and an admin can fix the cause; a scan must not be bounced for them.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeliveryError {
+    /// The upstream answered with a 4xx or 5xx at `stage`.
+    #[error("upstream refused at {stage}: {reply}")]
+    Rejected { stage: Stage, reply: Reply },
+    /// No access token could be obtained for the account.
+    #[error("no access token for account {account}: {reason}")]
+    Token { account: String, reason: String, sign_in_required: bool },
+    #[error("cannot connect to {target}: {detail}")]
+    Connect { target: String, detail: String },
+    #[error("upstream timed out at {stage}")]
+    Timeout { stage: Stage },
+    #[error("upstream connection lost at {stage}: {detail}")]
+    ConnectionLost { stage: Stage, detail: String },
+    #[error("TLS with the upstream failed: {detail}")]
+    Tls { detail: String },
+    #[error("upstream protocol error at {stage}: {detail}")]
+    Protocol { stage: Stage, detail: String },
+    /// A problem on our side (reading the spool, writing a capture file).
+    #[error("local error: {detail}")]
+    Local { detail: String },
+}
+
+impl DeliveryError {
+    /// True only for an upstream's own permanent refusal.
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, DeliveryError::Rejected { reply, .. } if reply.is_permanent())
+    }
+
+    /// The reply a device that is still waiting gets for this failure.
+    pub fn reply(&self) -> Reply {
+        match self {
+            // The upstream's own words reach the device: code, enhanced status and text.
+            DeliveryError::Rejected { reply, .. } => reply.clone(),
+            DeliveryError::Token { account, reason, .. } => r(
+                454,
+                (4, 7, 0),
+                format!("Temporary authentication failure: no access token for account {account}: {reason}"),
+            ),
+            DeliveryError::Connect { target, .. } => {
+                r(451, (4, 4, 1), format!("Upstream {target} not reachable, try again later"))
+            }
+            DeliveryError::Timeout { stage } => {
+                r(451, (4, 4, 2), format!("Upstream timed out ({stage}), try again later"))
+            }
+            DeliveryError::ConnectionLost { stage, .. } => {
+                r(451, (4, 4, 2), format!("Upstream connection lost ({stage}), try again later"))
+            }
+            DeliveryError::Tls { detail } => {
+                r(451, (4, 7, 5), format!("TLS with the upstream failed: {detail}"))
+            }
+            DeliveryError::Protocol { stage, detail } => {
+                r(451, (4, 5, 0), format!("Upstream protocol error ({stage}): {detail}"))
+            }
+            DeliveryError::Local { .. } => r(451, (4, 3, 0), "Local error in processing, try again later"),
+        }
+    }
+
+    /// The stage at which the attempt failed.
+    pub fn stage(&self) -> Stage {
+        match self {
+            DeliveryError::Rejected { stage, .. }
+            | DeliveryError::Timeout { stage }
+            | DeliveryError::ConnectionLost { stage, .. }
+            | DeliveryError::Protocol { stage, .. } => *stage,
+            DeliveryError::Token { .. } => Stage::Token,
+            DeliveryError::Connect { .. } => Stage::Connect,
+            DeliveryError::Tls { .. } => Stage::StartTls,
+            DeliveryError::Local { .. } => Stage::Local,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_errors_have_matching_classes() {
+        use SessionError::*;
+        let all = [
+            UnknownCommand, LineTooLong, Syntax("x"), BadSenderAddress, BadRecipientAddress,
+            UnsupportedParameter("X".into()), InvalidParameter("SIZE"), NotImplemented("EXPN"),
+            NeedHelo, NeedMail, NeedRcpt, NestedMail, NoValidRecipients, AlreadyAuthenticated,
+            AuthDuringTransaction, TlsAlreadyActive, TlsUnavailable, MechanismNotSupported,
+            AuthCancelled, BadBase64, AuthFailed, EncryptionRequired, TlsRequired, AuthRequired,
+            TooManyAuthFailures, SenderNotAllowed("a@b".into()), TooManyRecipients,
+            MessageTooBig(10), Timeout, TooManyErrors, TooManyConnections,
+            TooManyConnectionsFromAddress, ShuttingDown, StorageFull, LocalError,
+        ];
+        for e in all {
+            let reply = e.reply();
+            let status = reply.status().expect("every refusal carries an enhanced status");
+            assert_eq!(u16::from(status.class), reply.code() / 100, "{e:?}");
+            assert!(reply.code() >= 400, "{e:?}");
+            if e.closes_session() {
+                assert_eq!(reply.code(), 421, "{e:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn contract_codes() {
+        // Codes named in the product's contract with devices.
+        assert_eq!(SessionError::EncryptionRequired.reply().to_string(),
+            "538 5.7.11 Encryption required for requested authentication mechanism");
+        assert!(SessionError::AuthFailed.reply().to_string().starts_with("535 5.7.8"));
+        assert!(SessionError::AuthRequired.reply().to_string().starts_with("530 5.7.0"));
+        assert!(SessionError::MessageTooBig(5).reply().to_string().starts_with("552 5.3.4"));
+        assert!(SessionError::StorageFull.reply().to_string().starts_with("452 4.3.1"));
+        assert_eq!(ok::auth_login_username().to_wire(), b"334 VXNlcm5hbWU6\r\n");
+        assert_eq!(ok::auth_login_password().to_wire(), b"334 UGFzc3dvcmQ6\r\n");
+        assert_eq!(ok::auth_plain_challenge().to_wire(), b"334 \r\n");
+    }
+
+    #[test]
+    fn only_upstream_5xx_is_permanent() {
+        let rej = |s: &str| {
+            let mut a = crate::ReplyAssembler::new();
+            a.push_line(s.as_bytes()).unwrap().unwrap()
+        };
+        let perm = DeliveryError::Rejected { stage: Stage::Mail, reply: rej("554 5.2.252 SendAsDenied; x") };
+        assert!(perm.is_permanent());
+        assert_eq!(perm.reply().to_string(), "554 5.2.252 SendAsDenied; x");
+        let temp = DeliveryError::Rejected { stage: Stage::Mail, reply: rej("451 4.7.500 Server busy") };
+        assert!(!temp.is_permanent());
+        for e in [
+            DeliveryError::Token { account: "a".into(), reason: "down".into(), sign_in_required: false },
+            DeliveryError::Connect { target: "h:1".into(), detail: "refused".into() },
+            DeliveryError::Timeout { stage: Stage::Body },
+            DeliveryError::ConnectionLost { stage: Stage::Body, detail: "eof".into() },
+            DeliveryError::Tls { detail: "bad cert".into() },
+            DeliveryError::Protocol { stage: Stage::Ehlo, detail: "garbage".into() },
+            DeliveryError::Local { detail: "io".into() },
+        ] {
+            assert!(!e.is_permanent(), "{e:?}");
+            assert_eq!(e.reply().code() / 100, 4, "{e:?}");
+        }
+        let tok = DeliveryError::Token { account: "scanner".into(), reason: "token endpoint unavailable".into(), sign_in_required: false };
+        assert!(tok.reply().to_string().starts_with("454 4.7.0"));
+    }
+}
