@@ -1,0 +1,536 @@
+//! The session driver: runs a [`Session`] over any byte stream (TCP, TLS, an in-memory pipe).
+//!
+//! It owns everything the state machine deliberately does not: framing lines under a length
+//! limit, deadlines, flushing pipelined replies, the TLS upgrade, checking passwords, and
+//! streaming a message body through the dot decoder and header rewriter into the spool. It hands
+//! the committed message to [`Submit`] and sends the device whatever reply that returns.
+//!
+//! Deadlines: each command line must arrive whole within `command_timeout` of when we started
+//! waiting for it (so a client trickling one byte a second is cut off, not served forever);
+//! during DATA, no read may take longer than `data_timeout`; and no session outlives
+//! `session_timeout`. Every write is bounded by `command_timeout` too, so a client that stops
+//! reading cannot hold a session.
+
+use crate::headers::{HeaderRewriter, ReceivedInfo, received_header};
+use crate::identity::Directory;
+use crate::limiter::Limiter;
+use crate::session::{DataPlan, Limits, ListenerSettings, Session, Step};
+use crate::tls::TlsHandle;
+use smtp2oauth_config::ListenerTls;
+use smtp2oauth_proto::replies::ok;
+use smtp2oauth_proto::{DotDecoder, Reply, SessionError};
+use smtp2oauth_spool::{Envelope, Queued, Spool, SpoolError};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+/// Where an accepted message goes next (the scheduler). It returns the reply the device gets.
+pub trait Submit: Send + Sync + 'static {
+    fn submit(&self, message: Queued) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
+}
+
+/// Everything sessions share.
+pub struct Inbound {
+    pub hostname: Arc<str>,
+    pub limits: Limits,
+    pub max_line_length: usize,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    pub session_timeout: Duration,
+    pub add_received_header: bool,
+    pub directory: Arc<Directory>,
+    pub spool: Spool,
+    pub submit: Arc<dyn Submit>,
+    pub limiter: Arc<Limiter>,
+    pub shutdown: CancellationToken,
+}
+
+/// One listener's settings and TLS acceptor.
+pub struct ListenerRuntime {
+    pub settings: Arc<ListenerSettings>,
+    pub tls: Option<TlsHandle>,
+}
+
+/// SASL responses may be longer than commands (RFC 4954 §4).
+const MAX_SASL_LINE: usize = 12288;
+/// Decoded message bytes are written to the spool in chunks of about this size.
+const WRITE_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 64 * 1024;
+
+static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
+
+/// Serves one accepted connection to the end.
+pub async fn serve<S>(ctx: Arc<Inbound>, listener: Arc<ListenerRuntime>, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let span = info_span!("session", id, listener = %listener.settings.label, peer = %peer.ip());
+    serve_inner(ctx, listener, io, peer).instrument(span).await
+}
+
+async fn serve_inner<S>(ctx: Arc<Inbound>, listener: Arc<ListenerRuntime>, io: S, peer: SocketAddr)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    debug!("connected");
+    let session_deadline = Instant::now() + ctx.session_timeout;
+    let implicit = listener.settings.tls == ListenerTls::Implicit;
+    let ip_device = ctx.directory.device_for_address(peer.ip());
+    let mut session = Session::new(
+        ctx.hostname.clone(),
+        listener.settings.clone(),
+        ctx.limits,
+        peer.ip(),
+        implicit,
+        listener.tls.is_some(),
+        ip_device,
+    );
+    let handshake_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline);
+
+    if implicit {
+        let Some(tls) = &listener.tls else {
+            error!("implicit TLS listener without a certificate");
+            return;
+        };
+        match timeout_at(handshake_deadline(), tls.acceptor().accept(io)).await {
+            Ok(Ok(stream)) => {
+                let mut conn = Conn::new(stream);
+                conn.queue(&session.greeting());
+                drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
+            }
+            Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
+            Err(_) => info!("TLS handshake timed out"),
+        }
+        debug!("disconnected");
+        return;
+    }
+
+    let mut conn = Conn::new(io);
+    conn.queue(&session.greeting());
+    if drive(&mut conn, &mut session, &ctx, peer, session_deadline).await == Outcome::StartTls {
+        let buffered = conn.rbuf.len() - conn.rpos;
+        if buffered > 0 {
+            // Command injection defence (CVE-2011-0411 class): bytes sent before the handshake
+            // completed must never be read as commands of the encrypted session.
+            warn!(bytes = buffered, "discarding data pipelined after STARTTLS");
+        }
+        let io = conn.io;
+        let Some(tls) = &listener.tls else { return };
+        match timeout_at(handshake_deadline(), tls.acceptor().accept(io)).await {
+            Ok(Ok(stream)) => {
+                session.tls_established();
+                let mut conn = Conn::new(stream);
+                drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
+            }
+            Ok(Err(e)) => info!(error = %e, "STARTTLS handshake failed"),
+            Err(_) => info!("STARTTLS handshake timed out"),
+        }
+    }
+    debug!("disconnected");
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    Closed,
+    StartTls,
+}
+
+enum LineEvent {
+    Line(Vec<u8>),
+    TooLong,
+    NeedMore,
+}
+
+struct Conn<S> {
+    io: S,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    /// Inside an over-long line: drop bytes up to the next LF.
+    discarding: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn new(io: S) -> Self {
+        Conn { io, rbuf: Vec::with_capacity(4096), rpos: 0, wbuf: Vec::with_capacity(1024), discarding: false }
+    }
+
+    fn queue(&mut self, reply: &Reply) {
+        reply.write_to(&mut self.wbuf);
+    }
+
+    fn buffered(&self) -> &[u8] {
+        &self.rbuf[self.rpos..]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.rpos += n;
+        if self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        }
+    }
+
+    async fn flush(&mut self, deadline: Instant) -> io::Result<()> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let write = async {
+            self.io.write_all(&self.wbuf).await?;
+            self.io.flush().await
+        };
+        match timeout_at(deadline, write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::Error::new(io::ErrorKind::TimedOut, "write timed out")),
+        }
+        self.wbuf.clear();
+        Ok(())
+    }
+
+    /// Reads more input; 0 means the peer closed.
+    async fn fill(&mut self) -> io::Result<usize> {
+        if self.rpos > 0 && self.rpos == self.rbuf.len() {
+            self.rbuf.clear();
+            self.rpos = 0;
+        } else if self.rpos > READ_CHUNK {
+            self.rbuf.drain(..self.rpos);
+            self.rpos = 0;
+        }
+        let start = self.rbuf.len();
+        self.rbuf.resize(start + READ_CHUNK, 0);
+        let n = match self.io.read(&mut self.rbuf[start..]).await {
+            Ok(n) => n,
+            Err(e) => {
+                self.rbuf.truncate(start);
+                return Err(e);
+            }
+        };
+        self.rbuf.truncate(start + n);
+        Ok(n)
+    }
+
+    fn take_line(&mut self, limit: usize) -> LineEvent {
+        loop {
+            let buf = self.buffered();
+            match memchr::memchr(b'\n', buf) {
+                Some(pos) if self.discarding => {
+                    self.consume(pos + 1);
+                    self.discarding = false;
+                    continue;
+                }
+                Some(pos) if pos < limit => {
+                    let line = buf[..=pos].to_vec();
+                    self.consume(pos + 1);
+                    return LineEvent::Line(line);
+                }
+                Some(pos) => {
+                    self.consume(pos + 1);
+                    return LineEvent::TooLong;
+                }
+                None if self.discarding => {
+                    let n = buf.len();
+                    self.consume(n);
+                    return LineEvent::NeedMore;
+                }
+                None if buf.len() >= limit => {
+                    let n = buf.len();
+                    self.consume(n);
+                    self.discarding = true;
+                    return LineEvent::TooLong;
+                }
+                None => return LineEvent::NeedMore,
+            }
+        }
+    }
+}
+
+async fn drive<S>(conn: &mut Conn<S>, session: &mut Session, ctx: &Arc<Inbound>, peer: SocketAddr, session_deadline: Instant) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let write_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
+    let mut command_deadline: Option<Instant> = None;
+    loop {
+        let limit = if session.in_sasl() { ctx.max_line_length.max(MAX_SASL_LINE) } else { ctx.max_line_length };
+        let step = match conn.take_line(limit) {
+            LineEvent::Line(line) => {
+                command_deadline = None;
+                Some(session.handle_line(&line))
+            }
+            LineEvent::TooLong => {
+                warn!(limit, "command line too long");
+                Some(session.line_too_long())
+            }
+            LineEvent::NeedMore => None,
+        };
+        if let Some(step) = step {
+            match perform(step, conn, session, ctx, peer, session_deadline).await {
+                Some(outcome) => return outcome,
+                None => continue,
+            }
+        }
+
+        // Nothing complete to act on: send what we owe, then wait for more.
+        if conn.flush(write_deadline()).await.is_err() {
+            return Outcome::Closed;
+        }
+        let deadline = (*command_deadline.get_or_insert_with(|| Instant::now() + ctx.command_timeout)).min(session_deadline);
+        let idle = conn.buffered().is_empty() && !session.in_sasl();
+        tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled(), if idle => {
+                conn.queue(&SessionError::ShuttingDown.reply());
+                let _ = conn.flush(write_deadline()).await;
+                return Outcome::Closed;
+            }
+            r = timeout_at(deadline, conn.fill()) => match r {
+                Err(_) => {
+                    info!("timeout waiting for a command");
+                    conn.queue(&SessionError::Timeout.reply());
+                    let _ = conn.flush(write_deadline()).await;
+                    return Outcome::Closed;
+                }
+                Ok(Ok(0)) => return Outcome::Closed,
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    debug!(error = %e, "read failed");
+                    return Outcome::Closed;
+                }
+            }
+        }
+    }
+}
+
+/// Carries out one step. Returns `Some` when the session is over (or switches to TLS).
+async fn perform<S>(
+    step: Step,
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    ctx: &Arc<Inbound>,
+    peer: SocketAddr,
+    session_deadline: Instant,
+) -> Option<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let write_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
+    let step = match step {
+        Step::Verify(creds) => {
+            if conn.flush(write_deadline()).await.is_err() {
+                return Some(Outcome::Closed);
+            }
+            let username = String::from_utf8_lossy(&creds.username).chars().take(64).collect::<String>();
+            let result = ctx.directory.verify(creds, peer.ip()).await;
+            match &result {
+                Ok(device) => debug!(device = %device.name, account = %device.account, "authenticated"),
+                Err(reason) => warn!(username = %username.escape_debug(), reason = reason.as_str(), "authentication failed"),
+            }
+            session.auth_result(result)
+        }
+        other => other,
+    };
+    match step {
+        Step::Reply(r) => {
+            conn.queue(&r);
+            None
+        }
+        Step::Close(r) => {
+            conn.queue(&r);
+            let _ = conn.flush(write_deadline()).await;
+            Some(Outcome::Closed)
+        }
+        Step::StartTls(r) => {
+            conn.queue(&r);
+            if conn.flush(write_deadline()).await.is_err() {
+                return Some(Outcome::Closed);
+            }
+            Some(Outcome::StartTls)
+        }
+        Step::Data(plan) => {
+            conn.queue(&ok::start_data());
+            if conn.flush(write_deadline()).await.is_err() {
+                return Some(Outcome::Closed);
+            }
+            match receive_message(conn, session, ctx, plan, peer, session_deadline).await {
+                DataOutcome::Reply(r) => {
+                    conn.queue(&r);
+                    None
+                }
+                DataOutcome::Close(r) => {
+                    conn.queue(&r);
+                    let _ = conn.flush(write_deadline()).await;
+                    Some(Outcome::Closed)
+                }
+                DataOutcome::Gone => Some(Outcome::Closed),
+            }
+        }
+        Step::Verify(_) => unreachable!("handled above; auth_result never asks to verify again"),
+    }
+}
+
+enum DataOutcome {
+    Reply(Reply),
+    Close(Reply),
+    Gone,
+}
+
+async fn receive_message<S>(
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    ctx: &Arc<Inbound>,
+    plan: DataPlan,
+    peer: SocketAddr,
+    session_deadline: Instant,
+) -> DataOutcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let envelope = Envelope {
+        id: String::new(),
+        received_at_ms: smtp2oauth_spool::now_ms(),
+        account: plan.device.account.clone(),
+        device: plan.device.name.clone(),
+        listener: session.listener().label.clone(),
+        client_ip: crate::identity::normalise_ip(peer.ip()).to_string(),
+        helo: plan.helo.clone(),
+        sender: plan.sender.clone(),
+        original_sender: plan.original_sender.clone(),
+        recipients: plan.recipients.clone(),
+        eight_bit: false,
+        smtputf8: plan.smtputf8,
+        size: 0,
+    };
+    let mut store_err: Option<SpoolError> = None;
+    let mut incoming = match ctx.spool.receive(envelope).await {
+        Ok(i) => Some(i),
+        Err(e) => {
+            error!(error = %e, "cannot create a spool file; the message will be refused");
+            store_err = Some(e);
+            None
+        }
+    };
+    let mut decoded = Vec::with_capacity(WRITE_CHUNK + 1024);
+    let mut staged = Vec::with_capacity(WRITE_CHUNK + 1024);
+    if let Some(inc) = &incoming
+        && ctx.add_received_header
+    {
+        let header = received_header(&ReceivedInfo {
+            helo: &plan.helo,
+            client_ip: &crate::identity::normalise_ip(peer.ip()).to_string(),
+            hostname: &ctx.hostname,
+            esmtp: plan.esmtp,
+            tls: plan.tls,
+            authenticated: plan.authenticated,
+            queue_id: inc.id().as_str(),
+            single_recipient: (plan.recipients.len() == 1).then(|| plan.recipients[0].as_str()),
+            unix_time: smtp2oauth_spool::now_ms() / 1000,
+        });
+        staged.extend_from_slice(header.as_bytes());
+    }
+    let mut rewriter = plan.device.policy.rewrite.then(|| HeaderRewriter::new(plan.device.policy.clone()));
+    let mut decoder = DotDecoder::new(ctx.limits.max_message_size);
+
+    loop {
+        let r = decoder.decode(conn.buffered(), &mut decoded);
+        conn.consume(r.consumed);
+        if decoded.len() >= WRITE_CHUNK || r.done {
+            match rewriter.as_mut() {
+                Some(rw) => rw.push(&decoded, &mut staged),
+                None => staged.extend_from_slice(&decoded),
+            }
+            decoded.clear();
+            if r.done && let Some(rw) = rewriter.as_mut() {
+                rw.finish(&mut staged);
+            }
+            if decoder.over_limit() {
+                if let Some(inc) = incoming.take() {
+                    inc.abort().await;
+                }
+            } else if let Some(inc) = incoming.as_mut()
+                && let Err(e) = inc.write(&staged).await
+            {
+                error!(error = %e, "writing to the spool failed; the message will be refused");
+                store_err = Some(e);
+                if let Some(inc) = incoming.take() {
+                    inc.abort().await;
+                }
+            }
+            staged.clear();
+        }
+        if r.done {
+            break;
+        }
+        let deadline = (Instant::now() + ctx.data_timeout).min(session_deadline);
+        match timeout_at(deadline, conn.fill()).await {
+            Err(_) => {
+                if let Some(inc) = incoming.take() {
+                    inc.abort().await;
+                }
+                info!("timeout while receiving message data");
+                return DataOutcome::Close(SessionError::Timeout.reply());
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                if let Some(inc) = incoming.take() {
+                    inc.abort().await;
+                }
+                warn!(received = decoder.size(), "client disconnected during DATA; nothing was accepted");
+                return DataOutcome::Gone;
+            }
+            Ok(Ok(_)) => {}
+        }
+    }
+
+    let refusal = if decoder.over_limit() {
+        info!(size = decoder.size(), limit = ctx.limits.max_message_size, "message refused: too large");
+        Some(SessionError::MessageTooBig(ctx.limits.max_message_size))
+    } else if let Some(e) = &store_err {
+        Some(if e.is_full() { SessionError::StorageFull } else { SessionError::LocalError })
+    } else {
+        None
+    };
+    if let Some(err) = refusal {
+        if let Some(inc) = incoming.take() {
+            inc.abort().await;
+        }
+        return if session.data_refused() {
+            DataOutcome::Close(SessionError::TooManyErrors.reply())
+        } else {
+            DataOutcome::Reply(err.reply())
+        };
+    }
+    if let Some(rw) = &rewriter {
+        let o = &rw.outcome;
+        if let Some(orig) = &o.from_rewritten {
+            info!(from = %orig.escape_debug(), to = %plan.device.policy.mailbox, "header From rewritten");
+        }
+        if o.from_added {
+            info!(to = %plan.device.policy.mailbox, "header From added");
+        }
+        if o.too_large {
+            warn!("header block too large to rewrite; passed unchanged");
+        }
+    }
+    let Some(inc) = incoming.take() else {
+        return DataOutcome::Reply(SessionError::LocalError.reply());
+    };
+    match inc.commit(decoder.saw_eight_bit()).await {
+        Ok(queued) => {
+            debug!(queue_id = %queued.id(), size = queued.envelope.size, "message spooled");
+            DataOutcome::Reply(ctx.submit.submit(queued).await)
+        }
+        Err(e) => {
+            error!(error = %e, "committing the message to the spool failed; refused");
+            let err = if e.is_full() { SessionError::StorageFull } else { SessionError::LocalError };
+            DataOutcome::Reply(err.reply())
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! The only two changes we make to a device's message: a `Received:` header on top, and, when
+//! `rewrite_sender` is on, the `From:` (and `Sender:`) address replaced by the account's mailbox.
+//!
+//! Exchange refuses a message whose From is not the mailbox or one it may send as
+//! (`554 5.2.252 SendAsDenied`), and printers send as `scanner@printer.local` or their login name.
+//! Rewriting keeps the device's display name ("Scanner 3rd floor"), so recipients still see which
+//! device sent the scan. Everything else, including the rest of the header block, passes through
+//! byte for byte.
+//!
+//! The rewriter sees the message as it streams in (already CRLF-canonical, see `proto::dot`). It
+//! holds back only the header block, up to a cap; a header block larger than the cap is passed on
+//! unchanged (and logged), never buffered without bound.
+
+use crate::identity::SenderPolicy;
+
+/// Largest header block we buffer for rewriting.
+pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
+
+/// Streaming From/Sender rewriter.
+pub struct HeaderRewriter {
+    policy: SenderPolicy,
+    buf: Vec<u8>,
+    state: RewriteState,
+    pub outcome: RewriteOutcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RewriteState {
+    Collecting,
+    Passing,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RewriteOutcome {
+    /// The From address the device wrote, when it was replaced.
+    pub from_rewritten: Option<String>,
+    pub from_added: bool,
+    pub sender_rewritten: bool,
+    /// The header block exceeded [`MAX_HEADER_BLOCK`] and was passed through unchanged.
+    pub too_large: bool,
+}
+
+impl HeaderRewriter {
+    pub fn new(policy: SenderPolicy) -> Self {
+        HeaderRewriter { policy, buf: Vec::new(), state: RewriteState::Collecting, outcome: RewriteOutcome::default() }
+    }
+
+    /// Feeds message bytes; appends whatever can be released to `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        if self.state == RewriteState::Passing {
+            out.extend_from_slice(input);
+            return;
+        }
+        self.buf.extend_from_slice(input);
+        let end = if self.buf.starts_with(b"\r\n") {
+            Some(0)
+        } else {
+            memchr::memmem::find(&self.buf, b"\r\n\r\n").map(|p| p + 2)
+        };
+        match end {
+            Some(end) => {
+                let body = self.buf.split_off(end);
+                let headers = std::mem::take(&mut self.buf);
+                self.rewrite_block(&headers, out);
+                out.extend_from_slice(&body);
+                self.state = RewriteState::Passing;
+            }
+            None if self.buf.len() > MAX_HEADER_BLOCK => {
+                self.outcome.too_large = true;
+                out.append(&mut self.buf);
+                self.state = RewriteState::Passing;
+            }
+            None => {}
+        }
+    }
+
+    /// Releases anything still held (a message that is all headers, without a blank line).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.state == RewriteState::Collecting {
+            let headers = std::mem::take(&mut self.buf);
+            self.rewrite_block(&headers, out);
+            self.state = RewriteState::Passing;
+        }
+    }
+
+    /// `headers` is the header block including the CRLF of its last line (not the blank line).
+    fn rewrite_block(&mut self, headers: &[u8], out: &mut Vec<u8>) {
+        let fields = split_fields(headers);
+        let mut saw_from = false;
+        for field in &fields {
+            let name = field_name(field);
+            let is_from = name.eq_ignore_ascii_case(b"from");
+            let is_sender = name.eq_ignore_ascii_case(b"sender");
+            if (is_from && !saw_from) || is_sender {
+                if is_from {
+                    saw_from = true;
+                }
+                let value = field_value(field);
+                let (display, addr) = parse_mailbox(&value);
+                let allowed = addr.as_deref().is_some_and(|a| self.policy.allows(a));
+                if !allowed {
+                    let name = if is_from { "From" } else { "Sender" };
+                    out.extend_from_slice(format_mailbox_field(name, display.as_deref(), &self.policy.mailbox).as_bytes());
+                    if is_from {
+                        self.outcome.from_rewritten = Some(addr.unwrap_or_default());
+                    } else {
+                        self.outcome.sender_rewritten = true;
+                    }
+                    continue;
+                }
+            }
+            out.extend_from_slice(field);
+        }
+        if !saw_from {
+            out.extend_from_slice(format_mailbox_field("From", None, &self.policy.mailbox).as_bytes());
+            self.outcome.from_added = true;
+        }
+    }
+}
+
+/// Splits a header block into fields, each with its continuation lines and final CRLF.
+fn split_fields(block: &[u8]) -> Vec<&[u8]> {
+    let mut fields = Vec::new();
+    let mut start = 0;
+    let mut i = 0;
+    while i < block.len() {
+        let line_end = memchr::memchr(b'\n', &block[i..]).map(|p| i + p + 1).unwrap_or(block.len());
+        let next_is_continuation = matches!(block.get(line_end), Some(b' ' | b'\t'));
+        if !next_is_continuation {
+            fields.push(&block[start..line_end]);
+            start = line_end;
+        }
+        i = line_end;
+    }
+    if start < block.len() {
+        fields.push(&block[start..]);
+    }
+    fields
+}
+
+fn field_name(field: &[u8]) -> &[u8] {
+    let colon = memchr::memchr(b':', field).unwrap_or(0);
+    let name = &field[..colon];
+    // a name with spaces is not a header field name (e.g. an mbox "From " line)
+    if name.iter().any(|b| b.is_ascii_whitespace()) { b"" } else { name }
+}
+
+/// The unfolded value of a field.
+fn field_value(field: &[u8]) -> String {
+    let colon = memchr::memchr(b':', field).map(|p| p + 1).unwrap_or(0);
+    let raw = String::from_utf8_lossy(&field[colon..]);
+    raw.replace("\r\n", "").replace('\n', "").trim().to_string()
+}
+
+/// Extracts the display name (raw, as written) and the address of the first mailbox in a
+/// From/Sender value. Handles `Name <addr>`, `"Quoted, Name" <addr>`, `addr (Comment)`, `addr`.
+pub fn parse_mailbox(value: &str) -> (Option<String>, Option<String>) {
+    let v = value.trim();
+    // Find a '<' that is not inside quotes.
+    let mut in_quote = false;
+    let mut escaped = false;
+    let mut lt = None;
+    for (i, c) in v.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match c {
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            '<' if !in_quote => {
+                lt = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    if let Some(lt) = lt {
+        let display = v[..lt].trim();
+        let rest = &v[lt + 1..];
+        let addr = rest.split('>').next().unwrap_or("").trim();
+        let display = (!display.is_empty()).then(|| display.to_string());
+        let addr = (!addr.is_empty()).then(|| addr.to_string());
+        return (display, addr);
+    }
+    // addr-spec, possibly followed by a comment used as a display name
+    let (addr_part, comment) = match v.find('(') {
+        Some(p) => (v[..p].trim(), v[p + 1..].rsplit_once(')').map(|(c, _)| c.trim()).filter(|c| !c.is_empty())),
+        None => (v, None),
+    };
+    let addr = addr_part.split([',', ' ']).next().unwrap_or("").trim();
+    let addr = (!addr.is_empty()).then(|| addr.to_string());
+    let display = comment.map(quote_phrase);
+    (display, addr)
+}
+
+/// A display name taken from a comment becomes a quoted string (unless it is an encoded word).
+fn quote_phrase(s: &str) -> String {
+    if s.starts_with("=?") && s.ends_with("?=") {
+        return s.to_string();
+    }
+    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
+    format!("\"{escaped}\"")
+}
+
+fn format_mailbox_field(name: &str, display: Option<&str>, mailbox: &str) -> String {
+    match display {
+        Some(d) if !d.is_empty() => format!("{name}: {d} <{mailbox}>\r\n"),
+        _ => format!("{name}: {mailbox}\r\n"),
+    }
+}
+
+/// The `Received:` header we prepend (RFC 5321 §4.4). It does not name the device's login.
+pub struct ReceivedInfo<'a> {
+    pub helo: &'a str,
+    pub client_ip: &'a str,
+    pub hostname: &'a str,
+    pub esmtp: bool,
+    pub tls: bool,
+    pub authenticated: bool,
+    pub queue_id: &'a str,
+    /// Named only when the message has a single recipient (as Postfix does), to not disclose Bcc.
+    pub single_recipient: Option<&'a str>,
+    pub unix_time: u64,
+}
+
+pub fn received_header(r: &ReceivedInfo<'_>) -> String {
+    // RFC 3848 protocol names
+    let with = match (r.esmtp, r.tls, r.authenticated) {
+        (false, _, _) => "SMTP",
+        (true, false, false) => "ESMTP",
+        (true, true, false) => "ESMTPS",
+        (true, false, true) => "ESMTPA",
+        (true, true, true) => "ESMTPSA",
+    };
+    let helo: String = r.helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(100).collect();
+    let mut h = format!(
+        "Received: from {} ([{}])\r\n\tby {} (smtp2oauth) with {} id {}",
+        if helo.is_empty() { "unknown" } else { &helo },
+        r.client_ip,
+        r.hostname,
+        with,
+        r.queue_id
+    );
+    if let Some(rcpt) = r.single_recipient {
+        h.push_str(&format!("\r\n\tfor <{rcpt}>"));
+    }
+    h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(r.unix_time)));
+    h
+}
+
+/// `Mon, 23 Nov 2026 10:15:00 +0000`
+pub fn rfc5322_date(unix: u64) -> String {
+    let days = (unix / 86400) as i64;
+    let secs = unix % 86400;
+    let (y, m, d) = civil_from_days(days);
+    let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days.rem_euclid(7)) as usize];
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(m - 1) as usize];
+    format!("{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> SenderPolicy {
+        SenderPolicy::new("scanner@contoso.com", &["*@contoso.com".into()], true)
+    }
+
+    fn rewrite(msg: &[u8], chunk: usize) -> (Vec<u8>, RewriteOutcome) {
+        let mut r = HeaderRewriter::new(policy());
+        let mut out = Vec::new();
+        for c in msg.chunks(chunk) {
+            r.push(c, &mut out);
+        }
+        r.finish(&mut out);
+        (out, r.outcome)
+    }
+
+    #[test]
+    fn from_rewrite_table() {
+        let cases: &[(&str, &str)] = &[
+            ("From: Scanner 3F <scanner@printer.local>\r\nSubject: s\r\n\r\nbody\r\n",
+             "From: Scanner 3F <scanner@contoso.com>\r\nSubject: s\r\n\r\nbody\r\n"),
+            ("From: \"Scan, <3F>\" <mfp@printer.local>\r\n\r\nb\r\n",
+             "From: \"Scan, <3F>\" <scanner@contoso.com>\r\n\r\nb\r\n"),
+            ("From: mfp@printer.local (Scanner 3F)\r\n\r\nb\r\n",
+             "From: \"Scanner 3F\" <scanner@contoso.com>\r\n\r\nb\r\n"),
+            ("From: mfp@printer.local\r\n\r\nb\r\n", "From: scanner@contoso.com\r\n\r\nb\r\n"),
+            ("From: mfp-3f\r\n\r\nb\r\n", "From: scanner@contoso.com\r\n\r\nb\r\n"),
+            ("From: =?UTF-8?B?U2PDpG5uZXI=?= <mfp@printer.local>\r\n\r\nb\r\n",
+             "From: =?UTF-8?B?U2PDpG5uZXI=?= <scanner@contoso.com>\r\n\r\nb\r\n"),
+            // folded From is replaced whole
+            ("Subject: x\r\nFrom: \"Long name\"\r\n <mfp@printer.local>\r\nTo: a@b.c\r\n\r\nb\r\n",
+             "Subject: x\r\nFrom: \"Long name\" <scanner@contoso.com>\r\nTo: a@b.c\r\n\r\nb\r\n"),
+            // allowed senders are left alone, byte for byte
+            ("FROM:   HR <hr@contoso.com>\r\n\r\nb\r\n", "FROM:   HR <hr@contoso.com>\r\n\r\nb\r\n"),
+            // Sender is rewritten too
+            ("From: a@contoso.com\r\nSender: mfp@printer.local\r\n\r\nb\r\n",
+             "From: a@contoso.com\r\nSender: scanner@contoso.com\r\n\r\nb\r\n"),
+            // no From: one is added
+            ("Subject: s\r\n\r\nb\r\n", "Subject: s\r\nFrom: scanner@contoso.com\r\n\r\nb\r\n"),
+            // body lines that look like headers are not touched
+            ("From: a@contoso.com\r\n\r\nFrom: evil@x.y\r\n", "From: a@contoso.com\r\n\r\nFrom: evil@x.y\r\n"),
+            // a message with no blank line after the headers
+            ("From: mfp@printer.local\r\n", "From: scanner@contoso.com\r\n"),
+        ];
+        for (input, want) in cases {
+            for chunk in [1, 3, 1000] {
+                let (got, _) = rewrite(input.as_bytes(), chunk);
+                assert_eq!(String::from_utf8_lossy(&got), *want, "input {input:?} chunk {chunk}");
+            }
+        }
+    }
+
+    #[test]
+    fn outcome_records_original() {
+        let (_, o) = rewrite(b"From: S <mfp@printer.local>\r\n\r\n", 5);
+        assert_eq!(o.from_rewritten.as_deref(), Some("mfp@printer.local"));
+        let (_, o) = rewrite(b"Subject: s\r\n\r\n", 5);
+        assert!(o.from_added);
+    }
+
+    #[test]
+    fn huge_header_block_passes_unchanged() {
+        let mut msg = b"From: mfp@printer.local\r\n".to_vec();
+        while msg.len() <= MAX_HEADER_BLOCK + 10_000 {
+            msg.extend_from_slice(b"X-Pad: 0123456789012345678901234567890123456789\r\n");
+        }
+        msg.extend_from_slice(b"\r\nbody\r\n");
+        let (got, o) = rewrite(&msg, 4096);
+        assert!(o.too_large);
+        assert_eq!(got, msg);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc5322_date(1_795_428_000), "Mon, 23 Nov 2026 10:00:00 +0000");
+        assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+    }
+
+    #[test]
+    fn received_header_shape() {
+        let h = received_header(&ReceivedInfo {
+            helo: "printer(evil)\r\nX: y",
+            client_ip: "192.168.1.20",
+            hostname: "relay.lan",
+            esmtp: true,
+            tls: true,
+            authenticated: true,
+            queue_id: "0123456789abcdef",
+            single_recipient: Some("a@b.c"),
+            unix_time: 0,
+        });
+        assert_eq!(
+            h,
+            "Received: from printerevilX: y ([192.168.1.20])\r\n\tby relay.lan (smtp2oauth) with ESMTPSA id 0123456789abcdef\r\n\tfor <a@b.c>;\r\n\tThu, 1 Jan 1970 00:00:00 +0000\r\n"
+        );
+    }
+}

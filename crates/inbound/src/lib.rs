@@ -1,0 +1,31 @@
+//! Inbound SMTP: what devices talk to.
+//!
+//! This crate turns a device's SMTP session into a message in the spool, and knows nothing of
+//! OAuth or upstreams: it hands each committed message to a [`Submit`] implementation (the
+//! scheduler, wired in by the binary) and sends the device the reply it gets back.
+//!
+//! # Layout
+//! - `session.rs`: the SMTP state machine, free of I/O ([`Session`], [`Step`]).
+//! - `conn.rs`: the driver that runs a session over a stream: line framing, deadlines, STARTTLS,
+//!   streaming DATA into the spool ([`serve`], [`Inbound`], [`Submit`]).
+//! - `listener.rs`: listening sockets and the accept loop.
+//! - `identity.rs`: devices, password checks, sender policy ([`Directory`]).
+//! - `sasl.rs`: AUTH PLAIN / LOGIN decoding.
+//! - `headers.rs`: the Received header and the From rewrite.
+//! - `limiter.rs`: concurrent session limits.
+//! - `tls.rs`: server TLS configuration from PEM files.
+
+pub mod conn;
+pub mod headers;
+pub mod identity;
+pub mod limiter;
+pub mod listener;
+pub mod sasl;
+pub mod session;
+pub mod tls;
+
+pub use conn::{Inbound, ListenerRuntime, Submit, serve};
+pub use identity::{Directory, hash_password};
+pub use limiter::Limiter;
+pub use session::{Limits, ListenerSettings, Session, Step};
+pub use tls::{TlsHandle, server_config};
