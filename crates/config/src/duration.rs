@@ -4,22 +4,31 @@
 use serde::{Deserialize, Deserializer, Serializer};
 use std::time::Duration;
 
+/// Ten years: longer than any timeout or queue lifetime makes sense, and far from overflow.
+const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
+
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration (examples: 30, \"30s\", \"5m\", \"2h\", \"5d\")"))?;
+    let value: f64 = num.parse().map_err(|_| {
+        format!("`{s}` is not a duration (examples: 30, \"30s\", \"5m\", \"2h\", \"5d\")")
+    })?;
     let secs = match unit.trim() {
         "" | "s" | "sec" | "secs" | "second" | "seconds" => value,
         "ms" => value / 1000.0,
         "m" | "min" | "mins" | "minute" | "minutes" => value * 60.0,
         "h" | "hour" | "hours" => value * 3600.0,
         "d" | "day" | "days" => value * 86400.0,
-        other => return Err(format!("unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit `{other}` in `{s}` (use ms, s, m, h or d)"
+            ));
+        }
     };
-    if !secs.is_finite() || !(0.0..=10.0 * 365.0 * 86400.0).contains(&secs) {
+    if !secs.is_finite() || !(0.0..=MAX_SECS).contains(&secs) {
         return Err(format!("duration `{s}` is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))
@@ -27,15 +36,15 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         format!("{ms}ms")
     } else {
         let s = d.as_secs();
-        if s != 0 && s % 86400 == 0 {
+        if s != 0 && s.is_multiple_of(86400) {
             format!("{}d", s / 86400)
-        } else if s != 0 && s % 3600 == 0 {
+        } else if s != 0 && s.is_multiple_of(3600) {
             format!("{}h", s / 3600)
-        } else if s != 0 && s % 60 == 0 {
+        } else if s != 0 && s.is_multiple_of(60) {
             format!("{}m", s / 60)
         } else {
             format!("{s}s")
@@ -52,9 +61,16 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
         S(String),
     }
     match Raw::deserialize(d)? {
-        Raw::U(n) => Ok(Duration::from_secs(n)),
-        Raw::F(f) if f.is_finite() && f >= 0.0 => Ok(Duration::from_secs_f64(f)),
-        Raw::F(f) => Err(serde::de::Error::custom(format!("duration {f} is out of range"))),
+        Raw::U(n) if n <= MAX_SECS as u64 => Ok(Duration::from_secs(n)),
+        Raw::F(f) if f.is_finite() && (0.0..=MAX_SECS).contains(&f) => {
+            Ok(Duration::from_secs_f64(f))
+        }
+        Raw::U(n) => Err(serde::de::Error::custom(format!(
+            "duration {n} is out of range"
+        ))),
+        Raw::F(f) => Err(serde::de::Error::custom(format!(
+            "duration {f} is out of range"
+        ))),
         Raw::S(s) => parse(&s).map_err(serde::de::Error::custom),
     }
 }
@@ -70,8 +86,15 @@ mod tests {
     #[test]
     fn table() {
         let ok = [
-            ("30", 30_000), ("30s", 30_000), ("500ms", 500), ("5m", 300_000), ("2h", 7_200_000),
-            ("5d", 432_000_000), ("1.5s", 1500), (" 10 s ", 10_000), ("0", 0),
+            ("30", 30_000),
+            ("30s", 30_000),
+            ("500ms", 500),
+            ("5m", 300_000),
+            ("2h", 7_200_000),
+            ("5d", 432_000_000),
+            ("1.5s", 1500),
+            (" 10 s ", 10_000),
+            ("0", 0),
         ];
         for (s, ms) in ok {
             assert_eq!(parse(s).unwrap().as_millis(), ms, "{s}");

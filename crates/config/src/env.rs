@@ -31,7 +31,10 @@ pub struct EnvOverrides {
 impl EnvOverrides {
     /// Builds the overrides from `vars` (normally `std::env::vars()`), resolving array entries
     /// against `base` (the configuration file's values).
-    pub fn new(base: &Dict, vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, String> {
+    pub fn new(
+        base: &Dict,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, String> {
         let mut vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(k, _)| k.starts_with(PREFIX) && k[PREFIX.len()..].contains("__"))
@@ -41,17 +44,22 @@ impl EnvOverrides {
         let mut overlay = Dict::new();
         let mut names = Vec::new();
         for (key, raw) in &vars {
-            let path: Vec<String> =
-                key[PREFIX.len()..].split("__").map(|s| s.to_ascii_lowercase()).collect();
+            let path: Vec<String> = key[PREFIX.len()..]
+                .split("__")
+                .map(|s| s.to_ascii_lowercase())
+                .collect();
             if path.iter().any(String::is_empty) {
                 return Err(format!("environment variable {key}: empty path segment"));
             }
-            let value: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.clone()));
+            let value = parse_value(raw);
             let top = path[0].clone();
             if let Some((_, name_keys)) = ARRAY_TABLES.iter().find(|(t, _)| *t == top) {
                 set_in_array(&mut working, &top, &path[1..], value, name_keys)
                     .map_err(|e| format!("environment variable {key}: {e}"))?;
-                let full = working.get(&top).cloned().unwrap_or(Value::from(Vec::<Value>::new()));
+                let full = working
+                    .get(&top)
+                    .cloned()
+                    .unwrap_or(Value::from(Vec::<Value>::new()));
                 overlay.insert(top, full);
             } else {
                 if path.len() < 2 {
@@ -64,7 +72,10 @@ impl EnvOverrides {
             }
             names.push(key.clone());
         }
-        Ok(EnvOverrides { overlay, vars: names })
+        Ok(EnvOverrides {
+            overlay,
+            vars: names,
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -72,11 +83,38 @@ impl EnvOverrides {
     }
 }
 
+/// Parses an environment value like figment does (`true`, `42`, `[a, b]`), but only when the
+/// parsed value reads back as the same text: `00123` or `1.50` (a secret, a client id) stay
+/// strings instead of losing digits.
+fn parse_value(raw: &str) -> Value {
+    let parsed: Value = raw.parse().unwrap_or_else(|_| Value::from(raw.to_string()));
+    let faithful = match &parsed {
+        Value::String(..) | Value::Array(..) | Value::Dict(..) => true,
+        Value::Bool(_, b) => raw == b.to_string(),
+        Value::Num(_, n) => match n
+            .to_u128()
+            .map(|v| v.to_string())
+            .or_else(|| n.to_i128().map(|v| v.to_string()))
+        {
+            Some(text) => raw == text,
+            None => n.to_f64().is_some_and(|f| raw == f.to_string()),
+        },
+        _ => false,
+    };
+    if faithful {
+        parsed
+    } else {
+        Value::from(raw.to_string())
+    }
+}
+
 fn set_path(dict: &mut Dict, path: &[String], value: Value) -> Result<(), String> {
     let (last, parents) = path.split_last().ok_or("empty path")?;
     let mut cur = dict;
     for seg in parents {
-        let entry = cur.entry(seg.clone()).or_insert_with(|| Value::from(Dict::new()));
+        let entry = cur
+            .entry(seg.clone())
+            .or_insert_with(|| Value::from(Dict::new()));
         cur = match entry {
             Value::Dict(_, d) => d,
             _ => return Err(format!("`{seg}` is not a table")),
@@ -98,9 +136,14 @@ fn set_in_array(
     name_keys: &[&str],
 ) -> Result<(), String> {
     if rest.len() < 2 {
-        return Err(format!("use {PREFIX}{}__<index or name>__<KEY>", table.to_ascii_uppercase()));
+        return Err(format!(
+            "use {PREFIX}{}__<index or name>__<KEY>",
+            table.to_ascii_uppercase()
+        ));
     }
-    let entry = working.entry(table.to_string()).or_insert_with(|| Value::from(Vec::<Value>::new()));
+    let entry = working
+        .entry(table.to_string())
+        .or_insert_with(|| Value::from(Vec::<Value>::new()));
     let items = match entry {
         Value::Array(_, items) => items,
         _ => return Err(format!("`{table}` is not an array of tables")),
@@ -108,7 +151,10 @@ fn set_in_array(
     let selector = &rest[0];
     let index = if let Ok(i) = selector.parse::<usize>() {
         if i > items.len() {
-            return Err(format!("index {i} skips entries ({table} has {} entries)", items.len()));
+            return Err(format!(
+                "index {i} skips entries ({table} has {} entries)",
+                items.len()
+            ));
         }
         if i == items.len() {
             items.push(Value::from(Dict::new()));
@@ -117,9 +163,9 @@ fn set_in_array(
     } else {
         let wanted = normalise(selector);
         let found = items.iter().position(|item| match item {
-            Value::Dict(_, d) => name_keys.iter().any(|k| {
-                matches!(d.get(*k), Some(Value::String(_, s)) if normalise(s) == wanted)
-            }),
+            Value::Dict(_, d) => name_keys
+                .iter()
+                .any(|k| matches!(d.get(*k), Some(Value::String(_, s)) if normalise(s) == wanted)),
             _ => false,
         });
         match found {

@@ -20,9 +20,9 @@ mod validate;
 pub use schema::*;
 pub use validate::validate;
 
+use figment::Figment;
 use figment::providers::{Format, Toml};
 use figment::value::{Dict, Value};
-use figment::Figment;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -36,7 +36,10 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Problem { key: key.into(), message: message.into() }
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -89,7 +92,11 @@ pub fn load_with_env(
     if !problems.is_empty() {
         return Err(ConfigError { problems });
     }
-    Ok(Loaded { config, warnings, path: path.map(Path::to_path_buf) })
+    Ok(Loaded {
+        config,
+        warnings,
+        path: path.map(Path::to_path_buf),
+    })
 }
 
 /// Parses without semantic validation (used by `check-config` to report everything).
@@ -101,7 +108,10 @@ pub fn parse(
     if let Some(p) = path {
         if !p.exists() {
             return Err(ConfigError {
-                problems: vec![Problem::new("", format!("configuration file {} does not exist", p.display()))],
+                problems: vec![Problem::new(
+                    "",
+                    format!("configuration file {} does not exist", p.display()),
+                )],
             });
         }
         figment = figment.merge(Toml::file_exact(p));
@@ -111,8 +121,9 @@ pub fn parse(
         Ok(_) => Dict::new(),
         Err(e) => return Err(figment_problems(e)),
     };
-    let overrides = env::EnvOverrides::new(&base, vars)
-        .map_err(|m| ConfigError { problems: vec![Problem::new("", m)] })?;
+    let overrides = env::EnvOverrides::new(&base, vars).map_err(|m| ConfigError {
+        problems: vec![Problem::new("", m)],
+    })?;
     if !overrides.is_empty() {
         figment = figment.merge(overrides);
     }
@@ -155,7 +166,10 @@ impl Config {
 
     /// Where `route = "capture"` writes for `account`.
     pub fn capture_dir(&self, account: &Account) -> PathBuf {
-        account.capture_dir.clone().unwrap_or_else(|| self.store.dir.join("capture"))
+        account
+            .capture_dir
+            .clone()
+            .unwrap_or_else(|| self.store.dir.join("capture"))
     }
 }
 

@@ -46,11 +46,17 @@ impl<'de> Deserialize<'de> for Secret {
         enum Raw {
             S(String),
             I(i64),
+            U(u64),
+            F(f64),
+            B(bool),
         }
-        Ok(match Raw::deserialize(d)? {
-            Raw::S(s) => Secret(s),
-            Raw::I(i) => Secret(i.to_string()),
-        })
+        Ok(Secret(match Raw::deserialize(d)? {
+            Raw::S(s) => s,
+            Raw::I(i) => i.to_string(),
+            Raw::U(u) => u.to_string(),
+            Raw::F(f) => f.to_string(),
+            Raw::B(b) => b.to_string(),
+        }))
     }
 }
 
@@ -131,7 +137,11 @@ pub struct Tls {
 
 impl Default for Tls {
     fn default() -> Self {
-        Tls { cert_file: None, key_file: None, self_signed: true }
+        Tls {
+            cert_file: None,
+            key_file: None,
+            self_signed: true,
+        }
     }
 }
 
@@ -170,7 +180,9 @@ fn default_listener_tls() -> ListenerTls {
 
 impl Listener {
     pub fn label(&self) -> String {
-        self.name.clone().unwrap_or_else(|| format!("smtp-{}", self.address.port()))
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("smtp-{}", self.address.port()))
     }
 }
 
@@ -185,7 +197,9 @@ pub struct Store {
 
 impl Default for Store {
     fn default() -> Self {
-        Store { dir: PathBuf::from("/var/lib/smtp2oauth") }
+        Store {
+            dir: PathBuf::from("/var/lib/smtp2oauth"),
+        }
     }
 }
 
@@ -193,13 +207,15 @@ impl Default for Store {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
-    /// Address of the admin HTTP server (health endpoints). Empty string disables it.
+    /// Address of the admin HTTP server (`/healthz`). Empty string disables it.
     pub listen: String,
 }
 
 impl Default for Admin {
     fn default() -> Self {
-        Admin { listen: "127.0.0.1:8025".into() }
+        Admin {
+            listen: "127.0.0.1:8025".into(),
+        }
     }
 }
 
@@ -383,22 +399,40 @@ impl Account {
         }
     }
 
+    /// The Microsoft cloud the authority belongs to: (Exchange resource host, SMTP host).
+    /// Sovereign clouds use their own hosts for both.
+    fn microsoft_cloud(&self) -> (&'static str, &'static str) {
+        let authority = self.authority();
+        if authority.contains("login.microsoftonline.us") {
+            ("outlook.office365.us", "smtp.office365.us")
+        } else if authority.contains("login.partner.microsoftonline.cn")
+            || authority.contains("login.chinacloudapi.cn")
+        {
+            ("partner.outlook.cn", "smtp.partner.outlook.cn")
+        } else {
+            ("outlook.office365.com", "smtp.office365.com")
+        }
+    }
+
     pub fn scope(&self) -> String {
         if let Some(s) = &self.scope {
             return s.clone();
         }
+        let (resource, _) = self.microsoft_cloud();
         match (self.provider, self.flow) {
             (Provider::Google, _) => "https://mail.google.com/".into(),
-            (_, Flow::ClientCredentials) => "https://outlook.office365.com/.default".into(),
+            (_, Flow::ClientCredentials) => format!("https://{resource}/.default"),
             _ => "https://outlook.office.com/SMTP.Send offline_access".into(),
         }
     }
 
     pub fn smtp_host(&self) -> String {
-        self.smtp_host.clone().unwrap_or_else(|| match self.provider {
-            Provider::Google => "smtp.gmail.com".into(),
-            _ => "smtp.office365.com".into(),
-        })
+        self.smtp_host
+            .clone()
+            .unwrap_or_else(|| match self.provider {
+                Provider::Google => "smtp.gmail.com".into(),
+                _ => self.microsoft_cloud().1.into(),
+            })
     }
 
     pub fn smtp_tls(&self) -> UpstreamTls {
@@ -462,7 +496,9 @@ fn deserialize_nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpNet>, D::Er
             let s = s.trim();
             s.parse::<IpNet>()
                 .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR network")))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!("`{s}` is not an IP address or CIDR network"))
+                })
         })
         .collect()
 }

@@ -73,19 +73,30 @@ fn minimal_config_loads_with_defaults() {
     assert_eq!(c.server.max_message_size, 36_700_160);
     assert_eq!(c.listeners[0].label(), "smtp-2525");
     let a = &c.accounts[0];
-    assert_eq!(a.token_url().unwrap(), "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token");
+    assert_eq!(
+        a.token_url().unwrap(),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
     assert_eq!(a.scope(), "https://outlook.office365.com/.default");
-    assert_eq!((a.smtp_host().as_str(), a.smtp_port(), a.smtp_tls()), ("smtp.office365.com", 587, UpstreamTls::Starttls));
+    assert_eq!(
+        (a.smtp_host().as_str(), a.smtp_port(), a.smtp_tls()),
+        ("smtp.office365.com", 587, UpstreamTls::Starttls)
+    );
     assert_eq!(c.devices[1].allow_ips.len(), 2);
     assert_eq!(c.devices[1].allow_ips[1].to_string(), "10.0.0.7/32");
     assert!(c.devices[0].auth);
     // the plain listener with insecure auth is worth a warning
-    assert!(l.warnings.iter().any(|w| w.key == "listeners.0.allow_insecure_auth"));
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.key == "listeners.0.allow_insecure_auth")
+    );
 }
 
 #[test]
 fn example_config_in_repo_loads() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/smtp2oauth.example.toml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../config/smtp2oauth.example.toml");
     let l = load_with_env(Some(&path), no_env()).unwrap_or_else(|e| panic!("{e}"));
     assert!(l.config.accounts.iter().all(|a| a.route == Route::Capture));
 }
@@ -106,7 +117,10 @@ fn unknown_keys_are_errors_with_their_path() {
     let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
     let text = e.to_string();
     assert!(text.contains("hostnme"), "{text}");
-    assert!(text.contains(f.0.to_str().unwrap()), "names the file: {text}");
+    assert!(
+        text.contains(f.0.to_str().unwrap()),
+        "names the file: {text}"
+    );
 }
 
 #[test]
@@ -120,17 +134,38 @@ fn type_errors_name_key_and_source() {
 fn env_overrides_plain_keys_and_array_entries() {
     let f = write(MINIMAL);
     let env = vec![
-        ("SMTP2OAUTH_SERVER__HOSTNAME".to_string(), "from-env.test".to_string()),
-        ("SMTP2OAUTH_SERVER__COMMAND_TIMEOUT".to_string(), "45s".to_string()),
-        ("SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_SECRET".to_string(), "env-secret".to_string()),
-        ("SMTP2OAUTH_ACCOUNTS__0__SMTP_PORT".to_string(), "2587".to_string()),
-        ("SMTP2OAUTH_DEVICES__UPS_MONITOR__ALLOW_IPS".to_string(), "[\"10.1.0.0/16\"]".to_string()),
-        ("SMTP2OAUTH_CONFIG".to_string(), "ignored, no __".to_string()),
+        (
+            "SMTP2OAUTH_SERVER__HOSTNAME".to_string(),
+            "from-env.test".to_string(),
+        ),
+        (
+            "SMTP2OAUTH_SERVER__COMMAND_TIMEOUT".to_string(),
+            "45s".to_string(),
+        ),
+        (
+            "SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_SECRET".to_string(),
+            "env-secret".to_string(),
+        ),
+        (
+            "SMTP2OAUTH_ACCOUNTS__0__SMTP_PORT".to_string(),
+            "2587".to_string(),
+        ),
+        (
+            "SMTP2OAUTH_DEVICES__UPS_MONITOR__ALLOW_IPS".to_string(),
+            "[\"10.1.0.0/16\"]".to_string(),
+        ),
+        (
+            "SMTP2OAUTH_CONFIG".to_string(),
+            "ignored, no __".to_string(),
+        ),
     ];
     let c = load_with_env(Some(&f.0), env).unwrap().config;
     assert_eq!(c.hostname(), "from-env.test");
     assert_eq!(c.server.command_timeout.as_secs(), 45);
-    assert_eq!(c.accounts[0].client_secret.as_ref().unwrap().expose(), "env-secret");
+    assert_eq!(
+        c.accounts[0].client_secret.as_ref().unwrap().expose(),
+        "env-secret"
+    );
     assert_eq!(c.accounts[0].smtp_port(), 2587);
     // file values of the same entry survive
     assert_eq!(c.accounts[0].mailbox, "scanner@contoso.com");
@@ -145,16 +180,24 @@ fn config_from_environment_alone() {
         ("SMTP2OAUTH_LISTENERS__0__TLS", "none"),
         ("SMTP2OAUTH_LISTENERS__0__ALLOW_INSECURE_AUTH", "true"),
         ("SMTP2OAUTH_STORE__DIR", "/tmp/s2o-env"),
-        ("SMTP2OAUTH_ACCOUNTS__SCANNER__MAILBOX", "scanner@contoso.com"),
+        (
+            "SMTP2OAUTH_ACCOUNTS__SCANNER__MAILBOX",
+            "scanner@contoso.com",
+        ),
         ("SMTP2OAUTH_ACCOUNTS__SCANNER__ROUTE", "capture"),
         ("SMTP2OAUTH_DEVICES__0__USERNAME", "mfp"),
-        ("SMTP2OAUTH_DEVICES__0__PASSWORD_HASH", "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA"),
+        (
+            "SMTP2OAUTH_DEVICES__0__PASSWORD_HASH",
+            "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaA",
+        ),
         ("SMTP2OAUTH_DEVICES__0__ACCOUNT", "scanner"),
     ]
     .iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let c = load_with_env(None, env).unwrap_or_else(|e| panic!("{e}")).config;
+    let c = load_with_env(None, env)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config;
     assert_eq!(c.accounts[0].name, "scanner");
     assert_eq!(c.devices[0].username.as_deref(), Some("mfp"));
     assert!(c.listeners[0].allow_insecure_auth);
@@ -164,7 +207,10 @@ fn config_from_environment_alone() {
 fn env_index_cannot_skip_entries() {
     let env = vec![("SMTP2OAUTH_ACCOUNTS__5__NAME".to_string(), "x".to_string())];
     let e = load_with_env(None, env).unwrap_err();
-    assert!(e.to_string().contains("SMTP2OAUTH_ACCOUNTS__5__NAME"), "{e}");
+    assert!(
+        e.to_string().contains("SMTP2OAUTH_ACCOUNTS__5__NAME"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -207,9 +253,18 @@ account = "scanner"
     let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
     let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
     for want in [
-        "server.max_line_length", "listeners.1.address", "listeners.1.require_tls", "tls",
-        "accounts.0.mailbox", "accounts.0.client_id", "accounts.0.tenant", "accounts.0.client_secret",
-        "accounts.1.route", "devices.0.account", "devices.0.password_hash", "devices.1.allow_ips",
+        "server.max_line_length",
+        "listeners.1.address",
+        "listeners.1.require_tls",
+        "tls",
+        "accounts.0.mailbox",
+        "accounts.0.client_id",
+        "accounts.0.tenant",
+        "accounts.0.client_secret",
+        "accounts.1.route",
+        "devices.0.account",
+        "devices.0.password_hash",
+        "devices.1.allow_ips",
     ] {
         assert!(keys.contains(&want), "missing {want} in {keys:?}");
     }
@@ -221,17 +276,96 @@ fn secret_file_is_read_and_trimmed() {
     tf.push(format!("s2o-secret-{}", std::process::id()));
     let mut fh = std::fs::File::create(&tf).unwrap();
     fh.write_all(b"file-secret\n").unwrap();
-    let cfg = MINIMAL.replace("client_secret = \"s3cret-value\"", &format!("client_secret_file = \"{}\"", tf.display()));
+    let cfg = MINIMAL.replace(
+        "client_secret = \"s3cret-value\"",
+        &format!("client_secret_file = \"{}\"", tf.display()),
+    );
     let f = write(&cfg);
     let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
-    assert_eq!(c.accounts[0].client_secret().unwrap().unwrap().expose(), "file-secret");
+    assert_eq!(
+        c.accounts[0].client_secret().unwrap().unwrap().expose(),
+        "file-secret"
+    );
     std::fs::remove_file(&tf).unwrap();
     let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
-    assert!(e.problems.iter().any(|p| p.key == "accounts.0.client_secret_file"), "{e}");
+    assert!(
+        e.problems
+            .iter()
+            .any(|p| p.key == "accounts.0.client_secret_file"),
+        "{e}"
+    );
 }
 
 #[test]
 fn missing_file_is_a_clear_error() {
-    let e = load_with_env(Some(std::path::Path::new("/nonexistent/smtp2oauth.toml")), no_env()).unwrap_err();
+    let e = load_with_env(
+        Some(std::path::Path::new("/nonexistent/smtp2oauth.toml")),
+        no_env(),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("does not exist"));
+}
+
+#[test]
+fn env_values_that_do_not_round_trip_stay_strings() {
+    let f = write(MINIMAL);
+    let env = vec![
+        (
+            "SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_SECRET".to_string(),
+            "00123".to_string(),
+        ),
+        (
+            "SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_ID".to_string(),
+            "1.50".to_string(),
+        ),
+    ];
+    let c = load_with_env(Some(&f.0), env).unwrap().config;
+    assert_eq!(
+        c.accounts[0].client_secret.as_ref().unwrap().expose(),
+        "00123"
+    );
+    assert_eq!(c.accounts[0].client_id.as_deref(), Some("1.50"));
+    for v in ["true", "1.5", "42"] {
+        let env = vec![(
+            "SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_SECRET".to_string(),
+            v.to_string(),
+        )];
+        let c = load_with_env(Some(&f.0), env).unwrap().config;
+        assert_eq!(c.accounts[0].client_secret.as_ref().unwrap().expose(), v);
+    }
+}
+
+#[test]
+fn absurd_durations_are_errors_not_panics() {
+    for v in ["1e30", "99999999999999", "-5"] {
+        let f = write(&MINIMAL.replace("[server]", &format!("[server]\ncommand_timeout = {v}")));
+        let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
+        assert_eq!(e.problems[0].key, "server.command_timeout", "{v}: {e}");
+    }
+}
+
+#[test]
+fn sovereign_cloud_authority_changes_default_scope_and_smtp_host() {
+    let f = write(&MINIMAL.replace(
+        "client_secret = \"s3cret-value\"",
+        "client_secret = \"x\"\nauthority = \"https://login.microsoftonline.us\"",
+    ));
+    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
+    let a = &c.accounts[0];
+    assert_eq!(a.scope(), "https://outlook.office365.us/.default");
+    assert_eq!(a.smtp_host(), "smtp.office365.us");
+    assert_eq!(
+        a.token_url().unwrap(),
+        "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/v2.0/token"
+    );
+}
+
+#[test]
+fn wildcard_listener_overlapping_a_specific_one_is_reported() {
+    let f = write(&MINIMAL.replace("[[listeners]]", "[[listeners]]\naddress = \"0.0.0.0:2525\"\ntls = \"none\"\nallow_insecure_auth = true\n\n[[listeners]]"));
+    let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
+    assert!(
+        e.problems.iter().any(|p| p.key == "listeners.1.address"),
+        "{e}"
+    );
 }

@@ -20,7 +20,13 @@ pub fn validate(c: &Config) -> (Vec<Problem>, Vec<Problem>) {
         p.push(Problem::new("store.dir", "must not be empty"));
     }
     if !c.admin.listen.is_empty() && c.admin.listen.parse::<SocketAddr>().is_err() {
-        p.push(Problem::new("admin.listen", format!("`{}` is not an address such as 127.0.0.1:8025", c.admin.listen)));
+        p.push(Problem::new(
+            "admin.listen",
+            format!(
+                "`{}` is not an address such as 127.0.0.1:8025",
+                c.admin.listen
+            ),
+        ));
     }
     for (key, d) in [
         ("delivery.connect_timeout", c.delivery.connect_timeout),
@@ -40,13 +46,22 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
     if let Some(h) = &s.hostname
         && (h.is_empty() || h.contains(|ch: char| ch.is_whitespace() || ch.is_control()))
     {
-        p.push(Problem::new("server.hostname", "must be a host name without spaces"));
+        p.push(Problem::new(
+            "server.hostname",
+            "must be a host name without spaces",
+        ));
     }
     if !(512..=65536).contains(&s.max_line_length) {
-        p.push(Problem::new("server.max_line_length", "must be between 512 (RFC 5321) and 65536"));
+        p.push(Problem::new(
+            "server.max_line_length",
+            "must be between 512 (RFC 5321) and 65536",
+        ));
     }
     if s.max_message_size < 1024 {
-        p.push(Problem::new("server.max_message_size", "must be at least 1024 bytes"));
+        p.push(Problem::new(
+            "server.max_message_size",
+            "must be at least 1024 bytes",
+        ));
     }
     if s.max_recipients == 0 {
         p.push(Problem::new("server.max_recipients", "must be at least 1"));
@@ -55,10 +70,16 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
         p.push(Problem::new("server.max_sessions", "must be at least 1"));
     }
     if s.max_sessions_per_ip == 0 {
-        p.push(Problem::new("server.max_sessions_per_ip", "must be at least 1"));
+        p.push(Problem::new(
+            "server.max_sessions_per_ip",
+            "must be at least 1",
+        ));
     }
     if s.max_auth_failures == 0 {
-        p.push(Problem::new("server.max_auth_failures", "must be at least 1"));
+        p.push(Problem::new(
+            "server.max_auth_failures",
+            "must be at least 1",
+        ));
     }
     if s.max_errors == 0 {
         p.push(Problem::new("server.max_errors", "must be at least 1"));
@@ -76,32 +97,69 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
 
 fn listeners(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
     if c.listeners.is_empty() {
-        p.push(Problem::new("listeners", "at least one [[listeners]] entry is needed"));
+        p.push(Problem::new(
+            "listeners",
+            "at least one [[listeners]] entry is needed",
+        ));
     }
     let mut seen = HashSet::new();
+    let mut names = HashSet::new();
     let mut needs_tls = false;
     for (i, l) in c.listeners.iter().enumerate() {
         let key = format!("listeners.{i}");
-        if !seen.insert(l.address) {
-            p.push(Problem::new(format!("{key}.address"), format!("{} is used by another listener", l.address)));
+        // Port 0 lets the system choose, so two such listeners never collide.
+        if l.address.port() != 0 && !seen.insert(l.address) {
+            p.push(Problem::new(
+                format!("{key}.address"),
+                format!("{} is used by another listener", l.address),
+            ));
+        }
+        if let Some(n) = &l.name
+            && !names.insert(n.as_str())
+        {
+            p.push(Problem::new(
+                format!("{key}.name"),
+                format!("listener name `{n}` is used twice"),
+            ));
         }
         if l.tls != ListenerTls::None {
             needs_tls = true;
         }
         if l.tls == ListenerTls::None && l.require_tls {
-            p.push(Problem::new(format!("{key}.require_tls"), "needs tls = \"starttls\" (a plain listener cannot require TLS)"));
+            p.push(Problem::new(
+                format!("{key}.require_tls"),
+                "needs tls = \"starttls\" (a plain listener cannot require TLS)",
+            ));
         }
         if l.allow_insecure_auth && l.tls != ListenerTls::Implicit {
             w.push(Problem::new(
                 format!("{key}.allow_insecure_auth"),
-                format!("devices may send passwords in clear text to {} (allowed for devices that cannot do TLS)", l.address),
+                format!("AUTH is allowed without TLS on {}: passwords can be read on the network (allow_insecure_auth, for devices that cannot do TLS)", l.address),
             ));
         }
         if l.tls == ListenerTls::None && !l.allow_insecure_auth {
             w.push(Problem::new(
-                format!("{key}"),
+                key.to_string(),
                 format!("{} has no TLS and allow_insecure_auth = false: only devices with auth = false can send through it", l.address),
             ));
+        }
+    }
+    // A wildcard address takes its port on every interface.
+    for (i, a) in c.listeners.iter().enumerate() {
+        for b in &c.listeners[..i] {
+            if a.address.port() != 0
+                && a.address.port() == b.address.port()
+                && a.address.ip() != b.address.ip()
+                && (a.address.ip().is_unspecified() || b.address.ip().is_unspecified())
+            {
+                p.push(Problem::new(
+                    format!("listeners.{i}.address"),
+                    format!(
+                        "{} overlaps {}: a wildcard address takes the port on every interface",
+                        a.address, b.address
+                    ),
+                ));
+            }
         }
     }
     let t = &c.tls;
@@ -122,7 +180,10 @@ fn listeners(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
 
 fn readable(path: &Path, key: &str, p: &mut Vec<Problem>) {
     if let Err(e) = std::fs::File::open(path) {
-        p.push(Problem::new(key, format!("cannot read {}: {e}", path.display())));
+        p.push(Problem::new(
+            key,
+            format!("cannot read {}: {e}", path.display()),
+        ));
     }
 }
 
@@ -133,35 +194,64 @@ fn valid_mailbox(m: &str) -> bool {
 }
 
 fn valid_url(u: &str) -> bool {
-    (u.starts_with("https://") || u.starts_with("http://")) && u.len() > 8 && !u.contains(char::is_whitespace)
+    (u.starts_with("https://") || u.starts_with("http://"))
+        && u.len() > 8
+        && !u.contains(char::is_whitespace)
 }
 
 fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
     if c.accounts.is_empty() {
-        p.push(Problem::new("accounts", "at least one [[accounts]] entry is needed"));
+        p.push(Problem::new(
+            "accounts",
+            "at least one [[accounts]] entry is needed",
+        ));
     }
     let mut names = HashSet::new();
     for (i, a) in c.accounts.iter().enumerate() {
         let key = format!("accounts.{i}");
-        if a.name.is_empty() || !a.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
-            p.push(Problem::new(format!("{key}.name"), "must be non-empty and use only letters, digits, '-', '_' and '.'"));
+        if a.name.is_empty()
+            || !a
+                .name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            p.push(Problem::new(
+                format!("{key}.name"),
+                "must be non-empty and use only letters, digits, '-', '_' and '.'",
+            ));
         }
         if !names.insert(a.name.as_str()) {
-            p.push(Problem::new(format!("{key}.name"), format!("account `{}` is defined twice", a.name)));
+            p.push(Problem::new(
+                format!("{key}.name"),
+                format!("account `{}` is defined twice", a.name),
+            ));
         }
         if !valid_mailbox(&a.mailbox) {
-            p.push(Problem::new(format!("{key}.mailbox"), format!("`{}` is not a mailbox address", a.mailbox)));
+            p.push(Problem::new(
+                format!("{key}.mailbox"),
+                format!("`{}` is not a mailbox address", a.mailbox),
+            ));
         }
         for (j, pat) in a.allowed_senders.iter().enumerate() {
             if pat.trim().is_empty() {
-                p.push(Problem::new(format!("{key}.allowed_senders.{j}"), "must not be empty"));
+                p.push(Problem::new(
+                    format!("{key}.allowed_senders.{j}"),
+                    "must not be empty",
+                ));
             }
         }
-        for (k, v) in [("authority", &a.authority), ("token_url", &a.token_url), ("graph_url", &a.graph_url)] {
+        for (k, v) in [
+            ("authority", &a.authority),
+            ("token_url", &a.token_url),
+            ("graph_url", &a.graph_url),
+        ] {
             if let Some(u) = v
                 && !valid_url(u)
             {
-                p.push(Problem::new(format!("{key}.{k}"), format!("`{u}` is not an http(s) URL")));
+                p.push(Problem::new(
+                    format!("{key}.{k}"),
+                    format!("`{u}` is not an http(s) URL"),
+                ));
             }
         }
         if let Some(f) = &a.ca_file {
@@ -191,13 +281,25 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
             ));
         }
         if a.client_id.as_deref().is_none_or(str::is_empty) {
-            p.push(Problem::new(format!("{key}.client_id"), "is required (the Application (client) ID from Entra ID)"));
+            p.push(Problem::new(
+                format!("{key}.client_id"),
+                "is required (the Application (client) ID from Entra ID)",
+            ));
         }
-        if a.token_url.is_none() && a.provider == Provider::Microsoft && a.tenant.as_deref().is_none_or(str::is_empty) {
-            p.push(Problem::new(format!("{key}.tenant"), "is required (tenant ID or domain, e.g. contoso.onmicrosoft.com), or set token_url"));
+        if a.token_url.is_none()
+            && a.provider == Provider::Microsoft
+            && a.tenant.as_deref().is_none_or(str::is_empty)
+        {
+            p.push(Problem::new(
+                format!("{key}.tenant"),
+                "is required (tenant ID or domain, e.g. contoso.onmicrosoft.com), or set token_url",
+            ));
         }
         if a.token_url.is_none() && a.provider == Provider::Generic {
-            p.push(Problem::new(format!("{key}.token_url"), "is required with provider = \"generic\""));
+            p.push(Problem::new(
+                format!("{key}.token_url"),
+                "is required with provider = \"generic\"",
+            ));
         }
         let secret = a.client_secret.is_some() as u8 + a.client_secret_file.is_some() as u8;
         let cert = a.certificate_file.is_some() || a.private_key_file.is_some();
@@ -213,11 +315,11 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
             )),
             _ => {}
         }
-        if let Some(f) = &a.client_secret_file {
-            if let Err(e) = a.client_secret() {
-                let _ = f;
-                p.push(Problem::new(format!("{key}.client_secret_file"), e));
-            }
+        if let Some(f) = &a.client_secret_file
+            && let Err(e) = a.client_secret()
+        {
+            let _ = f;
+            p.push(Problem::new(format!("{key}.client_secret_file"), e));
         }
         if cert {
             match (&a.certificate_file, &a.private_key_file) {
@@ -225,8 +327,14 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
                     readable(c, &format!("{key}.certificate_file"), p);
                     readable(k, &format!("{key}.private_key_file"), p);
                 }
-                (None, _) => p.push(Problem::new(format!("{key}.certificate_file"), "is needed with private_key_file")),
-                (_, None) => p.push(Problem::new(format!("{key}.private_key_file"), "is needed with certificate_file")),
+                (None, _) => p.push(Problem::new(
+                    format!("{key}.certificate_file"),
+                    "is needed with private_key_file",
+                )),
+                (_, None) => p.push(Problem::new(
+                    format!("{key}.private_key_file"),
+                    "is needed with certificate_file",
+                )),
             }
         }
         if a.smtp_tls() == UpstreamTls::None {
@@ -238,7 +346,10 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         if let Some(h) = &a.smtp_host
             && (h.is_empty() || h.contains(char::is_whitespace))
         {
-            p.push(Problem::new(format!("{key}.smtp_host"), "must be a host name"));
+            p.push(Problem::new(
+                format!("{key}.smtp_host"),
+                "must be a host name",
+            ));
         }
         if a.smtp_port == Some(0) {
             p.push(Problem::new(format!("{key}.smtp_port"), "must not be 0"));
@@ -248,23 +359,38 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
 
 fn devices(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
     if c.devices.is_empty() {
-        w.push(Problem::new("devices", "no [[devices]] are configured: nothing can send through the relay"));
+        w.push(Problem::new(
+            "devices",
+            "no [[devices]] are configured: nothing can send through the relay",
+        ));
     }
     let mut usernames = HashSet::new();
     for (i, d) in c.devices.iter().enumerate() {
         let key = format!("devices.{i}");
         if c.account(&d.account).is_none() {
-            p.push(Problem::new(format!("{key}.account"), format!("no [[accounts]] entry is named `{}`", d.account)));
+            p.push(Problem::new(
+                format!("{key}.account"),
+                format!("no [[accounts]] entry is named `{}`", d.account),
+            ));
         }
         if d.auth {
             match d.username.as_deref() {
-                None | Some("") => p.push(Problem::new(format!("{key}.username"), "is required for a device with auth = true")),
+                None | Some("") => p.push(Problem::new(
+                    format!("{key}.username"),
+                    "is required for a device with auth = true",
+                )),
                 Some(u) => {
                     if !usernames.insert(u.to_string()) {
-                        p.push(Problem::new(format!("{key}.username"), format!("username `{u}` is used by another device")));
+                        p.push(Problem::new(
+                            format!("{key}.username"),
+                            format!("username `{u}` is used by another device"),
+                        ));
                     }
                     if u.contains(['\0', '\r', '\n']) {
-                        p.push(Problem::new(format!("{key}.username"), "must not contain control characters"));
+                        p.push(Problem::new(
+                            format!("{key}.username"),
+                            "must not contain control characters",
+                        ));
                     }
                 }
             }
@@ -287,13 +413,19 @@ fn devices(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
                 ));
             }
             if d.username.is_some() || d.password_hash.is_some() {
-                w.push(Problem::new(format!("{key}"), "auth = false: username and password_hash are ignored"));
+                w.push(Problem::new(
+                    key.to_string(),
+                    "auth = false: username and password_hash are ignored",
+                ));
             }
         }
         if let Some(list) = &d.allowed_senders {
             for (j, pat) in list.iter().enumerate() {
                 if pat.trim().is_empty() {
-                    p.push(Problem::new(format!("{key}.allowed_senders.{j}"), "must not be empty"));
+                    p.push(Problem::new(
+                        format!("{key}.allowed_senders.{j}"),
+                        "must not be empty",
+                    ));
                 }
             }
         }

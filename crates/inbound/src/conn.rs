@@ -161,7 +161,13 @@ struct Conn<S> {
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     fn new(io: S) -> Self {
-        Conn { io, rbuf: Vec::with_capacity(4096), rpos: 0, wbuf: Vec::with_capacity(1024), discarding: false }
+        Conn {
+            io,
+            rbuf: Vec::with_capacity(4096),
+            rpos: 0,
+            wbuf: Vec::with_capacity(1024),
+            discarding: false,
+        }
     }
 
     fn queue(&mut self, reply: &Reply) {
@@ -253,14 +259,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 }
 
-async fn drive<S>(conn: &mut Conn<S>, session: &mut Session, ctx: &Arc<Inbound>, peer: SocketAddr, session_deadline: Instant) -> Outcome
+async fn drive<S>(
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    ctx: &Arc<Inbound>,
+    peer: SocketAddr,
+    session_deadline: Instant,
+) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let write_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
+    let write_deadline =
+        || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
     let mut command_deadline: Option<Instant> = None;
     loop {
-        let limit = if session.in_sasl() { ctx.max_line_length.max(MAX_SASL_LINE) } else { ctx.max_line_length };
+        let limit = if session.in_sasl() {
+            ctx.max_line_length.max(MAX_SASL_LINE)
+        } else {
+            ctx.max_line_length
+        };
         let step = match conn.take_line(limit) {
             LineEvent::Line(line) => {
                 command_deadline = None;
@@ -283,7 +300,9 @@ where
         if conn.flush(write_deadline()).await.is_err() {
             return Outcome::Closed;
         }
-        let deadline = (*command_deadline.get_or_insert_with(|| Instant::now() + ctx.command_timeout)).min(session_deadline);
+        let deadline = (*command_deadline
+            .get_or_insert_with(|| Instant::now() + ctx.command_timeout))
+        .min(session_deadline);
         let idle = conn.buffered().is_empty() && !session.in_sasl();
         tokio::select! {
             biased;
@@ -322,17 +341,25 @@ async fn perform<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let write_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
+    let write_deadline =
+        || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
     let step = match step {
         Step::Verify(creds) => {
             if conn.flush(write_deadline()).await.is_err() {
                 return Some(Outcome::Closed);
             }
-            let username = String::from_utf8_lossy(&creds.username).chars().take(64).collect::<String>();
+            let username = String::from_utf8_lossy(&creds.username)
+                .chars()
+                .take(64)
+                .collect::<String>();
             let result = ctx.directory.verify(creds, peer.ip()).await;
             match &result {
-                Ok(device) => debug!(device = %device.name, account = %device.account, "authenticated"),
-                Err(reason) => warn!(username = %username.escape_debug(), reason = reason.as_str(), "authentication failed"),
+                Ok(device) => {
+                    debug!(device = %device.name, account = %device.account, "authenticated")
+                }
+                Err(reason) => {
+                    warn!(username = %username.escape_debug(), reason = reason.as_str(), "authentication failed")
+                }
             }
             session.auth_result(result)
         }
@@ -436,7 +463,11 @@ where
         });
         staged.extend_from_slice(header.as_bytes());
     }
-    let mut rewriter = plan.device.policy.rewrite.then(|| HeaderRewriter::new(plan.device.policy.clone()));
+    let mut rewriter = plan
+        .device
+        .policy
+        .rewrite
+        .then(|| HeaderRewriter::new(plan.device.policy.clone()));
     let mut decoder = DotDecoder::new(ctx.limits.max_message_size);
 
     loop {
@@ -448,7 +479,9 @@ where
                 None => staged.extend_from_slice(&decoded),
             }
             decoded.clear();
-            if r.done && let Some(rw) = rewriter.as_mut() {
+            if r.done
+                && let Some(rw) = rewriter.as_mut()
+            {
                 rw.finish(&mut staged);
             }
             if decoder.over_limit() {
@@ -482,7 +515,10 @@ where
                 if let Some(inc) = incoming.take() {
                     inc.abort().await;
                 }
-                warn!(received = decoder.size(), "client disconnected during DATA; nothing was accepted");
+                warn!(
+                    received = decoder.size(),
+                    "client disconnected during DATA; nothing was accepted"
+                );
                 return DataOutcome::Gone;
             }
             Ok(Ok(_)) => {}
@@ -490,12 +526,20 @@ where
     }
 
     let refusal = if decoder.over_limit() {
-        info!(size = decoder.size(), limit = ctx.limits.max_message_size, "message refused: too large");
+        info!(
+            size = decoder.size(),
+            limit = ctx.limits.max_message_size,
+            "message refused: too large"
+        );
         Some(SessionError::MessageTooBig(ctx.limits.max_message_size))
-    } else if let Some(e) = &store_err {
-        Some(if e.is_full() { SessionError::StorageFull } else { SessionError::LocalError })
     } else {
-        None
+        store_err.as_ref().map(|e| {
+            if e.is_full() {
+                SessionError::StorageFull
+            } else {
+                SessionError::LocalError
+            }
+        })
     };
     if let Some(err) = refusal {
         if let Some(inc) = incoming.take() {
@@ -529,7 +573,11 @@ where
         }
         Err(e) => {
             error!(error = %e, "committing the message to the spool failed; refused");
-            let err = if e.is_full() { SessionError::StorageFull } else { SessionError::LocalError };
+            let err = if e.is_full() {
+                SessionError::StorageFull
+            } else {
+                SessionError::LocalError
+            };
             DataOutcome::Reply(err.reply())
         }
     }

@@ -42,7 +42,12 @@ pub struct RewriteOutcome {
 
 impl HeaderRewriter {
     pub fn new(policy: SenderPolicy) -> Self {
-        HeaderRewriter { policy, buf: Vec::new(), state: RewriteState::Collecting, outcome: RewriteOutcome::default() }
+        HeaderRewriter {
+            policy,
+            buf: Vec::new(),
+            state: RewriteState::Collecting,
+            outcome: RewriteOutcome::default(),
+        }
     }
 
     /// Feeds message bytes; appends whatever can be released to `out`.
@@ -100,7 +105,10 @@ impl HeaderRewriter {
                 let allowed = addr.as_deref().is_some_and(|a| self.policy.allows(a));
                 if !allowed {
                     let name = if is_from { "From" } else { "Sender" };
-                    out.extend_from_slice(format_mailbox_field(name, display.as_deref(), &self.policy.mailbox).as_bytes());
+                    out.extend_from_slice(
+                        format_mailbox_field(name, display.as_deref(), &self.policy.mailbox)
+                            .as_bytes(),
+                    );
                     if is_from {
                         self.outcome.from_rewritten = Some(addr.unwrap_or_default());
                     } else {
@@ -112,7 +120,9 @@ impl HeaderRewriter {
             out.extend_from_slice(field);
         }
         if !saw_from {
-            out.extend_from_slice(format_mailbox_field("From", None, &self.policy.mailbox).as_bytes());
+            out.extend_from_slice(
+                format_mailbox_field("From", None, &self.policy.mailbox).as_bytes(),
+            );
             self.outcome.from_added = true;
         }
     }
@@ -124,7 +134,9 @@ fn split_fields(block: &[u8]) -> Vec<&[u8]> {
     let mut start = 0;
     let mut i = 0;
     while i < block.len() {
-        let line_end = memchr::memchr(b'\n', &block[i..]).map(|p| i + p + 1).unwrap_or(block.len());
+        let line_end = memchr::memchr(b'\n', &block[i..])
+            .map(|p| i + p + 1)
+            .unwrap_or(block.len());
         let next_is_continuation = matches!(block.get(line_end), Some(b' ' | b'\t'));
         if !next_is_continuation {
             fields.push(&block[start..line_end]);
@@ -142,7 +154,11 @@ fn field_name(field: &[u8]) -> &[u8] {
     let colon = memchr::memchr(b':', field).unwrap_or(0);
     let name = &field[..colon];
     // a name with spaces is not a header field name (e.g. an mbox "From " line)
-    if name.iter().any(|b| b.is_ascii_whitespace()) { b"" } else { name }
+    if name.iter().any(|b| b.is_ascii_whitespace()) {
+        b""
+    } else {
+        name
+    }
 }
 
 /// The unfolded value of a field.
@@ -185,7 +201,13 @@ pub fn parse_mailbox(value: &str) -> (Option<String>, Option<String>) {
     }
     // addr-spec, possibly followed by a comment used as a display name
     let (addr_part, comment) = match v.find('(') {
-        Some(p) => (v[..p].trim(), v[p + 1..].rsplit_once(')').map(|(c, _)| c.trim()).filter(|c| !c.is_empty())),
+        Some(p) => (
+            v[..p].trim(),
+            v[p + 1..]
+                .rsplit_once(')')
+                .map(|(c, _)| c.trim())
+                .filter(|c| !c.is_empty()),
+        ),
         None => (v, None),
     };
     let addr = addr_part.split([',', ' ']).next().unwrap_or("").trim();
@@ -233,7 +255,12 @@ pub fn received_header(r: &ReceivedInfo<'_>) -> String {
         (true, false, true) => "ESMTPA",
         (true, true, true) => "ESMTPSA",
     };
-    let helo: String = r.helo.chars().filter(|c| !c.is_control() && *c != '(' && *c != ')').take(100).collect();
+    let helo: String = r
+        .helo
+        .chars()
+        .filter(|c| !c.is_control() && *c != '(' && *c != ')')
+        .take(100)
+        .collect();
     let mut h = format!(
         "Received: from {} ([{}])\r\n\tby {} (smtp2oauth) with {} id {}",
         if helo.is_empty() { "unknown" } else { &helo },
@@ -255,8 +282,15 @@ pub fn rfc5322_date(unix: u64) -> String {
     let secs = unix % 86400;
     let (y, m, d) = civil_from_days(days);
     let weekday = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days.rem_euclid(7)) as usize];
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"][(m - 1) as usize];
-    format!("{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000", secs / 3600, secs / 60 % 60, secs % 60)
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(m - 1) as usize];
+    format!(
+        "{weekday}, {d} {month} {y} {:02}:{:02}:{:02} +0000",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -294,35 +328,69 @@ mod tests {
     #[test]
     fn from_rewrite_table() {
         let cases: &[(&str, &str)] = &[
-            ("From: Scanner 3F <scanner@printer.local>\r\nSubject: s\r\n\r\nbody\r\n",
-             "From: Scanner 3F <scanner@contoso.com>\r\nSubject: s\r\n\r\nbody\r\n"),
-            ("From: \"Scan, <3F>\" <mfp@printer.local>\r\n\r\nb\r\n",
-             "From: \"Scan, <3F>\" <scanner@contoso.com>\r\n\r\nb\r\n"),
-            ("From: mfp@printer.local (Scanner 3F)\r\n\r\nb\r\n",
-             "From: \"Scanner 3F\" <scanner@contoso.com>\r\n\r\nb\r\n"),
-            ("From: mfp@printer.local\r\n\r\nb\r\n", "From: scanner@contoso.com\r\n\r\nb\r\n"),
-            ("From: mfp-3f\r\n\r\nb\r\n", "From: scanner@contoso.com\r\n\r\nb\r\n"),
-            ("From: =?UTF-8?B?U2PDpG5uZXI=?= <mfp@printer.local>\r\n\r\nb\r\n",
-             "From: =?UTF-8?B?U2PDpG5uZXI=?= <scanner@contoso.com>\r\n\r\nb\r\n"),
+            (
+                "From: Scanner 3F <scanner@printer.local>\r\nSubject: s\r\n\r\nbody\r\n",
+                "From: Scanner 3F <scanner@contoso.com>\r\nSubject: s\r\n\r\nbody\r\n",
+            ),
+            (
+                "From: \"Scan, <3F>\" <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: \"Scan, <3F>\" <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            (
+                "From: mfp@printer.local (Scanner 3F)\r\n\r\nb\r\n",
+                "From: \"Scanner 3F\" <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            (
+                "From: mfp@printer.local\r\n\r\nb\r\n",
+                "From: scanner@contoso.com\r\n\r\nb\r\n",
+            ),
+            (
+                "From: mfp-3f\r\n\r\nb\r\n",
+                "From: scanner@contoso.com\r\n\r\nb\r\n",
+            ),
+            (
+                "From: =?UTF-8?B?U2PDpG5uZXI=?= <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: =?UTF-8?B?U2PDpG5uZXI=?= <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
             // folded From is replaced whole
-            ("Subject: x\r\nFrom: \"Long name\"\r\n <mfp@printer.local>\r\nTo: a@b.c\r\n\r\nb\r\n",
-             "Subject: x\r\nFrom: \"Long name\" <scanner@contoso.com>\r\nTo: a@b.c\r\n\r\nb\r\n"),
+            (
+                "Subject: x\r\nFrom: \"Long name\"\r\n <mfp@printer.local>\r\nTo: a@b.c\r\n\r\nb\r\n",
+                "Subject: x\r\nFrom: \"Long name\" <scanner@contoso.com>\r\nTo: a@b.c\r\n\r\nb\r\n",
+            ),
             // allowed senders are left alone, byte for byte
-            ("FROM:   HR <hr@contoso.com>\r\n\r\nb\r\n", "FROM:   HR <hr@contoso.com>\r\n\r\nb\r\n"),
+            (
+                "FROM:   HR <hr@contoso.com>\r\n\r\nb\r\n",
+                "FROM:   HR <hr@contoso.com>\r\n\r\nb\r\n",
+            ),
             // Sender is rewritten too
-            ("From: a@contoso.com\r\nSender: mfp@printer.local\r\n\r\nb\r\n",
-             "From: a@contoso.com\r\nSender: scanner@contoso.com\r\n\r\nb\r\n"),
+            (
+                "From: a@contoso.com\r\nSender: mfp@printer.local\r\n\r\nb\r\n",
+                "From: a@contoso.com\r\nSender: scanner@contoso.com\r\n\r\nb\r\n",
+            ),
             // no From: one is added
-            ("Subject: s\r\n\r\nb\r\n", "Subject: s\r\nFrom: scanner@contoso.com\r\n\r\nb\r\n"),
+            (
+                "Subject: s\r\n\r\nb\r\n",
+                "Subject: s\r\nFrom: scanner@contoso.com\r\n\r\nb\r\n",
+            ),
             // body lines that look like headers are not touched
-            ("From: a@contoso.com\r\n\r\nFrom: evil@x.y\r\n", "From: a@contoso.com\r\n\r\nFrom: evil@x.y\r\n"),
+            (
+                "From: a@contoso.com\r\n\r\nFrom: evil@x.y\r\n",
+                "From: a@contoso.com\r\n\r\nFrom: evil@x.y\r\n",
+            ),
             // a message with no blank line after the headers
-            ("From: mfp@printer.local\r\n", "From: scanner@contoso.com\r\n"),
+            (
+                "From: mfp@printer.local\r\n",
+                "From: scanner@contoso.com\r\n",
+            ),
         ];
         for (input, want) in cases {
             for chunk in [1, 3, 1000] {
                 let (got, _) = rewrite(input.as_bytes(), chunk);
-                assert_eq!(String::from_utf8_lossy(&got), *want, "input {input:?} chunk {chunk}");
+                assert_eq!(
+                    String::from_utf8_lossy(&got),
+                    *want,
+                    "input {input:?} chunk {chunk}"
+                );
             }
         }
     }
@@ -350,7 +418,10 @@ mod tests {
     #[test]
     fn dates() {
         assert_eq!(rfc5322_date(0), "Thu, 1 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc5322_date(1_795_428_000), "Mon, 23 Nov 2026 10:00:00 +0000");
+        assert_eq!(
+            rfc5322_date(1_795_428_000),
+            "Mon, 23 Nov 2026 10:00:00 +0000"
+        );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
     }
 

@@ -63,14 +63,20 @@ impl Directory {
         let mut by_address = Vec::new();
         for (i, d) in cfg.devices.iter().enumerate() {
             let Some(account) = cfg.account(&d.account) else {
-                errors.push(DirectoryError { key: format!("devices.{i}.account"), message: format!("no account `{}`", d.account) });
+                errors.push(DirectoryError {
+                    key: format!("devices.{i}.account"),
+                    message: format!("no account `{}`", d.account),
+                });
                 continue;
             };
             let hash = match (&d.password_hash, d.auth) {
                 (Some(h), true) => match PasswordHash::new(h.expose()) {
                     Ok(ph) if ph.algorithm.as_str().starts_with("argon2") => Some(ph),
                     Ok(_) => {
-                        errors.push(DirectoryError { key: format!("devices.{i}.password_hash"), message: "is not an argon2 hash".into() });
+                        errors.push(DirectoryError {
+                            key: format!("devices.{i}.password_hash"),
+                            message: "is not an argon2 hash".into(),
+                        });
                         continue;
                     }
                     Err(e) => {
@@ -85,7 +91,9 @@ impl Directory {
             };
             let policy = SenderPolicy::new(
                 &account.mailbox,
-                d.allowed_senders.as_ref().unwrap_or(&account.allowed_senders),
+                d.allowed_senders
+                    .as_ref()
+                    .unwrap_or(&account.allowed_senders),
                 d.rewrite_sender.unwrap_or(account.rewrite_sender),
             );
             let dev = Arc::new(Device {
@@ -108,7 +116,11 @@ impl Directory {
             return Err(errors);
         }
         let dummy = PasswordHash::new(DUMMY_HASH).expect("built-in dummy hash is valid");
-        Ok(Directory { by_username, by_address, dummy })
+        Ok(Directory {
+            by_username,
+            by_address,
+            dummy,
+        })
     }
 
     /// The authenticating device with this username, if any.
@@ -119,20 +131,31 @@ impl Directory {
     /// The device that does not authenticate and is recognised by `ip`, if any.
     pub fn device_for_address(&self, ip: IpAddr) -> Option<Arc<Device>> {
         let ip = normalise_ip(ip);
-        self.by_address.iter().find(|d| d.allow_ips.iter().any(|n| n.contains(&ip))).cloned()
+        self.by_address
+            .iter()
+            .find(|d| d.allow_ips.iter().any(|n| n.contains(&ip)))
+            .cloned()
     }
 
     /// Checks credentials. Runs argon2 on the blocking pool, so a burst of logins does not stall
     /// other sessions. Unknown users, wrong passwords and devices connecting from an address
     /// outside their `allow_ips` all fail the same way (and take the same time).
-    pub async fn verify(self: &Arc<Self>, creds: Credentials, peer: IpAddr) -> Result<Arc<Device>, AuthFailure> {
+    pub async fn verify(
+        self: &Arc<Self>,
+        creds: Credentials,
+        peer: IpAddr,
+    ) -> Result<Arc<Device>, AuthFailure> {
         let this = self.clone();
         tokio::task::spawn_blocking(move || this.verify_blocking(&creds, peer))
             .await
             .unwrap_or(Err(AuthFailure::Internal))
     }
 
-    fn verify_blocking(&self, creds: &Credentials, peer: IpAddr) -> Result<Arc<Device>, AuthFailure> {
+    fn verify_blocking(
+        &self,
+        creds: &Credentials,
+        peer: IpAddr,
+    ) -> Result<Arc<Device>, AuthFailure> {
         let argon = Argon2::default();
         match self.by_username.get(&creds.username) {
             None => {
@@ -140,8 +163,12 @@ impl Directory {
                 Err(AuthFailure::UnknownUser)
             }
             Some(dev) => {
-                let Some(hash) = &dev.hash else { return Err(AuthFailure::UnknownUser) };
-                argon.verify_password(&creds.password, hash).map_err(|_| AuthFailure::WrongPassword)?;
+                let Some(hash) = &dev.hash else {
+                    return Err(AuthFailure::UnknownUser);
+                };
+                argon
+                    .verify_password(&creds.password, hash)
+                    .map_err(|_| AuthFailure::WrongPassword)?;
                 if !dev.allowed_from(peer) {
                     return Err(AuthFailure::AddressNotAllowed);
                 }
@@ -177,7 +204,10 @@ const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZHVtbXlzYWx0ZHVtbXk$5oK
 /// Makes an argon2id hash of `password` with the default (OWASP-recommended) cost.
 pub fn hash_password(password: &[u8]) -> Result<String, String> {
     use argon2::PasswordHasher;
-    Argon2::default().hash_password(password).map(|h| h.to_string()).map_err(|e| e.to_string())
+    Argon2::default()
+        .hash_password(password)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Which envelope senders a device may use, and what to do with the others.
@@ -201,7 +231,10 @@ impl SenderPolicy {
     pub fn new(mailbox: &str, patterns: &[String], rewrite: bool) -> Self {
         SenderPolicy {
             mailbox: mailbox.to_string(),
-            patterns: patterns.iter().map(|p| p.trim().to_ascii_lowercase()).collect(),
+            patterns: patterns
+                .iter()
+                .map(|p| p.trim().to_ascii_lowercase())
+                .collect(),
             rewrite,
         }
     }
@@ -212,7 +245,9 @@ impl SenderPolicy {
             return true;
         }
         let a = addr.to_ascii_lowercase();
-        self.patterns.iter().any(|p| glob(p.as_bytes(), a.as_bytes()))
+        self.patterns
+            .iter()
+            .any(|p| glob(p.as_bytes(), a.as_bytes()))
     }
 
     pub fn decide(&self, sender: &str) -> SenderDecision {

@@ -30,7 +30,11 @@ pub struct Permit {
 
 impl Limiter {
     pub fn new(max: usize, per_ip: usize) -> Arc<Limiter> {
-        Arc::new(Limiter { max, per_ip, state: Mutex::new(State::default()) })
+        Arc::new(Limiter {
+            max,
+            per_ip,
+            state: Mutex::new(State::default()),
+        })
     }
 
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, SessionError> {
@@ -45,7 +49,10 @@ impl Limiter {
         }
         *n += 1;
         s.total += 1;
-        Ok(Permit { limiter: self.clone(), ip })
+        Ok(Permit {
+            limiter: self.clone(),
+            ip,
+        })
     }
 
     pub fn active(&self) -> usize {
@@ -77,9 +84,15 @@ mod tests {
         let b: IpAddr = "10.0.0.2".parse().unwrap();
         let p1 = l.try_acquire(a).unwrap();
         let _p2 = l.try_acquire(a).unwrap();
-        assert_eq!(l.try_acquire(a).err(), Some(SessionError::TooManyConnectionsFromAddress));
+        assert_eq!(
+            l.try_acquire(a).err(),
+            Some(SessionError::TooManyConnectionsFromAddress)
+        );
         let _p3 = l.try_acquire(b).unwrap();
-        assert_eq!(l.try_acquire(b).err(), Some(SessionError::TooManyConnections));
+        assert_eq!(
+            l.try_acquire(b).err(),
+            Some(SessionError::TooManyConnections)
+        );
         drop(p1);
         assert!(l.try_acquire(b).is_ok());
         assert_eq!(l.active(), 2);
@@ -87,6 +100,9 @@ mod tests {
         let l = Limiter::new(10, 1);
         let _p = l.try_acquire(a).unwrap();
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(l.try_acquire(mapped).err(), Some(SessionError::TooManyConnectionsFromAddress));
+        assert_eq!(
+            l.try_acquire(mapped).err(),
+            Some(SessionError::TooManyConnectionsFromAddress)
+        );
     }
 }

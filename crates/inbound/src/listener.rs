@@ -19,14 +19,23 @@ pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// Binds a listening socket with a large backlog.
 pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts connections until shutdown; each session runs on `tracker`.
-pub async fn accept_loop(ctx: Arc<Inbound>, rt: Arc<ListenerRuntime>, listener: TcpListener, tracker: TaskTracker) {
+pub async fn accept_loop(
+    ctx: Arc<Inbound>,
+    rt: Arc<ListenerRuntime>,
+    listener: TcpListener,
+    tracker: TaskTracker,
+) {
     loop {
         let accepted = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
@@ -48,7 +57,11 @@ pub async fn accept_loop(ctx: Arc<Inbound>, rt: Arc<ListenerRuntime>, listener: 
                         info!(listener = %rt.settings.label, peer = %peer.ip(), reply = %refusal, "connection refused");
                         tracker.spawn(async move {
                             let mut stream = stream;
-                            let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&refusal.reply().to_wire())).await;
+                            let _ = tokio::time::timeout(
+                                Duration::from_secs(5),
+                                stream.write_all(&refusal.reply().to_wire()),
+                            )
+                            .await;
                             let _ = stream.shutdown().await;
                         });
                     }

@@ -63,7 +63,10 @@ pub fn parse_plain(decoded: &[u8]) -> Result<Credentials, SaslError> {
     if !authzid.is_empty() && authzid != authcid {
         return Err(SaslError::Malformed);
     }
-    Ok(Credentials { username: authcid.to_vec(), password: passwd.to_vec() })
+    Ok(Credentials {
+        username: authcid.to_vec(),
+        password: passwd.to_vec(),
+    })
 }
 
 fn trim(mut s: &[u8]) -> &[u8] {
@@ -81,15 +84,21 @@ mod tests {
     use super::*;
 
     fn b64(s: &[u8]) -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD.encode(s).into_bytes()
+        base64::engine::general_purpose::STANDARD
+            .encode(s)
+            .into_bytes()
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn plain_table() {
         let cases: &[(&[u8], Result<(&[u8], &[u8]), SaslError>)] = &[
             (b"\0mfp-3f\0secret", Ok((b"mfp-3f", b"secret"))),
             (b"mfp-3f\0mfp-3f\0secret", Ok((b"mfp-3f", b"secret"))),
-            (b"\0user@example.com\0p\xe4ss", Ok((b"user@example.com", b"p\xe4ss"))),
+            (
+                b"\0user@example.com\0p\xe4ss",
+                Ok((b"user@example.com", b"p\xe4ss")),
+            ),
             (b"\0u\0", Ok((b"u", b""))),
             (b"other\0mfp\0secret", Err(SaslError::Malformed)),
             (b"\0\0secret", Err(SaslError::Malformed)),
@@ -122,7 +131,10 @@ mod tests {
 
     #[test]
     fn debug_hides_password() {
-        let c = Credentials { username: b"mfp".to_vec(), password: b"hunter2".to_vec() };
+        let c = Credentials {
+            username: b"mfp".to_vec(),
+            password: b"hunter2".to_vec(),
+        };
         assert!(!format!("{c:?}").contains("hunter2"));
     }
 }

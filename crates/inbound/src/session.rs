@@ -14,10 +14,12 @@
 
 use crate::identity::{AuthFailure, Device, SenderDecision};
 use crate::sasl::{self, Credentials, SaslError};
+use smtp_proto::{
+    AUTH_LOGIN, AUTH_PLAIN, Error as ParseError, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, Request,
+};
 use smtp2oauth_config::ListenerTls;
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_proto::{Reply, SessionError};
-use smtp_proto::{AUTH_LOGIN, AUTH_PLAIN, Error as ParseError, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, Request};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -181,12 +183,16 @@ impl Session {
                     ParseError::UnknownCommand => SessionError::UnknownCommand,
                     ParseError::InvalidRecipientAddress => SessionError::BadRecipientAddress,
                     ParseError::InvalidSenderAddress => SessionError::BadSenderAddress,
-                    ParseError::SyntaxError { syntax } if syntax.starts_with("AUTH") && has_argument(&line) => {
+                    ParseError::SyntaxError { syntax }
+                        if syntax.starts_with("AUTH") && has_argument(&line) =>
+                    {
                         SessionError::MechanismNotSupported
                     }
                     ParseError::SyntaxError { syntax } => SessionError::Syntax(syntax),
                     ParseError::InvalidParameter { param } => SessionError::InvalidParameter(param),
-                    ParseError::UnsupportedParameter { param } => SessionError::UnsupportedParameter(param),
+                    ParseError::UnsupportedParameter { param } => {
+                        SessionError::UnsupportedParameter(param)
+                    }
                     ParseError::ResponseTooLong => SessionError::LineTooLong,
                     ParseError::NeedsMoreData { .. } | ParseError::InvalidResponse { .. } => {
                         SessionError::Syntax("incomplete command")
@@ -233,7 +239,10 @@ impl Session {
             }
             Request::Rcpt { to } => self.rcpt(to.address.as_ref()),
             Request::Data => self.data(),
-            Request::Auth { mechanism, initial_response } => self.auth(mechanism, initial_response.as_ref()),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => self.auth(mechanism, initial_response.as_ref()),
             Request::StartTls => self.starttls(),
             Request::Rset => {
                 self.tx = None;
@@ -267,7 +276,12 @@ impl Session {
 
     fn ehlo_reply(&self) -> Reply {
         let mut lines = vec![
-            format!("{} Hello {} [{}]", self.hostname, self.helo.as_deref().unwrap_or(""), self.peer),
+            format!(
+                "{} Hello {} [{}]",
+                self.hostname,
+                self.helo.as_deref().unwrap_or(""),
+                self.peer
+            ),
             "PIPELINING".into(),
             format!("SIZE {}", self.limits.max_message_size),
             "8BITMIME".into(),
@@ -355,7 +369,10 @@ impl Session {
                 self.sasl = Some(Sasl::LoginPass { username: decoded });
                 Step::Reply(ok::auth_login_password())
             }
-            Sasl::LoginPass { username } => Step::Verify(Credentials { username, password: decoded }),
+            Sasl::LoginPass { username } => Step::Verify(Credentials {
+                username,
+                password: decoded,
+            }),
         }
     }
 
@@ -438,7 +455,11 @@ impl Session {
             return self.refuse(SessionError::NeedMail);
         };
         if tx.recipients.is_empty() {
-            let err = if tx.rcpt_attempts == 0 { SessionError::NeedRcpt } else { SessionError::NoValidRecipients };
+            let err = if tx.rcpt_attempts == 0 {
+                SessionError::NeedRcpt
+            } else {
+                SessionError::NoValidRecipients
+            };
             return self.refuse(err);
         }
         // The transaction ends with this DATA, whatever its outcome.
@@ -479,7 +500,10 @@ fn normalise_path_command(line: &[u8]) -> Cow<'_, [u8]> {
             if matches!(path.first(), None | Some(b'<' | b'\r' | b'\n')) {
                 return Cow::Borrowed(line);
             }
-            let end = path.iter().position(|&b| matches!(b, b' ' | b'\r' | b'\n')).unwrap_or(path.len());
+            let end = path
+                .iter()
+                .position(|&b| matches!(b, b' ' | b'\r' | b'\n'))
+                .unwrap_or(path.len());
             let mut fixed = Vec::with_capacity(line.len() + 2);
             fixed.extend_from_slice(&line[..prefix.len()]);
             fixed.push(b'<');
@@ -505,7 +529,9 @@ fn parse_unqualified_mail(line: &[u8]) -> Option<(String, u64, u64)> {
     if addr.is_empty()
         || addr.len() > 256
         || addr.contains('@')
-        || !addr.chars().all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
+        || !addr
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c))
     {
         return None;
     }

@@ -18,24 +18,42 @@ pub enum TlsError {
     #[error("cannot read private key file {path}: {detail}")]
     Key { path: String, detail: String },
     #[error("certificate {cert} and key {key} do not belong together: {detail}")]
-    Mismatch { cert: String, key: String, detail: String },
+    Mismatch {
+        cert: String,
+        key: String,
+        detail: String,
+    },
 }
 
 /// Loads a PEM certificate chain and private key into a server configuration.
 pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| TlsError::Cert { path: cert.display().to_string(), detail: e.to_string() })?
+        .map_err(|e| TlsError::Cert {
+            path: cert.display().to_string(),
+            detail: e.to_string(),
+        })?
         .collect::<Result<_, _>>()
-        .map_err(|e| TlsError::Cert { path: cert.display().to_string(), detail: e.to_string() })?;
+        .map_err(|e| TlsError::Cert {
+            path: cert.display().to_string(),
+            detail: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::Cert { path: cert.display().to_string(), detail: "no CERTIFICATE block found".into() });
+        return Err(TlsError::Cert {
+            path: cert.display().to_string(),
+            detail: "no CERTIFICATE block found".into(),
+        });
     }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| TlsError::Key { path: key.display().to_string(), detail: e.to_string() })?;
+    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| TlsError::Key {
+        path: key.display().to_string(),
+        detail: e.to_string(),
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError::Cert { path: cert.display().to_string(), detail: e.to_string() })?
+        .map_err(|e| TlsError::Cert {
+            path: cert.display().to_string(),
+            detail: e.to_string(),
+        })?
         .with_no_client_auth()
         .with_single_cert(certs, key_der)
         .map_err(|e| TlsError::Mismatch {

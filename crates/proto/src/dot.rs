@@ -56,7 +56,12 @@ impl DotDecoder {
     /// A decoder that stores at most `limit` bytes of message; past that it keeps reading to the
     /// terminator (so the session stays in sync) but stores nothing more.
     pub fn new(limit: u64) -> Self {
-        DotDecoder { state: State::LineStart, decoded: 0, limit, eight_bit: false }
+        DotDecoder {
+            state: State::LineStart,
+            decoded: 0,
+            limit,
+            eight_bit: false,
+        }
     }
 
     /// Total decoded size so far (counting bytes discarded past the limit).
@@ -146,14 +151,20 @@ impl DotDecoder {
                     if input[i] == b'\n' {
                         i += 1;
                         self.state = State::Done;
-                        return Decoded { consumed: i, done: true };
+                        return Decoded {
+                            consumed: i,
+                            done: true,
+                        };
                     }
                     // ". CR x": stuffed dot dropped, the CR is bare.
                     self.state = State::MidCr;
                 }
             }
         }
-        Decoded { consumed: i, done: self.state == State::Done }
+        Decoded {
+            consumed: i,
+            done: self.state == State::Done,
+        }
     }
 
     fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
@@ -187,7 +198,11 @@ impl Default for DotEncoder {
 
 impl DotEncoder {
     pub fn new() -> Self {
-        DotEncoder { at_line_start: true, pending_cr: false, empty: true }
+        DotEncoder {
+            at_line_start: true,
+            pending_cr: false,
+            empty: true,
+        }
     }
 
     /// Encodes a chunk of the message, appending wire bytes to `out`.
@@ -271,17 +286,37 @@ mod tests {
             (b"hello\r\n.\r\n", b"hello\r\n", b""),
             (b"hello\r\n.\r\nQUIT\r\n", b"hello\r\n", b"QUIT\r\n"),
             (b"..\r\n.\r\n", b".\r\n", b""),
-            (b"..leading\r\n...two\r\n.\r\n", b".leading\r\n..two\r\n", b""),
+            (
+                b"..leading\r\n...two\r\n.\r\n",
+                b".leading\r\n..two\r\n",
+                b"",
+            ),
             (b"a\r\n.b\r\n.\r\n", b"a\r\nb\r\n", b""),
             // bare LF and bare CR are normalised, and never end the message
             (b"a\nb\r\n.\r\n", b"a\r\nb\r\n", b""),
             (b"a\rb\r\n.\r\n", b"a\r\nb\r\n", b""),
             (b"a\r\r\nb\r\n.\r\n", b"a\r\n\r\nb\r\n", b""),
             // smuggling attempts: none of these end the message
-            (b"a\n.\nMAIL FROM:<x@y>\r\n.\r\n", b"a\r\n.\r\nMAIL FROM:<x@y>\r\n", b""),
-            (b"a\r\n.\nMAIL FROM:<x@y>\r\n.\r\n", b"a\r\n\r\nMAIL FROM:<x@y>\r\n", b""),
-            (b"a\n.\r\nMAIL FROM:<x@y>\r\n.\r\n", b"a\r\n.\r\nMAIL FROM:<x@y>\r\n", b""),
-            (b"a\r.\r\nMAIL FROM:<x@y>\r\n.\r\n", b"a\r\n.\r\nMAIL FROM:<x@y>\r\n", b""),
+            (
+                b"a\n.\nMAIL FROM:<x@y>\r\n.\r\n",
+                b"a\r\n.\r\nMAIL FROM:<x@y>\r\n",
+                b"",
+            ),
+            (
+                b"a\r\n.\nMAIL FROM:<x@y>\r\n.\r\n",
+                b"a\r\n\r\nMAIL FROM:<x@y>\r\n",
+                b"",
+            ),
+            (
+                b"a\n.\r\nMAIL FROM:<x@y>\r\n.\r\n",
+                b"a\r\n.\r\nMAIL FROM:<x@y>\r\n",
+                b"",
+            ),
+            (
+                b"a\r.\r\nMAIL FROM:<x@y>\r\n.\r\n",
+                b"a\r\n.\r\nMAIL FROM:<x@y>\r\n",
+                b"",
+            ),
             (b"a\r\n.\rMAIL\r\n.\r\n", b"a\r\n\r\nMAIL\r\n", b""),
             // the terminator must be exactly CRLF . CRLF
             (b"a\r\n. \r\n.\r\n", b"a\r\n \r\n", b""),
@@ -294,7 +329,12 @@ mod tests {
             for chunk in [1, 2, 3, 7, 4096] {
                 let (got, left, done) = decode_chunked(wire, chunk, u64::MAX);
                 assert!(done, "{wire:?} chunk {chunk}: not done");
-                assert_eq!(got, *msg, "{:?} chunk {chunk}", String::from_utf8_lossy(wire));
+                assert_eq!(
+                    got,
+                    *msg,
+                    "{:?} chunk {chunk}",
+                    String::from_utf8_lossy(wire)
+                );
                 assert_eq!(left, *rest, "{wire:?} chunk {chunk}");
             }
         }
@@ -302,7 +342,14 @@ mod tests {
 
     #[test]
     fn decoder_needs_more() {
-        for wire in [&b"abc"[..], b"abc\r\n", b"abc\r\n.", b"abc\r\n.\r", b"a\n.\n", b"\r\n.\n"] {
+        for wire in [
+            &b"abc"[..],
+            b"abc\r\n",
+            b"abc\r\n.",
+            b"abc\r\n.\r",
+            b"a\n.\n",
+            b"\r\n.\n",
+        ] {
             let (_, _, done) = decode_chunked(wire, 1, u64::MAX);
             assert!(!done, "{wire:?}");
         }

@@ -40,7 +40,11 @@ pub mod ok {
         r(221, (2, 0, 0), "Bye")
     }
     pub fn vrfy() -> Reply {
-        r(252, (2, 5, 0), "Cannot VRFY user, but will accept message and attempt delivery")
+        r(
+            252,
+            (2, 5, 0),
+            "Cannot VRFY user, but will accept message and attempt delivery",
+        )
     }
     pub fn help() -> Reply {
         Reply::multiline(
@@ -79,7 +83,9 @@ pub mod ok {
         r(
             250,
             (2, 0, 0),
-            format!("OK: delivered as {queue_id} to {accepted} of {total} recipients; the others were refused upstream"),
+            format!(
+                "OK: delivered as {queue_id} to {accepted} of {total} recipients; the others were refused upstream"
+            ),
         )
     }
     /// Accepted into the durable queue.
@@ -146,16 +152,22 @@ impl SessionError {
             NestedMail => r(503, (5, 5, 1), "Sender already specified"),
             NoValidRecipients => r(554, (5, 5, 1), "No valid recipients"),
             AlreadyAuthenticated => r(503, (5, 5, 1), "Already authenticated"),
-            AuthDuringTransaction => r(503, (5, 5, 1), "AUTH not permitted during a mail transaction"),
+            AuthDuringTransaction => r(
+                503,
+                (5, 5, 1),
+                "AUTH not permitted during a mail transaction",
+            ),
             TlsAlreadyActive => r(503, (5, 5, 1), "TLS already active"),
             TlsUnavailable => r(454, (4, 7, 0), "TLS not available"),
             MechanismNotSupported => r(504, (5, 5, 4), "Unrecognized authentication type"),
             AuthCancelled => r(501, (5, 0, 0), "Authentication cancelled"),
             BadBase64 => r(501, (5, 5, 2), "Cannot decode base64 response"),
             AuthFailed => r(535, (5, 7, 8), "Authentication credentials invalid"),
-            EncryptionRequired => {
-                r(538, (5, 7, 11), "Encryption required for requested authentication mechanism")
-            }
+            EncryptionRequired => r(
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            ),
             TlsRequired => r(530, (5, 7, 0), "Must issue a STARTTLS command first"),
             AuthRequired => r(530, (5, 7, 0), "Authentication required"),
             TooManyAuthFailures => r(421, (4, 7, 0), "Too many failed authentication attempts"),
@@ -173,11 +185,17 @@ impl SessionError {
             Timeout => r(421, (4, 4, 2), "Timeout exceeded, closing connection"),
             TooManyErrors => r(421, (4, 7, 0), "Too many errors, closing connection"),
             TooManyConnections => r(421, (4, 7, 0), "Too many connections, try again later"),
-            TooManyConnectionsFromAddress => {
-                r(421, (4, 7, 0), "Too many connections from your address, try again later")
-            }
+            TooManyConnectionsFromAddress => r(
+                421,
+                (4, 7, 0),
+                "Too many connections from your address, try again later",
+            ),
             ShuttingDown => r(421, (4, 3, 2), "Service shutting down, try again later"),
-            StorageFull => r(452, (4, 3, 1), "Insufficient system storage, try again later"),
+            StorageFull => r(
+                452,
+                (4, 3, 1),
+                "Insufficient system storage, try again later",
+            ),
             LocalError => r(451, (4, 3, 0), "Local error in processing, try again later"),
         }
     }
@@ -256,7 +274,11 @@ pub enum DeliveryError {
     Rejected { stage: Stage, reply: Reply },
     /// No access token could be obtained for the account.
     #[error("no access token for account {account}: {reason}")]
-    Token { account: String, reason: String, sign_in_required: bool },
+    Token {
+        account: String,
+        reason: String,
+        sign_in_required: bool,
+    },
     #[error("cannot connect to {target}: {detail}")]
     Connect { target: String, detail: String },
     #[error("upstream timed out at {stage}")]
@@ -283,27 +305,43 @@ impl DeliveryError {
         match self {
             // The upstream's own words reach the device: code, enhanced status and text.
             DeliveryError::Rejected { reply, .. } => reply.clone(),
-            DeliveryError::Token { account, reason, .. } => r(
+            DeliveryError::Token {
+                account, reason, ..
+            } => r(
                 454,
                 (4, 7, 0),
-                format!("Temporary authentication failure: no access token for account {account}: {reason}"),
+                format!(
+                    "Temporary authentication failure: no access token for account {account}: {reason}"
+                ),
             ),
-            DeliveryError::Connect { target, .. } => {
-                r(451, (4, 4, 1), format!("Upstream {target} not reachable, try again later"))
+            DeliveryError::Connect { target, .. } => r(
+                451,
+                (4, 4, 1),
+                format!("Upstream {target} not reachable, try again later"),
+            ),
+            DeliveryError::Timeout { stage } => r(
+                451,
+                (4, 4, 2),
+                format!("Upstream timed out ({stage}), try again later"),
+            ),
+            DeliveryError::ConnectionLost { stage, .. } => r(
+                451,
+                (4, 4, 2),
+                format!("Upstream connection lost ({stage}), try again later"),
+            ),
+            DeliveryError::Tls { detail } => r(
+                451,
+                (4, 7, 5),
+                format!("TLS with the upstream failed: {detail}"),
+            ),
+            DeliveryError::Protocol { stage, detail } => r(
+                451,
+                (4, 5, 0),
+                format!("Upstream protocol error ({stage}): {detail}"),
+            ),
+            DeliveryError::Local { .. } => {
+                r(451, (4, 3, 0), "Local error in processing, try again later")
             }
-            DeliveryError::Timeout { stage } => {
-                r(451, (4, 4, 2), format!("Upstream timed out ({stage}), try again later"))
-            }
-            DeliveryError::ConnectionLost { stage, .. } => {
-                r(451, (4, 4, 2), format!("Upstream connection lost ({stage}), try again later"))
-            }
-            DeliveryError::Tls { detail } => {
-                r(451, (4, 7, 5), format!("TLS with the upstream failed: {detail}"))
-            }
-            DeliveryError::Protocol { stage, detail } => {
-                r(451, (4, 5, 0), format!("Upstream protocol error ({stage}): {detail}"))
-            }
-            DeliveryError::Local { .. } => r(451, (4, 3, 0), "Local error in processing, try again later"),
         }
     }
 
@@ -330,18 +368,47 @@ mod tests {
     fn session_errors_have_matching_classes() {
         use SessionError::*;
         let all = [
-            UnknownCommand, LineTooLong, Syntax("x"), BadSenderAddress, BadRecipientAddress,
-            UnsupportedParameter("X".into()), InvalidParameter("SIZE"), NotImplemented("EXPN"),
-            NeedHelo, NeedMail, NeedRcpt, NestedMail, NoValidRecipients, AlreadyAuthenticated,
-            AuthDuringTransaction, TlsAlreadyActive, TlsUnavailable, MechanismNotSupported,
-            AuthCancelled, BadBase64, AuthFailed, EncryptionRequired, TlsRequired, AuthRequired,
-            TooManyAuthFailures, SenderNotAllowed("a@b".into()), TooManyRecipients,
-            MessageTooBig(10), Timeout, TooManyErrors, TooManyConnections,
-            TooManyConnectionsFromAddress, ShuttingDown, StorageFull, LocalError,
+            UnknownCommand,
+            LineTooLong,
+            Syntax("x"),
+            BadSenderAddress,
+            BadRecipientAddress,
+            UnsupportedParameter("X".into()),
+            InvalidParameter("SIZE"),
+            NotImplemented("EXPN"),
+            NeedHelo,
+            NeedMail,
+            NeedRcpt,
+            NestedMail,
+            NoValidRecipients,
+            AlreadyAuthenticated,
+            AuthDuringTransaction,
+            TlsAlreadyActive,
+            TlsUnavailable,
+            MechanismNotSupported,
+            AuthCancelled,
+            BadBase64,
+            AuthFailed,
+            EncryptionRequired,
+            TlsRequired,
+            AuthRequired,
+            TooManyAuthFailures,
+            SenderNotAllowed("a@b".into()),
+            TooManyRecipients,
+            MessageTooBig(10),
+            Timeout,
+            TooManyErrors,
+            TooManyConnections,
+            TooManyConnectionsFromAddress,
+            ShuttingDown,
+            StorageFull,
+            LocalError,
         ];
         for e in all {
             let reply = e.reply();
-            let status = reply.status().expect("every refusal carries an enhanced status");
+            let status = reply
+                .status()
+                .expect("every refusal carries an enhanced status");
             assert_eq!(u16::from(status.class), reply.code() / 100, "{e:?}");
             assert!(reply.code() >= 400, "{e:?}");
             if e.closes_session() {
@@ -353,12 +420,34 @@ mod tests {
     #[test]
     fn contract_codes() {
         // Codes named in the product's contract with devices.
-        assert_eq!(SessionError::EncryptionRequired.reply().to_string(),
-            "538 5.7.11 Encryption required for requested authentication mechanism");
-        assert!(SessionError::AuthFailed.reply().to_string().starts_with("535 5.7.8"));
-        assert!(SessionError::AuthRequired.reply().to_string().starts_with("530 5.7.0"));
-        assert!(SessionError::MessageTooBig(5).reply().to_string().starts_with("552 5.3.4"));
-        assert!(SessionError::StorageFull.reply().to_string().starts_with("452 4.3.1"));
+        assert_eq!(
+            SessionError::EncryptionRequired.reply().to_string(),
+            "538 5.7.11 Encryption required for requested authentication mechanism"
+        );
+        assert!(
+            SessionError::AuthFailed
+                .reply()
+                .to_string()
+                .starts_with("535 5.7.8")
+        );
+        assert!(
+            SessionError::AuthRequired
+                .reply()
+                .to_string()
+                .starts_with("530 5.7.0")
+        );
+        assert!(
+            SessionError::MessageTooBig(5)
+                .reply()
+                .to_string()
+                .starts_with("552 5.3.4")
+        );
+        assert!(
+            SessionError::StorageFull
+                .reply()
+                .to_string()
+                .starts_with("452 4.3.1")
+        );
         assert_eq!(ok::auth_login_username().to_wire(), b"334 VXNlcm5hbWU6\r\n");
         assert_eq!(ok::auth_login_password().to_wire(), b"334 UGFzc3dvcmQ6\r\n");
         assert_eq!(ok::auth_plain_challenge().to_wire(), b"334 \r\n");
@@ -370,24 +459,51 @@ mod tests {
             let mut a = crate::ReplyAssembler::new();
             a.push_line(s.as_bytes()).unwrap().unwrap()
         };
-        let perm = DeliveryError::Rejected { stage: Stage::Mail, reply: rej("554 5.2.252 SendAsDenied; x") };
+        let perm = DeliveryError::Rejected {
+            stage: Stage::Mail,
+            reply: rej("554 5.2.252 SendAsDenied; x"),
+        };
         assert!(perm.is_permanent());
         assert_eq!(perm.reply().to_string(), "554 5.2.252 SendAsDenied; x");
-        let temp = DeliveryError::Rejected { stage: Stage::Mail, reply: rej("451 4.7.500 Server busy") };
+        let temp = DeliveryError::Rejected {
+            stage: Stage::Mail,
+            reply: rej("451 4.7.500 Server busy"),
+        };
         assert!(!temp.is_permanent());
         for e in [
-            DeliveryError::Token { account: "a".into(), reason: "down".into(), sign_in_required: false },
-            DeliveryError::Connect { target: "h:1".into(), detail: "refused".into() },
+            DeliveryError::Token {
+                account: "a".into(),
+                reason: "down".into(),
+                sign_in_required: false,
+            },
+            DeliveryError::Connect {
+                target: "h:1".into(),
+                detail: "refused".into(),
+            },
             DeliveryError::Timeout { stage: Stage::Body },
-            DeliveryError::ConnectionLost { stage: Stage::Body, detail: "eof".into() },
-            DeliveryError::Tls { detail: "bad cert".into() },
-            DeliveryError::Protocol { stage: Stage::Ehlo, detail: "garbage".into() },
-            DeliveryError::Local { detail: "io".into() },
+            DeliveryError::ConnectionLost {
+                stage: Stage::Body,
+                detail: "eof".into(),
+            },
+            DeliveryError::Tls {
+                detail: "bad cert".into(),
+            },
+            DeliveryError::Protocol {
+                stage: Stage::Ehlo,
+                detail: "garbage".into(),
+            },
+            DeliveryError::Local {
+                detail: "io".into(),
+            },
         ] {
             assert!(!e.is_permanent(), "{e:?}");
             assert_eq!(e.reply().code() / 100, 4, "{e:?}");
         }
-        let tok = DeliveryError::Token { account: "scanner".into(), reason: "token endpoint unavailable".into(), sign_in_required: false };
+        let tok = DeliveryError::Token {
+            account: "scanner".into(),
+            reason: "token endpoint unavailable".into(),
+            sign_in_required: false,
+        };
         assert!(tok.reply().to_string().starts_with("454 4.7.0"));
     }
 }

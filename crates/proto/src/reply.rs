@@ -18,7 +18,11 @@ pub struct EnhancedStatus {
 
 impl EnhancedStatus {
     pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
-        Self { class, subject, detail }
+        Self {
+            class,
+            subject,
+            detail,
+        }
     }
 
     /// Parses `c.s.d` at the start of `text` (followed by a space or the end), returning the code
@@ -45,12 +49,23 @@ impl EnhancedStatus {
             Some(b' ') => &text[end + 1..],
             Some(_) => return None,
         };
-        Some((EnhancedStatus { class, subject, detail }, rest))
+        Some((
+            EnhancedStatus {
+                class,
+                subject,
+                detail,
+            },
+            rest,
+        ))
     }
 }
 
 fn parse_digits(bytes: &[u8]) -> Option<(u16, usize)> {
-    let n = bytes.iter().take(4).take_while(|b| b.is_ascii_digit()).count();
+    let n = bytes
+        .iter()
+        .take(4)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
     if n == 0 || n > 3 {
         return None;
     }
@@ -102,12 +117,20 @@ impl Reply {
         if lines.is_empty() {
             lines.push(String::new());
         }
-        Reply { code: clamp_code(code), status, lines }
+        Reply {
+            code: clamp_code(code),
+            status,
+            lines,
+        }
     }
 
     /// A reply with an enhanced status code.
     pub fn with_status(code: u16, status: (u8, u16, u16), text: impl AsRef<str>) -> Reply {
-        Reply::new(code, Some(EnhancedStatus::new(status.0, status.1, status.2)), text)
+        Reply::new(
+            code,
+            Some(EnhancedStatus::new(status.0, status.1, status.2)),
+            text,
+        )
     }
 
     /// A multi-line reply (EHLO, HELP).
@@ -210,7 +233,11 @@ impl fmt::Display for Reply {
 }
 
 fn clamp_code(code: u16) -> u16 {
-    if (200..=599).contains(&code) { code } else { 451 }
+    if (200..=599).contains(&code) {
+        code
+    } else {
+        451
+    }
 }
 
 /// Keeps a reply line printable: control characters other than tab become `?`, and the length is
@@ -272,7 +299,8 @@ impl ReplyAssembler {
         if b.len() < 3 || !b[..3].iter().all(u8::is_ascii_digit) {
             return Err(ReplyParseError::BadCode(line.chars().take(40).collect()));
         }
-        let code = u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
+        let code =
+            u16::from(b[0] - b'0') * 100 + u16::from(b[1] - b'0') * 10 + u16::from(b[2] - b'0');
         let (last, text) = match b.get(3) {
             None => (true, ""),
             Some(b' ') => (true, &line[4..]),
@@ -344,13 +372,20 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::type_complexity)]
     fn enhanced_status_table() {
         let cases: &[(&str, Option<(u8, u16, u16, &str)>)] = &[
-            ("5.7.139 Authentication unsuccessful", Some((5, 7, 139, "Authentication unsuccessful"))),
+            (
+                "5.7.139 Authentication unsuccessful",
+                Some((5, 7, 139, "Authentication unsuccessful")),
+            ),
             ("4.7.500 Server busy", Some((4, 7, 500, "Server busy"))),
             ("5.7.708 Access denied", Some((5, 7, 708, "Access denied"))),
             ("2.0.0", Some((2, 0, 0, ""))),
-            ("5.2.252 SendAsDenied; x", Some((5, 2, 252, "SendAsDenied; x"))),
+            (
+                "5.2.252 SendAsDenied; x",
+                Some((5, 2, 252, "SendAsDenied; x")),
+            ),
             ("3.0.0 no such class", None),
             ("5.7.1234 too long", None),
             ("5..1 missing", None),
@@ -367,16 +402,26 @@ mod tests {
 
     #[test]
     fn assembles_exchange_replies_whole() {
-        let r = parse(&["535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."]);
+        let r = parse(&[
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+        ]);
         assert_eq!(r.code(), 535);
         assert_eq!(r.status(), Some(EnhancedStatus::new(5, 7, 139)));
-        assert_eq!(r.text(), "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.");
+        assert_eq!(
+            r.text(),
+            "Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant."
+        );
         assert!(r.is_permanent());
 
-        let r = parse(&["451 4.7.500 Server busy. Please try again later from [203.0.113.9]. (S77719)"]);
+        let r = parse(&[
+            "451 4.7.500 Server busy. Please try again later from [203.0.113.9]. (S77719)",
+        ]);
         assert_eq!(r.status(), Some(EnhancedStatus::new(4, 7, 500)));
         assert!(r.is_transient());
-        assert_eq!(r.to_string(), "451 4.7.500 Server busy. Please try again later from [203.0.113.9]. (S77719)");
+        assert_eq!(
+            r.to_string(),
+            "451 4.7.500 Server busy. Please try again later from [203.0.113.9]. (S77719)"
+        );
     }
 
     #[test]
@@ -386,8 +431,14 @@ mod tests {
             "535 5.7.8  https://support.google.com/mail/?p=BadCredentials\r\n",
         ]);
         assert_eq!(r.lines().len(), 2);
-        assert_eq!(r.lines()[0], "Username and Password not accepted. Learn more at");
-        assert_eq!(r.lines()[1], " https://support.google.com/mail/?p=BadCredentials");
+        assert_eq!(
+            r.lines()[0],
+            "Username and Password not accepted. Learn more at"
+        );
+        assert_eq!(
+            r.lines()[1],
+            " https://support.google.com/mail/?p=BadCredentials"
+        );
         assert_eq!(
             String::from_utf8(r.to_wire()).unwrap(),
             "535-5.7.8 Username and Password not accepted. Learn more at\r\n535 5.7.8  https://support.google.com/mail/?p=BadCredentials\r\n"
@@ -396,7 +447,12 @@ mod tests {
 
     #[test]
     fn ehlo_reply_lines_are_not_mistaken_for_status() {
-        let r = parse(&["250-mx.test Hello", "250-SIZE 157286400", "250-8BITMIME", "250 AUTH LOGIN XOAUTH2"]);
+        let r = parse(&[
+            "250-mx.test Hello",
+            "250-SIZE 157286400",
+            "250-8BITMIME",
+            "250 AUTH LOGIN XOAUTH2",
+        ]);
         assert_eq!(r.status(), None);
         assert_eq!(r.lines()[2], "8BITMIME");
     }
@@ -411,12 +467,21 @@ mod tests {
     #[test]
     fn bad_replies_are_errors() {
         let mut a = ReplyAssembler::new();
-        assert!(matches!(a.push_line(b"hello"), Err(ReplyParseError::BadCode(_))));
+        assert!(matches!(
+            a.push_line(b"hello"),
+            Err(ReplyParseError::BadCode(_))
+        ));
         let mut a = ReplyAssembler::new();
         assert!(a.push_line(b"250-a").unwrap().is_none());
-        assert_eq!(a.push_line(b"251 b"), Err(ReplyParseError::MixedCodes(250, 251)));
+        assert_eq!(
+            a.push_line(b"251 b"),
+            Err(ReplyParseError::MixedCodes(250, 251))
+        );
         let mut a = ReplyAssembler::new();
-        assert!(matches!(a.push_line(b"250x"), Err(ReplyParseError::BadCode(_))));
+        assert!(matches!(
+            a.push_line(b"250x"),
+            Err(ReplyParseError::BadCode(_))
+        ));
         // a bare code is a complete reply
         let mut a = ReplyAssembler::new();
         assert_eq!(a.push_line(b"220\r\n").unwrap().unwrap().code(), 220);
@@ -424,9 +489,16 @@ mod tests {
 
     #[test]
     fn reply_text_cannot_inject_lines() {
-        let r = Reply::new(554, Some(EnhancedStatus::new(5, 0, 0)), "bad\r\n250 2.0.0 OK\n\u{0}x");
+        let r = Reply::new(
+            554,
+            Some(EnhancedStatus::new(5, 0, 0)),
+            "bad\r\n250 2.0.0 OK\n\u{0}x",
+        );
         let wire = String::from_utf8(r.to_wire()).unwrap();
-        assert_eq!(wire, "554-5.0.0 bad\r\n554-5.0.0 250 2.0.0 OK\r\n554 5.0.0 ?x\r\n");
+        assert_eq!(
+            wire,
+            "554-5.0.0 bad\r\n554-5.0.0 250 2.0.0 OK\r\n554 5.0.0 ?x\r\n"
+        );
     }
 
     #[test]

@@ -25,8 +25,10 @@ impl MessageId {
     }
 
     pub fn parse(s: &str) -> Option<MessageId> {
-        (s.len() == 16 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-            .then(|| MessageId(s.to_string()))
+        (s.len() == 16
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        .then(|| MessageId(s.to_string()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -58,7 +60,14 @@ mod tests {
             assert!(MessageId::parse(id.as_str()).is_some());
             assert!(seen.insert(id));
         }
-        for bad in ["", "../etc/passwd", "0123456789abcdeF", "0123456789abcde", "0123456789abcdef0", "0123456789abcde/"] {
+        for bad in [
+            "",
+            "../etc/passwd",
+            "0123456789abcdeF",
+            "0123456789abcde",
+            "0123456789abcdef0",
+            "0123456789abcde/",
+        ] {
             assert!(MessageId::parse(bad).is_none(), "{bad}");
         }
     }

@@ -67,7 +67,10 @@ impl Envelope {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -182,7 +185,11 @@ impl Spool {
         let mut envelope = envelope;
         envelope.id = id.to_string();
         let path = self.inner.data.join(format!("{id}.part"));
-        let file = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&path).await?;
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .await?;
         Ok(Incoming {
             spool: self.clone(),
             id,
@@ -211,7 +218,9 @@ impl Spool {
         let env = self.area_dir(area).join(id);
         match tokio::fs::remove_file(&env).await {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotFound(id.into()));
+            }
             Err(e) => return Err(e.into()),
         }
         match area {
@@ -231,16 +240,29 @@ impl Spool {
         let path = self.area_dir(area).join(id);
         let text = match tokio::fs::read(&path).await {
             Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotFound(id.into()));
+            }
             Err(e) => return Err(e.into()),
         };
         let mut lines = text.split(|&b| b == b'\n');
         let first = lines.next().unwrap_or_default();
-        let envelope: Envelope = serde_json::from_slice(first)
-            .map_err(|e| SpoolError::Corrupt { id: id.into(), detail: e.to_string() })?;
+        let envelope: Envelope =
+            serde_json::from_slice(first).map_err(|e| SpoolError::Corrupt {
+                id: id.into(),
+                detail: e.to_string(),
+            })?;
         // Torn or unreadable event lines (a crash during an append) are skipped, not fatal.
-        let events = lines.filter(|l| !l.is_empty()).filter_map(|l| serde_json::from_slice(l).ok()).collect();
-        Ok(Queued { data_path: self.data_path(id), envelope, events, area })
+        let events = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| serde_json::from_slice(l).ok())
+            .collect();
+        Ok(Queued {
+            data_path: self.data_path(id),
+            envelope,
+            events,
+            area,
+        })
     }
 
     /// Lists the ids in an area, oldest first (ids sort by arrival time).
@@ -259,14 +281,22 @@ impl Spool {
     }
 
     /// Appends one event line to a message's envelope file and makes it durable.
-    pub async fn append_event(&self, id: &str, area: Area, event: &serde_json::Value) -> Result<(), SpoolError> {
+    pub async fn append_event(
+        &self,
+        id: &str,
+        area: Area,
+        event: &serde_json::Value,
+    ) -> Result<(), SpoolError> {
         check_id(id)?;
-        let mut line = serde_json::to_vec(event).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
+        let mut line =
+            serde_json::to_vec(event).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
         line.push(b'\n');
         let path = self.area_dir(area).join(id);
         let mut f = match tokio::fs::OpenOptions::new().append(true).open(&path).await {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotFound(id.into()));
+            }
             Err(e) => return Err(e.into()),
         };
         f.write_all(&line).await?;
@@ -284,7 +314,9 @@ impl Spool {
         let dst = self.area_dir(to).join(id);
         match tokio::fs::rename(&src, &dst).await {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SpoolError::NotFound(id.into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(SpoolError::NotFound(id.into()));
+            }
             Err(e) => return Err(e.into()),
         }
         match to {
@@ -327,7 +359,10 @@ impl Incoming {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        let f = self.file.as_mut().ok_or_else(|| SpoolError::Io(io::Error::other("already committed")))?;
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| SpoolError::Io(io::Error::other("already committed")))?;
         f.write_all(bytes).await?;
         self.written += bytes.len() as u64;
         Ok(())
@@ -335,7 +370,10 @@ impl Incoming {
 
     /// Makes the message durable and accepted. Only after this returns may the device get 250.
     pub async fn commit(mut self, eight_bit: bool) -> Result<Queued, SpoolError> {
-        let mut file = self.file.take().ok_or_else(|| SpoolError::Io(io::Error::other("already committed")))?;
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| SpoolError::Io(io::Error::other("already committed")))?;
         file.flush().await?;
         let file = file.into_inner();
         file.sync_all().await?;
@@ -349,11 +387,16 @@ impl Incoming {
 
         self.envelope.size = self.written;
         self.envelope.eight_bit = eight_bit;
-        let mut env = serde_json::to_vec(&self.envelope).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
+        let mut env =
+            serde_json::to_vec(&self.envelope).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
         env.push(b'\n');
         let tmp = inner.incoming.join(&id);
         {
-            let mut f = tokio::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).await?;
+            let mut f = tokio::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .await?;
             f.write_all(&env).await?;
             f.sync_all().await?;
         }
@@ -369,7 +412,12 @@ impl Incoming {
             let _ = tokio::fs::remove_file(inner.queue.join(&id)).await;
             return Err(e.into());
         }
-        let queued = Queued { data_path, envelope: self.envelope.clone(), events: Vec::new(), area: Area::Queue };
+        let queued = Queued {
+            data_path,
+            envelope: self.envelope.clone(),
+            events: Vec::new(),
+            area: Area::Queue,
+        };
         // Committed: the data file is now owned by the queue entry.
         self.path = PathBuf::new();
         Ok(queued)

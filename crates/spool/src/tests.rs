@@ -33,7 +33,10 @@ async fn commit_makes_message_visible_with_exact_bytes() {
     assert!(spool.list(Area::Queue).unwrap().is_empty());
     let q = inc.commit(true).await.unwrap();
     assert_eq!(spool.list(Area::Queue).unwrap(), vec![q.id().to_string()]);
-    assert_eq!(std::fs::read(&q.data_path).unwrap(), b"Subject: hi\r\n\r\nbody\r\n");
+    assert_eq!(
+        std::fs::read(&q.data_path).unwrap(),
+        b"Subject: hi\r\n\r\nbody\r\n"
+    );
     let back = spool.read(q.id(), Area::Queue).await.unwrap();
     assert_eq!(back.envelope.size, 21);
     assert!(back.envelope.eight_bit);
@@ -66,7 +69,10 @@ async fn recovery_removes_only_unacknowledged_files() {
     std::fs::write(d.path().join("incoming/00000000000bbbbb"), b"{}").unwrap();
     let spool = Spool::open(d.path()).unwrap();
     assert_eq!(spool.clean_orphans().unwrap(), 3);
-    assert_eq!(spool.list(Area::Queue).unwrap(), vec![kept.id().to_string()]);
+    assert_eq!(
+        spool.list(Area::Queue).unwrap(),
+        vec![kept.id().to_string()]
+    );
     assert!(kept.data_path.exists());
 }
 
@@ -74,11 +80,27 @@ async fn recovery_removes_only_unacknowledged_files() {
 async fn events_append_and_torn_lines_are_ignored() {
     let d = tmpdir();
     let spool = Spool::open(d.path()).unwrap();
-    let q = spool.receive(envelope()).await.unwrap().commit(false).await.unwrap();
-    spool.append_event(q.id(), Area::Queue, &serde_json::json!({"attempt": 1, "result": "deferred"})).await.unwrap();
+    let q = spool
+        .receive(envelope())
+        .await
+        .unwrap()
+        .commit(false)
+        .await
+        .unwrap();
+    spool
+        .append_event(
+            q.id(),
+            Area::Queue,
+            &serde_json::json!({"attempt": 1, "result": "deferred"}),
+        )
+        .await
+        .unwrap();
     // a torn append
     use std::io::Write;
-    let mut f = std::fs::OpenOptions::new().append(true).open(d.path().join("queue").join(q.id())).unwrap();
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(d.path().join("queue").join(q.id()))
+        .unwrap();
     f.write_all(b"{\"attempt\": 2, \"res").unwrap();
     let back = spool.read(q.id(), Area::Queue).await.unwrap();
     assert_eq!(back.events.len(), 1);
@@ -89,16 +111,31 @@ async fn events_append_and_torn_lines_are_ignored() {
 async fn move_and_remove() {
     let d = tmpdir();
     let spool = Spool::open(d.path()).unwrap();
-    let q = spool.receive(envelope()).await.unwrap().commit(false).await.unwrap();
-    spool.move_to(q.id(), Area::Queue, Area::Failed).await.unwrap();
+    let q = spool
+        .receive(envelope())
+        .await
+        .unwrap()
+        .commit(false)
+        .await
+        .unwrap();
+    spool
+        .move_to(q.id(), Area::Queue, Area::Failed)
+        .await
+        .unwrap();
     assert!(spool.list(Area::Queue).unwrap().is_empty());
     assert_eq!(spool.list(Area::Failed).unwrap().len(), 1);
     // the data file still belongs to a message: not an orphan
     assert_eq!(spool.clean_orphans().unwrap(), 0);
     spool.remove(q.id(), Area::Failed).await.unwrap();
     assert!(!q.data_path.exists());
-    assert!(matches!(spool.remove(q.id(), Area::Failed).await, Err(SpoolError::NotFound(_))));
-    assert!(matches!(spool.read("../../etc/passwd", Area::Queue).await, Err(SpoolError::NotFound(_))));
+    assert!(matches!(
+        spool.remove(q.id(), Area::Failed).await,
+        Err(SpoolError::NotFound(_))
+    ));
+    assert!(matches!(
+        spool.read("../../etc/passwd", Area::Queue).await,
+        Err(SpoolError::NotFound(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,7 +147,9 @@ async fn concurrent_commits_share_directory_fsyncs_and_all_land() {
         let spool = spool.clone();
         tasks.push(tokio::spawn(async move {
             let mut inc = spool.receive(envelope()).await.unwrap();
-            inc.write(format!("message {i}\r\n").as_bytes()).await.unwrap();
+            inc.write(format!("message {i}\r\n").as_bytes())
+                .await
+                .unwrap();
             inc.commit(false).await.unwrap()
         }));
     }

@@ -40,13 +40,37 @@ struct T {
     dir: Arc<Directory>,
 }
 
-fn session(tls_mode: ListenerTls, insecure: bool, require_tls: bool, peer: &str, rewrite: bool) -> T {
+fn session(
+    tls_mode: ListenerTls,
+    insecure: bool,
+    require_tls: bool,
+    peer: &str,
+    rewrite: bool,
+) -> T {
     let dir = Arc::new(Directory::from_config(&config(rewrite)).unwrap());
     let peer: IpAddr = peer.parse().unwrap();
-    let listener = Arc::new(ListenerSettings { label: "test".into(), tls: tls_mode, require_tls, allow_insecure_auth: insecure });
-    let limits = Limits { max_message_size: 1000, max_recipients: 3, max_auth_failures: 2, max_errors: 12 };
+    let listener = Arc::new(ListenerSettings {
+        label: "test".into(),
+        tls: tls_mode,
+        require_tls,
+        allow_insecure_auth: insecure,
+    });
+    let limits = Limits {
+        max_message_size: 1000,
+        max_recipients: 3,
+        max_auth_failures: 2,
+        max_errors: 12,
+    };
     let implicit = tls_mode == ListenerTls::Implicit;
-    let s = Session::new("relay.test".into(), listener, limits, peer, implicit, tls_mode != ListenerTls::None, dir.device_for_address(peer));
+    let s = Session::new(
+        "relay.test".into(),
+        listener,
+        limits,
+        peer,
+        implicit,
+        tls_mode != ListenerTls::None,
+        dir.device_for_address(peer),
+    );
     T { s, dir }
 }
 
@@ -60,11 +84,26 @@ impl T {
 
     fn render(&mut self, step: Step) -> String {
         match step {
-            Step::Reply(r) => String::from_utf8(r.to_wire()).unwrap().trim_end().to_string(),
-            Step::Close(r) => format!("CLOSE {}", String::from_utf8(r.to_wire()).unwrap().trim_end()),
+            Step::Reply(r) => String::from_utf8(r.to_wire())
+                .unwrap()
+                .trim_end()
+                .to_string(),
+            Step::Close(r) => format!(
+                "CLOSE {}",
+                String::from_utf8(r.to_wire()).unwrap().trim_end()
+            ),
             Step::StartTls(r) => format!("STARTTLS {}", r.code()),
-            Step::Verify(c) => format!("VERIFY {}:{}", String::from_utf8_lossy(&c.username), String::from_utf8_lossy(&c.password)),
-            Step::Data(p) => format!("DATA from={} orig={:?} to={}", p.sender, p.original_sender, p.recipients.join(",")),
+            Step::Verify(c) => format!(
+                "VERIFY {}:{}",
+                String::from_utf8_lossy(&c.username),
+                String::from_utf8_lossy(&c.password)
+            ),
+            Step::Data(p) => format!(
+                "DATA from={} orig={:?} to={}",
+                p.sender,
+                p.original_sender,
+                p.recipients.join(",")
+            ),
         }
     }
 
@@ -88,25 +127,50 @@ fn code(reply: &str) -> &str {
 fn ehlo_advertises_extensions_by_listener() {
     let mut t = session(ListenerTls::Starttls, false, false, "10.0.0.1", false);
     let r = t.line("EHLO printer");
-    for ext in ["PIPELINING", "SIZE 1000", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "STARTTLS", "HELP"] {
+    for ext in [
+        "PIPELINING",
+        "SIZE 1000",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "STARTTLS",
+        "HELP",
+    ] {
         assert!(r.contains(ext), "{ext} missing in {r}");
     }
-    assert!(!r.contains("AUTH"), "AUTH must not be offered before TLS without allow_insecure_auth: {r}");
+    assert!(
+        !r.contains("AUTH"),
+        "AUTH must not be offered before TLS without allow_insecure_auth: {r}"
+    );
     t.s.tls_established();
     let r = t.line("EHLO printer");
-    assert!(r.contains("250-AUTH PLAIN LOGIN") && r.contains("AUTH=PLAIN LOGIN") && !r.contains("STARTTLS"), "{r}");
+    assert!(
+        r.contains("250-AUTH PLAIN LOGIN")
+            && r.contains("AUTH=PLAIN LOGIN")
+            && !r.contains("STARTTLS"),
+        "{r}"
+    );
 
     let mut t = session(ListenerTls::None, true, false, "10.0.0.1", false);
     let r = t.line("EHLO printer");
-    assert!(r.contains("AUTH PLAIN LOGIN") && !r.contains("STARTTLS"), "{r}");
+    assert!(
+        r.contains("AUTH PLAIN LOGIN") && !r.contains("STARTTLS"),
+        "{r}"
+    );
 }
 
 #[test]
 fn auth_before_starttls_is_refused_with_538() {
     let mut t = session(ListenerTls::Starttls, false, false, "10.0.0.1", false);
     t.line("EHLO printer");
-    assert_eq!(t.line("AUTH PLAIN AG1mcABzZWNyZXQ="), "538 5.7.11 Encryption required for requested authentication mechanism");
-    assert_eq!(t.line("AUTH LOGIN"), "538 5.7.11 Encryption required for requested authentication mechanism");
+    assert_eq!(
+        t.line("AUTH PLAIN AG1mcABzZWNyZXQ="),
+        "538 5.7.11 Encryption required for requested authentication mechanism"
+    );
+    assert_eq!(
+        t.line("AUTH LOGIN"),
+        "538 5.7.11 Encryption required for requested authentication mechanism"
+    );
 }
 
 #[test]
@@ -114,10 +178,16 @@ fn require_tls_refuses_auth_and_mail_until_starttls() {
     let mut t = session(ListenerTls::Starttls, true, true, "192.168.1.50", false);
     t.line("EHLO printer");
     assert!(t.line("AUTH LOGIN").starts_with("530 5.7.0"));
-    assert!(t.line("MAIL FROM:<scanner@contoso.com>").starts_with("530 5.7.0 Must issue a STARTTLS"));
+    assert!(
+        t.line("MAIL FROM:<scanner@contoso.com>")
+            .starts_with("530 5.7.0 Must issue a STARTTLS")
+    );
     assert_eq!(t.line("STARTTLS"), "STARTTLS 220");
     t.s.tls_established();
-    assert!(code(&t.line("MAIL FROM:<scanner@contoso.com>")) == "503", "EHLO again after TLS");
+    assert!(
+        code(&t.line("MAIL FROM:<scanner@contoso.com>")) == "503",
+        "EHLO again after TLS"
+    );
 }
 
 #[test]
@@ -169,35 +239,59 @@ fn auth_errors() {
 fn already_authenticated_and_auth_in_transaction() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
     t.line("EHLO printer");
-    assert_eq!(t.line("MAIL FROM:<scanner@contoso.com>"), "250 2.1.0 Sender OK");
+    assert_eq!(
+        t.line("MAIL FROM:<scanner@contoso.com>"),
+        "250 2.1.0 Sender OK"
+    );
     assert!(t.line("AUTH PLAIN AG1mcABzZWNyZXQ=").starts_with("503"));
     t.line("RSET");
     t.line("AUTH PLAIN AG1mcABzZWNyZXQ=");
     t.login_ok();
-    assert!(t.line("AUTH PLAIN AG1mcABzZWNyZXQ=").starts_with("503 5.5.1 Already"));
+    assert!(
+        t.line("AUTH PLAIN AG1mcABzZWNyZXQ=")
+            .starts_with("503 5.5.1 Already")
+    );
 }
 
 #[test]
 fn unauthenticated_mail_needs_an_allowed_address() {
     let mut t = session(ListenerTls::None, true, false, "10.9.9.9", false);
     t.line("EHLO x");
-    assert_eq!(t.line("MAIL FROM:<scanner@contoso.com>"), "530 5.7.0 Authentication required");
+    assert_eq!(
+        t.line("MAIL FROM:<scanner@contoso.com>"),
+        "530 5.7.0 Authentication required"
+    );
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
     t.line("EHLO x");
-    assert_eq!(t.line("MAIL FROM:<scanner@contoso.com>"), "250 2.1.0 Sender OK");
+    assert_eq!(
+        t.line("MAIL FROM:<scanner@contoso.com>"),
+        "250 2.1.0 Sender OK"
+    );
     assert_eq!(t.line("RCPT TO:<a@example.com>"), "250 2.1.5 Recipient OK");
-    assert_eq!(t.line("DATA"), "DATA from=scanner@contoso.com orig=None to=a@example.com");
+    assert_eq!(
+        t.line("DATA"),
+        "DATA from=scanner@contoso.com orig=None to=a@example.com"
+    );
 }
 
 #[test]
 fn sequencing_errors() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
-    assert!(t.line("MAIL FROM:<a@contoso.com>").starts_with("503 5.5.1 Send EHLO"));
+    assert!(
+        t.line("MAIL FROM:<a@contoso.com>")
+            .starts_with("503 5.5.1 Send EHLO")
+    );
     t.line("EHLO x");
-    assert!(t.line("RCPT TO:<a@example.com>").starts_with("503 5.5.1 Need MAIL"));
+    assert!(
+        t.line("RCPT TO:<a@example.com>")
+            .starts_with("503 5.5.1 Need MAIL")
+    );
     assert!(t.line("DATA").starts_with("503 5.5.1 Need MAIL"));
     t.line("MAIL FROM:<a@contoso.com>");
-    assert!(t.line("MAIL FROM:<a@contoso.com>").starts_with("503 5.5.1 Sender already"));
+    assert!(
+        t.line("MAIL FROM:<a@contoso.com>")
+            .starts_with("503 5.5.1 Sender already")
+    );
     assert!(t.line("DATA").starts_with("503 5.5.1 Need RCPT"));
     assert!(t.line("RCPT TO:<nodomain>").starts_with("501 5.1.3"));
     assert!(t.line("DATA").starts_with("554 5.5.1 No valid recipients"));
@@ -205,7 +299,10 @@ fn sequencing_errors() {
     assert!(t.line("FOO bar").starts_with("500 5.5.1"));
     assert!(t.line("EXPN list").starts_with("502 5.5.1"));
     assert!(t.line("BDAT 10 LAST").starts_with("502"));
-    assert_eq!(t.line("VRFY someone"), "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery");
+    assert_eq!(
+        t.line("VRFY someone"),
+        "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"
+    );
     assert_eq!(t.line("NOOP"), "250 2.0.0 OK");
     assert!(t.line("HELP").starts_with("214-2.0.0"));
     assert!(t.line("STARTTLS").starts_with("502"), "tls = none listener");
@@ -225,29 +322,53 @@ fn too_many_errors_closes() {
 fn limits_size_and_recipients() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
     t.line("EHLO x");
-    assert!(t.line("MAIL FROM:<a@contoso.com> SIZE=1001").starts_with("552 5.3.4"));
-    assert_eq!(t.line("MAIL FROM:<a@contoso.com> SIZE=1000 BODY=8BITMIME"), "250 2.1.0 Sender OK");
+    assert!(
+        t.line("MAIL FROM:<a@contoso.com> SIZE=1001")
+            .starts_with("552 5.3.4")
+    );
+    assert_eq!(
+        t.line("MAIL FROM:<a@contoso.com> SIZE=1000 BODY=8BITMIME"),
+        "250 2.1.0 Sender OK"
+    );
     for i in 0..3 {
-        assert_eq!(t.line(&format!("RCPT TO:<r{i}@example.com>")), "250 2.1.5 Recipient OK");
+        assert_eq!(
+            t.line(&format!("RCPT TO:<r{i}@example.com>")),
+            "250 2.1.5 Recipient OK"
+        );
     }
     // a duplicate is accepted without counting
     assert_eq!(t.line("RCPT TO:<R0@example.com>"), "250 2.1.5 Recipient OK");
     assert!(t.line("RCPT TO:<r9@example.com>").starts_with("452 4.5.3"));
-    assert_eq!(t.line("DATA"), "DATA from=a@contoso.com orig=None to=r0@example.com,r1@example.com,r2@example.com");
-    assert!(t.line("MAIL FROM:<a@contoso.com> BODY=BINARYMIME").starts_with("555"));
+    assert_eq!(
+        t.line("DATA"),
+        "DATA from=a@contoso.com orig=None to=r0@example.com,r1@example.com,r2@example.com"
+    );
+    assert!(
+        t.line("MAIL FROM:<a@contoso.com> BODY=BINARYMIME")
+            .starts_with("555")
+    );
 }
 
 #[test]
 fn sender_policy_reject_and_rewrite() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
     t.line("EHLO x");
-    assert_eq!(t.line("MAIL FROM:<scanner@printer.local>"), "553 5.7.1 <scanner@printer.local>: Sender address not allowed for this device");
+    assert_eq!(
+        t.line("MAIL FROM:<scanner@printer.local>"),
+        "553 5.7.1 <scanner@printer.local>: Sender address not allowed for this device"
+    );
     assert!(t.line("MAIL FROM:<>").starts_with("553 5.7.1"));
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", true);
     t.line("EHLO x");
-    assert_eq!(t.line("MAIL FROM:<scanner@printer.local>"), "250 2.1.0 Sender OK");
+    assert_eq!(
+        t.line("MAIL FROM:<scanner@printer.local>"),
+        "250 2.1.0 Sender OK"
+    );
     t.line("RCPT TO:<a@example.com>");
-    assert_eq!(t.line("DATA"), "DATA from=scanner@contoso.com orig=Some(\"scanner@printer.local\") to=a@example.com");
+    assert_eq!(
+        t.line("DATA"),
+        "DATA from=scanner@contoso.com orig=Some(\"scanner@printer.local\") to=a@example.com"
+    );
 }
 
 #[test]
@@ -255,13 +376,19 @@ fn legacy_path_forms() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", true);
     t.line("HELO x");
     // no angle brackets, as some old devices send
-    assert_eq!(t.line("MAIL FROM:scanner@contoso.com"), "250 2.1.0 Sender OK");
+    assert_eq!(
+        t.line("MAIL FROM:scanner@contoso.com"),
+        "250 2.1.0 Sender OK"
+    );
     assert_eq!(t.line("RCPT TO: a@example.com"), "250 2.1.5 Recipient OK");
     t.line("RSET");
     // the login name as sender: allowed only because it is rewritten
     assert_eq!(t.line("MAIL FROM:<mfp-3f> SIZE=10"), "250 2.1.0 Sender OK");
     t.line("RCPT TO:<a@example.com>");
-    assert_eq!(t.line("DATA"), "DATA from=scanner@contoso.com orig=Some(\"mfp-3f\") to=a@example.com");
+    assert_eq!(
+        t.line("DATA"),
+        "DATA from=scanner@contoso.com orig=Some(\"mfp-3f\") to=a@example.com"
+    );
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
     t.line("EHLO x");
     assert!(t.line("MAIL FROM:<mfp-3f>").starts_with("553 5.7.1"));
@@ -279,17 +406,37 @@ fn starttls_resets_state_and_cannot_repeat() {
     assert!(!t.s.authenticated());
     assert!(t.line("MAIL FROM:<a@contoso.com>").starts_with("503"));
     t.line("EHLO x");
-    assert!(t.line("STARTTLS").starts_with("503 5.5.1 TLS already active"));
+    assert!(
+        t.line("STARTTLS")
+            .starts_with("503 5.5.1 TLS already active")
+    );
     let mut t = session(ListenerTls::Implicit, false, false, "10.0.0.1", false);
     t.line("EHLO x");
-    assert_eq!(t.line("AUTH PLAIN AG1mcABzZWNyZXQ="), "VERIFY mfp:secret", "implicit TLS allows AUTH");
+    assert_eq!(
+        t.line("AUTH PLAIN AG1mcABzZWNyZXQ="),
+        "VERIFY mfp:secret",
+        "implicit TLS allows AUTH"
+    );
 }
 
 #[test]
 fn garbage_never_panics() {
     let mut t = session(ListenerTls::Starttls, true, false, "10.0.0.1", true);
-    for l in ["", "\0\0\0", "MAIL", "MAIL FROM", "MAIL FROM:<", "RCPT TO:<>", "AUTH PLAIN =", "EHLO", "HELO",
-              "MAIL FROM:<a@b> SIZE=99999999999999999999999", "\u{00e9}\u{00e9}", "DATA extra", "QUIT now"] {
+    for l in [
+        "",
+        "\0\0\0",
+        "MAIL",
+        "MAIL FROM",
+        "MAIL FROM:<",
+        "RCPT TO:<>",
+        "AUTH PLAIN =",
+        "EHLO",
+        "HELO",
+        "MAIL FROM:<a@b> SIZE=99999999999999999999999",
+        "\u{00e9}\u{00e9}",
+        "DATA extra",
+        "QUIT now",
+    ] {
         let _ = t.line(l);
     }
 }
