@@ -1,0 +1,68 @@
+//! Upstream delivery: the routes a message can take out of the relay.
+//!
+//! A [`Route`] takes one spooled message and tries to deliver it, returning the upstream's own
+//! reply as data: the final reply, and per-recipient refusals. Failures are
+//! [`DeliveryError`]s, whose one rule is that only an upstream's own 5xx is permanent.
+//!
+//! Routes know tokens (they ask a `TokenSource` for one) but nothing of devices, sessions or
+//! the spool's layout: they read the message from a path.
+//!
+//! # Layout
+//! - `smtp.rs`: [`SmtpRoute`], submission with STARTTLS (or implicit TLS) and AUTH XOAUTH2,
+//!   pipelined when the upstream offers it, the body streamed from disk and dot-stuffed on the way.
+//! - `client.rs`: the SMTP client connection: framing replies, deadlines, TLS upgrade.
+//! - `capture.rs`: [`CaptureRoute`], writes each message to a directory (tests, first setup).
+//! - `tls.rs`: client TLS configuration (web PKI roots plus an optional extra CA file).
+//! - `advice.rs`: plain-words advice for known upstream refusals.
+
+pub mod advice;
+mod capture;
+mod client;
+mod smtp;
+mod tls;
+
+pub use capture::CaptureRoute;
+pub use smtp::{SmtpRoute, SmtpRouteConfig, TlsMode, xoauth2_initial_response};
+pub use tls::client_config;
+
+use smtp2oauth_proto::{DeliveryError, Reply};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+/// A message to deliver: its envelope and where its bytes are.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub id: String,
+    pub account: String,
+    pub device: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub data_path: PathBuf,
+    pub size: u64,
+    pub eight_bit: bool,
+    pub smtputf8: bool,
+    pub received_at_ms: u64,
+}
+
+/// What the upstream said to a delivery that went through (for at least one recipient).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// The upstream's reply to the message body (or the route's own, for capture).
+    pub reply: Reply,
+    pub accepted: Vec<String>,
+    /// Recipients the upstream refused, each with its reply (4xx: may succeed later).
+    pub rejected: Vec<(String, Reply)>,
+}
+
+pub type DeliveryFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<DeliveryReport, DeliveryError>> + Send + 'a>>;
+
+/// A way out of the relay.
+pub trait Route: Send + Sync {
+    /// `smtp`, `capture`, ... (for logs and metrics).
+    fn kind(&self) -> &'static str;
+    /// A description of the destination without secrets, e.g. `smtp.office365.com:587 (starttls)`.
+    fn target(&self) -> String;
+    fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a>;
+}
