@@ -1,0 +1,222 @@
+//! The one-shot commands: `check-config`, `hash-password`, `send-test`.
+
+use crate::wiring;
+use smtp2oauth_config::{Config, Route as RouteKind};
+use smtp2oauth_upstream::{Message, advice};
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::Path;
+use std::process::ExitCode;
+
+/// Reports every problem with its key path; exit status 1 when there is any.
+pub fn check_config(path: Option<&Path>) -> ExitCode {
+    let cfg = match smtp2oauth_config::parse(path, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(1);
+        }
+    };
+    let (mut problems, warnings) = smtp2oauth_config::validate(&cfg);
+    let mut extra = deep_checks(&cfg);
+    problems.append(&mut extra);
+    for w in &warnings {
+        eprintln!("warning: {w}");
+    }
+    if problems.is_empty() {
+        println!(
+            "configuration OK: {} listener(s), {} account(s), {} device(s)",
+            cfg.listeners.len(),
+            cfg.accounts.len(),
+            cfg.devices.len()
+        );
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("{} configuration problem(s):", problems.len());
+        for p in &problems {
+            eprintln!("  - {p}");
+        }
+        ExitCode::from(1)
+    }
+}
+
+/// Checks that need more than the schema: hashes parse, credentials load, TLS files load.
+fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
+    use smtp2oauth_config::Problem;
+    let mut p = Vec::new();
+    if let Err(errs) = smtp2oauth_inbound::Directory::from_config(cfg) {
+        for e in errs {
+            if !e.key.ends_with(".account") {
+                p.push(Problem::new(e.key, e.message));
+            }
+        }
+    }
+    for (i, a) in cfg.accounts.iter().enumerate() {
+        if a.route != RouteKind::Smtp {
+            continue;
+        }
+        let has_cred = a.client_secret.is_some()
+            || a.client_secret_file.is_some()
+            || a.certificate_file.is_some();
+        if has_cred && let Err(e) = wiring::credential(a) {
+            p.push(Problem::new(format!("accounts.{i}"), format!("{e:#}")));
+        }
+        if let Err(e) = smtp2oauth_upstream::client_config(a.ca_file.as_deref()) {
+            p.push(Problem::new(format!("accounts.{i}.ca_file"), e));
+        }
+    }
+    if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file)
+        && c.exists()
+        && k.exists()
+        && let Err(e) = smtp2oauth_inbound::server_config(c, k)
+    {
+        p.push(Problem::new("tls", e.to_string()));
+    }
+    p
+}
+
+/// Reads a password (without echo on a terminal) and prints its argon2id hash.
+pub fn hash_password() -> ExitCode {
+    let password = if std::io::stdin().is_terminal() {
+        let first = match prompt_hidden("Password: ") {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("smtp2oauth: cannot read the password: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let again = prompt_hidden("Repeat password: ").unwrap_or_default();
+        if first != again {
+            eprintln!("smtp2oauth: the passwords differ");
+            return ExitCode::from(1);
+        }
+        first
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().lock().read_line(&mut line) {
+            eprintln!("smtp2oauth: cannot read the password: {e}");
+            return ExitCode::from(1);
+        }
+        line.trim_end_matches(['\r', '\n']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("smtp2oauth: the password is empty");
+        return ExitCode::from(1);
+    }
+    match smtp2oauth_inbound::hash_password(password.as_bytes()) {
+        Ok(h) => {
+            println!("{h}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtp2oauth: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Prompts on standard error and reads a line from the terminal with echo turned off.
+fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
+    eprint!("{prompt}");
+    std::io::stderr().flush()?;
+    let fd = libc::STDIN_FILENO;
+    // SAFETY: termios is plain data; tcgetattr/tcsetattr only read/write the struct we own.
+    let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    let have_term = unsafe { libc::tcgetattr(fd, &mut term) } == 0;
+    let saved = term;
+    if have_term {
+        term.c_lflag &= !libc::ECHO;
+        term.c_lflag |= libc::ECHONL;
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
+    }
+    let mut line = String::new();
+    let r = std::io::stdin().lock().read_line(&mut line);
+    if have_term {
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    }
+    r?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+}
+
+/// Sends a short message through an account's route and prints what the upstream said.
+pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode {
+    let cfg = match smtp2oauth_config::load(path) {
+        Ok(l) => l.config,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(acct) = cfg.account(account).cloned() else {
+        eprintln!("smtp2oauth: no account named `{account}`");
+        return ExitCode::from(2);
+    };
+    let built = async {
+        let tokens = if acct.route == RouteKind::Smtp {
+            let mut m = wiring::TokenSources::new();
+            m.insert(acct.name.clone(), wiring::token_source(&cfg, &acct)?);
+            m
+        } else {
+            wiring::TokenSources::new()
+        };
+        wiring::route(&cfg, &acct, &tokens)
+    }
+    .await;
+    let route = match built {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("smtp2oauth: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let now = smtp2oauth_spool::now_ms();
+    let id = smtp2oauth_spool::MessageId::new().to_string();
+    let hostname = cfg.hostname();
+    let date = smtp2oauth_inbound::headers::rfc5322_date(now / 1000);
+    let body = format!(
+        "From: smtp2oauth test <{mailbox}>\r\nTo: <{to}>\r\nSubject: smtp2oauth test message ({account})\r\nDate: {date}\r\nMessage-ID: <{id}@{hostname}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThis is a test message from smtp2oauth on {hostname}, sent through account\r\n\"{account}\" (route {route}, {target}) at {date}.\r\n\r\nIf you can read it, this account can send mail.\r\n",
+        mailbox = acct.mailbox,
+        route = route.kind(),
+        target = route.target(),
+    );
+    let file = std::env::temp_dir().join(format!("smtp2oauth-send-test-{id}.eml"));
+    if let Err(e) = std::fs::write(&file, &body) {
+        eprintln!("smtp2oauth: cannot write {}: {e}", file.display());
+        return ExitCode::from(2);
+    }
+    let msg = Message {
+        id: id.clone(),
+        account: acct.name.clone(),
+        device: "send-test".into(),
+        sender: acct.mailbox.clone(),
+        recipients: vec![to.to_string()],
+        data_path: file.clone(),
+        size: body.len() as u64,
+        eight_bit: false,
+        smtputf8: false,
+        received_at_ms: now,
+    };
+    println!(
+        "sending a test message to {to} through account {account} ({} to {})",
+        route.kind(),
+        route.target()
+    );
+    let result = route.deliver(&msg).await;
+    let _ = std::fs::remove_file(&file);
+    match result {
+        Ok(report) => {
+            println!("upstream replied: {}", report.reply);
+            for (r, reply) in &report.rejected {
+                println!("recipient {r} refused: {reply}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("delivery failed: {e}");
+            println!("reply a device would get: {}", e.reply());
+            if let Some(a) = advice::for_error(&e) {
+                println!("advice: {a}");
+            }
+            ExitCode::from(1)
+        }
+    }
+}

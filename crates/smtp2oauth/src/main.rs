@@ -1,0 +1,126 @@
+//! The `smtp2oauth` binary: command line, wiring of the crates, signals.
+//!
+//! Everything that is policy lives in the library crates; this crate only reads the
+//! configuration, builds the pieces in dependency order, and runs them until told to stop.
+//!
+//! # Layout
+//! - `main.rs`: the command line.
+//! - `serve.rs`: `smtp2oauth serve`: builds and runs the relay.
+//! - `wiring.rs`: turning configuration into routes, token sources and TLS (shared by `serve`,
+//!   `check-config` and `send-test`).
+//! - `commands.rs`: `check-config`, `hash-password`, `send-test`.
+//! - `logging.rs`: log format and filtering.
+
+mod commands;
+mod logging;
+mod serve;
+mod wiring;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "smtp2oauth",
+    version,
+    about = "SMTP relay for devices that cannot do OAuth 2.0: basic-auth SMTP in, XOAUTH2 out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// Configuration file (TOML). Every key can also be set as SMTP2OAUTH_<TABLE>__<KEY>.
+    #[arg(short, long, env = "SMTP2OAUTH_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args, Clone)]
+struct LogArgs {
+    /// Log format on standard error.
+    #[arg(
+        long,
+        value_enum,
+        default_value = "text",
+        env = "SMTP2OAUTH_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    /// Log filter, e.g. `info` or `info,smtp2oauth_upstream=debug` (RUST_LOG also works).
+    #[arg(long, env = "SMTP2OAUTH_LOG")]
+    log: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the relay in the foreground (logs to standard error; exits on SIGTERM).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Check the configuration and report every problem with its key; exits non-zero on problems.
+    CheckConfig {
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Read a password from standard input and print its argon2id hash for `password_hash`.
+    HashPassword,
+    /// Send a test message through an account's route and print the upstream's reply.
+    SendTest {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The account (name of an [[accounts]] entry).
+        #[arg(long)]
+        account: String,
+        /// Recipient of the test message.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("smtp2oauth")
+            .build()
+            .expect("cannot start the async runtime")
+    };
+    match cli.command {
+        Command::Serve { config, log } => {
+            logging::init(log.log_format, log.log.as_deref());
+            match runtime().block_on(serve::run(config.config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("smtp2oauth: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::CheckConfig { config } => commands::check_config(config.config.as_deref()),
+        Command::HashPassword => commands::hash_password(),
+        Command::SendTest {
+            config,
+            account,
+            to,
+            log,
+        } => {
+            logging::init(log.log_format, Some(log.log.as_deref().unwrap_or("warn")));
+            runtime().block_on(commands::send_test(config.config.as_deref(), &account, &to))
+        }
+    }
+}

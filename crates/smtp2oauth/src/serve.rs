@@ -1,0 +1,199 @@
+//! `smtp2oauth serve`: build the relay from the configuration and run it until SIGTERM/SIGINT.
+//!
+//! Start-up order matters for the admin's first experience: everything that can be wrong in the
+//! configuration is found before any socket is opened, and every listener is bound before any is
+//! served, so a relay either starts whole or exits with the reason.
+
+use crate::wiring;
+use anyhow::{Context, Result, anyhow};
+use smtp2oauth_config::ListenerTls;
+use smtp2oauth_inbound::{
+    Directory, Inbound, Limiter, Limits, ListenerRuntime, ListenerSettings, Submit, TlsHandle,
+};
+use smtp2oauth_proto::Reply;
+use smtp2oauth_scheduler::Scheduler;
+use smtp2oauth_spool::{Area, Queued, Spool};
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+/// How long in-flight sessions get to finish after SIGTERM.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
+
+struct SchedulerSubmit(Arc<Scheduler>);
+
+impl Submit for SchedulerSubmit {
+    fn submit(&self, message: Queued) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
+        Box::pin(self.0.deliver_now(message))
+    }
+}
+
+pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
+    let loaded = smtp2oauth_config::load(config_path.as_deref()).map_err(|e| anyhow!("{e}"))?;
+    let cfg = loaded.config;
+    for w in &loaded.warnings {
+        warn!("configuration: {w}");
+    }
+
+    std::fs::create_dir_all(&cfg.store.dir)
+        .with_context(|| format!("cannot create store dir {}", cfg.store.dir.display()))?;
+    let spool =
+        Spool::open(&cfg.store.dir.join("spool")).with_context(|| "cannot open the spool")?;
+    let removed = spool.clean_orphans().context("cannot clean the spool")?;
+    if removed > 0 {
+        info!(
+            files = removed,
+            "removed unfinished messages from an earlier run (never acknowledged to devices)"
+        );
+    }
+    let leftover = spool.list(Area::Queue).unwrap_or_default();
+    if !leftover.is_empty() {
+        warn!(messages = leftover.len(), dir = %cfg.store.dir.join("spool/queue").display(),
+            "messages from an earlier run are in the queue; they are kept untouched");
+    }
+
+    let tls = match wiring::listener_cert_files(&cfg)? {
+        Some((cert, key)) => Some(TlsHandle::new(smtp2oauth_inbound::server_config(
+            &cert, &key,
+        )?)),
+        None => None,
+    };
+    let directory = Arc::new(Directory::from_config(&cfg).map_err(|errs| {
+        anyhow!(
+            "{}",
+            errs.iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    })?);
+    let tokens = wiring::token_sources(&cfg)?;
+    let routes = wiring::routes(&cfg, &tokens)?;
+    for a in &cfg.accounts {
+        if let Some(r) = routes.get(&a.name) {
+            info!(account = %a.name, mailbox = %a.mailbox, route = r.kind(), target = %r.target(), "account ready");
+        }
+    }
+    let scheduler = Arc::new(Scheduler::new(spool.clone(), routes));
+
+    let shutdown = CancellationToken::new();
+    let s = &cfg.server;
+    let ctx = Arc::new(Inbound {
+        hostname: cfg.hostname().into(),
+        limits: Limits {
+            max_message_size: s.max_message_size,
+            max_recipients: s.max_recipients,
+            max_auth_failures: s.max_auth_failures,
+            max_errors: s.max_errors,
+        },
+        max_line_length: s.max_line_length,
+        command_timeout: s.command_timeout,
+        data_timeout: s.data_timeout,
+        session_timeout: s.session_timeout,
+        add_received_header: s.add_received_header,
+        directory,
+        spool,
+        submit: Arc::new(SchedulerSubmit(scheduler)),
+        limiter: Limiter::new(s.max_sessions, s.max_sessions_per_ip),
+        shutdown: shutdown.clone(),
+    });
+
+    // Bind everything first: a relay starts whole or not at all.
+    let mut bound = Vec::new();
+    for l in &cfg.listeners {
+        let listener = smtp2oauth_inbound::listener::bind(l.address)
+            .with_context(|| format!("cannot listen on {} (listener {})", l.address, l.label()))?;
+        let rt = Arc::new(ListenerRuntime {
+            settings: Arc::new(ListenerSettings {
+                label: l.label(),
+                tls: l.tls,
+                require_tls: l.require_tls,
+                allow_insecure_auth: l.allow_insecure_auth,
+            }),
+            tls: if l.tls == ListenerTls::None {
+                None
+            } else {
+                tls.clone()
+            },
+        });
+        bound.push((listener, rt));
+    }
+    let admin = if cfg.admin.listen.is_empty() {
+        None
+    } else {
+        let addr = cfg.admin.listen.parse().context("[admin] listen")?;
+        let (_, serve) = smtp2oauth_admin::bind(addr, shutdown.clone())
+            .await
+            .with_context(|| format!("cannot listen on {addr} ([admin] listen)"))?;
+        Some(tokio::spawn(serve))
+    };
+    let tracker = TaskTracker::new();
+    let mut accept_loops = Vec::new();
+    for (listener, rt) in bound {
+        let addr = listener.local_addr()?;
+        info!(listener = %rt.settings.label, address = %addr, tls = ?rt.settings.tls, "listening");
+        accept_loops.push(tokio::spawn(smtp2oauth_inbound::listener::accept_loop(
+            ctx.clone(),
+            rt,
+            listener,
+            tracker.clone(),
+        )));
+    }
+    info!(version = env!("CARGO_PKG_VERSION"), hostname = %ctx.hostname, "smtp2oauth started");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { info!("SIGINT: shutting down"); break; }
+            _ = hup.recv() => reload_tls(&cfg, tls.as_ref()),
+        }
+    }
+
+    shutdown.cancel();
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    if let Some(a) = admin {
+        let _ = a.await;
+    }
+    tracker.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            sessions = tracker.len(),
+            "sessions still running after the grace period; exiting anyway"
+        );
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP: load the certificate and key again (renewed files); running sessions keep theirs.
+fn reload_tls(cfg: &smtp2oauth_config::Config, tls: Option<&TlsHandle>) {
+    let Some(handle) = tls else {
+        info!("SIGHUP: no TLS listener, nothing to reload");
+        return;
+    };
+    match wiring::listener_cert_files(cfg) {
+        Ok(Some((cert, key))) => match smtp2oauth_inbound::server_config(&cert, &key) {
+            Ok(sc) => {
+                handle.replace(sc);
+                info!(cert = %cert.display(), "SIGHUP: TLS certificate reloaded");
+            }
+            Err(e) => error!(error = %e, "SIGHUP: keeping the current certificate"),
+        },
+        Ok(None) => {}
+        Err(e) => error!(error = %e, "SIGHUP: keeping the current certificate"),
+    }
+}

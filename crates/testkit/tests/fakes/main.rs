@@ -1,0 +1,6 @@
+//! Proves the fakes are honest by speaking to them over real sockets with independent clients.
+//! One test binary (modules below) keeps link time low on small machines.
+
+mod client;
+mod idp;
+mod smtp;
