@@ -1,0 +1,270 @@
+//! Hostile and broken clients. No real client sends these bytes, so a raw socket does; after
+//! every case the relay must still deliver a normal message from a real client.
+
+use crate::harness::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(addr: &str) -> Raw {
+        let s = TcpStream::connect(addr).await.unwrap();
+        let mut r = Raw { s, buf: Vec::new() };
+        let greeting = r.reply().await;
+        assert!(greeting.starts_with("220 "), "{greeting}");
+        r
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.unwrap();
+    }
+
+    /// Reads one whole reply (all lines); "" when the connection closed.
+    async fn reply(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            // a reply ends with a line "ddd <text>\r\n"
+            let text = String::from_utf8_lossy(&self.buf).to_string();
+            let mut end = 0;
+            for line in text.split_inclusive("\r\n") {
+                end += line.len();
+                if line.ends_with("\r\n") && line.len() >= 4 && line.as_bytes()[3] == b' ' {
+                    let r = text[..end].to_string();
+                    self.buf.drain(..end);
+                    return r;
+                }
+                if !line.ends_with("\r\n") {
+                    break;
+                }
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline.into(), self.s.read(&mut chunk))
+                .await
+                .expect("reply timed out")
+                .unwrap_or(0);
+            if n == 0 {
+                return String::new();
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    async fn cmd(&mut self, line: &str) -> String {
+        self.send(format!("{line}\r\n").as_bytes()).await;
+        self.reply().await
+    }
+}
+
+async fn a_normal_message_still_goes_through(relay: &Relay, up: &Upstream) {
+    let before = up.smtp.messages().len();
+    let r = smtplib(&[
+        "--port",
+        &relay.port("plain").to_string(),
+        "--user",
+        DEVICE_USER,
+        "--password",
+        DEVICE_PASSWORD,
+        "--from",
+        MAILBOX,
+        "--to",
+        "you@example.com",
+        "--body",
+        "still alive",
+    ])
+    .await;
+    assert_eq!(r[0]["ok"], true, "{r:?}\n{}", relay.logs());
+    assert_eq!(
+        up.smtp
+            .wait_for_messages(before + 1, Duration::from_secs(20))
+            .await
+            .len(),
+        before + 1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_battery_gets_correct_replies() {
+    let up = Upstream::start().await;
+    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
+    let addr = relay.addr("plain").to_string();
+
+    let mut c = Raw::connect(&addr).await;
+    // sequencing before EHLO
+    assert!(
+        c.cmd("MAIL FROM:<scanner@contoso.com>")
+            .await
+            .starts_with("503 5.5.1")
+    );
+    assert!(c.cmd("RCPT TO:<a@example.com>").await.starts_with("503"));
+    assert!(c.cmd("DATA").await.starts_with("503"));
+    assert!(c.cmd("EHLO raw").await.starts_with("250-"));
+    // a 10,000-byte line, then the session goes on
+    let long = format!("NOOP {}", "x".repeat(10_000));
+    assert!(c.cmd(&long).await.starts_with("500 5.5.2"));
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK\r\n");
+    // NUL bytes and non-UTF-8
+    c.send(b"NO\0OP\r\n").await;
+    assert!(c.reply().await.starts_with("500 5.5.1"));
+    c.send(b"\xff\xfe\xfd\r\n").await;
+    assert!(c.reply().await.starts_with("500"));
+    // AUTH problems
+    assert!(
+        c.cmd("AUTH PLAIN !!!not-base64!!!")
+            .await
+            .starts_with("501 5.5.2")
+    );
+    assert!(c.cmd("AUTH CRAM-MD5").await.starts_with("504 5.5.4"));
+    assert_eq!(c.cmd("AUTH LOGIN").await, "334 VXNlcm5hbWU6\r\n");
+    assert!(c.cmd("*").await.starts_with("501"));
+    // RCPT before MAIL, DATA before RCPT
+    assert!(
+        c.cmd("RCPT TO:<a@example.com>")
+            .await
+            .starts_with("503 5.5.1")
+    );
+    c.quit_ok().await;
+
+    let mut c = Raw::connect(&addr).await; // 127.0.0.1: the no-auth device
+    c.cmd("EHLO raw").await;
+    assert!(
+        c.cmd("MAIL FROM:<scanner@contoso.com> SIZE=999999999999")
+            .await
+            .starts_with("552 5.3.4")
+    );
+    assert!(
+        c.cmd("MAIL FROM:<scanner@contoso.com>")
+            .await
+            .starts_with("250")
+    );
+    assert!(c.cmd("DATA").await.starts_with("503 5.5.1"));
+    // pipelined commands after an error are each answered, in order
+    c.send(b"RCPT TO:<bad>\r\nRCPT TO:<a@example.com>\r\nBOGUS\r\nRSET\r\nNOOP\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("501 5.1.3"));
+    assert!(c.reply().await.starts_with("250 2.1.5"));
+    assert!(c.reply().await.starts_with("500 5.5.1"));
+    assert!(c.reply().await.starts_with("250 2.0.0 Reset"));
+    assert!(c.reply().await.starts_with("250 2.0.0 OK"));
+    c.quit_ok().await;
+
+    // a client vanishing in the middle of DATA: nothing is delivered, nothing stays spooled
+    let mut c = Raw::connect(&addr).await;
+    c.cmd("EHLO raw").await;
+    c.cmd("MAIL FROM:<scanner@contoso.com>").await;
+    c.cmd("RCPT TO:<a@example.com>").await;
+    assert!(c.cmd("DATA").await.starts_with("354"));
+    c.send(b"Subject: half\r\n\r\nhalf a mes").await;
+    drop(c);
+    assert!(relay.wait_log("client disconnected during DATA", Duration::from_secs(10)));
+    assert_eq!(up.smtp.messages().len(), 0);
+    assert_eq!(
+        std::fs::read_dir(relay.store().join("spool/data"))
+            .unwrap()
+            .count(),
+        0
+    );
+
+    // STARTTLS with commands pipelined behind it: they must not be executed
+    let mut c = Raw::connect(relay.addr("strict")).await;
+    c.cmd("EHLO raw").await;
+    c.send(b"STARTTLS\r\nMAIL FROM:<scanner@contoso.com>\r\n")
+        .await;
+    assert!(c.reply().await.starts_with("220"));
+    // the injected MAIL is not answered in clear text (the relay waits for a TLS handshake)
+    let mut probe = [0u8; 64];
+    let got = tokio::time::timeout(Duration::from_millis(500), c.s.read(&mut probe)).await;
+    assert!(
+        got.is_err() || matches!(got, Ok(Ok(0))),
+        "a reply to injected plaintext: {:?}",
+        got
+    );
+    drop(c);
+
+    a_normal_message_still_goes_through(&relay, &up).await;
+}
+
+impl Raw {
+    async fn quit_ok(&mut self) {
+        let r = self.cmd("QUIT").await;
+        assert!(r.starts_with("221"), "{r}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_clients_are_cut_off_by_the_command_deadline() {
+    let up = Upstream::start().await;
+    let toml = relay_toml(&up.pki, &up.account_toml(""), "").replace(
+        "hostname = \"relay.test\"",
+        "hostname = \"relay.test\"\ncommand_timeout = \"2s\"",
+    );
+    let relay = Relay::start(&toml);
+    let mut c = Raw::connect(relay.addr("plain")).await;
+    let started = Instant::now();
+    // one byte every 300 ms: every read is quick, but the line never completes in time
+    let mut closed = String::new();
+    for b in b"NOOP and then some more bytes arriving very slowly\r\n".iter() {
+        if c.s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_secs(2) {
+            closed = c.reply().await;
+            break;
+        }
+    }
+    assert!(closed.starts_with("421 4.4.2"), "{closed:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // an idle client is also closed after the deadline
+    let mut c = Raw::connect(relay.addr("plain")).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    a_normal_message_still_goes_through(&relay, &up).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn session_limits_answer_421_and_release_slots() {
+    let up = Upstream::start().await;
+    let toml = relay_toml(&up.pki, &up.account_toml(""), "").replace(
+        "hostname = \"relay.test\"",
+        "hostname = \"relay.test\"\nmax_sessions_per_ip = 3",
+    );
+    let relay = Relay::start(&toml);
+    let addr = relay.addr("plain").to_string();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(Raw::connect(&addr).await);
+    }
+    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let mut buf = vec![0u8; 512];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("421 4.7.0"),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    a_normal_message_still_goes_through(&relay, &up).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn too_many_auth_failures_close_the_session() {
+    let up = Upstream::start().await;
+    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
+    let mut c = Raw::connect(relay.addr("plain")).await;
+    c.cmd("EHLO raw").await;
+    for i in 0..3 {
+        let r = c.cmd("AUTH PLAIN AG1mcC0zZgB3cm9uZw==").await;
+        if i < 2 {
+            assert!(r.starts_with("535 5.7.8"), "{r}");
+        } else {
+            assert!(r.starts_with("421 4.7.0"), "{r}");
+        }
+    }
+    assert_eq!(c.reply().await, "", "closed after the limit");
+}

@@ -1,0 +1,17 @@
+//! End-to-end tests of the whole `smtp2oauth` binary.
+//!
+//! Each test starts the real binary with a config that points at honest fakes (a token
+//! endpoint issuing expiring tokens, an Exchange-like SMTP server that requires STARTTLS and
+//! verifies the XOAUTH2 string), and drives it with SMTP clients we did not write: curl,
+//! Python's smtplib (tests/clients/send.py) and swaks when installed.
+//!
+//! # Layout
+//! - `harness.rs`: starting the relay and the fakes, running clients.
+//! - `relay.rs`: the core relay: auth, TLS, exact bytes, sender policy, tokens, upstream errors.
+//! - `bad_input.rs`: hostile and broken clients.
+//! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+
+mod bad_input;
+mod cli;
+mod harness;
+mod relay;
