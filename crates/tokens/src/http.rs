@@ -6,13 +6,9 @@
 //! matter what the binary (or a test) did or did not install.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls_pki_types::CertificateDer;
-use rustls_pki_types::pem::PemObject;
-
-use crate::credential::{CredentialError, read_file};
+use crate::credential::CredentialError;
 
 /// How the HTTP client is built.
 #[derive(Debug, Clone)]
@@ -36,20 +32,10 @@ impl Default for HttpOptions {
 }
 
 /// Builds the reqwest client: rustls with the ring provider built explicitly, trust roots =
-/// webpki-roots plus the optional extra PEM CA file. Plain `http://` URLs work too.
+/// webpki-roots plus the optional extra PEM CA file (whose certificates are also pinned, see
+/// [`crate::tls`]). Plain `http://` URLs work too.
 pub fn http_client(opts: &HttpOptions) -> Result<reqwest::Client, CredentialError> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = &opts.ca_file {
-        add_ca_file(&mut roots, path)?;
-    }
-
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|error| CredentialError::HttpClient(format!("TLS setup failed: {error}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut tls = crate::tls::client_config(opts.ca_file.as_deref())?;
     // reqwest leaves ALPN alone for a preconfigured rustls config; without it HTTP/2 is never
     // negotiated.
     tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
@@ -64,36 +50,6 @@ pub fn http_client(opts: &HttpOptions) -> Result<reqwest::Client, CredentialErro
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|error| CredentialError::HttpClient(error.to_string()))
-}
-
-fn add_ca_file(
-    roots: &mut rustls::RootCertStore,
-    path: &std::path::Path,
-) -> Result<(), CredentialError> {
-    let origin = format!("CA file {}", path.display());
-    let pem = read_file("CA file", path)?;
-    let mut added = 0;
-    for (index, cert) in CertificateDer::pem_slice_iter(&pem).enumerate() {
-        let cert = cert.map_err(|error| CredentialError::Invalid {
-            origin: origin.clone(),
-            problem: format!("is not valid PEM ({error})"),
-        })?;
-        roots.add(cert).map_err(|error| CredentialError::Invalid {
-            origin: origin.clone(),
-            problem: format!(
-                "certificate #{} is not usable as a trust anchor ({error})",
-                index + 1
-            ),
-        })?;
-        added += 1;
-    }
-    if added == 0 {
-        return Err(CredentialError::Invalid {
-            origin,
-            problem: "has no PEM CERTIFICATE block".to_owned(),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

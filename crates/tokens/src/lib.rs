@@ -15,6 +15,7 @@ mod error;
 mod grant;
 mod http;
 mod secret;
+pub mod tls;
 
 pub use cache::{AccessToken, CacheOptions, TokenCache, TokenSource, TokenStatus};
 pub use credential::{
