@@ -68,6 +68,15 @@ pub fn xoauth2_initial_response(mailbox: &str, token: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
+/// A 421 means the server is closing the connection (Exchange says it when throttling): the
+/// session is over, and its words are the failure, not the "connection lost" that follows.
+fn closing(reply: Reply, stage: Stage) -> Result<Reply, DeliveryError> {
+    if reply.code() == 421 {
+        return Err(DeliveryError::Rejected { stage, reply });
+    }
+    Ok(reply)
+}
+
 /// What the server offers, from its EHLO reply.
 #[derive(Default, Debug)]
 struct Capabilities {
@@ -258,23 +267,22 @@ impl SmtpRoute {
             }
             batch.push_str("DATA\r\n");
             client.write(batch.as_bytes(), Stage::Mail).await?;
-            let mail_reply = client.read_reply(Stage::Mail).await?;
+            let mail_reply = closing(client.read_reply(Stage::Mail).await?, Stage::Mail)?;
             let mut rcpt = Vec::with_capacity(msg.recipients.len());
             for _ in &msg.recipients {
-                rcpt.push(client.read_reply(Stage::Rcpt).await?);
+                rcpt.push(closing(client.read_reply(Stage::Rcpt).await?, Stage::Rcpt)?);
             }
-            let data = client.read_reply(Stage::Data).await?;
+            let data = closing(client.read_reply(Stage::Data).await?, Stage::Data)?;
             (mail_reply, rcpt, Some(data))
         } else {
-            let mail_reply = client.command(&mail, Stage::Mail).await?;
+            let mail_reply = closing(client.command(&mail, Stage::Mail).await?, Stage::Mail)?;
             let mut rcpt = Vec::new();
             if mail_reply.is_positive() {
                 for r in &msg.recipients {
-                    rcpt.push(
-                        client
-                            .command(&format!("RCPT TO:<{r}>"), Stage::Rcpt)
-                            .await?,
-                    );
+                    let reply = client
+                        .command(&format!("RCPT TO:<{r}>"), Stage::Rcpt)
+                        .await?;
+                    rcpt.push(closing(reply, Stage::Rcpt)?);
                 }
             }
             (mail_reply, rcpt, None)

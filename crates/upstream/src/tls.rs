@@ -5,5 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    smtp2oauth_tokens::tls::client_config(ca_file).map(Arc::new).map_err(|e| e.to_string())
+    smtp2oauth_tokens::tls::client_config(ca_file)
+        .map(Arc::new)
+        .map_err(|e| e.to_string())
 }
