@@ -193,12 +193,21 @@ pub struct Store {
     /// Spool, captures and generated keys live here. Relative paths are relative to the
     /// working directory.
     pub dir: PathBuf,
+    /// Make every accepted message durable (fsync) before answering 250. Turning this off
+    /// risks losing accepted mail on a crash or power cut; it exists to measure what
+    /// durability costs, not for production.
+    pub fsync: bool,
+    /// New mail is refused with 452 4.3.1 while less than this many bytes are free on the
+    /// store's filesystem (on top of the size a device announces with MAIL SIZE=).
+    pub min_free_space: u64,
 }
 
 impl Default for Store {
     fn default() -> Self {
         Store {
             dir: PathBuf::from("/var/lib/smtp2oauth"),
+            fsync: true,
+            min_free_space: 1024 * 1024,
         }
     }
 }
@@ -219,10 +228,35 @@ impl Default for Admin {
     }
 }
 
-/// `[delivery]`: how we talk to upstreams.
+/// `[delivery]`: the queue, retries, and how we talk to upstreams.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Delivery {
+    /// Keep accepted messages in the durable queue and retry them until they are delivered,
+    /// refused for good, or expire. `false`: the device's reply is the upstream's verdict and a
+    /// temporary failure gives the device a 4xx (nothing is kept).
+    pub queue: bool,
+    /// After spooling, how long the device waits for the first delivery attempt: it then gets
+    /// the upstream's verdict (250, or a permanent refusal with its text). If the attempt takes
+    /// longer or fails temporarily, the device gets 250 and the queue takes over. 0 = pure queue.
+    #[serde(with = "duration")]
+    pub wait_for_upstream: Duration,
+    /// First retry delay; it doubles with every attempt (with jitter) up to `retry_max`.
+    #[serde(with = "duration")]
+    pub retry_initial: Duration,
+    #[serde(with = "duration")]
+    pub retry_max: Duration,
+    /// A message still undelivered after this long is given up and reported.
+    #[serde(with = "duration")]
+    pub max_queue_lifetime: Duration,
+    /// Where failure notices go (an admin address). Unset: failures are kept in `failed/` and
+    /// logged, and no notice is sent. Accounts can override it.
+    pub bounce_to: Option<String>,
+    /// Concurrent upstream connections per account (Exchange allows 3 per mailbox).
+    pub max_upstream_connections: usize,
+    /// On SIGTERM, how long deliveries in progress may take to finish.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
     /// Name we give in EHLO upstream. Default: `[server] hostname`.
     pub helo_name: Option<String>,
     #[serde(with = "duration")]
@@ -241,6 +275,14 @@ pub struct Delivery {
 impl Default for Delivery {
     fn default() -> Self {
         Delivery {
+            queue: true,
+            wait_for_upstream: Duration::from_secs(20),
+            retry_initial: Duration::from_secs(60),
+            retry_max: Duration::from_secs(3600),
+            max_queue_lifetime: Duration::from_secs(5 * 86400),
+            bounce_to: None,
+            max_upstream_connections: 3,
+            shutdown_timeout: Duration::from_secs(30),
             helo_name: None,
             connect_timeout: Duration::from_secs(30),
             command_timeout: Duration::from_secs(60),
@@ -360,6 +402,12 @@ pub struct Account {
     /// For `route = "capture"`: where messages are written. Default `<store dir>/capture`.
     #[serde(default)]
     pub capture_dir: Option<PathBuf>,
+    /// Overrides `[delivery] bounce_to` for this account.
+    #[serde(default)]
+    pub bounce_to: Option<String>,
+    /// Overrides `[delivery] max_upstream_connections` for this account.
+    #[serde(default)]
+    pub max_upstream_connections: Option<usize>,
 }
 
 fn default_route() -> Route {

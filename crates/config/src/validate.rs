@@ -28,6 +28,39 @@ pub fn validate(c: &Config) -> (Vec<Problem>, Vec<Problem>) {
             ),
         ));
     }
+    let d = &c.delivery;
+    if d.max_upstream_connections == 0 {
+        p.push(Problem::new(
+            "delivery.max_upstream_connections",
+            "must be at least 1",
+        ));
+    }
+    if d.retry_initial.is_zero() || d.retry_max < d.retry_initial {
+        p.push(Problem::new(
+            "delivery.retry_max",
+            "retry_initial must be longer than zero and retry_max at least retry_initial",
+        ));
+    }
+    if d.max_queue_lifetime.is_zero() {
+        p.push(Problem::new(
+            "delivery.max_queue_lifetime",
+            "must be longer than zero",
+        ));
+    }
+    if let Some(b) = &d.bounce_to
+        && !valid_mailbox(b)
+    {
+        p.push(Problem::new(
+            "delivery.bounce_to",
+            format!("`{b}` is not a mail address"),
+        ));
+    }
+    if !c.store.fsync {
+        w.push(Problem::new(
+            "store.fsync",
+            "is off: accepted mail can be lost on a crash or power cut (use only to measure)",
+        ));
+    }
     for (key, d) in [
         ("delivery.connect_timeout", c.delivery.connect_timeout),
         ("delivery.command_timeout", c.delivery.command_timeout),
@@ -256,6 +289,20 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         }
         if let Some(f) = &a.ca_file {
             readable(f, &format!("{key}.ca_file"), p);
+        }
+        if let Some(b) = &a.bounce_to
+            && !valid_mailbox(b)
+        {
+            p.push(Problem::new(
+                format!("{key}.bounce_to"),
+                format!("`{b}` is not a mail address"),
+            ));
+        }
+        if a.max_upstream_connections == Some(0) {
+            p.push(Problem::new(
+                format!("{key}.max_upstream_connections"),
+                "must be at least 1",
+            ));
         }
         match a.route {
             Route::Capture => continue,

@@ -74,11 +74,18 @@ where
 {
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("session", id, listener = %listener.settings.label, peer = %peer.ip());
-    serve_inner(ctx, listener, io, peer).instrument(span).await
+    serve_inner(ctx, listener, io, peer, id)
+        .instrument(span)
+        .await
 }
 
-async fn serve_inner<S>(ctx: Arc<Inbound>, listener: Arc<ListenerRuntime>, io: S, peer: SocketAddr)
-where
+async fn serve_inner<S>(
+    ctx: Arc<Inbound>,
+    listener: Arc<ListenerRuntime>,
+    io: S,
+    peer: SocketAddr,
+    session_id: u64,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     debug!("connected");
@@ -94,6 +101,7 @@ where
         listener.tls.is_some(),
         ip_device,
     );
+    session.id = session_id;
     let handshake_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline);
 
     if implicit {
@@ -281,6 +289,9 @@ where
         let step = match conn.take_line(limit) {
             LineEvent::Line(line) => {
                 command_deadline = None;
+                if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL") {
+                    session.set_free_space(ctx.spool.free_space());
+                }
                 Some(session.handle_line(&line))
             }
             LineEvent::TooLong => {
@@ -435,6 +446,8 @@ where
         eight_bit: false,
         smtputf8: plan.smtputf8,
         size: 0,
+        notice: false,
+        session: session.id,
     };
     let mut store_err: Option<SpoolError> = None;
     let mut incoming = match ctx.spool.receive(envelope).await {

@@ -36,6 +36,8 @@ pub struct ListenerSettings {
 /// Per-session limits from `[server]`.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// New mail is refused (452 4.3.1) when less than this plus the announced size is free.
+    pub min_free_space: u64,
     pub max_message_size: u64,
     pub max_recipients: usize,
     pub max_auth_failures: u32,
@@ -90,6 +92,8 @@ struct Transaction {
 }
 
 pub struct Session {
+    /// Session number, for log lines and the spooled envelope.
+    pub id: u64,
     hostname: Arc<str>,
     listener: Arc<ListenerSettings>,
     limits: Limits,
@@ -104,6 +108,7 @@ pub struct Session {
     tx: Option<Transaction>,
     auth_failures: u32,
     errors: u32,
+    free_space: Option<u64>,
 }
 
 impl Session {
@@ -119,6 +124,7 @@ impl Session {
         ip_device: Option<Arc<Device>>,
     ) -> Session {
         Session {
+            id: 0,
             hostname,
             listener,
             limits,
@@ -133,7 +139,13 @@ impl Session {
             tx: None,
             auth_failures: 0,
             errors: 0,
+            free_space: None,
         }
+    }
+
+    /// Bytes free in the spool, checked by the driver before MAIL (None: unknown).
+    pub fn set_free_space(&mut self, free: Option<u64>) {
+        self.free_space = free;
     }
 
     pub fn greeting(&self) -> Reply {
@@ -408,6 +420,11 @@ impl Session {
         }
         if size > self.limits.max_message_size {
             return self.refuse(SessionError::MessageTooBig(self.limits.max_message_size));
+        }
+        if let Some(free) = self.free_space
+            && free < self.limits.min_free_space.saturating_add(size)
+        {
+            return self.refuse(SessionError::StorageFull);
         }
         if flags & MAIL_BODY_BINARYMIME != 0 {
             return self.refuse(SessionError::UnsupportedParameter("BODY=BINARYMIME".into()));

@@ -1,112 +1,332 @@
-//! Scheduling deliveries: takes messages from the spool and hands them to their account's route.
+//! Delivery scheduling: takes messages from the spool and hands them to their account's route,
+//! until each is delivered, refused for good, or expired, and never drops one silently.
 //!
 //! This is the seam between accepting a message and delivering it. The binary connects it to
 //! the inbound server (which knows nothing of routes), and routes know nothing of the spool.
 //!
-//! Today delivery is synchronous: the device's DATA reply waits for the upstream's answer, and
-//! the message leaves the spool once that answer is known (the device keeps its copy when it is
-//! refused, so nothing is lost). The durable queue with retries builds on this same seam.
+//! # How it works
+//! - An in-memory index (`queue.rs`) holds, per account, which messages are due when, how many
+//!   deliveries run (at most `max_upstream_connections`), and whether the account is paused
+//!   because its upstream throttled it. It is rebuilt from the spool at start ([`Scheduler::recover`]).
+//! - A dispatcher task starts attempts as they fall due; each attempt reads the message's
+//!   progress from its envelope file, delivers the remaining recipients, and records the outcome
+//!   (`attempt.rs`): delivered → removed; temporary failure → an event with the next attempt time
+//!   (exponential backoff with jitter); permanent failure or expiry → moved to `failed/` and, when
+//!   `bounce_to` is set, a failure notice is queued (`notice.rs`).
+//! - [`Scheduler::submit`] is what a device's session calls after spooling: it waits up to
+//!   `wait_for_upstream` for the first attempt and turns its outcome into the device's reply.
+//! - Admin requests from `smtp2oauth queue` arrive as files in the spool's `control/` directory.
 //!
 //! # Invariants
-//! - A message leaves the spool only after its outcome has been decided and logged.
-//! - Only an upstream's own 5xx is a permanent failure (see `proto::DeliveryError`).
+//! - A message leaves `queue/` only after its outcome is recorded: removed once delivered,
+//!   moved to `failed/` (kept) when refused, or removed when refused while its device waited
+//!   for and received that refusal.
+//! - Only an upstream's own 5xx is a permanent failure; everything else is retried until
+//!   `max_queue_lifetime`.
+//! - No failure notice is ever sent about a failure notice.
 
+mod attempt;
+pub mod backoff;
+mod direct;
+pub mod notice;
+mod queue;
+
+use queue::Queue;
+use smtp2oauth_proto::Reply;
 use smtp2oauth_proto::replies::ok;
-use smtp2oauth_proto::{Reply, SessionError};
-use smtp2oauth_spool::{Area, Queued, Spool};
-use smtp2oauth_upstream::{Message, Route, advice};
+use smtp2oauth_spool::{Area, ControlAction, Event, Queued, Spool, SpoolError};
+use smtp2oauth_upstream::{Message, Route};
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
-
-pub struct Scheduler {
-    spool: Spool,
-    routes: HashMap<String, Arc<dyn Route>>,
-}
 
 /// The account → route table.
 pub type Routes = HashMap<String, Arc<dyn Route>>;
 
+/// What the scheduler needs to know about each account.
+#[derive(Clone, Debug)]
+pub struct AccountSettings {
+    pub mailbox: String,
+    pub bounce_to: Option<String>,
+    pub max_connections: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct SchedulerConfig {
+    /// false: synchronous delivery, nothing is retried (the device's reply is the verdict).
+    pub queue: bool,
+    pub wait_for_upstream: Duration,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub max_queue_lifetime: Duration,
+    pub shutdown_timeout: Duration,
+    pub hostname: String,
+    pub accounts: HashMap<String, AccountSettings>,
+    /// How often `control/` is checked for admin requests.
+    pub control_poll: Duration,
+}
+
+pub struct Scheduler {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) spool: Spool,
+    pub(crate) routes: Routes,
+    pub(crate) cfg: SchedulerConfig,
+    pub(crate) queue: Mutex<Queue>,
+    pub(crate) wake: Notify,
+    pub(crate) attempts: TaskTracker,
+    pub(crate) stop: CancellationToken,
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Converts a wall-clock time (ms since epoch) to a monotonic deadline.
+pub(crate) fn instant_at(ms: u64) -> Instant {
+    let now = now_ms();
+    if ms <= now {
+        Instant::now()
+    } else {
+        Instant::now() + Duration::from_millis(ms - now)
+    }
+}
+
 impl Scheduler {
-    pub fn new(spool: Spool, routes: Routes) -> Self {
-        Scheduler { spool, routes }
+    pub fn new(spool: Spool, routes: Routes, cfg: SchedulerConfig) -> Scheduler {
+        let queue = Queue::new(
+            cfg.accounts
+                .iter()
+                .map(|(k, v)| (k.clone(), v.max_connections))
+                .collect(),
+        );
+        Scheduler {
+            inner: Arc::new(Inner {
+                spool,
+                routes,
+                cfg,
+                queue: Mutex::new(queue),
+                wake: Notify::new(),
+                attempts: TaskTracker::new(),
+                stop: CancellationToken::new(),
+            }),
+        }
     }
 
     pub fn route(&self, account: &str) -> Option<&Arc<dyn Route>> {
-        self.routes.get(account)
+        self.inner.routes.get(account)
     }
 
-    /// Delivers a just-spooled message while its device waits, and returns the device's reply.
-    pub async fn deliver_now(&self, queued: Queued) -> Reply {
-        let env = &queued.envelope;
-        let message = to_message(&queued);
-        let Some(route) = self.routes.get(&env.account).cloned() else {
-            error!(queue_id = %env.id, account = %env.account, "no route for account; message refused");
-            self.remove(&queued).await;
-            return SessionError::LocalError.reply();
-        };
-        let started = Instant::now();
-        let result = route.deliver(&message).await;
-        let ms = started.elapsed().as_millis() as u64;
-        let reply = match &result {
-            Ok(report) => {
-                info!(
-                    queue_id = %env.id,
-                    device = %env.device,
-                    account = %env.account,
-                    route = route.kind(),
-                    size = env.size,
-                    recipients = env.recipients.len(),
-                    upstream = %report.reply,
-                    ms,
-                    "delivered"
-                );
-                for (rcpt, r) in &report.rejected {
-                    warn!(queue_id = %env.id, account = %env.account, recipient = %rcpt, upstream = %r,
-                        advice = advice::for_reply(r).unwrap_or(""), "recipient refused by the upstream");
+    /// Schedules every message found in `queue/` (after a restart or a crash). Returns how many.
+    pub async fn recover(&self) -> Result<usize, SpoolError> {
+        let ids = self.inner.spool.list(Area::Queue)?;
+        let mut n = 0;
+        for id in ids {
+            match self.inner.spool.read(&id, Area::Queue).await {
+                Ok(q) => {
+                    let due = q
+                        .progress
+                        .next_attempt_ms
+                        .map(instant_at)
+                        .unwrap_or_else(Instant::now);
+                    self.inner
+                        .queue()
+                        .schedule(&id, &q.envelope.account, due, None);
+                    n += 1;
                 }
-                if report.rejected.is_empty() {
-                    ok::delivered(&env.id)
-                } else {
-                    ok::delivered_partially(&env.id, report.accepted.len(), env.recipients.len())
+                Err(e) => {
+                    error!(queue_id = %id, error = %e, "cannot read a queued message; left in place")
                 }
             }
-            Err(e) => {
-                let advice = advice::for_error(e).unwrap_or("");
-                let reply = e.reply();
-                if e.is_permanent() {
-                    warn!(queue_id = %env.id, device = %env.device, account = %env.account, route = route.kind(),
-                        size = env.size, recipients = env.recipients.len(), upstream = %reply, stage = %e.stage(),
-                        error = %e, advice, ms, "refused by the upstream; the device was told");
-                } else {
-                    warn!(queue_id = %env.id, device = %env.device, account = %env.account, route = route.kind(),
-                        size = env.size, recipients = env.recipients.len(), reply = %reply, stage = %e.stage(),
-                        error = %e, advice, ms, "delivery failed temporarily; the device was told to retry");
-                }
-                reply
-            }
-        };
-        self.remove(&queued).await;
-        reply
+        }
+        self.inner.wake.notify_one();
+        Ok(n)
     }
 
-    async fn remove(&self, queued: &Queued) {
-        if let Err(e) = self.spool.remove(queued.id(), Area::Queue).await {
-            error!(queue_id = %queued.id(), error = %e, "cannot remove a settled message from the spool");
+    /// Starts the dispatcher. It runs until [`Scheduler::shutdown`].
+    pub fn start(&self) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(self.inner.clone().dispatch())
+    }
+
+    /// Messages currently known to the queue (for status and tests).
+    pub fn queued(&self) -> usize {
+        self.inner.queue().len()
+    }
+
+    /// Stops starting attempts and waits (up to `shutdown_timeout`) for running ones. An attempt
+    /// cut off here stays queued and is retried at the next start.
+    pub async fn shutdown(&self) {
+        self.inner.stop.cancel();
+        self.inner.attempts.close();
+        if tokio::time::timeout(self.inner.cfg.shutdown_timeout, self.inner.attempts.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                attempts = self.inner.attempts.len(),
+                "deliveries still running at shutdown; they stay queued and are retried at the next start"
+            );
+        }
+    }
+
+    /// Called by a device's session once its message is durable. Returns the device's reply.
+    pub async fn submit(&self, queued: Queued) -> Reply {
+        if !self.inner.cfg.queue {
+            return direct::deliver_now(&self.inner, queued).await;
+        }
+        let id = queued.id().to_string();
+        let account = queued.envelope.account.clone();
+        let wait = self.inner.cfg.wait_for_upstream;
+        if wait.is_zero() || self.inner.stop.is_cancelled() {
+            self.inner
+                .queue()
+                .schedule(&id, &account, Instant::now(), None);
+            self.inner.wake.notify_one();
+            return ok::queued(&id);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .queue()
+            .schedule(&id, &account, Instant::now(), Some(tx));
+        self.inner.wake.notify_one();
+        tokio::pin!(rx);
+        tokio::select! {
+            r = &mut rx => r.unwrap_or_else(|_| ok::queued(&id)),
+            _ = tokio::time::sleep(wait) => {
+                // Take the waiter back. If it is gone, the attempt already decided and its reply
+                // is on the way: wait for it, so a decision is never lost between the two sides.
+                if self.inner.queue().take_waiter(&id).is_some() {
+                    ok::queued(&id)
+                } else {
+                    rx.await.unwrap_or_else(|_| ok::queued(&id))
+                }
+            }
         }
     }
 }
 
-/// A spooled message as routes see it.
-pub fn to_message(q: &Queued) -> Message {
+impl Inner {
+    pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn dispatch(self: Arc<Self>) {
+        let mut next_control = Instant::now();
+        loop {
+            if self.stop.is_cancelled() {
+                break;
+            }
+            let now = Instant::now();
+            if now >= next_control {
+                self.handle_control().await;
+                next_control = now + self.cfg.control_poll;
+            }
+            let (due, next_wake) = self.queue().take_due(now);
+            for id in due {
+                let me = self.clone();
+                self.attempts.spawn(async move { me.run_attempt(id).await });
+            }
+            let wake_at = next_wake
+                .unwrap_or(now + Duration::from_secs(3600))
+                .min(next_control);
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep_until(wake_at) => {}
+            }
+        }
+    }
+
+    /// Carries out requests from `smtp2oauth queue` (files in `control/`).
+    async fn handle_control(&self) {
+        let control = self.spool.control();
+        let requests = match control.pending() {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "cannot read control requests");
+                return;
+            }
+        };
+        for req in requests {
+            let ids: Vec<String> = if req.target == "all" {
+                match req.action {
+                    ControlAction::Requeue => self.spool.list(Area::Failed).unwrap_or_default(),
+                    _ => self.spool.list(Area::Queue).unwrap_or_default(),
+                }
+            } else {
+                vec![req.target.clone()]
+            };
+            for id in ids {
+                let result = match req.action {
+                    ControlAction::Retry => self.admin_retry(&id).await,
+                    ControlAction::Delete => self.admin_delete(&id).await,
+                    ControlAction::Requeue => self.admin_requeue(&id).await,
+                };
+                match result {
+                    Ok(()) => {
+                        info!(queue_id = %id, action = req.action.as_str(), "queue request carried out")
+                    }
+                    Err(e) => {
+                        warn!(queue_id = %id, action = req.action.as_str(), error = %e, "queue request failed")
+                    }
+                }
+            }
+            control.done(&req);
+        }
+        self.wake.notify_one();
+    }
+
+    async fn admin_retry(&self, id: &str) -> Result<(), SpoolError> {
+        let q = self.spool.read(id, Area::Queue).await?;
+        self.spool
+            .append_event(id, Area::Queue, &Event::RetryRequested { at_ms: now_ms() })
+            .await?;
+        self.queue().retry_now(id, &q.envelope.account);
+        Ok(())
+    }
+
+    async fn admin_delete(&self, id: &str) -> Result<(), SpoolError> {
+        if self.queue().request_delete(id) {
+            // A delivery is running: it removes the message when it ends.
+            return Ok(());
+        }
+        match self.spool.remove(id, Area::Queue).await {
+            Err(SpoolError::NotFound(_)) => self.spool.remove(id, Area::Failed).await,
+            r => r,
+        }
+    }
+
+    async fn admin_requeue(&self, id: &str) -> Result<(), SpoolError> {
+        let q = self.spool.read(id, Area::Failed).await?;
+        self.spool
+            .append_event(id, Area::Failed, &Event::Requeued { at_ms: now_ms() })
+            .await?;
+        self.spool.move_to(id, Area::Failed, Area::Queue).await?;
+        self.queue()
+            .schedule(id, &q.envelope.account, Instant::now(), None);
+        Ok(())
+    }
+}
+
+/// A spooled message as routes see it: only the recipients still to deliver.
+pub fn to_message(q: &Queued, recipients: Vec<String>) -> Message {
     let e = &q.envelope;
     Message {
         id: e.id.clone(),
         account: e.account.clone(),
         device: e.device.clone(),
         sender: e.sender.clone(),
-        recipients: e.recipients.clone(),
+        recipients,
         data_path: q.data_path.clone(),
         size: e.size,
         eight_bit: e.eight_bit,

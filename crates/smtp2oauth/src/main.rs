@@ -9,10 +9,12 @@
 //! - `wiring.rs`: turning configuration into routes, token sources and TLS (shared by `serve`,
 //!   `check-config` and `send-test`).
 //! - `commands.rs`: `check-config`, `hash-password`, `send-test`.
+//! - `queue_cmd.rs`: `queue list|show|retry|delete|failed|requeue`.
 //! - `logging.rs`: log format and filtering.
 
 mod commands;
 mod logging;
+mod queue_cmd;
 mod serve;
 mod wiring;
 
@@ -75,6 +77,13 @@ enum Command {
     },
     /// Read a password from standard input and print its argon2id hash for `password_hash`.
     HashPassword,
+    /// Inspect and manage the queue (works while the relay runs).
+    Queue {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: queue_cmd::QueueCommand,
+    },
     /// Send a test message through an account's route and print the upstream's reply.
     SendTest {
         #[command(flatten)]
@@ -113,6 +122,9 @@ fn main() -> ExitCode {
         }
         Command::CheckConfig { config } => commands::check_config(config.config.as_deref()),
         Command::HashPassword => commands::hash_password(),
+        Command::Queue { config, command } => {
+            runtime().block_on(queue_cmd::run(config.config.as_deref(), command))
+        }
         Command::SendTest {
             config,
             account,

@@ -30,7 +30,7 @@ struct SchedulerSubmit(Arc<Scheduler>);
 
 impl Submit for SchedulerSubmit {
     fn submit(&self, message: Queued) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
-        Box::pin(self.0.deliver_now(message))
+        Box::pin(self.0.submit(message))
     }
 }
 
@@ -43,19 +43,16 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
 
     std::fs::create_dir_all(&cfg.store.dir)
         .with_context(|| format!("cannot create store dir {}", cfg.store.dir.display()))?;
-    let spool =
-        Spool::open(&cfg.store.dir.join("spool")).with_context(|| "cannot open the spool")?;
+    let spool = Spool::open_with(&cfg.store.dir.join("spool"), cfg.store.fsync)
+        .context("cannot open the spool")?;
+    // One relay per spool: a second one would deliver the same messages twice.
+    let _spool_lock = spool.lock()?;
     let removed = spool.clean_orphans().context("cannot clean the spool")?;
     if removed > 0 {
         info!(
             files = removed,
             "removed unfinished messages from an earlier run (never acknowledged to devices)"
         );
-    }
-    let leftover = spool.list(Area::Queue).unwrap_or_default();
-    if !leftover.is_empty() {
-        warn!(messages = leftover.len(), dir = %cfg.store.dir.join("spool/queue").display(),
-            "messages from an earlier run are in the queue; they are kept untouched");
     }
 
     let tls = match wiring::listener_cert_files(&cfg)? {
@@ -80,13 +77,36 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             info!(account = %a.name, mailbox = %a.mailbox, route = r.kind(), target = %r.target(), "account ready");
         }
     }
-    let scheduler = Arc::new(Scheduler::new(spool.clone(), routes));
+    let scheduler = Arc::new(Scheduler::new(
+        spool.clone(),
+        routes,
+        wiring::scheduler_config(&cfg),
+    ));
+    if cfg.delivery.queue {
+        let n = scheduler.recover().await.context("cannot read the queue")?;
+        if n > 0 {
+            info!(
+                messages = n,
+                "queued messages from an earlier run scheduled for delivery"
+            );
+        }
+    } else {
+        let left = spool.list(Area::Queue).unwrap_or_default();
+        if !left.is_empty() {
+            warn!(
+                messages = left.len(),
+                "the queue holds messages but [delivery] queue = false: they are kept, not delivered"
+            );
+        }
+    }
+    let dispatcher = scheduler.start();
 
     let shutdown = CancellationToken::new();
     let s = &cfg.server;
     let ctx = Arc::new(Inbound {
         hostname: cfg.hostname().into(),
         limits: Limits {
+            min_free_space: cfg.store.min_free_space,
             max_message_size: s.max_message_size,
             max_recipients: s.max_recipients,
             max_auth_failures: s.max_auth_failures,
@@ -99,7 +119,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         add_received_header: s.add_received_header,
         directory,
         spool,
-        submit: Arc::new(SchedulerSubmit(scheduler)),
+        submit: Arc::new(SchedulerSubmit(scheduler.clone())),
         limiter: Limiter::new(s.max_sessions, s.max_sessions_per_ip),
         shutdown: shutdown.clone(),
     });
@@ -166,6 +186,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let _ = a.await;
     }
     tracker.close();
+    // Sessions first (the scheduler keeps delivering while devices wait for their first
+    // attempt), then deliveries in progress.
     if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
         .await
         .is_err()
@@ -175,6 +197,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             "sessions still running after the grace period; exiting anyway"
         );
     }
+    scheduler.shutdown().await;
+    let _ = dispatcher.await;
     info!("stopped");
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::{Account, Config, JwtAlg, Route as RouteKind, UpstreamTls};
-use smtp2oauth_scheduler::Routes;
+use smtp2oauth_scheduler::{AccountSettings, Routes, SchedulerConfig};
 use smtp2oauth_tokens::{
     CacheOptions, CertificateCredential, ClientCredential, ClientCredentialsGrant, HttpOptions,
     Secret, TokenCache, TokenSource,
@@ -201,4 +201,35 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
+}
+
+/// The scheduler's view of the configuration.
+pub fn scheduler_config(cfg: &Config) -> SchedulerConfig {
+    let d = &cfg.delivery;
+    SchedulerConfig {
+        queue: d.queue,
+        wait_for_upstream: d.wait_for_upstream,
+        retry_initial: d.retry_initial,
+        retry_max: d.retry_max,
+        max_queue_lifetime: d.max_queue_lifetime,
+        shutdown_timeout: d.shutdown_timeout,
+        hostname: cfg.hostname(),
+        accounts: cfg
+            .accounts
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    AccountSettings {
+                        mailbox: a.mailbox.clone(),
+                        bounce_to: a.bounce_to.clone().or_else(|| d.bounce_to.clone()),
+                        max_connections: a
+                            .max_upstream_connections
+                            .unwrap_or(d.max_upstream_connections),
+                    },
+                )
+            })
+            .collect(),
+        control_poll: std::time::Duration::from_secs(1),
+    }
 }

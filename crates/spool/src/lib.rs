@@ -13,6 +13,8 @@
 //!   later lines are events appended by delivery (attempts, results), one JSON object per line.
 //!   **The rename of `incoming/<id>` to `queue/<id>` is the moment a message is accepted.**
 //! - `failed/<id>`: an envelope whose delivery failed for good, kept for the admin.
+//! - `control/<action>.<id>`: requests from the queue command line to a running relay
+//!   (see `control.rs`); `lock`: held by the running relay so only one process owns the spool.
 //!
 //! # Invariants
 //! - A device gets 250 only after [`Incoming::commit`] returned: the data file and the envelope
@@ -22,9 +24,13 @@
 //!   lines are ignored.
 //! - Directory fsyncs are shared between concurrent commits (group commit), never skipped.
 
+pub mod control;
+pub mod events;
 mod fsync;
 mod id;
 
+pub use control::{Control, ControlAction, Request as ControlRequest, SpoolLock};
+pub use events::{Event, Progress, RecipientResult};
 pub use id::MessageId;
 
 use fsync::DirSync;
@@ -58,6 +64,12 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// Size of the data file in bytes.
     pub size: u64,
+    /// The inbound session that received the message (to match log lines; 0 for our own).
+    #[serde(default)]
+    pub session: u64,
+    /// This message is a failure notice we generated (no notice is ever sent about a notice).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notice: bool,
 }
 
 impl Envelope {
@@ -84,6 +96,8 @@ pub enum SpoolError {
     Corrupt { id: String, detail: String },
     #[error("no message {0} in the spool")]
     NotFound(String),
+    #[error("the spool is in use by another smtp2oauth process (lock {0})")]
+    Locked(String),
 }
 
 impl From<io::Error> for SpoolError {
@@ -114,9 +128,12 @@ struct Inner {
     incoming: PathBuf,
     queue: PathBuf,
     failed: PathBuf,
+    control: PathBuf,
     data_sync: DirSync,
     queue_sync: DirSync,
     failed_sync: DirSync,
+    /// fsync files and directories (off only to measure what durability costs).
+    fsync: bool,
 }
 
 /// The states a message can be in, each a directory.
@@ -129,24 +146,32 @@ pub enum Area {
 impl Spool {
     /// Opens (creating if needed) the spool under `dir`.
     pub fn open(dir: &Path) -> Result<Spool, SpoolError> {
+        Self::open_with(dir, true)
+    }
+
+    /// Opens the spool; with `fsync = false` nothing is synced to disk (never in production).
+    pub fn open_with(dir: &Path, fsync: bool) -> Result<Spool, SpoolError> {
         let root = dir.to_path_buf();
         let data = root.join("data");
         let incoming = root.join("incoming");
         let queue = root.join("queue");
         let failed = root.join("failed");
-        for d in [&root, &data, &incoming, &queue, &failed] {
+        let control = root.join("control");
+        for d in [&root, &data, &incoming, &queue, &failed, &control] {
             std::fs::create_dir_all(d)?;
         }
         Ok(Spool {
             inner: Arc::new(Inner {
-                data_sync: DirSync::open(&data)?,
-                queue_sync: DirSync::open(&queue)?,
-                failed_sync: DirSync::open(&failed)?,
+                data_sync: DirSync::open(&data, fsync)?,
+                queue_sync: DirSync::open(&queue, fsync)?,
+                failed_sync: DirSync::open(&failed, fsync)?,
                 root,
                 data,
                 incoming,
                 queue,
                 failed,
+                control,
+                fsync,
             }),
         })
     }
@@ -253,14 +278,16 @@ impl Spool {
                 detail: e.to_string(),
             })?;
         // Torn or unreadable event lines (a crash during an append) are skipped, not fatal.
-        let events = lines
+        let events: Vec<Event> = lines
             .filter(|l| !l.is_empty())
             .filter_map(|l| serde_json::from_slice(l).ok())
             .collect();
+        let progress = Progress::from_events(&envelope, &events);
         Ok(Queued {
             data_path: self.data_path(id),
             envelope,
             events,
+            progress,
             area,
         })
     }
@@ -285,7 +312,7 @@ impl Spool {
         &self,
         id: &str,
         area: Area,
-        event: &serde_json::Value,
+        event: &Event,
     ) -> Result<(), SpoolError> {
         check_id(id)?;
         let mut line =
@@ -300,7 +327,9 @@ impl Spool {
             Err(e) => return Err(e.into()),
         };
         f.write_all(&line).await?;
-        f.sync_data().await?;
+        if self.inner.fsync {
+            f.sync_data().await?;
+        }
         Ok(())
     }
 
@@ -324,6 +353,47 @@ impl Spool {
             Area::Failed => self.inner.failed_sync.sync().await?,
         }
         Ok(())
+    }
+}
+
+impl Spool {
+    /// The control directory (requests from the queue command line).
+    pub fn control(&self) -> Control {
+        Control::new(self.inner.control.clone())
+    }
+
+    /// Takes the spool's lock for this process's lifetime; fails if another process holds it.
+    pub fn lock(&self) -> Result<SpoolLock, SpoolError> {
+        SpoolLock::acquire(&self.inner.root.join("lock"))
+    }
+
+    /// True when a running relay holds the spool's lock.
+    pub fn is_locked(&self) -> bool {
+        SpoolLock::held_by_other(&self.inner.root.join("lock"))
+    }
+
+    /// Bytes available to us on the spool's filesystem (None if unknown).
+    pub fn free_space(&self) -> Option<u64> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(self.inner.root.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs fills the struct we own from a NUL-terminated path.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    }
+
+    /// Writes a whole message we compose ourselves (failure notices) and commits it.
+    pub async fn write_message(
+        &self,
+        envelope: Envelope,
+        bytes: &[u8],
+    ) -> Result<Queued, SpoolError> {
+        let eight_bit = bytes.iter().any(|&b| b >= 0x80);
+        let mut inc = self.receive(envelope).await?;
+        inc.write(bytes).await?;
+        inc.commit(eight_bit).await
     }
 }
 
@@ -376,7 +446,9 @@ impl Incoming {
             .ok_or_else(|| SpoolError::Io(io::Error::other("already committed")))?;
         file.flush().await?;
         let file = file.into_inner();
-        file.sync_all().await?;
+        if self.spool.inner.fsync {
+            file.sync_all().await?;
+        }
         drop(file);
 
         let id = self.id.to_string();
@@ -398,7 +470,9 @@ impl Incoming {
                 .open(&tmp)
                 .await?;
             f.write_all(&env).await?;
-            f.sync_all().await?;
+            if inner.fsync {
+                f.sync_all().await?;
+            }
         }
         // The data file's name must be durable before the envelope that points at it.
         inner.data_sync.sync().await?;
@@ -414,6 +488,7 @@ impl Incoming {
         }
         let queued = Queued {
             data_path,
+            progress: Progress::from_events(&self.envelope, &[]),
             envelope: self.envelope.clone(),
             events: Vec::new(),
             area: Area::Queue,
@@ -446,7 +521,8 @@ impl Drop for Incoming {
 pub struct Queued {
     pub data_path: PathBuf,
     pub envelope: Envelope,
-    pub events: Vec<serde_json::Value>,
+    pub events: Vec<Event>,
+    pub progress: Progress,
     pub area: Area,
 }
 

@@ -15,6 +15,8 @@ fn envelope() -> Envelope {
         eight_bit: false,
         smtputf8: false,
         size: 0,
+        notice: false,
+        session: 0,
     }
 }
 
@@ -87,24 +89,29 @@ async fn events_append_and_torn_lines_are_ignored() {
         .commit(false)
         .await
         .unwrap();
-    spool
-        .append_event(
-            q.id(),
-            Area::Queue,
-            &serde_json::json!({"attempt": 1, "result": "deferred"}),
-        )
-        .await
-        .unwrap();
+    let ev = Event::Attempt {
+        at_ms: 1,
+        attempt: 1,
+        outcome: "deferred".into(),
+        reply: "451 4.7.500 busy".into(),
+        stage: None,
+        delivered: vec![],
+        failed: vec![],
+        next_attempt_ms: Some(5),
+    };
+    spool.append_event(q.id(), Area::Queue, &ev).await.unwrap();
     // a torn append
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
         .open(d.path().join("queue").join(q.id()))
         .unwrap();
-    f.write_all(b"{\"attempt\": 2, \"res").unwrap();
+    f.write_all(b"{\"event\":\"attempt\",\"attempt\": 2, \"res")
+        .unwrap();
     let back = spool.read(q.id(), Area::Queue).await.unwrap();
-    assert_eq!(back.events.len(), 1);
-    assert_eq!(back.events[0]["attempt"], 1);
+    assert_eq!(back.events, vec![ev]);
+    assert_eq!(back.progress.attempts, 1);
+    assert_eq!(back.progress.next_attempt_ms, Some(5));
 }
 
 #[tokio::test]

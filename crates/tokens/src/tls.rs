@@ -37,13 +37,20 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Cre
             pinned.push(cert);
         }
         if pinned.is_empty() {
-            return Err(CredentialError::Invalid { origin, problem: "has no PEM CERTIFICATE block".to_owned() });
+            return Err(CredentialError::Invalid {
+                origin,
+                problem: "has no PEM CERTIFICATE block".to_owned(),
+            });
         }
     }
     let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .build()
         .map_err(|error| CredentialError::HttpClient(format!("TLS setup failed: {error}")))?;
-    let verifier = Arc::new(Verifier { webpki, pinned, provider: provider.clone() });
+    let verifier = Arc::new(Verifier {
+        webpki,
+        pinned,
+        provider: provider.clone(),
+    });
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|error| CredentialError::HttpClient(format!("TLS setup failed: {error}")))?
@@ -68,9 +75,20 @@ impl ServerCertVerifier for Verifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.webpki.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+        match self.webpki.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        ) {
             Ok(ok) => Ok(ok),
-            Err(e) if self.pinned.iter().any(|p| p.as_ref() == end_entity.as_ref()) => {
+            Err(e)
+                if self
+                    .pinned
+                    .iter()
+                    .any(|p| p.as_ref() == end_entity.as_ref()) =>
+            {
                 tracing::debug!(error = %e, "server certificate accepted because it is pinned in ca_file");
                 Ok(ServerCertVerified::assertion())
             }
@@ -84,7 +102,12 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn verify_tls13_signature(
@@ -93,10 +116,17 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }

@@ -56,6 +56,7 @@ fn session(
         allow_insecure_auth: insecure,
     });
     let limits = Limits {
+        min_free_space: 100,
         max_message_size: 1000,
         max_recipients: 3,
         max_auth_failures: 2,
@@ -439,4 +440,22 @@ fn garbage_never_panics() {
     ] {
         let _ = t.line(l);
     }
+}
+
+#[test]
+fn full_spool_refuses_mail_with_452() {
+    let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
+    t.line("EHLO x");
+    t.s.set_free_space(Some(50));
+    assert!(t.line("MAIL FROM:<a@contoso.com>").starts_with("452 4.3.1"));
+    t.s.set_free_space(Some(1000));
+    assert!(
+        t.line("MAIL FROM:<a@contoso.com> SIZE=950")
+            .starts_with("452 4.3.1"),
+        "announced size counts"
+    );
+    assert_eq!(
+        t.line("MAIL FROM:<a@contoso.com> SIZE=800"),
+        "250 2.1.0 Sender OK"
+    );
 }

@@ -1,0 +1,501 @@
+//! One delivery attempt and what it changes: the spool state, the account's throttling, the
+//! waiting device's reply, and failure notices.
+
+use crate::backoff;
+use crate::notice::{self, FailedRecipient, Reason};
+use crate::{Inner, now_ms, to_message};
+use smtp2oauth_proto::replies::ok;
+use smtp2oauth_proto::{DeliveryError, Reply, Stage};
+use smtp2oauth_spool::{Area, Envelope, Event, Queued, RecipientResult, SpoolError};
+use smtp2oauth_upstream::{DeliveryReport, Route, advice};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+use tracing::{error, info, warn};
+
+/// What an attempt found, recipient by recipient.
+struct Outcome {
+    delivered: Vec<String>,
+    failed: Vec<(String, Reply)>,
+    deferred: Vec<String>,
+    /// The upstream's final reply, or the failure's reply.
+    reply: Reply,
+    stage: Option<Stage>,
+    error: Option<DeliveryError>,
+}
+
+fn classify(result: Result<DeliveryReport, DeliveryError>, remaining: &[String]) -> Outcome {
+    match result {
+        Ok(report) => {
+            let mut failed = Vec::new();
+            let mut deferred = Vec::new();
+            for (rcpt, reply) in report.rejected {
+                if reply.is_permanent() {
+                    failed.push((rcpt, reply));
+                } else {
+                    deferred.push(rcpt);
+                }
+            }
+            Outcome {
+                delivered: report.accepted,
+                failed,
+                deferred,
+                reply: report.reply,
+                stage: None,
+                error: None,
+            }
+        }
+        Err(e) if e.is_permanent() => Outcome {
+            delivered: Vec::new(),
+            failed: remaining.iter().map(|r| (r.clone(), e.reply())).collect(),
+            deferred: Vec::new(),
+            reply: e.reply(),
+            stage: Some(e.stage()),
+            error: Some(e),
+        },
+        Err(e) => Outcome {
+            delivered: Vec::new(),
+            failed: Vec::new(),
+            deferred: remaining.to_vec(),
+            reply: e.reply(),
+            stage: Some(e.stage()),
+            error: Some(e),
+        },
+    }
+}
+
+enum Next {
+    Forget,
+    Retry(Instant),
+}
+
+impl Inner {
+    pub(crate) async fn run_attempt(self: Arc<Self>, id: String) {
+        let next = self.attempt(&id).await;
+        let delete = self.queue().finish(&id);
+        if delete {
+            match self.spool.remove(&id, Area::Queue).await {
+                Ok(()) | Err(SpoolError::NotFound(_)) => {
+                    info!(queue_id = %id, "deleted by the admin")
+                }
+                Err(e) => error!(queue_id = %id, error = %e, "cannot delete"),
+            }
+            self.queue().forget(&id);
+        } else {
+            match next {
+                Next::Forget => self.queue().forget(&id),
+                Next::Retry(at) => self.queue().reschedule_after_attempt(&id, at),
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    fn reply_waiter(&self, id: &str, reply: Reply) {
+        if let Some(tx) = self.queue().take_waiter(id) {
+            let _ = tx.send(reply);
+        }
+    }
+
+    async fn attempt(&self, id: &str) -> Next {
+        let q = match self.spool.read(id, Area::Queue).await {
+            Ok(q) => q,
+            Err(SpoolError::NotFound(_)) => {
+                self.reply_waiter(id, ok::queued(id));
+                return Next::Forget;
+            }
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot read a queued message; will try again");
+                self.reply_waiter(id, ok::queued(id));
+                return Next::Retry(Instant::now() + self.cfg.retry_max);
+            }
+        };
+        let remaining = q.progress.remaining.clone();
+        let attempt_no = q.progress.attempts + 1;
+        let Some(route) = self.routes.get(&q.envelope.account).cloned() else {
+            let e = DeliveryError::Local {
+                detail: format!("no account `{}` is configured", q.envelope.account),
+            };
+            let out = classify(Err(e), &remaining);
+            return self.apply(&q, None, attempt_no, out, 0).await;
+        };
+        if remaining.is_empty() {
+            // Every recipient was settled before a crash; only the bookkeeping is left.
+            let out = Outcome {
+                delivered: vec![],
+                failed: vec![],
+                deferred: vec![],
+                reply: ok::ok(),
+                stage: None,
+                error: None,
+            };
+            return self
+                .apply(&q, Some(route.as_ref()), attempt_no, out, 0)
+                .await;
+        }
+        let message = to_message(&q, remaining.clone());
+        let started = Instant::now();
+        let result = route.deliver(&message).await;
+        let ms = started.elapsed().as_millis() as u64;
+        let out = classify(result, &remaining);
+        self.apply(&q, Some(route.as_ref()), attempt_no, out, ms)
+            .await
+    }
+
+    async fn apply(
+        &self,
+        q: &Queued,
+        route: Option<&dyn Route>,
+        attempt_no: u32,
+        out: Outcome,
+        ms: u64,
+    ) -> Next {
+        let env = &q.envelope;
+        let id = env.id.as_str();
+        let route_kind = route.map(|r| r.kind()).unwrap_or("none");
+        let target = route.map(|r| r.target()).unwrap_or_default();
+        let waiter = self.queue().take_waiter(id);
+        let waiting = waiter.as_ref().is_some_and(|tx| !tx.is_closed());
+        let send = |reply: Reply| {
+            if let Some(tx) = waiter {
+                let _ = tx.send(reply);
+            }
+        };
+        let settled = out.deferred.is_empty();
+        let delivered_before = !q.progress.delivered.is_empty();
+        let failed_before = !q.progress.failed.is_empty();
+        let any_delivered = delivered_before || !out.delivered.is_empty();
+        let advice_text = out
+            .error
+            .as_ref()
+            .and_then(advice::for_error)
+            .or_else(|| advice::for_reply(&out.reply))
+            .unwrap_or("");
+        if !out.delivered.is_empty() {
+            self.queue().clear_throttle(&env.account);
+        }
+
+        // The whole message was refused while its device waited: the device hears the refusal
+        // with the upstream's own words, and keeps its copy; we keep nothing.
+        if settled && waiting && !any_delivered && !failed_before && !out.failed.is_empty() {
+            let reply = out.failed[0].1.clone();
+            warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
+                recipients = env.recipients.len(), upstream = %reply, attempt = attempt_no, advice = advice_text, ms,
+                "refused by the upstream; the device was told");
+            self.remove(id, Area::Queue).await;
+            send(reply);
+            return Next::Forget;
+        }
+
+        // Everything delivered.
+        if settled && out.failed.is_empty() && !failed_before {
+            info!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
+                recipients = env.recipients.len(), upstream = %out.reply, attempt = attempt_no, ms, "delivered");
+            self.remove(id, Area::Queue).await;
+            send(ok::delivered(id));
+            return Next::Forget;
+        }
+
+        let now = now_ms();
+        // Settled, with refusals: kept in failed/, reported.
+        if settled {
+            self.record(
+                id,
+                Area::Queue,
+                attempt_no,
+                if any_delivered { "partial" } else { "failed" },
+                &out,
+                None,
+            )
+            .await;
+            for (rcpt, r) in &out.failed {
+                warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, recipient = %rcpt,
+                    upstream = %r, attempt = attempt_no, advice = advice::for_reply(r).unwrap_or(advice_text), "recipient refused by the upstream");
+            }
+            self.to_failed(q, "refused by the upstream").await;
+            let mut failed = failed_list(&out.failed);
+            failed.extend(
+                q.progress
+                    .failed
+                    .iter()
+                    .filter(|f| !q.progress.noticed.contains(&f.rcpt))
+                    .map(|f| FailedRecipient {
+                        rcpt: f.rcpt.clone(),
+                        diagnostic: f.reply.clone(),
+                        status: status_of_text(&f.reply, "5.0.0"),
+                    }),
+            );
+            self.notify(
+                q,
+                Area::Failed,
+                &failed,
+                Reason::Refused,
+                &target,
+                Some(advice_text),
+            )
+            .await;
+            send(if any_delivered {
+                ok::delivered_partially(
+                    id,
+                    q.progress.delivered.len() + out.delivered.len(),
+                    env.recipients.len(),
+                )
+            } else {
+                ok::queued(id)
+            });
+            return Next::Forget;
+        }
+
+        // Some recipients remain: retry later, unless the message has been queued too long.
+        let age = Duration::from_millis(now.saturating_sub(env.received_at_ms));
+        if age >= self.cfg.max_queue_lifetime {
+            self.record(id, Area::Queue, attempt_no, "expired", &out, None)
+                .await;
+            error!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, upstream = %out.reply,
+                attempt = attempt_no, age_hours = age.as_secs() / 3600, advice = advice_text, "giving up: undelivered for max_queue_lifetime");
+            self.to_failed(q, "max_queue_lifetime exceeded").await;
+            let failed: Vec<FailedRecipient> = out
+                .deferred
+                .iter()
+                .map(|r| FailedRecipient {
+                    rcpt: r.clone(),
+                    diagnostic: out.reply.to_string(),
+                    status: "4.4.7".into(),
+                })
+                .chain(failed_list(&out.failed))
+                .collect();
+            let hours = self.cfg.max_queue_lifetime.as_secs() / 3600;
+            self.notify(
+                q,
+                Area::Failed,
+                &failed,
+                Reason::Expired {
+                    lifetime_hours: hours,
+                },
+                &target,
+                Some(advice_text),
+            )
+            .await;
+            send(ok::queued(id));
+            return Next::Forget;
+        }
+
+        let mut delay =
+            backoff::retry_delay(attempt_no, self.cfg.retry_initial, self.cfg.retry_max);
+        let throttled = out
+            .error
+            .as_ref()
+            .is_none_or(|e| matches!(e, DeliveryError::Rejected { .. }))
+            && backoff::is_throttle(&out.reply);
+        if throttled {
+            let level = self.queue().throttle_level(&env.account);
+            let pause = backoff::throttle_pause(level, backoff::hint(&out.reply));
+            let level = self.queue().pause(&env.account, Instant::now() + pause);
+            warn!(account = %env.account, upstream = %out.reply, pause_secs = pause.as_secs(), level,
+                "the upstream is throttling this account; pausing all its deliveries");
+            delay = delay.max(pause);
+        }
+        let next_ms = now + delay.as_millis() as u64;
+        self.record(
+            id,
+            Area::Queue,
+            attempt_no,
+            if out.delivered.is_empty() {
+                "deferred"
+            } else {
+                "partial"
+            },
+            &out,
+            Some(next_ms),
+        )
+        .await;
+        if !out.failed.is_empty() {
+            self.notify(
+                q,
+                Area::Queue,
+                &failed_list(&out.failed),
+                Reason::Refused,
+                &target,
+                Some(advice_text),
+            )
+            .await;
+        }
+        warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
+            recipients = out.deferred.len(), upstream = %out.reply, stage = out.stage.map(|s| s.as_str()).unwrap_or(""),
+            attempt = attempt_no, retry_in_secs = delay.as_secs(), advice = advice_text, ms, "deferred");
+        send(ok::queued(id));
+        Next::Retry(Instant::now() + delay)
+    }
+
+    /// Appends the attempt's event. A failure to write it (full disk) is logged and the
+    /// schedule kept in memory, so deliveries go on.
+    async fn record(
+        &self,
+        id: &str,
+        area: Area,
+        attempt: u32,
+        outcome: &str,
+        out: &Outcome,
+        next_attempt_ms: Option<u64>,
+    ) {
+        let ev = Event::Attempt {
+            at_ms: now_ms(),
+            attempt,
+            outcome: outcome.to_string(),
+            reply: out.reply.to_string(),
+            stage: out.stage.map(|s| s.as_str().to_string()),
+            delivered: out.delivered.clone(),
+            failed: out
+                .failed
+                .iter()
+                .map(|(r, rep)| RecipientResult {
+                    rcpt: r.clone(),
+                    reply: rep.to_string(),
+                })
+                .collect(),
+            next_attempt_ms,
+        };
+        if let Err(e) = self.spool.append_event(id, area, &ev).await {
+            error!(queue_id = %id, error = %e, "cannot record the delivery attempt in the spool");
+        }
+    }
+
+    async fn remove(&self, id: &str, area: Area) {
+        match self.spool.remove(id, area).await {
+            Ok(()) | Err(SpoolError::NotFound(_)) => {}
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "cannot remove a settled message from the spool")
+            }
+        }
+    }
+
+    async fn to_failed(&self, q: &Queued, reason: &str) {
+        let id = q.id();
+        if let Err(e) = self
+            .spool
+            .append_event(
+                id,
+                Area::Queue,
+                &Event::MovedToFailed {
+                    at_ms: now_ms(),
+                    reason: reason.into(),
+                },
+            )
+            .await
+        {
+            error!(queue_id = %id, error = %e, "cannot record the move to failed/");
+        }
+        if let Err(e) = self.spool.move_to(id, Area::Queue, Area::Failed).await {
+            error!(queue_id = %id, error = %e, "cannot move the message to failed/");
+        }
+    }
+
+    /// Queues a failure notice to the account's `bounce_to`, if there is one.
+    async fn notify(
+        &self,
+        q: &Queued,
+        area: Area,
+        failed: &[FailedRecipient],
+        reason: Reason,
+        remote: &str,
+        advice: Option<&str>,
+    ) {
+        if failed.is_empty() {
+            return;
+        }
+        let env = &q.envelope;
+        if env.notice {
+            error!(queue_id = %env.id, "a failure notice could not be delivered; it is kept in failed/ and not reported again");
+            return;
+        }
+        let Some(settings) = self.cfg.accounts.get(&env.account) else {
+            return;
+        };
+        let Some(to) = settings.bounce_to.clone() else {
+            warn!(queue_id = %env.id, account = %env.account, "no bounce_to is set: the failure is kept in failed/ and logged, no notice sent");
+            return;
+        };
+        let headers = match tokio::fs::File::open(&q.data_path).await {
+            Ok(f) => {
+                use tokio::io::AsyncReadExt;
+                let mut buf = Vec::new();
+                let _ = f.take(64 * 1024).read_to_end(&mut buf).await;
+                notice::header_block(&buf).to_vec()
+            }
+            Err(_) => Vec::new(),
+        };
+        let now = now_ms();
+        let token = format!("{}-{now:x}", env.id);
+        let bytes = notice::compose(&notice::Notice {
+            hostname: &self.cfg.hostname,
+            mailbox: &settings.mailbox,
+            to: &to,
+            envelope: env,
+            failed,
+            reason,
+            remote,
+            advice: advice.filter(|a| !a.is_empty()),
+            original_headers: &headers,
+            now_unix: now / 1000,
+            notice_id: &token,
+        });
+        let envelope = Envelope {
+            id: String::new(),
+            received_at_ms: now,
+            account: env.account.clone(),
+            device: "smtp2oauth".into(),
+            listener: "notice".into(),
+            client_ip: "127.0.0.1".into(),
+            helo: self.cfg.hostname.clone(),
+            sender: settings.mailbox.clone(),
+            original_sender: None,
+            recipients: vec![to.clone()],
+            eight_bit: false,
+            smtputf8: false,
+            size: 0,
+            notice: true,
+            session: 0,
+        };
+        match self.spool.write_message(envelope, &bytes).await {
+            Ok(nq) => {
+                let ev = Event::NoticeQueued {
+                    at_ms: now,
+                    notice_id: nq.id().to_string(),
+                    to: to.clone(),
+                    rcpts: failed.iter().map(|f| f.rcpt.clone()).collect(),
+                };
+                let _ = self.spool.append_event(&env.id, area, &ev).await;
+                info!(queue_id = %env.id, notice_id = %nq.id(), to = %to, "failure notice queued");
+                self.queue()
+                    .schedule(nq.id(), &env.account, Instant::now(), None);
+                self.wake.notify_one();
+            }
+            Err(e) => {
+                error!(queue_id = %env.id, error = %e, "cannot queue the failure notice; the failure is kept in failed/")
+            }
+        }
+    }
+}
+
+fn failed_list(failed: &[(String, Reply)]) -> Vec<FailedRecipient> {
+    failed
+        .iter()
+        .map(|(r, reply)| FailedRecipient {
+            rcpt: r.clone(),
+            diagnostic: reply.to_string(),
+            status: reply
+                .status()
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| format!("{}.0.0", reply.code() / 100)),
+        })
+        .collect()
+}
+
+/// The enhanced status in a reply written as text (`550 5.1.1 ...`).
+fn status_of_text(text: &str, default: &str) -> String {
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| {
+            smtp2oauth_proto::EnhancedStatus::parse_prefix(s).map(|(st, _)| st.to_string())
+        })
+        .unwrap_or_else(|| default.to_string())
+}

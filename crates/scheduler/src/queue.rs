@@ -1,0 +1,298 @@
+//! The in-memory index of the queue: per account, which messages are due when, how many
+//! deliveries are running, and whether the account is paused by throttling.
+//!
+//! It holds no message data and is rebuilt from the spool at start, so losing it (a crash)
+//! loses nothing. Keeping one ordered set per account makes "the next due message of an
+//! account that may start another connection" cheap however long the queue of a throttled
+//! account grows.
+
+use smtp2oauth_proto::Reply;
+use std::collections::{BTreeSet, HashMap};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+const DEFAULT_MAX: usize = 3;
+
+struct AccountQueue {
+    due: BTreeSet<(Instant, u64, String)>,
+    in_flight: usize,
+    max: usize,
+    paused_until: Option<Instant>,
+    throttle_level: u32,
+}
+
+struct Entry {
+    account: String,
+    key: Option<(Instant, u64)>,
+    in_flight: bool,
+    waiter: Option<oneshot::Sender<Reply>>,
+    delete_requested: bool,
+}
+
+pub(crate) struct Queue {
+    accounts: HashMap<String, AccountQueue>,
+    entries: HashMap<String, Entry>,
+    limits: HashMap<String, usize>,
+    seq: u64,
+}
+
+impl Queue {
+    pub(crate) fn new(limits: HashMap<String, usize>) -> Self {
+        Queue {
+            accounts: HashMap::new(),
+            entries: HashMap::new(),
+            limits,
+            seq: 0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn account(&mut self, name: &str) -> &mut AccountQueue {
+        let max = self.limits.get(name).copied().unwrap_or(DEFAULT_MAX).max(1);
+        self.accounts
+            .entry(name.to_string())
+            .or_insert_with(|| AccountQueue {
+                due: BTreeSet::new(),
+                in_flight: 0,
+                max,
+                paused_until: None,
+                throttle_level: 0,
+            })
+    }
+
+    /// Adds a message (or moves it) to be attempted at `due`; `waiter` gets the first outcome.
+    pub(crate) fn schedule(
+        &mut self,
+        id: &str,
+        account: &str,
+        due: Instant,
+        waiter: Option<oneshot::Sender<Reply>>,
+    ) {
+        if let Some(e) = self.entries.get_mut(id) {
+            if waiter.is_some() {
+                e.waiter = waiter;
+            }
+            if e.in_flight {
+                return;
+            }
+            let account = e.account.clone();
+            self.reschedule(id, &account, due);
+            return;
+        }
+        self.seq += 1;
+        let key = (due, self.seq);
+        self.account(account)
+            .due
+            .insert((due, key.1, id.to_string()));
+        self.entries.insert(
+            id.to_string(),
+            Entry {
+                account: account.to_string(),
+                key: Some(key),
+                in_flight: false,
+                waiter,
+                delete_requested: false,
+            },
+        );
+    }
+
+    fn reschedule(&mut self, id: &str, account: &str, due: Instant) {
+        self.seq += 1;
+        let seq = self.seq;
+        let old = self
+            .entries
+            .get_mut(id)
+            .and_then(|e| e.key.replace((due, seq)));
+        let acc = self.account(account);
+        if let Some((t, s)) = old {
+            acc.due.remove(&(t, s, id.to_string()));
+        }
+        acc.due.insert((due, seq, id.to_string()));
+    }
+
+    /// Messages to start now (marked in flight), and when to look again.
+    pub(crate) fn take_due(&mut self, now: Instant) -> (Vec<String>, Option<Instant>) {
+        let mut start = Vec::new();
+        let mut next: Option<Instant> = None;
+        let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+        for acc in self.accounts.values_mut() {
+            if acc.due.is_empty() {
+                continue;
+            }
+            if let Some(until) = acc.paused_until {
+                if until > now {
+                    soonest(until);
+                    continue;
+                }
+                acc.paused_until = None;
+            }
+            while acc.in_flight < acc.max {
+                let Some(first) = acc.due.first().cloned() else {
+                    break;
+                };
+                if first.0 > now {
+                    soonest(first.0);
+                    break;
+                }
+                acc.due.pop_first();
+                acc.in_flight += 1;
+                start.push(first.2);
+            }
+        }
+        for id in &start {
+            if let Some(e) = self.entries.get_mut(id) {
+                e.in_flight = true;
+                e.key = None;
+            }
+        }
+        (start, next)
+    }
+
+    /// An attempt ended. Returns true when an admin asked to delete the message meanwhile.
+    pub(crate) fn finish(&mut self, id: &str) -> bool {
+        let Some(e) = self.entries.get_mut(id) else {
+            return false;
+        };
+        e.in_flight = false;
+        let (account, delete) = (e.account.clone(), e.delete_requested);
+        let acc = self.account(&account);
+        acc.in_flight = acc.in_flight.saturating_sub(1);
+        delete
+    }
+
+    pub(crate) fn reschedule_after_attempt(&mut self, id: &str, due: Instant) {
+        let Some(account) = self.entries.get(id).map(|e| e.account.clone()) else {
+            return;
+        };
+        self.reschedule(id, &account, due);
+    }
+
+    pub(crate) fn forget(&mut self, id: &str) {
+        if let Some(e) = self.entries.remove(id)
+            && let Some((t, s)) = e.key
+            && let Some(acc) = self.accounts.get_mut(&e.account)
+        {
+            acc.due.remove(&(t, s, id.to_string()));
+        }
+    }
+
+    pub(crate) fn take_waiter(&mut self, id: &str) -> Option<oneshot::Sender<Reply>> {
+        self.entries.get_mut(id).and_then(|e| e.waiter.take())
+    }
+
+    pub(crate) fn retry_now(&mut self, id: &str, account: &str) {
+        self.schedule(id, account, Instant::now(), None);
+    }
+
+    /// Marks a message for deletion when a delivery of it is running (returns true); false
+    /// when none is running (the caller deletes it now and it is forgotten here).
+    pub(crate) fn request_delete(&mut self, id: &str) -> bool {
+        match self.entries.get_mut(id) {
+            Some(e) if e.in_flight => {
+                e.delete_requested = true;
+                true
+            }
+            _ => {
+                self.forget(id);
+                false
+            }
+        }
+    }
+
+    /// The account's upstream throttled us: no attempt of it starts before `until`.
+    /// Returns the throttle level reached (consecutive throttles).
+    pub(crate) fn pause(&mut self, account: &str, until: Instant) -> u32 {
+        let acc = self.account(account);
+        acc.paused_until = Some(acc.paused_until.map_or(until, |u| u.max(until)));
+        acc.throttle_level += 1;
+        acc.throttle_level
+    }
+
+    pub(crate) fn throttle_level(&mut self, account: &str) -> u32 {
+        self.account(account).throttle_level
+    }
+
+    /// A delivery of the account went through: its throttling is over.
+    pub(crate) fn clear_throttle(&mut self, account: &str) {
+        let acc = self.account(account);
+        acc.throttle_level = 0;
+        acc.paused_until = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn per_account_concurrency_and_order() {
+        let mut q = Queue::new([("a".to_string(), 2)].into());
+        let t0 = Instant::now();
+        for i in 0..5 {
+            q.schedule(&format!("a{i}"), "a", t0 + Duration::from_millis(i), None);
+        }
+        q.schedule("b0", "b", t0, None);
+        let (start, _) = q.take_due(t0 + Duration::from_secs(1));
+        assert_eq!(
+            start
+                .iter()
+                .filter(|s| s.starts_with('a'))
+                .collect::<Vec<_>>(),
+            vec!["a0", "a1"]
+        );
+        assert!(start.contains(&"b0".to_string()));
+        // no slot until one finishes
+        assert!(q.take_due(t0 + Duration::from_secs(1)).0.is_empty());
+        assert!(!q.finish("a0"));
+        q.forget("a0");
+        assert_eq!(q.take_due(t0 + Duration::from_secs(1)).0, vec!["a2"]);
+    }
+
+    #[test]
+    fn not_due_yet_gives_the_next_wake() {
+        let mut q = Queue::new(HashMap::new());
+        let t0 = Instant::now();
+        q.schedule("x", "a", t0 + Duration::from_secs(5), None);
+        let (start, next) = q.take_due(t0);
+        assert!(start.is_empty());
+        assert_eq!(next, Some(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn paused_accounts_wait() {
+        let mut q = Queue::new(HashMap::new());
+        let t0 = Instant::now();
+        q.schedule("x", "a", t0, None);
+        assert_eq!(q.pause("a", t0 + Duration::from_secs(30)), 1);
+        let (start, next) = q.take_due(t0 + Duration::from_secs(1));
+        assert!(start.is_empty());
+        assert_eq!(next, Some(t0 + Duration::from_secs(30)));
+        assert_eq!(q.take_due(t0 + Duration::from_secs(31)).0, vec!["x"]);
+        q.clear_throttle("a");
+        assert_eq!(q.throttle_level("a"), 0);
+    }
+
+    #[test]
+    fn reschedule_retry_and_delete() {
+        let mut q = Queue::new(HashMap::new());
+        let t0 = Instant::now();
+        q.schedule("x", "a", t0, None);
+        assert_eq!(q.take_due(t0).0, vec!["x"]);
+        assert!(q.request_delete("x"), "in flight: marked");
+        assert!(q.finish("x"));
+        q.forget("x");
+        assert_eq!(q.len(), 0);
+        q.schedule("y", "a", t0 + Duration::from_secs(100), None);
+        q.retry_now("y", "a");
+        assert_eq!(q.take_due(Instant::now()).0, vec!["y"]);
+        q.finish("y");
+        q.reschedule_after_attempt("y", t0 + Duration::from_secs(50));
+        assert!(q.take_due(t0 + Duration::from_secs(49)).0.is_empty());
+        assert_eq!(q.take_due(t0 + Duration::from_secs(50)).0, vec!["y"]);
+        assert!(!q.request_delete("zzz"));
+    }
+}

@@ -1,0 +1,390 @@
+//! `smtp2oauth queue`: look at and act on the spool, in the spirit of postqueue/postsuper.
+//!
+//! Reading (`list`, `show`, `failed`) is always safe: envelopes only ever grow by whole lines and
+//! change directory by rename. Changing (`retry`, `delete`, `requeue`) must not race a running
+//! relay's deliveries, so when a relay holds the spool's lock the command files a request in
+//! `control/` and waits for the relay to carry it out; when none runs, it changes the files
+//! itself.
+
+use smtp2oauth_spool::{Area, ControlAction, Event, Queued, Spool, SpoolError};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Subcommand)]
+pub enum QueueCommand {
+    /// List queued messages: id, account, sender, recipients, size, age, attempts, last error.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one message: envelope, delivery history and headers.
+    Show { id: String },
+    /// Attempt delivery now.
+    Retry {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Delete a message from the queue or the failed area, for good.
+    Delete { id: String },
+    /// List messages whose delivery failed for good.
+    Failed {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move a failed message back into the queue (after fixing the cause).
+    Requeue {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+}
+
+pub async fn run(config: Option<&Path>, cmd: QueueCommand) -> ExitCode {
+    let cfg = match smtp2oauth_config::parse(config, std::env::vars()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let dir = cfg.store.dir.join("spool");
+    if !dir.exists() {
+        eprintln!(
+            "smtp2oauth: no spool at {} (has the relay ever run with this configuration?)",
+            dir.display()
+        );
+        return ExitCode::from(1);
+    }
+    let spool = match Spool::open(&dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("smtp2oauth: cannot open the spool: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match cmd {
+        QueueCommand::List { json } => list(&spool, Area::Queue, json).await,
+        QueueCommand::Failed { json } => list(&spool, Area::Failed, json).await,
+        QueueCommand::Show { id } => show(&spool, &id).await,
+        QueueCommand::Retry { id, all } => act(&spool, ControlAction::Retry, target(id, all)).await,
+        QueueCommand::Delete { id } => act(&spool, ControlAction::Delete, Some(id)).await,
+        QueueCommand::Requeue { id, all } => {
+            act(&spool, ControlAction::Requeue, target(id, all)).await
+        }
+    }
+}
+
+fn target(id: Option<String>, all: bool) -> Option<String> {
+    match (id, all) {
+        (Some(id), false) => Some(id),
+        (None, true) => Some("all".into()),
+        _ => None,
+    }
+}
+
+fn now_ms() -> u64 {
+    smtp2oauth_spool::now_ms()
+}
+
+fn age(ms: u64) -> String {
+    let s = now_ms().saturating_sub(ms) / 1000;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        3600..=86399 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d{:02}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+async fn load_all(spool: &Spool, area: Area) -> Result<Vec<Queued>, SpoolError> {
+    let mut out = Vec::new();
+    for id in spool.list(area)? {
+        match spool.read(&id, area).await {
+            Ok(q) => out.push(q),
+            // Removed between listing and reading (delivered meanwhile): not an error.
+            Err(SpoolError::NotFound(_)) => {}
+            Err(e) => eprintln!("{id}: {e}"),
+        }
+    }
+    Ok(out)
+}
+
+async fn list(spool: &Spool, area: Area, json: bool) -> ExitCode {
+    let items = match load_all(spool, area).await {
+        Ok(i) => i,
+        Err(e) => {
+            eprintln!("smtp2oauth: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if json {
+        for q in &items {
+            let e = &q.envelope;
+            let p = &q.progress;
+            println!(
+                "{}",
+                serde_json::json!({
+                    "id": e.id, "account": e.account, "device": e.device, "sender": e.sender,
+                    "recipients": e.recipients, "remaining": p.remaining, "size": e.size,
+                    "received_at_ms": e.received_at_ms, "attempts": p.attempts,
+                    "next_attempt_ms": p.next_attempt_ms, "last_error": p.last_reply, "notice": e.notice,
+                })
+            );
+        }
+        return ExitCode::SUCCESS;
+    }
+    if items.is_empty() {
+        println!(
+            "{}",
+            if area == Area::Queue {
+                "The queue is empty."
+            } else {
+                "No failed messages."
+            }
+        );
+        return ExitCode::SUCCESS;
+    }
+    println!(
+        "{:<16}  {:<12}  {:>9}  {:>7}  {:>3}  SENDER -> RECIPIENTS / LAST ERROR",
+        "ID", "ACCOUNT", "SIZE", "AGE", "TRY"
+    );
+    for q in &items {
+        let e = &q.envelope;
+        let p = &q.progress;
+        let rcpts = if area == Area::Queue {
+            &p.remaining
+        } else {
+            &e.recipients
+        };
+        println!(
+            "{:<16}  {:<12}  {:>9}  {:>7}  {:>3}  {} -> {}{}",
+            e.id,
+            e.account,
+            e.size,
+            age(e.received_at_ms),
+            p.attempts,
+            e.sender,
+            rcpts.join(", "),
+            if e.notice { "  (failure notice)" } else { "" }
+        );
+        if let Some(err) = &p.last_reply {
+            println!("{:<16}  {err}", "");
+        }
+    }
+    println!("{} message(s).", items.len());
+    ExitCode::SUCCESS
+}
+
+async fn show(spool: &Spool, id: &str) -> ExitCode {
+    let q = match spool.read(id, Area::Queue).await {
+        Err(SpoolError::NotFound(_)) => spool.read(id, Area::Failed).await,
+        r => r,
+    };
+    let q = match q {
+        Ok(q) => q,
+        Err(e) => {
+            eprintln!("smtp2oauth: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let e = &q.envelope;
+    let p = &q.progress;
+    println!("id:          {}", e.id);
+    println!(
+        "state:       {}",
+        if q.area == Area::Queue {
+            "queued"
+        } else {
+            "failed"
+        }
+    );
+    println!(
+        "received:    {} ago ({} ms since epoch)",
+        age(e.received_at_ms),
+        e.received_at_ms
+    );
+    println!(
+        "device:      {} from {} (helo {}, listener {}, session {})",
+        e.device, e.client_ip, e.helo, e.listener, e.session
+    );
+    println!("account:     {}", e.account);
+    match &e.original_sender {
+        Some(orig) => println!("sender:      {} (rewritten from {orig})", e.sender),
+        None => println!("sender:      {}", e.sender),
+    }
+    println!("recipients:  {}", e.recipients.join(", "));
+    println!(
+        "delivered:   {}",
+        if p.delivered.is_empty() {
+            "-".to_string()
+        } else {
+            p.delivered.join(", ")
+        }
+    );
+    println!(
+        "remaining:   {}",
+        if p.remaining.is_empty() {
+            "-".to_string()
+        } else {
+            p.remaining.join(", ")
+        }
+    );
+    for f in &p.failed {
+        println!("refused:     {} ({})", f.rcpt, f.reply);
+    }
+    println!(
+        "size:        {} bytes{}",
+        e.size,
+        if e.eight_bit { ", 8-bit" } else { "" }
+    );
+    println!("attempts:    {}", p.attempts);
+    if let Some(n) = p.next_attempt_ms {
+        let when = n.saturating_sub(now_ms()) / 1000;
+        println!("next:        in {when}s");
+    }
+    println!("\nhistory:");
+    if q.events.is_empty() {
+        println!("  (no attempt yet)");
+    }
+    for ev in &q.events {
+        match ev {
+            Event::Attempt {
+                at_ms,
+                attempt,
+                outcome,
+                reply,
+                stage,
+                ..
+            } => println!(
+                "  {} ago  attempt {attempt}: {outcome}{}  {reply}",
+                age(*at_ms),
+                stage
+                    .as_deref()
+                    .map(|s| format!(" at {s}"))
+                    .unwrap_or_default()
+            ),
+            Event::RetryRequested { at_ms } => {
+                println!("  {} ago  retry requested by the admin", age(*at_ms))
+            }
+            Event::Requeued { at_ms } => println!("  {} ago  requeued by the admin", age(*at_ms)),
+            Event::MovedToFailed { at_ms, reason } => {
+                println!("  {} ago  moved to failed: {reason}", age(*at_ms))
+            }
+            Event::NoticeQueued {
+                at_ms,
+                notice_id,
+                to,
+                ..
+            } => {
+                println!(
+                    "  {} ago  failure notice {notice_id} queued to {to}",
+                    age(*at_ms)
+                )
+            }
+        }
+    }
+    println!("\nheaders:");
+    match std::fs::File::open(&q.data_path) {
+        Ok(f) => {
+            use std::io::Read;
+            let mut buf = Vec::new();
+            let _ = f.take(64 * 1024).read_to_end(&mut buf);
+            let headers = smtp2oauth_scheduler::notice::header_block(&buf);
+            for line in String::from_utf8_lossy(headers).lines() {
+                println!("  {line}");
+            }
+        }
+        Err(err) => println!("  (cannot read {}: {err})", q.data_path.display()),
+    }
+    ExitCode::SUCCESS
+}
+
+async fn act(spool: &Spool, action: ControlAction, target: Option<String>) -> ExitCode {
+    let Some(target) = target else {
+        eprintln!("smtp2oauth: give a queue id or --all");
+        return ExitCode::from(2);
+    };
+    if target != "all" && smtp2oauth_spool::MessageId::parse(&target).is_none() {
+        eprintln!(
+            "smtp2oauth: `{target}` is not a queue id (16 hex digits, see `smtp2oauth queue list`)"
+        );
+        return ExitCode::from(2);
+    }
+    if spool.is_locked() {
+        // A relay runs: it carries the request out between deliveries.
+        let path = match spool.control().request(action, &target) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("smtp2oauth: cannot file the request: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while path.exists() {
+            if Instant::now() > deadline {
+                println!(
+                    "{} {target}: requested; the running relay has not carried it out yet (it will)",
+                    action.as_str()
+                );
+                return ExitCode::SUCCESS;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        println!(
+            "{} {target}: done by the running relay (see its log for the outcome)",
+            action.as_str()
+        );
+        return ExitCode::SUCCESS;
+    }
+    let ids = if target == "all" {
+        let area = if action == ControlAction::Requeue {
+            Area::Failed
+        } else {
+            Area::Queue
+        };
+        spool.list(area).unwrap_or_default()
+    } else {
+        vec![target]
+    };
+    let mut status = ExitCode::SUCCESS;
+    for id in ids {
+        let r = match action {
+            ControlAction::Retry => {
+                spool
+                    .append_event(&id, Area::Queue, &Event::RetryRequested { at_ms: now_ms() })
+                    .await
+            }
+            ControlAction::Delete => match spool.remove(&id, Area::Queue).await {
+                Err(SpoolError::NotFound(_)) => spool.remove(&id, Area::Failed).await,
+                r => r,
+            },
+            ControlAction::Requeue => {
+                async {
+                    spool
+                        .append_event(&id, Area::Failed, &Event::Requeued { at_ms: now_ms() })
+                        .await?;
+                    spool.move_to(&id, Area::Failed, Area::Queue).await
+                }
+                .await
+            }
+        };
+        match r {
+            Ok(()) => println!(
+                "{} {id}: done{}",
+                action.as_str(),
+                if action == ControlAction::Delete {
+                    ""
+                } else {
+                    " (delivered when the relay next runs)"
+                }
+            ),
+            Err(e) => {
+                eprintln!("{} {id}: {e}", action.as_str());
+                status = ExitCode::from(1);
+            }
+        }
+    }
+    status
+}
