@@ -37,6 +37,13 @@ def parse_args():
     p.add_argument("--per-session", type=int, default=1, help="messages per session")
     p.add_argument("--source", help="source address to connect from, e.g. 127.0.0.2")
     p.add_argument("--timeout", type=float, default=60)
+    p.add_argument("--subject", default="smtplib test", help="Subject of a --body message")
+    p.add_argument("--seq-start", type=int,
+                   help="number the messages: message i gets a header X-Test-Seq: <seq-start + i> "
+                        "and its result a \"seq\" field; a message counts as ok once the server "
+                        "answered its DATA with 250, whatever happens to the session afterwards")
+    p.add_argument("--no-size", action="store_true",
+                   help="do not announce SIZE= in MAIL even if the server offers it")
     return p.parse_args()
 
 
@@ -48,7 +55,7 @@ def messages(a):
                 out.append(fh.read())
         return out
     text = a.body if a.body is not None else "test"
-    msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: smtplib test\r\n\r\n%s\r\n" % (a.sender, a.to[0], text))
+    msg = ("From: <%s>\r\nTo: <%s>\r\nSubject: %s\r\n\r\n%s\r\n" % (a.sender, a.to[0], a.subject, text))
     return [msg.encode("utf-8")]
 
 
@@ -71,6 +78,8 @@ def connect(a):
     if a.mode == "starttls":
         s.starttls(context=ctx)
         s.ehlo("pyclient")
+    if a.no_size:
+        s.esmtp_features.pop("size", None)
     if a.user is not None:
         s.user, s.password = a.user, a.password
         mech = "auth_" + a.auth.lower()
@@ -90,23 +99,53 @@ def fail(stage, e):
     return {"ok": False, "stage": stage, "code": code, "message": msg or repr(e)}
 
 
+def capture_data_reply(s):
+    """Keeps the server's reply to the message body (sendmail does not return it)."""
+    original = s.data
+
+    def data(msg):
+        code, resp = original(msg)
+        s.last_data_reply = resp.decode("utf-8", "replace") if isinstance(resp, bytes) else str(resp)
+        return code, resp
+
+    s.data = data
+    s.last_data_reply = ""
+
+
 def session(a, batch):
+    """batch: list of (seq or None, message bytes)."""
+    def with_seq(r, seq):
+        if seq is not None:
+            r["seq"] = seq
+        return r
+
     results = []
     try:
         s = connect(a)
     except smtplib.SMTPAuthenticationError as e:
-        return [fail("auth", e) for _ in batch]
+        return [with_seq(fail("auth", e), seq) for seq, _ in batch]
     except Exception as e:  # noqa: BLE001 - report anything as a failed connect
-        return [fail("connect", e) for _ in batch]
-    for body in batch:
+        return [with_seq(fail("connect", e), seq) for seq, _ in batch]
+    capture_data_reply(s)
+    for seq, body in batch:
+        s.last_data_reply = ""
         try:
             refused = s.sendmail(a.sender, a.to, body)
+            ok = {"ok": True, "code": 250, "refused": {k: v[0] for k, v in refused.items()},
+                  "message": "", "reply": s.last_data_reply}
+            if seq is not None:
+                # The 250 is what counts; a session lost right after it does not undo it.
+                results.append(with_seq(ok, seq))
+                try:
+                    s.noop()
+                except Exception:  # noqa: BLE001
+                    pass
+                continue
             code, msg = s.noop()  # keeps the session honest: still usable after the message
-            results.append({"ok": True, "code": 250, "refused": {k: v[0] for k, v in refused.items()},
-                            "message": ""})
+            results.append(ok)
         except Exception as e:  # noqa: BLE001
             stage = "mail" if isinstance(e, smtplib.SMTPSenderRefused) else "data"
-            results.append(fail(stage, e))
+            results.append(with_seq(fail(stage, e), seq))
             try:
                 s.rset()
             except Exception:  # noqa: BLE001
@@ -121,7 +160,14 @@ def session(a, batch):
 def main():
     a = parse_args()
     bodies = messages(a)
-    work = [bodies[i % len(bodies)] for i in range(a.count)]
+    work = []
+    for i in range(a.count):
+        body = bodies[i % len(bodies)]
+        seq = None
+        if a.seq_start is not None:
+            seq = a.seq_start + i
+            body = b"X-Test-Seq: %d\r\n" % seq + body
+        work.append((seq, body))
     batches = [work[i:i + a.per_session] for i in range(0, len(work), a.per_session)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=a.parallel) as pool:
         for res in pool.map(lambda b: session(a, b), batches):

@@ -164,6 +164,16 @@ account = "scanner"
     )
 }
 
+/// Adds keys to the `[delivery]` table of a config made by [`relay_toml`].
+pub fn with_delivery(toml: &str, keys: &str) -> String {
+    toml.replace("[admin]", &format!("[delivery]\n{keys}\n\n[admin]"))
+}
+
+/// A `[store]` table for [`Relay::start_on`]: the store in `dir`, plus `extra` keys.
+pub fn store_toml(dir: &Path, extra: &str) -> String {
+    format!("\n[store]\ndir = \"{}\"\n{extra}\n", dir.display())
+}
+
 /// A running relay process.
 pub struct Relay {
     child: Option<Child>,
@@ -171,6 +181,7 @@ pub struct Relay {
     pub config: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     addrs: HashMap<String, String>,
+    store: PathBuf,
 }
 
 impl Relay {
@@ -180,6 +191,29 @@ impl Relay {
 
     /// Starts the relay; `[store] dir` is set to a fresh temp dir unless the config sets it.
     pub fn start_env(toml: &str, env: &[(&str, &str)]) -> Relay {
+        Self::start_cmd(toml, env, &[])
+    }
+
+    /// Starts a relay on an existing (or new) store directory that outlives it, so a later
+    /// relay can take over its spool. `store_extra` adds keys to `[store]` (e.g. `fsync`).
+    pub fn start_on(toml: &str, store: &Path, store_extra: &str) -> Relay {
+        Self::start_on_env(toml, store, store_extra, &[])
+    }
+
+    pub fn start_on_env(
+        toml: &str,
+        store: &Path,
+        store_extra: &str,
+        env: &[(&str, &str)],
+    ) -> Relay {
+        Self::start_env(&format!("{toml}{}", store_toml(store, store_extra)), env)
+    }
+
+    /// Like [`Relay::start_env`], optionally through a shell `wrapper`: its last element is a
+    /// script prefix to which ` exec <smtp2oauth> serve --config <file>` is appended, e.g.
+    /// `["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /x &&"]` (the relay keeps the pid).
+    /// An empty `wrapper` runs the binary directly.
+    pub fn start_cmd(toml: &str, env: &[(&str, &str)], wrapper: &[String]) -> Relay {
         let dir = tempfile::tempdir().unwrap();
         let mut toml = toml.to_string();
         if !toml.contains("[store]") {
@@ -188,14 +222,30 @@ impl Relay {
                 dir.path().join("store").display()
             ));
         }
+        let store = env
+            .iter()
+            .find(|(k, _)| *k == "SMTP2OAUTH_STORE__DIR")
+            .map(|(_, v)| PathBuf::from(v))
+            .or_else(|| store_dir_of(&toml))
+            .unwrap_or_else(|| dir.path().join("store"));
         let config = dir.path().join("smtp2oauth.toml");
         std::fs::write(&config, &toml).unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        let mut cmd = match wrapper.split_last() {
+            None => {
+                let mut c = Command::new(BIN);
+                c.arg("serve").arg("--config").arg(&config);
+                c
+            }
+            Some((script, head)) => {
+                let mut c = Command::new(&head[0]);
+                c.args(&head[1..]).arg(format!(
+                    "{script} exec '{BIN}' serve --config '{}'",
+                    config.display()
+                ));
+                c
+            }
+        };
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         // Tests run side by side: the admin server must not take the fixed default port.
         if !toml.contains("[admin]") {
             cmd.env("SMTP2OAUTH_ADMIN__LISTEN", "127.0.0.1:0");
@@ -258,6 +308,7 @@ impl Relay {
             config,
             logs,
             addrs,
+            store,
         }
     }
 
@@ -313,9 +364,63 @@ impl Relay {
         }
     }
 
-    pub fn store(&self) -> PathBuf {
-        self.dir.path().join("store")
+    /// Sends SIGKILL (no chance to clean up) and reaps the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            let _ = child.wait();
+        }
     }
+
+    /// True while the process runs (false once it exited, was killed or terminated).
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
+        }
+    }
+
+    pub fn store(&self) -> PathBuf {
+        self.store.clone()
+    }
+
+    /// Runs `smtp2oauth queue --config <this relay's config> <args>` (the relay may be running
+    /// or stopped).
+    pub async fn queue(&self, args: &[&str]) -> Output {
+        let mut a = vec![
+            "queue".to_string(),
+            "--config".to_string(),
+            self.config.display().to_string(),
+        ];
+        a.extend(args.iter().map(|s| s.to_string()));
+        run(BIN, &a).await
+    }
+}
+
+/// The `dir` key of the `[store]` table of a config, if set there.
+fn store_dir_of(toml: &str) -> Option<PathBuf> {
+    let table = toml.split("[store]").nth(1)?;
+    let table = table.split("\n[").next().unwrap_or(table);
+    table.lines().find_map(|l| {
+        let v = l
+            .trim()
+            .strip_prefix("dir")?
+            .trim_start()
+            .strip_prefix('=')?;
+        Some(PathBuf::from(v.trim().trim_matches('"')))
+    })
+}
+
+/// The message ids in a spool area (`queue`, `failed`, `data`) of a store.
+pub fn spool_ids(store: &Path, area: &str) -> Vec<String> {
+    let mut ids: Vec<String> = match std::fs::read_dir(store.join("spool").join(area)) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    ids.sort();
+    ids
 }
 
 impl Drop for Relay {

@@ -10,8 +10,11 @@
 //! - `relay.rs`: the core relay: auth, TLS, exact bytes, sender policy, tokens, upstream errors.
 //! - `bad_input.rs`: hostile and broken clients.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
+//!   a full disk, the queue command, shutdown and recovery.
 
 mod bad_input;
 mod cli;
 mod harness;
+mod queue;
 mod relay;

@@ -65,7 +65,7 @@ async fn auth_plain_with_curl_arrives_upstream_via_starttls_and_xoauth2() {
         .unwrap()
         .to_string();
     for needle in [
-        "session{id=",
+        "session=",
         "device=mfp-3f",
         "account=scanner",
         "size=",
@@ -572,9 +572,12 @@ async fn tokens_are_cached_refreshed_when_expiring_and_shared_by_concurrent_mess
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn token_endpoint_down_gives_the_device_a_4xx() {
+async fn token_endpoint_down_gives_the_device_a_4xx_in_synchronous_mode() {
     let up = Upstream::start().await;
-    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
+    let relay = Relay::start(&with_delivery(
+        &relay_toml(&up.pki, &up.account_toml(""), ""),
+        "queue = false",
+    ));
     up.idp.set_failure(Some(IdpFailure::Unavailable));
     let port = port_of(&relay, "plain");
     let r = smtplib(&[
@@ -694,7 +697,43 @@ async fn upstream_535_and_554_send_as_denied_reach_the_device_with_their_text() 
             .starts_with("5.2.252 SendAsDenied"),
         "{r:?}"
     );
-    // upstream 4xx stays 4xx
+    // an upstream 4xx is the queue's business: the device gets 250 and the message is retried
+    up.smtp.script(
+        Stage::Mail,
+        "451 4.7.500 Server busy. Please try again later.",
+        1,
+    );
+    let r = smtplib(&[
+        "--port",
+        &port,
+        "--user",
+        DEVICE_USER,
+        "--password",
+        DEVICE_PASSWORD,
+        "--from",
+        MAILBOX,
+        "--to",
+        "you@example.com",
+    ])
+    .await;
+    assert_eq!(r[0]["ok"], true, "{r:?}");
+    // nothing of the refused messages was kept: their devices were told
+    assert!(
+        std::fs::read_dir(relay.store().join("spool/failed"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_synchronous_mode_an_upstream_4xx_reaches_the_device() {
+    let up = Upstream::start().await;
+    let relay = Relay::start(&with_delivery(
+        &relay_toml(&up.pki, &up.account_toml(""), ""),
+        "queue = false",
+    ));
+    let port = port_of(&relay, "plain");
     up.smtp.script(
         Stage::Mail,
         "451 4.7.500 Server busy. Please try again later.",
@@ -718,12 +757,22 @@ async fn upstream_535_and_554_send_as_denied_reach_the_device_with_their_text() 
         r[0]["message"].as_str().unwrap().starts_with("4.7.500"),
         "{r:?}"
     );
+    // nothing is kept in synchronous mode: the device has its copy
+    assert!(
+        std::fs::read_dir(relay.store().join("spool/queue"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn upstream_unreachable_or_dropping_gives_4xx_never_5xx() {
+async fn upstream_unreachable_or_dropping_gives_4xx_never_5xx_in_synchronous_mode() {
     let up = Upstream::start().await;
-    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
+    let relay = Relay::start(&with_delivery(
+        &relay_toml(&up.pki, &up.account_toml(""), ""),
+        "queue = false",
+    ));
     let port = port_of(&relay, "plain");
     up.smtp.drop_at(Stage::DataBody, 1);
     let r = smtplib(&[

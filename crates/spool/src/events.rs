@@ -102,7 +102,16 @@ impl Progress {
                         }
                     }
                 }
-                Event::RetryRequested { .. } | Event::Requeued { .. } => p.next_attempt_ms = None,
+                Event::RetryRequested { .. } => p.next_attempt_ms = None,
+                // An admin requeues after fixing the cause: refused recipients are due again
+                // (delivered ones never get the message twice).
+                Event::Requeued { .. } => {
+                    p.next_attempt_ms = None;
+                    for f in p.failed.drain(..) {
+                        done.remove(&f.rcpt.to_ascii_lowercase());
+                    }
+                    p.noticed.clear();
+                }
                 Event::NoticeQueued { rcpts, .. } => p.noticed.extend(rcpts.iter().cloned()),
                 Event::MovedToFailed { .. } => {}
             }
