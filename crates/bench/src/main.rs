@@ -1,0 +1,375 @@
+//! `smtp2oauth-bench`: measures the relay the way devices use it.
+//!
+//! Why a binary and not `cargo bench`: the thing measured is the release relay binary as a
+//! process, fed over TCP by many concurrent SMTP sessions and delivering to an upstream that
+//! speaks STARTTLS + XOAUTH2; the figures are throughput, latency, memory and connection counts of
+//! that process, not of a function. See docs/benchmarks.md for what each figure means.
+//!
+//! Subcommands:
+//! - `run`: one scenario (fakes, relay, load, drain) with a table or JSON of its figures;
+//! - `load`: only the load generator, against any SMTP server;
+//! - `compare`: durable vs non-durable spooling, repeated and alternated (issue 3's figure).
+//!
+//! Modules: `load` (the generator), `message` (what it sends), `tls` (its STARTTLS), `relay`
+//! (the relay process and its config), `sink` (watching the upstream fake), `scenario` (one
+//! measurement), `compare` (pairs of measurements), `report` (definitions of the figures).
+
+mod compare;
+mod load;
+mod message;
+mod relay;
+mod report;
+mod scenario;
+mod sink;
+mod tls;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use relay::{DeviceAuth, RelaySettings};
+use report::{Report, Settings};
+use scenario::{Scenario, Shape};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(
+    name = "smtp2oauth-bench",
+    about = "Benchmark smtp2oauth: load generator, in-process upstream fakes, durable vs non-durable spooling",
+    // bench/run.sh passes defaults first and the user's arguments after: the last one wins.
+    args_override_self = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// One scenario: fake token endpoint and upstream, the relay binary, the load, the drain.
+    Run {
+        #[command(flatten)]
+        shape: ShapeArgs,
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// `[store] fsync`: make every message durable before 250.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        fsync: bool,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Only the load generator, against any SMTP server.
+    Load {
+        /// Server address, host:port.
+        #[arg(long)]
+        addr: String,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        /// AUTH PLAIN user (no AUTH without it).
+        #[arg(long, requires = "password")]
+        user: Option<String>,
+        #[arg(long, requires = "user")]
+        password: Option<String>,
+        #[arg(long, default_value = scenario::MAILBOX)]
+        from: String,
+        #[arg(long, default_value = scenario::RECIPIENT)]
+        to: String,
+        #[arg(long, default_value = "bench-device")]
+        helo: String,
+        /// Verify the server's certificate against this CA (PEM). Default: accept any certificate.
+        #[arg(long)]
+        tls_ca: Option<PathBuf>,
+        /// Server name for TLS (SNI and verification).
+        #[arg(long, default_value = "localhost")]
+        tls_name: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Durable (fsync) vs non-durable spooling, the same load, `--runs` pairs, alternating.
+    Compare {
+        #[command(flatten)]
+        shape: ShapeArgs,
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// Pairs of runs (one durable, one non-durable each).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+}
+
+#[derive(Args)]
+struct ShapeArgs {
+    /// Concurrent SMTP sessions.
+    #[arg(long, default_value_t = 50)]
+    sessions: usize,
+    /// Messages in total.
+    #[arg(long, default_value_t = 2000)]
+    messages: u64,
+    /// Messages per session (1: a new session and login per message, as printers do).
+    #[arg(long, default_value_t = 1)]
+    per_session: u64,
+    /// Bytes per message (headers + body).
+    #[arg(long, default_value_t = 10240)]
+    size: usize,
+    /// Upgrade each session with STARTTLS before AUTH.
+    #[arg(long)]
+    starttls: bool,
+    /// Longest wait for any one reply, in seconds.
+    #[arg(long, default_value_t = 60)]
+    timeout_s: u64,
+}
+
+impl ShapeArgs {
+    fn shape(&self) -> Shape {
+        Shape {
+            sessions: self.sessions.max(1),
+            messages: self.messages,
+            per_session: self.per_session.max(1),
+            size: self.size,
+            starttls: self.starttls,
+            timeout: Duration::from_secs(self.timeout_s.max(1)),
+        }
+    }
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    /// The relay binary. Default: `smtp2oauth` next to this binary, else target/release/smtp2oauth.
+    #[arg(long)]
+    relay: Option<PathBuf>,
+    /// `[delivery] wait_for_upstream` ("0" = pure queue: 250 as soon as the message is spooled).
+    #[arg(long, default_value = "0")]
+    wait_for_upstream: String,
+    /// `[delivery] max_upstream_connections` (Exchange allows 3 per mailbox).
+    #[arg(long, default_value_t = 3)]
+    max_upstream_connections: usize,
+    /// Delay before every reply of the upstream sink (emulates a WAN round trip).
+    #[arg(long, default_value_t = 0)]
+    reply_delay_ms: u64,
+    /// How devices authenticate: AUTH PLAIN against an argon2id hash, or by address (no AUTH).
+    #[arg(long, value_enum, default_value = "password")]
+    device_auth: DeviceAuth,
+    /// The relay's log filter (RUST_LOG syntax).
+    #[arg(long, default_value = "info")]
+    relay_log: String,
+    /// Where to create the relay's temporary directory (config, spool, log). Its filesystem
+    /// decides what an fsync costs: a tmpfs makes it free.
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Seconds to wait after the load for every accepted message to reach the sink.
+    #[arg(long, default_value_t = 300)]
+    drain_timeout_s: u64,
+    /// Keep the relay's log at this path (compare: one file per run, named after it).
+    #[arg(long)]
+    keep_log: Option<PathBuf>,
+    /// Seconds to pause (after flushing the disks) before each scenario, so one run's
+    /// writeback does not land in the next.
+    #[arg(long, default_value_t = 2)]
+    settle_s: u64,
+    /// Kill the relay (and fail the run) when its resident memory passes this many MiB.
+    #[arg(long, default_value_t = 4096)]
+    max_relay_rss_mib: u64,
+}
+
+impl RelayArgs {
+    fn scenario(&self, shape: Shape, fsync: bool) -> anyhow::Result<Scenario> {
+        Ok(Scenario {
+            relay: RelaySettings {
+                binary: relay_binary(self.relay.clone())?,
+                fsync,
+                wait_for_upstream: self.wait_for_upstream.clone(),
+                max_upstream_connections: self.max_upstream_connections.max(1),
+                device_auth: self.device_auth,
+                log_level: self.relay_log.clone(),
+                work_dir: self.work_dir.clone(),
+                sessions: shape.sessions,
+                max_message_size: 36_700_160,
+            },
+            shape,
+            reply_delay: Duration::from_millis(self.reply_delay_ms),
+            drain_timeout: Duration::from_secs(self.drain_timeout_s),
+            keep_log: self.keep_log.clone(),
+            max_relay_rss_kib: self.max_relay_rss_mib.saturating_mul(1024),
+            settle: Duration::from_secs(self.settle_s),
+        })
+    }
+}
+
+#[derive(Args)]
+struct OutArgs {
+    /// Print JSON on standard output (the table then goes to standard error).
+    #[arg(long)]
+    json: bool,
+}
+
+impl OutArgs {
+    fn emit(&self, table: &str, json: impl FnOnce() -> serde_json::Result<String>) {
+        if self.json {
+            eprint!("{table}");
+            match json() {
+                Ok(j) => println!("{j}"),
+                Err(e) => eprintln!("smtp2oauth-bench: cannot write JSON: {e}"),
+            }
+        } else {
+            print!("{table}");
+        }
+    }
+}
+
+fn relay_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p);
+    }
+    let sibling = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("smtp2oauth")));
+    let candidates = sibling
+        .into_iter()
+        .chain([PathBuf::from("target/release/smtp2oauth")]);
+    for c in candidates {
+        if c.is_file() {
+            return Ok(c);
+        }
+    }
+    anyhow::bail!(
+        "no relay binary found next to this one or at target/release/smtp2oauth; \
+         build it (cargo build --release -p smtp2oauth) or pass --relay"
+    )
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Two workers: the machine this runs on has two cores, shared with the relay under test.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smtp2oauth-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("smtp2oauth-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            shape,
+            relay,
+            fsync,
+            out,
+        } => {
+            let sc = relay.scenario(shape.shape(), fsync)?;
+            let label = if fsync { "durable" } else { "non-durable" };
+            let report = scenario::run(&sc, label).await?;
+            out.emit(&report.table(), || serde_json::to_string_pretty(&report));
+            Ok(exit_code(&[&report]))
+        }
+        Command::Load {
+            addr,
+            shape,
+            user,
+            password,
+            from,
+            to,
+            helo,
+            tls_ca,
+            tls_name,
+            out,
+        } => {
+            let shape = shape.shape();
+            let starttls = if shape.starttls {
+                let config = tls::client_config(tls_ca.as_deref())?;
+                let name = rustls_pki_types::ServerName::try_from(tls_name.clone())
+                    .with_context(|| format!("--tls-name {tls_name}"))?;
+                Some((config, name))
+            } else {
+                None
+            };
+            let tag = format!("load{}", std::process::id());
+            let spec = Arc::new(load::LoadSpec {
+                addr: addr.clone(),
+                sessions: shape.sessions,
+                messages: shape.messages,
+                per_session: shape.per_session,
+                template: message::Template::new(&from, &to, &tag, shape.size),
+                auth: user.zip(password),
+                starttls,
+                from,
+                to,
+                helo,
+                timeout: shape.timeout,
+            });
+            let auth = spec.auth.is_some();
+            let cpu0 = report::process_cpu_time("/proc/self/stat");
+            let result = load::run(spec, Instant::now()).await;
+            let cpu = report::cpu_between(cpu0, report::process_cpu_time("/proc/self/stat"));
+            let settings = Settings {
+                target: addr,
+                sessions: shape.sessions,
+                messages: shape.messages,
+                per_session: shape.per_session,
+                size: shape.size,
+                starttls: shape.starttls,
+                auth,
+                fsync: None,
+                wait_for_upstream: None,
+                max_upstream_connections: None,
+                reply_delay_ms: None,
+            };
+            let report = Report::new("load", settings, &result, cpu);
+            out.emit(&report.table(), || serde_json::to_string_pretty(&report));
+            Ok(exit_code(&[&report]))
+        }
+        Command::Compare {
+            shape,
+            relay,
+            runs,
+            out,
+        } => {
+            let sc = relay.scenario(shape.shape(), true)?;
+            let quiet = out.json;
+            let cmp = compare::run(&sc, runs.max(1), |r| {
+                // Progress goes to stderr so stdout stays the final table (or JSON).
+                if !quiet {
+                    eprint!("{}", r.table());
+                }
+            })
+            .await?;
+            out.emit(&cmp.table(), || serde_json::to_string_pretty(&cmp));
+            let all: Vec<&Report> = cmp.runs.iter().collect();
+            Ok(exit_code(&all))
+        }
+    }
+}
+
+/// Non-zero when a message was lost, duplicated or not accepted, so scripts notice.
+fn exit_code(reports: &[&Report]) -> ExitCode {
+    let bad = reports.iter().any(|r| {
+        r.accepted < r.sent
+            || r.aborted.is_some()
+            || r.delivery
+                .as_ref()
+                .is_some_and(|d| d.missing > 0 || d.duplicates > 0)
+    });
+    if bad {
+        eprintln!(
+            "smtp2oauth-bench: some messages were refused, failed, lost or duplicated (see above)"
+        );
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
