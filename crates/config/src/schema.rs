@@ -102,6 +102,14 @@ pub struct Server {
     pub max_errors: u32,
     /// Prepend a Received: header to every accepted message.
     pub add_received_header: bool,
+    /// How long a successful device login is remembered (a keyed hash of the credentials, in
+    /// memory only), so a printer that logs in for every message does not pay argon2's cost
+    /// each time. Failed logins are never cached. 0 disables the cache.
+    #[serde(with = "duration")]
+    pub auth_cache_ttl: Duration,
+    /// Threads that verify passwords (argon2id uses ~19 MiB each while it runs).
+    /// 0 = one per CPU, at most 4.
+    pub auth_workers: usize,
 }
 
 impl Default for Server {
@@ -119,6 +127,8 @@ impl Default for Server {
             max_auth_failures: 3,
             max_errors: 20,
             add_received_header: true,
+            auth_cache_ttl: Duration::from_secs(15 * 60),
+            auth_workers: 0,
         }
     }
 }

@@ -210,7 +210,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         Ok(())
     }
 
-    /// Reads more input; 0 means the peer closed.
+    /// Reads more input; 0 means the peer closed. Reads into spare capacity, so the buffer is
+    /// never zero-filled before a read.
     async fn fill(&mut self) -> io::Result<usize> {
         if self.rpos > 0 && self.rpos == self.rbuf.len() {
             self.rbuf.clear();
@@ -219,17 +220,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.rbuf.drain(..self.rpos);
             self.rpos = 0;
         }
-        let start = self.rbuf.len();
-        self.rbuf.resize(start + READ_CHUNK, 0);
-        let n = match self.io.read(&mut self.rbuf[start..]).await {
-            Ok(n) => n,
-            Err(e) => {
-                self.rbuf.truncate(start);
-                return Err(e);
-            }
-        };
-        self.rbuf.truncate(start + n);
-        Ok(n)
+        self.rbuf.reserve(READ_CHUNK);
+        self.io.read_buf(&mut self.rbuf).await
     }
 
     fn take_line(&mut self, limit: usize) -> LineEvent {

@@ -7,19 +7,20 @@
 //! `554 5.2.252 SendAsDenied`, so we catch it early or rewrite).
 
 use crate::sasl::Credentials;
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use ipnet::IpNet;
 use smtp2oauth_config::Config;
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A configured device, resolved against its account.
 #[derive(Debug)]
 pub struct Device {
     pub name: String,
     pub username: Option<String>,
-    hash: Option<PasswordHash>,
+    hash: Option<Arc<PasswordHash>>,
     pub allow_ips: Vec<IpNet>,
     pub account: String,
     pub policy: SenderPolicy,
@@ -46,7 +47,9 @@ pub struct Directory {
     by_address: Vec<Arc<Device>>,
     /// Verified against when the username is unknown, so that an unknown user costs the same
     /// time as a wrong password and usernames cannot be discovered by timing.
-    dummy: PasswordHash,
+    dummy: Arc<PasswordHash>,
+    verifier: Verifier,
+    cache: AuthCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +74,7 @@ impl Directory {
             };
             let hash = match (&d.password_hash, d.auth) {
                 (Some(h), true) => match PasswordHash::new(h.expose()) {
-                    Ok(ph) if ph.algorithm.as_str().starts_with("argon2") => Some(ph),
+                    Ok(ph) if ph.algorithm.as_str().starts_with("argon2") => Some(Arc::new(ph)),
                     Ok(_) => {
                         errors.push(DirectoryError {
                             key: format!("devices.{i}.password_hash"),
@@ -115,11 +118,20 @@ impl Directory {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let dummy = PasswordHash::new(DUMMY_HASH).expect("built-in dummy hash is valid");
+        let dummy = Arc::new(PasswordHash::new(DUMMY_HASH).expect("built-in dummy hash is valid"));
+        let workers = match cfg.server.auth_workers {
+            0 => std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .min(4),
+            n => n,
+        };
         Ok(Directory {
             by_username,
             by_address,
             dummy,
+            verifier: Verifier::start(workers),
+            cache: AuthCache::new(cfg.server.auth_cache_ttl, 10_000),
         })
     }
 
@@ -137,44 +149,212 @@ impl Directory {
             .cloned()
     }
 
-    /// Checks credentials. Runs argon2 on the blocking pool, so a burst of logins does not stall
-    /// other sessions. Unknown users, wrong passwords and devices connecting from an address
-    /// outside their `allow_ips` all fail the same way (and take the same time).
+    /// Checks credentials. A login seen to succeed within `auth_cache_ttl` is recognised from a
+    /// keyed hash of the credentials; anything else runs argon2 on a small pool of verifier
+    /// threads (not the async executor, so a burst of logins does not stall other sessions).
+    /// Unknown users, wrong passwords and devices connecting from an address outside their
+    /// `allow_ips` all fail the same way, and failures always pay the full argon2 cost.
     pub async fn verify(
         self: &Arc<Self>,
         creds: Credentials,
         peer: IpAddr,
     ) -> Result<Arc<Device>, AuthFailure> {
-        let this = self.clone();
-        tokio::task::spawn_blocking(move || this.verify_blocking(&creds, peer))
-            .await
-            .unwrap_or(Err(AuthFailure::Internal))
+        let tag = self.cache.tag(&creds.username, &creds.password);
+        if let Some(dev) = self.cache.get(&tag) {
+            return if dev.allowed_from(peer) {
+                Ok(dev)
+            } else {
+                Err(AuthFailure::AddressNotAllowed)
+            };
+        }
+        let dev = self.by_username.get(&creds.username).cloned();
+        let hash = dev
+            .as_ref()
+            .and_then(|d| d.hash.clone())
+            .unwrap_or_else(|| self.dummy.clone());
+        let ok = self.verifier.verify(hash, creds.password).await?;
+        match dev {
+            Some(d) if ok && d.hash.is_some() => {
+                self.cache.insert(tag, d.clone());
+                if d.allowed_from(peer) {
+                    Ok(d)
+                } else {
+                    Err(AuthFailure::AddressNotAllowed)
+                }
+            }
+            Some(d) if d.hash.is_some() => Err(AuthFailure::WrongPassword),
+            _ => Err(AuthFailure::UnknownUser),
+        }
     }
 
-    fn verify_blocking(
+    /// Forgets cached logins (after a configuration change).
+    pub fn clear_auth_cache(&self) {
+        self.cache.clear();
+    }
+}
+
+/// argon2 verification on dedicated threads, each with one reusable memory buffer.
+///
+/// argon2id with the default cost allocates 19 MiB per verification. Done on tokio's blocking
+/// pool, every concurrent login grows another thread's heap, and glibc does not give those
+/// blocks back: a burst of logins left gigabytes resident. A fixed pool of threads that reuse
+/// their buffer bounds memory at `workers` x the largest hash's memory cost.
+struct Verifier {
+    jobs: std::sync::mpsc::SyncSender<Job>,
+}
+
+struct Job {
+    hash: Arc<PasswordHash>,
+    password: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Logins waiting for a verifier beyond this are refused for now (454), not queued forever.
+const MAX_PENDING_VERIFICATIONS: usize = 1024;
+
+impl Verifier {
+    fn start(workers: usize) -> Verifier {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(MAX_PENDING_VERIFICATIONS);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            let _ = std::thread::Builder::new()
+                .name(format!("argon2-{i}"))
+                .spawn(move || {
+                    let mut blocks: Vec<Block> = Vec::new();
+                    loop {
+                        let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
+                            Ok(j) => j,
+                            Err(_) => return, // the directory was dropped
+                        };
+                        let ok = verify_with(&job.hash, &job.password, &mut blocks);
+                        let _ = job.reply.send(ok);
+                    }
+                });
+        }
+        Verifier { jobs: tx }
+    }
+
+    async fn verify(
         &self,
-        creds: &Credentials,
-        peer: IpAddr,
-    ) -> Result<Arc<Device>, AuthFailure> {
-        let argon = Argon2::default();
-        match self.by_username.get(&creds.username) {
-            None => {
-                let _ = argon.verify_password(&creds.password, &self.dummy);
-                Err(AuthFailure::UnknownUser)
-            }
-            Some(dev) => {
-                let Some(hash) = &dev.hash else {
-                    return Err(AuthFailure::UnknownUser);
-                };
-                argon
-                    .verify_password(&creds.password, hash)
-                    .map_err(|_| AuthFailure::WrongPassword)?;
-                if !dev.allowed_from(peer) {
-                    return Err(AuthFailure::AddressNotAllowed);
-                }
-                Ok(dev.clone())
+        hash: Arc<PasswordHash>,
+        password: Vec<u8>,
+    ) -> Result<bool, AuthFailure> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .try_send(Job {
+                hash,
+                password,
+                reply,
+            })
+            .map_err(|_| AuthFailure::Busy)?;
+        rx.await.map_err(|_| AuthFailure::Internal)
+    }
+}
+
+fn verify_with(hash: &PasswordHash, password: &[u8], blocks: &mut Vec<Block>) -> bool {
+    let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
+        return false;
+    };
+    let Ok(params) = Params::try_from(hash) else {
+        return false;
+    };
+    let Ok(algorithm) = Algorithm::try_from(hash.algorithm.as_str()) else {
+        return false;
+    };
+    let version = match hash.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let n = params.block_count();
+    if blocks.len() < n {
+        blocks.resize(n, Block::default());
+    }
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(password, salt.as_ref(), &mut out, &mut blocks[..n])
+        .is_err()
+    {
+        return false;
+    }
+    constant_time_eq(&out, expected.as_bytes())
+}
+
+/// Compares without stopping at the first difference, so timing reveals nothing.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut diff = 0u8;
+    for (x, y) in a.iter().zip(b) {
+        diff |= x ^ y;
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// Recent successful logins, keyed by an HMAC of the presented credentials under a key made at
+/// start and never stored. Printers log in for every message; argon2 costs tens of
+/// milliseconds of CPU each time, which would cap throughput at a few dozen messages a second.
+struct AuthCache {
+    key: ring::hmac::Key,
+    ttl: Duration,
+    max: usize,
+    map: Mutex<HashMap<[u8; 32], (Arc<Device>, Instant)>>,
+}
+
+impl AuthCache {
+    fn new(ttl: Duration, max: usize) -> AuthCache {
+        let rng = ring::rand::SystemRandom::new();
+        let key =
+            ring::hmac::Key::generate(ring::hmac::HMAC_SHA256, &rng).expect("the system RNG works");
+        AuthCache {
+            key,
+            ttl,
+            max,
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn tag(&self, username: &[u8], password: &[u8]) -> [u8; 32] {
+        let mut ctx = ring::hmac::Context::with_key(&self.key);
+        ctx.update(&(username.len() as u64).to_be_bytes());
+        ctx.update(username);
+        ctx.update(password);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
+    fn get(&self, tag: &[u8; 32]) -> Option<Arc<Device>> {
+        if self.ttl.is_zero() {
+            return None;
+        }
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(tag) {
+            Some((dev, at)) if at.elapsed() < self.ttl => Some(dev.clone()),
+            _ => None,
+        }
+    }
+
+    fn insert(&self, tag: [u8; 32], dev: Arc<Device>) {
+        if self.ttl.is_zero() {
+            return;
+        }
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= self.max {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= self.max {
+                map.clear();
             }
         }
+        map.insert(tag, (dev, Instant::now()));
+    }
+
+    fn clear(&self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -184,6 +364,8 @@ pub enum AuthFailure {
     UnknownUser,
     WrongPassword,
     AddressNotAllowed,
+    /// Too many logins waiting for verification: the device is told to try again.
+    Busy,
     Internal,
 }
 
@@ -193,6 +375,7 @@ impl AuthFailure {
             AuthFailure::UnknownUser => "unknown user",
             AuthFailure::WrongPassword => "wrong password",
             AuthFailure::AddressNotAllowed => "address not in the device's allow_ips",
+            AuthFailure::Busy => "too many logins waiting for verification",
             AuthFailure::Internal => "internal error",
         }
     }
@@ -322,6 +505,97 @@ mod tests {
         assert_eq!(p.decide("scanner@printer.local"), SenderDecision::Rewrite);
         assert_eq!(p.decide("mfp-3f"), SenderDecision::Rewrite);
         assert_eq!(p.decide("scanner@contoso.com"), SenderDecision::Allow);
+    }
+
+    fn directory(ttl: &str, allow: &str) -> Arc<Directory> {
+        let hash = hash_password(b"s3cret").unwrap();
+        let toml = format!(
+            "[server]\nauth_cache_ttl = \"{ttl}\"\n[[listeners]]\naddress = \"127.0.0.1:2525\"\n\
+             [[accounts]]\nname = \"a\"\nmailbox = \"a@x.com\"\nroute = \"capture\"\n\
+             [[devices]]\nusername = \"mfp\"\npassword_hash = \"{hash}\"\naccount = \"a\"\nallow_ips = [{allow}]\n"
+        );
+        let path = std::env::temp_dir().join(format!(
+            "s2o-ident-{}-{ttl}-{}.toml",
+            std::process::id(),
+            allow.len()
+        ));
+        std::fs::write(&path, toml).unwrap();
+        let c = smtp2oauth_config::parse(Some(&path), Vec::new()).unwrap();
+        std::fs::remove_file(&path).ok();
+        Arc::new(Directory::from_config(&c).unwrap())
+    }
+
+    fn creds(u: &str, p: &str) -> Credentials {
+        Credentials {
+            username: u.as_bytes().to_vec(),
+            password: p.as_bytes().to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_with_the_pool_and_remembers_successes_only() {
+        let d = directory("10m", "");
+        let peer: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            d.verify(creds("mfp", "s3cret"), peer).await.unwrap().name,
+            "mfp"
+        );
+        assert_eq!(
+            d.verify(creds("mfp", "wrong"), peer).await.unwrap_err(),
+            AuthFailure::WrongPassword
+        );
+        assert_eq!(
+            d.verify(creds("nobody", "s3cret"), peer).await.unwrap_err(),
+            AuthFailure::UnknownUser
+        );
+        // a cached success is answered without argon2: much faster than a verification
+        let t = Instant::now();
+        for _ in 0..20 {
+            d.verify(creds("mfp", "s3cret"), peer).await.unwrap();
+        }
+        let cached = t.elapsed();
+        let t = Instant::now();
+        let _ = d.verify(creds("mfp", "wrong"), peer).await;
+        let full = t.elapsed();
+        assert!(
+            cached < full,
+            "20 cached logins ({cached:?}) should take less than one argon2 verification ({full:?})"
+        );
+        assert_eq!(
+            d.cache.map.lock().unwrap().len(),
+            1,
+            "failures are never cached"
+        );
+        d.clear_auth_cache();
+        assert!(d.cache.map.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_cache_still_checks_the_address_and_can_be_disabled() {
+        let d = directory("10m", "\"10.0.0.0/8\"");
+        assert!(
+            d.verify(creds("mfp", "s3cret"), "10.1.2.3".parse().unwrap())
+                .await
+                .is_ok()
+        );
+        assert_eq!(
+            d.verify(creds("mfp", "s3cret"), "192.168.1.1".parse().unwrap())
+                .await
+                .unwrap_err(),
+            AuthFailure::AddressNotAllowed
+        );
+        let d = directory("0s", "");
+        d.verify(creds("mfp", "s3cret"), "10.1.2.3".parse().unwrap())
+            .await
+            .unwrap();
+        assert!(d.cache.map.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_slices() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 
     #[test]

@@ -395,6 +395,10 @@ impl Session {
                 self.device = Some(device);
                 Step::Reply(ok::auth_success())
             }
+            // Our own trouble (verifiers overloaded) is not the device's failed login.
+            Err(AuthFailure::Busy | AuthFailure::Internal) => {
+                Step::Reply(SessionError::AuthUnavailable.reply())
+            }
             Err(_) => {
                 self.auth_failures += 1;
                 if self.auth_failures >= self.limits.max_auth_failures {

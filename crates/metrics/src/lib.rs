@@ -99,7 +99,10 @@ pub struct Metrics {
 
 fn seconds_histogram() -> Histogram {
     // 10 ms .. ~5.8 days: an attempt takes milliseconds to minutes, a queued message up to days.
-    Histogram::new([0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 500000.0])
+    Histogram::new([
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+        14400.0, 86400.0, 500000.0,
+    ])
 }
 
 impl Metrics {
@@ -121,19 +124,71 @@ impl Metrics {
             delivery_latency: Family::new_with_constructor(seconds_histogram),
             registry: Registry::default(),
         };
-        registry.register("sessions_active", "SMTP sessions open now, by listener and TLS", m.sessions_active.clone());
-        registry.register("sessions", "SMTP sessions accepted, by listener and TLS", m.sessions.clone());
+        registry.register(
+            "sessions_active",
+            "SMTP sessions open now, by listener and TLS",
+            m.sessions_active.clone(),
+        );
+        registry.register(
+            "sessions",
+            "SMTP sessions accepted, by listener and TLS",
+            m.sessions.clone(),
+        );
         registry.register("auth_attempts", "Device AUTH attempts by result (success, unknown_user, wrong_password, address_not_allowed)", m.auth_attempts.clone());
-        registry.register("inbound_refusals", "Commands and messages refused to devices, by reply code", m.refusals.clone());
-        registry.register("messages_received", "Messages accepted from devices into the spool", m.messages_received.clone());
-        registry.register_with_unit("received", "Bytes of messages accepted from devices", Unit::Bytes, m.received_bytes.clone());
-        registry.register("messages_delivered", "Messages delivered upstream (all recipients settled, none refused)", m.messages_delivered.clone());
-        registry.register("messages_deferred", "Delivery attempts that ended in a temporary failure", m.messages_deferred.clone());
-        registry.register("messages_failed", "Messages that failed for good (refused or expired), kept in failed/", m.messages_failed.clone());
-        registry.register_with_unit("delivered", "Bytes of messages delivered upstream", Unit::Bytes, m.delivered_bytes.clone());
-        registry.register("upstream_replies", "Final upstream replies to delivery attempts, by class and enhanced status", m.upstream_replies.clone());
-        registry.register_with_unit("upstream_attempt_duration", "Time one delivery attempt took", Unit::Seconds, m.upstream_duration.clone());
-        registry.register_with_unit("delivery_latency", "Time from acceptance to delivery", Unit::Seconds, m.delivery_latency.clone());
+        registry.register(
+            "inbound_refusals",
+            "Commands and messages refused to devices, by reply code",
+            m.refusals.clone(),
+        );
+        registry.register(
+            "messages_received",
+            "Messages accepted from devices into the spool",
+            m.messages_received.clone(),
+        );
+        registry.register_with_unit(
+            "received",
+            "Bytes of messages accepted from devices",
+            Unit::Bytes,
+            m.received_bytes.clone(),
+        );
+        registry.register(
+            "messages_delivered",
+            "Messages delivered upstream (all recipients settled, none refused)",
+            m.messages_delivered.clone(),
+        );
+        registry.register(
+            "messages_deferred",
+            "Delivery attempts that ended in a temporary failure",
+            m.messages_deferred.clone(),
+        );
+        registry.register(
+            "messages_failed",
+            "Messages that failed for good (refused or expired), kept in failed/",
+            m.messages_failed.clone(),
+        );
+        registry.register_with_unit(
+            "delivered",
+            "Bytes of messages delivered upstream",
+            Unit::Bytes,
+            m.delivered_bytes.clone(),
+        );
+        registry.register(
+            "upstream_replies",
+            "Final upstream replies to delivery attempts, by class and enhanced status",
+            m.upstream_replies.clone(),
+        );
+        registry.register_with_unit(
+            "upstream_attempt_duration",
+            "Time one delivery attempt took",
+            Unit::Seconds,
+            m.upstream_duration.clone(),
+        );
+        registry.register_with_unit(
+            "delivery_latency",
+            "Time from acceptance to delivery",
+            Unit::Seconds,
+            m.delivery_latency.clone(),
+        );
         if let Some(s) = snapshot {
             registry.register_collector(Box::new(SnapshotCollector(s)));
         }
@@ -156,7 +211,11 @@ impl Metrics {
             _ => "5xx",
         };
         self.upstream_replies
-            .get_or_create(&ReplyLabels { account: account.to_string(), class, status: status.unwrap_or_else(|| "none".into()) })
+            .get_or_create(&ReplyLabels {
+                account: account.to_string(),
+                class,
+                status: status.unwrap_or_else(|| "none".into()),
+            })
             .inc();
     }
 }
@@ -170,7 +229,13 @@ impl std::fmt::Debug for Metrics {
 #[derive(Debug)]
 struct SnapshotCollector(Arc<dyn Snapshot>);
 
-fn gauge<L: EncodeLabelSet>(enc: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, rows: &[(L, f64)]) -> std::fmt::Result {
+fn gauge<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: &[(L, f64)],
+) -> std::fmt::Result {
     let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
     for (labels, v) in rows {
         let fam = m.encode_family(labels)?;
@@ -194,7 +259,12 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let q = self.0.queue();
         {
-            let mut m = enc.encode_descriptor("queue_messages", "Messages in the spool, by state (queued, failed)", None, MetricType::Gauge)?;
+            let mut m = enc.encode_descriptor(
+                "queue_messages",
+                "Messages in the spool, by state (queued, failed)",
+                None,
+                MetricType::Gauge,
+            )?;
             for (state, v) in [("queued", q.queued), ("failed", q.failed)] {
                 let labels = StateLabels { state };
                 let fam = m.encode_family(&labels)?;
@@ -202,22 +272,66 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             }
         }
         {
-            let m = enc.encode_descriptor("queue_oldest_message_age", "Age of the oldest queued message (0 when empty)", Some(&Unit::Seconds), MetricType::Gauge)?;
+            let m = enc.encode_descriptor(
+                "queue_oldest_message_age",
+                "Age of the oldest queued message (0 when empty)",
+                Some(&Unit::Seconds),
+                MetricType::Gauge,
+            )?;
             ConstGauge::new(q.oldest_age_seconds).encode(m)?;
         }
         let accounts = self.0.accounts();
         let rows: Vec<(AccountLabels, f64)> = accounts
             .iter()
-            .map(|a| (AccountLabels { account: a.account.clone() }, a.token_expires_in.unwrap_or(0.0)))
+            .map(|a| {
+                (
+                    AccountLabels {
+                        account: a.account.clone(),
+                    },
+                    a.token_expires_in.unwrap_or(0.0),
+                )
+            })
             .collect();
-        gauge(&mut enc, "token_expiry", "Seconds until the account's cached access token expires (0: none)", Some(&Unit::Seconds), &rows)?;
-        let rows: Vec<(AccountLabels, f64)> =
-            accounts.iter().map(|a| (AccountLabels { account: a.account.clone() }, if a.sign_in_required { 1.0 } else { 0.0 })).collect();
-        gauge(&mut enc, "account_sign_in_required", "1 when the account needs a person to sign in again", None, &rows)?;
-        let mut m = enc.encode_descriptor("token_refreshes", "Token endpoint requests by account and result", None, MetricType::Counter)?;
+        gauge(
+            &mut enc,
+            "token_expiry",
+            "Seconds until the account's cached access token expires (0: none)",
+            Some(&Unit::Seconds),
+            &rows,
+        )?;
+        let rows: Vec<(AccountLabels, f64)> = accounts
+            .iter()
+            .map(|a| {
+                (
+                    AccountLabels {
+                        account: a.account.clone(),
+                    },
+                    if a.sign_in_required { 1.0 } else { 0.0 },
+                )
+            })
+            .collect();
+        gauge(
+            &mut enc,
+            "account_sign_in_required",
+            "1 when the account needs a person to sign in again",
+            None,
+            &rows,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "token_refreshes",
+            "Token endpoint requests by account and result",
+            None,
+            MetricType::Counter,
+        )?;
         for a in &accounts {
-            for (result, v) in [("success", a.token_requests.saturating_sub(a.token_failures)), ("failure", a.token_failures)] {
-                let labels = AccountResultLabels { account: a.account.clone(), result };
+            for (result, v) in [
+                ("success", a.token_requests.saturating_sub(a.token_failures)),
+                ("failure", a.token_failures),
+            ] {
+                let labels = AccountResultLabels {
+                    account: a.account.clone(),
+                    result,
+                };
                 let fam = m.encode_family(&labels)?;
                 prometheus_client::metrics::counter::ConstCounter::new(v).encode(fam)?;
             }
@@ -234,21 +348,49 @@ mod tests {
     struct Fixed;
     impl Snapshot for Fixed {
         fn queue(&self) -> QueueSnapshot {
-            QueueSnapshot { queued: 3, failed: 1, oldest_age_seconds: 42.0 }
+            QueueSnapshot {
+                queued: 3,
+                failed: 1,
+                oldest_age_seconds: 42.0,
+            }
         }
         fn accounts(&self) -> Vec<AccountSnapshot> {
-            vec![AccountSnapshot { account: "scanner".into(), token_expires_in: Some(3000.0), token_requests: 5, token_failures: 1, sign_in_required: false }]
+            vec![AccountSnapshot {
+                account: "scanner".into(),
+                token_expires_in: Some(3000.0),
+                token_requests: 5,
+                token_failures: 1,
+                sign_in_required: false,
+            }]
         }
     }
 
     #[test]
     fn exposition_has_conventional_names() {
         let m = Metrics::new(Some(Arc::new(Fixed)));
-        m.sessions.get_or_create(&SessionLabels { listener: "smtp-2525".into(), tls: "starttls" }).inc();
-        m.messages_received.get_or_create(&AccountLabels { account: "scanner".into() }).inc();
-        m.received_bytes.get_or_create(&AccountLabels { account: "scanner".into() }).inc_by(1234);
+        m.sessions
+            .get_or_create(&SessionLabels {
+                listener: "smtp-2525".into(),
+                tls: "starttls",
+            })
+            .inc();
+        m.messages_received
+            .get_or_create(&AccountLabels {
+                account: "scanner".into(),
+            })
+            .inc();
+        m.received_bytes
+            .get_or_create(&AccountLabels {
+                account: "scanner".into(),
+            })
+            .inc_by(1234);
         m.upstream_reply("scanner", 451, Some("4.7.500".into()));
-        m.upstream_duration.get_or_create(&RouteLabels { account: "scanner".into(), route: "smtp" }).observe(0.2);
+        m.upstream_duration
+            .get_or_create(&RouteLabels {
+                account: "scanner".into(),
+                route: "smtp",
+            })
+            .observe(0.2);
         let text = m.encode();
         for needle in [
             "smtp2oauth_sessions_total{listener=\"smtp-2525\",tls=\"starttls\"} 1",

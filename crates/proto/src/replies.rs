@@ -118,6 +118,7 @@ pub enum SessionError {
     AuthCancelled,
     BadBase64,
     AuthFailed,
+    AuthUnavailable,
     EncryptionRequired,
     TlsRequired,
     AuthRequired,
@@ -163,6 +164,11 @@ impl SessionError {
             AuthCancelled => r(501, (5, 0, 0), "Authentication cancelled"),
             BadBase64 => r(501, (5, 5, 2), "Cannot decode base64 response"),
             AuthFailed => r(535, (5, 7, 8), "Authentication credentials invalid"),
+            AuthUnavailable => r(
+                454,
+                (4, 7, 0),
+                "Temporary authentication failure, try again later",
+            ),
             EncryptionRequired => r(
                 538,
                 (5, 7, 11),

@@ -7,7 +7,8 @@
 //!
 //! # Layout on disk (under `<store dir>/spool/`)
 //! - `data/<id>`: the message bytes exactly as we will send them (our Received header, then the
-//!   device's message with CRLF line ends). Written while the device streams DATA.
+//!   device's message with CRLF line ends). Written under its final name while the device
+//!   streams DATA.
 //! - `incoming/<id>`: an envelope being written; never seen by anyone else.
 //! - `queue/<id>`: the envelope of an accepted message. Its first line is the envelope as JSON;
 //!   later lines are events appended by delivery (attempts, results), one JSON object per line.
@@ -18,9 +19,10 @@
 //!
 //! # Invariants
 //! - A device gets 250 only after [`Incoming::commit`] returned: the data file and the envelope
-//!   are fsynced, the envelope is renamed into `queue/`, and `data/` and `queue/` are fsynced.
-//! - A data file without an envelope in `queue/` or `failed/` was never acknowledged; recovery
-//!   removes it. An envelope whose last line is torn (crash during an append) is still valid: torn
+//!   are fsynced (side by side), the envelope is renamed into `queue/`, and `data/` and `queue/`
+//!   are fsynced (side by side, shared with concurrent commits).
+//! - A data file without an envelope in `queue/` or `failed/`, or an envelope in `queue/` without
+//!   its data file, was never acknowledged; recovery removes it. An envelope whose last line is torn (crash during an append) is still valid: torn
 //!   lines are ignored.
 //! - Directory fsyncs are shared between concurrent commits (group commit), never skipped.
 
@@ -189,6 +191,18 @@ impl Spool {
             std::fs::remove_file(entry.path())?;
             removed += 1;
         }
+        // An envelope whose data file is missing: a crash after the rename, before both
+        // directories were synced. Its device never got 250.
+        for entry in std::fs::read_dir(&self.inner.queue)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if MessageId::parse(name).is_some() && !self.inner.data.join(name).exists() {
+                tracing::warn!(queue_id = %name, "envelope without data from an interrupted commit removed (never acknowledged)");
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
         for entry in std::fs::read_dir(&self.inner.data)? {
             let entry = entry?;
             let name = entry.file_name();
@@ -209,7 +223,9 @@ impl Spool {
         let id = MessageId::new();
         let mut envelope = envelope;
         envelope.id = id.to_string();
-        let path = self.inner.data.join(format!("{id}.part"));
+        // The data file gets its final name at once: until its envelope is in queue/, it is an
+        // orphan that recovery removes, so no rename is needed to mark it complete.
+        let path = self.inner.data.join(id.as_str());
         let file = tokio::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -248,15 +264,24 @@ impl Spool {
             }
             Err(e) => return Err(e.into()),
         }
-        match area {
-            Area::Queue => self.inner.queue_sync.sync().await?,
-            Area::Failed => self.inner.failed_sync.sync().await?,
-        }
         match tokio::fs::remove_file(self.data_path(id)).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e.into()),
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
         }
+        // Made durable in the background (shared with other syncs): a removal lost to a power
+        // cut only means a delivered message is delivered again, so no caller waits for it.
+        let spool = self.clone();
+        tokio::spawn(async move {
+            let r = match area {
+                Area::Queue => spool.inner.queue_sync.sync().await,
+                Area::Failed => spool.inner.failed_sync.sync().await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(error = %e, "cannot sync the spool directory after a removal");
+            }
+        });
+        Ok(())
     }
 
     /// Reads an envelope and its event lines.
@@ -445,47 +470,59 @@ impl Incoming {
             .take()
             .ok_or_else(|| SpoolError::Io(io::Error::other("already committed")))?;
         file.flush().await?;
-        let file = file.into_inner();
-        if self.spool.inner.fsync {
-            file.sync_all().await?;
-        }
-        drop(file);
+        let file = file.into_inner().into_std().await;
 
         let id = self.id.to_string();
-        let inner = &self.spool.inner;
-        let data_path = inner.data.join(&id);
-        tokio::fs::rename(&self.path, &data_path).await?;
-        self.path = data_path.clone();
-
+        let inner = self.spool.inner.clone();
         self.envelope.size = self.written;
         self.envelope.eight_bit = eight_bit;
         let mut env =
             serde_json::to_vec(&self.envelope).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
         env.push(b'\n');
         let tmp = inner.incoming.join(&id);
-        {
-            let mut f = tokio::fs::OpenOptions::new()
+        let fsync = inner.fsync;
+
+        // 1. The data and the envelope become durable, side by side.
+        let data_done =
+            tokio::task::spawn_blocking(move || if fsync { file.sync_all() } else { Ok(()) });
+        let env_path = tmp.clone();
+        let env_done = tokio::task::spawn_blocking(move || -> io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .open(&tmp)
-                .await?;
-            f.write_all(&env).await?;
-            if inner.fsync {
-                f.sync_all().await?;
+                .open(&env_path)?;
+            f.write_all(&env)?;
+            if fsync {
+                f.sync_all()?;
             }
-        }
-        // The data file's name must be durable before the envelope that points at it.
-        inner.data_sync.sync().await?;
-        let result = async {
-            tokio::fs::rename(&tmp, inner.queue.join(&id)).await?;
-            inner.queue_sync.sync().await
-        }
-        .await;
-        if let Err(e) = result {
+            Ok(())
+        });
+        let (d, e) = tokio::join!(data_done, env_done);
+        let joined = d
+            .map_err(io::Error::other)
+            .and_then(|r| r)
+            .and(e.map_err(io::Error::other).and_then(|r| r));
+        if let Err(err) = joined {
             let _ = tokio::fs::remove_file(&tmp).await;
-            let _ = tokio::fs::remove_file(inner.queue.join(&id)).await;
-            return Err(e.into());
+            return Err(err.into());
         }
+
+        // 2. The envelope enters queue/ (the moment of acceptance), then both directories are
+        // made durable, side by side and shared with concurrent commits. If a crash leaves the
+        // envelope's name durable but not the data's, the device never got 250 and recovery
+        // removes the envelope (see `clean_orphans`).
+        let dest = inner.queue.join(&id);
+        if let Err(err) = tokio::fs::rename(&tmp, &dest).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(err.into());
+        }
+        let (d, q) = tokio::join!(inner.data_sync.sync(), inner.queue_sync.sync());
+        if let Err(err) = d.and(q) {
+            let _ = tokio::fs::remove_file(&dest).await;
+            return Err(err.into());
+        }
+        let data_path = self.path.clone();
         let queued = Queued {
             data_path,
             progress: Progress::from_events(&self.envelope, &[]),

@@ -175,3 +175,31 @@ fn enospc_is_classified_as_full() {
     let e: SpoolError = io::Error::from_raw_os_error(libc::EACCES).into();
     assert!(!e.is_full());
 }
+
+#[tokio::test]
+async fn an_envelope_whose_data_never_became_durable_is_removed_at_recovery() {
+    let d = tmpdir();
+    let spool = Spool::open(d.path()).unwrap();
+    let q = spool
+        .receive(envelope())
+        .await
+        .unwrap()
+        .commit(false)
+        .await
+        .unwrap();
+    let kept = spool
+        .receive(envelope())
+        .await
+        .unwrap()
+        .commit(false)
+        .await
+        .unwrap();
+    // A power cut after the envelope's rename reached the disk but before data/ was synced.
+    std::fs::remove_file(&q.data_path).unwrap();
+    let spool = Spool::open(d.path()).unwrap();
+    assert_eq!(spool.clean_orphans().unwrap(), 1);
+    assert_eq!(
+        spool.list(Area::Queue).unwrap(),
+        vec![kept.id().to_string()]
+    );
+}
