@@ -297,11 +297,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Recent successful logins, keyed by an HMAC of the presented credentials under a key made at
 /// start and never stored. Printers log in for every message; argon2 costs tens of
 /// milliseconds of CPU each time, which would cap throughput at a few dozen messages a second.
+/// The device a cached login maps to, and when it was verified.
+type CachedLogin = (Arc<Device>, Instant);
+
 struct AuthCache {
     key: ring::hmac::Key,
     ttl: Duration,
     max: usize,
-    map: Mutex<HashMap<[u8; 32], (Arc<Device>, Instant)>>,
+    map: Mutex<HashMap<[u8; 32], CachedLogin>>,
 }
 
 impl AuthCache {
