@@ -14,10 +14,9 @@
 #   BENCH_WORK_DIR=DIR  this directory (implies BENCH_SPOOL=tmpdir with DIR).
 # The loop filesystem falls back to tmpdir, with a warning, when it cannot be made.
 #
-# Devices are recognised by address (--device-auth address), not by AUTH PLAIN: today every
-# login costs an argon2id verification (about 25 ms of CPU, so about 40 logins/s on 2 cores)
-# and leaves about 15 MiB of resident memory behind, which would hide the spool entirely and
-# exhaust memory long before 8000 messages. Pass --device-auth password to measure logins.
+# Devices are recognised by address (--device-auth address), not by AUTH PLAIN, so the figure is
+# the spool's alone. Pass --device-auth password to include logins (cached after each device's
+# first one; see docs/benchmarks.md, "Device logins").
 set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

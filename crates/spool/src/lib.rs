@@ -484,7 +484,7 @@ impl Incoming {
 
         // 1. The data and the envelope become durable, side by side.
         let data_done =
-            tokio::task::spawn_blocking(move || if fsync { file.sync_all() } else { Ok(()) });
+            tokio::task::spawn_blocking(move || if fsync { file.sync_data() } else { Ok(()) });
         let env_path = tmp.clone();
         let env_done = tokio::task::spawn_blocking(move || -> io::Result<()> {
             use std::io::Write;
@@ -494,7 +494,8 @@ impl Incoming {
                 .open(&env_path)?;
             f.write_all(&env)?;
             if fsync {
-                f.sync_all()?;
+                // fdatasync: the data and the size needed to read it back, not timestamps.
+                f.sync_data()?;
             }
             Ok(())
         });
