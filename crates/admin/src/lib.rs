@@ -1,39 +1,85 @@
 //! The admin HTTP server on `[admin] listen` (default `127.0.0.1:8025`).
 //!
-//! Container orchestrators and monitoring need to ask a running relay whether it is alive
+//! Container orchestrators, Prometheus and the admin need to ask a running relay how it is
 //! without speaking SMTP. This crate serves that over plain HTTP on an address that defaults to
-//! loopback, so nothing is exposed to the LAN unless the admin binds it there.
+//! loopback, so nothing is exposed to the LAN unless the admin binds it there. It knows nothing
+//! of how readiness is decided: the binary hands it a function that runs the checks.
 //!
 //! Endpoints:
 //! - `GET /healthz`: the process is alive and serving; `{"status":"ok","version":"..."}`.
+//! - `GET /readyz`: every check (listeners up, spool writable, each account's token obtainable
+//!   or why not) as JSON; 200 when all pass, 503 otherwise.
+//! - `GET /metrics`: Prometheus text exposition (see `smtp2oauth-metrics`).
 
 use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
 use axum::routing::get;
+use serde::Serialize;
+use smtp2oauth_metrics::Metrics;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+/// One readiness check and its outcome, in words an admin can act on.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Readiness {
+    pub ready: bool,
+    pub checks: Vec<Check>,
+}
+
+pub type ReadinessFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+pub struct AdminState {
+    pub metrics: Arc<Metrics>,
+    pub readiness: ReadinessFn,
+}
 
 /// Binds the admin listener now (so a bad address stops the relay at start) and returns a
 /// future that serves until `shutdown`.
 pub async fn bind(
     addr: SocketAddr,
     shutdown: CancellationToken,
-) -> std::io::Result<(
-    SocketAddr,
-    impl std::future::Future<Output = std::io::Result<()>>,
-)> {
+    state: AdminState,
+) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = Router::new().route("/healthz", get(healthz));
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state);
     info!(address = %local, "admin server listening");
-    let serve = async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    };
+    let serve = async move { axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await };
     Ok((local, serve))
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let checks = (state.readiness)().await;
+    let ready = checks.iter().all(|c| c.ok);
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(Readiness { ready, checks }))
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.encode(),
+    )
 }

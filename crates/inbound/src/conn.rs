@@ -17,6 +17,7 @@ use crate::limiter::Limiter;
 use crate::session::{DataPlan, Limits, ListenerSettings, Session, Step};
 use crate::tls::TlsHandle;
 use smtp2oauth_config::ListenerTls;
+use smtp2oauth_metrics::{AccountLabels, Metrics, RefusalLabels, ResultLabels, SessionLabels};
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_proto::{DotDecoder, Reply, SessionError};
 use smtp2oauth_spool::{Envelope, Queued, Spool, SpoolError};
@@ -51,6 +52,7 @@ pub struct Inbound {
     pub submit: Arc<dyn Submit>,
     pub limiter: Arc<Limiter>,
     pub shutdown: CancellationToken,
+    pub metrics: Option<Arc<Metrics>>,
 }
 
 /// One listener's settings and TLS acceptor.
@@ -91,6 +93,11 @@ async fn serve_inner<S>(
     debug!("connected");
     let session_deadline = Instant::now() + ctx.session_timeout;
     let implicit = listener.settings.tls == ListenerTls::Implicit;
+    let mut gauge = SessionGauge::new(
+        ctx.metrics.clone(),
+        &listener.settings.label,
+        if implicit { "implicit" } else { "none" },
+    );
     let ip_device = ctx.directory.device_for_address(peer.ip());
     let mut session = Session::new(
         ctx.hostname.clone(),
@@ -111,7 +118,7 @@ async fn serve_inner<S>(
         };
         match timeout_at(handshake_deadline(), tls.acceptor().accept(io)).await {
             Ok(Ok(stream)) => {
-                let mut conn = Conn::new(stream);
+                let mut conn = Conn::new(stream, ctx.metrics.clone());
                 conn.queue(&session.greeting());
                 drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
             }
@@ -122,7 +129,7 @@ async fn serve_inner<S>(
         return;
     }
 
-    let mut conn = Conn::new(io);
+    let mut conn = Conn::new(io, ctx.metrics.clone());
     conn.queue(&session.greeting());
     if drive(&mut conn, &mut session, &ctx, peer, session_deadline).await == Outcome::StartTls {
         let buffered = conn.rbuf.len() - conn.rpos;
@@ -136,7 +143,8 @@ async fn serve_inner<S>(
         match timeout_at(handshake_deadline(), tls.acceptor().accept(io)).await {
             Ok(Ok(stream)) => {
                 session.tls_established();
-                let mut conn = Conn::new(stream);
+                gauge.set_tls("starttls");
+                let mut conn = Conn::new(stream, ctx.metrics.clone());
                 drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
             }
             Ok(Err(e)) => info!(error = %e, "STARTTLS handshake failed"),
@@ -144,6 +152,41 @@ async fn serve_inner<S>(
         }
     }
     debug!("disconnected");
+}
+
+/// Keeps `sessions_active` right for the life of a session (whatever way it ends) and counts
+/// the session in `sessions_total` with the TLS state it ended in.
+struct SessionGauge {
+    metrics: Option<Arc<Metrics>>,
+    listener: String,
+    tls: &'static str,
+}
+
+impl SessionGauge {
+    fn new(metrics: Option<Arc<Metrics>>, listener: &str, tls: &'static str) -> Self {
+        if let Some(m) = &metrics {
+            m.sessions_active.get_or_create(&SessionLabels { listener: listener.to_string(), tls }).inc();
+        }
+        SessionGauge { metrics, listener: listener.to_string(), tls }
+    }
+
+    fn set_tls(&mut self, tls: &'static str) {
+        if let Some(m) = &self.metrics {
+            m.sessions_active.get_or_create(&SessionLabels { listener: self.listener.clone(), tls: self.tls }).dec();
+            m.sessions_active.get_or_create(&SessionLabels { listener: self.listener.clone(), tls }).inc();
+        }
+        self.tls = tls;
+    }
+}
+
+impl Drop for SessionGauge {
+    fn drop(&mut self) {
+        if let Some(m) = &self.metrics {
+            let labels = SessionLabels { listener: self.listener.clone(), tls: self.tls };
+            m.sessions_active.get_or_create(&labels).dec();
+            m.sessions.get_or_create(&labels).inc();
+        }
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -165,20 +208,27 @@ struct Conn<S> {
     wbuf: Vec<u8>,
     /// Inside an over-long line: drop bytes up to the next LF.
     discarding: bool,
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn new(io: S) -> Self {
+    fn new(io: S, metrics: Option<Arc<Metrics>>) -> Self {
         Conn {
             io,
             rbuf: Vec::with_capacity(4096),
             rpos: 0,
             wbuf: Vec::with_capacity(1024),
             discarding: false,
+            metrics,
         }
     }
 
     fn queue(&mut self, reply: &Reply) {
+        if reply.code() >= 400
+            && let Some(m) = &self.metrics
+        {
+            m.refusals.get_or_create(&RefusalLabels { code: reply.code().to_string() }).inc();
+        }
         reply.write_to(&mut self.wbuf);
     }
 
@@ -356,6 +406,13 @@ where
                 .take(64)
                 .collect::<String>();
             let result = ctx.directory.verify(creds, peer.ip()).await;
+            if let Some(m) = &ctx.metrics {
+                let result = match &result {
+                    Ok(_) => "success",
+                    Err(e) => e.label(),
+                };
+                m.auth_attempts.get_or_create(&ResultLabels { result }).inc();
+            }
             match &result {
                 Ok(device) => {
                     debug!(device = %device.name, account = %device.account, "authenticated")
@@ -574,6 +631,11 @@ where
     match inc.commit(decoder.saw_eight_bit()).await {
         Ok(queued) => {
             debug!(queue_id = %queued.id(), size = queued.envelope.size, "message spooled");
+            if let Some(m) = &ctx.metrics {
+                let labels = AccountLabels { account: queued.envelope.account.clone() };
+                m.messages_received.get_or_create(&labels).inc();
+                m.received_bytes.get_or_create(&labels).inc_by(queued.envelope.size);
+            }
             DataOutcome::Reply(ctx.submit.submit(queued).await)
         }
         Err(e) => {

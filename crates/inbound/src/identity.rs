@@ -373,6 +373,17 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
+    /// The value of the `result` label in `smtp2oauth_auth_attempts_total`.
+    pub fn label(self) -> &'static str {
+        match self {
+            AuthFailure::UnknownUser => "unknown_user",
+            AuthFailure::WrongPassword => "wrong_password",
+            AuthFailure::AddressNotAllowed => "address_not_allowed",
+            AuthFailure::Busy => "busy",
+            AuthFailure::Internal => "error",
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             AuthFailure::UnknownUser => "unknown user",

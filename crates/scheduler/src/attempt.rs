@@ -64,6 +64,14 @@ fn classify(result: Result<DeliveryReport, DeliveryError>, remaining: &[String])
     }
 }
 
+/// Which counter an attempt's outcome moves.
+#[derive(Clone, Copy)]
+enum Counted {
+    Delivered,
+    Deferred,
+    Failed,
+}
+
 enum Next {
     Forget,
     Retry(Instant),
@@ -181,6 +189,7 @@ impl Inner {
             warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
                 recipients = env.recipients.len(), upstream = %reply, attempt = attempt_no, advice = advice_text, ms,
                 "refused by the upstream; the device was told");
+            self.count(env, route_kind, Counted::Failed, &out, ms);
             self.remove(id, Area::Queue).await;
             send(reply);
             return Next::Forget;
@@ -190,6 +199,7 @@ impl Inner {
         if settled && out.failed.is_empty() && !failed_before {
             info!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
                 recipients = env.recipients.len(), upstream = %out.reply, attempt = attempt_no, ms, "delivered");
+            self.count(env, route_kind, Counted::Delivered, &out, ms);
             self.remove(id, Area::Queue).await;
             send(ok::delivered(id));
             return Next::Forget;
@@ -211,6 +221,7 @@ impl Inner {
                 warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, recipient = %rcpt,
                     upstream = %r, attempt = attempt_no, advice = advice::for_reply(r).unwrap_or(advice_text), "recipient refused by the upstream");
             }
+            self.count(env, route_kind, Counted::Failed, &out, ms);
             self.to_failed(q, "refused by the upstream").await;
             let mut failed = failed_list(&out.failed);
             failed.extend(
@@ -252,6 +263,7 @@ impl Inner {
                 .await;
             error!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, upstream = %out.reply,
                 attempt = attempt_no, age_hours = age.as_secs() / 3600, advice = advice_text, "giving up: undelivered for max_queue_lifetime");
+            self.count(env, route_kind, Counted::Failed, &out, ms);
             self.to_failed(q, "max_queue_lifetime exceeded").await;
             let failed: Vec<FailedRecipient> = out
                 .deferred
@@ -322,8 +334,41 @@ impl Inner {
         warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
             recipients = out.deferred.len(), upstream = %out.reply, stage = out.stage.map(|s| s.as_str()).unwrap_or(""),
             attempt = attempt_no, retry_in_secs = delay.as_secs(), advice = advice_text, ms, "deferred");
+        self.count(env, route_kind, Counted::Deferred, &out, ms);
         send(ok::queued(id));
         Next::Retry(Instant::now() + delay)
+    }
+
+    /// Moves the metrics for one attempt's outcome.
+    fn count(&self, env: &Envelope, route: &str, counted: Counted, out: &Outcome, ms: u64) {
+        let Some(m) = &self.metrics else { return };
+        use smtp2oauth_metrics::{AccountLabels, RouteLabels};
+        let labels = RouteLabels { account: env.account.clone(), route: match route {
+            "smtp" => "smtp",
+            "capture" => "capture",
+            "graph" => "graph",
+            "smarthost" => "smarthost",
+            _ => "none",
+        } };
+        // Only replies an upstream actually sent are counted as upstream replies.
+        if out.error.as_ref().is_none_or(|e| matches!(e, DeliveryError::Rejected { .. })) {
+            m.upstream_reply(&env.account, out.reply.code(), out.reply.status().map(|s| s.to_string()));
+        }
+        m.upstream_duration.get_or_create(&labels).observe(ms as f64 / 1000.0);
+        match counted {
+            Counted::Delivered => {
+                m.messages_delivered.get_or_create(&labels).inc();
+                m.delivered_bytes.get_or_create(&labels).inc_by(env.size);
+                let age = now_ms().saturating_sub(env.received_at_ms) as f64 / 1000.0;
+                m.delivery_latency.get_or_create(&AccountLabels { account: env.account.clone() }).observe(age);
+            }
+            Counted::Deferred => {
+                m.messages_deferred.get_or_create(&labels).inc();
+            }
+            Counted::Failed => {
+                m.messages_failed.get_or_create(&labels).inc();
+            }
+        }
     }
 
     /// Appends the attempt's event. A failure to write it (full disk) is logged and the

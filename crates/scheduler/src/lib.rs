@@ -83,6 +83,7 @@ pub(crate) struct Inner {
     pub(crate) wake: Notify,
     pub(crate) attempts: TaskTracker,
     pub(crate) stop: CancellationToken,
+    pub(crate) metrics: Option<Arc<smtp2oauth_metrics::Metrics>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -103,7 +104,12 @@ pub(crate) fn instant_at(ms: u64) -> Instant {
 }
 
 impl Scheduler {
-    pub fn new(spool: Spool, routes: Routes, cfg: SchedulerConfig) -> Scheduler {
+    pub fn new(
+        spool: Spool,
+        routes: Routes,
+        cfg: SchedulerConfig,
+        metrics: Option<Arc<smtp2oauth_metrics::Metrics>>,
+    ) -> Scheduler {
         let queue = Queue::new(
             cfg.accounts
                 .iter()
@@ -119,6 +125,7 @@ impl Scheduler {
                 wake: Notify::new(),
                 attempts: TaskTracker::new(),
                 stop: CancellationToken::new(),
+                metrics,
             }),
         }
     }
@@ -156,6 +163,11 @@ impl Scheduler {
     /// Starts the dispatcher. It runs until [`Scheduler::shutdown`].
     pub fn start(&self) -> tokio::task::JoinHandle<()> {
         tokio::spawn(self.inner.clone().dispatch())
+    }
+
+    /// The spool this scheduler delivers from.
+    pub fn spool(&self) -> &Spool {
+        &self.inner.spool
     }
 
     /// Messages currently known to the queue (for status and tests).

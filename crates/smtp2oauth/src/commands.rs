@@ -220,3 +220,62 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
         }
     }
 }
+
+/// `smtp2oauth health`: GET /healthz (or /readyz) from the admin server; exit 0 on 200.
+pub fn health(path: Option<&Path>, url: Option<&str>, ready: bool) -> ExitCode {
+    use std::io::Read;
+    use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let target = match url {
+        Some(u) => u.trim_start_matches("http://").trim_end_matches('/').to_string(),
+        None => {
+            let listen = match smtp2oauth_config::parse(path, std::env::vars()) {
+                Ok(c) => c.admin.listen,
+                Err(e) => {
+                    eprint!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            if listen.is_empty() {
+                eprintln!("smtp2oauth: [admin] listen is empty: the admin server is off, so there is nothing to ask");
+                return ExitCode::from(2);
+            }
+            match listen.parse::<SocketAddr>() {
+                // A wildcard address listens on loopback too.
+                Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+                _ => listen,
+            }
+        }
+    };
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let result = (|| -> std::io::Result<(u16, String)> {
+        let addr = target
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::other(format!("cannot resolve {target}")))?;
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        let mut resp = Vec::new();
+        s.take(1024 * 1024).read_to_end(&mut resp)?;
+        let text = String::from_utf8_lossy(&resp).into_owned();
+        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((code, body))
+    })();
+    match result {
+        Ok((200, body)) => {
+            println!("{}", body.trim());
+            ExitCode::SUCCESS
+        }
+        Ok((code, body)) => {
+            println!("{}", body.trim());
+            eprintln!("smtp2oauth: http://{target}{path} answered {code}");
+            ExitCode::from(1)
+        }
+        Err(e) => {
+            eprintln!("smtp2oauth: cannot reach the admin server at http://{target}{path}: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

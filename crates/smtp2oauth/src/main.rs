@@ -11,11 +11,13 @@
 //! - `commands.rs`: `check-config`, `hash-password`, `send-test`.
 //! - `queue_cmd.rs`: `queue list|show|retry|delete|failed|requeue`.
 //! - `logging.rs`: log format and filtering.
+//! - `status.rs`: what the admin server reports (metrics read at scrape time, readiness).
 
 mod commands;
 mod logging;
 mod queue_cmd;
 mod serve;
+mod status;
 mod wiring;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -35,9 +37,24 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct ConfigArg {
-    /// Configuration file (TOML). Every key can also be set as SMTP2OAUTH_<TABLE>__<KEY>.
+    /// Configuration file (TOML). Default: /etc/smtp2oauth/smtp2oauth.toml if it exists,
+    /// otherwise the environment alone. Every key can also be set as SMTP2OAUTH_<TABLE>__<KEY>.
     #[arg(short, long, env = "SMTP2OAUTH_CONFIG")]
     config: Option<PathBuf>,
+}
+
+/// Where the configuration file is read from when none is given.
+pub const DEFAULT_CONFIG: &str = "/etc/smtp2oauth/smtp2oauth.toml";
+
+impl ConfigArg {
+    /// The file to read: the one given, else the default path if it exists, else none
+    /// (configuration from the environment alone, as containers often do).
+    fn path(&self) -> Option<PathBuf> {
+        self.config.clone().or_else(|| {
+            let default = PathBuf::from(DEFAULT_CONFIG);
+            default.exists().then_some(default)
+        })
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -84,6 +101,18 @@ enum Command {
         #[command(subcommand)]
         command: queue_cmd::QueueCommand,
     },
+    /// Ask the running relay's admin server whether it is healthy (exit 0) or not (exit 1).
+    /// Used by container health checks.
+    Health {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Ask /readyz (every account can get a token, the spool is writable) instead of /healthz.
+        #[arg(long)]
+        ready: bool,
+        /// Base URL of the admin server (default: from `[admin] listen`).
+        #[arg(long)]
+        url: Option<String>,
+    },
     /// Send a test message through an account's route and print the upstream's reply.
     SendTest {
         #[command(flatten)]
@@ -111,7 +140,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, log } => {
             logging::init(log.log_format, log.log.as_deref());
-            match runtime().block_on(serve::run(config.config)) {
+            match runtime().block_on(serve::run(config.path())) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -120,11 +149,12 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { config } => commands::check_config(config.config.as_deref()),
+        Command::CheckConfig { config } => commands::check_config(config.path().as_deref()),
         Command::HashPassword => commands::hash_password(),
         Command::Queue { config, command } => {
-            runtime().block_on(queue_cmd::run(config.config.as_deref(), command))
+            runtime().block_on(queue_cmd::run(config.path().as_deref(), command))
         }
+        Command::Health { config, ready, url } => commands::health(config.path().as_deref(), url.as_deref(), ready),
         Command::SendTest {
             config,
             account,
@@ -132,7 +162,7 @@ fn main() -> ExitCode {
             log,
         } => {
             logging::init(log.log_format, Some(log.log.as_deref().unwrap_or("warn")));
-            runtime().block_on(commands::send_test(config.config.as_deref(), &account, &to))
+            runtime().block_on(commands::send_test(config.path().as_deref(), &account, &to))
         }
     }
 }

@@ -4,7 +4,8 @@
 //! configuration is found before any socket is opened, and every listener is bound before any is
 //! served, so a relay either starts whole or exits with the reason.
 
-use crate::wiring;
+use crate::{status, wiring};
+use smtp2oauth_metrics::Metrics;
 use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::ListenerTls;
 use smtp2oauth_inbound::{
@@ -77,10 +78,25 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             info!(account = %a.name, mailbox = %a.mailbox, route = r.kind(), target = %r.target(), "account ready");
         }
     }
+    let account_routes: Vec<(String, &'static str, Option<std::path::PathBuf>)> = cfg
+        .accounts
+        .iter()
+        .map(|a| {
+            let kind = routes.get(&a.name).map(|r| r.kind()).unwrap_or("none");
+            let capture = (a.route == smtp2oauth_config::Route::Capture).then(|| cfg.capture_dir(a));
+            (a.name.clone(), kind, capture)
+        })
+        .collect();
+    let metrics = Metrics::new(Some(Arc::new(status::RelaySnapshot {
+        spool: spool.clone(),
+        tokens: tokens.clone(),
+        accounts: cfg.accounts.iter().map(|a| a.name.clone()).collect(),
+    })));
     let scheduler = Arc::new(Scheduler::new(
         spool.clone(),
         routes,
         wiring::scheduler_config(&cfg),
+        Some(metrics.clone()),
     ));
     if cfg.delivery.queue {
         let n = scheduler.recover().await.context("cannot read the queue")?;
@@ -118,10 +134,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         session_timeout: s.session_timeout,
         add_received_header: s.add_received_header,
         directory,
-        spool,
+        spool: spool.clone(),
         submit: Arc::new(SchedulerSubmit(scheduler.clone())),
         limiter: Limiter::new(s.max_sessions, s.max_sessions_per_ip),
         shutdown: shutdown.clone(),
+        metrics: Some(metrics.clone()),
     });
 
     // Bind everything first: a relay starts whole or not at all.
@@ -144,11 +161,21 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         });
         bound.push((listener, rt));
     }
+    let listeners_up = Arc::new(std::sync::atomic::AtomicUsize::new(bound.len()));
     let admin = if cfg.admin.listen.is_empty() {
         None
     } else {
         let addr = cfg.admin.listen.parse().context("[admin] listen")?;
-        let (_, serve) = smtp2oauth_admin::bind(addr, shutdown.clone())
+        let inputs = Arc::new(status::ReadinessInputs {
+            spool: spool.clone(),
+            tokens: tokens.clone(),
+            accounts: account_routes,
+            listeners: bound.len(),
+            listeners_up: listeners_up.clone(),
+        });
+        let readiness: smtp2oauth_admin::ReadinessFn = Arc::new(move || Box::pin(status::readiness(inputs.clone())));
+        let state = smtp2oauth_admin::AdminState { metrics: metrics.clone(), readiness };
+        let (_, serve) = smtp2oauth_admin::bind(addr, shutdown.clone(), state)
             .await
             .with_context(|| format!("cannot listen on {addr} ([admin] listen)"))?;
         Some(tokio::spawn(serve))
@@ -158,12 +185,12 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     for (listener, rt) in bound {
         let addr = listener.local_addr()?;
         info!(listener = %rt.settings.label, address = %addr, tls = ?rt.settings.tls, "listening");
-        accept_loops.push(tokio::spawn(smtp2oauth_inbound::listener::accept_loop(
-            ctx.clone(),
-            rt,
-            listener,
-            tracker.clone(),
-        )));
+        let up = listeners_up.clone();
+        let accept = smtp2oauth_inbound::listener::accept_loop(ctx.clone(), rt, listener, tracker.clone());
+        accept_loops.push(tokio::spawn(async move {
+            accept.await;
+            up.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        }));
     }
     info!(version = env!("CARGO_PKG_VERSION"), hostname = %ctx.hostname, "smtp2oauth started");
 
