@@ -16,5 +16,6 @@
 mod bad_input;
 mod cli;
 mod harness;
+mod ops;
 mod queue;
 mod relay;
