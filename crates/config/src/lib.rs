@@ -99,6 +99,23 @@ pub fn load_with_env(
     })
 }
 
+/// Parses TOML text (no file) and `vars`, without semantic validation. Never panics, whatever
+/// the input (the config loader is fuzzed through this).
+pub fn parse_str(
+    toml: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let figment = Figment::new().merge(Toml::string(toml));
+    let base: Dict = match figment.extract::<Value>() {
+        Ok(Value::Dict(_, d)) => d,
+        Ok(_) => Dict::new(),
+        Err(e) => return Err(figment_problems(e)),
+    };
+    let overrides = env::EnvOverrides::new(&base, vars).map_err(|m| ConfigError { problems: vec![Problem::new("", m)] })?;
+    let figment = if overrides.is_empty() { figment } else { figment.merge(overrides) };
+    figment.extract::<Config>().map_err(figment_problems)
+}
+
 /// Parses without semantic validation (used by `check-config` to report everything).
 pub fn parse(
     path: Option<&Path>,
