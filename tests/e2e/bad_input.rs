@@ -268,3 +268,171 @@ async fn too_many_auth_failures_close_the_session() {
     }
     assert_eq!(c.reply().await, "", "closed after the limit");
 }
+
+/// The relay's peak resident memory so far (VmHWM), in MiB.
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn brute_force_locks_out_one_address_while_others_are_served() {
+    let up = Upstream::start().await;
+    let toml = relay_toml(&up.pki, &up.account_toml(""), "").replace(
+        "hostname = \"relay.test\"",
+        "hostname = \"relay.test\"\nlockout_after = 5\nlockout_time = \"30s\"\nlockout_exempt = [\"127.0.0.3/32\"]",
+    );
+    let relay = Relay::start(&toml);
+    let port = relay.port("plain").to_string();
+    let mut locked = false;
+    for attempt in 0..10 {
+        let r = smtplib(&[
+            "--port",
+            &port,
+            "--source",
+            "127.0.0.2",
+            "--user",
+            DEVICE_USER,
+            "--password",
+            &format!("guess{attempt}"),
+            "--from",
+            MAILBOX,
+            "--to",
+            "you@example.com",
+        ])
+        .await;
+        if r[0]["code"] == 421 {
+            locked = true;
+            assert!(attempt >= 4, "locked after {attempt} failures");
+            break;
+        }
+        assert_eq!(r[0]["code"], 535, "{r:?}");
+    }
+    assert!(locked, "no lockout after 10 failures");
+    // the locked address is refused at connect, even with the right password
+    let mut s = TcpStream::connect(relay.addr("plain")).await.unwrap();
+    drop(s);
+    let r = smtplib(&[
+        "--port",
+        &port,
+        "--source",
+        "127.0.0.2",
+        "--user",
+        DEVICE_USER,
+        "--password",
+        DEVICE_PASSWORD,
+        "--from",
+        MAILBOX,
+        "--to",
+        "you@example.com",
+    ])
+    .await;
+    assert_eq!(r[0]["ok"], false);
+    assert!(
+        r[0]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Too many failed logins")
+            || r[0]["code"] == 421,
+        "{r:?}"
+    );
+    assert!(relay.logs().contains("address locked out"));
+    // another address is served normally
+    a_normal_message_still_goes_through(&relay, &up).await;
+    // an exempt address is never locked out
+    for attempt in 0..8 {
+        let r = smtplib(&[
+            "--port",
+            &port,
+            "--source",
+            "127.0.0.3",
+            "--user",
+            DEVICE_USER,
+            "--password",
+            &format!("x{attempt}"),
+            "--from",
+            MAILBOX,
+            "--to",
+            "you@example.com",
+        ])
+        .await;
+        assert_eq!(r[0]["code"], 535, "exempt address: {r:?}");
+    }
+    let r = smtplib(&[
+        "--port",
+        &port,
+        "--source",
+        "127.0.0.3",
+        "--user",
+        DEVICE_USER,
+        "--password",
+        DEVICE_PASSWORD,
+        "--from",
+        MAILBOX,
+        "--to",
+        "you@example.com",
+    ])
+    .await;
+    assert_eq!(r[0]["ok"], true, "{r:?}");
+    s = TcpStream::connect(relay.addr("plain")).await.unwrap();
+    drop(s);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn five_hundred_idle_connections_keep_memory_bounded_and_mail_flowing() {
+    let up = Upstream::start().await;
+    let toml = relay_toml(&up.pki, &up.account_toml(""), "").replace(
+        "hostname = \"relay.test\"",
+        "hostname = \"relay.test\"\nmax_sessions = 1000\nmax_sessions_per_ip = 1000",
+    );
+    let relay = Relay::start(&toml);
+    let before = peak_rss_mib(relay.pid());
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        let mut c = Raw::connect(relay.addr("plain")).await;
+        c.send(b"EHLO idle\r\n").await;
+        idle.push(c);
+    }
+    for c in idle.iter_mut() {
+        assert!(c.reply().await.starts_with("250-"));
+    }
+    a_normal_message_still_goes_through(&relay, &up).await;
+    let after = peak_rss_mib(relay.pid());
+    eprintln!(
+        "peak RSS: {before:.1} MiB at start, {after:.1} MiB with 500 idle sessions (debug build)"
+    );
+    assert!(
+        after < 200.0,
+        "500 idle sessions took the relay to {after:.1} MiB"
+    );
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_command_budget_closes_a_chatty_session() {
+    let up = Upstream::start().await;
+    let toml = relay_toml(&up.pki, &up.account_toml(""), "").replace(
+        "hostname = \"relay.test\"",
+        "hostname = \"relay.test\"\nmax_commands = 50",
+    );
+    let relay = Relay::start(&toml);
+    let mut c = Raw::connect(relay.addr("plain")).await;
+    let mut closed = false;
+    for _ in 0..60 {
+        let r = c.cmd("NOOP").await;
+        if r.starts_with("421 4.7.0") {
+            closed = true;
+            break;
+        }
+        assert!(r.starts_with("250"), "{r}");
+    }
+    assert!(closed, "no 421 after 60 commands with max_commands = 50");
+    assert_eq!(c.reply().await, "", "closed");
+    a_normal_message_still_goes_through(&relay, &up).await;
+}

@@ -10,7 +10,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 async fn http_get(url: &str) -> (u16, String) {
-    let out = run("curl", &["-sS".into(), "-w".into(), "\n%{http_code}".into(), url.into()]).await;
+    let out = run(
+        "curl",
+        &[
+            "-sS".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            url.into(),
+        ],
+    )
+    .await;
     assert_eq!(out.status, 0, "curl {url}: {}", out.stderr);
     let (body, code) = out.stdout.rsplit_once('\n').unwrap();
     (code.trim().parse().unwrap(), body.to_string())
@@ -33,9 +42,22 @@ fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
 
 async fn send(relay: &Relay, user: &str, password: &str) -> serde_json::Value {
     let port = relay.port("plain").to_string();
-    smtplib(&["--port", &port, "--user", user, "--password", password, "--from", MAILBOX, "--to", "you@example.com", "--body", "metrics"])
-        .await
-        .remove(0)
+    smtplib(&[
+        "--port",
+        &port,
+        "--user",
+        user,
+        "--password",
+        password,
+        "--from",
+        MAILBOX,
+        "--to",
+        "you@example.com",
+        "--body",
+        "metrics",
+    ])
+    .await
+    .remove(0)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -49,7 +71,8 @@ async fn metrics_move_as_messages_pass_and_fail_and_hold_no_addresses() {
 
     assert_eq!(send(&relay, DEVICE_USER, DEVICE_PASSWORD).await["ok"], true);
     assert_eq!(send(&relay, DEVICE_USER, DEVICE_PASSWORD).await["ok"], true);
-    up.smtp.script(Stage::DataBody, "550 5.7.1 Message rejected as spam", 1);
+    up.smtp
+        .script(Stage::DataBody, "550 5.7.1 Message rejected as spam", 1);
     let r = send(&relay, DEVICE_USER, DEVICE_PASSWORD).await;
     assert_eq!(r["code"], 550, "{r:?}");
     let r = send(&relay, DEVICE_USER, "wrong").await;
@@ -58,22 +81,93 @@ async fn metrics_move_as_messages_pass_and_fail_and_hold_no_addresses() {
     let (_, text) = http_get(&url).await;
     let after = scrape(&text);
     let delta = |k: &str| value(&after, k) - value(&before, k);
-    assert_eq!(delta("smtp2oauth_messages_received_total{account=\"scanner\"}"), 3.0, "{text}");
-    assert_eq!(delta("smtp2oauth_messages_delivered_total{account=\"scanner\",route=\"smtp\"}"), 2.0, "{text}");
-    assert_eq!(delta("smtp2oauth_messages_failed_total{account=\"scanner\",route=\"smtp\"}"), 1.0, "{text}");
-    assert_eq!(delta("smtp2oauth_upstream_replies_total{account=\"scanner\",class=\"2xx\",status=\"2.0.0\"}"), 2.0, "{text}");
-    assert_eq!(delta("smtp2oauth_upstream_replies_total{account=\"scanner\",class=\"5xx\",status=\"5.7.1\"}"), 1.0, "{text}");
-    assert!(delta("smtp2oauth_auth_attempts_total{result=\"success\"}") >= 3.0, "{text}");
-    assert_eq!(delta("smtp2oauth_auth_attempts_total{result=\"wrong_password\"}"), 1.0, "{text}");
-    assert!(delta("smtp2oauth_inbound_refusals_total{code=\"535\"}") >= 1.0, "{text}");
-    assert!(delta("smtp2oauth_sessions_total{listener=\"plain\",tls=\"none\"}") >= 4.0, "{text}");
-    assert!(delta("smtp2oauth_received_bytes_total{account=\"scanner\"}") > 100.0, "{text}");
-    assert!(delta("smtp2oauth_delivered_bytes_total{account=\"scanner\",route=\"smtp\"}") > 100.0, "{text}");
-    assert_eq!(delta("smtp2oauth_delivery_latency_seconds_count{account=\"scanner\"}"), 2.0, "{text}");
-    assert!(value(&after, "smtp2oauth_token_expiry_seconds{account=\"scanner\"}") > 3000.0, "{text}");
-    assert_eq!(value(&after, "smtp2oauth_token_refreshes_total{account=\"scanner\",result=\"success\"}"), 1.0, "{text}");
-    assert_eq!(value(&after, "smtp2oauth_queue_messages{state=\"queued\"}"), 0.0, "{text}");
-    assert_eq!(value(&after, "smtp2oauth_sessions_active{listener=\"plain\",tls=\"none\"}"), 0.0, "{text}");
+    assert_eq!(
+        delta("smtp2oauth_messages_received_total{account=\"scanner\"}"),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        delta("smtp2oauth_messages_delivered_total{account=\"scanner\",route=\"smtp\"}"),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        delta("smtp2oauth_messages_failed_total{account=\"scanner\",route=\"smtp\"}"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        delta(
+            "smtp2oauth_upstream_replies_total{account=\"scanner\",class=\"2xx\",status=\"2.0.0\"}"
+        ),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        delta(
+            "smtp2oauth_upstream_replies_total{account=\"scanner\",class=\"5xx\",status=\"5.7.1\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        delta("smtp2oauth_auth_attempts_total{result=\"success\"}") >= 3.0,
+        "{text}"
+    );
+    assert_eq!(
+        delta("smtp2oauth_auth_attempts_total{result=\"wrong_password\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        delta("smtp2oauth_inbound_refusals_total{code=\"535\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(
+        delta("smtp2oauth_sessions_total{listener=\"plain\",tls=\"none\"}") >= 4.0,
+        "{text}"
+    );
+    assert!(
+        delta("smtp2oauth_received_bytes_total{account=\"scanner\"}") > 100.0,
+        "{text}"
+    );
+    assert!(
+        delta("smtp2oauth_delivered_bytes_total{account=\"scanner\",route=\"smtp\"}") > 100.0,
+        "{text}"
+    );
+    assert_eq!(
+        delta("smtp2oauth_delivery_latency_seconds_count{account=\"scanner\"}"),
+        2.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &after,
+            "smtp2oauth_token_expiry_seconds{account=\"scanner\"}"
+        ) > 3000.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "smtp2oauth_token_refreshes_total{account=\"scanner\",result=\"success\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(&after, "smtp2oauth_queue_messages{state=\"queued\"}"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            &after,
+            "smtp2oauth_sessions_active{listener=\"plain\",tls=\"none\"}"
+        ),
+        0.0,
+        "{text}"
+    );
     // No label carries an address, a queue id or a username.
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         assert!(!line.contains('@'), "address in a metric: {line}");
@@ -85,8 +179,18 @@ async fn metrics_move_as_messages_pass_and_fail_and_hold_no_addresses() {
     assert_eq!(r["ok"], true);
     let (_, text) = http_get(&url).await;
     let m = scrape(&text);
-    assert_eq!(value(&m, "smtp2oauth_queue_messages{state=\"queued\"}"), 1.0, "{text}");
-    assert!(value(&m, "smtp2oauth_messages_deferred_total{account=\"scanner\",route=\"smtp\"}") >= 1.0, "{text}");
+    assert_eq!(
+        value(&m, "smtp2oauth_queue_messages{state=\"queued\"}"),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        value(
+            &m,
+            "smtp2oauth_messages_deferred_total{account=\"scanner\",route=\"smtp\"}"
+        ) >= 1.0,
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -99,11 +203,24 @@ async fn readyz_says_why_when_the_token_endpoint_is_down_or_the_spool_is_unwrita
     assert_eq!(code, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["ready"], false);
-    let account = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "account scanner").unwrap();
+    let account = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "account scanner")
+        .unwrap();
     assert_eq!(account["ok"], false);
-    assert!(account["detail"].as_str().unwrap().contains("no token"), "{account}");
+    assert!(
+        account["detail"].as_str().unwrap().contains("no token"),
+        "{account}"
+    );
     // /healthz stays 200: the process is alive
-    assert_eq!(http_get(&format!("http://{}/healthz", relay.addr("admin"))).await.0, 200);
+    assert_eq!(
+        http_get(&format!("http://{}/healthz", relay.addr("admin")))
+            .await
+            .0,
+        200
+    );
 
     // the token endpoint comes back: ready (after the failure cooldown)
     up.idp.set_failure(None);
@@ -126,7 +243,12 @@ async fn readyz_says_why_when_the_token_endpoint_is_down_or_the_spool_is_unwrita
     let (code, body) = http_get(&url).await;
     assert_eq!(code, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let spool = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "spool").unwrap();
+    let spool = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "spool")
+        .unwrap();
     assert_eq!(spool["ok"], false, "{spool}");
     std::fs::remove_file(&incoming).unwrap();
     std::fs::create_dir(&incoming).unwrap();
@@ -137,7 +259,11 @@ async fn readyz_says_why_when_the_token_endpoint_is_down_or_the_spool_is_unwrita
 async fn json_logs_are_one_object_per_line_with_the_message_fields() {
     let up = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = relay_toml(&up.pki, &up.account_toml(""), "") + &format!("\n[store]\ndir = \"{}\"\n", dir.path().join("store").display());
+    let toml = relay_toml(&up.pki, &up.account_toml(""), "")
+        + &format!(
+            "\n[store]\ndir = \"{}\"\n",
+            dir.path().join("store").display()
+        );
     let cfg = file(dir.path(), "c.toml", toml.as_bytes());
     let mut child = Command::new(BIN)
         .args(["serve", "--config"])
@@ -158,32 +284,67 @@ async fn json_logs_are_one_object_per_line_with_the_message_fields() {
     let mut port = None;
     let deadline = Instant::now() + Duration::from_secs(30);
     while port.is_none() {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("relay started");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("relay started");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if v["message"] == "listening" && v["listener"] == "plain" {
-            port = v["address"].as_str().and_then(|a| a.rsplit(':').next()).map(str::to_string);
+            port = v["address"]
+                .as_str()
+                .and_then(|a| a.rsplit(':').next())
+                .map(str::to_string);
         }
         lines.push(v);
     }
     let port = port.unwrap();
-    let r = smtplib(&["--port", &port, "--user", DEVICE_USER, "--password", DEVICE_PASSWORD, "--from", MAILBOX, "--to", "you@example.com"]).await;
+    let r = smtplib(&[
+        "--port",
+        &port,
+        "--user",
+        DEVICE_USER,
+        "--password",
+        DEVICE_PASSWORD,
+        "--from",
+        MAILBOX,
+        "--to",
+        "you@example.com",
+    ])
+    .await;
     assert_eq!(r[0]["ok"], true, "{r:?}");
     let deadline = Instant::now() + Duration::from_secs(20);
     let delivered = loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a delivered line");
-        let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a delivered line");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         if v["message"] == "delivered" {
             break v;
         }
         lines.push(v);
     };
     let _ = child.kill();
-    for key in ["queue_id", "session", "device", "account", "route", "size", "recipients", "upstream"] {
+    let _ = child.wait();
+    for key in [
+        "queue_id",
+        "session",
+        "device",
+        "account",
+        "route",
+        "size",
+        "recipients",
+        "upstream",
+    ] {
         assert!(!delivered[key].is_null(), "{key} missing in {delivered}");
     }
     assert_eq!(delivered["level"], "INFO");
     assert_eq!(delivered["device"], DEVICE_USER);
-    assert!(lines.iter().all(|l| l["timestamp"].is_string() && l["level"].is_string()));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["timestamp"].is_string() && l["level"].is_string())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,12 +355,32 @@ async fn health_command_answers_for_a_running_relay() {
     let out = run(BIN, &["health".into(), "--url".into(), base.clone()]).await;
     assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("\"status\":\"ok\""), "{}", out.stdout);
-    let out = run(BIN, &["health".into(), "--ready".into(), "--url".into(), base.clone()]).await;
+    let out = run(
+        BIN,
+        &[
+            "health".into(),
+            "--ready".into(),
+            "--url".into(),
+            base.clone(),
+        ],
+    )
+    .await;
     assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
     // from the config file: the admin address is read from [admin] listen
-    let cfg = std::fs::read_to_string(&relay.config).unwrap().replace("listen = \"127.0.0.1:0\"", &format!("listen = \"{}\"", relay.addr("admin")));
+    let cfg = std::fs::read_to_string(&relay.config).unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", relay.addr("admin")),
+    );
     let cfg_path = file(relay.dir.path(), "health.toml", cfg.as_bytes());
-    let out = run(BIN, &["health".into(), "--config".into(), cfg_path.display().to_string()]).await;
+    let out = run(
+        BIN,
+        &[
+            "health".into(),
+            "--config".into(),
+            cfg_path.display().to_string(),
+        ],
+    )
+    .await;
     assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
     relay.terminate();
     let out = run(BIN, &["health".into(), "--url".into(), base]).await;

@@ -39,7 +39,8 @@ pub struct Readiness {
     pub checks: Vec<Check>,
 }
 
-pub type ReadinessFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
+pub type ReadinessFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -62,7 +63,11 @@ pub async fn bind(
         .route("/metrics", get(metrics))
         .with_state(state);
     info!(address = %local, "admin server listening");
-    let serve = async move { axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await };
+    let serve = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    };
     Ok((local, serve))
 }
 
@@ -73,13 +78,20 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     let checks = (state.readiness)().await;
     let ready = checks.iter().all(|c| c.ok);
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(Readiness { ready, checks }))
 }
 
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.encode(),
     )
 }

@@ -111,8 +111,14 @@ pub fn parse_str(
         Ok(_) => Dict::new(),
         Err(e) => return Err(figment_problems(e)),
     };
-    let overrides = env::EnvOverrides::new(&base, vars).map_err(|m| ConfigError { problems: vec![Problem::new("", m)] })?;
-    let figment = if overrides.is_empty() { figment } else { figment.merge(overrides) };
+    let overrides = env::EnvOverrides::new(&base, vars).map_err(|m| ConfigError {
+        problems: vec![Problem::new("", m)],
+    })?;
+    let figment = if overrides.is_empty() {
+        figment
+    } else {
+        figment.merge(overrides)
+    };
     figment.extract::<Config>().map_err(figment_problems)
 }
 

@@ -110,6 +110,22 @@ pub struct Server {
     /// Threads that verify passwords (argon2id uses ~19 MiB each while it runs).
     /// 0 = one per CPU, at most 4.
     pub auth_workers: usize,
+    /// Failed logins from one address within `lockout_window` that lock it out. 0 disables.
+    pub lockout_after: u32,
+    #[serde(with = "duration")]
+    pub lockout_window: Duration,
+    /// First lockout; each further lockout of the same address doubles it, up to `lockout_max`.
+    #[serde(with = "duration")]
+    pub lockout_time: Duration,
+    #[serde(with = "duration")]
+    pub lockout_max: Duration,
+    /// Addresses (CIDR) that are never locked out.
+    #[serde(deserialize_with = "deserialize_nets")]
+    pub lockout_exempt: Vec<IpNet>,
+    /// Commands (lines) one session may send.
+    pub max_commands: u64,
+    /// Bytes one session may send, messages included.
+    pub max_session_bytes: u64,
 }
 
 impl Default for Server {
@@ -121,7 +137,7 @@ impl Default for Server {
             max_recipients: 500,
             max_sessions: 500,
             max_sessions_per_ip: 50,
-            command_timeout: Duration::from_secs(60),
+            command_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(120),
             session_timeout: Duration::from_secs(30 * 60),
             max_auth_failures: 3,
@@ -129,6 +145,13 @@ impl Default for Server {
             add_received_header: true,
             auth_cache_ttl: Duration::from_secs(15 * 60),
             auth_workers: 0,
+            lockout_after: 10,
+            lockout_window: Duration::from_secs(600),
+            lockout_time: Duration::from_secs(60),
+            lockout_max: Duration::from_secs(3600),
+            lockout_exempt: Vec::new(),
+            max_commands: 10_000,
+            max_session_bytes: 2 * 1024 * 1024 * 1024,
         }
     }
 }

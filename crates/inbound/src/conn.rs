@@ -11,8 +11,9 @@
 //! `session_timeout`. Every write is bounded by `command_timeout` too, so a client that stops
 //! reading cannot hold a session.
 
+use crate::guard::Verdict;
 use crate::headers::{HeaderRewriter, ReceivedInfo, received_header};
-use crate::identity::Directory;
+use crate::identity::{AuthFailure, Directory};
 use crate::limiter::Limiter;
 use crate::session::{DataPlan, Limits, ListenerSettings, Session, Step};
 use crate::tls::TlsHandle;
@@ -53,6 +54,10 @@ pub struct Inbound {
     pub limiter: Arc<Limiter>,
     pub shutdown: CancellationToken,
     pub metrics: Option<Arc<Metrics>>,
+    pub guard: Arc<crate::guard::LoginGuard>,
+    /// Commands (lines) and bytes one session may send.
+    pub max_commands: u64,
+    pub max_session_bytes: u64,
 }
 
 /// One listener's settings and TLS acceptor.
@@ -165,15 +170,34 @@ struct SessionGauge {
 impl SessionGauge {
     fn new(metrics: Option<Arc<Metrics>>, listener: &str, tls: &'static str) -> Self {
         if let Some(m) = &metrics {
-            m.sessions_active.get_or_create(&SessionLabels { listener: listener.to_string(), tls }).inc();
+            m.sessions_active
+                .get_or_create(&SessionLabels {
+                    listener: listener.to_string(),
+                    tls,
+                })
+                .inc();
         }
-        SessionGauge { metrics, listener: listener.to_string(), tls }
+        SessionGauge {
+            metrics,
+            listener: listener.to_string(),
+            tls,
+        }
     }
 
     fn set_tls(&mut self, tls: &'static str) {
         if let Some(m) = &self.metrics {
-            m.sessions_active.get_or_create(&SessionLabels { listener: self.listener.clone(), tls: self.tls }).dec();
-            m.sessions_active.get_or_create(&SessionLabels { listener: self.listener.clone(), tls }).inc();
+            m.sessions_active
+                .get_or_create(&SessionLabels {
+                    listener: self.listener.clone(),
+                    tls: self.tls,
+                })
+                .dec();
+            m.sessions_active
+                .get_or_create(&SessionLabels {
+                    listener: self.listener.clone(),
+                    tls,
+                })
+                .inc();
         }
         self.tls = tls;
     }
@@ -182,7 +206,10 @@ impl SessionGauge {
 impl Drop for SessionGauge {
     fn drop(&mut self) {
         if let Some(m) = &self.metrics {
-            let labels = SessionLabels { listener: self.listener.clone(), tls: self.tls };
+            let labels = SessionLabels {
+                listener: self.listener.clone(),
+                tls: self.tls,
+            };
             m.sessions_active.get_or_create(&labels).dec();
             m.sessions.get_or_create(&labels).inc();
         }
@@ -209,6 +236,8 @@ struct Conn<S> {
     /// Inside an over-long line: drop bytes up to the next LF.
     discarding: bool,
     metrics: Option<Arc<Metrics>>,
+    /// Bytes read from the client so far (the session's byte budget).
+    read_total: u64,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
@@ -220,6 +249,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             wbuf: Vec::with_capacity(1024),
             discarding: false,
             metrics,
+            read_total: 0,
         }
     }
 
@@ -227,7 +257,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         if reply.code() >= 400
             && let Some(m) = &self.metrics
         {
-            m.refusals.get_or_create(&RefusalLabels { code: reply.code().to_string() }).inc();
+            m.refusals
+                .get_or_create(&RefusalLabels {
+                    code: reply.code().to_string(),
+                })
+                .inc();
         }
         reply.write_to(&mut self.wbuf);
     }
@@ -271,7 +305,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             self.rpos = 0;
         }
         self.rbuf.reserve(READ_CHUNK);
-        self.io.read_buf(&mut self.rbuf).await
+        let n = self.io.read_buf(&mut self.rbuf).await?;
+        self.read_total += n as u64;
+        Ok(n)
     }
 
     fn take_line(&mut self, limit: usize) -> LineEvent {
@@ -322,7 +358,14 @@ where
     let write_deadline =
         || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
     let mut command_deadline: Option<Instant> = None;
+    let mut commands: u64 = 0;
     loop {
+        if commands > ctx.max_commands || conn.read_total > ctx.max_session_bytes {
+            warn!(commands, bytes = conn.read_total, "session limits exceeded");
+            conn.queue(&SessionError::SessionBudget.reply());
+            let _ = conn.flush(write_deadline()).await;
+            return Outcome::Closed;
+        }
         let limit = if session.in_sasl() {
             ctx.max_line_length.max(MAX_SASL_LINE)
         } else {
@@ -331,6 +374,7 @@ where
         let step = match conn.take_line(limit) {
             LineEvent::Line(line) => {
                 command_deadline = None;
+                commands += 1;
                 if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL") {
                     session.set_free_space(ctx.spool.free_space());
                 }
@@ -396,6 +440,7 @@ where
 {
     let write_deadline =
         || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
+    let mut login_failed = false;
     let step = match step {
         Step::Verify(creds) => {
             if conn.flush(write_deadline()).await.is_err() {
@@ -411,7 +456,14 @@ where
                     Ok(_) => "success",
                     Err(e) => e.label(),
                 };
-                m.auth_attempts.get_or_create(&ResultLabels { result }).inc();
+                m.auth_attempts
+                    .get_or_create(&ResultLabels { result })
+                    .inc();
+            }
+            match &result {
+                Ok(_) => ctx.guard.success(peer.ip()),
+                Err(AuthFailure::Busy | AuthFailure::Internal) => {}
+                Err(_) => login_failed = true,
             }
             match &result {
                 Ok(device) => {
@@ -423,8 +475,22 @@ where
             }
             session.auth_result(result)
         }
+        // A malformed AUTH PLAIN message is a failed login too.
+        Step::Reply(r) if r.code() == 535 => {
+            login_failed = true;
+            Step::Reply(r)
+        }
         other => other,
     };
+    if login_failed && let Verdict::LockedOut(period) = ctx.guard.failure(peer.ip()) {
+        warn!(
+            lockout_secs = period.as_secs(),
+            "address locked out after repeated failed logins"
+        );
+        conn.queue(&SessionError::LockedOut.reply());
+        let _ = conn.flush(write_deadline()).await;
+        return Some(Outcome::Closed);
+    }
     match step {
         Step::Reply(r) => {
             conn.queue(&r);
@@ -632,9 +698,13 @@ where
         Ok(queued) => {
             debug!(queue_id = %queued.id(), size = queued.envelope.size, "message spooled");
             if let Some(m) = &ctx.metrics {
-                let labels = AccountLabels { account: queued.envelope.account.clone() };
+                let labels = AccountLabels {
+                    account: queued.envelope.account.clone(),
+                };
                 m.messages_received.get_or_create(&labels).inc();
-                m.received_bytes.get_or_create(&labels).inc_by(queued.envelope.size);
+                m.received_bytes
+                    .get_or_create(&labels)
+                    .inc_by(queued.envelope.size);
             }
             DataOutcome::Reply(ctx.submit.submit(queued).await)
         }

@@ -398,10 +398,29 @@ impl AuthFailure {
 /// argon2id of a random password nobody knows, with the default cost parameters.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZHVtbXlzYWx0ZHVtbXk$5oKfUJ0g0vwnmSpS4y0P0b3Gv7oUr2j0d9cM3jVvQ0g";
 
-/// Makes an argon2id hash of `password` with the default (OWASP-recommended) cost.
+/// Makes an argon2id hash of `password` with the default (OWASP-recommended) cost:
+/// 19 MiB of memory, 2 passes, 1 lane.
 pub fn hash_password(password: &[u8]) -> Result<String, String> {
+    hash_password_with(
+        password,
+        Params::DEFAULT_M_COST,
+        Params::DEFAULT_T_COST,
+        Params::DEFAULT_P_COST,
+    )
+}
+
+/// Makes an argon2id hash with a chosen cost (memory in KiB, passes, lanes). Verification reads
+/// the cost from the hash, so hashes of different costs can live side by side.
+pub fn hash_password_with(
+    password: &[u8],
+    m_cost_kib: u32,
+    t_cost: u32,
+    p_cost: u32,
+) -> Result<String, String> {
     use argon2::PasswordHasher;
-    Argon2::default()
+    let params = Params::new(m_cost_kib, t_cost, p_cost, None)
+        .map_err(|e| format!("invalid argon2 cost: {e}"))?;
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password(password)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())

@@ -13,9 +13,11 @@
 //! - `sasl.rs`: AUTH PLAIN / LOGIN decoding.
 //! - `headers.rs`: the Received header and the From rewrite.
 //! - `limiter.rs`: concurrent session limits.
+//! - `guard.rs`: brute-force lockout per client address.
 //! - `tls.rs`: server TLS configuration from PEM files.
 
 pub mod conn;
+pub mod guard;
 pub mod headers;
 pub mod identity;
 pub mod limiter;
@@ -25,7 +27,8 @@ pub mod session;
 pub mod tls;
 
 pub use conn::{Inbound, ListenerRuntime, Submit, serve};
-pub use identity::{Directory, hash_password};
+pub use guard::{GuardSettings, LoginGuard};
+pub use identity::{Directory, hash_password, hash_password_with};
 pub use limiter::Limiter;
 pub use session::{Limits, ListenerSettings, Session, Step};
 pub use tls::{TlsHandle, server_config};

@@ -46,7 +46,12 @@ pub async fn accept_loop(
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 let rt = rt.clone();
-                match ctx.limiter.try_acquire(peer.ip()) {
+                // An address locked out for failed logins is refused before anything else.
+                let admission = match ctx.guard.locked(peer.ip()) {
+                    Some(_) => Err(smtp2oauth_proto::SessionError::LockedOut),
+                    None => ctx.limiter.try_acquire(peer.ip()),
+                };
+                match admission {
                     Ok(permit) => {
                         tracker.spawn(async move {
                             serve(ctx, rt, stream, peer).await;

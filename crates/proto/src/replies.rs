@@ -123,6 +123,8 @@ pub enum SessionError {
     TlsRequired,
     AuthRequired,
     TooManyAuthFailures,
+    LockedOut,
+    SessionBudget,
     SenderNotAllowed(String),
     TooManyRecipients,
     MessageTooBig(u64),
@@ -177,6 +179,16 @@ impl SessionError {
             TlsRequired => r(530, (5, 7, 0), "Must issue a STARTTLS command first"),
             AuthRequired => r(530, (5, 7, 0), "Authentication required"),
             TooManyAuthFailures => r(421, (4, 7, 0), "Too many failed authentication attempts"),
+            LockedOut => r(
+                421,
+                (4, 7, 0),
+                "Too many failed logins from your address, try again later",
+            ),
+            SessionBudget => r(
+                421,
+                (4, 7, 0),
+                "Session limits exceeded, closing connection",
+            ),
             SenderNotAllowed(sender) => r(
                 553,
                 (5, 7, 1),
@@ -211,6 +223,8 @@ impl SessionError {
         matches!(
             self,
             SessionError::TooManyAuthFailures
+                | SessionError::LockedOut
+                | SessionError::SessionBudget
                 | SessionError::Timeout
                 | SessionError::TooManyErrors
                 | SessionError::TooManyConnections
@@ -399,6 +413,8 @@ mod tests {
             TlsRequired,
             AuthRequired,
             TooManyAuthFailures,
+            LockedOut,
+            SessionBudget,
             SenderNotAllowed("a@b".into()),
             TooManyRecipients,
             MessageTooBig(10),

@@ -343,24 +343,41 @@ impl Inner {
     fn count(&self, env: &Envelope, route: &str, counted: Counted, out: &Outcome, ms: u64) {
         let Some(m) = &self.metrics else { return };
         use smtp2oauth_metrics::{AccountLabels, RouteLabels};
-        let labels = RouteLabels { account: env.account.clone(), route: match route {
-            "smtp" => "smtp",
-            "capture" => "capture",
-            "graph" => "graph",
-            "smarthost" => "smarthost",
-            _ => "none",
-        } };
+        let labels = RouteLabels {
+            account: env.account.clone(),
+            route: match route {
+                "smtp" => "smtp",
+                "capture" => "capture",
+                "graph" => "graph",
+                "smarthost" => "smarthost",
+                _ => "none",
+            },
+        };
         // Only replies an upstream actually sent are counted as upstream replies.
-        if out.error.as_ref().is_none_or(|e| matches!(e, DeliveryError::Rejected { .. })) {
-            m.upstream_reply(&env.account, out.reply.code(), out.reply.status().map(|s| s.to_string()));
+        if out
+            .error
+            .as_ref()
+            .is_none_or(|e| matches!(e, DeliveryError::Rejected { .. }))
+        {
+            m.upstream_reply(
+                &env.account,
+                out.reply.code(),
+                out.reply.status().map(|s| s.to_string()),
+            );
         }
-        m.upstream_duration.get_or_create(&labels).observe(ms as f64 / 1000.0);
+        m.upstream_duration
+            .get_or_create(&labels)
+            .observe(ms as f64 / 1000.0);
         match counted {
             Counted::Delivered => {
                 m.messages_delivered.get_or_create(&labels).inc();
                 m.delivered_bytes.get_or_create(&labels).inc_by(env.size);
                 let age = now_ms().saturating_sub(env.received_at_ms) as f64 / 1000.0;
-                m.delivery_latency.get_or_create(&AccountLabels { account: env.account.clone() }).observe(age);
+                m.delivery_latency
+                    .get_or_create(&AccountLabels {
+                        account: env.account.clone(),
+                    })
+                    .observe(age);
             }
             Counted::Deferred => {
                 m.messages_deferred.get_or_create(&labels).inc();

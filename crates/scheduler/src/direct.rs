@@ -29,19 +29,36 @@ pub(crate) async fn deliver_now(inner: &Inner, queued: Queued) -> Reply {
     let ms = started.elapsed().as_millis() as u64;
     if let Some(m) = &inner.metrics {
         use smtp2oauth_metrics::{AccountLabels, RouteLabels};
-        let labels = RouteLabels { account: env.account.clone(), route: route.kind() };
-        m.upstream_duration.get_or_create(&labels).observe(ms as f64 / 1000.0);
+        let labels = RouteLabels {
+            account: env.account.clone(),
+            route: route.kind(),
+        };
+        m.upstream_duration
+            .get_or_create(&labels)
+            .observe(ms as f64 / 1000.0);
         match &result {
             Ok(report) => {
-                m.upstream_reply(&env.account, report.reply.code(), report.reply.status().map(|s| s.to_string()));
+                m.upstream_reply(
+                    &env.account,
+                    report.reply.code(),
+                    report.reply.status().map(|s| s.to_string()),
+                );
                 m.messages_delivered.get_or_create(&labels).inc();
                 m.delivered_bytes.get_or_create(&labels).inc_by(env.size);
                 let age = crate::now_ms().saturating_sub(env.received_at_ms) as f64 / 1000.0;
-                m.delivery_latency.get_or_create(&AccountLabels { account: env.account.clone() }).observe(age);
+                m.delivery_latency
+                    .get_or_create(&AccountLabels {
+                        account: env.account.clone(),
+                    })
+                    .observe(age);
             }
             Err(e) => {
                 if let smtp2oauth_proto::DeliveryError::Rejected { reply, .. } = e {
-                    m.upstream_reply(&env.account, reply.code(), reply.status().map(|s| s.to_string()));
+                    m.upstream_reply(
+                        &env.account,
+                        reply.code(),
+                        reply.status().map(|s| s.to_string()),
+                    );
                 }
                 if e.is_permanent() {
                     m.messages_failed.get_or_create(&labels).inc();

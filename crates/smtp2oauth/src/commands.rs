@@ -75,7 +75,7 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
 }
 
 /// Reads a password (without echo on a terminal) and prints its argon2id hash.
-pub fn hash_password() -> ExitCode {
+pub fn hash_password(m_cost: u32, t_cost: u32, p_cost: u32) -> ExitCode {
     let password = if std::io::stdin().is_terminal() {
         let first = match prompt_hidden("Password: ") {
             Ok(p) => p,
@@ -102,7 +102,7 @@ pub fn hash_password() -> ExitCode {
         eprintln!("smtp2oauth: the password is empty");
         return ExitCode::from(1);
     }
-    match smtp2oauth_inbound::hash_password(password.as_bytes()) {
+    match smtp2oauth_inbound::hash_password_with(password.as_bytes(), m_cost, t_cost, p_cost) {
         Ok(h) => {
             println!("{h}");
             ExitCode::SUCCESS
@@ -227,7 +227,10 @@ pub fn health(path: Option<&Path>, url: Option<&str>, ready: bool) -> ExitCode {
     use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
     use std::time::Duration;
     let target = match url {
-        Some(u) => u.trim_start_matches("http://").trim_end_matches('/').to_string(),
+        Some(u) => u
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string(),
         None => {
             let listen = match smtp2oauth_config::parse(path, std::env::vars()) {
                 Ok(c) => c.admin.listen,
@@ -237,7 +240,9 @@ pub fn health(path: Option<&Path>, url: Option<&str>, ready: bool) -> ExitCode {
                 }
             };
             if listen.is_empty() {
-                eprintln!("smtp2oauth: [admin] listen is empty: the admin server is off, so there is nothing to ask");
+                eprintln!(
+                    "smtp2oauth: [admin] listen is empty: the admin server is off, so there is nothing to ask"
+                );
                 return ExitCode::from(2);
             }
             match listen.parse::<SocketAddr>() {
@@ -255,12 +260,22 @@ pub fn health(path: Option<&Path>, url: Option<&str>, ready: bool) -> ExitCode {
             .ok_or_else(|| std::io::Error::other(format!("cannot resolve {target}")))?;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        s.write_all(
+            format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
         let mut resp = Vec::new();
         s.take(1024 * 1024).read_to_end(&mut resp)?;
         let text = String::from_utf8_lossy(&resp).into_owned();
-        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        let code = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = text
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
         Ok((code, body))
     })();
     match result {

@@ -93,7 +93,17 @@ enum Command {
         config: ConfigArg,
     },
     /// Read a password from standard input and print its argon2id hash for `password_hash`.
-    HashPassword,
+    HashPassword {
+        /// argon2id memory cost in KiB (default 19456 = 19 MiB, OWASP's recommendation).
+        #[arg(long, default_value_t = 19456)]
+        m_cost: u32,
+        /// argon2id passes.
+        #[arg(long, default_value_t = 2)]
+        t_cost: u32,
+        /// argon2id lanes.
+        #[arg(long, default_value_t = 1)]
+        p_cost: u32,
+    },
     /// Inspect and manage the queue (works while the relay runs).
     Queue {
         #[command(flatten)]
@@ -150,11 +160,17 @@ fn main() -> ExitCode {
             }
         }
         Command::CheckConfig { config } => commands::check_config(config.path().as_deref()),
-        Command::HashPassword => commands::hash_password(),
+        Command::HashPassword {
+            m_cost,
+            t_cost,
+            p_cost,
+        } => commands::hash_password(m_cost, t_cost, p_cost),
         Command::Queue { config, command } => {
             runtime().block_on(queue_cmd::run(config.path().as_deref(), command))
         }
-        Command::Health { config, ready, url } => commands::health(config.path().as_deref(), url.as_deref(), ready),
+        Command::Health { config, ready, url } => {
+            commands::health(config.path().as_deref(), url.as_deref(), ready)
+        }
         Command::SendTest {
             config,
             account,

@@ -5,12 +5,13 @@
 //! served, so a relay either starts whole or exits with the reason.
 
 use crate::{status, wiring};
-use smtp2oauth_metrics::Metrics;
 use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::ListenerTls;
 use smtp2oauth_inbound::{
-    Directory, Inbound, Limiter, Limits, ListenerRuntime, ListenerSettings, Submit, TlsHandle,
+    Directory, GuardSettings, Inbound, Limiter, Limits, ListenerRuntime, ListenerSettings,
+    LoginGuard, Submit, TlsHandle,
 };
+use smtp2oauth_metrics::Metrics;
 use smtp2oauth_proto::Reply;
 use smtp2oauth_scheduler::Scheduler;
 use smtp2oauth_spool::{Area, Queued, Spool};
@@ -42,12 +43,24 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         warn!("configuration: {w}");
     }
 
+    if let Some(p) = &config_path {
+        warn_if_readable_by_others(p, "the configuration file (it may hold secrets)");
+    }
     std::fs::create_dir_all(&cfg.store.dir)
         .with_context(|| format!("cannot create store dir {}", cfg.store.dir.display()))?;
     let spool = Spool::open_with(&cfg.store.dir.join("spool"), cfg.store.fsync)
         .context("cannot open the spool")?;
     // One relay per spool: a second one would deliver the same messages twice.
     let _spool_lock = spool.lock()?;
+    warn_if_readable_by_others(&cfg.store.dir, "the store directory (queued mail and keys)");
+    for a in &cfg.accounts {
+        for f in [&a.client_secret_file, &a.private_key_file]
+            .into_iter()
+            .flatten()
+        {
+            warn_if_readable_by_others(f, "a secret file");
+        }
+    }
     let removed = spool.clean_orphans().context("cannot clean the spool")?;
     if removed > 0 {
         info!(
@@ -83,7 +96,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         .iter()
         .map(|a| {
             let kind = routes.get(&a.name).map(|r| r.kind()).unwrap_or("none");
-            let capture = (a.route == smtp2oauth_config::Route::Capture).then(|| cfg.capture_dir(a));
+            let capture =
+                (a.route == smtp2oauth_config::Route::Capture).then(|| cfg.capture_dir(a));
             (a.name.clone(), kind, capture)
         })
         .collect();
@@ -139,6 +153,15 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         limiter: Limiter::new(s.max_sessions, s.max_sessions_per_ip),
         shutdown: shutdown.clone(),
         metrics: Some(metrics.clone()),
+        guard: Arc::new(LoginGuard::new(GuardSettings {
+            lockout_after: s.lockout_after,
+            lockout_window: s.lockout_window,
+            lockout_time: s.lockout_time,
+            lockout_max: s.lockout_max,
+            exempt: s.lockout_exempt.clone(),
+        })),
+        max_commands: s.max_commands,
+        max_session_bytes: s.max_session_bytes,
     });
 
     // Bind everything first: a relay starts whole or not at all.
@@ -173,8 +196,12 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             listeners: bound.len(),
             listeners_up: listeners_up.clone(),
         });
-        let readiness: smtp2oauth_admin::ReadinessFn = Arc::new(move || Box::pin(status::readiness(inputs.clone())));
-        let state = smtp2oauth_admin::AdminState { metrics: metrics.clone(), readiness };
+        let readiness: smtp2oauth_admin::ReadinessFn =
+            Arc::new(move || Box::pin(status::readiness(inputs.clone())));
+        let state = smtp2oauth_admin::AdminState {
+            metrics: metrics.clone(),
+            readiness,
+        };
         let (_, serve) = smtp2oauth_admin::bind(addr, shutdown.clone(), state)
             .await
             .with_context(|| format!("cannot listen on {addr} ([admin] listen)"))?;
@@ -186,7 +213,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         let addr = listener.local_addr()?;
         info!(listener = %rt.settings.label, address = %addr, tls = ?rt.settings.tls, "listening");
         let up = listeners_up.clone();
-        let accept = smtp2oauth_inbound::listener::accept_loop(ctx.clone(), rt, listener, tracker.clone());
+        let accept =
+            smtp2oauth_inbound::listener::accept_loop(ctx.clone(), rt, listener, tracker.clone());
         accept_loops.push(tokio::spawn(async move {
             accept.await;
             up.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -246,5 +274,17 @@ fn reload_tls(cfg: &smtp2oauth_config::Config, tls: Option<&TlsHandle>) {
         },
         Ok(None) => {}
         Err(e) => error!(error = %e, "SIGHUP: keeping the current certificate"),
+    }
+}
+
+/// Warns when a file or directory holding secrets or mail is readable by every user.
+fn warn_if_readable_by_others(path: &std::path::Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o004 != 0 {
+            warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
+                "{what} is readable by every user on this machine; restrict it (chmod o-rwx)");
+        }
     }
 }

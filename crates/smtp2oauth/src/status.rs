@@ -22,7 +22,9 @@ pub struct RelaySnapshot {
 
 impl std::fmt::Debug for RelaySnapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RelaySnapshot").field("accounts", &self.accounts).finish()
+        f.debug_struct("RelaySnapshot")
+            .field("accounts", &self.accounts)
+            .finish()
     }
 }
 
@@ -37,7 +39,11 @@ impl Snapshot for RelaySnapshot {
             .and_then(|id| u64::from_str_radix(&id[..11], 16).ok())
             .map(|ms| smtp2oauth_spool::now_ms().saturating_sub(ms) as f64 / 1000.0)
             .unwrap_or(0.0);
-        QueueSnapshot { queued: queued.len() as u64, failed: failed as u64, oldest_age_seconds }
+        QueueSnapshot {
+            queued: queued.len() as u64,
+            failed: failed as u64,
+            oldest_age_seconds,
+        }
     }
 
     fn accounts(&self) -> Vec<AccountSnapshot> {
@@ -58,7 +64,10 @@ impl Snapshot for RelaySnapshot {
                         sign_in_required: false,
                     }
                 }
-                None => AccountSnapshot { account: name.clone(), ..AccountSnapshot::default() },
+                None => AccountSnapshot {
+                    account: name.clone(),
+                    ..AccountSnapshot::default()
+                },
             })
             .collect()
     }
@@ -81,14 +90,24 @@ pub async fn readiness(inputs: Arc<ReadinessInputs>) -> Vec<Check> {
     checks.push(Check {
         name: "listeners".into(),
         ok: up == inputs.listeners,
-        detail: format!("{up} of {} listeners accepting connections", inputs.listeners),
+        detail: format!(
+            "{up} of {} listeners accepting connections",
+            inputs.listeners
+        ),
     });
     checks.push(match writable(inputs.spool.root().join("incoming")).await {
-        Ok(()) => Check { name: "spool".into(), ok: true, detail: format!("{} is writable", inputs.spool.root().display()) },
+        Ok(()) => Check {
+            name: "spool".into(),
+            ok: true,
+            detail: format!("{} is writable", inputs.spool.root().display()),
+        },
         Err(e) => Check {
             name: "spool".into(),
             ok: false,
-            detail: format!("cannot write to {}: {e} (new mail gets 452/451)", inputs.spool.root().display()),
+            detail: format!(
+                "cannot write to {}: {e} (new mail gets 452/451)",
+                inputs.spool.root().display()
+            ),
         },
     });
     for (name, kind, capture) in &inputs.accounts {
@@ -100,23 +119,46 @@ pub async fn readiness(inputs: Arc<ReadinessInputs>) -> Vec<Check> {
                     ok: true,
                     detail: format!(
                         "route {kind}: token valid for {} s",
-                        token.expires_at().duration_since(SystemTime::now()).map(|d| d.as_secs()).unwrap_or(0)
+                        token
+                            .expires_at()
+                            .duration_since(SystemTime::now())
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0)
                     ),
                 },
                 Ok(Err(e)) => Check {
                     name: check_name,
                     ok: false,
-                    detail: format!("route {kind}: no token: {e}{}", e.advice().map(|a| format!(" ({a})")).unwrap_or_default()),
+                    detail: format!(
+                        "route {kind}: no token: {e}{}",
+                        e.advice().map(|a| format!(" ({a})")).unwrap_or_default()
+                    ),
                 },
-                Err(_) => Check { name: check_name, ok: false, detail: format!("route {kind}: the token endpoint did not answer within 10 s") },
+                Err(_) => Check {
+                    name: check_name,
+                    ok: false,
+                    detail: format!("route {kind}: the token endpoint did not answer within 10 s"),
+                },
             }
         } else if let Some(dir) = capture {
             match writable(dir.clone()).await {
-                Ok(()) => Check { name: check_name, ok: true, detail: format!("route {kind}: {} is writable", dir.display()) },
-                Err(e) => Check { name: check_name, ok: false, detail: format!("route {kind}: cannot write to {}: {e}", dir.display()) },
+                Ok(()) => Check {
+                    name: check_name,
+                    ok: true,
+                    detail: format!("route {kind}: {} is writable", dir.display()),
+                },
+                Err(e) => Check {
+                    name: check_name,
+                    ok: false,
+                    detail: format!("route {kind}: cannot write to {}: {e}", dir.display()),
+                },
             }
         } else {
-            Check { name: check_name, ok: true, detail: format!("route {kind}") }
+            Check {
+                name: check_name,
+                ok: true,
+                detail: format!("route {kind}"),
+            }
         };
         checks.push(check);
     }
