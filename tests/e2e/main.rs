@@ -10,6 +10,7 @@
 //! - `relay.rs`: the core relay: auth, TLS, exact bytes, sender policy, tokens, upstream errors.
 //! - `bad_input.rs`: hostile and broken clients.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
 
@@ -19,3 +20,4 @@ mod harness;
 mod ops;
 mod queue;
 mod relay;
+mod tls;

@@ -166,6 +166,10 @@ pub struct Tls {
     /// on first start (devices on a LAN rarely verify certificates; this makes STARTTLS work
     /// out of the box). Set to false to require real files.
     pub self_signed: bool,
+    /// How often the certificate, key and client CA files are checked for a change (a renewal);
+    /// a changed file is loaded without a restart or SIGHUP. 0 checks only on SIGHUP.
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
 }
 
 impl Default for Tls {
@@ -174,6 +178,7 @@ impl Default for Tls {
             cert_file: None,
             key_file: None,
             self_signed: true,
+            reload_interval: Duration::from_secs(30),
         }
     }
 }
@@ -205,6 +210,25 @@ pub struct Listener {
     /// AUTH is allowed without TLS (for devices that cannot do TLS). Off by default.
     #[serde(default)]
     pub allow_insecure_auth: bool,
+    /// Which TLS implementation and versions this listener offers.
+    #[serde(default)]
+    pub tls_profile: TlsProfile,
+    /// Require a client certificate issued by one of the CAs in this PEM file; a device
+    /// without one cannot complete the TLS handshake.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[[listeners]] tls_profile`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsProfile {
+    /// rustls: TLS 1.2 and 1.3 with its default cipher suites.
+    #[default]
+    Modern,
+    /// OpenSSL: TLS 1.0 and later with the old cipher suites that printers from before 2015
+    /// speak. Only in builds with the `legacy-tls` feature; for a trusted segment only.
+    Legacy,
 }
 
 fn default_listener_tls() -> ListenerTls {
