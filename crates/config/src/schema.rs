@@ -311,6 +311,10 @@ pub struct Delivery {
     pub bounce_to: Option<String>,
     /// Concurrent upstream connections per account (Exchange allows 3 per mailbox).
     pub max_upstream_connections: usize,
+    /// How long an authenticated upstream SMTP session is kept open after a delivery, for the
+    /// next message. 0: a new session for every message.
+    #[serde(with = "duration")]
+    pub upstream_idle_timeout: Duration,
     /// On SIGTERM, how long deliveries in progress may take to finish.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -339,6 +343,7 @@ impl Default for Delivery {
             max_queue_lifetime: Duration::from_secs(5 * 86400),
             bounce_to: None,
             max_upstream_connections: 3,
+            upstream_idle_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             helo_name: None,
             connect_timeout: Duration::from_secs(30),
@@ -465,6 +470,11 @@ pub struct Account {
     /// Overrides `[delivery] max_upstream_connections` for this account.
     #[serde(default)]
     pub max_upstream_connections: Option<usize>,
+    /// Delivery attempts started per minute for this account (0: no pacing). Default 30 for
+    /// Microsoft accounts on the SMTP and Graph routes (Exchange Online's sending limit per
+    /// mailbox), off otherwise.
+    #[serde(default)]
+    pub max_messages_per_minute: Option<u32>,
 }
 
 fn default_route() -> Route {
@@ -537,6 +547,15 @@ impl Account {
             .unwrap_or_else(|| match self.provider {
                 Provider::Google => "smtp.gmail.com".into(),
                 _ => self.microsoft_cloud().1.into(),
+            })
+    }
+
+    /// The pacing limit in force: `max_messages_per_minute`, or the provider's default.
+    pub fn messages_per_minute(&self) -> u32 {
+        self.max_messages_per_minute
+            .unwrap_or(match (self.provider, self.route) {
+                (Provider::Microsoft, Route::Smtp | Route::Graph) => 30,
+                _ => 0,
             })
     }
 
