@@ -16,6 +16,7 @@
 
 mod bad_input;
 mod cli;
+mod deploy;
 mod harness;
 mod ops;
 mod queue;
