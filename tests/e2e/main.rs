@@ -21,4 +21,5 @@ mod harness;
 mod ops;
 mod queue;
 mod relay;
+mod smuggling;
 mod tls;
