@@ -172,8 +172,10 @@ fn field_value(field: &[u8]) -> String {
 /// From/Sender value. Handles `Name <addr>`, `"Quoted, Name" <addr>`, `addr (Comment)`, `addr`.
 pub fn parse_mailbox(value: &str) -> (Option<String>, Option<String>) {
     let v = value.trim();
-    // Find a '<' that is not inside quotes.
+    // Find a '<' that is neither inside quotes nor inside a (possibly nested) comment; a quote
+    // inside a comment is just a character, as is a parenthesis inside quotes.
     let mut in_quote = false;
+    let mut comment_depth = 0usize;
     let mut escaped = false;
     let mut lt = None;
     for (i, c) in v.char_indices() {
@@ -182,9 +184,11 @@ pub fn parse_mailbox(value: &str) -> (Option<String>, Option<String>) {
             continue;
         }
         match c {
-            '\\' if in_quote => escaped = true,
-            '"' => in_quote = !in_quote,
-            '<' if !in_quote => {
+            '\\' if in_quote || comment_depth > 0 => escaped = true,
+            '"' if comment_depth == 0 => in_quote = !in_quote,
+            '(' if !in_quote => comment_depth += 1,
+            ')' if !in_quote && comment_depth > 0 => comment_depth -= 1,
+            '<' if !in_quote && comment_depth == 0 => {
                 lt = Some(i);
                 break;
             }
@@ -469,7 +473,13 @@ mod tests {
             ),
             (
                 "From: mfp@printer.local (=?x?Q?<evil@x.example>?=)\r\n\r\nb\r\n",
-                "From: \"mfp@printer.local (=?x?Q?\" <scanner@contoso.com>\r\n\r\nb\r\n",
+                "From: \"=?x?Q?<evil@x.example>?=\" <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            // a quote inside a comment does not open a quoted string (found by the fuzzer:
+            // our own output was read back as a different address)
+            (
+                "From: Scan (3\" floor) <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: Scan (3\" floor) <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
         ];
         for (input, want) in cases {
