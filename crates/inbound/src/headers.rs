@@ -233,10 +233,12 @@ fn quote(s: &str) -> String {
     format!("\"{escaped}\"")
 }
 
-/// True when `s` can stand before `<addr>` as it is: an RFC 5322 phrase (atoms, quoted strings
-/// and encoded words, with comments and whitespace between them; UTF-8 allowed, RFC 6532).
-/// Anything else (`Scan, 3F`, an unbalanced quote, `<` outside quotes) would make a mail parser
-/// read a different address, or a list, instead of the mailbox we put there.
+/// True when `s` can stand before `<addr>` as it is: atoms, quoted strings and encoded words
+/// with whitespace between them (UTF-8 allowed, RFC 6532). Anything else (`Scan, 3F`, an
+/// unbalanced quote, `<` outside quotes) would make a mail parser read a different address, or a
+/// list, instead of the mailbox we put there. Comments are valid in a phrase, but parsers
+/// disagree about them (mail-parser reads `e (c) f <addr>` as the address `e`), so a display
+/// name with one is quoted too: we write only what every parser reads the same way.
 fn is_phrase(s: &str) -> bool {
     let b = s.as_bytes();
     let atext =
@@ -259,28 +261,6 @@ fn is_phrase(s: &str) -> bool {
                 }
                 i += 1;
                 words += 1;
-            }
-            b'(' => {
-                let mut depth = 0usize;
-                loop {
-                    match b.get(i) {
-                        None => return false,
-                        Some(b'\\') if i + 1 < b.len() => i += 2,
-                        Some(b'\\') => return false,
-                        Some(b'(') => {
-                            depth += 1;
-                            i += 1;
-                        }
-                        Some(b')') => {
-                            depth -= 1;
-                            i += 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
             }
             c if atext(c) => {
                 while i < b.len() && atext(b[i]) {
@@ -452,10 +432,10 @@ mod tests {
                 "From: mfp@printer.local\r\n",
                 "From: scanner@contoso.com\r\n",
             ),
-            // a display name with a comment is a phrase and stays as written
+            // a display name with a comment is quoted: parsers disagree about comments
             (
                 "From: Scanner (3rd floor) <mfp@printer.local>\r\n\r\nb\r\n",
-                "From: Scanner (3rd floor) <scanner@contoso.com>\r\n\r\nb\r\n",
+                "From: \"Scanner (3rd floor)\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
             // Found by the `headers` fuzz target: a display name that is not an RFC 5322 phrase
             // is quoted, or a mail parser reads a list or another address instead of the mailbox.
@@ -479,7 +459,7 @@ mod tests {
             // our own output was read back as a different address)
             (
                 "From: Scan (3\" floor) <mfp@printer.local>\r\n\r\nb\r\n",
-                "From: Scan (3\" floor) <scanner@contoso.com>\r\n\r\nb\r\n",
+                "From: \"Scan (3\\\" floor)\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
         ];
         for (input, want) in cases {
