@@ -176,7 +176,7 @@ async fn graph_keeps_quoted_printable_soft_line_breaks() {
     );
     // QP with whitespace after the soft-break `=`, which strict decoders show as "=  ".
     let padded = good.replace("folded =\n", "folded =  \n");
-    for (name, msg, reencoded) in [("good", &good, false), ("padded", &padded, true)] {
+    for (name, msg) in [("good", &good), ("padded", &padded)] {
         let f = file(dir.path(), name, msg.as_bytes());
         let r = send(&relay, &["a@example.com"], &f, &[]).await;
         assert_eq!(r["ok"], true, "{r}");

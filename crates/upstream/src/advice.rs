@@ -10,10 +10,10 @@ pub fn for_reply(reply: &Reply) -> Option<&'static str> {
     let status = reply.status().map(|s| (s.class, s.subject, s.detail));
     let text = reply.text().to_ascii_lowercase();
     // Microsoft Graph's error codes travel in our reply's text (graph.rs).
-    if text.contains("microsoft graph") {
-        if let Some(a) = for_graph(&text) {
-            return Some(a);
-        }
+    if text.contains("microsoft graph")
+        && let Some(a) = for_graph(&text)
+    {
+        return Some(a);
     }
     Some(match (reply.code(), status) {
         (535, Some((5, 7, 139))) => {

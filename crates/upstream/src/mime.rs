@@ -180,6 +180,9 @@ enum Item {
     },
 }
 
+/// A group being read: its name and its members (text, address).
+type Group = Option<(String, Vec<(Vec<u8>, String)>)>;
+
 /// Splits an RFC 5322 address list into its entries, keeping each entry's exact text. Commas
 /// inside quoted strings, comments and angle brackets do not split; `name: a, b;` is a group.
 fn address_list(value: &[u8]) -> Vec<Item> {
@@ -195,10 +198,9 @@ fn address_list(value: &[u8]) -> Vec<Item> {
         i += 1;
     }
     let mut items = Vec::new();
-    let mut group: Option<(String, Vec<(Vec<u8>, String)>)> = None;
+    let mut group: Group = None;
     let (mut quote, mut escape, mut comment, mut angle) = (false, false, 0u32, false);
     let mut start = 0;
-    type Group = Option<(String, Vec<(Vec<u8>, String)>)>;
     fn push(items: &mut Vec<Item>, text: &[u8], group: &mut Group) {
         let text = trim(text);
         if text.is_empty() {
