@@ -19,6 +19,7 @@
 //!   (required or opportunistic, always verified), an optional client certificate, no AUTH.
 //! - `fallback.rs`: [`FallbackRoute`], an account's `fallback_route` for refusals the other
 //!   route may not share (`535 5.7.139` first of all).
+//! - `pool.rs`: idle authenticated sessions kept for the next message.
 //! - `capture.rs`: [`CaptureRoute`], writes each message to a directory (tests, first setup).
 //! - `tls.rs`: client TLS configuration (web PKI roots plus an optional extra CA file).
 //! - `advice.rs`: plain-words advice for known upstream refusals.
@@ -29,6 +30,7 @@ mod client;
 pub mod fallback;
 pub mod graph;
 pub mod mime;
+mod pool;
 pub mod smarthost;
 mod smtp;
 mod tls;
