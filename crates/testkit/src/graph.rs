@@ -291,12 +291,18 @@ async fn send_mail(
         .unwrap_or("")
         .to_string();
     let response = handle(&shared, &mailbox, &headers, &content_type, &body);
-    lock(&shared.state).requests.push(GraphRequest {
-        at,
-        status: response.status().as_u16(),
-        path: format!("/v1.0/users/{mailbox}/sendMail"),
-        content_type,
-    });
+    let stored = {
+        let mut st = lock(&shared.state);
+        st.requests.push(GraphRequest {
+            at,
+            status: response.status().as_u16(),
+            path: format!("/v1.0/users/{mailbox}/sendMail"),
+            content_type,
+        });
+        st.messages.len()
+    };
+    // Waiters are told only once the request is on record too.
+    shared.msg_count.send_replace(stored);
     response
 }
 
@@ -388,17 +394,12 @@ fn handle(
             None,
         );
     }
-    let n = {
-        let mut st = lock(&shared.state);
-        st.messages.push(GraphMessage {
-            mailbox: mailbox.to_string(),
-            mime,
-            recipients,
-            received_at: Instant::now(),
-        });
-        st.messages.len()
-    };
-    shared.msg_count.send_replace(n);
+    lock(&shared.state).messages.push(GraphMessage {
+        mailbox: mailbox.to_string(),
+        mime,
+        recipients,
+        received_at: Instant::now(),
+    });
     let mut r = StatusCode::ACCEPTED.into_response();
     if let Ok(v) = crate::uuid_v4().parse() {
         r.headers_mut().insert("request-id", v);
