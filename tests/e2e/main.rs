@@ -18,9 +18,11 @@
 
 mod bad_input;
 mod cli;
+mod deploy;
 mod harness;
 mod ops;
 mod queue;
 mod relay;
 mod routes;
+mod smuggling;
 mod tls;
