@@ -211,11 +211,12 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             up.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }));
     }
-    info!(version = env!("CARGO_PKG_VERSION"), hostname = %ctx.hostname, "smtp2oauth started");
-
+    // Handlers first: whoever reads "started" may send SIGTERM at once, and a signal that
+    // arrives before its handler exists kills the process without a clean shutdown.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    info!(version = env!("CARGO_PKG_VERSION"), hostname = %ctx.hostname, "smtp2oauth started");
     let tls_handles = distinct_handles(&listener_tls);
     let mut tls_stamps: Vec<_> = tls_handles.iter().map(|h| h.policy().stamp()).collect();
     let watch_tls = !tls_handles.is_empty() && !cfg.tls.reload_interval.is_zero();

@@ -104,6 +104,9 @@ pub struct SmtpConfig {
     pub advertise_pipelining: bool,
     /// Advertised SIZE, enforced on MAIL SIZE= and on the body.
     pub max_size: usize,
+    /// MAIL needs a successful AUTH (submission). `false`: a port-25 smart host that takes
+    /// mail from anyone it lets in (a connector), like Exchange Online Protection's MX.
+    pub require_auth: bool,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -116,6 +119,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("reply_delay", &self.reply_delay)
             .field("advertise_pipelining", &self.advertise_pipelining)
             .field("max_size", &self.max_size)
+            .field("require_auth", &self.require_auth)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +141,18 @@ impl SmtpConfig {
             reply_delay: Duration::ZERO,
             advertise_pipelining: true,
             max_size: 157_286_400,
+            require_auth: true,
+        }
+    }
+
+    /// A smart host on port 25 behind an inbound connector: STARTTLS offered (and required
+    /// before MAIL when `tls` is `Starttls`), no AUTH needed. For a certificate-based connector
+    /// use `TestPki::server_config_with_client_auth()` as `pki`: the handshake then requires a
+    /// client certificate from the test CA, recorded in [`ReceivedMessage::client_cert`].
+    pub fn smarthost(pki: Arc<rustls::ServerConfig>) -> Self {
+        SmtpConfig {
+            require_auth: false,
+            ..SmtpConfig::microsoft(pki, "", Arc::new(|_: &str| Err("no AUTH here".to_string())))
         }
     }
 }
@@ -155,6 +171,8 @@ pub struct ReceivedMessage {
     /// Raw MAIL FROM parameters, e.g. "SIZE=123 BODY=8BITMIME".
     pub mail_params: String,
     pub connection_id: usize,
+    /// DER of the TLS client certificate the session presented, if any.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl ReceivedMessage {
@@ -540,6 +558,15 @@ async fn tls_accept(
     }
 }
 
+/// The first certificate the client presented, if it presented one.
+fn peer_cert(s: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+}
+
 /// What the protocol engine wants the I/O loop to do next.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
@@ -560,7 +587,10 @@ async fn run_session(inner: Arc<Inner>, tcp: TcpStream, peer: IpAddr, id: usize)
             return;
         };
         match tls_accept(cfg, tcp).await {
-            Ok(s) => conn = Conn::Tls(Box::new(s)),
+            Ok(s) => {
+                sess.client_cert = peer_cert(&s);
+                conn = Conn::Tls(Box::new(s));
+            }
             Err(e) => return inner.note(id, &format!("TLS handshake failed: {e}")),
         }
         sess.tls = true;
@@ -604,7 +634,10 @@ async fn run_session(inner: Arc<Inner>, tcp: TcpStream, peer: IpAddr, id: usize)
                     return;
                 };
                 match tls_accept(cfg, tcp).await {
-                    Ok(s) => conn = Conn::Tls(Box::new(s)),
+                    Ok(s) => {
+                        sess.client_cert = peer_cert(&s);
+                        conn = Conn::Tls(Box::new(s));
+                    }
                     Err(e) => return inner.note(id, &format!("TLS handshake failed: {e}")),
                 }
                 sess.tls = true;
@@ -745,6 +778,7 @@ struct Session {
     id: usize,
     peer: IpAddr,
     tls: bool,
+    client_cert: Option<Vec<u8>>,
     greeting: Greeting,
     auth_user: Option<String>,
     /// This session counts against `max_sessions_per_mailbox`.
@@ -828,6 +862,7 @@ impl Session {
             id,
             peer,
             tls: false,
+            client_cert: None,
             greeting: Greeting::None,
             auth_user: None,
             holds_auth_slot: false,
@@ -1417,7 +1452,7 @@ impl Session {
         if self.cfg().tls == UpstreamTls::Starttls && !self.tls {
             return Err("530 5.7.0 Must issue a STARTTLS command first".into());
         }
-        if self.auth_user.is_none() {
+        if self.auth_user.is_none() && self.cfg().require_auth {
             return Err(format!(
                 "530 5.7.57 Client not authenticated to send mail. [{HOSTNAME}]"
             ));
@@ -1694,6 +1729,7 @@ impl Session {
                 tls: self.tls,
                 mail_params: tx.params,
                 connection_id: self.id,
+                client_cert: self.client_cert.clone(),
             });
             self.inner.msg_count.send_replace(st.messages.len());
             id
