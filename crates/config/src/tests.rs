@@ -526,3 +526,24 @@ fn route_defaults_follow_the_route_and_the_cloud() {
         Some("[::1]:5353".parse().unwrap())
     );
 }
+
+/// Found by fuzzing: figment panics unescaping a quoted value with a non-ASCII character before
+/// a backslash. Such a value is kept as the text it is (a client secret may well look like that).
+#[test]
+fn env_values_with_non_ascii_before_a_backslash_are_kept_as_text() {
+    for value in ["\"é\\n\"", "pässwörd\\x", "\"ü\\\""] {
+        let env = vec![(
+            "SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_SECRET".to_string(),
+            value.to_string(),
+        )];
+        let cfg = crate::parse_str(MINIMAL, env).expect("loads");
+        assert_eq!(
+            cfg.accounts[0]
+                .client_secret
+                .as_ref()
+                .map(|s| s.expose().to_string()),
+            Some(value.to_string()),
+            "{value}"
+        );
+    }
+}
