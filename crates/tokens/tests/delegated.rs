@@ -1,6 +1,8 @@
 //! Delegated sign-ins against a scripted token endpoint: the authorization-code flow with PKCE
 //! and its state checks, device-code polling with `slow_down`, and the refresh-token grant
 //! keeping the encrypted store current (rotation, sign-in needed, a new sign-in taking over).
+//! What reaches the logs is checked end to end against the real binary (tests/e2e/signin.rs),
+//! where the subscriber is process-wide.
 
 mod support;
 
@@ -15,7 +17,7 @@ use smtp2oauth_tokens::{
     PollEvent, ProviderKind, Secret, SignInError, SignInManager, SignInTarget, StoredRefreshGrant,
     StoredToken, TokenCache, TokenErrorKind, TokenSource, TokenStore, http_client,
 };
-use support::{LogCapture, Reply, TestServer};
+use support::{Reply, TestServer};
 
 const CLIENT_ID: &str = "11111111-2222-3333-4444-555555555555";
 const SCOPE: &str = "https://outlook.office.com/SMTP.Send offline_access";
@@ -289,9 +291,6 @@ async fn device_code_polling_honours_interval_and_slow_down() {
     .await;
     let env = store();
     let manager = manager(&server, DelegatedFlow::DeviceCode, &env.store);
-    let logs = LogCapture::default();
-    let _guard = tracing::subscriber::set_default(logs.clone());
-
     let device = manager.start_device_login("scanner", "test").await.unwrap();
     assert_eq!(device.user_code, "FAKE-CODE");
     let prompt = env.store.login_prompt("scanner").unwrap();
@@ -339,14 +338,6 @@ async fn device_code_polling_honours_interval_and_slow_down() {
         env.store.login_prompt("scanner").is_none(),
         "the prompt is cleared"
     );
-    let text = logs.text();
-    assert!(
-        text.contains("FAKE-CODE"),
-        "the user code is logged for the admin"
-    );
-    for secret in ["DC-very-secret", "rt-device", "at-device"] {
-        assert!(!text.contains(secret), "{secret} in logs:\n{text}");
-    }
 }
 
 #[tokio::test]
@@ -465,9 +456,6 @@ async fn invalid_grant_means_sign_in_needed_until_someone_signs_in() {
     let env = store();
     signed_in(&env.store, "rt-revoked");
     let cache = refresh_cache(&server, &env.store);
-    let logs = LogCapture::default();
-    let _guard = tracing::subscriber::set_default(logs.clone());
-
     let e = cache.token().await.unwrap_err();
     assert_eq!(e.kind, TokenErrorKind::SignInRequired);
     assert_eq!(e.aadsts, Some(50173));
@@ -480,11 +468,6 @@ async fn invalid_grant_means_sign_in_needed_until_someone_signs_in() {
             .as_deref()
             .unwrap()
             .contains("AADSTS50173")
-    );
-    assert!(
-        logs.text().contains("ERROR") && logs.text().contains("needs a new sign-in"),
-        "{}",
-        logs.text()
     );
 
     // No more requests while nobody has signed in again, however often mail asks.
@@ -505,7 +488,6 @@ async fn invalid_grant_means_sign_in_needed_until_someone_signs_in() {
     assert_eq!(cache.token().await.unwrap().secret(), "at-new");
     assert!(!cache.status().sign_in_required);
     assert_eq!(server.requests()[1].form()["refresh_token"], "rt-new");
-    assert!(!logs.text().contains("rt-revoked") && !logs.text().contains("rt-new"));
 }
 
 #[tokio::test]
