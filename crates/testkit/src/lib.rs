@@ -31,7 +31,7 @@ pub mod idp;
 pub mod pki;
 pub mod smtp;
 
-pub use idp::{FakeIdp, IdpConfig, IdpFailure, IssuedToken};
+pub use idp::{AuthorizeMode, DeviceStatus, FakeIdp, IdpConfig, IdpFailure, IssuedToken};
 pub use pki::TestPki;
 pub use smtp::{
     AuthFailureStyle, FakeSmtp, ReceivedMessage, SmtpConfig, Stage, TokenValidator, UpstreamTls,
