@@ -40,8 +40,12 @@ pub use grant::{
     post_token_request,
 };
 pub use http::{HttpOptions, http_client};
+/// The HTTP client type token requests use (re-exported so callers need no reqwest dependency).
+pub type HttpClient = reqwest::Client;
 pub use secret::Secret;
 pub use signin::{
     CallbackParams, DeviceLoginStatus, STATE_LIFETIME, SignInError, SignInManager, SignInTarget,
 };
-pub use store::{KeyOrigin, LoginPrompt, MasterKey, StoreError, StoredToken, TokenStore};
+pub use store::{
+    KeyOrigin, LoginPrompt, MasterKey, StoreError, StoredToken, TokenStore, load_master_key,
+};

@@ -213,32 +213,40 @@ impl fmt::Display for KeyOrigin {
 }
 
 /// Finds the master key: the environment value if given, else `key_file`, else
-/// `<store_dir>/master.key`. Only in the last case, and only when `<store_dir>/tokens/` holds no
-/// token file yet, a missing key is generated (mode 0600); with token files present a missing
-/// key is an error, since a new key would silently orphan every sign-in.
+/// `<store_dir>/master.key`. Only in the last case, only with `generate`, and only when
+/// `<store_dir>/tokens/` holds no token file yet, a missing key is generated (mode 0600); with
+/// token files present a missing key is an error, since a new key would silently orphan every
+/// sign-in. `Ok(None)`: no key exists and `generate` is false (nothing was ever stored).
 pub fn load_master_key(
     env_value: Option<&str>,
     key_file: Option<&Path>,
     store_dir: &Path,
-) -> Result<(MasterKey, KeyOrigin), StoreError> {
+    generate: bool,
+) -> Result<Option<(MasterKey, KeyOrigin)>, StoreError> {
     if let Some(value) = env_value {
-        return Ok((
+        return Ok(Some((
             MasterKey::from_hex(value, "SMTP2OAUTH_MASTER_KEY")?,
             KeyOrigin::Environment,
-        ));
+        )));
     }
     if let Some(path) = key_file {
-        return Ok((read_key_file(path)?, KeyOrigin::File(path.to_path_buf())));
+        return Ok(Some((
+            read_key_file(path)?,
+            KeyOrigin::File(path.to_path_buf()),
+        )));
     }
     let path = store_dir.join(MASTER_KEY_FILE);
     match read_key_file(&path) {
-        Ok(key) => return Ok((key, KeyOrigin::File(path))),
+        Ok(key) => return Ok(Some((key, KeyOrigin::File(path)))),
         Err(StoreError::KeyFile { error, .. }) if error.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
     let tokens = store_dir.join("tokens");
     if !token_files(&tokens).is_empty() {
         return Err(StoreError::MissingKey { path: tokens });
+    }
+    if !generate {
+        return Ok(None);
     }
     let key = MasterKey::generate();
     create_dir_private(store_dir)?;
@@ -251,10 +259,10 @@ pub fn load_master_key(
     match linked {
         Ok(()) => {
             sync_dir(store_dir)?;
-            Ok((key, KeyOrigin::Generated(path)))
+            Ok(Some((key, KeyOrigin::Generated(path))))
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            Ok((read_key_file(&path)?, KeyOrigin::File(path)))
+            Ok(Some((read_key_file(&path)?, KeyOrigin::File(path))))
         }
         Err(e) => Err(StoreError::io(&path, e)),
     }
@@ -771,14 +779,18 @@ mod tests {
     fn master_key_sources_and_generation() {
         let dir = tempfile::tempdir().unwrap();
         let hex = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF";
-        let (k, origin) = load_master_key(Some(hex), None, dir.path()).unwrap();
+        let (k, origin) = load_master_key(Some(hex), None, dir.path(), true)
+            .unwrap()
+            .unwrap();
         assert_eq!(origin, KeyOrigin::Environment);
         assert_eq!(k.to_hex().expose(), hex.to_ascii_lowercase());
         assert!(!format!("{k:?}").contains("0011"));
 
         let file = dir.path().join("key");
         fs::write(&file, format!("  {hex}\n")).unwrap();
-        let (k2, origin) = load_master_key(None, Some(&file), dir.path()).unwrap();
+        let (k2, origin) = load_master_key(None, Some(&file), dir.path(), true)
+            .unwrap()
+            .unwrap();
         assert_eq!(origin, KeyOrigin::File(file.clone()));
         assert_eq!(k2.id(), k.id());
 
@@ -791,21 +803,31 @@ mod tests {
             assert!(e.contains(detail), "{e}");
             assert!(e.contains("smtp2oauth keygen"), "{e}");
         }
-        let e = load_master_key(None, Some(&dir.path().join("missing")), dir.path())
+        let e = load_master_key(None, Some(&dir.path().join("missing")), dir.path(), true)
             .unwrap_err()
             .to_string();
         assert!(e.contains("cannot read the master key file"), "{e}");
 
         // First start: generated with mode 0600; later starts read the same key.
         let store_dir = dir.path().join("store");
-        let (gen_key, origin) = load_master_key(None, None, &store_dir).unwrap();
+        assert!(
+            load_master_key(None, None, &store_dir, false)
+                .unwrap()
+                .is_none()
+        );
+        assert!(!store_dir.exists(), "a read-only look creates nothing");
+        let (gen_key, origin) = load_master_key(None, None, &store_dir, true)
+            .unwrap()
+            .unwrap();
         let path = store_dir.join(MASTER_KEY_FILE);
         assert_eq!(origin, KeyOrigin::Generated(path.clone()));
         assert_eq!(
             fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        let (again, origin) = load_master_key(None, None, &store_dir).unwrap();
+        let (again, origin) = load_master_key(None, None, &store_dir, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(origin, KeyOrigin::File(path.clone()));
         assert_eq!(again.id(), gen_key.id());
 
@@ -813,7 +835,7 @@ mod tests {
         let store = TokenStore::open(&store_dir.join("tokens"), &gen_key).unwrap();
         store.update("scanner", |_| Some(sample())).unwrap();
         fs::remove_file(&path).unwrap();
-        let e = load_master_key(None, None, &store_dir).unwrap_err();
+        let e = load_master_key(None, None, &store_dir, true).unwrap_err();
         assert!(matches!(e, StoreError::MissingKey { .. }), "{e}");
         assert!(!path.exists());
     }
