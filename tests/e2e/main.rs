@@ -12,6 +12,8 @@
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
+//! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
+//!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
 
 mod bad_input;
 mod cli;
@@ -19,3 +21,4 @@ mod harness;
 mod ops;
 mod queue;
 mod relay;
+mod signin;

@@ -152,8 +152,19 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
     };
     let built = async {
         let tokens = if acct.route == RouteKind::Smtp {
+            let store = wiring::open_token_store(&cfg, false)?.map(|(s, _)| s);
+            if acct.is_delegated() && store.is_none() {
+                anyhow::bail!(
+                    "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
+                    acct.name,
+                    acct.name
+                );
+            }
             let mut m = wiring::TokenSources::new();
-            m.insert(acct.name.clone(), wiring::token_source(&cfg, &acct)?);
+            m.insert(
+                acct.name.clone(),
+                wiring::token_source(&cfg, &acct, store.as_ref())?,
+            );
             m
         } else {
             wiring::TokenSources::new()
