@@ -811,3 +811,93 @@ client_id = "x.apps.googleusercontent.com"
         out.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn device_code_from_the_accounts_page_behind_a_password() {
+    let up = upstream(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let admin_password = "Adm1n-page-p@ss";
+    let toml = config(&up, &account(&up, "device_code", ""), "127.0.0.1:0", &store).replace(
+        "[admin]",
+        &format!(
+            "[admin]\npassword_hash = \"{}\"",
+            password_hash(admin_password)
+        ),
+    );
+    let relay = Relay::start_env(&toml, &[("SMTP2OAUTH_MASTER_KEY", KEY_1)]);
+    let base = format!("http://{}", relay.addr("admin"));
+    let jar = dir.path().join("jar");
+
+    // The page asks for the password first, and shows nothing about the accounts.
+    let (code, _, page) = browser(&jar, &format!("{base}/accounts"), &[]).await;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("type=\"password\"") && !page.contains(MAILBOX),
+        "{page}"
+    );
+    let token = csrf(&page);
+    let (code, _, _) = browser(
+        &jar,
+        &format!("{base}/accounts/scanner/sign-in"),
+        &["-d", &format!("csrf={token}")],
+    )
+    .await;
+    assert_eq!(code, 401, "no sign-in before the password");
+    let (code, _, page) = browser(
+        &jar,
+        &format!("{base}/login"),
+        &["-d", &format!("csrf={token}&password=wrong")],
+    )
+    .await;
+    assert_eq!(code, 401);
+    assert!(page.contains("Wrong password"), "{page}");
+    let (code, _, page) = browser(
+        &jar,
+        &format!("{base}/login"),
+        &[
+            "-L",
+            "-d",
+            &format!("csrf={token}&password={admin_password}"),
+        ],
+    )
+    .await;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains(MAILBOX) && page.contains("Sign in with a code"),
+        "{page}"
+    );
+
+    // Sign in with a code: the page shows the code and where to enter it until it is used.
+    let token = csrf(&page);
+    let (code, _, page) = browser(
+        &jar,
+        &format!("{base}/accounts/scanner/sign-in"),
+        &["-L", "-d", &format!("csrf={token}")],
+    )
+    .await;
+    assert_eq!(code, 200, "{page}");
+    let codes = up.idp.device_codes();
+    assert_eq!(codes.len(), 1);
+    let user_code = &codes[0].0;
+    assert!(page.contains(user_code.as_str()), "{page}");
+    assert!(page.contains("https://microsoft.com/devicelogin"), "{page}");
+    assert!(page.contains("http-equiv=\"refresh\""), "{page}");
+    assert!(up.idp.approve_device(user_code));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let page = loop {
+        let (_, _, page) = browser(&jar, &format!("{base}/accounts"), &[]).await;
+        if page.contains("valid until") {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "never signed in:\n{page}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert!(
+        !page.contains(user_code.as_str()),
+        "the used code is gone: {page}"
+    );
+    assert!(page.contains("signed in"), "{page}");
+    assert_no_secret("the accounts page", &page, &secrets(&up));
+    assert!(!page.contains(admin_password) && !relay.logs().contains(admin_password));
+}

@@ -28,6 +28,12 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(600);
 pub fn released(account: &str, tokens: &TokenSources, scheduler: &Scheduler) {
     if let Some(source) = tokens.get(account) {
         source.credentials_changed();
+        // Redeem the new sign-in now: it proves it works, and the accounts page and metrics
+        // show a valid token at once even when no mail is waiting.
+        let source = source.clone();
+        tokio::spawn(async move {
+            let _ = source.token().await;
+        });
     }
     let n = scheduler.retry_account(account);
     info!(

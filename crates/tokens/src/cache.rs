@@ -371,6 +371,7 @@ impl TokenSource for TokenCache {
     }
 
     fn credentials_changed(&self) {
+        self.grant.credentials_changed();
         let mut state = self.state();
         state.failure = None;
         state.cached = None;

@@ -578,6 +578,17 @@ impl Grant for StoredRefreshGrant {
     fn sign_in_required(&self) -> bool {
         self.sign_in_required.load(Ordering::SeqCst)
     }
+
+    fn credentials_changed(&self) {
+        // A small file read; done here so the state is right at once, before any request.
+        match self.store.load(&self.account) {
+            Ok(record) => {
+                let needed = needs_sign_in(record.as_ref(), &self.client.client_id).is_some();
+                self.sign_in_required.store(needed, Ordering::SeqCst);
+            }
+            Err(e) => warn!(account = %self.account, error = %e, "cannot read the token file"),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -51,6 +51,9 @@ pub trait Grant: Send + Sync + fmt::Debug {
     fn sign_in_required(&self) -> bool {
         false
     }
+
+    /// The credentials behind the grant changed (someone signed in): re-read what is needed.
+    fn credentials_changed(&self) {}
 }
 
 /// App-only (client-credentials) grant, e.g. for SMTP.SendAsApp with

@@ -485,6 +485,10 @@ async fn invalid_grant_means_sign_in_needed_until_someone_signs_in() {
     *answers.lock().unwrap() = vec![delegated_token("at-new", "rt-newer")];
     signed_in(&env.store, "rt-new");
     cache.credentials_changed();
+    assert!(
+        !cache.status().sign_in_required,
+        "known at once, before any request"
+    );
     assert_eq!(cache.token().await.unwrap().secret(), "at-new");
     assert!(!cache.status().sign_in_required);
     assert_eq!(server.requests()[1].form()["refresh_token"], "rt-new");
