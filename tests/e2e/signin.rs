@@ -701,6 +701,18 @@ async fn wrong_key_missing_key_and_modified_file_stop_the_relay_with_clear_error
     );
     assert!(out.stderr.contains("scanner.token"), "{}", out.stderr);
 
+    let check = cli(
+        &["check-config", "--config", &cfg.display().to_string()],
+        Some(KEY_2),
+    )
+    .await;
+    assert_eq!(check.status, 1);
+    assert!(
+        check.stderr.contains("accounts.0: ") && check.stderr.contains("different master key"),
+        "{}",
+        check.stderr
+    );
+
     let out = serve_fails(&cfg, None).await;
     assert!(
         out.stderr.contains("there is no master key"),

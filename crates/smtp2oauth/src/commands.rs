@@ -64,6 +64,20 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
             p.push(Problem::new(format!("accounts.{i}.ca_file"), e));
         }
     }
+    // Stored sign-ins must open with the master key the relay will use (nothing is created).
+    match wiring::open_token_store(cfg, false) {
+        Err(e) => p.push(Problem::new("store.master_key_file", format!("{e:#}"))),
+        Ok(None) => {}
+        Ok(Some((store, _))) => {
+            for (i, a) in cfg.accounts.iter().enumerate() {
+                if a.is_delegated()
+                    && let Err(e) = store.load(&a.name)
+                {
+                    p.push(Problem::new(format!("accounts.{i}"), e.to_string()));
+                }
+            }
+        }
+    }
     if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file)
         && c.exists()
         && k.exists()
