@@ -456,6 +456,12 @@ fn delegated_flow_checks() {
             "authorization_code",
         ),
         (
+            "flow = \"authorization_code\"\nprovider = \"google\"",
+            "",
+            "accounts.0.client_secret",
+            "Google requires",
+        ),
+        (
             "flow = \"authorization_code\"\nprovider = \"generic\"\ntoken_url = \"https://idp.example/token\"",
             "",
             "accounts.0.authorize_url",

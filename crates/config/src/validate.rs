@@ -452,6 +452,12 @@ fn delegated(
             }
         }
         Flow::AuthorizationCode => {
+            if a.provider == Provider::Google && !credential {
+                p.push(Problem::new(
+                    format!("{key}.client_secret"),
+                    "Google requires the OAuth client's secret: set client_secret or client_secret_file",
+                ));
+            }
             if a.authorize_url().is_none() {
                 p.push(Problem::new(
                     format!("{key}.authorize_url"),
