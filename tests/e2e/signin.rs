@@ -913,3 +913,90 @@ async fn device_code_from_the_accounts_page_behind_a_password() {
     assert_no_secret("the accounts page", &page, &secrets(&up));
     assert!(!page.contains(admin_password) && !relay.logs().contains(admin_password));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_code_through_the_cli_listens_on_the_redirect_port() {
+    let port = free_port();
+    let redirect = format!("http://127.0.0.1:{port}/oauth/callback");
+    let up = upstream(Some(&redirect)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let accounts = account(
+        &up,
+        "authorization_code",
+        &format!("redirect_uri = \"{redirect}\""),
+    );
+    let toml = config(&up, &accounts, &format!("127.0.0.1:{port}"), &store);
+    let cfg = write_config(dir.path(), &toml);
+
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["account", "login", "scanner", "--config"])
+        .arg(&cfg)
+        .env("SMTP2OAUTH_MASTER_KEY", KEY_1)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("no URL printed");
+        if line.starts_with(&up.idp.authorize_url()) {
+            break line;
+        }
+    };
+    // The browser's part: the provider's page approves and redirects to the command.
+    let out = run(
+        "curl",
+        &[
+            "-sS".into(),
+            "-L".into(),
+            "-w".into(),
+            "\n%{http_code}".into(),
+            url,
+        ],
+    )
+    .await;
+    assert!(out.stdout.ends_with("\n200"), "{out:?}");
+    assert!(out.stdout.contains("Signed in"), "{}", out.stdout);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success());
+    let mut rest = String::new();
+    while let Ok(Some(l)) = lines.next_line().await {
+        rest.push_str(&l);
+    }
+    assert!(rest.contains("signed in: account scanner"), "{rest}");
+    assert_eq!(up.idp.active_refresh_tokens().len(), 1);
+
+    // With the relay running, the port belongs to its accounts page: the command says so.
+    let relay = Relay::start_env(&toml, &[("SMTP2OAUTH_MASTER_KEY", KEY_1)]);
+    let out = cli(
+        &[
+            "account",
+            "login",
+            "scanner",
+            "--config",
+            &cfg.display().to_string(),
+        ],
+        Some(KEY_1),
+    )
+    .await;
+    assert_eq!(out.status, 1);
+    assert!(out.stderr.contains("accounts page"), "{}", out.stderr);
+    // And the relay uses the sign-in the command stored.
+    let r = send(&relay, "signed in from the cli").await;
+    assert_eq!(r["code"], 250, "{r}");
+    assert_eq!(
+        up.smtp
+            .wait_for_messages(1, Duration::from_secs(10))
+            .await
+            .len(),
+        1
+    );
+}
