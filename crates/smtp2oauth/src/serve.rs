@@ -263,7 +263,11 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                     name: a.name.clone(),
                     mailbox: a.mailbox.clone(),
                     route: a.route.as_str(),
-                    flow: a.flow.as_str(),
+                    flow: if a.route == smtp2oauth_config::Route::Capture {
+                        "none"
+                    } else {
+                        a.flow.as_str()
+                    },
                     tokens: tokens.get(&a.name).cloned(),
                     redirect_uri: (a.flow == smtp2oauth_config::Flow::AuthorizationCode)
                         .then(|| a.redirect_uri()),
