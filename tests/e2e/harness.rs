@@ -105,6 +105,7 @@ smtp_host = "127.0.0.1"
 smtp_port = {port}
 smtp_tls = "starttls"
 ca_file = "{ca}"
+max_messages_per_minute = 0
 {extra}
 "#,
             authority = self.idp.authority(),

@@ -10,6 +10,7 @@
 //! - `relay.rs`: the core relay: auth, TLS, exact bytes, sender policy, tokens, upstream errors.
 //! - `bad_input.rs`: hostile and broken clients.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
@@ -17,8 +18,11 @@
 
 mod bad_input;
 mod cli;
+mod deploy;
 mod harness;
 mod ops;
 mod queue;
 mod relay;
 mod signin;
+mod smuggling;
+mod tls;

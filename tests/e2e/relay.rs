@@ -498,7 +498,12 @@ async fn swaks_sends_through_the_relay_when_installed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_are_cached_refreshed_when_expiring_and_shared_by_concurrent_messages() {
     let up = Upstream::start().await;
-    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
+    // A new upstream session (and login) per message: this test is about the token each login
+    // presents. Pooled sessions have their own tests (crates/upstream/tests/smtp_route.rs).
+    let relay = Relay::start(&with_delivery(
+        &relay_toml(&up.pki, &up.account_toml(""), ""),
+        "upstream_idle_timeout = \"0s\"",
+    ));
     let port = port_of(&relay, "plain");
     // 50 concurrent messages from 50 sessions: one token request
     let r = smtplib(&[
@@ -862,7 +867,11 @@ async fn oversized_message_gets_552_and_the_session_stays_usable() {
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_appear_in_logs() {
     let up = Upstream::start().await;
-    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
+    // A new upstream session per message, so the last one logs in again (and is refused).
+    let relay = Relay::start(&with_delivery(
+        &relay_toml(&up.pki, &up.account_toml(""), ""),
+        "upstream_idle_timeout = \"0s\"",
+    ));
     let port = port_of(&relay, "plain");
     for auth in ["PLAIN", "LOGIN"] {
         let r = smtplib(&[
@@ -950,4 +959,41 @@ async fn secrets_never_appear_in_logs() {
         !logs.contains("dXNlcj1"),
         "no base64 XOAUTH2 string (starts with user=) in logs"
     );
+}
+
+/// Printers send one message per session; upstream, the relay keeps one authenticated session
+/// for all of them (no new TLS handshake or login per scan).
+#[tokio::test(flavor = "multi_thread")]
+async fn one_upstream_session_carries_many_device_sessions() {
+    let up = Upstream::start().await;
+    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
+    let port = port_of(&relay, "plain");
+    for i in 0..5 {
+        let r = smtplib(&[
+            "--port",
+            &port,
+            "--user",
+            DEVICE_USER,
+            "--password",
+            DEVICE_PASSWORD,
+            "--from",
+            MAILBOX,
+            "--to",
+            "you@example.com",
+            "--body",
+            &format!("scan {i}"),
+        ])
+        .await;
+        assert_eq!(r[0]["ok"], true, "{r:?}");
+    }
+    let got = up.smtp.wait_for_messages(5, Duration::from_secs(20)).await;
+    assert_eq!(got.len(), 5);
+    assert_eq!(
+        up.smtp.connections(),
+        1,
+        "{}",
+        up.smtp.transcript().join("\n")
+    );
+    assert_eq!(up.smtp.auth_successes(), 1);
+    assert_eq!(up.idp.token_requests(), 1);
 }

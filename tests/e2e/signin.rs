@@ -592,9 +592,11 @@ async fn revoked_sign_in_keeps_mail_queued_until_a_new_sign_in() {
         1
     );
 
-    // The user's sessions are revoked (password reset): access and refresh tokens die.
+    // The user's sessions are revoked (password reset): access and refresh tokens die, and
+    // Exchange ends the sessions (including the relay's pooled one) so the next one must log in.
     up.idp.revoke_refresh_tokens(REVOKED);
     up.idp.revoke_all();
+    up.smtp.close_connections();
     let r = send(&relay, "second").await;
     assert_eq!(r["code"], 250, "accepted and kept: {r}");
     assert!(relay.wait_log("account needs a new sign-in", Duration::from_secs(10)));

@@ -166,6 +166,10 @@ pub struct Tls {
     /// on first start (devices on a LAN rarely verify certificates; this makes STARTTLS work
     /// out of the box). Set to false to require real files.
     pub self_signed: bool,
+    /// How often the certificate, key and client CA files are checked for a change (a renewal);
+    /// a changed file is loaded without a restart or SIGHUP. 0 checks only on SIGHUP.
+    #[serde(with = "duration")]
+    pub reload_interval: Duration,
 }
 
 impl Default for Tls {
@@ -174,6 +178,7 @@ impl Default for Tls {
             cert_file: None,
             key_file: None,
             self_signed: true,
+            reload_interval: Duration::from_secs(30),
         }
     }
 }
@@ -205,6 +210,25 @@ pub struct Listener {
     /// AUTH is allowed without TLS (for devices that cannot do TLS). Off by default.
     #[serde(default)]
     pub allow_insecure_auth: bool,
+    /// Which TLS implementation and versions this listener offers.
+    #[serde(default)]
+    pub tls_profile: TlsProfile,
+    /// Require a client certificate issued by one of the CAs in this PEM file; a device
+    /// without one cannot complete the TLS handshake.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// `[[listeners]] tls_profile`.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsProfile {
+    /// rustls: TLS 1.2 and 1.3 with its default cipher suites.
+    #[default]
+    Modern,
+    /// OpenSSL: TLS 1.0 and later with the old cipher suites that printers from before 2015
+    /// speak. Only in builds with the `legacy-tls` feature; for a trusted segment only.
+    Legacy,
 }
 
 fn default_listener_tls() -> ListenerTls {
@@ -297,6 +321,10 @@ pub struct Delivery {
     pub bounce_to: Option<String>,
     /// Concurrent upstream connections per account (Exchange allows 3 per mailbox).
     pub max_upstream_connections: usize,
+    /// How long an authenticated upstream SMTP session is kept open after a delivery, for the
+    /// next message. 0: a new session for every message.
+    #[serde(with = "duration")]
+    pub upstream_idle_timeout: Duration,
     /// On SIGTERM, how long deliveries in progress may take to finish.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -325,6 +353,7 @@ impl Default for Delivery {
             max_queue_lifetime: Duration::from_secs(5 * 86400),
             bounce_to: None,
             max_upstream_connections: 3,
+            upstream_idle_timeout: Duration::from_secs(30),
             shutdown_timeout: Duration::from_secs(30),
             helo_name: None,
             connect_timeout: Duration::from_secs(30),
@@ -461,6 +490,11 @@ pub struct Account {
     /// Overrides `[delivery] max_upstream_connections` for this account.
     #[serde(default)]
     pub max_upstream_connections: Option<usize>,
+    /// Delivery attempts started per minute for this account (0: no pacing). Default 30 for
+    /// Microsoft accounts on the SMTP and Graph routes (Exchange Online's sending limit per
+    /// mailbox), off otherwise.
+    #[serde(default)]
+    pub max_messages_per_minute: Option<u32>,
     // Delegated sign-in (flow = "authorization_code" | "device_code").
     /// Where the provider sends the browser back after sign-in; must be registered with the
     /// app exactly. Default `http://localhost:8025/oauth/callback` (the accounts page).
@@ -604,6 +638,15 @@ impl Account {
             .unwrap_or_else(|| match self.provider {
                 Provider::Google => "smtp.gmail.com".into(),
                 _ => self.microsoft_cloud().1.into(),
+            })
+    }
+
+    /// The pacing limit in force: `max_messages_per_minute`, or the provider's default.
+    pub fn messages_per_minute(&self) -> u32 {
+        self.max_messages_per_minute
+            .unwrap_or(match (self.provider, self.route) {
+                (Provider::Microsoft, Route::Smtp | Route::Graph) => 30,
+                _ => 0,
             })
     }
 

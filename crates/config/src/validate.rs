@@ -1,7 +1,7 @@
 //! Semantic checks that types cannot express: references between tables, required credentials,
 //! files that must exist, limits that must make sense. Every problem names its key.
 
-use crate::{Config, Flow, ListenerTls, Problem, Provider, Route, UpstreamTls};
+use crate::{Config, Flow, ListenerTls, Problem, Provider, Route, TlsProfile, UpstreamTls};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -182,6 +182,27 @@ fn listeners(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
                 format!("{key}.allow_insecure_auth"),
                 format!("AUTH is allowed without TLS on {}: passwords can be read on the network (allow_insecure_auth, for devices that cannot do TLS)", l.address),
             ));
+        }
+        if l.tls == ListenerTls::None && l.tls_profile != TlsProfile::Modern {
+            p.push(Problem::new(
+                format!("{key}.tls_profile"),
+                "needs tls = \"starttls\" or \"implicit\" (a plain listener has no TLS to configure)",
+            ));
+        }
+        if l.tls_profile == TlsProfile::Legacy {
+            w.push(Problem::new(
+                format!("{key}.tls_profile"),
+                format!("{} accepts TLS 1.0 and 1.1 with old ciphers (tls_profile = \"legacy\"): use it only on a trusted network segment", l.address),
+            ));
+        }
+        if let Some(ca) = &l.client_ca_file {
+            if l.tls == ListenerTls::None {
+                p.push(Problem::new(
+                    format!("{key}.client_ca_file"),
+                    "needs tls = \"starttls\" or \"implicit\" (client certificates are part of TLS)",
+                ));
+            }
+            readable(ca, &format!("{key}.client_ca_file"), p);
         }
         if l.tls == ListenerTls::None && !l.allow_insecure_auth {
             w.push(Problem::new(

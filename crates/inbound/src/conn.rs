@@ -121,8 +121,9 @@ async fn serve_inner<S>(
             error!("implicit TLS listener without a certificate");
             return;
         };
-        match timeout_at(handshake_deadline(), tls.acceptor().accept(io)).await {
+        match timeout_at(handshake_deadline(), tls.accept(io)).await {
             Ok(Ok(stream)) => {
+                log_tls(&stream);
                 let mut conn = Conn::new(stream, ctx.metrics.clone());
                 conn.queue(&session.greeting());
                 drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
@@ -145,8 +146,9 @@ async fn serve_inner<S>(
         }
         let io = conn.io;
         let Some(tls) = &listener.tls else { return };
-        match timeout_at(handshake_deadline(), tls.acceptor().accept(io)).await {
+        match timeout_at(handshake_deadline(), tls.accept(io)).await {
             Ok(Ok(stream)) => {
+                log_tls(&stream);
                 session.tls_established();
                 gauge.set_tls("starttls");
                 let mut conn = Conn::new(stream, ctx.metrics.clone());
@@ -157,6 +159,17 @@ async fn serve_inner<S>(
         }
     }
     debug!("disconnected");
+}
+
+/// Says which TLS version and cipher a device got: the way to find the devices that still
+/// need a legacy listener, and proof of what a session was protected by.
+fn log_tls<S>(stream: &crate::tls::TlsStream<S>) {
+    let (version, cipher) = stream.describe();
+    if version == "TLSv1" || version == "TLSv1.1" {
+        info!(%version, %cipher, "TLS established with an old protocol version (legacy listener)");
+    } else {
+        debug!(%version, %cipher, "TLS established");
+    }
 }
 
 /// Keeps `sessions_active` right for the life of a session (whatever way it ends) and counts

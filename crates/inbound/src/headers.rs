@@ -172,8 +172,10 @@ fn field_value(field: &[u8]) -> String {
 /// From/Sender value. Handles `Name <addr>`, `"Quoted, Name" <addr>`, `addr (Comment)`, `addr`.
 pub fn parse_mailbox(value: &str) -> (Option<String>, Option<String>) {
     let v = value.trim();
-    // Find a '<' that is not inside quotes.
+    // Find a '<' that is neither inside quotes nor inside a (possibly nested) comment; a quote
+    // inside a comment is just a character, as is a parenthesis inside quotes.
     let mut in_quote = false;
+    let mut comment_depth = 0usize;
     let mut escaped = false;
     let mut lt = None;
     for (i, c) in v.char_indices() {
@@ -182,9 +184,11 @@ pub fn parse_mailbox(value: &str) -> (Option<String>, Option<String>) {
             continue;
         }
         match c {
-            '\\' if in_quote => escaped = true,
-            '"' => in_quote = !in_quote,
-            '<' if !in_quote => {
+            '\\' if in_quote || comment_depth > 0 => escaped = true,
+            '"' if comment_depth == 0 => in_quote = !in_quote,
+            '(' if !in_quote => comment_depth += 1,
+            ')' if !in_quote && comment_depth > 0 => comment_depth -= 1,
+            '<' if !in_quote && comment_depth == 0 => {
                 lt = Some(i);
                 break;
             }
@@ -216,18 +220,84 @@ pub fn parse_mailbox(value: &str) -> (Option<String>, Option<String>) {
     (display, addr)
 }
 
-/// A display name taken from a comment becomes a quoted string (unless it is an encoded word).
+/// A display name taken from a comment becomes a quoted string (unless it is encoded words).
 fn quote_phrase(s: &str) -> String {
-    if s.starts_with("=?") && s.ends_with("?=") {
+    if s.starts_with("=?") && s.ends_with("?=") && is_phrase(s) {
         return s.to_string();
     }
+    quote(s)
+}
+
+fn quote(s: &str) -> String {
     let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
     format!("\"{escaped}\"")
 }
 
+/// True when `s` can stand before `<addr>` as it is: an RFC 5322 phrase (atoms, quoted strings
+/// and encoded words, with comments and whitespace between them; UTF-8 allowed, RFC 6532).
+/// Anything else (`Scan, 3F`, an unbalanced quote, `<` outside quotes) would make a mail parser
+/// read a different address, or a list, instead of the mailbox we put there.
+fn is_phrase(s: &str) -> bool {
+    let b = s.as_bytes();
+    let atext =
+        |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&c) || c >= 0x80;
+    let mut i = 0;
+    let mut words = 0;
+    while i < b.len() {
+        match b[i] {
+            b' ' | b'\t' => i += 1,
+            b'"' => {
+                i += 1;
+                loop {
+                    match b.get(i) {
+                        None => return false,
+                        Some(b'\\') if i + 1 < b.len() => i += 2,
+                        Some(b'\\') => return false,
+                        Some(b'"') => break,
+                        Some(_) => i += 1,
+                    }
+                }
+                i += 1;
+                words += 1;
+            }
+            b'(' => {
+                let mut depth = 0usize;
+                loop {
+                    match b.get(i) {
+                        None => return false,
+                        Some(b'\\') if i + 1 < b.len() => i += 2,
+                        Some(b'\\') => return false,
+                        Some(b'(') => {
+                            depth += 1;
+                            i += 1;
+                        }
+                        Some(b')') => {
+                            depth -= 1;
+                            i += 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            c if atext(c) => {
+                while i < b.len() && atext(b[i]) {
+                    i += 1;
+                }
+                words += 1;
+            }
+            _ => return false,
+        }
+    }
+    words > 0
+}
+
 fn format_mailbox_field(name: &str, display: Option<&str>, mailbox: &str) -> String {
     match display {
-        Some(d) if !d.is_empty() => format!("{name}: {d} <{mailbox}>\r\n"),
+        Some(d) if is_phrase(d) => format!("{name}: {d} <{mailbox}>\r\n"),
+        Some(d) if !d.trim().is_empty() => format!("{name}: {} <{mailbox}>\r\n", quote(d.trim())),
         _ => format!("{name}: {mailbox}\r\n"),
     }
 }
@@ -381,6 +451,35 @@ mod tests {
             (
                 "From: mfp@printer.local\r\n",
                 "From: scanner@contoso.com\r\n",
+            ),
+            // a display name with a comment is a phrase and stays as written
+            (
+                "From: Scanner (3rd floor) <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: Scanner (3rd floor) <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            // Found by the `headers` fuzz target: a display name that is not an RFC 5322 phrase
+            // is quoted, or a mail parser reads a list or another address instead of the mailbox.
+            (
+                "From: Scan, 3F <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: \"Scan, 3F\" <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            (
+                "From: \"Scan, <6F>From: \"Scan, <6F>\"\" <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: \"\\\"Scan, <6F>From: \\\"Scan,\" <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            (
+                "From: mfp@printer.local (=?x?Q?a\"b?=)\r\n\r\nb\r\n",
+                "From: \"=?x?Q?a\\\"b?=\" <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            (
+                "From: mfp@printer.local (=?x?Q?<evil@x.example>?=)\r\n\r\nb\r\n",
+                "From: \"=?x?Q?<evil@x.example>?=\" <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            // a quote inside a comment does not open a quoted string (found by the fuzzer:
+            // our own output was read back as a different address)
+            (
+                "From: Scan (3\" floor) <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: Scan (3\" floor) <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
         ];
         for (input, want) in cases {

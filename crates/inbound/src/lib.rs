@@ -14,12 +14,15 @@
 //! - `headers.rs`: the Received header and the From rewrite.
 //! - `limiter.rs`: concurrent session limits.
 //! - `guard.rs`: brute-force lockout per client address.
-//! - `tls.rs`: server TLS configuration from PEM files.
+//! - `tls.rs`: server TLS from PEM files, reloadable, optional client certificates.
+//! - `legacy.rs` (feature `legacy-tls`): TLS 1.0/1.1 through OpenSSL for old devices.
 
 pub mod conn;
 pub mod guard;
 pub mod headers;
 pub mod identity;
+#[cfg(feature = "legacy-tls")]
+mod legacy;
 pub mod limiter;
 pub mod listener;
 pub mod sasl;
@@ -31,4 +34,4 @@ pub use guard::{GuardSettings, LoginGuard};
 pub use identity::{Directory, hash_password, hash_password_with};
 pub use limiter::Limiter;
 pub use session::{Limits, ListenerSettings, Session, Step};
-pub use tls::{TlsHandle, server_config};
+pub use tls::{TlsError, TlsHandle, TlsPolicy, TlsStream, server_config};

@@ -178,6 +178,9 @@ impl Session {
         if let Some(state) = self.sasl.take() {
             return self.sasl_response(state, line);
         }
+        if has_inner_cr(line) {
+            return self.refuse(SessionError::Syntax("bare CR in a command"));
+        }
         let line = normalise_path_command(line);
         match Request::parse(&mut line.iter()) {
             Ok(req) => self.request(req),
@@ -503,6 +506,18 @@ impl Session {
         self.errors += 1;
         self.errors > self.limits.max_errors
     }
+}
+
+/// A CR inside a command line, not part of its line end. smtp-proto skips CRs while parsing, so
+/// `DAT<CR>A` would read as DATA, while a peer that ends lines at a bare CR reads two commands:
+/// the kind of disagreement between parsers that SMTP smuggling is built on. No client we know
+/// puts a CR inside a command, so it is refused rather than interpreted.
+fn has_inner_cr(line: &[u8]) -> bool {
+    let mut body = line.strip_suffix(b"\n").unwrap_or(line);
+    while let [rest @ .., b'\r'] = body {
+        body = rest;
+    }
+    memchr::memchr(b'\r', body).is_some()
 }
 
 fn has_argument(line: &[u8]) -> bool {

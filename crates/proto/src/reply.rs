@@ -192,10 +192,13 @@ impl Reply {
         self
     }
 
-    /// Appends the wire form (`250-...\r\n250 ...\r\n`) to `out`.
+    /// Appends the wire form (`250-...\r\n250 ...\r\n`) to `out`. Each line is cut to fit
+    /// [`MAX_WIRE_LINE`]: stored text is capped without knowing the prefix, and devices with
+    /// fixed 512-byte reply buffers exist.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let last = self.lines.len() - 1;
         for (i, line) in self.lines.iter().enumerate() {
+            let start = out.len();
             out.extend_from_slice(format!("{:03}", self.code).as_bytes());
             out.push(if i == last { b' ' } else { b'-' });
             if let Some(status) = self.status {
@@ -204,7 +207,8 @@ impl Reply {
                     out.push(b' ');
                 }
             }
-            out.extend_from_slice(line.as_bytes());
+            let room = MAX_WIRE_LINE.saturating_sub(out.len() - start + 2);
+            out.extend_from_slice(truncate_at_char(line, room).as_bytes());
             out.extend_from_slice(b"\r\n");
         }
     }
@@ -230,6 +234,21 @@ impl fmt::Display for Reply {
         }
         Ok(())
     }
+}
+
+/// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, code and CRLF included.
+pub const MAX_WIRE_LINE: usize = 512;
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_at_char(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
 }
 
 fn clamp_code(code: u16) -> u16 {
@@ -498,6 +517,31 @@ mod tests {
         assert_eq!(
             wire,
             "554-5.0.0 bad\r\n554-5.0.0 250 2.0.0 OK\r\n554 5.0.0 ?x\r\n"
+        );
+    }
+
+    /// Found by the `reply` fuzz target: a 500-byte upstream text behind `554 5.2.252 ` made a
+    /// 514-octet line.
+    #[test]
+    fn wire_lines_fit_in_512_octets() {
+        let long = format!("{}é{}", "x".repeat(496), "y".repeat(600));
+        for status in [None, Some(EnhancedStatus::new(5, 2, 252))] {
+            for r in [
+                Reply::new(554, status, &long),
+                parse(&[&format!("554 5.2.252 {long}")]),
+                Reply::multiline(250, status, vec![long.clone(), "short".into()]),
+            ] {
+                let wire = String::from_utf8(r.to_wire()).unwrap();
+                for line in wire.split_inclusive("\r\n") {
+                    assert!(line.len() <= MAX_WIRE_LINE, "{} octets", line.len());
+                }
+                assert!(wire.contains("xxxx"), "text kept up to the limit");
+            }
+        }
+        // Short lines are untouched.
+        assert_eq!(
+            Reply::new(250, Some(EnhancedStatus::new(2, 0, 0)), "OK").to_wire(),
+            b"250 2.0.0 OK\r\n"
         );
     }
 

@@ -54,6 +54,8 @@ pub struct AccountSettings {
     pub mailbox: String,
     pub bounce_to: Option<String>,
     pub max_connections: usize,
+    /// Attempts started per minute (pacing); 0: unlimited.
+    pub max_per_minute: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -113,7 +115,15 @@ impl Scheduler {
         let queue = Queue::new(
             cfg.accounts
                 .iter()
-                .map(|(k, v)| (k.clone(), v.max_connections))
+                .map(|(k, v)| {
+                    (
+                        k.clone(),
+                        queue::Limits {
+                            max_connections: v.max_connections,
+                            per_minute: v.max_per_minute,
+                        },
+                    )
+                })
                 .collect(),
         );
         Scheduler {

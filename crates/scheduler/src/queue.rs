@@ -1,5 +1,12 @@
 //! The in-memory index of the queue: per account, which messages are due when, how many
-//! deliveries are running, and whether the account is paused by throttling.
+//! deliveries are running, whether the account is paused by throttling, and how many attempts
+//! it started in the last minute (pacing).
+//!
+//! Pacing keeps an account under its provider's sending rate (Exchange Online: 30 messages a
+//! minute per mailbox) instead of running into it: exceeding it earns `4.7.500` throttling for
+//! the whole mailbox, so a burst from a scanner is held in the spool and released at the rate
+//! the upstream takes. The rule is the upstream's own, a sliding window: at most N attempts
+//! start in any 60 seconds.
 //!
 //! It holds no message data and is rebuilt from the spool at start, so losing it (a crash)
 //! loses nothing. Keeping one ordered set per account makes "the next due message of an
@@ -7,11 +14,31 @@
 //! account grows.
 
 use smtp2oauth_proto::Reply;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 const DEFAULT_MAX: usize = 3;
+const PACING_WINDOW: Duration = Duration::from_secs(60);
+
+/// An account's delivery limits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Limits {
+    /// Deliveries running at once.
+    pub max_connections: usize,
+    /// Attempts started in any 60 seconds; 0: unlimited.
+    pub per_minute: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: DEFAULT_MAX,
+            per_minute: 0,
+        }
+    }
+}
 
 struct AccountQueue {
     due: BTreeSet<(Instant, u64, String)>,
@@ -19,6 +46,29 @@ struct AccountQueue {
     max: usize,
     paused_until: Option<Instant>,
     throttle_level: u32,
+    per_minute: u32,
+    /// Start times of the attempts within the pacing window, oldest first.
+    recent: VecDeque<Instant>,
+}
+
+impl AccountQueue {
+    /// When pacing lets the next attempt start (None: now).
+    fn paced_until(&mut self, now: Instant) -> Option<Instant> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| *t + PACING_WINDOW <= now)
+        {
+            self.recent.pop_front();
+        }
+        if self.recent.len() < self.per_minute as usize {
+            return None;
+        }
+        self.recent.front().map(|t| *t + PACING_WINDOW)
+    }
 }
 
 struct Entry {
@@ -32,12 +82,12 @@ struct Entry {
 pub(crate) struct Queue {
     accounts: HashMap<String, AccountQueue>,
     entries: HashMap<String, Entry>,
-    limits: HashMap<String, usize>,
+    limits: HashMap<String, Limits>,
     seq: u64,
 }
 
 impl Queue {
-    pub(crate) fn new(limits: HashMap<String, usize>) -> Self {
+    pub(crate) fn new(limits: HashMap<String, Limits>) -> Self {
         Queue {
             accounts: HashMap::new(),
             entries: HashMap::new(),
@@ -51,15 +101,17 @@ impl Queue {
     }
 
     fn account(&mut self, name: &str) -> &mut AccountQueue {
-        let max = self.limits.get(name).copied().unwrap_or(DEFAULT_MAX).max(1);
+        let limits = self.limits.get(name).copied().unwrap_or_default();
         self.accounts
             .entry(name.to_string())
             .or_insert_with(|| AccountQueue {
                 due: BTreeSet::new(),
                 in_flight: 0,
-                max,
+                max: limits.max_connections.max(1),
                 paused_until: None,
                 throttle_level: 0,
+                per_minute: limits.per_minute,
+                recent: VecDeque::new(),
             })
     }
 
@@ -137,8 +189,15 @@ impl Queue {
                     soonest(first.0);
                     break;
                 }
+                if let Some(until) = acc.paced_until(now) {
+                    soonest(until);
+                    break;
+                }
                 acc.due.pop_first();
                 acc.in_flight += 1;
+                if acc.per_minute > 0 {
+                    acc.recent.push_back(now);
+                }
                 start.push(first.2);
             }
         }
@@ -247,7 +306,16 @@ mod tests {
 
     #[test]
     fn per_account_concurrency_and_order() {
-        let mut q = Queue::new([("a".to_string(), 2)].into());
+        let mut q = Queue::new(
+            [(
+                "a".to_string(),
+                Limits {
+                    max_connections: 2,
+                    per_minute: 0,
+                },
+            )]
+            .into(),
+        );
         let t0 = Instant::now();
         for i in 0..5 {
             q.schedule(&format!("a{i}"), "a", t0 + Duration::from_millis(i), None);
@@ -267,6 +335,75 @@ mod tests {
         assert!(!q.finish("a0"));
         q.forget("a0");
         assert_eq!(q.take_due(t0 + Duration::from_secs(1)).0, vec!["a2"]);
+    }
+
+    /// A burst beyond the per-minute limit is held and released as the window slides, never
+    /// more than N attempts in any 60 seconds; other accounts are not held back.
+    #[test]
+    fn pacing_holds_a_burst_to_n_per_minute() {
+        let mut q = Queue::new(
+            [(
+                "mfp".to_string(),
+                Limits {
+                    max_connections: 100,
+                    per_minute: 30,
+                },
+            )]
+            .into(),
+        );
+        let t0 = Instant::now();
+        for i in 0..75 {
+            q.schedule(&format!("m{i:02}"), "mfp", t0, None);
+        }
+        q.schedule("other", "b", t0, None);
+        let mut started: Vec<(Duration, String)> = Vec::new();
+        let mut now = t0;
+        for _ in 0..20 {
+            let (ids, next) = q.take_due(now);
+            for id in ids {
+                q.finish(&id);
+                q.forget(&id);
+                started.push((now - t0, id));
+            }
+            match next {
+                Some(n) => now = n,
+                None => break,
+            }
+        }
+        assert!(started.iter().any(|(t, id)| id == "other" && t.is_zero()));
+        let mfp: Vec<Duration> = started
+            .iter()
+            .filter(|(_, id)| id.starts_with('m'))
+            .map(|(t, _)| *t)
+            .collect();
+        assert_eq!(mfp.len(), 75, "every message is started in the end");
+        assert_eq!(mfp.iter().filter(|t| t.is_zero()).count(), 30);
+        assert_eq!(mfp.iter().filter(|t| **t == PACING_WINDOW).count(), 30);
+        assert_eq!(mfp.iter().filter(|t| **t == 2 * PACING_WINDOW).count(), 15);
+        // The upstream's rule: no 60-second window holds more than 30 starts.
+        for (i, t) in mfp.iter().enumerate() {
+            let within = mfp[i..].iter().filter(|u| **u < *t + PACING_WINDOW).count();
+            assert!(within <= 30, "{within} starts within a minute from {t:?}");
+        }
+    }
+
+    #[test]
+    fn no_pacing_when_the_limit_is_zero() {
+        let mut q = Queue::new(
+            [(
+                "a".to_string(),
+                Limits {
+                    max_connections: 1000,
+                    per_minute: 0,
+                },
+            )]
+            .into(),
+        );
+        let t0 = Instant::now();
+        for i in 0..500 {
+            q.schedule(&format!("m{i}"), "a", t0, None);
+        }
+        assert_eq!(q.take_due(t0).0.len(), 500);
     }
 
     #[test]

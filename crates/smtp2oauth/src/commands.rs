@@ -81,9 +81,25 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
     if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file)
         && c.exists()
         && k.exists()
-        && let Err(e) = smtp2oauth_inbound::server_config(c, k)
     {
-        p.push(Problem::new("tls", e.to_string()));
+        // Each listener's TLS as `serve` would load it (client CA, legacy profile).
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            if l.tls == smtp2oauth_config::ListenerTls::None {
+                continue;
+            }
+            let policy = smtp2oauth_inbound::TlsPolicy {
+                cert: c.clone(),
+                key: k.clone(),
+                client_ca: l.client_ca_file.clone(),
+                profile: l.tls_profile,
+            };
+            if let Err(e) = smtp2oauth_inbound::TlsHandle::load(policy) {
+                p.push(Problem::new(format!("listeners.{i}"), e.to_string()));
+            }
+        }
+        if let Err(e) = smtp2oauth_inbound::server_config(c, k) {
+            p.push(Problem::new("tls", e.to_string()));
+        }
     }
     p
 }

@@ -6,10 +6,10 @@
 
 use crate::{signin, status, wiring};
 use anyhow::{Context, Result, anyhow};
-use smtp2oauth_config::ListenerTls;
+use smtp2oauth_config::{ListenerTls, TlsProfile};
 use smtp2oauth_inbound::{
     Directory, GuardSettings, Inbound, Limiter, Limits, ListenerRuntime, ListenerSettings,
-    LoginGuard, Submit, TlsHandle,
+    LoginGuard, Submit, TlsHandle, TlsPolicy,
 };
 use smtp2oauth_metrics::Metrics;
 use smtp2oauth_proto::Reply;
@@ -69,12 +69,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         );
     }
 
-    let tls = match wiring::listener_cert_files(&cfg)? {
-        Some((cert, key)) => Some(TlsHandle::new(smtp2oauth_inbound::server_config(
-            &cert, &key,
-        )?)),
-        None => None,
-    };
+    let listener_tls = listener_tls(&cfg)?;
     let directory = Arc::new(Directory::from_config(&cfg).map_err(|errs| {
         anyhow!(
             "{}",
@@ -223,7 +218,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
 
     // Bind everything first: a relay starts whole or not at all.
     let mut bound = Vec::new();
-    for l in &cfg.listeners {
+    for (l, tls) in cfg.listeners.iter().zip(&listener_tls) {
         let listener = smtp2oauth_inbound::listener::bind(l.address)
             .with_context(|| format!("cannot listen on {} (listener {})", l.address, l.label()))?;
         let rt = Arc::new(ListenerRuntime {
@@ -233,11 +228,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                 require_tls: l.require_tls,
                 allow_insecure_auth: l.allow_insecure_auth,
             }),
-            tls: if l.tls == ListenerTls::None {
-                None
-            } else {
-                tls.clone()
-            },
+            tls: tls.clone(),
         });
         bound.push((listener, rt));
     }
@@ -304,16 +295,47 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             up.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }));
     }
-    info!(version = env!("CARGO_PKG_VERSION"), hostname = %ctx.hostname, "smtp2oauth started");
-
+    // Handlers first, then the line that says we started: whoever waits for that line (a test,
+    // a supervisor) may send SIGTERM at once, and must not kill us the default way.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    info!(version = env!("CARGO_PKG_VERSION"), hostname = %ctx.hostname, "smtp2oauth started");
+    let tls_handles = distinct_handles(&listener_tls);
+    let mut tls_stamps: Vec<_> = tls_handles.iter().map(|h| h.policy().stamp()).collect();
+    let watch_tls = !tls_handles.is_empty() && !cfg.tls.reload_interval.is_zero();
+    let mut tls_check = tokio::time::interval(if watch_tls {
+        cfg.tls.reload_interval
+    } else {
+        Duration::from_secs(3600)
+    });
+    tls_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: shutting down"); break; }
             _ = int.recv() => { info!("SIGINT: shutting down"); break; }
-            _ = hup.recv() => reload_tls(&cfg, tls.as_ref()),
+            _ = hup.recv() => {
+                if tls_handles.is_empty() {
+                    info!("SIGHUP: no TLS listener, nothing to reload");
+                }
+                for (h, stamp) in tls_handles.iter().zip(tls_stamps.iter_mut()) {
+                    *stamp = h.policy().stamp();
+                    reload_tls(h, "SIGHUP");
+                }
+            }
+            _ = tls_check.tick(), if watch_tls => {
+                // A renewed certificate (certbot, an ACME client, an admin's copy) is picked
+                // up without a SIGHUP. The stamp is taken before the reload and kept even when
+                // the reload fails, so a broken file is reported once per change, and a
+                // certificate written before its key is retried when the key arrives.
+                for (h, stamp) in tls_handles.iter().zip(tls_stamps.iter_mut()) {
+                    let now = h.policy().stamp();
+                    if now != *stamp {
+                        *stamp = now;
+                        reload_tls(h, "certificate files changed");
+                    }
+                }
+            }
         }
     }
 
@@ -342,22 +364,57 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
-/// SIGHUP: load the certificate and key again (renewed files); running sessions keep theirs.
-fn reload_tls(cfg: &smtp2oauth_config::Config, tls: Option<&TlsHandle>) {
-    let Some(handle) = tls else {
-        info!("SIGHUP: no TLS listener, nothing to reload");
-        return;
-    };
-    match wiring::listener_cert_files(cfg) {
-        Ok(Some((cert, key))) => match smtp2oauth_inbound::server_config(&cert, &key) {
-            Ok(sc) => {
-                handle.replace(sc);
-                info!(cert = %cert.display(), "SIGHUP: TLS certificate reloaded");
-            }
-            Err(e) => error!(error = %e, "SIGHUP: keeping the current certificate"),
-        },
-        Ok(None) => {}
-        Err(e) => error!(error = %e, "SIGHUP: keeping the current certificate"),
+/// Loads each listener's TLS (none for plain listeners). Listeners with the same files and
+/// profile share one handle, so a reload is done once per distinct setup.
+fn listener_tls(cfg: &smtp2oauth_config::Config) -> Result<Vec<Option<TlsHandle>>> {
+    let files = wiring::listener_cert_files(cfg)?;
+    let mut handles: Vec<Option<TlsHandle>> = Vec::new();
+    for l in &cfg.listeners {
+        let Some((cert, key)) = files.as_ref().filter(|_| l.tls != ListenerTls::None) else {
+            handles.push(None);
+            continue;
+        };
+        let policy = TlsPolicy {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: l.client_ca_file.clone(),
+            profile: l.tls_profile,
+        };
+        if let Some(h) = handles.iter().flatten().find(|h| *h.policy() == policy) {
+            handles.push(Some(h.clone()));
+            continue;
+        }
+        let h = TlsHandle::load(policy)
+            .with_context(|| format!("TLS of listener {} ({})", l.label(), l.address))?;
+        if l.tls_profile == TlsProfile::Legacy {
+            warn!(listener = %l.label(), address = %l.address,
+                "legacy TLS profile: TLS 1.0 and 1.1 with old ciphers are accepted on this listener (OpenSSL); keep it on a trusted network segment");
+        }
+        if let Some(ca) = &l.client_ca_file {
+            info!(listener = %l.label(), client_ca = %ca.display(), "client certificates required");
+        }
+        handles.push(Some(h));
+    }
+    Ok(handles)
+}
+
+fn distinct_handles(handles: &[Option<TlsHandle>]) -> Vec<TlsHandle> {
+    let mut out: Vec<TlsHandle> = Vec::new();
+    for h in handles.iter().flatten() {
+        if !out.iter().any(|o| o.policy() == h.policy()) {
+            out.push(h.clone());
+        }
+    }
+    out
+}
+
+/// Loads a listener's certificate, key and client CA again; running sessions keep theirs, and
+/// a failed reload keeps the current certificate in use.
+fn reload_tls(handle: &TlsHandle, why: &str) {
+    let cert = handle.policy().cert.display().to_string();
+    match handle.reload() {
+        Ok(()) => info!(%cert, "{why}: TLS certificate reloaded"),
+        Err(e) => error!(error = %e, "{why}: keeping the current certificate"),
     }
 }
 

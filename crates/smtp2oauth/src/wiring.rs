@@ -229,6 +229,10 @@ pub fn route(cfg: &Config, account: &Account, tokens: &TokenSources) -> Result<A
                     connect_timeout: cfg.delivery.connect_timeout,
                     command_timeout: cfg.delivery.command_timeout,
                     data_timeout: cfg.delivery.data_timeout,
+                    max_idle: account
+                        .max_upstream_connections
+                        .unwrap_or(cfg.delivery.max_upstream_connections),
+                    idle_timeout: cfg.delivery.upstream_idle_timeout,
                 },
                 tokens,
             )))
@@ -341,6 +345,7 @@ pub fn scheduler_config(cfg: &Config) -> SchedulerConfig {
                         max_connections: a
                             .max_upstream_connections
                             .unwrap_or(d.max_upstream_connections),
+                        max_per_minute: a.messages_per_minute(),
                     },
                 )
             })

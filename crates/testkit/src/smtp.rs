@@ -206,6 +206,8 @@ struct Inner {
     state: Mutex<SmtpState>,
     msg_count: watch::Sender<usize>,
     shutdown: watch::Sender<bool>,
+    /// Bumped by `close_connections`: every open session ends.
+    kick: watch::Sender<u64>,
 }
 
 impl Inner {
@@ -236,6 +238,11 @@ impl Inner {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stop| *stop).await;
     }
+}
+
+/// Resolves when `close_connections` is called after `rx` was made.
+async fn kicked(mut rx: watch::Receiver<u64>) {
+    let _ = rx.changed().await;
 }
 
 struct ShutdownGuard(Arc<Inner>);
@@ -278,6 +285,7 @@ impl FakeSmtp {
         let addr = listener.local_addr().expect("local addr");
         let (shutdown, _) = watch::channel(false);
         let (msg_count, _) = watch::channel(0usize);
+        let (kick, _) = watch::channel(0u64);
         let state = SmtpState {
             reply_delay: cfg.reply_delay,
             ..SmtpState::default()
@@ -288,6 +296,7 @@ impl FakeSmtp {
             state: Mutex::new(state),
             msg_count,
             shutdown,
+            kick,
         });
         let acceptor = inner.clone();
         tokio::spawn(async move {
@@ -313,11 +322,13 @@ impl FakeSmtp {
                     st.connections
                 };
                 let inner = acceptor.clone();
+                let kick = acceptor.kick.subscribe();
                 tokio::spawn(async move {
                     let _active = ActiveGuard(inner.clone());
                     tokio::select! {
                         _ = run_session(inner.clone(), tcp, peer.ip(), id) => {}
                         _ = inner.wait_shutdown() => {}
+                        _ = kicked(kick) => inner.note(id, "connection closed by the server (close_connections)"),
                     }
                 });
             }
@@ -352,6 +363,11 @@ impl FakeSmtp {
         let mut rx = self.inner.msg_count.subscribe();
         let _ = tokio::time::timeout(timeout, rx.wait_for(|count| *count >= n)).await;
         self.messages()
+    }
+    /// Drops every open connection without a word, as a server does that restarts or times
+    /// out idle sessions. New connections are served as usual.
+    pub fn close_connections(&self) {
+        self.inner.kick.send_modify(|k| *k += 1);
     }
     /// TCP connections accepted so far.
     pub fn connections(&self) -> usize {

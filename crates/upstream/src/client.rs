@@ -236,6 +236,31 @@ impl Client {
         self.read_reply(stage).await
     }
 
+    /// True when the server has closed (or spoken on) a connection we were not using: an idle
+    /// pooled session the upstream timed out. Checked without waiting: one read is polled
+    /// once. A server says nothing unasked in SMTP, so any byte (typically `421 4.4.2 ...
+    /// timeout`) or an end of stream means the session cannot be reused.
+    pub(crate) fn is_stale(&mut self) -> bool {
+        if !self.rbuf.is_empty() {
+            return true;
+        }
+        let Some(stream) = self.stream.as_mut() else {
+            return true;
+        };
+        let mut byte = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut byte);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match Pin::new(stream).poll_read(&mut cx, &mut buf) {
+            Poll::Pending => false,
+            Poll::Ready(Ok(())) => {
+                // Keep what arrived for the log line of whoever drops the session.
+                self.rbuf.extend_from_slice(buf.filled());
+                true
+            }
+            Poll::Ready(Err(_)) => true,
+        }
+    }
+
     /// Says goodbye politely, without waiting long: the message is already settled.
     pub(crate) async fn quit(mut self) {
         if self.write(b"QUIT\r\n", Stage::Data).await.is_ok() {

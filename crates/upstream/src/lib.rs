@@ -11,6 +11,7 @@
 //! - `smtp.rs`: [`SmtpRoute`], submission with STARTTLS (or implicit TLS) and AUTH XOAUTH2,
 //!   pipelined when the upstream offers it, the body streamed from disk and dot-stuffed on the way.
 //! - `client.rs`: the SMTP client connection: framing replies, deadlines, TLS upgrade.
+//! - `pool.rs`: idle authenticated sessions kept for the next message.
 //! - `capture.rs`: [`CaptureRoute`], writes each message to a directory (tests, first setup).
 //! - `tls.rs`: client TLS configuration (web PKI roots plus an optional extra CA file).
 //! - `advice.rs`: plain-words advice for known upstream refusals.
@@ -18,6 +19,7 @@
 pub mod advice;
 mod capture;
 mod client;
+mod pool;
 mod smtp;
 mod tls;
 

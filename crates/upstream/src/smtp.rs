@@ -9,8 +9,13 @@
 //! fresh token when the refused one came from the cache: a token can be revoked before it
 //! expires, and that must not cost a message. A token fetched for this very attempt is not
 //! retried: a second fresh one would fare no better.
+//!
+//! Authenticated sessions are kept between messages (`pool.rs`), so a message on a warm session
+//! costs MAIL/RCPT/DATA in one write and the body: two round trips. A reused session that turns
+//! out dead before the body was sent is replaced by a new one within the same attempt.
 
 use crate::client::Client;
+use crate::pool::{Idle, Pool};
 use crate::{DeliveryFuture, DeliveryReport, Message, Route};
 use base64::Engine;
 use smtp_proto::{
@@ -55,11 +60,16 @@ pub struct SmtpRouteConfig {
     pub command_timeout: Duration,
     /// Longest wait for the reply to the message body.
     pub data_timeout: Duration,
+    /// Idle authenticated sessions kept for the next message (the account's connection limit).
+    pub max_idle: usize,
+    /// How long an idle session is kept; zero: a new session for every message.
+    pub idle_timeout: Duration,
 }
 
 pub struct SmtpRoute {
     cfg: SmtpRouteConfig,
     tokens: Arc<dyn TokenSource>,
+    pool: Arc<Pool<Capabilities>>,
 }
 
 /// `base64("user=" + mailbox + "\x01auth=Bearer " + token + "\x01\x01")`.
@@ -106,7 +116,13 @@ fn capabilities(ehlo: &Reply) -> Capabilities {
 
 impl SmtpRoute {
     pub fn new(cfg: SmtpRouteConfig, tokens: Arc<dyn TokenSource>) -> Self {
-        SmtpRoute { cfg, tokens }
+        let pool = Pool::new(cfg.max_idle, cfg.idle_timeout);
+        SmtpRoute { cfg, tokens, pool }
+    }
+
+    /// Idle sessions kept right now.
+    pub fn idle_sessions(&self) -> usize {
+        self.pool.idle_count()
     }
 
     async fn token(&self) -> Result<AccessToken, DeliveryError> {
@@ -175,7 +191,8 @@ impl SmtpRoute {
         })
     }
 
-    async fn authenticate(&self, client: &mut Client) -> Result<(), DeliveryError> {
+    /// Logs in with XOAUTH2; returns when the token used expires.
+    async fn authenticate(&self, client: &mut Client) -> Result<SystemTime, DeliveryError> {
         let mut retried = false;
         // A token obtained after this point was fetched for this attempt; one obtained before
         // came from the cache and may have been revoked since.
@@ -184,7 +201,7 @@ impl SmtpRoute {
             let token = self.token().await?;
             let reply = self.xoauth2(client, &token).await?;
             if reply.code() == 235 {
-                return Ok(());
+                return Ok(token.expires_at());
             }
             // The server refused this token: make sure the next attempt fetches a new one.
             self.tokens.invalidate(&token);
@@ -377,19 +394,86 @@ impl SmtpRoute {
         client.write(&out, Stage::Body).await
     }
 
-    async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
+    /// A new authenticated session.
+    async fn open_session(&self) -> Result<Idle<Capabilities>, DeliveryError> {
         let (mut client, caps) = self.open().await?;
-        let result = async {
-            self.authenticate(&mut client).await?;
-            self.send(&mut client, &caps, msg).await
+        match self.authenticate(&mut client).await {
+            Ok(token_expires) => Ok(Idle {
+                client,
+                caps,
+                token_expires,
+                since: tokio::time::Instant::now(),
+                uses: 0,
+            }),
+            Err(e) => {
+                if matches!(e, DeliveryError::Rejected { .. }) {
+                    client.quit().await;
+                }
+                Err(e)
+            }
         }
-        .await;
-        match &result {
-            // Only a connection that still speaks SMTP gets a QUIT.
-            Ok(_) | Err(DeliveryError::Rejected { .. }) => client.quit().await,
-            Err(_) => {}
+    }
+
+    /// Gives a clean session to the pool, or says QUIT when the pool does not keep it.
+    async fn keep(&self, session: Idle<Capabilities>) {
+        if let Some(s) = self.pool.put(session) {
+            s.client.quit().await;
         }
-        result
+    }
+
+    async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
+        let mut replaced = false;
+        loop {
+            let (mut session, reused) = match self.pool.take() {
+                Some(s) => (s, true),
+                None => (self.open_session().await?, false),
+            };
+            let result = self.send(&mut session.client, &session.caps, msg).await;
+            match &result {
+                Ok(_) => {
+                    session.uses += 1;
+                    self.keep(session).await;
+                }
+                Err(e) if reused && !replaced && dead_before_body(e) => {
+                    // The upstream dropped the idle session (or is closing it) and nothing of
+                    // this message was accepted: carry on with a new session.
+                    debug!(account = %self.cfg.account, uses = session.uses, error = %e, "reused upstream session failed before the body; opening a new one");
+                    replaced = true;
+                    continue;
+                }
+                Err(DeliveryError::Rejected { stage, reply }) if reply.code() != 421 => {
+                    // The session still speaks SMTP. After a refused body the transaction is
+                    // over; before it, RSET closes it. Either way it can carry the next message.
+                    if *stage == Stage::Body {
+                        self.keep(session).await;
+                    } else {
+                        match session.client.command("RSET", Stage::Mail).await {
+                            Ok(r) if r.code() == 250 => self.keep(session).await,
+                            Ok(_) => session.client.quit().await,
+                            Err(_) => {}
+                        }
+                    }
+                }
+                // A 421 ends the session; only a connection that still speaks SMTP gets a QUIT.
+                Err(DeliveryError::Rejected { .. }) => session.client.quit().await,
+                Err(_) => {}
+            }
+            return result;
+        }
+    }
+}
+
+/// A failure that proves a reused session dead (or closing) before the upstream could have
+/// accepted the message: safe to try again at once on a new session.
+fn dead_before_body(e: &DeliveryError) -> bool {
+    match e {
+        DeliveryError::ConnectionLost { stage, .. } => {
+            matches!(stage, Stage::Mail | Stage::Rcpt | Stage::Data)
+        }
+        DeliveryError::Rejected { stage, reply } => {
+            reply.code() == 421 && matches!(stage, Stage::Mail | Stage::Rcpt | Stage::Data)
+        }
+        _ => false,
     }
 }
 

@@ -126,6 +126,10 @@ fn route_config(port: u16, tls: TlsMode, tls_config: Arc<rustls::ClientConfig>) 
         connect_timeout: TIMEOUT,
         command_timeout: TIMEOUT,
         data_timeout: TIMEOUT,
+        // A new session per message: these tests count connections and logins per delivery.
+        // The pool has its own tests (pool.rs in this directory).
+        max_idle: 0,
+        idle_timeout: Duration::ZERO,
     }
 }
 
@@ -1511,4 +1515,198 @@ async fn capture_of_a_missing_data_file_is_a_local_error() {
         .map(|d| d.map(|e| e.expect("entry").path()).collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "files left behind: {left:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pooled sessions
+
+/// A route that keeps up to `max_idle` sessions for `idle` after each message.
+fn pooled(e: &Env, max_idle: usize, idle: Duration) -> SmtpRoute {
+    e.route_with(TlsMode::Starttls, |c| {
+        c.max_idle = max_idle;
+        c.idle_timeout = idle;
+    })
+}
+
+#[tokio::test]
+async fn a_pooled_session_carries_message_after_message_with_one_login() {
+    let e = env().await;
+    let route = pooled(&e, 3, Duration::from_secs(30));
+    for i in 0..5 {
+        let msg = e.message(
+            &format!("p{i}"),
+            format!("body {i}\r\n").as_bytes(),
+            &["a@example.net"],
+        );
+        deliver(&route, &msg).await.expect("delivered");
+    }
+    assert_eq!(e.smtp.messages().len(), 5);
+    assert_eq!(
+        e.smtp.connections(),
+        1,
+        "one upstream session for five messages"
+    );
+    assert_eq!(e.smtp.auth_successes(), 1, "one login");
+    assert_eq!(count_commands(&e.smtp, "STARTTLS"), 1);
+    assert_eq!(count_commands(&e.smtp, "MAIL FROM"), 5);
+    // A clean transaction needs no RSET before the next one.
+    assert_eq!(count_commands(&e.smtp, "RSET"), 0);
+    assert_eq!(route.idle_sessions(), 1);
+}
+
+#[tokio::test]
+async fn a_session_the_server_dropped_while_idle_is_replaced_without_failing_the_message() {
+    for pipelining in [true, false] {
+        let e = env_with(|c| c.advertise_pipelining = pipelining).await;
+        let route = pooled(&e, 3, Duration::from_secs(30));
+        deliver(&route, &e.message("d1", b"one\r\n", &["a@example.net"]))
+            .await
+            .expect("first");
+        e.smtp.close_connections();
+        // Give the close a moment to reach our socket, then again without waiting: both the
+        // stale check and a failure on the first command must lead to a new session.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        deliver(&route, &e.message("d2", b"two\r\n", &["a@example.net"]))
+            .await
+            .expect("second message delivered on a new session");
+        e.smtp.close_connections();
+        deliver(&route, &e.message("d3", b"three\r\n", &["a@example.net"]))
+            .await
+            .expect("third message delivered on a new session");
+        assert_eq!(e.smtp.messages().len(), 3, "pipelining={pipelining}");
+        assert_eq!(e.smtp.connections(), 3, "pipelining={pipelining}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_message_leaves_the_session_clean_for_the_next() {
+    let e = env().await;
+    let route = pooled(&e, 3, Duration::from_secs(30));
+    e.smtp.script(At::Rcpt, "550 5.1.1 User unknown", 1);
+    let r = deliver(
+        &route,
+        &e.message("x1", b"refused\r\n", &["gone@example.net"]),
+    )
+    .await;
+    let (stage, reply) = unwrap_rejected(r);
+    assert_eq!((stage, reply.code()), (Stage::Rcpt, 550));
+    deliver(&route, &e.message("x2", b"fine\r\n", &["b@example.net"]))
+        .await
+        .expect("next message on the same session");
+    assert_eq!(e.smtp.connections(), 1);
+    assert_eq!(
+        count_commands(&e.smtp, "RSET"),
+        1,
+        "the open transaction was reset"
+    );
+    let got = e.smtp.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].rcpt_to, ["b@example.net"]);
+}
+
+#[tokio::test]
+async fn idle_sessions_are_closed_with_quit_after_the_idle_timeout() {
+    let e = env().await;
+    let route = pooled(&e, 3, Duration::from_millis(300));
+    deliver(&route, &e.message("i1", b"one\r\n", &["a@example.net"]))
+        .await
+        .expect("delivered");
+    assert_eq!(e.smtp.active_connections(), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while e.smtp.active_connections() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(e.smtp.active_connections(), 0, "idle session closed");
+    assert_eq!(count_commands(&e.smtp, "QUIT"), 1, "politely");
+    assert_eq!(route.idle_sessions(), 0);
+    // The next message opens a new session.
+    deliver(&route, &e.message("i2", b"two\r\n", &["a@example.net"]))
+        .await
+        .expect("delivered");
+    assert_eq!(e.smtp.connections(), 2);
+}
+
+#[tokio::test]
+async fn without_pooling_every_message_gets_its_own_session() {
+    let e = env().await;
+    let route = pooled(&e, 3, Duration::ZERO);
+    for i in 0..3 {
+        deliver(
+            &route,
+            &e.message(&format!("n{i}"), b"x\r\n", &["a@example.net"]),
+        )
+        .await
+        .expect("delivered");
+    }
+    assert_eq!(e.smtp.connections(), 3);
+    assert_eq!(count_commands(&e.smtp, "QUIT"), 3);
+    assert_eq!(route.idle_sessions(), 0);
+}
+
+/// A session is not reused once its token is about to expire: the next message logs in anew
+/// with the current token.
+#[tokio::test]
+async fn a_session_whose_token_is_expiring_is_not_reused() {
+    let pki = TestPki::new();
+    let idp = FakeIdp::start(IdpConfig {
+        expires_in: Duration::from_secs(10),
+        ..IdpConfig::default()
+    })
+    .await;
+    let smtp = FakeSmtp::start(SmtpConfig::microsoft(
+        pki.server_config(),
+        MAILBOX,
+        idp.validator(),
+    ))
+    .await;
+    let e = Env {
+        tokens: token_cache(&idp),
+        pki,
+        idp,
+        smtp,
+        dir: TempDir::new().expect("temp dir"),
+    };
+    let route = pooled(&e, 3, Duration::from_secs(30));
+    for i in 0..2 {
+        deliver(
+            &route,
+            &e.message(&format!("t{i}"), b"x\r\n", &["a@example.net"]),
+        )
+        .await
+        .expect("delivered");
+    }
+    assert_eq!(e.smtp.connections(), 2);
+    assert_eq!(e.smtp.auth_successes(), 2);
+}
+
+/// Idle and busy sessions together never exceed the account's limit when the caller runs at
+/// most that many deliveries at once (the scheduler's rule).
+#[tokio::test]
+async fn concurrent_deliveries_share_at_most_max_idle_sessions() {
+    let e = Arc::new(env().await);
+    let route = Arc::new(pooled(&e, 3, Duration::from_secs(30)));
+    let gate = Arc::new(tokio::sync::Semaphore::new(3));
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let (e, route, gate) = (e.clone(), route.clone(), gate.clone());
+        tasks.push(tokio::spawn(async move {
+            let _slot = gate.acquire().await.unwrap();
+            let msg = e.message(
+                &format!("c{i}"),
+                format!("m{i}\r\n").as_bytes(),
+                &["a@example.net"],
+            );
+            deliver(route.as_ref(), &msg).await.expect("delivered");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(e.smtp.messages().len(), 24);
+    assert!(
+        e.smtp.peak_connections() <= 3,
+        "peak {}",
+        e.smtp.peak_connections()
+    );
+    assert!(e.smtp.connections() <= 3, "opened {}", e.smtp.connections());
 }

@@ -442,6 +442,33 @@ fn garbage_never_panics() {
     }
 }
 
+/// Found by the `session` fuzz target: smtp-proto skipped the CR in `DAT<CR>A` and read DATA.
+#[test]
+fn a_cr_inside_a_command_is_refused() {
+    let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
+    t.line("EHLO x");
+    t.line("MAIL FROM:<a@contoso.com>");
+    t.line("RCPT TO:<a@example.com>");
+    let cases: &[(&[u8], &str)] = &[
+        (b"DAT\rA\r\n", "501 5.5.4 Syntax: bare CR in a command"),
+        (b"DATA\rX\r\n", "501 5.5.4"),
+        (b"RCPT TO:<b\r@example.com>\r\n", "501 5.5.4"),
+        (b"RSET\rMAIL FROM:<x@y.z>\r\n", "501 5.5.4"),
+        (b"\rNOOP\r\n", "501 5.5.4"),
+        // line ends, however sloppy, are not "inside"
+        (b"NOOP\r\n", "250 2.0.0 OK"),
+        (b"NOOP\n", "250 2.0.0 OK"),
+        (b"NOOP\r\r\n", "250 2.0.0 OK"),
+    ];
+    for (line, want) in cases {
+        let step = t.s.handle_line(line);
+        let got = t.render(step);
+        assert!(got.starts_with(want), "{line:?}: {got}");
+    }
+    // The transaction is intact: the refused lines did nothing.
+    assert!(t.line("DATA").starts_with("DATA from=a@contoso.com"));
+}
+
 #[test]
 fn full_spool_refuses_mail_with_452() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
