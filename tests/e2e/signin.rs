@@ -348,6 +348,10 @@ async fn authorization_code_sign_in_through_the_accounts_page() {
         ),
         Some(0.0)
     );
+    // The sign-in was acted on once: one redemption of its refresh token, even after the store
+    // watcher (every 2 s) has seen the file change.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(up.idp.refresh_tokens_presented().len(), 1);
     let (_, _, page) = browser(&jar, &format!("{base}/accounts"), &[]).await;
     assert!(
         page.contains("valid until") && page.contains("signed in"),

@@ -157,22 +157,22 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             let manager = Arc::new(smtp2oauth_tokens::SignInManager::new(
                 wiring::sign_in_targets(&cfg, store)?,
             ));
-            {
-                let tokens = tokens.clone();
-                let scheduler = scheduler.clone();
-                manager.on_signed_in(move |account| signin::released(account, &tokens, &scheduler));
-            }
             let delegated: Vec<String> = cfg
                 .accounts
                 .iter()
                 .filter(|a| a.is_delegated())
                 .map(|a| a.name.clone())
                 .collect();
+            let releaser =
+                signin::Releaser::new(store.clone(), &delegated, tokens.clone(), scheduler.clone());
+            {
+                let releaser = releaser.clone();
+                manager.on_signed_in(move |account| releaser.check(account));
+            }
             tokio::spawn(signin::watch_store(
                 store.clone(),
                 delegated.clone(),
-                tokens.clone(),
-                scheduler.clone(),
+                releaser,
                 shutdown.clone(),
             ));
             let fresh = delegated

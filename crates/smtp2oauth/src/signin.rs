@@ -1,7 +1,7 @@
 //! Keeping delegated accounts signed in while the relay runs.
 //!
 //! - A sign-in (on the accounts page, or `smtp2oauth account login` in another process) must
-//!   release the mail that waited for it at once: [`released`] tells the account's token cache
+//!   release the mail that waited for it at once: [`Releaser`] tells the account's token cache
 //!   to forget its "sign-in needed" failure and makes the scheduler retry the account's queue.
 //!   Sign-ins by another process are noticed by [`watch_store`], which looks at the token files
 //!   every two seconds (a `stat`, and a read only when one changed).
@@ -14,7 +14,7 @@ use crate::wiring::TokenSources;
 use smtp2oauth_scheduler::Scheduler;
 use smtp2oauth_tokens::{TokenSource, TokenStore};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -24,40 +24,96 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 /// Refresh margin of the token cache (it refreshes with min(this, lifetime/2) left).
 const REFRESH_MARGIN: Duration = Duration::from_secs(600);
 
-/// Someone signed in to `account`: use the new sign-in now, and send what waited for it.
-pub fn released(account: &str, tokens: &TokenSources, scheduler: &Scheduler) {
-    if let Some(source) = tokens.get(account) {
-        source.credentials_changed();
-        // Redeem the new sign-in now: it proves it works, and the accounts page and metrics
-        // show a valid token at once even when no mail is waiting.
-        let source = source.clone();
-        tokio::spawn(async move {
-            let _ = source.token().await;
-        });
-    }
-    let n = scheduler.retry_account(account);
-    info!(
-        account,
-        queued = n,
-        "signed in: queued mail of the account is being delivered"
-    );
+/// Acts on new sign-ins, each once, whichever way it was noticed (the sign-in manager in this
+/// process, or the store watcher for another process's): acting twice would drop the access
+/// token just obtained with the new sign-in.
+pub struct Releaser {
+    store: Arc<TokenStore>,
+    tokens: TokenSources,
+    scheduler: Arc<Scheduler>,
+    /// The sign-in time last acted on (or found at start), per account.
+    handled: Mutex<HashMap<String, Option<SystemTime>>>,
 }
 
-/// Watches the token files of `accounts` for new sign-ins until `stop`.
+impl Releaser {
+    pub fn new(
+        store: Arc<TokenStore>,
+        accounts: &[String],
+        tokens: TokenSources,
+        scheduler: Arc<Scheduler>,
+    ) -> Arc<Self> {
+        let handled = accounts
+            .iter()
+            .map(|a| {
+                let at = store.load(a).ok().flatten().and_then(|t| t.signed_in_at);
+                (a.clone(), at)
+            })
+            .collect();
+        Arc::new(Releaser {
+            store,
+            tokens,
+            scheduler,
+            handled: Mutex::new(handled),
+        })
+    }
+
+    /// The token file of `account` may hold a new sign-in: if so, use it now (the cache forgets
+    /// its "sign-in needed" failure and redeems it) and send the mail that waited for it.
+    pub fn check(&self, account: &str) {
+        let record = match self.store.load(account) {
+            Ok(Some(t)) => t,
+            Ok(None) => {
+                self.lock().insert(account.to_owned(), None);
+                return;
+            }
+            Err(e) => {
+                warn!(account, error = %e, "cannot read the token file");
+                return;
+            }
+        };
+        if record.signed_in_at.is_none() || record.sign_in_required {
+            return;
+        }
+        let previous = self
+            .lock()
+            .insert(account.to_owned(), record.signed_in_at)
+            .flatten();
+        if previous == record.signed_in_at {
+            return;
+        }
+        if let Some(source) = self.tokens.get(account) {
+            source.credentials_changed();
+            // Redeem the new sign-in now: it proves it works, and the accounts page and
+            // metrics show a valid token at once even when no mail is waiting.
+            let source = source.clone();
+            tokio::spawn(async move {
+                let _ = source.token().await;
+            });
+        }
+        let n = self.scheduler.retry_account(account);
+        info!(
+            account,
+            queued = n,
+            "signed in: queued mail of the account is being delivered"
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Option<SystemTime>>> {
+        self.handled.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Watches the token files of `accounts` for sign-ins made by another process, until `stop`.
 pub async fn watch_store(
     store: Arc<TokenStore>,
     accounts: Vec<String>,
-    tokens: TokenSources,
-    scheduler: Arc<Scheduler>,
+    releaser: Arc<Releaser>,
     stop: CancellationToken,
 ) {
-    let mut stamps = HashMap::new();
-    let mut signed_in = HashMap::new();
-    for a in &accounts {
-        stamps.insert(a.clone(), store.stamp(a));
-        let at = store.load(a).ok().flatten().and_then(|t| t.signed_in_at);
-        signed_in.insert(a.clone(), at);
-    }
+    let mut stamps: HashMap<String, _> = accounts
+        .iter()
+        .map(|a| (a.clone(), store.stamp(a)))
+        .collect();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -69,24 +125,10 @@ pub async fn watch_store(
                 continue;
             }
             stamps.insert(a.clone(), stamp);
-            let record = {
-                let store = store.clone();
-                let a = a.clone();
-                tokio::task::spawn_blocking(move || store.load(&a)).await
-            };
-            match record {
-                Ok(Ok(Some(t))) => {
-                    let known = signed_in.insert(a.clone(), t.signed_in_at).flatten();
-                    if t.signed_in_at.is_some() && t.signed_in_at != known && !t.sign_in_required {
-                        info!(account = %a, "a new sign-in was stored");
-                        released(a, &tokens, &scheduler);
-                    }
-                }
-                Ok(Ok(None)) => {
-                    signed_in.insert(a.clone(), None);
-                }
-                Ok(Err(e)) => warn!(account = %a, error = %e, "cannot read the token file"),
-                Err(e) => warn!(account = %a, error = %e, "cannot read the token file"),
+            let releaser = releaser.clone();
+            let account = a.clone();
+            if let Err(e) = tokio::task::spawn_blocking(move || releaser.check(&account)).await {
+                warn!(account = %a, error = %e, "cannot check the token file");
             }
         }
     }
