@@ -10,6 +10,8 @@
 //! - `relay.rs`: the core relay: auth, TLS, exact bytes, sender policy, tokens, upstream errors.
 //! - `bad_input.rs`: hostile and broken clients.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
+//!   `fallback_route`, Graph's Retry-After and size limit.
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
@@ -23,6 +25,7 @@ mod harness;
 mod ops;
 mod queue;
 mod relay;
+mod routes;
 mod signin;
 mod smuggling;
 mod tls;

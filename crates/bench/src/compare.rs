@@ -6,7 +6,7 @@
 //! ratio within each pair (runs seconds apart see the same machine).
 
 use crate::report::{Report, fmt_ms, median};
-use crate::scenario::{self, Scenario};
+use crate::scenario::{self, Peer, Scenario};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -52,11 +52,11 @@ fn summarise(runs: &[&Report]) -> ModeSummary {
         relay_peak_rss_kib_median: collect(&|r| {
             r.delivery
                 .as_ref()
-                .and_then(|d| d.relay_peak_rss_kib)
+                .and_then(|d| d.server_peak_rss_kib)
                 .map(|k| k as f64)
         }),
-        relay_cpu_s_median: collect(&|r| r.delivery.as_ref().and_then(|d| d.relay_cpu_s)),
-        relay_cpu_sys_s_median: collect(&|r| r.delivery.as_ref().and_then(|d| d.relay_cpu_sys_s)),
+        relay_cpu_s_median: collect(&|r| r.delivery.as_ref().and_then(|d| d.server_cpu_s)),
+        relay_cpu_sys_s_median: collect(&|r| r.delivery.as_ref().and_then(|d| d.server_cpu_sys_s)),
     }
 }
 
@@ -94,7 +94,7 @@ pub async fn run(
                 let mode = if fsync { "durable" } else { "non-durable" };
                 sc.keep_log = Some(path.with_extension(format!("{}.{mode}.log", i + 1)));
             }
-            let report = scenario::run(&sc, &label).await?;
+            let report = scenario::run(&sc, Peer::Relay, &label).await?;
             progress(&report);
             idx[usize::from(!fsync)] = reports.len();
             reports.push(report);
@@ -161,11 +161,11 @@ impl Comparison {
                 fmt_ms(r.latency_p99_ms),
                 r.refused + r.errors,
                 d.map_or(0, |d| d.missing),
-                d.and_then(|d| d.relay_peak_rss_kib)
+                d.and_then(|d| d.server_peak_rss_kib)
                     .map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
-                d.and_then(|d| d.relay_cpu_s)
+                d.and_then(|d| d.server_cpu_s)
                     .map_or("?".into(), |c| format!("{c:.1}")),
-                d.and_then(|d| d.relay_cpu_sys_s)
+                d.and_then(|d| d.server_cpu_sys_s)
                     .map_or("?".into(), |c| format!("{c:.1}")),
                 r.bench_cpu_s.map_or("?".into(), |c| format!("{c:.1}")),
             );

@@ -1,9 +1,11 @@
 //! The load generator: many concurrent SMTP sessions sending messages as printers do.
 //!
-//! Why our own: the figures must be comparable across servers (the relay, the sink alone, later
+//! Why our own: the figures must be comparable across servers (the relay, the sink alone,
 //! Postfix), so the same client drives them all, and it has to report what we need (per-message
 //! latency, which stage refused what) without becoming the bottleneck. It is lock-step SMTP, no
-//! PIPELINING, because devices talk that way: each command waits for its reply.
+//! PIPELINING, because devices talk that way: each command waits for its reply. It logs in with
+//! AUTH PLAIN as devices do, or with AUTH XOAUTH2 when it stands in for a transparent proxy
+//! sending straight to the sink (the ceiling).
 //!
 //! Work is handed out from one shared counter: `--sessions` workers each open a session, claim a
 //! message, send it, and claim the next one for the same session until `--per-session` is reached
@@ -36,8 +38,8 @@ pub struct LoadSpec {
     pub messages: u64,
     pub per_session: u64,
     pub template: Template,
-    /// AUTH PLAIN (user, password), sent after EHLO (and after STARTTLS when enabled).
-    pub auth: Option<(String, String)>,
+    /// AUTH, sent after EHLO (and after STARTTLS when enabled).
+    pub auth: Option<Auth>,
     /// STARTTLS with this client config and server name.
     pub starttls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
     pub from: String,
@@ -45,6 +47,33 @@ pub struct LoadSpec {
     pub helo: String,
     /// Longest wait for any one reply (and for connect and the TLS handshake).
     pub timeout: Duration,
+}
+
+/// How a session authenticates.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    /// AUTH PLAIN, as devices log in to the relay or to Postfix.
+    Plain { user: String, password: String },
+    /// AUTH XOAUTH2 with a bearer token, as the relay logs in upstream (the ceiling: the load
+    /// sent straight to the sink).
+    XOAuth2 { user: String, token: String },
+}
+
+impl Auth {
+    /// The whole AUTH command line, initial response included (one round trip).
+    pub fn command(&self) -> Vec<u8> {
+        let b64 = |s: String| base64::engine::general_purpose::STANDARD.encode(s);
+        match self {
+            Auth::Plain { user, password } => {
+                format!("AUTH PLAIN {}\r\n", b64(format!("\0{user}\0{password}"))).into_bytes()
+            }
+            Auth::XOAuth2 { user, token } => format!(
+                "AUTH XOAUTH2 {}\r\n",
+                b64(format!("user={user}\x01auth=Bearer {token}\x01\x01"))
+            )
+            .into_bytes(),
+        }
+    }
 }
 
 /// What happened, merged over all sessions. Times are offsets from the `base` given to [`run`].
@@ -146,11 +175,7 @@ impl Commands {
     fn new(spec: &LoadSpec) -> Commands {
         Commands {
             ehlo: format!("EHLO {}\r\n", spec.helo).into_bytes(),
-            auth: spec.auth.as_ref().map(|(user, password)| {
-                let plain = base64::engine::general_purpose::STANDARD
-                    .encode(format!("\0{user}\0{password}"));
-                format!("AUTH PLAIN {plain}\r\n").into_bytes()
-            }),
+            auth: spec.auth.as_ref().map(Auth::command),
             mail: format!("MAIL FROM:<{}>\r\n", spec.from).into_bytes(),
             rcpt: format!("RCPT TO:<{}>\r\n", spec.to).into_bytes(),
         }
@@ -407,7 +432,7 @@ impl Worker {
 }
 
 /// The code of a reply line ("250-..." / "250 ..." / "250\r\n"), if it has one.
-fn parse_code(line: &[u8]) -> Option<u16> {
+pub fn parse_code(line: &[u8]) -> Option<u16> {
     let digits = line.get(..3)?;
     if !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -426,6 +451,24 @@ fn parse_code(line: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_command_lines() {
+        let plain = Auth::Plain {
+            user: "u".into(),
+            password: "p".into(),
+        };
+        assert_eq!(plain.command(), b"AUTH PLAIN AHUAcA==\r\n");
+        let xoauth2 = Auth::XOAuth2 {
+            user: "a@b.c".into(),
+            token: "tok".into(),
+        };
+        // base64("user=a@b.c^Aauth=Bearer tok^A^A")
+        assert_eq!(
+            xoauth2.command(),
+            b"AUTH XOAUTH2 dXNlcj1hQGIuYwFhdXRoPUJlYXJlciB0b2sBAQ==\r\n"
+        );
+    }
 
     #[test]
     fn reply_codes() {
@@ -496,7 +539,10 @@ mod tests {
             messages: 5,
             per_session: 2,
             template: Template::new("a@b.example", "c@d.example", "t", 1000),
-            auth: Some(("u".into(), "p".into())),
+            auth: Some(Auth::Plain {
+                user: "u".into(),
+                password: "p".into(),
+            }),
             starttls: None,
             from: "a@b.example".into(),
             to: "c@d.example".into(),

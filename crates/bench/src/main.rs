@@ -6,28 +6,38 @@
 //! that process, not of a function. See docs/benchmarks.md for what each figure means.
 //!
 //! Subcommands:
-//! - `run`: one scenario (fakes, relay, load, drain) with a table or JSON of its figures;
+//! - `run`: one scenario (fakes, a peer, load, drain) with a table or JSON of its figures;
+//! - `peers`: the same load through the sink alone (the ceiling), the relay (with and without
+//!   its upstream session pool) and Postfix, repeated and alternated (issue 7's comparisons);
+//! - `memory`: the relay's memory at rest, with many idle sessions, and with one large message;
 //! - `load`: only the load generator, against any SMTP server;
 //! - `compare`: durable vs non-durable spooling, repeated and alternated (issue 3's figure).
 //!
-//! Modules: `load` (the generator), `message` (what it sends), `tls` (its STARTTLS), `relay`
-//! (the relay process and its config), `sink` (watching the upstream fake), `scenario` (one
-//! measurement), `compare` (pairs of measurements), `report` (definitions of the figures).
+//! Modules: `load` (the generator), `idle` (idle sessions), `message` (what it sends), `tls`
+//! (its STARTTLS), `upstream` (the fake token endpoint and sink of one run), `relay` (the relay
+//! process and its config), `postfix` (a private Postfix instance), `sink` (watching the
+//! upstream fake), `scenario` (one measurement of one peer), `peers` and `compare` (repeated,
+//! alternated measurements), `memory`, `report` (definitions of the figures).
 
 mod compare;
+mod idle;
 mod load;
+mod memory;
 mod message;
+mod peers;
+mod postfix;
 mod relay;
 mod report;
 mod scenario;
 mod sink;
 mod tls;
+mod upstream;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use relay::{DeviceAuth, RelaySettings};
 use report::{Report, Settings};
-use scenario::{Scenario, Shape};
+use scenario::{Peer, Scenario, Shape};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -47,15 +57,59 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// One scenario: fake token endpoint and upstream, the relay binary, the load, the drain.
+    /// One scenario: fake token endpoint and upstream, one peer (by default the relay binary),
+    /// the load, the drain.
     Run {
+        /// What receives the load.
+        #[arg(long, value_enum, default_value = "relay")]
+        peer: Peer,
         #[command(flatten)]
         shape: ShapeArgs,
         #[command(flatten)]
         relay: RelayArgs,
-        /// `[store] fsync`: make every message durable before 250.
-        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
-        fsync: bool,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// The same load through several peers (default: the sink alone, the relay, Postfix),
+    /// `--runs` rounds, the order reversed every other round; medians and same-round ratios.
+    Peers {
+        /// Peers, comma-separated: ceiling, relay, relay-nopool, postfix.
+        #[arg(
+            long,
+            value_enum,
+            value_delimiter = ',',
+            default_value = "ceiling,relay,postfix"
+        )]
+        peers: Vec<Peer>,
+        #[command(flatten)]
+        shape: ShapeArgs,
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// Rounds (every peer once per round).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// The relay's memory: idle, with `--idle-sessions` idle device sessions, and carrying one
+    /// `--large-size` message; a fresh relay for each figure, `--runs` times.
+    Memory {
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// Device sessions held open and idle (after greeting, EHLO and AUTH).
+        #[arg(long, default_value_t = 1000)]
+        idle_sessions: usize,
+        /// Size of the large message in bytes (35 MiB by default).
+        #[arg(long, default_value_t = 36_700_160)]
+        large_size: usize,
+        /// Seconds the relay rests before an idle figure is read.
+        #[arg(long, default_value_t = 3)]
+        idle_settle_s: u64,
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Longest wait for any one reply, in seconds.
+        #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
         #[command(flatten)]
         out: OutArgs,
     },
@@ -71,9 +125,9 @@ enum Command {
         user: Option<String>,
         #[arg(long, requires = "user")]
         password: Option<String>,
-        #[arg(long, default_value = scenario::MAILBOX)]
+        #[arg(long, default_value = upstream::MAILBOX)]
         from: String,
-        #[arg(long, default_value = scenario::RECIPIENT)]
+        #[arg(long, default_value = upstream::RECIPIENT)]
         to: String,
         #[arg(long, default_value = "bench-device")]
         helo: String,
@@ -146,6 +200,26 @@ struct RelayArgs {
     /// `[delivery] max_upstream_connections` (Exchange allows 3 per mailbox).
     #[arg(long, default_value_t = 3)]
     max_upstream_connections: usize,
+    /// `[delivery] upstream_idle_timeout`: how long the relay keeps an idle upstream session
+    /// for the next message ("0s": no pool).
+    #[arg(long, default_value = "30s")]
+    upstream_idle_timeout: String,
+    /// No upstream session pool: `upstream_idle_timeout = "0s"`, a new session per message.
+    #[arg(long)]
+    no_pool: bool,
+    /// `[store] fsync`: make every message durable before 250 (`compare` runs both).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fsync: bool,
+    /// Lifetime of the fake IdP's tokens, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    token_lifetime_s: u64,
+    /// Postfix's `default_destination_concurrency_limit` (Postfix's default is 20).
+    #[arg(long, default_value_t = 20)]
+    postfix_concurrency: usize,
+    /// Messages sent and delivered, one at a time, before the measured load (the device's
+    /// login cached, a token held): 0 measures from a cold start.
+    #[arg(long, default_value_t = 1)]
+    warm_up: u64,
     /// Delay before every reply of the upstream sink (emulates a WAN round trip).
     #[arg(long, default_value_t = 0)]
     reply_delay_ms: u64,
@@ -175,13 +249,18 @@ struct RelayArgs {
 }
 
 impl RelayArgs {
-    fn scenario(&self, shape: Shape, fsync: bool) -> anyhow::Result<Scenario> {
+    fn scenario(&self, shape: Shape) -> anyhow::Result<Scenario> {
         Ok(Scenario {
             relay: RelaySettings {
                 binary: relay_binary(self.relay.clone())?,
-                fsync,
+                fsync: self.fsync,
                 wait_for_upstream: self.wait_for_upstream.clone(),
                 max_upstream_connections: self.max_upstream_connections.max(1),
+                upstream_idle_timeout: if self.no_pool {
+                    "0s".into()
+                } else {
+                    self.upstream_idle_timeout.clone()
+                },
                 device_auth: self.device_auth,
                 log_level: self.relay_log.clone(),
                 work_dir: self.work_dir.clone(),
@@ -190,6 +269,9 @@ impl RelayArgs {
             },
             shape,
             reply_delay: Duration::from_millis(self.reply_delay_ms),
+            token_lifetime: Duration::from_secs(self.token_lifetime_s.max(1)),
+            postfix_concurrency: self.postfix_concurrency.max(1),
+            warm_up: self.warm_up,
             drain_timeout: Duration::from_secs(self.drain_timeout_s),
             keep_log: self.keep_log.clone(),
             max_relay_rss_kib: self.max_relay_rss_mib.saturating_mul(1024),
@@ -266,16 +348,75 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run {
+            peer,
             shape,
             relay,
-            fsync,
             out,
         } => {
-            let sc = relay.scenario(shape.shape(), fsync)?;
-            let label = if fsync { "durable" } else { "non-durable" };
-            let report = scenario::run(&sc, label).await?;
+            let sc = relay.scenario(shape.shape())?;
+            if peer == Peer::Postfix
+                && let Err(why) = postfix::available()
+            {
+                anyhow::bail!("cannot run Postfix here: {why}");
+            }
+            let label = match peer {
+                Peer::Relay | Peer::RelayNopool if sc.relay.fsync => {
+                    format!("{} (durable)", peer.name())
+                }
+                Peer::Relay | Peer::RelayNopool => format!("{} (non-durable)", peer.name()),
+                _ => peer.name().to_string(),
+            };
+            let report = scenario::run(&sc, peer, &label).await?;
             out.emit(&report.table(), || serde_json::to_string_pretty(&report));
             Ok(exit_code(&[&report]))
+        }
+        Command::Peers {
+            peers,
+            shape,
+            relay,
+            runs,
+            out,
+        } => {
+            let sc = relay.scenario(shape.shape())?;
+            // Each run's full table as it ends, on stderr (stdout is the summary or JSON).
+            let cmp = peers::run(&sc, &peers, runs.max(1), |r| eprint!("{}", r.table())).await?;
+            out.emit(&cmp.table(), || serde_json::to_string_pretty(&cmp));
+            let all: Vec<&Report> = cmp.runs.iter().collect();
+            Ok(exit_code(&all))
+        }
+        Command::Memory {
+            relay,
+            idle_sessions,
+            large_size,
+            idle_settle_s,
+            runs,
+            timeout_s,
+            out,
+        } => {
+            let shape = Shape {
+                sessions: 1,
+                messages: 1,
+                per_session: 1,
+                size: large_size,
+                starttls: false,
+                timeout: Duration::from_secs(timeout_s.max(1)),
+            };
+            let sc = relay.scenario(shape)?;
+            let opts = memory::MemoryOptions {
+                idle_sessions: idle_sessions.max(1),
+                large_size,
+                settle: Duration::from_secs(idle_settle_s),
+            };
+            let rep = memory::run(&sc, &opts, runs.max(1), |i, r| {
+                eprint!("{}", r.table(i + 1))
+            })
+            .await?;
+            out.emit(&rep.table(), || serde_json::to_string_pretty(&rep));
+            Ok(if rep.complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
         }
         Command::Load {
             addr,
@@ -305,7 +446,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 messages: shape.messages,
                 per_session: shape.per_session,
                 template: message::Template::new(&from, &to, &tag, shape.size),
-                auth: user.zip(password),
+                auth: user
+                    .zip(password)
+                    .map(|(user, password)| load::Auth::Plain { user, password }),
                 starttls,
                 from,
                 to,
@@ -317,17 +460,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let result = load::run(spec, Instant::now()).await;
             let cpu = report::cpu_between(cpu0, report::process_cpu_time("/proc/self/stat"));
             let settings = Settings {
+                peer: "load".into(),
                 target: addr,
                 sessions: shape.sessions,
                 messages: shape.messages,
                 per_session: shape.per_session,
                 size: shape.size,
                 starttls: shape.starttls,
-                auth,
+                auth: auth.then(|| "PLAIN".into()),
                 fsync: None,
                 wait_for_upstream: None,
                 max_upstream_connections: None,
+                upstream_idle_timeout: None,
+                postfix_concurrency: None,
                 reply_delay_ms: None,
+                token_lifetime_s: None,
             };
             let report = Report::new("load", settings, &result, cpu);
             out.emit(&report.table(), || serde_json::to_string_pretty(&report));
@@ -339,7 +486,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runs,
             out,
         } => {
-            let sc = relay.scenario(shape.shape(), true)?;
+            let sc = relay.scenario(shape.shape())?;
             let quiet = out.json;
             let cmp = compare::run(&sc, runs.max(1), |r| {
                 // Progress goes to stderr so stdout stays the final table (or JSON).

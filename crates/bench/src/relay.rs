@@ -32,6 +32,9 @@ pub struct RelaySettings {
     /// `[delivery] wait_for_upstream`, in the config's duration syntax ("0", "20s", ...).
     pub wait_for_upstream: String,
     pub max_upstream_connections: usize,
+    /// `[delivery] upstream_idle_timeout` ("0s": no session pool, a new upstream session per
+    /// message).
+    pub upstream_idle_timeout: String,
     pub device_auth: DeviceAuth,
     /// RUST_LOG-style filter for the relay.
     pub log_level: String,
@@ -269,6 +272,7 @@ listen = ""
 [delivery]
 wait_for_upstream = {wait}
 max_upstream_connections = {conns}
+upstream_idle_timeout = {idle}
 
 [[accounts]]
 name = "bench"
@@ -282,6 +286,8 @@ smtp_host = "127.0.0.1"
 smtp_port = {port}
 smtp_tls = "starttls"
 ca_file = {ca}
+# Pacing off: the benchmark measures how fast we can go, not Exchange's 30 a minute.
+max_messages_per_minute = 0
 "#,
         max_size = s.max_message_size,
         cert = q(&up.cert_file.display().to_string()),
@@ -290,6 +296,7 @@ ca_file = {ca}
         fsync = s.fsync,
         wait = q(&s.wait_for_upstream),
         conns = s.max_upstream_connections,
+        idle = q(&s.upstream_idle_timeout),
         mailbox = q(up.mailbox),
         tenant = q(&up.tenant),
         client_id = q(&up.client_id),

@@ -1,12 +1,12 @@
 //! Turning raw counts and times into the figures we quote, as a table for people and as JSON for
-//! scripts (issue 7's later runs compare several servers from one JSON file each).
+//! scripts (`peers`, `compare` and `memory` build their summaries from these reports).
 //!
 //! Definitions live here, once, so every subcommand quotes the same thing:
 //! - accepted msgs/s: accepted messages / (last 250 after a body − first connect);
 //! - delivered msgs/s: accepted messages that reached the sink / (last arrival at the sink −
 //!   first connect), so it includes draining the queue after the load stopped;
 //! - MB/s: 10^6 bytes per second; accepted counts the bytes we sent, delivered the bytes the sink
-//!   stored (the message plus the relay's Received header);
+//!   stored (the message plus the Received header of the relay or Postfix);
 //! - latency: per accepted message, connect → 250 (first message of a session) or previous 250 →
 //!   250 (later ones); median and p99 by nearest rank.
 
@@ -17,17 +17,20 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-/// The load's shape and the relay's settings, echoed in every report so a figure is never
+/// The load's shape and the server's settings, echoed in every report so a figure is never
 /// separated from what produced it.
 #[derive(Clone, Debug, Serialize)]
 pub struct Settings {
+    /// "ceiling", "relay", "relay-nopool", "postfix" or "load".
+    pub peer: String,
     pub target: String,
     pub sessions: usize,
     pub messages: u64,
     pub per_session: u64,
     pub size: usize,
     pub starttls: bool,
-    pub auth: bool,
+    /// The AUTH mechanism the load used ("PLAIN", "XOAUTH2"), if any.
+    pub auth: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fsync: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -35,7 +38,13 @@ pub struct Settings {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_upstream_connections: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_idle_timeout: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postfix_concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_delay_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_lifetime_s: Option<u64>,
 }
 
 /// Figures that exist only when we ran the relay and the sink ourselves.
@@ -50,10 +59,13 @@ pub struct Delivery {
     pub delivered_mb_per_s: f64,
     pub upstream_connections: usize,
     pub token_requests: usize,
-    pub relay_peak_rss_kib: Option<u64>,
-    /// User + system.
-    pub relay_cpu_s: Option<f64>,
-    pub relay_cpu_sys_s: Option<f64>,
+    /// Peak memory of the server under test: the relay's VmHWM; for Postfix the highest sum of
+    /// its processes' PSS seen by a 500 ms sampler. None for the ceiling.
+    pub server_peak_rss_kib: Option<u64>,
+    /// CPU of the server under test (user + system) during the run: the relay's; for Postfix
+    /// every process of the instance (live ones and those its master reaped).
+    pub server_cpu_s: Option<f64>,
+    pub server_cpu_sys_s: Option<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -149,8 +161,8 @@ impl Report {
         sink: &SinkResult,
         upstream_connections: usize,
         token_requests: usize,
-        relay_peak_rss_kib: Option<u64>,
-        relay_cpu: Option<Cpu>,
+        server_peak_rss_kib: Option<u64>,
+        server_cpu: Option<Cpu>,
     ) -> Report {
         let window = match (load.first_connect, sink.last_arrival) {
             (Some(a), Some(b)) => b.saturating_sub(a),
@@ -166,9 +178,9 @@ impl Report {
             delivered_mb_per_s: rate(sink.bytes, window) / 1e6,
             upstream_connections,
             token_requests,
-            relay_peak_rss_kib,
-            relay_cpu_s: relay_cpu.map(|c| c.total().as_secs_f64()),
-            relay_cpu_sys_s: relay_cpu.map(|c| c.sys.as_secs_f64()),
+            server_peak_rss_kib,
+            server_cpu_s: server_cpu.map(|c| c.total().as_secs_f64()),
+            server_cpu_sys_s: server_cpu.map(|c| c.sys.as_secs_f64()),
         });
         self
     }
@@ -190,7 +202,9 @@ impl Report {
                     s.messages,
                     s.size,
                     s.per_session,
-                    if s.auth { ", AUTH PLAIN" } else { "" },
+                    s.auth
+                        .as_deref()
+                        .map_or(String::new(), |m| format!(", AUTH {m}")),
                     if s.starttls { ", STARTTLS" } else { "" },
                 ),
             ),
@@ -200,10 +214,26 @@ impl Report {
                 "relay".into(),
                 format!(
                     "fsync={fsync}, wait_for_upstream={}, max_upstream_connections={}, \
-                     reply delay {} ms",
+                     upstream_idle_timeout={}",
                     s.wait_for_upstream.as_deref().unwrap_or("?"),
                     s.max_upstream_connections.unwrap_or(0),
+                    s.upstream_idle_timeout.as_deref().unwrap_or("?"),
+                ),
+            ));
+        }
+        if let Some(c) = s.postfix_concurrency {
+            rows.push((
+                "postfix".into(),
+                format!("default_destination_concurrency_limit={c}, durable queue"),
+            ));
+        }
+        if s.reply_delay_ms.is_some() || s.token_lifetime_s.is_some() {
+            rows.push((
+                "upstream".into(),
+                format!(
+                    "reply delay {} ms, token lifetime {} s",
                     s.reply_delay_ms.unwrap_or(0),
+                    s.token_lifetime_s.unwrap_or(0)
                 ),
             ));
         }
@@ -257,13 +287,21 @@ impl Report {
             ));
             rows.push(("token requests".into(), d.token_requests.to_string()));
             rows.push((
-                "relay peak RSS".into(),
-                d.relay_peak_rss_kib
-                    .map_or("?".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+                format!(
+                    "{} peak {}",
+                    s.peer,
+                    if s.peer == "postfix" {
+                        "PSS (sum)"
+                    } else {
+                        "RSS"
+                    }
+                ),
+                d.server_peak_rss_kib
+                    .map_or("-".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
             ));
             rows.push((
-                "relay CPU".into(),
-                match (d.relay_cpu_s, d.relay_cpu_sys_s) {
+                format!("{} CPU", s.peer),
+                match (d.server_cpu_s, d.server_cpu_sys_s) {
                     (Some(c), Some(sys)) => format!(
                         "{c:.2} s ({sys:.2} s system), {:.2} ms per delivered message",
                         if d.delivered > 0 {
@@ -272,7 +310,7 @@ impl Report {
                             0.0
                         }
                     ),
-                    _ => "?".into(),
+                    _ => "-".into(),
                 },
             ));
         }

@@ -1,7 +1,7 @@
 //! TLS for the load generator's STARTTLS option.
 //!
-//! Why: the generator must be able to drive any SMTP server (the relay, the sink, later Postfix
-//! with a self-signed certificate). With a CA file we verify as a device that checks would;
+//! Why: the generator must be able to drive any SMTP server (the relay, the sink, Postfix, or
+//! another server with a self-signed certificate). With a CA file we verify as a device that checks would;
 //! without one we accept any certificate but still check the handshake signatures, because a
 //! benchmark measures cost, and skipping signature checks would make TLS look cheaper than it is.
 

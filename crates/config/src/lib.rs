@@ -18,7 +18,7 @@ mod schema;
 mod validate;
 
 pub use schema::*;
-pub use validate::validate;
+pub use validate::{parse_dns_server, validate};
 
 use figment::Figment;
 use figment::providers::{Format, Toml};

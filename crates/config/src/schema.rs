@@ -419,6 +419,31 @@ pub enum UpstreamTls {
     None,
 }
 
+/// STARTTLS towards a smart host (`route = "smarthost"`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmarthostTls {
+    /// STARTTLS with a verified certificate, or no delivery.
+    Required,
+    /// STARTTLS (verified) when the host offers it; plain text when it does not.
+    Opportunistic,
+}
+
+impl SmarthostTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmarthostTls::Required => "required",
+            SmarthostTls::Opportunistic => "opportunistic",
+        }
+    }
+}
+
+/// The largest message `route = "graph"` takes by default: Graph refuses request bodies over
+/// about 4 MB, and the MIME travels base64-encoded (4 bytes for every 3), so 4 MiB of request
+/// carries 3 MiB of message; 64 KiB of that is kept for the headers smtp2oauth adds (the
+/// `Received:` header, a `Bcc:` header for envelope-only recipients).
+pub const GRAPH_MAX_MESSAGE_SIZE: u64 = 3 * 1024 * 1024 - 64 * 1024;
+
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub enum JwtAlg {
     #[serde(alias = "ps256", alias = "Ps256")]
@@ -479,8 +504,47 @@ pub struct Account {
     /// in addition to the built-in web PKI roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// For `route = "graph"`: Microsoft Graph base URL. Default `https://graph.microsoft.com`
+    /// (follows `authority` for sovereign clouds).
     #[serde(default)]
     pub graph_url: Option<String>,
+    // --- routes beyond SMTP submission: Graph sendMail, MX smart host, fallback ---
+    /// The route to try when `route` refuses a message for a reason this route may not share
+    /// (SMTP AUTH disabled for the tenant, a message too large for Graph, a connector refusing
+    /// our address). Must differ from `route`; `"capture"` is not a fallback.
+    #[serde(default)]
+    pub fallback_route: Option<Route>,
+    /// Token scope for the fallback route. Default: that route's default scope.
+    #[serde(default)]
+    pub fallback_scope: Option<String>,
+    /// Largest message (bytes) this account's devices may send. Default: `[server]
+    /// max_message_size`, or [`GRAPH_MAX_MESSAGE_SIZE`] for `route = "graph"` without a
+    /// `fallback_route` that can carry larger mail.
+    #[serde(default)]
+    pub max_message_size: Option<u64>,
+    /// For `route = "smarthost"`: a fixed host to deliver to (`mx_domain` is the alternative).
+    #[serde(default)]
+    pub smarthost_host: Option<String>,
+    /// Port of the smart host, or of every MX host of `mx_domain`. Default 25.
+    #[serde(default)]
+    pub smarthost_port: Option<u16>,
+    /// For `route = "smarthost"`: deliver to the MX hosts of this domain, in preference order.
+    #[serde(default)]
+    pub mx_domain: Option<String>,
+    /// DNS servers (`ip` or `ip:port`) used to resolve `mx_domain` and smart-host names.
+    /// Default: the system's resolver configuration (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub dns_servers: Vec<String>,
+    /// STARTTLS towards the smart host. Default `"required"`.
+    #[serde(default)]
+    pub smarthost_tls: Option<SmarthostTls>,
+    /// TLS client certificate chain (PEM) presented to the smart host, for certificate-based
+    /// connectors. Goes with `tls_client_key_file`.
+    #[serde(default)]
+    pub tls_client_cert_file: Option<PathBuf>,
+    /// Private key (PEM, not encrypted) of `tls_client_cert_file`.
+    #[serde(default)]
+    pub tls_client_key_file: Option<PathBuf>,
     /// For `route = "capture"`: where messages are written. Default `<store dir>/capture`.
     #[serde(default)]
     pub capture_dir: Option<PathBuf>,
@@ -564,23 +628,9 @@ impl Account {
         }
     }
 
+    /// The token scope of the account's `route`.
     pub fn scope(&self) -> String {
-        if let Some(s) = &self.scope {
-            return s.clone();
-        }
-        let (resource, _) = self.microsoft_cloud();
-        match (self.provider, self.flow) {
-            (Provider::Google, _) => "https://mail.google.com/".into(),
-            (_, Flow::ClientCredentials) => format!("https://{resource}/.default"),
-            // Delegated: the user's permission, plus offline_access for a refresh token.
-            _ if self.route == Route::Graph => {
-                "https://graph.microsoft.com/Mail.Send offline_access".into()
-            }
-            _ if resource == "outlook.office365.com" => {
-                "https://outlook.office.com/SMTP.Send offline_access".into()
-            }
-            _ => format!("https://{resource}/SMTP.Send offline_access"),
-        }
+        self.scope_for(self.route)
     }
 
     /// True for the flows where a person signs in (authorization code, device code).
@@ -639,6 +689,110 @@ impl Account {
                 Provider::Google => "smtp.gmail.com".into(),
                 _ => self.microsoft_cloud().1.into(),
             })
+    }
+
+    /// The Microsoft Graph base URL (no trailing `/`): `graph_url`, or the Graph endpoint of the
+    /// account's cloud (following `authority` for sovereign clouds).
+    pub fn graph_url(&self) -> String {
+        match &self.graph_url {
+            Some(u) => u.trim_end_matches('/').to_string(),
+            None => self.graph_resource(),
+        }
+    }
+
+    /// The Graph resource of the account's cloud, whatever `graph_url` says (a proxy or a test
+    /// endpoint still needs tokens for the real resource).
+    fn graph_resource(&self) -> String {
+        let authority = self.authority();
+        if authority.contains("login.microsoftonline.us") {
+            "https://graph.microsoft.us".into()
+        } else if authority.contains("login.partner.microsoftonline.cn")
+            || authority.contains("login.chinacloudapi.cn")
+        {
+            "https://microsoftgraph.chinacloudapi.cn".into()
+        } else {
+            "https://graph.microsoft.com".into()
+        }
+    }
+
+    /// The default token scope of a route for this account (`scope` and `fallback_scope`
+    /// override it for the primary and the fallback route).
+    pub fn default_scope_for(&self, route: Route) -> String {
+        match route {
+            Route::Graph if self.is_delegated() => {
+                format!("{}/Mail.Send offline_access", self.graph_resource())
+            }
+            Route::Graph => format!("{}/.default", self.graph_resource()),
+            _ => {
+                let (resource, _) = self.microsoft_cloud();
+                match (self.provider, self.flow) {
+                    (Provider::Google, _) => "https://mail.google.com/".into(),
+                    (_, Flow::ClientCredentials) => format!("https://{resource}/.default"),
+                    // Delegated: the user's permission, plus offline_access for a refresh token.
+                    _ if resource == "outlook.office365.com" => {
+                        "https://outlook.office.com/SMTP.Send offline_access".into()
+                    }
+                    _ => format!("https://{resource}/SMTP.Send offline_access"),
+                }
+            }
+        }
+    }
+
+    /// The token scope for `route` when it is this account's primary or fallback route.
+    pub fn scope_for(&self, route: Route) -> String {
+        let explicit = if route == self.route {
+            self.scope.clone()
+        } else {
+            self.fallback_scope.clone()
+        };
+        explicit.unwrap_or_else(|| self.default_scope_for(route))
+    }
+
+    /// True when delivering through `route` needs an OAuth token.
+    pub fn route_needs_token(route: Route) -> bool {
+        matches!(route, Route::Smtp | Route::Graph)
+    }
+
+    /// Routes this account uses: its `route`, then its `fallback_route`.
+    pub fn routes(&self) -> Vec<Route> {
+        let mut v = vec![self.route];
+        if let Some(f) = self.fallback_route
+            && f != self.route
+        {
+            v.push(f);
+        }
+        v
+    }
+
+    /// True when some route of this account needs an OAuth token (and so a credential).
+    pub fn needs_token(&self) -> bool {
+        self.routes().into_iter().any(Account::route_needs_token)
+    }
+
+    /// The largest message this account takes, given the server's limit: the smaller of
+    /// `[server] max_message_size` and `max_message_size`; for `route = "graph"` without a
+    /// fallback that can carry larger mail, at most [`GRAPH_MAX_MESSAGE_SIZE`] unless set.
+    pub fn message_size_limit(&self, server_max: u64) -> u64 {
+        let route_default = if self.route == Route::Graph
+            && self
+                .fallback_route
+                .is_none_or(|f| matches!(f, Route::Graph | Route::Capture))
+        {
+            GRAPH_MAX_MESSAGE_SIZE
+        } else {
+            server_max
+        };
+        self.max_message_size
+            .unwrap_or(route_default)
+            .min(server_max)
+    }
+
+    pub fn smarthost_port(&self) -> u16 {
+        self.smarthost_port.unwrap_or(25)
+    }
+
+    pub fn smarthost_tls(&self) -> SmarthostTls {
+        self.smarthost_tls.unwrap_or(SmarthostTls::Required)
     }
 
     /// The pacing limit in force: `max_messages_per_minute`, or the provider's default.

@@ -261,7 +261,7 @@ account = "scanner"
         "accounts.0.client_id",
         "accounts.0.tenant",
         "accounts.0.client_secret",
-        "accounts.1.route",
+        "accounts.1.client_id",
         "devices.0.account",
         "devices.0.password_hash",
         "devices.1.allow_ips",
@@ -367,6 +367,163 @@ fn wildcard_listener_overlapping_a_specific_one_is_reported() {
     assert!(
         e.problems.iter().any(|p| p.key == "listeners.1.address"),
         "{e}"
+    );
+}
+
+/// The MINIMAL account with `keys` added (each `key = value` on its own line).
+fn with_account_keys(keys: &str) -> String {
+    MINIMAL.replace(
+        "client_secret = \"s3cret-value\"\n",
+        &format!("client_secret = \"s3cret-value\"\n{keys}\n"),
+    )
+}
+
+#[test]
+fn route_keys_are_checked_with_key_paths() {
+    // (account keys, the problem key expected, or None when the config is fine)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("route = \"graph\"", None),
+        ("route = \"graph\"\nfallback_route = \"smtp\"", None),
+        ("route = \"smtp\"\nfallback_route = \"graph\"", None),
+        (
+            "route = \"smtp\"\nfallback_route = \"smtp\"",
+            Some("accounts.0.fallback_route"),
+        ),
+        (
+            "route = \"smtp\"\nfallback_route = \"capture\"",
+            Some("accounts.0.fallback_route"),
+        ),
+        (
+            "route = \"graph\"\nmax_message_size = 10000000",
+            Some("accounts.0.max_message_size"),
+        ),
+        (
+            "route = \"graph\"\nfallback_route = \"smtp\"\nmax_message_size = 10000000",
+            None,
+        ),
+        (
+            "max_message_size = 100",
+            Some("accounts.0.max_message_size"),
+        ),
+        ("route = \"smarthost\"", Some("accounts.0.smarthost_host")),
+        (
+            "route = \"smarthost\"\nsmarthost_host = \"mx.example.com\"",
+            None,
+        ),
+        (
+            "route = \"smarthost\"\nmx_domain = \"contoso.com\"\ndns_servers = [\"127.0.0.1:5353\", \"::1\"]",
+            None,
+        ),
+        (
+            "route = \"smarthost\"\nmx_domain = \"contoso.com\"\nsmarthost_host = \"a\"",
+            Some("accounts.0.mx_domain"),
+        ),
+        (
+            "route = \"smarthost\"\nmx_domain = \"contoso.com\"\ndns_servers = [\"dns.example\"]",
+            Some("accounts.0.dns_servers.0"),
+        ),
+        (
+            "route = \"smarthost\"\nsmarthost_host = \"bad host\"",
+            Some("accounts.0.smarthost_host"),
+        ),
+        (
+            "route = \"smarthost\"\nsmarthost_host = \"h\"\nsmarthost_port = 0",
+            Some("accounts.0.smarthost_port"),
+        ),
+        (
+            "route = \"smarthost\"\nsmarthost_host = \"h\"\ntls_client_cert_file = \"/etc/hostname\"",
+            Some("accounts.0.tls_client_key_file"),
+        ),
+        (
+            "route = \"smarthost\"\nsmarthost_host = \"h\"\ntls_client_cert_file = \"/nonexistent/c.pem\"\ntls_client_key_file = \"/nonexistent/k.pem\"",
+            Some("accounts.0.tls_client_cert_file"),
+        ),
+    ];
+    for (keys, want) in cases {
+        let f = write(&with_account_keys(keys));
+        match (load_with_env(Some(&f.0), no_env()), want) {
+            (Ok(_), None) => {}
+            (Err(e), Some(k)) => assert!(
+                e.problems.iter().any(|p| p.key == *k),
+                "{keys}: expected a problem at {k}, got {e}"
+            ),
+            (Ok(_), Some(k)) => panic!("{keys}: expected a problem at {k}"),
+            (Err(e), None) => panic!("{keys}: unexpected problems: {e}"),
+        }
+    }
+}
+
+#[test]
+fn smarthost_without_credentials_is_fine_and_graph_needs_them() {
+    let no_cred = |route_keys: &str| {
+        MINIMAL
+            .replace(
+                "client_secret = \"s3cret-value\"\n",
+                &format!("{route_keys}\n"),
+            )
+            .replace("client_id = \"11111111-2222-3333-4444-555555555555\"\n", "")
+    };
+    let f = write(&no_cred(
+        "route = \"smarthost\"\nsmarthost_host = \"mx.example.com\"",
+    ));
+    load_with_env(Some(&f.0), no_env()).unwrap();
+    let f = write(&no_cred("route = \"graph\""));
+    let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
+    let keys: Vec<&str> = e.problems.iter().map(|p| p.key.as_str()).collect();
+    assert!(keys.contains(&"accounts.0.client_id"), "{keys:?}");
+    assert!(keys.contains(&"accounts.0.client_secret"), "{keys:?}");
+    // A token-less primary with a token fallback still needs the credential.
+    let f = write(&no_cred(
+        "route = \"smarthost\"\nsmarthost_host = \"h\"\nfallback_route = \"graph\"",
+    ));
+    assert!(load_with_env(Some(&f.0), no_env()).is_err());
+}
+
+#[test]
+fn route_defaults_follow_the_route_and_the_cloud() {
+    let f = write(&with_account_keys(
+        "route = \"graph\"\nfallback_route = \"smtp\"",
+    ));
+    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
+    let a = &c.accounts[0];
+    assert_eq!(a.graph_url(), "https://graph.microsoft.com");
+    assert_eq!(a.scope(), "https://graph.microsoft.com/.default");
+    assert_eq!(
+        a.scope_for(Route::Graph),
+        "https://graph.microsoft.com/.default"
+    );
+    assert_eq!(
+        a.scope_for(Route::Smtp),
+        "https://outlook.office365.com/.default"
+    );
+    // With an SMTP fallback, Graph's size limit does not cap the device.
+    assert_eq!(a.message_size_limit(36_700_160), 36_700_160);
+
+    let f = write(&with_account_keys(
+        "route = \"graph\"\nauthority = \"https://login.microsoftonline.us\"\ngraph_url = \"https://127.0.0.1:9/\"",
+    ));
+    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
+    let a = &c.accounts[0];
+    assert_eq!(a.graph_url(), "https://127.0.0.1:9");
+    assert_eq!(a.scope(), "https://graph.microsoft.us/.default");
+    assert_eq!(a.message_size_limit(36_700_160), GRAPH_MAX_MESSAGE_SIZE);
+    assert_eq!(a.message_size_limit(1_000_000), 1_000_000);
+
+    let f = write(&with_account_keys(
+        "route = \"smarthost\"\nmx_domain = \"contoso.com\"",
+    ));
+    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
+    let a = &c.accounts[0];
+    assert_eq!(a.smarthost_port(), 25);
+    assert_eq!(a.smarthost_tls(), SmarthostTls::Required);
+    assert!(!a.needs_token());
+    assert_eq!(
+        parse_dns_server("127.0.0.1"),
+        Some("127.0.0.1:53".parse().unwrap())
+    );
+    assert_eq!(
+        parse_dns_server("[::1]:5353"),
+        Some("[::1]:5353".parse().unwrap())
     );
 }
 

@@ -1,7 +1,9 @@
 //! Semantic checks that types cannot express: references between tables, required credentials,
 //! files that must exist, limits that must make sense. Every problem names its key.
 
-use crate::{Config, Flow, ListenerTls, Problem, Provider, Route, TlsProfile, UpstreamTls};
+use crate::{
+    Account, Config, Flow, ListenerTls, Problem, Provider, Route, TlsProfile, UpstreamTls,
+};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -341,16 +343,9 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
                 "must be at least 1",
             ));
         }
-        match a.route {
-            Route::Capture => continue,
-            Route::Smtp => {}
-            Route::Graph | Route::Smarthost => {
-                p.push(Problem::new(
-                    format!("{key}.route"),
-                    format!("route \"{}\" is not available in this version; use \"smtp\" or \"capture\"", a.route.as_str()),
-                ));
-                continue;
-            }
+        routes(a, &key, p, w);
+        if !a.needs_token() {
+            continue;
         }
         if a.provider == Provider::Google && a.flow == Flow::ClientCredentials {
             p.push(Problem::new(
@@ -360,6 +355,12 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         }
         if a.is_delegated() {
             delegated(c, a, &key, p, w);
+        }
+        if a.provider == Provider::Google && a.routes().contains(&Route::Graph) {
+            p.push(Problem::new(
+                format!("{key}.provider"),
+                "Google has no Graph route: use route = \"smtp\" (smtp.gmail.com)",
+            ));
         }
         if a.client_id.as_deref().is_none_or(str::is_empty) {
             p.push(Problem::new(
@@ -419,6 +420,9 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
                     "is needed with certificate_file",
                 )),
             }
+        }
+        if !a.routes().contains(&Route::Smtp) {
+            continue;
         }
         if a.smtp_tls() == UpstreamTls::None {
             w.push(Problem::new(
@@ -536,6 +540,143 @@ fn delegated(
             }
         }
     }
+}
+
+/// The keys of `route`, `fallback_route`, the Graph route and the smart-host route.
+fn routes(a: &Account, key: &str, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
+    if let Some(f) = a.fallback_route {
+        if f == a.route {
+            p.push(Problem::new(
+                format!("{key}.fallback_route"),
+                format!(
+                    "is the same as route (\"{}\"): a fallback must be another route",
+                    f.as_str()
+                ),
+            ));
+        } else if f == Route::Capture || a.route == Route::Capture {
+            p.push(Problem::new(
+                format!("{key}.fallback_route"),
+                "route = \"capture\" neither has nor is a fallback (it takes every message)",
+            ));
+        }
+    }
+    if a.fallback_scope.is_some() && a.fallback_route.is_none() {
+        w.push(Problem::new(
+            format!("{key}.fallback_scope"),
+            "is ignored without fallback_route",
+        ));
+    }
+    if let Some(m) = a.max_message_size {
+        if m < 1024 {
+            p.push(Problem::new(
+                format!("{key}.max_message_size"),
+                "must be at least 1024 bytes",
+            ));
+        }
+        // Graph refuses request bodies over ~4 MB: 3 MiB of MIME once base64-encoded.
+        if a.route == Route::Graph
+            && a.fallback_route.is_none_or(|f| f == Route::Capture)
+            && m > 3 * 1024 * 1024
+        {
+            p.push(Problem::new(
+                format!("{key}.max_message_size"),
+                format!(
+                    "{m} bytes cannot go through Microsoft Graph (about 3 MiB of message per request, default {}); set fallback_route = \"smtp\" to send larger mail over SMTP",
+                    crate::GRAPH_MAX_MESSAGE_SIZE
+                ),
+            ));
+        }
+    }
+    let routes = a.routes();
+    let smarthost = routes.contains(&Route::Smarthost);
+    if smarthost {
+        match (&a.smarthost_host, &a.mx_domain) {
+            (None, None) => p.push(Problem::new(
+                format!("{key}.smarthost_host"),
+                "route \"smarthost\" needs smarthost_host (a fixed host) or mx_domain (deliver to the domain's MX hosts)",
+            )),
+            (Some(_), Some(_)) => p.push(Problem::new(
+                format!("{key}.mx_domain"),
+                "set smarthost_host or mx_domain, not both",
+            )),
+            _ => {}
+        }
+        for (k, v) in [
+            ("smarthost_host", &a.smarthost_host),
+            ("mx_domain", &a.mx_domain),
+        ] {
+            if let Some(h) = v
+                && (h.trim().is_empty()
+                    || h.contains(|c: char| c.is_whitespace() || c == '/' || c == ':'))
+            {
+                p.push(Problem::new(
+                    format!("{key}.{k}"),
+                    format!("`{h}` is not a host or domain name"),
+                ));
+            }
+        }
+        if a.smarthost_port == Some(0) {
+            p.push(Problem::new(
+                format!("{key}.smarthost_port"),
+                "must not be 0",
+            ));
+        }
+        for (j, d) in a.dns_servers.iter().enumerate() {
+            if parse_dns_server(d).is_none() {
+                p.push(Problem::new(
+                    format!("{key}.dns_servers.{j}"),
+                    format!("`{d}` is not an IP address or IP:port, e.g. \"192.168.1.1\" or \"127.0.0.1:5353\""),
+                ));
+            }
+        }
+        match (&a.tls_client_cert_file, &a.tls_client_key_file) {
+            (Some(c), Some(k)) => {
+                readable(c, &format!("{key}.tls_client_cert_file"), p);
+                readable(k, &format!("{key}.tls_client_key_file"), p);
+            }
+            (Some(_), None) => p.push(Problem::new(
+                format!("{key}.tls_client_key_file"),
+                "is needed with tls_client_cert_file",
+            )),
+            (None, Some(_)) => p.push(Problem::new(
+                format!("{key}.tls_client_cert_file"),
+                "is needed with tls_client_key_file",
+            )),
+            (None, None) => {}
+        }
+    } else {
+        let set: Vec<&str> = [
+            ("smarthost_host", a.smarthost_host.is_some()),
+            ("smarthost_port", a.smarthost_port.is_some()),
+            ("mx_domain", a.mx_domain.is_some()),
+            ("dns_servers", !a.dns_servers.is_empty()),
+            ("smarthost_tls", a.smarthost_tls.is_some()),
+            ("tls_client_cert_file", a.tls_client_cert_file.is_some()),
+            ("tls_client_key_file", a.tls_client_key_file.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        if !set.is_empty() {
+            w.push(Problem::new(
+                key.to_string(),
+                format!(
+                    "{} only apply to route \"smarthost\" and are ignored",
+                    set.join(", ")
+                ),
+            ));
+        }
+    }
+}
+
+/// A DNS server written as `ip` (port 53) or `ip:port` (`[v6]:port` for IPv6).
+pub fn parse_dns_server(s: &str) -> Option<SocketAddr> {
+    let s = s.trim();
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<std::net::IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
 }
 
 fn devices(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {

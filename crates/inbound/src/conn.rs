@@ -104,10 +104,15 @@ async fn serve_inner<S>(
         if implicit { "implicit" } else { "none" },
     );
     let ip_device = ctx.directory.device_for_address(peer.ip());
+    // Before a device is known, advertise the largest size any device may send.
+    let mut limits = ctx.limits;
+    if let Some(largest) = ctx.directory.largest_message_size() {
+        limits.max_message_size = limits.max_message_size.min(largest);
+    }
     let mut session = Session::new(
         ctx.hostname.clone(),
         listener.settings.clone(),
-        ctx.limits,
+        limits,
         peer.ip(),
         implicit,
         listener.tls.is_some(),
@@ -609,7 +614,12 @@ where
         .policy
         .rewrite
         .then(|| HeaderRewriter::new(plan.device.policy.clone()));
-    let mut decoder = DotDecoder::new(ctx.limits.max_message_size);
+    // The device's account may take less than the server (a Graph route without a fallback).
+    let size_limit = plan
+        .device
+        .max_message_size
+        .min(ctx.limits.max_message_size);
+    let mut decoder = DotDecoder::new(size_limit);
 
     loop {
         let r = decoder.decode(conn.buffered(), &mut decoded);
@@ -669,10 +679,11 @@ where
     let refusal = if decoder.over_limit() {
         info!(
             size = decoder.size(),
-            limit = ctx.limits.max_message_size,
+            limit = size_limit,
+            account = %plan.device.account,
             "message refused: too large"
         );
-        Some(SessionError::MessageTooBig(ctx.limits.max_message_size))
+        Some(SessionError::MessageTooBig(size_limit))
     } else {
         store_err.as_ref().map(|e| {
             if e.is_full() {

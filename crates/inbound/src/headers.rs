@@ -12,6 +12,7 @@
 //! unchanged (and logged), never buffered without bound.
 
 use crate::identity::SenderPolicy;
+use std::borrow::Cow;
 
 /// Largest header block we buffer for rewriting.
 pub const MAX_HEADER_BLOCK: usize = 256 * 1024;
@@ -228,19 +229,33 @@ fn quote_phrase(s: &str) -> String {
     quote(s)
 }
 
+/// A quoted string with `s` as its text; control characters (no use in a name, and not
+/// allowed in a quoted string) are dropped.
 fn quote(s: &str) -> String {
-    let escaped = s.replace('\\', "\\\\").replace('"', "\\\"");
-    format!("\"{escaped}\"")
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('"');
+    for c in s.chars().filter(|&c| c == '\t' || !c.is_control()) {
+        if c == '"' || c == '\\' {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
 }
 
-/// True when `s` can stand before `<addr>` as it is: an RFC 5322 phrase (atoms, quoted strings
-/// and encoded words, with comments and whitespace between them; UTF-8 allowed, RFC 6532).
-/// Anything else (`Scan, 3F`, an unbalanced quote, `<` outside quotes) would make a mail parser
-/// read a different address, or a list, instead of the mailbox we put there.
+/// True when `s` can stand before `<addr>` as it is: atoms, quoted strings and encoded words
+/// with whitespace between them (UTF-8 allowed, RFC 6532). Anything else (`Scan, 3F`, an
+/// unbalanced quote, `<` outside quotes) would make a mail parser read a different address, or a
+/// list, instead of the mailbox we put there. Comments are valid in a phrase, but parsers
+/// disagree about them (mail-parser reads `e (c) f <addr>` as the address `e`), so a display
+/// name with one is quoted too: we write only what every parser reads the same way.
 fn is_phrase(s: &str) -> bool {
     let b = s.as_bytes();
     let atext =
         |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~.".contains(&c) || c >= 0x80;
+    // Inside quotes: printable characters and whitespace, no controls (RFC 5322 qtext, WSP).
+    let qtext = |c: u8| c == b'\t' || (c >= 0x20 && c != 0x7f);
     let mut i = 0;
     let mut words = 0;
     while i < b.len() {
@@ -251,36 +266,14 @@ fn is_phrase(s: &str) -> bool {
                 loop {
                     match b.get(i) {
                         None => return false,
-                        Some(b'\\') if i + 1 < b.len() => i += 2,
-                        Some(b'\\') => return false,
+                        Some(b'\\') if i + 1 < b.len() && qtext(b[i + 1]) => i += 2,
                         Some(b'"') => break,
-                        Some(_) => i += 1,
+                        Some(&c) if qtext(c) => i += 1,
+                        Some(_) => return false,
                     }
                 }
                 i += 1;
                 words += 1;
-            }
-            b'(' => {
-                let mut depth = 0usize;
-                loop {
-                    match b.get(i) {
-                        None => return false,
-                        Some(b'\\') if i + 1 < b.len() => i += 2,
-                        Some(b'\\') => return false,
-                        Some(b'(') => {
-                            depth += 1;
-                            i += 1;
-                        }
-                        Some(b')') => {
-                            depth -= 1;
-                            i += 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
             }
             c if atext(c) => {
                 while i < b.len() && atext(b[i]) {
@@ -297,9 +290,29 @@ fn is_phrase(s: &str) -> bool {
 fn format_mailbox_field(name: &str, display: Option<&str>, mailbox: &str) -> String {
     match display {
         Some(d) if is_phrase(d) => format!("{name}: {d} <{mailbox}>\r\n"),
-        Some(d) if !d.trim().is_empty() => format!("{name}: {} <{mailbox}>\r\n", quote(d.trim())),
+        Some(d) if !d.trim().is_empty() => {
+            format!("{name}: {} <{mailbox}>\r\n", quote(&unquote(d.trim())))
+        }
         _ => format!("{name}: {mailbox}\r\n"),
     }
+}
+
+/// The text of a display name that is one quoted string (`"a \"b\""` → `a "b"`), so quoting it
+/// again does not show its quotes; anything else as it is.
+fn unquote(d: &str) -> Cow<'_, str> {
+    let Some(inner) = d.strip_prefix('"').and_then(|r| r.strip_suffix('"')) else {
+        return Cow::Borrowed(d);
+    };
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.extend(chars.next()),
+            '"' => return Cow::Borrowed(d), // several quoted strings: keep it all
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
 }
 
 /// The `Received:` header we prepend (RFC 5321 §4.4). It does not name the device's login.
@@ -452,10 +465,10 @@ mod tests {
                 "From: mfp@printer.local\r\n",
                 "From: scanner@contoso.com\r\n",
             ),
-            // a display name with a comment is a phrase and stays as written
+            // a display name with a comment is quoted: parsers disagree about comments
             (
                 "From: Scanner (3rd floor) <mfp@printer.local>\r\n\r\nb\r\n",
-                "From: Scanner (3rd floor) <scanner@contoso.com>\r\n\r\nb\r\n",
+                "From: \"Scanner (3rd floor)\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
             // Found by the `headers` fuzz target: a display name that is not an RFC 5322 phrase
             // is quoted, or a mail parser reads a list or another address instead of the mailbox.
@@ -475,11 +488,16 @@ mod tests {
                 "From: mfp@printer.local (=?x?Q?<evil@x.example>?=)\r\n\r\nb\r\n",
                 "From: \"=?x?Q?<evil@x.example>?=\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
+            // control characters inside quotes are not a phrase: dropped, then re-quoted
+            (
+                "From: \"Scan\u{0} 3F\u{1}\" <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: \"Scan 3F\" <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
             // a quote inside a comment does not open a quoted string (found by the fuzzer:
             // our own output was read back as a different address)
             (
                 "From: Scan (3\" floor) <mfp@printer.local>\r\n\r\nb\r\n",
-                "From: Scan (3\" floor) <scanner@contoso.com>\r\n\r\nb\r\n",
+                "From: \"Scan (3\\\" floor)\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
         ];
         for (input, want) in cases {

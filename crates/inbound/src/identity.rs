@@ -24,6 +24,9 @@ pub struct Device {
     pub allow_ips: Vec<IpNet>,
     pub account: String,
     pub policy: SenderPolicy,
+    /// The largest message this device may send: its account's limit (a route such as Graph
+    /// takes less than `[server] max_message_size`), never more than the server's.
+    pub max_message_size: u64,
 }
 
 impl Device {
@@ -106,6 +109,7 @@ impl Directory {
                 allow_ips: d.allow_ips.clone(),
                 account: account.name.clone(),
                 policy,
+                max_message_size: account.message_size_limit(cfg.server.max_message_size),
             });
             if d.auth {
                 if let Some(u) = &d.username {
@@ -133,6 +137,16 @@ impl Directory {
             verifier: Verifier::start(workers),
             cache: AuthCache::new(cfg.server.auth_cache_ttl, 10_000),
         })
+    }
+
+    /// The largest message any device may send (what EHLO advertises before the device is
+    /// known); `None` when there are no devices.
+    pub fn largest_message_size(&self) -> Option<u64> {
+        self.by_username
+            .values()
+            .chain(&self.by_address)
+            .map(|d| d.max_message_size)
+            .max()
     }
 
     /// The authenticating device with this username, if any.

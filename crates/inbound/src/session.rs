@@ -298,7 +298,7 @@ impl Session {
                 self.peer
             ),
             "PIPELINING".into(),
-            format!("SIZE {}", self.limits.max_message_size),
+            format!("SIZE {}", self.size_limit()),
             "8BITMIME".into(),
             "SMTPUTF8".into(),
             "ENHANCEDSTATUSCODES".into(),
@@ -313,6 +313,14 @@ impl Session {
         }
         lines.push("HELP".into());
         Reply::multiline(250, None, lines)
+    }
+
+    /// The SIZE to advertise: the known device's limit (its account's route may take less
+    /// than the server), else the session's.
+    fn size_limit(&self) -> u64 {
+        self.device().map_or(self.limits.max_message_size, |d| {
+            d.max_message_size.min(self.limits.max_message_size)
+        })
     }
 
     fn starttls(&mut self) -> Step {
@@ -425,8 +433,9 @@ impl Session {
         if self.tx.is_some() {
             return self.refuse(SessionError::NestedMail);
         }
-        if size > self.limits.max_message_size {
-            return self.refuse(SessionError::MessageTooBig(self.limits.max_message_size));
+        let limit = device.max_message_size.min(self.limits.max_message_size);
+        if size > limit {
+            return self.refuse(SessionError::MessageTooBig(limit));
         }
         if let Some(free) = self.free_space
             && free < self.limits.min_free_space.saturating_add(size)

@@ -178,6 +178,22 @@ mod tests {
         assert_eq!(hint(&reply("451 4.4.2 lost 10 minutes ago")), None);
     }
 
+    /// Graph's Retry-After reaches the account pause through the reply the Graph route makes.
+    #[test]
+    fn graph_throttling_replies_pause_the_account_for_retry_after() {
+        use smtp2oauth_upstream::graph::{reply_for_status, throttled_reply};
+        let body = br#"{"error":{"code":"ApplicationThrottled","message":"Application is over its MailboxConcurrency limit; retry in 10 minutes."}}"#;
+        for status in [429, 503] {
+            let r = reply_for_status(status, Some(Duration::from_secs(7)), body);
+            assert!(is_throttle(&r), "{r}");
+            assert_eq!(hint(&r), Some(Duration::from_secs(7)), "{r}");
+            // Without Retry-After: still a throttle, with the default pause.
+            let r = throttled_reply(status, None, "");
+            assert!(is_throttle(&r), "{r}");
+            assert_eq!(hint(&r), None, "{r}");
+        }
+    }
+
     #[test]
     fn pauses_grow_and_honour_hints() {
         assert!(throttle_pause(0, None) <= Duration::from_secs(36));

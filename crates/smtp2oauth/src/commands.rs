@@ -51,7 +51,18 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
         }
     }
     for (i, a) in cfg.accounts.iter().enumerate() {
-        if a.route != RouteKind::Smtp {
+        if let (Some(c), Some(k)) = (&a.tls_client_cert_file, &a.tls_client_key_file)
+            && a.routes().contains(&RouteKind::Smarthost)
+            && c.exists()
+            && k.exists()
+            && let Err(e) = smtp2oauth_upstream::client_config_with_cert(a.ca_file.as_deref(), c, k)
+        {
+            p.push(Problem::new(
+                format!("accounts.{i}.tls_client_cert_file"),
+                e,
+            ));
+        }
+        if !a.needs_token() {
             continue;
         }
         let has_cred = a.client_secret.is_some()
@@ -181,15 +192,15 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
         return ExitCode::from(2);
     };
     let built = async {
-        let tokens = if acct.route == RouteKind::Smtp {
-            let store = wiring::open_token_store(&cfg, false)?.map(|(s, _)| s);
-            if acct.is_delegated() && store.is_none() {
-                anyhow::bail!(
-                    "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
-                    acct.name,
-                    acct.name
-                );
-            }
+        let store = wiring::open_token_store(&cfg, false)?.map(|(s, _)| s);
+        if acct.is_delegated() && acct.needs_token() && store.is_none() {
+            anyhow::bail!(
+                "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
+                acct.name,
+                acct.name
+            );
+        }
+        let tokens = if smtp2oauth_config::Account::route_needs_token(acct.route) {
             let mut m = wiring::TokenSources::new();
             m.insert(
                 acct.name.clone(),
@@ -199,7 +210,7 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
         } else {
             wiring::TokenSources::new()
         };
-        wiring::route(&cfg, &acct, &tokens)
+        wiring::route(&cfg, &acct, &tokens, store.as_ref())
     }
     .await;
     let route = match built {

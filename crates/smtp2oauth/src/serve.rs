@@ -105,7 +105,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                 "account needs a sign-in: open the accounts page on the admin address, or run `smtp2oauth account login {}`; its mail is queued until then", a.name);
         }
     }
-    let routes = wiring::routes(&cfg, &tokens)?;
+    let routes = wiring::routes(&cfg, &tokens, token_store.as_ref())?;
     for a in &cfg.accounts {
         if let Some(r) = routes.get(&a.name) {
             info!(account = %a.name, mailbox = %a.mailbox, route = r.kind(), target = %r.target(), "account ready");
@@ -295,8 +295,8 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             up.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         }));
     }
-    // Handlers first, then the line that says we started: whoever waits for that line (a test,
-    // a supervisor) may send SIGTERM at once, and must not kill us the default way.
+    // Handlers first: whoever reads "started" may send SIGTERM at once, and a signal that
+    // arrives before its handler exists kills the process without a clean shutdown.
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;

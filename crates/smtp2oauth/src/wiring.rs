@@ -1,4 +1,5 @@
-//! Turning configuration into the running pieces: token sources, routes, listener TLS.
+//! Turning configuration into the running pieces: token sources, routes (with their
+//! fallbacks and the Graph request slots shared per app), listener TLS.
 //!
 //! `serve`, `check-config` and `send-test` all build from here, so a configuration that passes
 //! `check-config` is one `serve` can build.
@@ -11,10 +12,13 @@ use smtp2oauth_tokens::{
     DelegatedFlow, HttpOptions, KeyOrigin, ProviderKind, Secret, SignInTarget, StoredRefreshGrant,
     TokenCache, TokenSource, TokenStore,
 };
-use smtp2oauth_upstream::{CaptureRoute, Route, SmtpRoute, SmtpRouteConfig, TlsMode};
+use smtp2oauth_upstream::{
+    CaptureRoute, Destination, FallbackRoute, GraphRoute, GraphRouteConfig, Route, SmarthostRoute,
+    SmarthostRouteConfig, SmarthostTls, SmtpRoute, SmtpRouteConfig, TlsMode,
+};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 pub type TokenSources = HashMap<String, Arc<dyn TokenSource>>;
 
@@ -85,8 +89,9 @@ pub fn open_token_store(
     Ok(Some((Arc::new(store), origin)))
 }
 
-/// How an account signs in and redeems its refresh token.
-pub fn delegated_client(account: &Account) -> Result<DelegatedClient> {
+/// How an account signs in and redeems its refresh token for `route` (each route has its own
+/// scope; the sign-in itself uses the primary route's).
+pub fn delegated_client(account: &Account, route: RouteKind) -> Result<DelegatedClient> {
     let token_url = account.token_url().ok_or_else(|| {
         anyhow!(
             "account `{}`: no token endpoint (set tenant or token_url)",
@@ -112,7 +117,7 @@ pub fn delegated_client(account: &Account) -> Result<DelegatedClient> {
         } else {
             None
         },
-        scope: account.scope(),
+        scope: account.scope_for(route),
         authorize_url: account.authorize_url(),
         token_url,
         device_code_url: account.device_code_url(),
@@ -128,7 +133,7 @@ pub fn sign_in_targets(cfg: &Config, store: &Arc<TokenStore>) -> Result<Vec<Sign
         .map(|a| {
             Ok(SignInTarget {
                 account: a.name.clone(),
-                client: delegated_client(a)?,
+                client: delegated_client(a, a.route)?,
                 http: http_client(cfg, a)?,
                 store: store.clone(),
             })
@@ -136,11 +141,23 @@ pub fn sign_in_targets(cfg: &Config, store: &Arc<TokenStore>) -> Result<Vec<Sign
         .collect()
 }
 
-/// A token source for an account that needs one (route = "smtp"). Delegated accounts redeem
-/// the refresh token kept in `store`.
+/// A token source for an account's `route` (smtp or graph). Delegated accounts redeem the
+/// refresh token kept in `store`.
 pub fn token_source(
     cfg: &Config,
     account: &Account,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<Arc<dyn TokenSource>> {
+    token_source_for(cfg, account, account.route, store)
+}
+
+/// A token source for one of an account's routes: each route has its own scope, so each gets
+/// its own cache (the primary's is the one readiness checks and metrics report). A delegated
+/// account's routes share one stored sign-in.
+pub fn token_source_for(
+    cfg: &Config,
+    account: &Account,
+    route: RouteKind,
     store: Option<&Arc<TokenStore>>,
 ) -> Result<Arc<dyn TokenSource>> {
     let http = http_client(cfg, account)?;
@@ -154,7 +171,7 @@ pub fn token_source(
         })?;
         let grant = StoredRefreshGrant::new(
             account.name.clone(),
-            delegated_client(account)?,
+            delegated_client(account, route)?,
             store.clone(),
         )
         .with_context(|| format!("account `{}`: token store", account.name))?;
@@ -175,7 +192,7 @@ pub fn token_source(
         token_url,
         client_id: account.client_id.clone().unwrap_or_default(),
         credential: credential(account)?,
-        scope: account.scope(),
+        scope: account.scope_for(route),
     };
     Ok(Arc::new(TokenCache::new(
         account.name.clone(),
@@ -185,19 +202,178 @@ pub fn token_source(
     )))
 }
 
-/// Every account's token source (only accounts whose route needs tokens have one).
+/// Every account's token source for its `route` (only accounts whose route needs tokens have
+/// one).
 pub fn token_sources(cfg: &Config, store: Option<&Arc<TokenStore>>) -> Result<TokenSources> {
     let mut out = HashMap::new();
     for a in &cfg.accounts {
-        if a.route == RouteKind::Smtp {
+        if Account::route_needs_token(a.route) {
             out.insert(a.name.clone(), token_source(cfg, a, store)?);
         }
     }
     Ok(out)
 }
 
-pub fn route(cfg: &Config, account: &Account, tokens: &TokenSources) -> Result<Arc<dyn Route>> {
-    match account.route {
+/// Graph request slots, one set per app registration (token endpoint + client id): Graph
+/// limits concurrent requests per app, whichever mailbox they are for.
+pub type GraphSlots = Mutex<HashMap<(String, String), Arc<tokio::sync::Semaphore>>>;
+
+/// The account's route, wrapped with its `fallback_route` when it has one.
+pub fn route(
+    cfg: &Config,
+    account: &Account,
+    tokens: &TokenSources,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<Arc<dyn Route>> {
+    route_with(cfg, account, tokens, &GraphSlots::default(), store)
+}
+
+fn route_with(
+    cfg: &Config,
+    account: &Account,
+    tokens: &TokenSources,
+    slots: &GraphSlots,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<Arc<dyn Route>> {
+    let primary = route_of(
+        cfg,
+        account,
+        account.route,
+        tokens.get(&account.name).cloned(),
+        slots,
+    )?;
+    let Some(fallback_kind) = account.fallback_route.filter(|f| *f != account.route) else {
+        return Ok(primary);
+    };
+    let fallback_tokens = if Account::route_needs_token(fallback_kind) {
+        Some(token_source_for(cfg, account, fallback_kind, store)?)
+    } else {
+        None
+    };
+    let fallback = route_of(cfg, account, fallback_kind, fallback_tokens, slots)?;
+    Ok(Arc::new(FallbackRoute::new(
+        account.name.clone(),
+        primary,
+        fallback,
+    )))
+}
+
+fn helo_name(cfg: &Config) -> String {
+    cfg.delivery
+        .helo_name
+        .clone()
+        .unwrap_or_else(|| cfg.hostname())
+}
+
+/// One route of an account; `tokens` is the token source for that route, when it needs one.
+fn route_of(
+    cfg: &Config,
+    account: &Account,
+    kind: RouteKind,
+    tokens: Option<Arc<dyn TokenSource>>,
+    slots: &GraphSlots,
+) -> Result<Arc<dyn Route>> {
+    let tokens_for = |tokens: Option<Arc<dyn TokenSource>>| {
+        tokens.ok_or_else(|| anyhow!("account `{}` has no token source", account.name))
+    };
+    match kind {
+        RouteKind::Graph => {
+            let http = smtp2oauth_tokens::http_client(&HttpOptions {
+                ca_file: account.ca_file.clone(),
+                // One request carries the whole message: allow it the time a message body gets.
+                timeout: cfg.delivery.data_timeout,
+                user_agent: format!("smtp2oauth/{}", env!("CARGO_PKG_VERSION")),
+            })
+            .with_context(|| format!("account `{}`: HTTP client", account.name))?;
+            let app = (
+                account.token_url().unwrap_or_default(),
+                account.client_id.clone().unwrap_or_default(),
+            );
+            let app_slots = slots
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(app)
+                .or_insert_with(smtp2oauth_upstream::graph::app_slots)
+                .clone();
+            let max_message_size = account
+                .max_message_size
+                .unwrap_or(smtp2oauth_config::GRAPH_MAX_MESSAGE_SIZE)
+                .min(cfg.server.max_message_size);
+            Ok(Arc::new(GraphRoute::new(
+                GraphRouteConfig {
+                    account: account.name.clone(),
+                    mailbox: account.mailbox.clone(),
+                    graph_url: account.graph_url(),
+                    max_message_size,
+                },
+                http,
+                tokens_for(tokens)?,
+                app_slots,
+            )))
+        }
+        RouteKind::Smarthost => {
+            let tls_config = match (&account.tls_client_cert_file, &account.tls_client_key_file) {
+                (Some(c), Some(k)) => {
+                    smtp2oauth_upstream::client_config_with_cert(account.ca_file.as_deref(), c, k)
+                }
+                _ => smtp2oauth_upstream::client_config(account.ca_file.as_deref()),
+            }
+            .map_err(|e| anyhow!("account `{}`: {e}", account.name))?;
+            let servers = account
+                .dns_servers
+                .iter()
+                .map(|s| {
+                    smtp2oauth_config::parse_dns_server(s).ok_or_else(|| {
+                        anyhow!(
+                            "account `{}`: dns_servers: `{s}` is not ip or ip:port",
+                            account.name
+                        )
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let resolver = smtp2oauth_upstream::smarthost::resolver(&servers)
+                .map_err(|e| anyhow!("account `{}`: {e}", account.name))?;
+            let destination = match (&account.smarthost_host, &account.mx_domain) {
+                (Some(h), _) => Destination::Host(h.clone()),
+                (None, Some(d)) => Destination::Mx(d.clone()),
+                (None, None) => {
+                    return Err(anyhow!(
+                        "account `{}`: route \"smarthost\" needs smarthost_host or mx_domain",
+                        account.name
+                    ));
+                }
+            };
+            Ok(Arc::new(SmarthostRoute::new(
+                SmarthostRouteConfig {
+                    account: account.name.clone(),
+                    destination,
+                    port: account.smarthost_port(),
+                    tls: match account.smarthost_tls() {
+                        smtp2oauth_config::SmarthostTls::Required => SmarthostTls::Required,
+                        smtp2oauth_config::SmarthostTls::Opportunistic => {
+                            SmarthostTls::Opportunistic
+                        }
+                    },
+                    tls_config,
+                    helo_name: helo_name(cfg),
+                    connect_timeout: cfg.delivery.connect_timeout,
+                    command_timeout: cfg.delivery.command_timeout,
+                    data_timeout: cfg.delivery.data_timeout,
+                },
+                resolver,
+            )))
+        }
+        _ => route_plain(cfg, account, kind, tokens),
+    }
+}
+
+fn route_plain(
+    cfg: &Config,
+    account: &Account,
+    kind: RouteKind,
+    tokens: Option<Arc<dyn TokenSource>>,
+) -> Result<Arc<dyn Route>> {
+    match kind {
         RouteKind::Capture => Ok(Arc::new(CaptureRoute::new(absolute(
             &cfg.capture_dir(account),
         )))),
@@ -209,10 +385,8 @@ pub fn route(cfg: &Config, account: &Account, tokens: &TokenSources) -> Result<A
                 UpstreamTls::Implicit => TlsMode::Implicit,
                 UpstreamTls::None => TlsMode::None,
             };
-            let tokens = tokens
-                .get(&account.name)
-                .cloned()
-                .ok_or_else(|| anyhow!("account `{}` has no token source", account.name))?;
+            let tokens =
+                tokens.ok_or_else(|| anyhow!("account `{}` has no token source", account.name))?;
             Ok(Arc::new(SmtpRoute::new(
                 SmtpRouteConfig {
                     account: account.name.clone(),
@@ -221,11 +395,7 @@ pub fn route(cfg: &Config, account: &Account, tokens: &TokenSources) -> Result<A
                     port: account.smtp_port(),
                     tls,
                     tls_config,
-                    helo_name: cfg
-                        .delivery
-                        .helo_name
-                        .clone()
-                        .unwrap_or_else(|| cfg.hostname()),
+                    helo_name: helo_name(cfg),
                     connect_timeout: cfg.delivery.connect_timeout,
                     command_timeout: cfg.delivery.command_timeout,
                     data_timeout: cfg.delivery.data_timeout,
@@ -238,17 +408,22 @@ pub fn route(cfg: &Config, account: &Account, tokens: &TokenSources) -> Result<A
             )))
         }
         other => Err(anyhow!(
-            "account `{}`: route \"{}\" is not available in this version",
+            "account `{}`: route \"{}\" is built elsewhere",
             account.name,
             other.as_str()
         )),
     }
 }
 
-pub fn routes(cfg: &Config, tokens: &TokenSources) -> Result<Routes> {
+pub fn routes(
+    cfg: &Config,
+    tokens: &TokenSources,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<Routes> {
     let mut out: Routes = HashMap::new();
+    let slots = GraphSlots::default();
     for a in &cfg.accounts {
-        out.insert(a.name.clone(), route(cfg, a, tokens)?);
+        out.insert(a.name.clone(), route_with(cfg, a, tokens, &slots, store)?);
     }
     Ok(out)
 }

@@ -265,7 +265,11 @@ impl FakeIdp {
                 });
             }
             Some(tls) => {
-                let listener = TlsListener::spawn(listener, tls, shared.clone());
+                let listener = crate::tls_listener::TlsListener::spawn(
+                    listener,
+                    tls,
+                    shared.shutdown.subscribe(),
+                );
                 tokio::spawn(async move {
                     let serve = axum::serve(listener, app)
                         .with_graceful_shutdown(async move { stop.wait_shutdown().await });
@@ -352,6 +356,18 @@ impl FakeIdp {
         let shared = self.shared.clone();
         Arc::new(move |token: &str| shared.validate(token).map(|_| ()).map_err(str::to_string))
     }
+    /// A validator for [`crate::FakeGraph`]: accepts tokens this fake issued that have not
+    /// expired, and tells which scope each was issued for (Graph refuses tokens for another
+    /// resource).
+    pub fn scope_validator(&self) -> crate::graph::ScopeValidator {
+        let shared = self.shared.clone();
+        Arc::new(move |token: &str| {
+            shared
+                .validate(token)
+                .map(|t| t.scope)
+                .map_err(str::to_string)
+        })
+    }
     /// Forget every issued token (as if revoked): the SMTP validator then refuses them.
     pub fn revoke_all(&self) {
         lock(&self.shared.state).tokens.clear();
@@ -433,70 +449,6 @@ impl FakeIdp {
     /// Stop serving now (the port is released; hanging requests are abandoned).
     pub fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
-    }
-}
-
-/// An axum listener yielding TLS streams. Handshakes run on their own tasks so one slow or
-/// broken client cannot stall the others; finished ones arrive through a channel.
-struct TlsListener {
-    addr: SocketAddr,
-    rx: tokio::sync::mpsc::Receiver<(
-        tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
-        SocketAddr,
-    )>,
-}
-
-impl TlsListener {
-    fn spawn(
-        listener: tokio::net::TcpListener,
-        tls: Arc<rustls::ServerConfig>,
-        shared: Arc<Shared>,
-    ) -> Self {
-        let addr = listener.local_addr().expect("local addr");
-        let (tx, rx) = tokio::sync::mpsc::channel(64);
-        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-        tokio::spawn(async move {
-            loop {
-                let accepted = tokio::select! {
-                    r = listener.accept() => r,
-                    _ = shared.wait_shutdown() => return,
-                };
-                let Ok((tcp, peer)) = accepted else {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                };
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    let hs =
-                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await;
-                    match hs {
-                        Ok(Ok(stream)) => {
-                            let _ = tx.send((stream, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!("FakeIdp TLS handshake failed: {e}"),
-                        Err(_) => tracing::debug!("FakeIdp TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        TlsListener { addr, rx }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(conn) => conn,
-            // The accept loop ended (shutdown): never yield another connection.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.addr)
     }
 }
 

@@ -1,4 +1,6 @@
-//! Test-only fakes of the Microsoft services smtp2oauth talks to, plus a throw-away PKI.
+//! Test-only fakes of the Microsoft services smtp2oauth talks to (token endpoint, Exchange SMTP
+//! submission, a smart host / MX, Graph `sendMail`), a DNS server for MX lookups, plus a
+//! throw-away PKI.
 //!
 //! End-to-end tests start the real relay binary against these fakes, so the fakes must be
 //! *honest*: they implement the protocols strictly (an HTTP token endpoint that checks every
@@ -27,10 +29,15 @@
 //! let got = smtp.wait_for_messages(1, Duration::from_secs(10)).await;
 //! ```
 
+pub mod dns;
+pub mod graph;
 pub mod idp;
 pub mod pki;
 pub mod smtp;
+mod tls_listener;
 
+pub use dns::FakeDns;
+pub use graph::{FakeGraph, GraphFailure, GraphMessage, GraphRequest};
 pub use idp::{AuthorizeMode, DeviceStatus, FakeIdp, IdpConfig, IdpFailure, IssuedToken};
 pub use pki::TestPki;
 pub use smtp::{

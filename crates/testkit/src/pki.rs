@@ -213,6 +213,54 @@ impl TestPki {
         Arc::new(cfg)
     }
 
+    /// A server config presenting a fresh CA-signed certificate for `names` (e.g. MX host
+    /// names a test's DNS points at 127.0.0.1); `client_auth` requires a client certificate
+    /// from the test CA, as a certificate-based connector does.
+    pub fn server_config_for(
+        &self,
+        names: &[&str],
+        client_auth: bool,
+    ) -> Arc<rustls::ServerConfig> {
+        let key = KeyPair::generate().expect("generate server key");
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .expect("server certificate parameters");
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(
+            DnType::CommonName,
+            names.first().copied().unwrap_or("localhost"),
+        );
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        validity(&mut params);
+        random_serial(&mut params);
+        let cert = params
+            .signed_by(&key, &self.ca_issuer)
+            .expect("sign server certificate");
+        let chain = vec![cert.der().clone()];
+        let key = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes())
+            .expect("parse our own server key");
+        let builder = rustls::ServerConfig::builder_with_provider(ring_provider())
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions");
+        let cfg = if client_auth {
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                self.roots(),
+                ring_provider(),
+            )
+            .build()
+            .expect("client verifier over the test CA");
+            builder
+                .with_client_cert_verifier(verifier)
+                .with_single_cert(chain, key)
+        } else {
+            builder.with_no_client_auth().with_single_cert(chain, key)
+        }
+        .expect("server certificate and key match");
+        Arc::new(cfg)
+    }
+
     /// Like [`server_config`](Self::server_config) but requiring a client certificate issued by
     /// the test CA (see [`issue_client_cert`](Self::issue_client_cert)).
     pub fn server_config_with_client_auth(&self) -> Arc<rustls::ServerConfig> {

@@ -104,6 +104,9 @@ pub struct SmtpConfig {
     pub advertise_pipelining: bool,
     /// Advertised SIZE, enforced on MAIL SIZE= and on the body.
     pub max_size: usize,
+    /// MAIL needs a successful AUTH (submission). `false`: a port-25 smart host that takes
+    /// mail from anyone it lets in (a connector), like Exchange Online Protection's MX.
+    pub require_auth: bool,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -116,6 +119,7 @@ impl std::fmt::Debug for SmtpConfig {
             .field("reply_delay", &self.reply_delay)
             .field("advertise_pipelining", &self.advertise_pipelining)
             .field("max_size", &self.max_size)
+            .field("require_auth", &self.require_auth)
             .finish_non_exhaustive()
     }
 }
@@ -137,6 +141,18 @@ impl SmtpConfig {
             reply_delay: Duration::ZERO,
             advertise_pipelining: true,
             max_size: 157_286_400,
+            require_auth: true,
+        }
+    }
+
+    /// A smart host on port 25 behind an inbound connector: STARTTLS offered (and required
+    /// before MAIL when `tls` is `Starttls`), no AUTH needed. For a certificate-based connector
+    /// use `TestPki::server_config_with_client_auth()` as `pki`: the handshake then requires a
+    /// client certificate from the test CA, recorded in [`ReceivedMessage::client_cert`].
+    pub fn smarthost(pki: Arc<rustls::ServerConfig>) -> Self {
+        SmtpConfig {
+            require_auth: false,
+            ..SmtpConfig::microsoft(pki, "", Arc::new(|_: &str| Err("no AUTH here".to_string())))
         }
     }
 }
@@ -155,6 +171,8 @@ pub struct ReceivedMessage {
     /// Raw MAIL FROM parameters, e.g. "SIZE=123 BODY=8BITMIME".
     pub mail_params: String,
     pub connection_id: usize,
+    /// DER of the TLS client certificate the session presented, if any.
+    pub client_cert: Option<Vec<u8>>,
 }
 
 impl ReceivedMessage {
@@ -196,6 +214,8 @@ struct SmtpState {
     authenticated_sessions: usize,
     max_sessions_per_mailbox: Option<usize>,
     send_as: Option<Vec<String>>,
+    /// `set_password_login`: the one user and password accepted with AUTH PLAIN and LOGIN.
+    password_login: Option<(String, String)>,
     reply_delay: Duration,
     next_message: u64,
 }
@@ -435,6 +455,13 @@ impl FakeSmtp {
     pub fn set_reply_delay(&self, d: Duration) {
         lock(&self.inner.state).reply_delay = d;
     }
+    /// Also accept AUTH PLAIN and AUTH LOGIN (after STARTTLS, like XOAUTH2) for exactly this
+    /// user and password, as a smart host with basic authentication does; `None` (the default)
+    /// refuses them like Exchange Online. For peers that cannot speak XOAUTH2, e.g. Postfix in
+    /// the benchmark, so they deliver to the same strict sink. XOAUTH2 keeps working as before.
+    pub fn set_password_login(&self, login: Option<(String, String)>) {
+        lock(&self.inner.state).password_login = login;
+    }
     /// Stop listening and drop every open session now.
     pub fn shutdown(&self) {
         self.inner.shutdown.send_replace(true);
@@ -531,6 +558,15 @@ async fn tls_accept(
     }
 }
 
+/// The first certificate the client presented, if it presented one.
+fn peer_cert(s: &tokio_rustls::server::TlsStream<TcpStream>) -> Option<Vec<u8>> {
+    s.get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.as_ref().to_vec())
+}
+
 /// What the protocol engine wants the I/O loop to do next.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
@@ -551,7 +587,10 @@ async fn run_session(inner: Arc<Inner>, tcp: TcpStream, peer: IpAddr, id: usize)
             return;
         };
         match tls_accept(cfg, tcp).await {
-            Ok(s) => conn = Conn::Tls(Box::new(s)),
+            Ok(s) => {
+                sess.client_cert = peer_cert(&s);
+                conn = Conn::Tls(Box::new(s));
+            }
             Err(e) => return inner.note(id, &format!("TLS handshake failed: {e}")),
         }
         sess.tls = true;
@@ -595,7 +634,10 @@ async fn run_session(inner: Arc<Inner>, tcp: TcpStream, peer: IpAddr, id: usize)
                     return;
                 };
                 match tls_accept(cfg, tcp).await {
-                    Ok(s) => conn = Conn::Tls(Box::new(s)),
+                    Ok(s) => {
+                        sess.client_cert = peer_cert(&s);
+                        conn = Conn::Tls(Box::new(s));
+                    }
                     Err(e) => return inner.note(id, &format!("TLS handshake failed: {e}")),
                 }
                 sess.tls = true;
@@ -706,8 +748,11 @@ enum Mode {
     DiscardLine,
     /// Waiting for a SASL response line.
     AuthXoauth2,
+    /// AUTH PLAIN without an initial response (password login enabled).
+    AuthPlain,
     AuthLoginUser,
-    AuthLoginPassword,
+    /// Waiting for the password; holds the decoded user name when there was one.
+    AuthLoginPassword(Option<String>),
     /// Google style: waiting for the empty line that acknowledges the error challenge.
     GoogleAck,
     Data(DataRx),
@@ -733,6 +778,7 @@ struct Session {
     id: usize,
     peer: IpAddr,
     tls: bool,
+    client_cert: Option<Vec<u8>>,
     greeting: Greeting,
     auth_user: Option<String>,
     /// This session counts against `max_sessions_per_mailbox`.
@@ -779,6 +825,11 @@ fn params_after_path(line: &str) -> String {
     String::new()
 }
 
+/// A base64 SASL response decoded as UTF-8 text, if it is one.
+fn decode_text(b64: &str) -> Option<String> {
+    String::from_utf8(STANDARD.decode(b64).ok()?).ok()
+}
+
 /// Parses the decoded XOAUTH2 initial response: exactly
 /// `user=<mailbox>\x01auth=Bearer <token>\x01\x01`. Returns (user, token).
 fn parse_xoauth2(decoded: &[u8]) -> Result<(String, String), String> {
@@ -811,6 +862,7 @@ impl Session {
             id,
             peer,
             tls: false,
+            client_cert: None,
             greeting: Greeting::None,
             auth_user: None,
             holds_auth_slot: false,
@@ -930,8 +982,9 @@ impl Session {
                     }
                 }
                 Mode::AuthXoauth2
+                | Mode::AuthPlain
                 | Mode::AuthLoginUser
-                | Mode::AuthLoginPassword
+                | Mode::AuthLoginPassword(_)
                 | Mode::GoogleAck => {
                     let counted = matches!(self.mode, Mode::GoogleAck);
                     let Some(line) = self.take_line(MAX_AUTH_LINE, true) else {
@@ -1140,7 +1193,11 @@ impl Session {
             lines.push("STARTTLS".into());
         }
         if self.tls || self.auth_allowed_in_clear() {
-            lines.push("AUTH LOGIN XOAUTH2".into());
+            if lock(&self.inner.state).password_login.is_some() {
+                lines.push("AUTH PLAIN LOGIN XOAUTH2".into());
+            } else {
+                lines.push("AUTH LOGIN XOAUTH2".into());
+            }
         }
         for ext in ["8BITMIME", "BINARYMIME", "CHUNKING", "SMTPUTF8"] {
             lines.push(ext.into());
@@ -1213,14 +1270,23 @@ impl Session {
                     self.xoauth2(initial_response);
                 }
             }
+            smtp_proto::AUTH_PLAIN if self.password_login_enabled() => {
+                if initial_response.is_empty() {
+                    self.mode = Mode::AuthPlain;
+                    self.reply("334 ");
+                } else {
+                    self.plain(initial_response);
+                }
+            }
             smtp_proto::AUTH_LOGIN => {
-                // Advertised (as Exchange does) but basic authentication is disabled: run the
-                // dance so a client that falls back to LOGIN sees the real refusal.
+                // Advertised (as Exchange does); unless a password login is set, basic
+                // authentication is disabled: run the dance so a client that falls back to
+                // LOGIN sees the real refusal.
                 if initial_response.is_empty() {
                     self.mode = Mode::AuthLoginUser;
                     self.reply("334 VXNlcm5hbWU6");
                 } else {
-                    self.mode = Mode::AuthLoginPassword;
+                    self.mode = Mode::AuthLoginPassword(decode_text(initial_response));
                     self.reply("334 UGFzc3dvcmQ6");
                 }
             }
@@ -1251,18 +1317,27 @@ impl Session {
                 self.log("C", "[redacted]");
                 self.xoauth2(line);
             }
+            Mode::AuthPlain => {
+                self.log("C", "[redacted]");
+                self.plain(line);
+            }
             Mode::AuthLoginUser => {
                 self.log("C", "[redacted]");
-                self.mode = Mode::AuthLoginPassword;
+                self.mode = Mode::AuthLoginPassword(decode_text(line));
                 self.reply("334 UGFzc3dvcmQ6");
             }
-            Mode::AuthLoginPassword => {
+            Mode::AuthLoginPassword(user) => {
                 self.log("C", "[redacted]");
-                lock(&self.inner.state).auth_failures += 1;
-                self.note("AUTH LOGIN refused: basic authentication is disabled");
-                self.fail(&format!(
-                    "535 5.7.139 Authentication unsuccessful, basic authentication is disabled. [{HOSTNAME}]"
-                ));
+                if self.password_login_enabled() {
+                    let password = decode_text(line);
+                    self.password_verdict(user.as_deref(), password.as_deref(), "LOGIN");
+                } else {
+                    lock(&self.inner.state).auth_failures += 1;
+                    self.note("AUTH LOGIN refused: basic authentication is disabled");
+                    self.fail(&format!(
+                        "535 5.7.139 Authentication unsuccessful, basic authentication is disabled. [{HOSTNAME}]"
+                    ));
+                }
             }
             other => self.mode = other,
         }
@@ -1291,24 +1366,7 @@ impl Session {
             Ok(user)
         });
         match verdict {
-            Ok(user) => {
-                let mut st = lock(&self.inner.state);
-                if let Some(max) = st.max_sessions_per_mailbox
-                    && st.authenticated_sessions >= max
-                {
-                    drop(st);
-                    self.note("session limit per mailbox reached");
-                    return self.fail(&format!(
-                        "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname={HOSTNAME}]"
-                    ));
-                }
-                st.authenticated_sessions += 1;
-                st.auth_successes += 1;
-                drop(st);
-                self.holds_auth_slot = true;
-                self.auth_user = Some(user);
-                self.ok(Stage::Auth, "235 2.7.0 Authentication successful");
-            }
+            Ok(user) => self.authenticated(user),
             Err(why) => {
                 lock(&self.inner.state).auth_failures += 1;
                 self.note(&format!("XOAUTH2 refused: {why}"));
@@ -1324,6 +1382,68 @@ impl Session {
         }
     }
 
+    fn password_login_enabled(&self) -> bool {
+        lock(&self.inner.state).password_login.is_some()
+    }
+
+    /// AUTH PLAIN's response: `[authzid] NUL user NUL password` in base64 (RFC 4616); an
+    /// authorization identity other than the user is refused.
+    fn plain(&mut self, b64: &str) {
+        let decoded = STANDARD.decode(b64).ok();
+        let fields: Option<Vec<String>> = decoded.and_then(|d| {
+            let s = String::from_utf8(d).ok()?;
+            let parts: Vec<String> = s.split('\0').map(str::to_string).collect();
+            (parts.len() == 3).then_some(parts)
+        });
+        match fields {
+            Some(f) if f[0].is_empty() || f[0] == f[1] => {
+                self.password_verdict(Some(&f[1]), Some(&f[2]), "PLAIN")
+            }
+            _ => {
+                lock(&self.inner.state).auth_failures += 1;
+                self.note("AUTH PLAIN response is malformed");
+                self.fail("501 5.5.2 Cannot Decode response");
+            }
+        }
+    }
+
+    /// Checks a user and password against `set_password_login` and answers.
+    fn password_verdict(&mut self, user: Option<&str>, password: Option<&str>, mech: &str) {
+        let expected = lock(&self.inner.state).password_login.clone();
+        let ok = match (expected, user, password) {
+            (Some((u, p)), Some(user), Some(password)) => u == user && p == password,
+            _ => false,
+        };
+        match (ok, user) {
+            (true, Some(user)) => self.authenticated(user.to_string()),
+            _ => {
+                lock(&self.inner.state).auth_failures += 1;
+                self.note(&format!("AUTH {mech} refused: wrong user or password"));
+                self.fail("535 5.7.8 Authentication credentials invalid");
+            }
+        }
+    }
+
+    /// A successful AUTH (any mechanism), subject to the per-mailbox session limit.
+    fn authenticated(&mut self, user: String) {
+        let mut st = lock(&self.inner.state);
+        if let Some(max) = st.max_sessions_per_mailbox
+            && st.authenticated_sessions >= max
+        {
+            drop(st);
+            self.note("session limit per mailbox reached");
+            return self.fail(&format!(
+                "432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded [Hostname={HOSTNAME}]"
+            ));
+        }
+        st.authenticated_sessions += 1;
+        st.auth_successes += 1;
+        drop(st);
+        self.holds_auth_slot = true;
+        self.auth_user = Some(user);
+        self.ok(Stage::Auth, "235 2.7.0 Authentication successful");
+    }
+
     /// Common checks before MAIL; `Err` is the refusal.
     fn may_send(&self) -> Result<(), String> {
         if self.greeting == Greeting::None {
@@ -1332,7 +1452,7 @@ impl Session {
         if self.cfg().tls == UpstreamTls::Starttls && !self.tls {
             return Err("530 5.7.0 Must issue a STARTTLS command first".into());
         }
-        if self.auth_user.is_none() {
+        if self.auth_user.is_none() && self.cfg().require_auth {
             return Err(format!(
                 "530 5.7.57 Client not authenticated to send mail. [{HOSTNAME}]"
             ));
@@ -1609,6 +1729,7 @@ impl Session {
                 tls: self.tls,
                 mail_params: tx.params,
                 connection_id: self.id,
+                client_cert: self.client_cert.clone(),
             });
             self.inner.msg_count.send_replace(st.messages.len());
             id

@@ -106,6 +106,42 @@ impl Client {
         })
     }
 
+    /// Connects to one address of a named host (a resolved MX host); `name` is for messages.
+    pub(crate) async fn connect_addr(
+        name: &str,
+        addr: std::net::SocketAddr,
+        connect_timeout: Duration,
+        command_timeout: Duration,
+    ) -> Result<Client, DeliveryError> {
+        let target = if name == addr.ip().to_string() {
+            addr.to_string()
+        } else {
+            format!("{name}:{} ({})", addr.port(), addr.ip())
+        };
+        let tcp = match timeout(connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                return Err(DeliveryError::Connect {
+                    target,
+                    detail: e.to_string(),
+                });
+            }
+            Err(_) => {
+                return Err(DeliveryError::Connect {
+                    target,
+                    detail: format!("no connection within {}s", connect_timeout.as_secs()),
+                });
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        Ok(Client {
+            stream: Some(Stream::Plain(tcp)),
+            rbuf: Vec::with_capacity(4096),
+            command_timeout,
+            target,
+        })
+    }
+
     pub(crate) fn target(&self) -> &str {
         &self.target
     }

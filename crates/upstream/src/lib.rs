@@ -11,6 +11,14 @@
 //! - `smtp.rs`: [`SmtpRoute`], submission with STARTTLS (or implicit TLS) and AUTH XOAUTH2,
 //!   pipelined when the upstream offers it, the body streamed from disk and dot-stuffed on the way.
 //! - `client.rs`: the SMTP client connection: framing replies, deadlines, TLS upgrade.
+//! - `graph.rs`: [`GraphRoute`], Microsoft Graph `sendMail` with the MIME message (base64),
+//!   401 → one token refresh, throttling replies that carry `Retry-After`, 4 requests per app.
+//! - `mime.rs`: making a message's recipient headers match its envelope for Graph, and
+//!   re-encoding fragile quoted-printable parts.
+//! - `smarthost.rs`: [`SmarthostRoute`], a fixed host or a domain's MX hosts, STARTTLS
+//!   (required or opportunistic, always verified), an optional client certificate, no AUTH.
+//! - `fallback.rs`: [`FallbackRoute`], an account's `fallback_route` for refusals the other
+//!   route may not share (`535 5.7.139` first of all).
 //! - `pool.rs`: idle authenticated sessions kept for the next message.
 //! - `capture.rs`: [`CaptureRoute`], writes each message to a directory (tests, first setup).
 //! - `tls.rs`: client TLS configuration (web PKI roots plus an optional extra CA file).
@@ -19,13 +27,20 @@
 pub mod advice;
 mod capture;
 mod client;
+pub mod fallback;
+pub mod graph;
+pub mod mime;
 mod pool;
+pub mod smarthost;
 mod smtp;
 mod tls;
 
 pub use capture::CaptureRoute;
+pub use fallback::FallbackRoute;
+pub use graph::{GraphRoute, GraphRouteConfig};
+pub use smarthost::{Destination, SmarthostRoute, SmarthostRouteConfig, SmarthostTls};
 pub use smtp::{SmtpRoute, SmtpRouteConfig, TlsMode, xoauth2_initial_response};
-pub use tls::client_config;
+pub use tls::{client_config, client_config_with_cert};
 
 use smtp2oauth_proto::{DeliveryError, Reply};
 use std::future::Future;
@@ -62,7 +77,7 @@ pub type DeliveryFuture<'a> =
 
 /// A way out of the relay.
 pub trait Route: Send + Sync {
-    /// `smtp`, `capture`, ... (for logs and metrics).
+    /// `smtp`, `graph`, `smarthost`, `capture` (for logs and metrics).
     fn kind(&self) -> &'static str;
     /// A description of the destination without secrets, e.g. `smtp.office365.com:587 (starttls)`.
     fn target(&self) -> String;

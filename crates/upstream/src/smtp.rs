@@ -89,12 +89,12 @@ fn closing(reply: Reply, stage: Stage) -> Result<Reply, DeliveryError> {
 
 /// What the server offers, from its EHLO reply.
 #[derive(Default, Debug)]
-struct Capabilities {
-    pipelining: bool,
-    starttls: bool,
-    eight_bit: bool,
-    smtputf8: bool,
-    size: Option<u64>,
+pub(crate) struct Capabilities {
+    pub(crate) pipelining: bool,
+    pub(crate) starttls: bool,
+    pub(crate) eight_bit: bool,
+    pub(crate) smtputf8: bool,
+    pub(crate) size: Option<u64>,
 }
 
 fn capabilities(ehlo: &Reply) -> Capabilities {
@@ -170,25 +170,7 @@ impl SmtpRoute {
     }
 
     async fn ehlo(&self, client: &mut Client) -> Result<Capabilities, DeliveryError> {
-        let r = client
-            .command(&format!("EHLO {}", self.cfg.helo_name), Stage::Ehlo)
-            .await?;
-        if r.is_positive() {
-            return Ok(capabilities(&r));
-        }
-        if r.is_permanent() {
-            // An old server without ESMTP: HELO still lets us authenticate on some.
-            let h = client
-                .command(&format!("HELO {}", self.cfg.helo_name), Stage::Ehlo)
-                .await?;
-            if h.is_positive() {
-                return Ok(Capabilities::default());
-            }
-        }
-        Err(DeliveryError::Rejected {
-            stage: Stage::Ehlo,
-            reply: r,
-        })
+        ehlo(client, &self.cfg.helo_name).await
     }
 
     /// Logs in with XOAUTH2; returns when the token used expires.
@@ -250,148 +232,7 @@ impl SmtpRoute {
         caps: &Capabilities,
         msg: &Message,
     ) -> Result<DeliveryReport, DeliveryError> {
-        let mut mail = format!("MAIL FROM:<{}>", msg.sender);
-        if caps.size.is_some() {
-            mail.push_str(&format!(" SIZE={}", msg.size));
-        }
-        if msg.eight_bit && caps.eight_bit {
-            mail.push_str(" BODY=8BITMIME");
-        }
-        if msg.smtputf8 && caps.smtputf8 {
-            mail.push_str(" SMTPUTF8");
-        }
-        if let Some(limit) = caps.size
-            && msg.size > limit
-        {
-            let reply = Reply::with_status(
-                552,
-                (5, 3, 4),
-                format!(
-                    "Message size {} exceeds the upstream's limit of {limit} bytes",
-                    msg.size
-                ),
-            );
-            return Err(DeliveryError::Rejected {
-                stage: Stage::Mail,
-                reply,
-            });
-        }
-
-        let (mail_reply, rcpt_replies, data_reply) = if caps.pipelining {
-            let mut batch = format!("{mail}\r\n");
-            for r in &msg.recipients {
-                batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
-            }
-            batch.push_str("DATA\r\n");
-            client.write(batch.as_bytes(), Stage::Mail).await?;
-            let mail_reply = closing(client.read_reply(Stage::Mail).await?, Stage::Mail)?;
-            let mut rcpt = Vec::with_capacity(msg.recipients.len());
-            for _ in &msg.recipients {
-                rcpt.push(closing(client.read_reply(Stage::Rcpt).await?, Stage::Rcpt)?);
-            }
-            let data = closing(client.read_reply(Stage::Data).await?, Stage::Data)?;
-            (mail_reply, rcpt, Some(data))
-        } else {
-            let mail_reply = closing(client.command(&mail, Stage::Mail).await?, Stage::Mail)?;
-            let mut rcpt = Vec::new();
-            if mail_reply.is_positive() {
-                for r in &msg.recipients {
-                    let reply = client
-                        .command(&format!("RCPT TO:<{r}>"), Stage::Rcpt)
-                        .await?;
-                    rcpt.push(closing(reply, Stage::Rcpt)?);
-                }
-            }
-            (mail_reply, rcpt, None)
-        };
-
-        if !mail_reply.is_positive() {
-            return Err(DeliveryError::Rejected {
-                stage: Stage::Mail,
-                reply: mail_reply,
-            });
-        }
-        let mut accepted = Vec::new();
-        let mut rejected = Vec::new();
-        for (r, reply) in msg.recipients.iter().zip(rcpt_replies) {
-            if reply.is_positive() {
-                accepted.push(r.clone());
-            } else {
-                rejected.push((r.clone(), reply));
-            }
-        }
-        if accepted.is_empty() {
-            // Report the most hopeful refusal: if any recipient may succeed later, retry.
-            let reply = rejected
-                .iter()
-                .map(|(_, r)| r.clone())
-                .find(|r| r.is_transient())
-                .or_else(|| rejected.first().map(|(_, r)| r.clone()))
-                .unwrap_or_else(|| Reply::with_status(554, (5, 5, 1), "No valid recipients"));
-            if data_reply.as_ref().is_some_and(|d| d.code() == 354) {
-                // The server wants a body although no recipient was accepted; give it an empty one.
-                client.write(b".\r\n", Stage::Data).await?;
-                let _ = client.read_reply(Stage::Data).await;
-            }
-            return Err(DeliveryError::Rejected {
-                stage: Stage::Rcpt,
-                reply,
-            });
-        }
-        let data_reply = match data_reply {
-            Some(r) => r,
-            None => client.command("DATA", Stage::Data).await?,
-        };
-        if data_reply.code() != 354 {
-            return Err(DeliveryError::Rejected {
-                stage: Stage::Data,
-                reply: data_reply,
-            });
-        }
-
-        self.stream_body(client, msg).await?;
-        let wait = self.cfg.data_timeout;
-        let final_reply = client.read_reply_within(Stage::Body, wait).await?;
-        if !final_reply.is_positive() {
-            return Err(DeliveryError::Rejected {
-                stage: Stage::Body,
-                reply: final_reply,
-            });
-        }
-        Ok(DeliveryReport {
-            reply: final_reply,
-            accepted,
-            rejected,
-        })
-    }
-
-    async fn stream_body(&self, client: &mut Client, msg: &Message) -> Result<(), DeliveryError> {
-        let mut file =
-            tokio::fs::File::open(&msg.data_path)
-                .await
-                .map_err(|e| DeliveryError::Local {
-                    detail: format!("cannot open {}: {e}", msg.data_path.display()),
-                })?;
-        let mut enc = DotEncoder::new();
-        let mut chunk = vec![0u8; 64 * 1024];
-        let mut out = Vec::with_capacity(70 * 1024);
-        loop {
-            let n = file
-                .read(&mut chunk)
-                .await
-                .map_err(|e| DeliveryError::Local {
-                    detail: format!("cannot read {}: {e}", msg.data_path.display()),
-                })?;
-            if n == 0 {
-                break;
-            }
-            out.clear();
-            enc.encode(&chunk[..n], &mut out);
-            client.write_part(&out, Stage::Body).await?;
-        }
-        out.clear();
-        enc.finish(&mut out);
-        client.write(&out, Stage::Body).await
+        transaction(client, caps, msg, self.cfg.data_timeout).await
     }
 
     /// A new authenticated session.
@@ -475,6 +316,184 @@ fn dead_before_body(e: &DeliveryError) -> bool {
         }
         _ => false,
     }
+}
+
+/// EHLO (HELO for an old server without ESMTP); the server's capabilities.
+pub(crate) async fn ehlo(
+    client: &mut Client,
+    helo_name: &str,
+) -> Result<Capabilities, DeliveryError> {
+    let r = client
+        .command(&format!("EHLO {helo_name}"), Stage::Ehlo)
+        .await?;
+    if r.is_positive() {
+        return Ok(capabilities(&r));
+    }
+    if r.is_permanent() {
+        // An old server without ESMTP: HELO still lets us authenticate on some.
+        let h = client
+            .command(&format!("HELO {helo_name}"), Stage::Ehlo)
+            .await?;
+        if h.is_positive() {
+            return Ok(Capabilities::default());
+        }
+    }
+    Err(DeliveryError::Rejected {
+        stage: Stage::Ehlo,
+        reply: r,
+    })
+}
+
+/// One mail transaction on an open (and, where needed, authenticated) session: MAIL, RCPT
+/// and DATA (pipelined when offered), the body streamed from disk, every reply kept.
+pub(crate) async fn transaction(
+    client: &mut Client,
+    caps: &Capabilities,
+    msg: &Message,
+    data_timeout: Duration,
+) -> Result<DeliveryReport, DeliveryError> {
+    let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+    if caps.size.is_some() {
+        mail.push_str(&format!(" SIZE={}", msg.size));
+    }
+    if msg.eight_bit && caps.eight_bit {
+        mail.push_str(" BODY=8BITMIME");
+    }
+    if msg.smtputf8 && caps.smtputf8 {
+        mail.push_str(" SMTPUTF8");
+    }
+    if let Some(limit) = caps.size
+        && msg.size > limit
+    {
+        let reply = Reply::with_status(
+            552,
+            (5, 3, 4),
+            format!(
+                "Message size {} exceeds the upstream's limit of {limit} bytes",
+                msg.size
+            ),
+        );
+        return Err(DeliveryError::Rejected {
+            stage: Stage::Mail,
+            reply,
+        });
+    }
+
+    let (mail_reply, rcpt_replies, data_reply) = if caps.pipelining {
+        let mut batch = format!("{mail}\r\n");
+        for r in &msg.recipients {
+            batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        }
+        batch.push_str("DATA\r\n");
+        client.write(batch.as_bytes(), Stage::Mail).await?;
+        let mail_reply = closing(client.read_reply(Stage::Mail).await?, Stage::Mail)?;
+        let mut rcpt = Vec::with_capacity(msg.recipients.len());
+        for _ in &msg.recipients {
+            rcpt.push(closing(client.read_reply(Stage::Rcpt).await?, Stage::Rcpt)?);
+        }
+        let data = closing(client.read_reply(Stage::Data).await?, Stage::Data)?;
+        (mail_reply, rcpt, Some(data))
+    } else {
+        let mail_reply = closing(client.command(&mail, Stage::Mail).await?, Stage::Mail)?;
+        let mut rcpt = Vec::new();
+        if mail_reply.is_positive() {
+            for r in &msg.recipients {
+                let reply = client
+                    .command(&format!("RCPT TO:<{r}>"), Stage::Rcpt)
+                    .await?;
+                rcpt.push(closing(reply, Stage::Rcpt)?);
+            }
+        }
+        (mail_reply, rcpt, None)
+    };
+
+    if !mail_reply.is_positive() {
+        return Err(DeliveryError::Rejected {
+            stage: Stage::Mail,
+            reply: mail_reply,
+        });
+    }
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    for (r, reply) in msg.recipients.iter().zip(rcpt_replies) {
+        if reply.is_positive() {
+            accepted.push(r.clone());
+        } else {
+            rejected.push((r.clone(), reply));
+        }
+    }
+    if accepted.is_empty() {
+        // Report the most hopeful refusal: if any recipient may succeed later, retry.
+        let reply = rejected
+            .iter()
+            .map(|(_, r)| r.clone())
+            .find(|r| r.is_transient())
+            .or_else(|| rejected.first().map(|(_, r)| r.clone()))
+            .unwrap_or_else(|| Reply::with_status(554, (5, 5, 1), "No valid recipients"));
+        if data_reply.as_ref().is_some_and(|d| d.code() == 354) {
+            // The server wants a body although no recipient was accepted; give it an empty one.
+            client.write(b".\r\n", Stage::Data).await?;
+            let _ = client.read_reply(Stage::Data).await;
+        }
+        return Err(DeliveryError::Rejected {
+            stage: Stage::Rcpt,
+            reply,
+        });
+    }
+    let data_reply = match data_reply {
+        Some(r) => r,
+        None => client.command("DATA", Stage::Data).await?,
+    };
+    if data_reply.code() != 354 {
+        return Err(DeliveryError::Rejected {
+            stage: Stage::Data,
+            reply: data_reply,
+        });
+    }
+
+    stream_body(client, msg).await?;
+    let wait = data_timeout;
+    let final_reply = client.read_reply_within(Stage::Body, wait).await?;
+    if !final_reply.is_positive() {
+        return Err(DeliveryError::Rejected {
+            stage: Stage::Body,
+            reply: final_reply,
+        });
+    }
+    Ok(DeliveryReport {
+        reply: final_reply,
+        accepted,
+        rejected,
+    })
+}
+
+async fn stream_body(client: &mut Client, msg: &Message) -> Result<(), DeliveryError> {
+    let mut file =
+        tokio::fs::File::open(&msg.data_path)
+            .await
+            .map_err(|e| DeliveryError::Local {
+                detail: format!("cannot open {}: {e}", msg.data_path.display()),
+            })?;
+    let mut enc = DotEncoder::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut out = Vec::with_capacity(70 * 1024);
+    loop {
+        let n = file
+            .read(&mut chunk)
+            .await
+            .map_err(|e| DeliveryError::Local {
+                detail: format!("cannot read {}: {e}", msg.data_path.display()),
+            })?;
+        if n == 0 {
+            break;
+        }
+        out.clear();
+        enc.encode(&chunk[..n], &mut out);
+        client.write_part(&out, Stage::Body).await?;
+    }
+    out.clear();
+    enc.finish(&mut out);
+    client.write(&out, Stage::Body).await
 }
 
 impl Route for SmtpRoute {

@@ -486,3 +486,79 @@ fn full_spool_refuses_mail_with_452() {
         "250 2.1.0 Sender OK"
     );
 }
+
+/// A device whose account goes through Microsoft Graph (no fallback) may send less than the
+/// server takes: EHLO says so once the device is known, and MAIL SIZE= over it gets 552.
+#[test]
+fn a_graph_account_limits_its_devices_message_size() {
+    let toml = r#"
+[server]
+max_message_size = 36700160
+[[listeners]]
+address = "127.0.0.1:2525"
+[[accounts]]
+name = "graph"
+mailbox = "scanner@contoso.com"
+route = "graph"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+client_secret = "x"
+[[devices]]
+name = "ups"
+auth = false
+allow_ips = ["192.168.1.50/32"]
+account = "graph"
+"#;
+    let path = std::env::temp_dir().join(format!("s2o-session-graph-{}.toml", std::process::id()));
+    std::fs::write(&path, toml).unwrap();
+    let cfg = smtp2oauth_config::parse(Some(&path), Vec::new()).unwrap();
+    std::fs::remove_file(&path).ok();
+    let dir = Directory::from_config(&cfg).unwrap();
+    let limit = smtp2oauth_config::GRAPH_MAX_MESSAGE_SIZE;
+    assert_eq!(dir.largest_message_size(), Some(limit));
+    let limits = Limits {
+        min_free_space: 0,
+        max_message_size: 36_700_160,
+        max_recipients: 3,
+        max_auth_failures: 2,
+        max_errors: 12,
+    };
+    let peer: IpAddr = "192.168.1.50".parse().unwrap();
+    let listener = Arc::new(ListenerSettings {
+        label: "t".into(),
+        tls: ListenerTls::None,
+        require_tls: false,
+        allow_insecure_auth: false,
+    });
+    let mut s = Session::new(
+        "relay.test".into(),
+        listener,
+        limits,
+        peer,
+        false,
+        false,
+        dir.device_for_address(peer),
+    );
+    let Step::Reply(ehlo) = s.handle_line(b"EHLO ups\r\n") else {
+        panic!("EHLO")
+    };
+    assert!(
+        ehlo.to_string().contains(&format!("SIZE {limit}")),
+        "{ehlo}"
+    );
+    let Step::Reply(r) =
+        s.handle_line(format!("MAIL FROM:<scanner@contoso.com> SIZE={}\r\n", limit + 1).as_bytes())
+    else {
+        panic!("MAIL")
+    };
+    assert_eq!(
+        r.to_string(),
+        format!("552 5.3.4 Message size exceeds fixed maximum message size ({limit} bytes)")
+    );
+    let Step::Reply(r) =
+        s.handle_line(format!("MAIL FROM:<scanner@contoso.com> SIZE={limit}\r\n").as_bytes())
+    else {
+        panic!("MAIL")
+    };
+    assert_eq!(r.code(), 250);
+}

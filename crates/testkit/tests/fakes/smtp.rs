@@ -371,6 +371,71 @@ async fn basic_auth_login_is_refused_like_exchange() {
     );
 }
 
+/// The benchmark's Postfix peer cannot speak XOAUTH2: with a password login set, AUTH PLAIN
+/// (with or without an initial response) and LOGIN accept exactly that user and password, after
+/// STARTTLS only, and anything else is refused and counted.
+#[tokio::test]
+async fn password_login_when_enabled() {
+    let e = env().await;
+    // Off by default: PLAIN is not even a known mechanism, as on Exchange.
+    let mut c = Client::to_auth(e.smtp.addr(), e.pki.client_config()).await;
+    let plain = STANDARD.encode("\0relay\0s3cret");
+    assert!(!c.cmd("EHLO x").await.has_line("PLAIN"));
+    assert_eq!(c.cmd(&format!("AUTH PLAIN {plain}")).await.code, 504);
+
+    e.smtp
+        .set_password_login(Some(("relay".into(), "s3cret".into())));
+    let mut c = Client::connect(e.smtp.addr()).await;
+    assert_eq!(c.reply().await.code, 220);
+    assert_eq!(c.cmd("EHLO x").await.code, 250);
+    assert_eq!(c.cmd(&format!("AUTH PLAIN {plain}")).await.code, 530);
+    c.starttls(e.pki.client_config()).await;
+    assert!(c.cmd("EHLO x").await.has_line("AUTH PLAIN LOGIN XOAUTH2"));
+    assert_eq!(c.cmd(&format!("AUTH PLAIN {plain}")).await.code, 235);
+    let msg = b"Subject: x\r\n\r\nhello\r\n";
+    assert_eq!(
+        send_message(&mut c, MAILBOX, &["a@b.example"], msg).await,
+        250
+    );
+    assert_eq!(e.smtp.messages()[0].auth_user, "relay");
+
+    // PLAIN without an initial response, and LOGIN.
+    let mut c = Client::to_auth(e.smtp.addr(), e.pki.client_config()).await;
+    assert_eq!(c.cmd("AUTH PLAIN").await.text(), "334 ");
+    assert_eq!(c.cmd(&plain).await.code, 235);
+    let mut c = Client::to_auth(e.smtp.addr(), e.pki.client_config()).await;
+    assert_eq!(c.cmd("AUTH LOGIN").await.code, 334);
+    assert_eq!(c.cmd(&STANDARD.encode("relay")).await.code, 334);
+    assert_eq!(c.cmd(&STANDARD.encode("s3cret")).await.code, 235);
+    assert_eq!(e.smtp.auth_successes(), 3);
+
+    // Wrong password, wrong user, another authorization identity, garbage: all refused.
+    let failures = e.smtp.auth_failures();
+    for bad in [
+        STANDARD.encode("\0relay\0wrong"),
+        STANDARD.encode("\0other\0s3cret"),
+        STANDARD.encode("admin\0relay\0s3cret"),
+        "!!!".to_string(),
+        STANDARD.encode("two\0fields"),
+    ] {
+        let mut c = Client::to_auth(e.smtp.addr(), e.pki.client_config()).await;
+        let r = c.cmd(&format!("AUTH PLAIN {bad}")).await;
+        assert!(r.code == 535 || r.code == 501, "{r:?}");
+        assert_eq!(c.cmd("MAIL FROM:<a@b.example>").await.code, 530);
+    }
+    let mut c = Client::to_auth(e.smtp.addr(), e.pki.client_config()).await;
+    c.cmd("AUTH LOGIN").await;
+    c.cmd(&STANDARD.encode("relay")).await;
+    assert_eq!(c.cmd(&STANDARD.encode("nope")).await.code, 535);
+    assert_eq!(e.smtp.auth_failures(), failures + 6);
+    assert!(
+        e.smtp
+            .transcript()
+            .iter()
+            .all(|l| !l.contains(&plain) && !l.contains(&STANDARD.encode("s3cret")))
+    );
+}
+
 #[tokio::test]
 async fn message_bytes_are_stored_exactly() {
     let e = env().await;

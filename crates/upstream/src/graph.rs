@@ -1,0 +1,522 @@
+//! Delivery through Microsoft Graph `sendMail` with the device's MIME message, for tenants
+//! that turned SMTP AUTH off.
+//!
+//! `POST {graph_url}/v1.0/users/{mailbox}/sendMail`, `Content-Type: text/plain`, the body the
+//! base64 of the whole message, a bearer token for `https://graph.microsoft.com/.default`
+//! (application permission `Mail.Send`). `202 Accepted` means Exchange queued it.
+//!
+//! What Graph needs that SMTP does not (`mime.rs`): the recipients come from the headers, so
+//! the headers are made to match the envelope; fragile quoted-printable parts are re-encoded.
+//!
+//! Memory: Graph takes at most about 4 MB of request body, so a message is read whole (at most
+//! `max_message_size`, 3 MiB by default) and its base64 built in memory: about 7 MB per request
+//! in flight, at most 4 requests per app at once (Graph's limit of concurrent requests; the
+//! semaphore is shared by every account of one app registration).
+//!
+//! HTTP outcomes become the SMTP replies the rest of the relay understands:
+//! - 2xx → `250 2.0.0`;
+//! - 401 → the token is dropped and the request sent once more with a new one; a second 401 is
+//!   a temporary failure (`451 4.7.0`), since a token that Graph refuses is fixable;
+//! - 400, 403, 404, 413 → permanent, with Graph's error code and message (`554 5.6.0`,
+//!   `550 5.7.1`, `550 5.1.0`, `552 5.3.4`);
+//! - 429, 503 → temporary `451 4.7.500` / `451 4.3.2` that *begin* with "Retry after N
+//!   seconds" when Graph sent `Retry-After`: the scheduler pauses the whole account that long
+//!   (`scheduler::backoff::hint`);
+//! - other 5xx, 408 → temporary; network trouble → the usual connect/timeout errors.
+
+use crate::mime::prepare_for_graph;
+use crate::{DeliveryFuture, DeliveryReport, Message, Route};
+use base64::Engine;
+use smtp2oauth_proto::{DeliveryError, Reply, Stage};
+use smtp2oauth_tokens::{AccessToken, TokenSource};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::sync::Semaphore;
+use tracing::{debug, info, warn};
+
+/// Graph's request-size limit we hold ourselves to (base64 body).
+pub const GRAPH_MAX_REQUEST_BODY: u64 = 4 * 1024 * 1024;
+/// Graph's limit of concurrent requests per app (Outlook resources).
+pub const GRAPH_MAX_CONCURRENT: usize = 4;
+/// Error bodies are read up to this many bytes (they are a few hundred).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+#[derive(Clone)]
+pub struct GraphRouteConfig {
+    pub account: String,
+    /// The mailbox that sends (`{id}` in the URL; the sender Exchange uses).
+    pub mailbox: String,
+    /// Base URL without trailing `/`, e.g. `https://graph.microsoft.com`.
+    pub graph_url: String,
+    /// The largest message (bytes as spooled) sent through Graph; larger ones are refused with
+    /// `552 5.3.4` before any request.
+    pub max_message_size: u64,
+}
+
+pub struct GraphRoute {
+    cfg: GraphRouteConfig,
+    http: reqwest::Client,
+    tokens: Arc<dyn TokenSource>,
+    /// Shared by every account of the same app registration.
+    slots: Arc<Semaphore>,
+}
+
+/// A fresh semaphore for one app's Graph requests.
+pub fn app_slots() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(GRAPH_MAX_CONCURRENT))
+}
+
+/// The temporary failure for a throttled request. Its text starts with "Retry after N
+/// seconds" when Graph said how long to wait, which the scheduler reads as the pause.
+pub fn throttled_reply(status: u16, retry_after: Option<Duration>, graph_error: &str) -> Reply {
+    let wait = retry_after
+        .map(|d| format!("Retry after {} seconds: ", d.as_secs().max(1)))
+        .unwrap_or_default();
+    let (code, what) = if status == 429 {
+        ((4, 7, 500), "Microsoft Graph is throttling this mailbox")
+    } else {
+        ((4, 3, 2), "Microsoft Graph is unavailable")
+    };
+    Reply::with_status(
+        451,
+        code,
+        format!("{wait}{what} (HTTP {status}{})", sep(graph_error)),
+    )
+}
+
+fn sep(s: &str) -> String {
+    if s.is_empty() {
+        String::new()
+    } else {
+        format!(" {s}")
+    }
+}
+
+/// `Retry-After`: seconds, or an HTTP date (RFC 9110).
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let v = value.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(v)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT` (the only form senders may use).
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: i64 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as i64
+        + 1;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<i64> = time.split(':').filter_map(|x| x.parse().ok()).collect();
+    let [h, m, sec] = hms.as_slice() else {
+        return None;
+    };
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + m * 60 + sec;
+    (secs >= 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64))
+}
+
+/// Graph's error JSON: `{"error":{"code":"...","message":"..."}}` → `code: message`.
+fn graph_error_text(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let err = parsed.as_ref().and_then(|v| v.get("error"));
+    let code = err
+        .and_then(|e| e.get("code"))
+        .and_then(|c| c.as_str())
+        .unwrap_or("");
+    let message = err
+        .and_then(|e| e.get("message"))
+        .and_then(|c| c.as_str())
+        .unwrap_or("");
+    let text = match (code, message) {
+        ("", "") => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
+        (c, "") => c.to_string(),
+        ("", m) => m.to_string(),
+        (c, m) => format!("{c}: {m}"),
+    };
+    // One line, bounded: it goes into a reply and a log line.
+    let one_line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    one_line.chars().take(400).collect()
+}
+
+/// The reply for a Graph answer that is not a success and not a 401.
+pub fn reply_for_status(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Reply {
+    let err = graph_error_text(body);
+    let refused = |code, status_code, what: &str| {
+        Reply::with_status(
+            code,
+            status_code,
+            format!("{what} (HTTP {status}{})", sep(&err)),
+        )
+    };
+    if err.contains("ErrorMessageSizeExceeded") {
+        return refused(
+            552,
+            (5, 3, 4),
+            "Microsoft Graph refused the message as too large",
+        );
+    }
+    match status {
+        429 | 503 => throttled_reply(status, retry_after, &err),
+        400 => refused(554, (5, 6, 0), "Microsoft Graph refused the message"),
+        403 => refused(
+            550,
+            (5, 7, 1),
+            "Microsoft Graph refused to send as this mailbox",
+        ),
+        404 => refused(550, (5, 1, 0), "Microsoft Graph does not know this mailbox"),
+        413 => refused(
+            552,
+            (5, 3, 4),
+            "Microsoft Graph refused the message as too large",
+        ),
+        408 => refused(451, (4, 4, 2), "Microsoft Graph timed out"),
+        500..=599 => refused(451, (4, 3, 0), "Microsoft Graph failed, try again later"),
+        _ => refused(554, (5, 0, 0), "Microsoft Graph refused the request"),
+    }
+}
+
+enum Sent {
+    Accepted(Reply),
+    Unauthorized(Reply),
+    Refused(Reply),
+}
+
+impl GraphRoute {
+    pub fn new(
+        cfg: GraphRouteConfig,
+        http: reqwest::Client,
+        tokens: Arc<dyn TokenSource>,
+        slots: Arc<Semaphore>,
+    ) -> Self {
+        GraphRoute {
+            cfg,
+            http,
+            tokens,
+            slots,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!(
+            "{}/v1.0/users/{}/sendMail",
+            self.cfg.graph_url,
+            percent_encode_path(&self.cfg.mailbox)
+        )
+    }
+
+    async fn token(&self) -> Result<AccessToken, DeliveryError> {
+        self.tokens.token().await.map_err(|e| DeliveryError::Token {
+            account: self.cfg.account.clone(),
+            reason: e.to_string(),
+            sign_in_required: e.kind == smtp2oauth_tokens::TokenErrorKind::SignInRequired,
+        })
+    }
+
+    fn too_large(&self, size: u64) -> DeliveryError {
+        DeliveryError::Rejected {
+            stage: Stage::Http,
+            reply: Reply::with_status(
+                552,
+                (5, 3, 4),
+                format!(
+                    "Message size {size} exceeds the Microsoft Graph route's limit of {} bytes (Graph takes about 4 MB per request)",
+                    self.cfg.max_message_size
+                ),
+            ),
+        }
+    }
+
+    async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
+        if msg.size > self.cfg.max_message_size {
+            return Err(self.too_large(msg.size));
+        }
+        let raw = tokio::fs::read(&msg.data_path)
+            .await
+            .map_err(|e| DeliveryError::Local {
+                detail: format!("cannot read {}: {e}", msg.data_path.display()),
+            })?;
+        if raw.len() as u64 > self.cfg.max_message_size {
+            return Err(self.too_large(raw.len() as u64));
+        }
+        let prepared = prepare_for_graph(&raw, &msg.recipients);
+        drop(raw);
+        if !prepared.added_bcc.is_empty() || !prepared.removed.is_empty() {
+            info!(queue_id = %msg.id, account = %self.cfg.account, bcc_added = prepared.added_bcc.len(),
+                header_recipients_removed = ?prepared.removed,
+                "recipient headers adjusted to the envelope for Graph");
+        }
+        if prepared.reencoded_parts > 0 {
+            info!(queue_id = %msg.id, parts = prepared.reencoded_parts,
+                "quoted-printable parts re-encoded as base64 for Graph");
+        }
+        let body = base64::engine::general_purpose::STANDARD.encode(&prepared.bytes);
+        drop(prepared);
+        if body.len() as u64 > GRAPH_MAX_REQUEST_BODY {
+            return Err(self.too_large(msg.size));
+        }
+        let body = bytes_body(body);
+
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| DeliveryError::Local {
+                detail: "Graph request slots closed".into(),
+            })?;
+        let mut refreshed = false;
+        loop {
+            let token = self.token().await?;
+            match self.post(&token, body.clone()).await? {
+                Sent::Accepted(reply) => {
+                    return Ok(DeliveryReport {
+                        reply,
+                        accepted: msg.recipients.clone(),
+                        rejected: Vec::new(),
+                    });
+                }
+                Sent::Unauthorized(reply) => {
+                    self.tokens.invalidate(&token);
+                    if !refreshed {
+                        info!(account = %self.cfg.account, reply = %reply, "Graph refused the token; retrying once with a new one");
+                        refreshed = true;
+                        continue;
+                    }
+                    return Err(DeliveryError::Rejected {
+                        stage: Stage::Http,
+                        reply,
+                    });
+                }
+                Sent::Refused(reply) => {
+                    return Err(DeliveryError::Rejected {
+                        stage: Stage::Http,
+                        reply,
+                    });
+                }
+            }
+        }
+    }
+
+    async fn post(&self, token: &AccessToken, body: bytes::Bytes) -> Result<Sent, DeliveryError> {
+        let url = self.url();
+        let mut auth =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.secret())).map_err(
+                |_| DeliveryError::Token {
+                    account: self.cfg.account.clone(),
+                    reason: "the access token is not a valid header value".into(),
+                    sign_in_required: false,
+                },
+            )?;
+        auth.set_sensitive(true);
+        debug!(account = %self.cfg.account, url = %url, bytes = body.len(), "POST sendMail");
+        let response = self
+            .http
+            .post(&url)
+            .header(reqwest::header::AUTHORIZATION, auth)
+            .header(reqwest::header::CONTENT_TYPE, "text/plain")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| transport_error(&url, &e))?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let request_id = header("request-id").unwrap_or_default();
+        let retry_after =
+            header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
+        let body = read_bounded(response).await;
+        if (200..300).contains(&status) {
+            let id = if request_id.is_empty() {
+                String::new()
+            } else {
+                format!(", request-id {request_id}")
+            };
+            return Ok(Sent::Accepted(Reply::with_status(
+                250,
+                (2, 0, 0),
+                format!("Accepted by Microsoft Graph (HTTP {status}{id})"),
+            )));
+        }
+        if status == 401 {
+            let err = graph_error_text(&body);
+            return Ok(Sent::Unauthorized(Reply::with_status(
+                451,
+                (4, 7, 0),
+                format!(
+                    "Microsoft Graph refused the access token (HTTP 401{})",
+                    sep(&err)
+                ),
+            )));
+        }
+        let reply = reply_for_status(status, retry_after, &body);
+        if reply.is_transient() {
+            warn!(account = %self.cfg.account, status, request_id = %request_id, reply = %reply, "Graph answered with a temporary failure");
+        }
+        Ok(Sent::Refused(reply))
+    }
+}
+
+fn bytes_body(s: String) -> bytes::Bytes {
+    bytes::Bytes::from(s.into_bytes())
+}
+
+async fn read_bounded(mut response: reqwest::Response) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = response.chunk().await {
+        let room = MAX_ERROR_BODY.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if body.len() >= MAX_ERROR_BODY {
+            break;
+        }
+    }
+    body
+}
+
+fn transport_error(url: &str, e: &reqwest::Error) -> DeliveryError {
+    // reqwest's messages name the URL, never headers: no token can leak through them.
+    let mut detail = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        detail.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    let target = url.split('/').take(3).collect::<Vec<_>>().join("/");
+    if e.is_timeout() {
+        DeliveryError::Timeout { stage: Stage::Http }
+    } else if e.is_connect() {
+        if detail.contains("certificate") || detail.to_ascii_lowercase().contains("tls") {
+            DeliveryError::Tls { detail }
+        } else {
+            DeliveryError::Connect { target, detail }
+        }
+    } else {
+        DeliveryError::ConnectionLost {
+            stage: Stage::Http,
+            detail,
+        }
+    }
+}
+
+/// Encodes a mailbox for a URL path segment (`@` and `.` stay; `/`, `?`, `#`, `%`, spaces and
+/// non-ASCII are escaped).
+fn percent_encode_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"@.-_~+!$&'()*,;=".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl Route for GraphRoute {
+    fn kind(&self) -> &'static str {
+        "graph"
+    }
+
+    fn target(&self) -> String {
+        format!(
+            "{}/v1.0/users/{}/sendMail",
+            self.cfg.graph_url, self.cfg.mailbox
+        )
+    }
+
+    fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a> {
+        Box::pin(self.attempt(message))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_replies() {
+        let body = br#"{"error":{"code":"ErrorAccessDenied","message":"Access is denied. Check credentials and try again."}}"#;
+        for (status, retry, want) in [
+            (
+                403,
+                None,
+                "550 5.7.1 Microsoft Graph refused to send as this mailbox (HTTP 403 ErrorAccessDenied: Access is denied. Check credentials and try again.)",
+            ),
+            (
+                429,
+                Some(7),
+                "451 4.7.500 Retry after 7 seconds: Microsoft Graph is throttling this mailbox (HTTP 429 ErrorAccessDenied: Access is denied. Check credentials and try again.)",
+            ),
+            (
+                503,
+                None,
+                "451 4.3.2 Microsoft Graph is unavailable (HTTP 503 ErrorAccessDenied: Access is denied. Check credentials and try again.)",
+            ),
+        ] {
+            let r = reply_for_status(status, retry.map(Duration::from_secs), body);
+            assert_eq!(r.to_string(), want);
+        }
+        for (status, body, code, permanent) in [
+            (400, &br#"{"error":{"code":"ErrorMimeContentInvalidBase64String","message":"x"}}"#[..], 554, true),
+            (400, br#"{"error":{"code":"ErrorMessageSizeExceeded","message":"too big"}}"#, 552, true),
+            (404, br#"{"error":{"code":"MailboxNotEnabledForRESTAPI","message":"REST API is not yet supported for this mailbox."}}"#, 550, true),
+            (413, b"", 552, true),
+            (500, b"<html>oops</html>", 451, false),
+            (502, b"", 451, false),
+            (408, b"", 451, false),
+        ] {
+            let r = reply_for_status(status, None, body);
+            assert_eq!((r.code(), r.is_permanent()), (code, permanent), "{status}: {r}");
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777); // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:50:07 GMT", now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+
+    #[test]
+    fn mailbox_is_escaped_in_the_url_path() {
+        assert_eq!(
+            percent_encode_path("scanner@contoso.com"),
+            "scanner@contoso.com"
+        );
+        assert_eq!(percent_encode_path("a/b?c#d e@x"), "a%2Fb%3Fc%23d%20e@x");
+    }
+}

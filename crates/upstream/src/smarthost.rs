@@ -1,0 +1,296 @@
+//! Delivery to a smart host without a mailbox: the tenant's MX through an inbound connector
+//! that knows the office by its fixed IP address or its TLS client certificate.
+//!
+//! The destination is a fixed host, or the MX hosts of a domain tried in preference order
+//! (RFC 5321 §5.1: lowest preference first, each host's addresses in turn; a domain without MX
+//! records is its own mail host; a "null MX" (RFC 7505) accepts no mail). Each host gets EHLO,
+//! STARTTLS with certificate verification (required, or opportunistic: only when offered), an
+//! optional client certificate, and no AUTH. The envelope and the bytes go out unchanged,
+//! through the same transaction code as the SMTP route.
+//!
+//! A host that cannot be reached, or fails before the mail transaction (greeting, EHLO, TLS),
+//! makes us try the next one; once a host has answered MAIL, its verdict is the attempt's.
+//! Opportunistic TLS never falls back to plain text after a failed handshake or an unverified
+//! certificate: a host that offers TLS and then fails it is a fault to fix, not to hide.
+//!
+//! DNS goes through hickory-resolver (tokio, the system's resolv.conf unless `dns_servers` is
+//! set), so lookups are asynchronous, time-limited and cached per TTL.
+
+use crate::client::Client;
+use crate::smtp::{Capabilities, ehlo, transaction};
+use crate::{DeliveryFuture, DeliveryReport, Message, Route};
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::proto::rr::RData;
+use smtp2oauth_proto::{DeliveryError, Reply, Stage};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+use tracing::{debug, info, warn};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmarthostTls {
+    Required,
+    Opportunistic,
+}
+
+impl SmarthostTls {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmarthostTls::Required => "required",
+            SmarthostTls::Opportunistic => "opportunistic",
+        }
+    }
+}
+
+/// Where the smart host is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Destination {
+    Host(String),
+    Mx(String),
+}
+
+#[derive(Clone)]
+pub struct SmarthostRouteConfig {
+    pub account: String,
+    pub destination: Destination,
+    pub port: u16,
+    pub tls: SmarthostTls,
+    /// Server verification (web PKI + `ca_file`) and the optional client certificate.
+    pub tls_config: Arc<rustls::ClientConfig>,
+    pub helo_name: String,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+}
+
+pub struct SmarthostRoute {
+    cfg: SmarthostRouteConfig,
+    resolver: TokioResolver,
+}
+
+/// A resolver using `servers` (`ip:port`), or the system's configuration when empty.
+pub fn resolver(servers: &[SocketAddr]) -> Result<TokioResolver, String> {
+    let provider = TokioRuntimeProvider::default();
+    let mut builder = if servers.is_empty() {
+        TokioResolver::builder(provider)
+            .map_err(|e| format!("cannot read the system's DNS configuration: {e}"))?
+    } else {
+        let name_servers = servers
+            .iter()
+            .map(|s| {
+                let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                for c in &mut ns.connections {
+                    c.port = s.port();
+                }
+                ns
+            })
+            .collect();
+        TokioResolver::builder_with_config(
+            ResolverConfig::from_name_servers(name_servers),
+            provider,
+        )
+    };
+    let opts: &mut ResolverOpts = builder.options_mut();
+    opts.timeout = Duration::from_secs(5);
+    opts.attempts = 2;
+    builder
+        .build()
+        .map_err(|e| format!("cannot set up DNS: {e}"))
+}
+
+/// One host to try, with the name its certificate must carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Hop {
+    name: String,
+    addrs: Vec<IpAddr>,
+}
+
+impl SmarthostRoute {
+    pub fn new(cfg: SmarthostRouteConfig, resolver: TokioResolver) -> Self {
+        SmarthostRoute { cfg, resolver }
+    }
+
+    fn dns_failure(&self, what: &str, e: impl std::fmt::Display) -> DeliveryError {
+        DeliveryError::Connect {
+            target: what.to_string(),
+            detail: format!("DNS lookup failed: {e}"),
+        }
+    }
+
+    /// The host names to try, best first.
+    async fn mail_hosts(&self) -> Result<Vec<String>, DeliveryError> {
+        let domain = match &self.cfg.destination {
+            Destination::Host(h) => return Ok(vec![h.clone()]),
+            Destination::Mx(d) => d,
+        };
+        let fqdn = format!("{}.", domain.trim_end_matches('.'));
+        match self.resolver.mx_lookup(fqdn.as_str()).await {
+            Ok(lookup) => {
+                let mut mx: Vec<(u16, String)> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::MX(m) => Some((
+                            m.preference,
+                            m.exchange.to_utf8().trim_end_matches('.').to_string(),
+                        )),
+                        _ => None,
+                    })
+                    .collect();
+                // Stable: equal preferences keep the order the server gave.
+                mx.sort_by_key(|(p, _)| *p);
+                if mx.len() == 1 && mx[0].1.is_empty() {
+                    // RFC 7505 null MX: the domain accepts no mail at all.
+                    return Err(DeliveryError::Rejected {
+                        stage: Stage::Connect,
+                        reply: Reply::with_status(
+                            556,
+                            (5, 1, 10),
+                            format!("{domain} publishes a null MX: it accepts no mail"),
+                        ),
+                    });
+                }
+                let hosts: Vec<String> = mx
+                    .into_iter()
+                    .map(|(_, h)| h)
+                    .filter(|h| !h.is_empty())
+                    .collect();
+                debug!(account = %self.cfg.account, domain = %domain, mx = ?hosts, "MX hosts");
+                Ok(hosts)
+            }
+            // No MX records: the domain itself is the mail host (RFC 5321 §5.1).
+            Err(e) if e.is_no_records_found() && !e.is_nx_domain() => Ok(vec![domain.clone()]),
+            Err(e) => Err(self.dns_failure(&format!("MX of {domain}"), e)),
+        }
+    }
+
+    async fn addresses(&self, host: &str) -> Result<Vec<IpAddr>, DeliveryError> {
+        if let Ok(ip) = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+        {
+            return Ok(vec![ip]);
+        }
+        let fqdn = format!("{}.", host.trim_end_matches('.'));
+        match self.resolver.lookup_ip(fqdn.as_str()).await {
+            Ok(l) => Ok(l.iter().collect()),
+            Err(e) => Err(self.dns_failure(host, e)),
+        }
+    }
+
+    /// Connects to one address and brings the session to the point where MAIL can be sent.
+    async fn open(&self, name: &str, ip: IpAddr) -> Result<(Client, Capabilities), DeliveryError> {
+        let c = &self.cfg;
+        let mut client = Client::connect_addr(
+            name,
+            SocketAddr::new(ip, c.port),
+            c.connect_timeout,
+            c.command_timeout,
+        )
+        .await?;
+        let greeting = client.read_reply(Stage::Greeting).await?;
+        if greeting.code() != 220 {
+            return Err(DeliveryError::Rejected {
+                stage: Stage::Greeting,
+                reply: greeting,
+            });
+        }
+        let caps = ehlo(&mut client, &c.helo_name).await?;
+        if !caps.starttls {
+            return match c.tls {
+                SmarthostTls::Required => Err(DeliveryError::Tls {
+                    detail: format!(
+                        "{} does not offer STARTTLS (smarthost_tls = \"required\")",
+                        client.target()
+                    ),
+                }),
+                SmarthostTls::Opportunistic => {
+                    info!(account = %c.account, host = %client.target(), "the smart host does not offer STARTTLS; sending in clear text (smarthost_tls = \"opportunistic\")");
+                    Ok((client, caps))
+                }
+            };
+        }
+        let r = client.command("STARTTLS", Stage::StartTls).await?;
+        if r.code() != 220 {
+            if c.tls == SmarthostTls::Opportunistic && r.is_transient() {
+                warn!(account = %c.account, host = %client.target(), reply = %r, "STARTTLS refused; sending in clear text (smarthost_tls = \"opportunistic\")");
+                return Ok((client, caps));
+            }
+            return Err(DeliveryError::Rejected {
+                stage: Stage::StartTls,
+                reply: r,
+            });
+        }
+        client.start_tls(c.tls_config.clone(), name).await?;
+        let caps = ehlo(&mut client, &c.helo_name).await?;
+        Ok((client, caps))
+    }
+
+    async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
+        let hosts = self.mail_hosts().await?;
+        let mut last: Option<DeliveryError> = None;
+        for host in &hosts {
+            let addrs = match self.addresses(host).await {
+                Ok(a) if !a.is_empty() => a,
+                Ok(_) => continue,
+                Err(e) => {
+                    warn!(account = %self.cfg.account, host = %host, error = %e, "cannot resolve a mail host; trying the next");
+                    last = Some(e);
+                    continue;
+                }
+            };
+            let hop = Hop {
+                name: host.clone(),
+                addrs,
+            };
+            for ip in &hop.addrs {
+                let (mut client, caps) = match self.open(&hop.name, *ip).await {
+                    Ok(x) => x,
+                    // A permanent refusal before MAIL (a 5xx greeting) is this host's word on
+                    // every message: stop here.
+                    Err(e) if e.is_permanent() => return Err(e),
+                    Err(e) => {
+                        warn!(account = %self.cfg.account, host = %hop.name, address = %ip, error = %e, "smart host unusable; trying the next");
+                        last = Some(e);
+                        continue;
+                    }
+                };
+                let result = transaction(&mut client, &caps, msg, self.cfg.data_timeout).await;
+                match &result {
+                    Ok(_) | Err(DeliveryError::Rejected { .. }) => client.quit().await,
+                    Err(_) => {}
+                }
+                return result;
+            }
+        }
+        Err(last.unwrap_or_else(|| DeliveryError::Connect {
+            target: self.target(),
+            detail: "no address found for any mail host".into(),
+        }))
+    }
+}
+
+impl Route for SmarthostRoute {
+    fn kind(&self) -> &'static str {
+        "smarthost"
+    }
+
+    fn target(&self) -> String {
+        let dest = match &self.cfg.destination {
+            Destination::Host(h) => h.clone(),
+            Destination::Mx(d) => format!("MX of {d}"),
+        };
+        format!(
+            "{dest}:{} (STARTTLS {})",
+            self.cfg.port,
+            self.cfg.tls.as_str()
+        )
+    }
+
+    fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a> {
+        Box::pin(self.attempt(message))
+    }
+}
