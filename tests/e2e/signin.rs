@@ -1006,3 +1006,44 @@ async fn authorization_code_through_the_cli_listens_on_the_redirect_port() {
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delegated_graph_route_sends_with_the_users_mail_send_permission() {
+    let up = upstream(None).await;
+    let graph = smtp2oauth_testkit::FakeGraph::start(
+        up.pki.server_config(),
+        MAILBOX,
+        up.idp.scope_validator(),
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let accounts = account(
+        &up,
+        "device_code",
+        &format!("graph_url = \"{}\"", graph.url()),
+    )
+    .replace("route = \"smtp\"", "route = \"graph\"");
+    let toml = config(&up, &accounts, "127.0.0.1:0", &store);
+    let cfg = write_config(dir.path(), &toml);
+    assert_eq!(device_login(&up.idp, &cfg, Some(KEY_1)).await.status, 0);
+    let relay = Relay::start_env(&toml, &[("SMTP2OAUTH_MASTER_KEY", KEY_1)]);
+    let r = send(&relay, "through graph").await;
+    assert_eq!(r["code"], 250, "{r}");
+    let got = graph.wait_for_messages(1, Duration::from_secs(10)).await;
+    assert_eq!(got.len(), 1);
+    // The sign-in asked for, and the refresh redeemed, the user's Graph permission.
+    let scopes: Vec<String> = up
+        .idp
+        .issued_tokens()
+        .iter()
+        .filter_map(|t| up.idp.validate(t).ok().map(|i| i.scope))
+        .collect();
+    assert!(
+        scopes
+            .iter()
+            .all(|s| s == "https://graph.microsoft.com/Mail.Send offline_access"),
+        "{scopes:?}"
+    );
+    assert_no_secret("the log", &relay.logs(), &secrets(&up));
+}
