@@ -15,6 +15,8 @@
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
+//! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
+//!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
 
 mod bad_input;
 mod cli;
@@ -24,5 +26,6 @@ mod ops;
 mod queue;
 mod relay;
 mod routes;
+mod signin;
 mod smuggling;
 mod tls;

@@ -10,6 +10,9 @@
 //! - `GET /readyz`: every check (listeners up, spool writable, each account's token obtainable
 //!   or why not) as JSON; 200 when all pass, 503 otherwise.
 //! - `GET /metrics`: Prometheus text exposition (see `smtp2oauth-metrics`).
+//! - `GET /accounts` (and `/`): every account's route and token state, with Sign in buttons;
+//!   `GET /oauth/callback` (or the redirect URI's path) completes a browser sign-in
+//!   (`accounts.rs`, with sessions and CSRF in `session.rs`).
 
 use axum::Router;
 use axum::extract::State;
@@ -24,6 +27,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+pub mod accounts;
+mod session;
+pub mod time;
+
+pub use accounts::{AccountView, AccountsConfig, AccountsPage};
 
 /// One readiness check and its outcome, in words an admin can act on.
 #[derive(Clone, Debug, Serialize)]
@@ -46,6 +55,8 @@ pub type ReadinessFn =
 pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub readiness: ReadinessFn,
+    /// The accounts page and OAuth callback; None serves only health and metrics.
+    pub accounts: Option<Arc<AccountsPage>>,
 }
 
 /// Binds the admin listener now (so a bad address stops the relay at start) and returns a
@@ -57,11 +68,15 @@ pub async fn bind(
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let app = Router::new()
+    let page = state.accounts.clone();
+    let mut app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state);
+    if let Some(page) = page {
+        app = app.merge(accounts::router(page));
+    }
     info!(address = %local, "admin server listening");
     let serve = async move {
         axum::serve(listener, app)

@@ -257,6 +257,10 @@ pub struct Store {
     /// New mail is refused with 452 4.3.1 while less than this many bytes are free on the
     /// store's filesystem (on top of the size a device announces with MAIL SIZE=).
     pub min_free_space: u64,
+    /// File holding the 64-hex-character master key that encrypts stored sign-ins (refresh
+    /// tokens). `SMTP2OAUTH_MASTER_KEY` takes precedence; without either, the key is generated
+    /// on first start into `<dir>/master.key` (mode 0600).
+    pub master_key_file: Option<PathBuf>,
 }
 
 impl Default for Store {
@@ -265,6 +269,7 @@ impl Default for Store {
             dir: PathBuf::from("/var/lib/smtp2oauth"),
             fsync: true,
             min_free_space: 1024 * 1024,
+            master_key_file: None,
         }
     }
 }
@@ -273,14 +278,19 @@ impl Default for Store {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Admin {
-    /// Address of the admin HTTP server (`/healthz`). Empty string disables it.
+    /// Address of the admin HTTP server (health, metrics, accounts page, OAuth callback).
+    /// Empty string disables it.
     pub listen: String,
+    /// argon2id hash (from `smtp2oauth hash-password`) of the password the accounts page asks
+    /// for. Unset: the page is open to whoever can reach `listen`.
+    pub password_hash: Option<Secret>,
 }
 
 impl Default for Admin {
     fn default() -> Self {
         Admin {
             listen: "127.0.0.1:8025".into(),
+            password_hash: None,
         }
     }
 }
@@ -388,6 +398,16 @@ pub enum Flow {
     ClientCredentials,
     AuthorizationCode,
     DeviceCode,
+}
+
+impl Flow {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flow::ClientCredentials => "client_credentials",
+            Flow::AuthorizationCode => "authorization_code",
+            Flow::DeviceCode => "device_code",
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -539,7 +559,22 @@ pub struct Account {
     /// mailbox), off otherwise.
     #[serde(default)]
     pub max_messages_per_minute: Option<u32>,
+    // Delegated sign-in (flow = "authorization_code" | "device_code").
+    /// Where the provider sends the browser back after sign-in; must be registered with the
+    /// app exactly. Default `http://localhost:8025/oauth/callback` (the accounts page).
+    #[serde(default)]
+    pub redirect_uri: Option<String>,
+    /// Authorization endpoint; default `{authority}/{tenant}/oauth2/v2.0/authorize`.
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    /// Device-authorization endpoint; default `{authority}/{tenant}/oauth2/v2.0/devicecode`.
+    #[serde(default)]
+    pub device_code_url: Option<String>,
 }
+
+/// The redirect URI delegated accounts use unless they set one: the accounts page's callback
+/// on the default admin address, reachable from the admin's browser through an SSH tunnel.
+pub const DEFAULT_REDIRECT_URI: &str = "http://localhost:8025/oauth/callback";
 
 fn default_route() -> Route {
     Route::Smtp
@@ -598,6 +633,55 @@ impl Account {
         self.scope_for(self.route)
     }
 
+    /// True for the flows where a person signs in (authorization code, device code).
+    pub fn is_delegated(&self) -> bool {
+        self.flow != Flow::ClientCredentials
+    }
+
+    pub fn redirect_uri(&self) -> String {
+        self.redirect_uri
+            .clone()
+            .unwrap_or_else(|| DEFAULT_REDIRECT_URI.into())
+    }
+
+    /// The authorization endpoint, from `authorize_url` or the provider's.
+    pub fn authorize_url(&self) -> Option<String> {
+        if let Some(u) = &self.authorize_url {
+            return Some(u.clone());
+        }
+        match self.provider {
+            Provider::Microsoft => {
+                let tenant = self.tenant.as_deref()?;
+                Some(format!(
+                    "{}/{}/oauth2/v2.0/authorize",
+                    self.authority(),
+                    tenant
+                ))
+            }
+            Provider::Google => Some("https://accounts.google.com/o/oauth2/v2/auth".into()),
+            Provider::Generic => None,
+        }
+    }
+
+    /// The device-authorization endpoint, from `device_code_url` or the provider's.
+    pub fn device_code_url(&self) -> Option<String> {
+        if let Some(u) = &self.device_code_url {
+            return Some(u.clone());
+        }
+        match self.provider {
+            Provider::Microsoft => {
+                let tenant = self.tenant.as_deref()?;
+                Some(format!(
+                    "{}/{}/oauth2/v2.0/devicecode",
+                    self.authority(),
+                    tenant
+                ))
+            }
+            Provider::Google => Some("https://oauth2.googleapis.com/device/code".into()),
+            Provider::Generic => None,
+        }
+    }
+
     pub fn smtp_host(&self) -> String {
         self.smtp_host
             .clone()
@@ -635,13 +719,20 @@ impl Account {
     /// override it for the primary and the fallback route).
     pub fn default_scope_for(&self, route: Route) -> String {
         match route {
+            Route::Graph if self.is_delegated() => {
+                format!("{}/Mail.Send offline_access", self.graph_resource())
+            }
             Route::Graph => format!("{}/.default", self.graph_resource()),
             _ => {
                 let (resource, _) = self.microsoft_cloud();
                 match (self.provider, self.flow) {
                     (Provider::Google, _) => "https://mail.google.com/".into(),
                     (_, Flow::ClientCredentials) => format!("https://{resource}/.default"),
-                    _ => "https://outlook.office.com/SMTP.Send offline_access".into(),
+                    // Delegated: the user's permission, plus offline_access for a refresh token.
+                    _ if resource == "outlook.office365.com" => {
+                        "https://outlook.office.com/SMTP.Send offline_access".into()
+                    }
+                    _ => format!("https://{resource}/SMTP.Send offline_access"),
                 }
             }
         }

@@ -547,3 +547,187 @@ fn env_values_with_non_ascii_before_a_backslash_are_kept_as_text() {
         );
     }
 }
+
+/// MINIMAL with the account's credential lines replaced by `account` lines.
+fn with_account(account: &str) -> String {
+    MINIMAL.replace(
+        "client_secret = \"s3cret-value\"\n",
+        &format!("{account}\n"),
+    )
+}
+
+#[test]
+fn delegated_flows_defaults() {
+    let f = write(&with_account("flow = \"device_code\""));
+    let l = load_with_env(Some(&f.0), no_env()).unwrap();
+    let a = &l.config.accounts[0];
+    assert!(a.is_delegated());
+    assert_eq!(
+        a.scope(),
+        "https://outlook.office.com/SMTP.Send offline_access"
+    );
+    assert_eq!(
+        a.device_code_url().unwrap(),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
+    );
+    assert_eq!(
+        a.authorize_url().unwrap(),
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
+    );
+    assert_eq!(a.redirect_uri(), "http://localhost:8025/oauth/callback");
+    assert_eq!(l.config.store.master_key_file, None);
+    assert!(l.config.admin.password_hash.is_none());
+
+    let f = write(&with_account(
+        "flow = \"authorization_code\"\nauthority = \"https://login.microsoftonline.us\"",
+    ));
+    let a = load_with_env(Some(&f.0), no_env()).unwrap().config.accounts[0].clone();
+    assert_eq!(
+        a.scope(),
+        "https://outlook.office365.us/SMTP.Send offline_access"
+    );
+
+    let f = write(&with_account(
+        "flow = \"authorization_code\"\nprovider = \"google\"\nclient_secret = \"g\"",
+    ));
+    let a = load_with_env(Some(&f.0), no_env()).unwrap().config.accounts[0].clone();
+    assert_eq!(a.scope(), "https://mail.google.com/");
+    assert_eq!(
+        a.authorize_url().unwrap(),
+        "https://accounts.google.com/o/oauth2/v2/auth"
+    );
+    assert_eq!(
+        a.token_url().unwrap(),
+        "https://oauth2.googleapis.com/token"
+    );
+}
+
+#[test]
+fn delegated_flow_checks() {
+    // (account lines, extra top-level text, key expected, words expected; "" = loads, and
+    // then `words` must be in a warning if not empty)
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("flow = \"device_code\"", "", "", ""),
+        ("flow = \"authorization_code\"", "", "", ""),
+        (
+            "flow = \"authorization_code\"\nclient_secret = \"web-app-secret\"",
+            "",
+            "",
+            "",
+        ),
+        (
+            "flow = \"device_code\"\nclient_secret = \"x\"",
+            "",
+            "accounts.0.client_secret",
+            "AADSTS700025",
+        ),
+        (
+            "flow = \"device_code\"\nprovider = \"google\"",
+            "",
+            "accounts.0.flow",
+            "does not allow the Gmail scope",
+        ),
+        (
+            "flow = \"client_credentials\"\nprovider = \"google\"\nclient_secret = \"x\"",
+            "",
+            "accounts.0.flow",
+            "authorization_code",
+        ),
+        (
+            "flow = \"authorization_code\"\nprovider = \"google\"",
+            "",
+            "accounts.0.client_secret",
+            "Google requires",
+        ),
+        (
+            "flow = \"authorization_code\"\nprovider = \"generic\"\ntoken_url = \"https://idp.example/token\"",
+            "",
+            "accounts.0.authorize_url",
+            "generic",
+        ),
+        (
+            "flow = \"device_code\"\nprovider = \"generic\"\ntoken_url = \"https://idp.example/token\"",
+            "",
+            "accounts.0.device_code_url",
+            "generic",
+        ),
+        (
+            "flow = \"authorization_code\"\nredirect_uri = \"localhost:8025/cb\"",
+            "",
+            "accounts.0.redirect_uri",
+            "http(s) URL",
+        ),
+        (
+            "flow = \"authorization_code\"\nredirect_uri = \"http://localhost:8025/cb#x\"",
+            "",
+            "accounts.0.redirect_uri",
+            "without query or fragment",
+        ),
+        (
+            "flow = \"authorization_code\"\nredirect_uri = \"http://localhost:8025\"",
+            "",
+            "accounts.0.redirect_uri",
+            "needs a path",
+        ),
+        (
+            "flow = \"authorization_code\"\nredirect_uri = \"http://relay.lan:8025/oauth/callback\"",
+            "",
+            "",
+            "plain http only for localhost",
+        ),
+        (
+            "flow = \"authorization_code\"\nredirect_uri = \"http://localhost:9000/oauth/callback\"",
+            "",
+            "",
+            "points at port 9000",
+        ),
+        (
+            "flow = \"authorization_code\"",
+            "[admin]\nlisten = \"\"\n",
+            "",
+            "smtp2oauth account login",
+        ),
+        (
+            "flow = \"device_code\"",
+            "[admin]\npassword_hash = \"hunter2\"\n",
+            "admin.password_hash",
+            "argon2",
+        ),
+    ];
+    for (account, extra, key, words) in cases {
+        let text = format!("{extra}{}", with_account(account));
+        let f = write(&text);
+        match load_with_env(Some(&f.0), no_env()) {
+            Ok(l) if key.is_empty() => {
+                if !words.is_empty() {
+                    assert!(
+                        l.warnings.iter().any(|w| w.message.contains(words)),
+                        "{account}: no warning with {words:?} in {:?}",
+                        l.warnings
+                    );
+                }
+            }
+            Ok(_) => panic!("{account}: loaded, expected a problem at {key}"),
+            Err(e) => {
+                assert!(
+                    e.problems
+                        .iter()
+                        .any(|p| p.key == *key && p.message.contains(words)),
+                    "{account}: expected {key} with {words:?}, got {e}"
+                );
+            }
+        }
+    }
+
+    // master_key_file must be readable when a delegated account needs it.
+    let text = with_account("flow = \"device_code\"").replace(
+        "dir = \"/tmp/s2o\"",
+        "dir = \"/tmp/s2o\"\nmaster_key_file = \"/nonexistent/key\"",
+    );
+    let f = write(&text);
+    let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
+    assert!(
+        e.problems.iter().any(|p| p.key == "store.master_key_file"),
+        "{e}"
+    );
+}

@@ -21,6 +21,19 @@ pub fn validate(c: &Config) -> (Vec<Problem>, Vec<Problem>) {
     if c.store.dir.as_os_str().is_empty() {
         p.push(Problem::new("store.dir", "must not be empty"));
     }
+    if let Some(h) = &c.admin.password_hash
+        && !h.expose().starts_with("$argon2")
+    {
+        p.push(Problem::new(
+            "admin.password_hash",
+            "must be an argon2 hash from `smtp2oauth hash-password` (a PHC string starting with $argon2id$)",
+        ));
+    }
+    if let Some(f) = &c.store.master_key_file
+        && c.accounts.iter().any(|a| a.is_delegated())
+    {
+        readable(f, "store.master_key_file", &mut p);
+    }
     if !c.admin.listen.is_empty() && c.admin.listen.parse::<SocketAddr>().is_err() {
         p.push(Problem::new(
             "admin.listen",
@@ -300,6 +313,9 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
             ("authority", &a.authority),
             ("token_url", &a.token_url),
             ("graph_url", &a.graph_url),
+            ("authorize_url", &a.authorize_url),
+            ("device_code_url", &a.device_code_url),
+            ("redirect_uri", &a.redirect_uri),
         ] {
             if let Some(u) = v
                 && !valid_url(u)
@@ -331,16 +347,19 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         if !a.needs_token() {
             continue;
         }
-        if a.flow != Flow::ClientCredentials {
+        if a.provider == Provider::Google && a.flow == Flow::ClientCredentials {
             p.push(Problem::new(
                 format!("{key}.flow"),
-                "only flow = \"client_credentials\" is available in this version",
+                "Google does not offer the client-credentials flow for Gmail SMTP: use flow = \"authorization_code\" (a person signs in once)",
             ));
         }
-        if a.provider == Provider::Google {
+        if a.is_delegated() {
+            delegated(c, a, &key, p, w);
+        }
+        if a.provider == Provider::Google && a.routes().contains(&Route::Graph) {
             p.push(Problem::new(
                 format!("{key}.provider"),
-                "Google does not offer the client-credentials flow for Gmail SMTP (and has no Graph route); it needs a sign-in flow, not available in this version",
+                "Google has no Graph route: use route = \"smtp\" (smtp.gmail.com)",
             ));
         }
         if a.client_id.as_deref().is_none_or(str::is_empty) {
@@ -367,6 +386,8 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         let secret = a.client_secret.is_some() as u8 + a.client_secret_file.is_some() as u8;
         let cert = a.certificate_file.is_some() || a.private_key_file.is_some();
         match (secret, cert) {
+            // Delegated flows may use a public client (no credential at all).
+            (0, false) if a.is_delegated() => {}
             (0, false) => p.push(Problem::new(
                 format!("{key}.client_secret"),
                 "a credential is required: client_secret, client_secret_file, or certificate_file + private_key_file",
@@ -419,6 +440,104 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         }
         if a.smtp_port == Some(0) {
             p.push(Problem::new(format!("{key}.smtp_port"), "must not be 0"));
+        }
+    }
+}
+
+/// Checks for accounts where a person signs in (authorization code or device code).
+fn delegated(
+    c: &Config,
+    a: &crate::Account,
+    key: &str,
+    p: &mut Vec<Problem>,
+    w: &mut Vec<Problem>,
+) {
+    let credential =
+        a.client_secret.is_some() || a.client_secret_file.is_some() || a.certificate_file.is_some();
+    match a.flow {
+        Flow::ClientCredentials => {}
+        Flow::DeviceCode => {
+            if a.provider == Provider::Google {
+                p.push(Problem::new(
+                    format!("{key}.flow"),
+                    "Google's device flow does not allow the Gmail scope (https://mail.google.com/): use flow = \"authorization_code\"",
+                ));
+            }
+            if a.provider == Provider::Microsoft && credential {
+                p.push(Problem::new(
+                    format!("{key}.client_secret"),
+                    "flow = \"device_code\" signs in as a public client, and Microsoft refuses a client secret or certificate from one (AADSTS700025): remove it (and turn on \"Allow public client flows\" for the app)",
+                ));
+            }
+            if a.device_code_url().is_none() {
+                p.push(Problem::new(
+                    format!("{key}.device_code_url"),
+                    "is required for flow = \"device_code\" with provider = \"generic\"",
+                ));
+            }
+        }
+        Flow::AuthorizationCode => {
+            if a.provider == Provider::Google && !credential {
+                p.push(Problem::new(
+                    format!("{key}.client_secret"),
+                    "Google requires the OAuth client's secret: set client_secret or client_secret_file",
+                ));
+            }
+            if a.authorize_url().is_none() {
+                p.push(Problem::new(
+                    format!("{key}.authorize_url"),
+                    "is required for flow = \"authorization_code\" with provider = \"generic\"",
+                ));
+            }
+            let uri = a.redirect_uri();
+            let after_scheme = uri
+                .strip_prefix("http://")
+                .or_else(|| uri.strip_prefix("https://"));
+            let (authority, path) = match after_scheme {
+                Some(rest) => rest.split_at(rest.find('/').unwrap_or(rest.len())),
+                None => ("", ""),
+            };
+            if authority.is_empty() || uri.contains(['#', '?', ' ']) {
+                p.push(Problem::new(
+                    format!("{key}.redirect_uri"),
+                    format!("`{uri}` is not an http(s) URL without query or fragment, such as http://localhost:8025/oauth/callback"),
+                ));
+                return;
+            }
+            if path.is_empty() || path == "/" {
+                p.push(Problem::new(
+                    format!("{key}.redirect_uri"),
+                    format!("`{uri}` needs a path for the callback, such as /oauth/callback"),
+                ));
+            }
+            let host = authority
+                .rsplit_once(':')
+                .filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()))
+                .map_or(authority, |(host, _)| host);
+            let local = matches!(host, "localhost" | "127.0.0.1" | "[::1]");
+            if uri.starts_with("http://") && !local && a.provider != Provider::Generic {
+                w.push(Problem::new(
+                    format!("{key}.redirect_uri"),
+                    format!("`{uri}` uses http:// with a host other than localhost: Microsoft and Google accept plain http only for localhost; open the accounts page through an SSH tunnel to use http://localhost, or serve it over https"),
+                ));
+            }
+            if c.admin.listen.is_empty() {
+                w.push(Problem::new(
+                    format!("{key}.flow"),
+                    "[admin] listen is empty, so there is no accounts page to sign in from: use `smtp2oauth account login` on this machine",
+                ));
+            } else if local && let Ok(admin) = c.admin.listen.parse::<SocketAddr>() {
+                let port = authority
+                    .rsplit_once(':')
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                    .unwrap_or(if uri.starts_with("https://") { 443 } else { 80 });
+                if admin.port() != 0 && admin.port() != port {
+                    w.push(Problem::new(
+                        format!("{key}.redirect_uri"),
+                        format!("`{uri}` points at port {port} but the accounts page listens on {}: the browser would come back where nothing answers (unless a proxy forwards it)", c.admin.listen),
+                    ));
+                }
+            }
         }
     }
 }

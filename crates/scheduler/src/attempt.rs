@@ -331,9 +331,22 @@ impl Inner {
             )
             .await;
         }
-        warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
-            recipients = out.deferred.len(), upstream = %out.reply, stage = out.stage.map(|s| s.as_str()).unwrap_or(""),
-            attempt = attempt_no, retry_in_secs = delay.as_secs(), advice = advice_text, ms, "deferred");
+        if matches!(
+            out.error,
+            Some(DeliveryError::Token {
+                sign_in_required: true,
+                ..
+            })
+        ) {
+            // Nothing will get better until a person signs in: say so loudly, but keep the mail.
+            error!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
+                recipients = out.deferred.len(), upstream = %out.reply, attempt = attempt_no, retry_in_secs = delay.as_secs(),
+                "deferred: the account needs a new sign-in; the message stays queued and goes out once someone signs in (accounts page, or `smtp2oauth account login {}`)", env.account);
+        } else {
+            warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
+                recipients = out.deferred.len(), upstream = %out.reply, stage = out.stage.map(|s| s.as_str()).unwrap_or(""),
+                attempt = attempt_no, retry_in_secs = delay.as_secs(), advice = advice_text, ms, "deferred");
+        }
         self.count(env, route_kind, Counted::Deferred, &out, ms);
         send(ok::queued(id));
         Next::Retry(Instant::now() + delay)

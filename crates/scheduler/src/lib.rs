@@ -185,6 +185,21 @@ impl Scheduler {
         self.inner.queue().len()
     }
 
+    /// Makes every queued message of `account` due now (its cause of failure was fixed, e.g.
+    /// someone signed in again) and lifts any pause. Returns how many were moved.
+    pub fn retry_account(&self, account: &str) -> usize {
+        let n = self.inner.queue().account_due_now(account, Instant::now());
+        if n > 0 {
+            info!(
+                account,
+                messages = n,
+                "retrying the account's queued messages now"
+            );
+        }
+        self.inner.wake.notify_one();
+        n
+    }
+
     /// Stops starting attempts and waits (up to `shutdown_timeout`) for running ones. An attempt
     /// cut off here stays queued and is retried at the next start.
     pub async fn shutdown(&self) {

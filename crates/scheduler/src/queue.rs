@@ -274,6 +274,23 @@ impl Queue {
         self.account(account).throttle_level
     }
 
+    /// Makes every waiting message of `account` due now and lifts its pause (the cause of the
+    /// failures was fixed, e.g. someone signed in again). Returns how many messages it moved.
+    pub(crate) fn account_due_now(&mut self, account: &str, now: Instant) -> usize {
+        let ids: Vec<String> = match self.accounts.get_mut(account) {
+            Some(acc) => {
+                acc.paused_until = None;
+                acc.throttle_level = 0;
+                acc.due.iter().map(|(_, _, id)| id.clone()).collect()
+            }
+            None => return 0,
+        };
+        for id in &ids {
+            self.reschedule(id, account, now);
+        }
+        ids.len()
+    }
+
     /// A delivery of the account went through: its throttling is over.
     pub(crate) fn clear_throttle(&mut self, account: &str) {
         let acc = self.account(account);
@@ -411,6 +428,23 @@ mod tests {
         assert_eq!(q.take_due(t0 + Duration::from_secs(31)).0, vec!["x"]);
         q.clear_throttle("a");
         assert_eq!(q.throttle_level("a"), 0);
+    }
+
+    #[test]
+    fn account_due_now_moves_only_that_account() {
+        let mut q = Queue::new(HashMap::new());
+        let now = Instant::now();
+        let later = now + Duration::from_secs(3600);
+        q.schedule("a1", "a", later, None);
+        q.schedule("a2", "a", later, None);
+        q.schedule("b1", "b", later, None);
+        q.pause("a", later);
+        assert_eq!(q.take_due(now).0, Vec::<String>::new());
+        assert_eq!(q.account_due_now("a", now), 2);
+        assert_eq!(q.account_due_now("nobody", now), 0);
+        let mut due = q.take_due(now).0;
+        due.sort();
+        assert_eq!(due, ["a1", "a2"]);
     }
 
     #[test]

@@ -75,6 +75,20 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
             p.push(Problem::new(format!("accounts.{i}.ca_file"), e));
         }
     }
+    // Stored sign-ins must open with the master key the relay will use (nothing is created).
+    match wiring::open_token_store(cfg, false) {
+        Err(e) => p.push(Problem::new("store.master_key_file", format!("{e:#}"))),
+        Ok(None) => {}
+        Ok(Some((store, _))) => {
+            for (i, a) in cfg.accounts.iter().enumerate() {
+                if a.is_delegated()
+                    && let Err(e) = store.load(&a.name)
+                {
+                    p.push(Problem::new(format!("accounts.{i}"), e.to_string()));
+                }
+            }
+        }
+    }
     if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file)
         && c.exists()
         && k.exists()
@@ -178,14 +192,25 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
         return ExitCode::from(2);
     };
     let built = async {
+        let store = wiring::open_token_store(&cfg, false)?.map(|(s, _)| s);
+        if acct.is_delegated() && acct.needs_token() && store.is_none() {
+            anyhow::bail!(
+                "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
+                acct.name,
+                acct.name
+            );
+        }
         let tokens = if smtp2oauth_config::Account::route_needs_token(acct.route) {
             let mut m = wiring::TokenSources::new();
-            m.insert(acct.name.clone(), wiring::token_source(&cfg, &acct)?);
+            m.insert(
+                acct.name.clone(),
+                wiring::token_source(&cfg, &acct, store.as_ref())?,
+            );
             m
         } else {
             wiring::TokenSources::new()
         };
-        wiring::route(&cfg, &acct, &tokens)
+        wiring::route(&cfg, &acct, &tokens, store.as_ref())
     }
     .await;
     let route = match built {

@@ -10,13 +10,17 @@
 //!   `check-config` and `send-test`).
 //! - `commands.rs`: `check-config`, `hash-password`, `send-test`.
 //! - `queue_cmd.rs`: `queue list|show|retry|delete|failed|requeue`.
+//! - `account_cmd.rs`: `account list|status|login|logout` and `keygen`.
+//! - `signin.rs`: keeping delegated accounts signed in while the relay runs.
 //! - `logging.rs`: log format and filtering.
 //! - `status.rs`: what the admin server reports (metrics read at scrape time, readiness).
 
+mod account_cmd;
 mod commands;
 mod logging;
 mod queue_cmd;
 mod serve;
+mod signin;
 mod status;
 mod wiring;
 
@@ -39,7 +43,8 @@ struct Cli {
 struct ConfigArg {
     /// Configuration file (TOML). Default: /etc/smtp2oauth/smtp2oauth.toml if it exists,
     /// otherwise the environment alone. Every key can also be set as SMTP2OAUTH_<TABLE>__<KEY>.
-    #[arg(short, long, env = "SMTP2OAUTH_CONFIG")]
+    /// (It may come before or after a sub-command: `queue --config F list`, `queue list --config F`.)
+    #[arg(short, long, env = "SMTP2OAUTH_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
 
@@ -111,6 +116,16 @@ enum Command {
         #[command(subcommand)]
         command: queue_cmd::QueueCommand,
     },
+    /// Sign accounts in (delegated flows) and show their token state, without secrets.
+    Account {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: account_cmd::AccountCommand,
+    },
+    /// Print a new master key (64 hex characters) for SMTP2OAUTH_MASTER_KEY or
+    /// [store] master_key_file.
+    Keygen,
     /// Ask the running relay's admin server whether it is healthy (exit 0) or not (exit 1).
     /// Used by container health checks.
     Health {
@@ -168,6 +183,11 @@ fn main() -> ExitCode {
         Command::Queue { config, command } => {
             runtime().block_on(queue_cmd::run(config.path().as_deref(), command))
         }
+        Command::Account { config, command } => {
+            logging::init(LogFormat::Text, Some("warn"));
+            runtime().block_on(account_cmd::run(config.path().as_deref(), command))
+        }
+        Command::Keygen => account_cmd::keygen(),
         Command::Health { config, ready, url } => {
             commands::health(config.path().as_deref(), url.as_deref(), ready)
         }

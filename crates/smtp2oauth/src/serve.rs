@@ -4,7 +4,7 @@
 //! configuration is found before any socket is opened, and every listener is bound before any is
 //! served, so a relay either starts whole or exits with the reason.
 
-use crate::{status, wiring};
+use crate::{signin, status, wiring};
 use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::{ListenerTls, TlsProfile};
 use smtp2oauth_inbound::{
@@ -79,8 +79,33 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
                 .join("; ")
         )
     })?);
-    let tokens = wiring::token_sources(&cfg)?;
-    let routes = wiring::routes(&cfg, &tokens)?;
+    let token_store = match wiring::open_token_store(&cfg, true)? {
+        Some((store, origin)) => {
+            if let smtp2oauth_tokens::KeyOrigin::Generated(path) = &origin {
+                warn!(file = %path.display(), key_id = store.key_id(),
+                    "generated the master key that encrypts stored sign-ins: back it up apart from the store (without it the sign-ins cannot be read), or move it to a secret and set [store] master_key_file");
+            } else {
+                info!(key = %origin, key_id = store.key_id(), dir = %store.dir().display(), "token store open");
+            }
+            if let smtp2oauth_tokens::KeyOrigin::File(path)
+            | smtp2oauth_tokens::KeyOrigin::Generated(path) = &origin
+            {
+                warn_if_readable_by_others(path, "the master key file");
+            }
+            Some(store)
+        }
+        None => None,
+    };
+    let tokens = wiring::token_sources(&cfg, token_store.as_ref())?;
+    for a in cfg.accounts.iter().filter(|a| a.is_delegated()) {
+        if let Some(t) = tokens.get(&a.name)
+            && t.status().sign_in_required
+        {
+            error!(account = %a.name, flow = a.flow.as_str(),
+                "account needs a sign-in: open the accounts page on the admin address, or run `smtp2oauth account login {}`; its mail is queued until then", a.name);
+        }
+    }
+    let routes = wiring::routes(&cfg, &tokens, token_store.as_ref())?;
     for a in &cfg.accounts {
         if let Some(r) = routes.get(&a.name) {
             info!(account = %a.name, mailbox = %a.mailbox, route = r.kind(), target = %r.target(), "account ready");
@@ -127,6 +152,38 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let dispatcher = scheduler.start();
 
     let shutdown = CancellationToken::new();
+    let sign_in = match &token_store {
+        Some(store) => {
+            let manager = Arc::new(smtp2oauth_tokens::SignInManager::new(
+                wiring::sign_in_targets(&cfg, store)?,
+            ));
+            let delegated: Vec<String> = cfg
+                .accounts
+                .iter()
+                .filter(|a| a.is_delegated())
+                .map(|a| a.name.clone())
+                .collect();
+            let releaser =
+                signin::Releaser::new(store.clone(), &delegated, tokens.clone(), scheduler.clone());
+            {
+                let releaser = releaser.clone();
+                manager.on_signed_in(move |account| releaser.check(account));
+            }
+            tokio::spawn(signin::watch_store(
+                store.clone(),
+                delegated.clone(),
+                releaser,
+                shutdown.clone(),
+            ));
+            let fresh = delegated
+                .iter()
+                .filter_map(|a| tokens.get(a).map(|t| (a.clone(), t.clone())))
+                .collect();
+            tokio::spawn(signin::keep_fresh(fresh, shutdown.clone()));
+            Some(manager)
+        }
+        None => None,
+    };
     let s = &cfg.server;
     let ctx = Arc::new(Inbound {
         hostname: cfg.hostname().into(),
@@ -189,9 +246,36 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
         });
         let readiness: smtp2oauth_admin::ReadinessFn =
             Arc::new(move || Box::pin(status::readiness(inputs.clone())));
+        let page = smtp2oauth_admin::AccountsPage::new(smtp2oauth_admin::AccountsConfig {
+            accounts: cfg
+                .accounts
+                .iter()
+                .map(|a| smtp2oauth_admin::AccountView {
+                    name: a.name.clone(),
+                    mailbox: a.mailbox.clone(),
+                    route: a.route.as_str(),
+                    flow: if a.route == smtp2oauth_config::Route::Capture {
+                        "none"
+                    } else {
+                        a.flow.as_str()
+                    },
+                    tokens: tokens.get(&a.name).cloned(),
+                    redirect_uri: (a.flow == smtp2oauth_config::Flow::AuthorizationCode)
+                        .then(|| a.redirect_uri()),
+                })
+                .collect(),
+            sign_in: sign_in.clone(),
+            store: token_store.clone(),
+            password_hash: cfg
+                .admin
+                .password_hash
+                .as_ref()
+                .map(|h| smtp2oauth_tokens::Secret::from(h.expose())),
+        });
         let state = smtp2oauth_admin::AdminState {
             metrics: metrics.clone(),
             readiness,
+            accounts: Some(Arc::new(page)),
         };
         let (_, serve) = smtp2oauth_admin::bind(addr, shutdown.clone(), state)
             .await

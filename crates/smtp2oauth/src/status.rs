@@ -61,7 +61,7 @@ impl Snapshot for RelaySnapshot {
                             .map(|d| d.as_secs_f64()),
                         token_requests: st.requests,
                         token_failures: st.failures,
-                        sign_in_required: false,
+                        sign_in_required: st.sign_in_required,
                     }
                 }
                 None => AccountSnapshot {

@@ -5,11 +5,12 @@
 //! `check-config` is one `serve` can build.
 
 use anyhow::{Context, Result, anyhow};
-use smtp2oauth_config::{Account, Config, JwtAlg, Route as RouteKind, UpstreamTls};
+use smtp2oauth_config::{Account, Config, Flow, JwtAlg, Provider, Route as RouteKind, UpstreamTls};
 use smtp2oauth_scheduler::{AccountSettings, Routes, SchedulerConfig};
 use smtp2oauth_tokens::{
-    CacheOptions, CertificateCredential, ClientCredential, ClientCredentialsGrant, HttpOptions,
-    Secret, TokenCache, TokenSource,
+    CacheOptions, CertificateCredential, ClientCredential, ClientCredentialsGrant, DelegatedClient,
+    DelegatedFlow, HttpOptions, KeyOrigin, ProviderKind, Secret, SignInTarget, StoredRefreshGrant,
+    TokenCache, TokenSource, TokenStore,
 };
 use smtp2oauth_upstream::{
     CaptureRoute, Destination, FallbackRoute, GraphRoute, GraphRouteConfig, Route, SmarthostRoute,
@@ -46,30 +47,147 @@ pub fn credential(account: &Account) -> Result<ClientCredential> {
     }
 }
 
-/// A token source for an account's `route` (smtp or graph).
-pub fn token_source(cfg: &Config, account: &Account) -> Result<Arc<dyn TokenSource>> {
-    token_source_for(cfg, account, account.route)
+/// The HTTP client for an account's identity-platform requests.
+pub fn http_client(cfg: &Config, account: &Account) -> Result<smtp2oauth_tokens::HttpClient> {
+    smtp2oauth_tokens::http_client(&HttpOptions {
+        ca_file: account.ca_file.clone(),
+        timeout: cfg.delivery.http_timeout,
+        user_agent: format!("smtp2oauth/{}", env!("CARGO_PKG_VERSION")),
+    })
+    .with_context(|| format!("account `{}`: HTTP client", account.name))
 }
 
-/// A token source for one of an account's routes: each route has its own scope, so each gets
-/// its own cache (the primary's is the one readiness checks and metrics report).
-pub fn token_source_for(
+/// The environment variable that holds the master key (it wins over `[store] master_key_file`).
+pub const MASTER_KEY_ENV: &str = "SMTP2OAUTH_MASTER_KEY";
+
+/// Opens the encrypted token store when some account signs in with a delegated flow. With
+/// `generate`, a missing master key is created on first use (`serve`, `account login`);
+/// without, `Ok(None)` means nothing was ever stored (read-only commands create nothing).
+pub fn open_token_store(
     cfg: &Config,
-    account: &Account,
-    route: RouteKind,
-) -> Result<Arc<dyn TokenSource>> {
+    generate: bool,
+) -> Result<Option<(Arc<TokenStore>, KeyOrigin)>> {
+    if !cfg.accounts.iter().any(Account::is_delegated) {
+        return Ok(None);
+    }
+    let env = std::env::var(MASTER_KEY_ENV).ok();
+    let found = smtp2oauth_tokens::load_master_key(
+        env.as_deref(),
+        cfg.store.master_key_file.as_deref(),
+        &cfg.store.dir,
+        generate,
+    )?;
+    let Some((key, origin)) = found else {
+        return Ok(None);
+    };
+    let dir = cfg.store.dir.join("tokens");
+    if !generate && !dir.exists() {
+        // Nothing was ever stored; a read-only command creates nothing.
+        return Ok(None);
+    }
+    let store = TokenStore::open(&dir, &key)?;
+    Ok(Some((Arc::new(store), origin)))
+}
+
+/// How an account signs in and redeems its refresh token for `route` (each route has its own
+/// scope; the sign-in itself uses the primary route's).
+pub fn delegated_client(account: &Account, route: RouteKind) -> Result<DelegatedClient> {
     let token_url = account.token_url().ok_or_else(|| {
         anyhow!(
             "account `{}`: no token endpoint (set tenant or token_url)",
             account.name
         )
     })?;
-    let http = smtp2oauth_tokens::http_client(&HttpOptions {
-        ca_file: account.ca_file.clone(),
-        timeout: cfg.delivery.http_timeout,
-        user_agent: format!("smtp2oauth/{}", env!("CARGO_PKG_VERSION")),
+    let has_credential = account.client_secret.is_some()
+        || account.client_secret_file.is_some()
+        || account.certificate_file.is_some();
+    Ok(DelegatedClient {
+        provider: match account.provider {
+            Provider::Microsoft => ProviderKind::Microsoft,
+            Provider::Google => ProviderKind::Google,
+            Provider::Generic => ProviderKind::Generic,
+        },
+        flow: match account.flow {
+            Flow::DeviceCode => DelegatedFlow::DeviceCode,
+            _ => DelegatedFlow::AuthorizationCode,
+        },
+        client_id: account.client_id.clone().unwrap_or_default(),
+        credential: if has_credential {
+            Some(credential(account)?)
+        } else {
+            None
+        },
+        scope: account.scope_for(route),
+        authorize_url: account.authorize_url(),
+        token_url,
+        device_code_url: account.device_code_url(),
+        redirect_uri: account.redirect_uri(),
     })
-    .with_context(|| format!("account `{}`: HTTP client", account.name))?;
+}
+
+/// Everything the sign-in manager needs for each delegated account.
+pub fn sign_in_targets(cfg: &Config, store: &Arc<TokenStore>) -> Result<Vec<SignInTarget>> {
+    cfg.accounts
+        .iter()
+        .filter(|a| a.is_delegated())
+        .map(|a| {
+            Ok(SignInTarget {
+                account: a.name.clone(),
+                client: delegated_client(a, a.route)?,
+                http: http_client(cfg, a)?,
+                store: store.clone(),
+            })
+        })
+        .collect()
+}
+
+/// A token source for an account's `route` (smtp or graph). Delegated accounts redeem the
+/// refresh token kept in `store`.
+pub fn token_source(
+    cfg: &Config,
+    account: &Account,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<Arc<dyn TokenSource>> {
+    token_source_for(cfg, account, account.route, store)
+}
+
+/// A token source for one of an account's routes: each route has its own scope, so each gets
+/// its own cache (the primary's is the one readiness checks and metrics report). A delegated
+/// account's routes share one stored sign-in.
+pub fn token_source_for(
+    cfg: &Config,
+    account: &Account,
+    route: RouteKind,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<Arc<dyn TokenSource>> {
+    let http = http_client(cfg, account)?;
+    if account.is_delegated() {
+        let store = store.ok_or_else(|| {
+            anyhow!(
+                "account `{}` signs in with flow = \"{}\" but the token store is not open",
+                account.name,
+                account.flow.as_str()
+            )
+        })?;
+        let grant = StoredRefreshGrant::new(
+            account.name.clone(),
+            delegated_client(account, route)?,
+            store.clone(),
+        )
+        .with_context(|| format!("account `{}`: token store", account.name))?;
+        return Ok(Arc::new(TokenCache::with_grant(
+            account.name.clone(),
+            Box::new(grant),
+            http,
+            CacheOptions::default(),
+        )));
+    }
+    let token_url = account.token_url().ok_or_else(|| {
+        anyhow!(
+            "account `{}`: no token endpoint (set tenant or token_url)",
+            account.name
+        )
+    })?;
     let grant = ClientCredentialsGrant {
         token_url,
         client_id: account.client_id.clone().unwrap_or_default(),
@@ -86,11 +204,11 @@ pub fn token_source_for(
 
 /// Every account's token source for its `route` (only accounts whose route needs tokens have
 /// one).
-pub fn token_sources(cfg: &Config) -> Result<TokenSources> {
+pub fn token_sources(cfg: &Config, store: Option<&Arc<TokenStore>>) -> Result<TokenSources> {
     let mut out = HashMap::new();
     for a in &cfg.accounts {
         if Account::route_needs_token(a.route) {
-            out.insert(a.name.clone(), token_source(cfg, a)?);
+            out.insert(a.name.clone(), token_source(cfg, a, store)?);
         }
     }
     Ok(out)
@@ -101,8 +219,13 @@ pub fn token_sources(cfg: &Config) -> Result<TokenSources> {
 pub type GraphSlots = Mutex<HashMap<(String, String), Arc<tokio::sync::Semaphore>>>;
 
 /// The account's route, wrapped with its `fallback_route` when it has one.
-pub fn route(cfg: &Config, account: &Account, tokens: &TokenSources) -> Result<Arc<dyn Route>> {
-    route_with(cfg, account, tokens, &GraphSlots::default())
+pub fn route(
+    cfg: &Config,
+    account: &Account,
+    tokens: &TokenSources,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<Arc<dyn Route>> {
+    route_with(cfg, account, tokens, &GraphSlots::default(), store)
 }
 
 fn route_with(
@@ -110,6 +233,7 @@ fn route_with(
     account: &Account,
     tokens: &TokenSources,
     slots: &GraphSlots,
+    store: Option<&Arc<TokenStore>>,
 ) -> Result<Arc<dyn Route>> {
     let primary = route_of(
         cfg,
@@ -122,7 +246,7 @@ fn route_with(
         return Ok(primary);
     };
     let fallback_tokens = if Account::route_needs_token(fallback_kind) {
-        Some(token_source_for(cfg, account, fallback_kind)?)
+        Some(token_source_for(cfg, account, fallback_kind, store)?)
     } else {
         None
     };
@@ -291,11 +415,15 @@ fn route_plain(
     }
 }
 
-pub fn routes(cfg: &Config, tokens: &TokenSources) -> Result<Routes> {
+pub fn routes(
+    cfg: &Config,
+    tokens: &TokenSources,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<Routes> {
     let mut out: Routes = HashMap::new();
     let slots = GraphSlots::default();
     for a in &cfg.accounts {
-        out.insert(a.name.clone(), route_with(cfg, a, tokens, &slots)?);
+        out.insert(a.name.clone(), route_with(cfg, a, tokens, &slots, store)?);
     }
     Ok(out)
 }

@@ -322,7 +322,13 @@ fn handle(
         lock(&shared.state).tokens_seen.push(token.to_string());
     }
     match (shared.validator)(token) {
-        Ok(scope) if scope == GRAPH_SCOPE => {}
+        // App-only tokens are issued for `.default`; delegated ones (a user signed in) for the
+        // user's Mail.Send permission. Both have Graph as their audience.
+        Ok(scope)
+            if scope == GRAPH_SCOPE
+                || scope
+                    .split_whitespace()
+                    .any(|s| s == "https://graph.microsoft.com/Mail.Send") => {}
         Ok(scope) => {
             return graph_error(
                 401,

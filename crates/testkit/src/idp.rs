@@ -31,6 +31,9 @@ use tokio::sync::watch;
 
 use crate::{lock, random_bytes, utc_timestamp, uuid_v4};
 
+mod delegated;
+pub use delegated::{AuthorizeMode, DeviceStatus, EXPIRED_INACTIVITY, REVOKED, SIGN_IN_FREQUENCY};
+
 /// The only assertion type Microsoft accepts for certificate credentials.
 pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -49,6 +52,19 @@ pub struct IdpConfig {
     pub expires_in: Duration,
     /// Delay before every answer (emulates a slow identity platform).
     pub response_delay: Duration,
+    /// Redirect URIs registered for delegated sign-in; the authorize endpoint requires an exact
+    /// match.
+    pub redirect_uris: Vec<String>,
+    /// "Allow public client flows": delegated grants without a client secret are accepted (and
+    /// a secret is refused, AADSTS700025). Otherwise they need the client secret.
+    pub public_client: bool,
+    /// Refuse a refresh token once it has been redeemed (stricter than Microsoft, to catch a
+    /// relay that does not store the rotated one). Default true.
+    pub reject_rotated_refresh_tokens: bool,
+    /// `interval` of device-code sign-ins (default 5 s).
+    pub device_interval: Duration,
+    /// Lifetime of device codes (default 900 s).
+    pub device_expires_in: Duration,
 }
 
 impl Default for IdpConfig {
@@ -60,6 +76,11 @@ impl Default for IdpConfig {
             client_cert_pem: None,
             expires_in: Duration::from_secs(3600),
             response_delay: Duration::ZERO,
+            redirect_uris: Vec::new(),
+            public_client: true,
+            reject_rotated_refresh_tokens: true,
+            device_interval: Duration::from_secs(5),
+            device_expires_in: Duration::from_secs(900),
         }
     }
 }
@@ -113,6 +134,7 @@ struct State_ {
     history: Vec<String>,
     used_jti: HashSet<String>,
     last_form: Option<BTreeMap<String, String>>,
+    delegated: delegated::DelegatedState,
 }
 
 struct Shared {
@@ -209,11 +231,26 @@ impl FakeIdp {
                 history: Vec::new(),
                 used_jti: HashSet::new(),
                 last_form: None,
+                delegated: delegated::DelegatedState::new(
+                    cfg.redirect_uris,
+                    cfg.public_client,
+                    cfg.reject_rotated_refresh_tokens,
+                    cfg.device_interval,
+                    cfg.device_expires_in,
+                ),
             }),
         });
 
         let app = Router::new()
             .route("/{tenant}/oauth2/v2.0/token", post(token_endpoint))
+            .route(
+                "/{tenant}/oauth2/v2.0/authorize",
+                axum::routing::get(authorize_endpoint),
+            )
+            .route(
+                "/{tenant}/oauth2/v2.0/devicecode",
+                post(devicecode_endpoint),
+            )
             .fallback(|| async { StatusCode::NOT_FOUND })
             .with_state(shared.clone());
         let stop = shared.clone();
@@ -348,6 +385,66 @@ impl FakeIdp {
     pub fn issue_token(&self, scope: &str) -> IssuedToken {
         let mut st = lock(&self.shared.state);
         issue(&mut st, scope)
+    }
+    /// `{authority}/{tenant}/oauth2/v2.0/authorize`.
+    pub fn authorize_url(&self) -> String {
+        self.token_url().replace("/token", "/authorize")
+    }
+    /// How the authorize endpoint answers from now on.
+    pub fn set_authorize_mode(&self, mode: AuthorizeMode) {
+        lock(&self.shared.state).delegated.set_mode(mode);
+    }
+    /// Register exactly these redirect URIs.
+    pub fn set_redirect_uris(&self, uris: Vec<String>) {
+        lock(&self.shared.state).delegated.redirect_uris = uris;
+    }
+    /// Query parameters of every request to the authorize endpoint.
+    pub fn authorize_requests(&self) -> Vec<BTreeMap<String, String>> {
+        lock(&self.shared.state)
+            .delegated
+            .authorize_requests
+            .clone()
+    }
+    /// User codes of device-code sign-ins and their state, oldest first.
+    pub fn device_codes(&self) -> Vec<(String, DeviceStatus)> {
+        lock(&self.shared.state).delegated.device_codes()
+    }
+    /// A person enters `user_code` and consents (test hook). False if the code is unknown.
+    pub fn approve_device(&self, user_code: &str) -> bool {
+        lock(&self.shared.state)
+            .delegated
+            .set_status(user_code, DeviceStatus::Approved)
+    }
+    /// A person enters `user_code` and declines.
+    pub fn deny_device(&self, user_code: &str) -> bool {
+        lock(&self.shared.state)
+            .delegated
+            .set_status(user_code, DeviceStatus::Denied)
+    }
+    /// Answer the next `n` device-code polls with `slow_down` (and a 5 s longer interval).
+    pub fn slow_down_next(&self, n: usize) {
+        lock(&self.shared.state).delegated.slow_down_next += n;
+    }
+    /// When each device-code poll arrived.
+    pub fn device_polls(&self) -> Vec<std::time::Instant> {
+        lock(&self.shared.state).delegated.device_polls.clone()
+    }
+    /// Revoke every active refresh token: redeeming one gives `invalid_grant` with this AADSTS
+    /// code ([`REVOKED`], [`EXPIRED_INACTIVITY`], [`SIGN_IN_FREQUENCY`]).
+    pub fn revoke_refresh_tokens(&self, aadsts: u32) {
+        lock(&self.shared.state).delegated.revoke(aadsts);
+    }
+    /// Refresh tokens presented to the token endpoint, in order.
+    pub fn refresh_tokens_presented(&self) -> Vec<String> {
+        lock(&self.shared.state).delegated.refresh_presented.clone()
+    }
+    /// Refresh tokens that can still be redeemed.
+    pub fn active_refresh_tokens(&self) -> Vec<String> {
+        lock(&self.shared.state).delegated.active_refresh_tokens()
+    }
+    /// Every refresh token, authorization code and device code issued so far.
+    pub fn issued_delegated_secrets(&self) -> Vec<String> {
+        lock(&self.shared.state).delegated.issued_secrets.clone()
     }
     /// Stop serving now (the port is released; hanging requests are abandoned).
     pub fn shutdown(&self) {
@@ -490,6 +587,26 @@ async fn token_endpoint(
     *resp
 }
 
+async fn authorize_endpoint(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Response {
+    let pairs = parse_form(query.unwrap_or_default().as_bytes()).unwrap_or_default();
+    let mut st = lock(&shared.state);
+    delegated::authorize(&mut st, &tenant, pairs.into_iter().collect())
+}
+
+async fn devicecode_endpoint(
+    State(shared): State<Arc<Shared>>,
+    Path(tenant): Path<String>,
+    body: Bytes,
+) -> Response {
+    let pairs = parse_form(&body).unwrap_or_default();
+    let mut st = lock(&shared.state);
+    delegated::devicecode(&mut st, &tenant, pairs.into_iter().collect())
+}
+
 fn invalid_secret(client_id: &str) -> Reject {
     reject(
         StatusCode::UNAUTHORIZED,
@@ -543,7 +660,11 @@ fn handle_token_request(
     let get = |k: &str| form.get(k).map(String::as_str).filter(|v| !v.is_empty());
 
     let grant_type = get("grant_type").ok_or_else(|| missing("grant_type"))?;
-    if grant_type != "client_credentials" {
+    let delegated_grant = matches!(
+        grant_type,
+        "authorization_code" | "refresh_token" | "urn:ietf:params:oauth:grant-type:device_code"
+    );
+    if grant_type != "client_credentials" && !delegated_grant {
         return Err(reject(
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
@@ -581,6 +702,12 @@ fn handle_token_request(
                  have sent your authentication request to the wrong tenant."
             ),
         ));
+    }
+    if delegated_grant {
+        let basic_secret = basic.as_ref().map(|(_, secret)| secret.clone());
+        let secret = get("client_secret").map(str::to_owned).or(basic_secret);
+        let mut st = lock(&shared.state);
+        return delegated::token_grant(&mut st, grant_type, &form, secret.as_deref()).map(Box::new);
     }
     let scope = get("scope").ok_or_else(|| missing("scope"))?;
     let resource = scope.strip_suffix("/.default").unwrap_or("");

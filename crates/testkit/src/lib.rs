@@ -38,7 +38,7 @@ mod tls_listener;
 
 pub use dns::FakeDns;
 pub use graph::{FakeGraph, GraphFailure, GraphMessage, GraphRequest};
-pub use idp::{FakeIdp, IdpConfig, IdpFailure, IssuedToken};
+pub use idp::{AuthorizeMode, DeviceStatus, FakeIdp, IdpConfig, IdpFailure, IssuedToken};
 pub use pki::TestPki;
 pub use smtp::{
     AuthFailureStyle, FakeSmtp, ReceivedMessage, SmtpConfig, Stage, TokenValidator, UpstreamTls,

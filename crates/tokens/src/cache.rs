@@ -91,6 +91,9 @@ pub trait TokenSource: Send + Sync {
     /// still the cached one, so the next `token()` fetches a new one.
     fn invalidate(&self, token: &AccessToken);
     fn status(&self) -> TokenStatus;
+    /// The credentials behind this source changed (a person signed in again): forget the
+    /// remembered failure and cached token so the next `token()` asks with the new ones.
+    fn credentials_changed(&self) {}
 }
 
 /// A snapshot for status pages and metrics.
@@ -106,6 +109,8 @@ pub struct TokenStatus {
     pub requests: u64,
     /// Token requests that failed.
     pub failures: u64,
+    /// No token can be had until a person signs in (delegated accounts).
+    pub sign_in_required: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -361,7 +366,17 @@ impl TokenSource for TokenCache {
             last_error: state.last_error.clone(),
             requests: state.requests,
             failures: state.failures,
+            sign_in_required: self.grant.sign_in_required(),
         }
+    }
+
+    fn credentials_changed(&self) {
+        self.grant.credentials_changed();
+        let mut state = self.state();
+        state.failure = None;
+        state.cached = None;
+        drop(state);
+        info!(account = %self.account, "credentials changed; the next token request uses them");
     }
 }
 

@@ -191,6 +191,24 @@ fn aadsts_advice(code: u32) -> Option<&'static str> {
             "the authorization code had already been used: start the sign-in again (this \
              should not happen; please report it)"
         }
+        50011 => {
+            "the redirect URI does not match one registered for the app: in Entra ID > App \
+             registrations > Authentication, add the account's redirect_uri exactly (scheme, \
+             host, port, path and trailing slash must match)"
+        }
+        70008 => "the authorization code expired before it was redeemed: sign in again",
+        70000 => "the grant was not accepted (code or refresh token invalid): sign in again",
+        7000218 => {
+            "the app expects a client secret or certificate: for device code, turn on \
+             \"Allow public client flows\" in Entra ID > App registrations > Authentication; \
+             for authorization code with a Web redirect URI, configure client_secret"
+        }
+        50076 | 50079 => {
+            "multi-factor authentication is required for this user: sign in again (the sign-in \
+             page will ask for it)"
+        }
+        50126 => "the user name or password was wrong: sign in again",
+        65004 => "the user declined to consent to the app's permissions: sign in again and accept",
         _ => return None,
     })
 }
@@ -211,6 +229,11 @@ fn oauth_error_advice(error: &str) -> Option<&'static str> {
         "invalid_grant" | "interaction_required" | "consent_required" | "login_required" => {
             "the mailbox's sign-in is no longer valid: sign in again"
         }
+        "expired_token" => "the sign-in code expired before it was used: start the sign-in again",
+        "authorization_declined" | "access_denied" => {
+            "the person signing in declined: start the sign-in again and accept"
+        }
+        "bad_verification_code" => "the device code was not recognised: start the sign-in again",
         "unsupported_grant_type" => "the app registration does not allow this grant type",
         _ => return None,
     })

@@ -46,6 +46,14 @@ pub trait Grant: Send + Sync + fmt::Debug {
 
     /// Perform one token request. Must not retry: the cache decides when to ask again.
     fn request_token<'a>(&'a self, http: &'a reqwest::Client) -> TokenFuture<'a>;
+
+    /// True while no token can be had until a person signs in (delegated flows only).
+    fn sign_in_required(&self) -> bool {
+        false
+    }
+
+    /// The credentials behind the grant changed (someone signed in): re-read what is needed.
+    fn credentials_changed(&self) {}
 }
 
 /// App-only (client-credentials) grant, e.g. for SMTP.SendAsApp with
@@ -144,6 +152,39 @@ pub async fn post_token_request(
             Err(error)
         }
     }
+}
+
+/// POST `form` to `url` (a device-authorization endpoint, say) and return the body of a 2xx
+/// answer; anything else is classified like a token endpoint's error.
+pub(crate) async fn post_form(
+    http: &reqwest::Client,
+    url: &str,
+    form: &[(&str, &str)],
+    scrub: &[&str],
+) -> Result<Vec<u8>, TokenError> {
+    let mut response = http
+        .post(url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .form(form)
+        .send()
+        .await
+        .map_err(|error| classify_transport(&error))?;
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .map(str::to_owned);
+    let body = read_bounded_body(&mut response).await?;
+    if (200..300).contains(&status) && !looks_like_oauth_error(&body) {
+        return Ok(body);
+    }
+    Err(classify_response(
+        status,
+        retry_after.as_deref(),
+        &body,
+        scrub,
+    ))
 }
 
 async fn read_bounded_body(response: &mut reqwest::Response) -> Result<Vec<u8>, TokenError> {

@@ -111,6 +111,12 @@ pub fn for_error(e: &DeliveryError) -> Option<&'static str> {
         DeliveryError::Tls { .. } => Some(
             "TLS with the upstream failed: check smtp_tls, the system clock, and ca_file if a proxy inspects TLS",
         ),
+        DeliveryError::Token {
+            sign_in_required: true,
+            ..
+        } => Some(
+            "the account needs a new sign-in: use Sign in on the accounts page or run `smtp2oauth account login <account>`; queued mail goes out afterwards",
+        ),
         DeliveryError::Token { .. } => Some(
             "no access token: see the token endpoint error above (client secret, tenant, client_id, network)",
         ),

@@ -3,4 +3,5 @@
 
 mod client;
 mod idp;
+mod idp_delegated;
 mod smtp;

@@ -67,6 +67,8 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body: String,
+    /// When the whole request had arrived.
+    pub received: std::time::Instant,
 }
 
 impl Request {
@@ -222,6 +224,7 @@ async fn serve(
         path,
         headers,
         body,
+        received: std::time::Instant::now(),
     });
     let index = count.fetch_add(1, Ordering::SeqCst);
     let reply = script(index);

@@ -1,0 +1,484 @@
+//! `smtp2oauth account list|status|login|logout` and `smtp2oauth keygen`.
+//!
+//! For admins without the accounts page (a headless appliance, no SSH tunnel): `account login`
+//! runs a device-code sign-in in the terminal (a URL and a code to enter on any device), or for
+//! authorization-code accounts prints the sign-in URL and receives the browser's redirect on the
+//! redirect URI's port itself. It works while the relay runs: the relay notices the new sign-in
+//! in the token store within seconds and sends the mail that waited for it. `list` and `status`
+//! print token state without secrets; `keygen` prints a new master key.
+
+use crate::wiring;
+use clap::Subcommand;
+use smtp2oauth_admin::time::{utc, utc_relative};
+use smtp2oauth_config::{Config, Flow};
+use smtp2oauth_tokens::{
+    CallbackParams, MasterKey, PollEvent, Secret, SignInError, SignInManager, StoredToken,
+    TokenStore,
+};
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[derive(Subcommand)]
+pub enum AccountCommand {
+    /// Every account with its route, flow and sign-in state (no secrets).
+    List,
+    /// One account's sign-in state in detail (no secrets).
+    Status {
+        /// The account (name of an [[accounts]] entry).
+        name: String,
+    },
+    /// Sign an account in: device code (prints a URL and a code to enter on any device, then
+    /// waits), or authorization code (prints a URL to open, receives the redirect itself).
+    Login {
+        /// The account (name of an [[accounts]] entry).
+        name: String,
+    },
+    /// Forget an account's stored sign-in; its mail then waits until someone signs in again.
+    Logout {
+        /// The account (name of an [[accounts]] entry).
+        name: String,
+    },
+}
+
+/// `smtp2oauth keygen`: a new master key on standard output, its key id on standard error.
+pub fn keygen() -> ExitCode {
+    let key = MasterKey::generate();
+    println!("{}", key.to_hex().expose());
+    eprintln!(
+        "key id {}: keep this key apart from the store (a Docker secret, a password manager); \
+         give it to smtp2oauth as SMTP2OAUTH_MASTER_KEY or in the file named by [store] \
+         master_key_file",
+        key.id()
+    );
+    ExitCode::SUCCESS
+}
+
+pub async fn run(path: Option<&Path>, command: AccountCommand) -> ExitCode {
+    let cfg = match smtp2oauth_config::load(path) {
+        Ok(l) => l.config,
+        Err(e) => {
+            eprint!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match command {
+        AccountCommand::List => list(&cfg),
+        AccountCommand::Status { name } => status(&cfg, &name),
+        AccountCommand::Login { name } => login(&cfg, &name).await,
+        AccountCommand::Logout { name } => logout(&cfg, &name),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("smtp2oauth: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn store(cfg: &Config, generate: bool) -> anyhow::Result<Option<Arc<TokenStore>>> {
+    Ok(wiring::open_token_store(cfg, generate)?.map(|(s, _)| s))
+}
+
+/// One line of state for an account.
+fn state_line(account: &smtp2oauth_config::Account, store: Option<&TokenStore>) -> String {
+    if account.route == smtp2oauth_config::Route::Capture {
+        return "no sign-in needed (capture)".into();
+    }
+    if !account.is_delegated() {
+        return "app-only: the running relay gets its tokens (see `smtp2oauth health --ready`)"
+            .into();
+    }
+    match store.map(|s| s.load(&account.name)) {
+        None | Some(Ok(None)) => "not signed in".into(),
+        Some(Err(e)) => format!("token file unreadable: {e}"),
+        Some(Ok(Some(t))) if t.sign_in_required => "sign-in needed".into(),
+        Some(Ok(Some(t))) => match t.signed_in_at {
+            Some(at) => format!("signed in {}", utc_relative(at)),
+            None => "signed in".into(),
+        },
+    }
+}
+
+fn list(cfg: &Config) -> anyhow::Result<ExitCode> {
+    let store = store(cfg, false)?;
+    let width = cfg
+        .accounts
+        .iter()
+        .map(|a| a.name.len())
+        .max()
+        .unwrap_or(7)
+        .max(7);
+    println!("{:width$}  {:9}  {:18}  STATE", "ACCOUNT", "ROUTE", "FLOW");
+    for a in &cfg.accounts {
+        println!(
+            "{:width$}  {:9}  {:18}  {}",
+            a.name,
+            a.route.as_str(),
+            a.flow.as_str(),
+            state_line(a, store.as_deref())
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let Some(a) = cfg.account(name) else {
+        eprintln!("smtp2oauth: no account named `{name}`");
+        return Ok(ExitCode::from(2));
+    };
+    let store = store(cfg, false)?;
+    println!("account:      {}", a.name);
+    println!("mailbox:      {}", a.mailbox);
+    println!("route:        {}", a.route.as_str());
+    println!("flow:         {}", a.flow.as_str());
+    println!("state:        {}", state_line(a, store.as_deref()));
+    if !a.is_delegated() || a.route == smtp2oauth_config::Route::Capture {
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("scope:        {}", a.scope());
+    if a.flow == Flow::AuthorizationCode {
+        println!("redirect URI: {}", a.redirect_uri());
+    }
+    let Some(store) = store else {
+        println!("store:        nothing stored yet");
+        println!("next step:    smtp2oauth account login {}", a.name);
+        return Ok(ExitCode::from(1));
+    };
+    println!(
+        "token file:   {} (encrypted, key id {})",
+        store.path(&a.name).display(),
+        store.key_id()
+    );
+    let record: Option<StoredToken> = store.load(&a.name)?;
+    let needs_login = match &record {
+        None => true,
+        Some(t) => {
+            let show = |label: &str, t: Option<SystemTime>| {
+                if let Some(t) = t {
+                    println!("{label:14}{}", utc_relative(t));
+                }
+            };
+            show("signed in:", t.signed_in_at);
+            show("last refresh:", t.last_refresh);
+            if let Some(scope) = &t.scope {
+                println!("granted:      {scope}");
+            }
+            if let Some(e) = &t.last_error {
+                println!("last error:   {e}");
+            }
+            t.sign_in_required || t.refresh_token.is_none()
+        }
+    };
+    if let Some(p) = store.login_prompt(&a.name) {
+        println!(
+            "in progress:  open {} and enter {} (until {}, started by {})",
+            p.verification_uri,
+            p.user_code,
+            utc(SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at)),
+            p.started_by
+        );
+    }
+    if needs_login {
+        println!("next step:    smtp2oauth account login {}", a.name);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn logout(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let Some(a) = cfg.account(name).filter(|a| a.is_delegated()) else {
+        eprintln!("smtp2oauth: no account named `{name}` signs in with a delegated flow");
+        return Ok(ExitCode::from(2));
+    };
+    match store(cfg, false)? {
+        Some(store) if store.remove(&a.name)? => {
+            let _ = store.set_login_prompt(&a.name, None);
+            println!(
+                "signed out: the stored sign-in of account {} is deleted; its mail waits until someone signs in again",
+                a.name
+            );
+        }
+        _ => println!("account {} has no stored sign-in", a.name),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn login(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
+    let Some(account) = cfg.account(name) else {
+        eprintln!("smtp2oauth: no account named `{name}`");
+        return Ok(ExitCode::from(2));
+    };
+    if !account.is_delegated() {
+        eprintln!(
+            "smtp2oauth: account `{name}` uses flow = \"{}\": nobody signs in; set flow = \"device_code\" or \"authorization_code\" for a delegated sign-in",
+            account.flow.as_str()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let (store, origin) = wiring::open_token_store(cfg, true)?
+        .ok_or_else(|| anyhow::anyhow!("the token store could not be opened"))?;
+    if let smtp2oauth_tokens::KeyOrigin::Generated(path) = &origin {
+        eprintln!(
+            "generated the master key {} (key id {}): back it up apart from the store",
+            path.display(),
+            store.key_id()
+        );
+    }
+    let targets: Vec<_> = wiring::sign_in_targets(cfg, &store)?
+        .into_iter()
+        .filter(|t| t.account == account.name)
+        .collect();
+    let manager = SignInManager::new(targets);
+    let result = match account.flow {
+        Flow::DeviceCode => device_login(&manager, account, &store).await,
+        _ => browser_login(&manager, account).await,
+    };
+    match result {
+        Ok(()) => {
+            println!(
+                "signed in: account {} ({}); the refresh token is stored encrypted in {}. A running relay picks it up within seconds.",
+                account.name,
+                account.mailbox,
+                store.path(&account.name).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("smtp2oauth: sign-in failed: {e}");
+            Ok(ExitCode::from(1))
+        }
+    }
+}
+
+async fn device_login(
+    manager: &SignInManager,
+    account: &smtp2oauth_config::Account,
+    store: &TokenStore,
+) -> Result<(), SignInError> {
+    let who = format!("smtp2oauth account login (pid {})", std::process::id());
+    let device = manager.start_device_login(&account.name, &who).await?;
+    let minutes = device.expires_in.as_secs() / 60;
+    println!(
+        "To sign in account {} ({}), open {} in a browser on any device and enter the code: {}",
+        account.name, account.mailbox, device.verification_uri, device.user_code
+    );
+    println!(
+        "Sign in as the mailbox's user (or a member of the shared mailbox). The code works for {minutes} minutes. Waiting..."
+    );
+    let mut on_event = |e: PollEvent<'_>| match e {
+        PollEvent::Pending => {}
+        PollEvent::SlowDown { interval } => println!(
+            "the identity provider asked to poll less often: every {} s now",
+            interval.as_secs()
+        ),
+        PollEvent::Retrying(e) => println!("temporary problem, still waiting: {e}"),
+    };
+    let wait = manager.finish_device_login(&account.name, &device, &mut on_event);
+    tokio::select! {
+        r = wait => r,
+        _ = tokio::signal::ctrl_c() => {
+            let _ = store.set_login_prompt(&account.name, None);
+            Err(SignInError::Provider("interrupted before anyone signed in".into()))
+        }
+    }
+}
+
+/// Authorization code from the terminal: print the URL, then act as the redirect URI.
+async fn browser_login(
+    manager: &SignInManager,
+    account: &smtp2oauth_config::Account,
+) -> Result<(), SignInError> {
+    let redirect = account.redirect_uri();
+    let Some(rest) = redirect.strip_prefix("http://") else {
+        return Err(SignInError::Provider(format!(
+            "the redirect URI {redirect} is not plain http, so this command cannot receive it; sign in on the accounts page behind your HTTPS front end instead"
+        )));
+    };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = path.split('?').next().unwrap_or("/").to_string();
+    let with_port = if authority
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        authority.to_string()
+    } else {
+        format!("{authority}:80")
+    };
+    let bind_to = with_port.replacen("localhost:", "127.0.0.1:", 1);
+    let listener = match tokio::net::TcpListener::bind(&bind_to).await {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            return Err(SignInError::Provider(format!(
+                "{authority} is in use, probably by the running relay's accounts page: open http://{authority}/accounts and use Sign in there"
+            )));
+        }
+        Err(e) => {
+            return Err(SignInError::Provider(format!(
+                "cannot listen on {authority} for the redirect: {e}"
+            )));
+        }
+    };
+    let url = manager.begin_authorization(&account.name, "cli")?;
+    println!(
+        "To sign in account {} ({}), open this URL in a browser on this machine (or one whose localhost reaches it, e.g. through an SSH tunnel to port {}):",
+        account.name,
+        account.mailbox,
+        with_port.rsplit(':').next().unwrap_or("80")
+    );
+    println!("{url}");
+    println!("Waiting for the sign-in to come back to {redirect} ...");
+    let deadline = tokio::time::Instant::now() + smtp2oauth_tokens::STATE_LIFETIME;
+    loop {
+        let accepted = tokio::time::timeout_at(deadline, listener.accept()).await;
+        let Ok(Ok((mut stream, _))) = accepted else {
+            if accepted.is_err() {
+                return Err(SignInError::Expired);
+            }
+            continue;
+        };
+        let Some(target) = read_request_target(&mut stream).await else {
+            continue;
+        };
+        let (req_path, query) = target.split_once('?').unwrap_or((&target, ""));
+        if req_path != path {
+            respond(
+                &mut stream,
+                404,
+                "Not found",
+                "This is not the sign-in callback.",
+            )
+            .await;
+            continue;
+        }
+        let q = parse_query(query);
+        let params = CallbackParams {
+            state: q.get("state").cloned(),
+            code: q.get("code").map(|c| Secret::from(c.as_str())),
+            error: q.get("error").cloned(),
+            error_description: q.get("error_description").cloned(),
+        };
+        match manager.complete_authorization(params, "cli").await {
+            Ok(_) => {
+                respond(
+                    &mut stream,
+                    200,
+                    "Signed in",
+                    "Signed in. You can close this window; smtp2oauth stores the sign-in.",
+                )
+                .await;
+                return Ok(());
+            }
+            // A stale tab or a stray request: keep waiting for the real one.
+            Err(SignInError::UnknownState) => {
+                respond(
+                    &mut stream,
+                    400,
+                    "Not this sign-in",
+                    "This response does not belong to the sign-in smtp2oauth is waiting for.",
+                )
+                .await;
+            }
+            Err(e) => {
+                respond(
+                    &mut stream,
+                    400,
+                    "Sign-in failed",
+                    &format!("The sign-in did not complete: {e}"),
+                )
+                .await;
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// The request target of a GET, read with bounds (16 KiB, 10 s).
+async fn read_request_target(stream: &mut tokio::net::TcpStream) -> Option<String> {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+            let n = stream.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Some(())
+    })
+    .await;
+    read.ok()??;
+    let line = String::from_utf8_lossy(&buf);
+    let mut words = line.lines().next()?.split(' ');
+    (words.next()? == "GET").then_some(())?;
+    words.next().map(str::to_owned)
+}
+
+async fn respond(stream: &mut tokio::net::TcpStream, code: u16, title: &str, text: &str) {
+    let body = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{t}</title></head><body><h1>{t}</h1><p>{x}</p></body></html>",
+        t = smtp2oauth_admin::accounts::esc(title),
+        x = smtp2oauth_admin::accounts::esc(text)
+    );
+    let head = format!(
+        "HTTP/1.1 {code} {title}\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nCache-Control: no-store\r\nReferrer-Policy: no-referrer\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(head.as_bytes()).await;
+    let _ = stream.write_all(body.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
+
+/// `application/x-www-form-urlencoded` query parsing ('+' is a space, %XX escapes).
+fn parse_query(query: &str) -> std::collections::HashMap<String, String> {
+    fn decode(s: &str) -> String {
+        let b = s.as_bytes();
+        let mut out = Vec::with_capacity(b.len());
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < b.len() => {
+                    let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                    match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                        Some(v) => {
+                            out.push(v);
+                            i += 2;
+                        }
+                        None => out.push(b'%'),
+                    }
+                }
+                c => out.push(c),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_query;
+
+    #[test]
+    fn query_decoding() {
+        let q = parse_query("code=a%2Bb+c&state=x%3D%3D&e=%&f=%4&g=%zz");
+        assert_eq!(q["code"], "a+b c");
+        assert_eq!(q["state"], "x==");
+        assert_eq!(q["e"], "%");
+        assert_eq!(q["f"], "%4");
+        assert_eq!(q["g"], "%zz");
+    }
+}
