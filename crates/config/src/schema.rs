@@ -419,6 +419,29 @@ pub enum UpstreamTls {
     None,
 }
 
+/// The SASL mechanism that presents the token to the upstream SMTP server (`route = "smtp"`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpAuth {
+    /// `AUTH XOAUTH2`: Exchange Online (its only mechanism), Gmail, most OAuth mail servers.
+    #[default]
+    #[serde(alias = "XOAUTH2")]
+    Xoauth2,
+    /// `AUTH OAUTHBEARER` (RFC 7628): the standard mechanism; Gmail and servers that do not
+    /// offer XOAUTH2.
+    #[serde(alias = "OAUTHBEARER")]
+    Oauthbearer,
+}
+
+impl SmtpAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SmtpAuth::Xoauth2 => "xoauth2",
+            SmtpAuth::Oauthbearer => "oauthbearer",
+        }
+    }
+}
+
 /// STARTTLS towards a smart host (`route = "smarthost"`).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
@@ -500,6 +523,9 @@ pub struct Account {
     pub smtp_port: Option<u16>,
     #[serde(default)]
     pub smtp_tls: Option<UpstreamTls>,
+    /// SASL mechanism for the upstream SMTP server. Default `"xoauth2"`.
+    #[serde(default)]
+    pub smtp_auth: Option<SmtpAuth>,
     /// Extra CA certificates (PEM) trusted for this account's upstream and token endpoint,
     /// in addition to the built-in web PKI roots.
     #[serde(default)]
@@ -806,6 +832,10 @@ impl Account {
 
     pub fn smtp_tls(&self) -> UpstreamTls {
         self.smtp_tls.unwrap_or(UpstreamTls::Starttls)
+    }
+
+    pub fn smtp_auth(&self) -> SmtpAuth {
+        self.smtp_auth.unwrap_or_default()
     }
 
     pub fn smtp_port(&self) -> u16 {

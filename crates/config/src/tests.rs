@@ -731,3 +731,95 @@ fn delegated_flow_checks() {
         "{e}"
     );
 }
+
+#[test]
+fn smtp_auth_defaults_to_xoauth2_and_is_checked_against_the_route_and_host() {
+    let f = write(MINIMAL);
+    let a = load_with_env(Some(&f.0), no_env()).unwrap().config.accounts[0].clone();
+    assert_eq!(a.smtp_auth(), SmtpAuth::Xoauth2);
+
+    // (account keys, problem key expected ("" = loads), words expected in that problem, or in
+    // a warning when it loads)
+    let generic =
+        "provider = \"generic\"\ntoken_url = \"https://idp.example/token\"\nscope = \"mail\"";
+    let cases: &[(String, &str, &str)] = &[
+        (
+            format!("{generic}\nsmtp_host = \"mail.example.net\"\nsmtp_auth = \"oauthbearer\""),
+            "",
+            "",
+        ),
+        (
+            format!("{generic}\nsmtp_host = \"mail.example.net\"\nsmtp_auth = \"OAUTHBEARER\""),
+            "",
+            "",
+        ),
+        (
+            "smtp_host = \"mail.example.net\"\nsmtp_auth = \"xoauth2\"".into(),
+            "",
+            "",
+        ),
+        (
+            "flow = \"authorization_code\"\nprovider = \"google\"\nsmtp_auth = \"oauthbearer\""
+                .into(),
+            "",
+            "",
+        ),
+        // Exchange Online offers only XOAUTH2: mail would bounce at AUTH.
+        (
+            "smtp_auth = \"oauthbearer\"".into(),
+            "accounts.0.smtp_auth",
+            "smtp.office365.com",
+        ),
+        (
+            format!("{generic}\nsmtp_auth = \"oauthbearer\""),
+            "accounts.0.smtp_auth",
+            "offers only AUTH XOAUTH2",
+        ),
+        (
+            "smtp_auth = \"plain\"".into(),
+            "accounts.0.smtp_auth",
+            "unknown variant",
+        ),
+        // Meaningless without an SMTP route: loads, with a warning.
+        (
+            "route = \"graph\"\nsmtp_auth = \"oauthbearer\"".into(),
+            "",
+            "only applies to route \"smtp\"",
+        ),
+        (
+            "route = \"capture\"\nsmtp_auth = \"xoauth2\"".into(),
+            "",
+            "only applies to route \"smtp\"",
+        ),
+        (
+            "route = \"graph\"\nfallback_route = \"smtp\"\nsmtp_host = \"mail.example.net\"\nsmtp_auth = \"oauthbearer\"".into(),
+            "",
+            "",
+        ),
+    ];
+    for (keys, key, words) in cases {
+        let f = write(&with_account_keys(keys));
+        match load_with_env(Some(&f.0), no_env()) {
+            Ok(l) if key.is_empty() => {
+                let warned = l
+                    .warnings
+                    .iter()
+                    .any(|w| w.key == "accounts.0.smtp_auth" && w.message.contains(words));
+                assert_eq!(
+                    warned,
+                    !words.is_empty(),
+                    "{keys}: warnings {:?}",
+                    l.warnings
+                );
+                if keys.contains("oauthbearer") || keys.contains("OAUTHBEARER") {
+                    assert_eq!(l.config.accounts[0].smtp_auth(), SmtpAuth::Oauthbearer);
+                }
+            }
+            Ok(_) => panic!("{keys}: loaded, expected a problem at {key}"),
+            Err(e) => assert!(
+                e.to_string().contains(key) && e.to_string().contains(words),
+                "{keys}: expected {key} with {words:?}, got {e}"
+            ),
+        }
+    }
+}

@@ -2,7 +2,7 @@
 //! files that must exist, limits that must make sense. Every problem names its key.
 
 use crate::{
-    Account, Config, Flow, ListenerTls, Problem, Provider, Route, TlsProfile, UpstreamTls,
+    Account, Config, Flow, ListenerTls, Problem, Provider, Route, SmtpAuth, TlsProfile, UpstreamTls,
 };
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -441,6 +441,20 @@ fn accounts(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         if a.smtp_port == Some(0) {
             p.push(Problem::new(format!("{key}.smtp_port"), "must not be 0"));
         }
+        // Without smtp_host, microsoft and generic accounts go to Exchange Online, which offers
+        // only XOAUTH2: every message would be refused at AUTH (504) and bounce.
+        if a.smtp_auth() == SmtpAuth::Oauthbearer
+            && a.smtp_host.is_none()
+            && a.provider != Provider::Google
+        {
+            p.push(Problem::new(
+                format!("{key}.smtp_auth"),
+                format!(
+                    "\"oauthbearer\" with the default smtp_host {} (Exchange Online), which offers only AUTH XOAUTH2: remove smtp_auth, or set smtp_host to the server that offers OAUTHBEARER",
+                    a.smtp_host()
+                ),
+            ));
+        }
     }
 }
 
@@ -588,6 +602,12 @@ fn routes(a: &Account, key: &str, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         }
     }
     let routes = a.routes();
+    if a.smtp_auth.is_some() && !routes.contains(&Route::Smtp) {
+        w.push(Problem::new(
+            format!("{key}.smtp_auth"),
+            "only applies to route \"smtp\" (or fallback_route = \"smtp\") and is ignored",
+        ));
+    }
     let smarthost = routes.contains(&Route::Smarthost);
     if smarthost {
         match (&a.smarthost_host, &a.mx_domain) {
