@@ -2,8 +2,9 @@
 //! (smtp.office365.com:587).
 //!
 //! Why: the relay's upstream client must speak ESMTP exactly right to a strict peer: EHLO,
-//! STARTTLS (and nothing pipelined behind it), EHLO again, AUTH XOAUTH2 with a token that really
-//! came from the identity platform, MAIL/RCPT/DATA (or BDAT) with correct dot-stuffing, SIZE and
+//! STARTTLS (and nothing pipelined behind it), EHLO again, AUTH XOAUTH2 (or, when enabled, AUTH
+//! OAUTHBEARER per RFC 7628, GS2 header, host and port checked) with a token that really came
+//! from the identity platform, MAIL/RCPT/DATA (or BDAT) with correct dot-stuffing, SIZE and
 //! pipelining. This server enforces all of that, stores what it received byte for byte, answers
 //! with Exchange's texts and codes, and can be scripted per test (a reply instead of the normal
 //! one at any stage, a dropped connection, slow replies) so the relay's failure handling can be
@@ -42,6 +43,11 @@ const MS_AUTH_FAILED: &str =
     "535 5.7.3 Authentication unsuccessful [SN4PR0601CA0001.namprd06.prod.outlook.com]";
 const GOOGLE_ERROR_JSON: &str =
     r#"{"status":"401","schemes":"Bearer","scope":"https://mail.google.com/"}"#;
+/// RFC 7628 section 3.2.2: the error a server sends as a challenge; `{status}` is filled in.
+const OAUTHBEARER_ERROR_JSON: &str =
+    r#"{"status":"{status}","schemes":"bearer","scope":"https://mail.example.com/"}"#;
+/// The final reply after the client acknowledged the error (RFC 7628 section 4.3).
+const OAUTHBEARER_AUTH_FAILED: &str = "535 5.7.8 Authentication credentials invalid";
 const GOOGLE_AUTH_FAILED: &str = "535-5.7.8 Username and Password not accepted. Learn more at\r\n\
                                   535 5.7.8  https://support.google.com/mail/?p=BadCredentials";
 
@@ -107,6 +113,15 @@ pub struct SmtpConfig {
     /// MAIL needs a successful AUTH (submission). `false`: a port-25 smart host that takes
     /// mail from anyone it lets in (a connector), like Exchange Online Protection's MX.
     pub require_auth: bool,
+    /// Offer and accept AUTH XOAUTH2 (Exchange Online's only OAuth mechanism). `false`: AUTH
+    /// XOAUTH2 gets `504 5.7.4`, as from a server that speaks only the standard mechanism.
+    pub xoauth2: bool,
+    /// Offer and accept AUTH OAUTHBEARER (RFC 7628), as Gmail and standards-based servers do:
+    /// the GS2 header must be `n,a=<mailbox>,` (or `y,`; channel binding is refused), `host=`
+    /// must name this server (the TLS SNI when there was one, else `fake.outlook.test`,
+    /// `localhost` or its IP address) and `port=` its port. A refusal is a `334` with a base64
+    /// JSON error; the client must answer a single `%x01` (`AQ==`) to get the final `535 5.7.8`.
+    pub oauthbearer: bool,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -120,6 +135,8 @@ impl std::fmt::Debug for SmtpConfig {
             .field("advertise_pipelining", &self.advertise_pipelining)
             .field("max_size", &self.max_size)
             .field("require_auth", &self.require_auth)
+            .field("xoauth2", &self.xoauth2)
+            .field("oauthbearer", &self.oauthbearer)
             .finish_non_exhaustive()
     }
 }
@@ -142,6 +159,8 @@ impl SmtpConfig {
             advertise_pipelining: true,
             max_size: 157_286_400,
             require_auth: true,
+            xoauth2: true,
+            oauthbearer: false,
         }
     }
 
@@ -589,6 +608,7 @@ async fn run_session(inner: Arc<Inner>, tcp: TcpStream, peer: IpAddr, id: usize)
         match tls_accept(cfg, tcp).await {
             Ok(s) => {
                 sess.client_cert = peer_cert(&s);
+                sess.sni = s.get_ref().1.server_name().map(str::to_string);
                 conn = Conn::Tls(Box::new(s));
             }
             Err(e) => return inner.note(id, &format!("TLS handshake failed: {e}")),
@@ -636,6 +656,7 @@ async fn run_session(inner: Arc<Inner>, tcp: TcpStream, peer: IpAddr, id: usize)
                 match tls_accept(cfg, tcp).await {
                     Ok(s) => {
                         sess.client_cert = peer_cert(&s);
+                        sess.sni = s.get_ref().1.server_name().map(str::to_string);
                         conn = Conn::Tls(Box::new(s));
                     }
                     Err(e) => return inner.note(id, &format!("TLS handshake failed: {e}")),
@@ -748,6 +769,7 @@ enum Mode {
     DiscardLine,
     /// Waiting for a SASL response line.
     AuthXoauth2,
+    AuthOauthbearer,
     /// AUTH PLAIN without an initial response (password login enabled).
     AuthPlain,
     AuthLoginUser,
@@ -755,6 +777,8 @@ enum Mode {
     AuthLoginPassword(Option<String>),
     /// Google style: waiting for the empty line that acknowledges the error challenge.
     GoogleAck,
+    /// RFC 7628: waiting for the `%x01` that acknowledges the error challenge.
+    OauthbearerAck,
     Data(DataRx),
     /// Reading a BDAT chunk's octets (always consumed, even when the chunk is refused).
     Bdat {
@@ -779,6 +803,8 @@ struct Session {
     peer: IpAddr,
     tls: bool,
     client_cert: Option<Vec<u8>>,
+    /// The server name the client asked for in the TLS handshake, if any.
+    sni: Option<String>,
     greeting: Greeting,
     auth_user: Option<String>,
     /// This session counts against `max_sessions_per_mailbox`.
@@ -855,6 +881,101 @@ fn parse_xoauth2(decoded: &[u8]) -> Result<(String, String), String> {
     Ok((user.to_string(), token.to_string()))
 }
 
+/// The fields of an OAUTHBEARER initial response.
+#[derive(Debug, PartialEq, Eq)]
+struct Oauthbearer {
+    /// The GS2 authorization identity, unescaped.
+    authzid: String,
+    host: String,
+    port: String,
+    token: String,
+}
+
+/// Parses the decoded OAUTHBEARER initial response of RFC 7628 section 3.1 exactly:
+/// `gs2-header %x01 *(key "=" value %x01) %x01` with `gs2-header = ("n" / "y") "," "a="
+/// saslname ","` (this server requires the authorization identity); `auth`, `host` and `port`
+/// must each appear once; unknown keys are ignored, as the RFC asks.
+fn parse_oauthbearer(decoded: &[u8]) -> Result<Oauthbearer, String> {
+    let s = std::str::from_utf8(decoded).map_err(|_| "response is not UTF-8".to_string())?;
+    let (flag, rest) = s.split_once(',').ok_or("no GS2 header")?;
+    match flag {
+        "n" | "y" => {}
+        f if f.starts_with("p=") => return Err("channel binding is not supported".into()),
+        f => return Err(format!("GS2 flag {f:?} is not n, y or p=")),
+    }
+    let (authzid, rest) = rest
+        .split_once(',')
+        .ok_or("GS2 header does not end with ','")?;
+    let saslname = authzid
+        .strip_prefix("a=")
+        .ok_or("GS2 header has no a=<mailbox>")?;
+    let authzid = unescape_saslname(saslname)?;
+    let pairs = rest
+        .strip_prefix('\x01')
+        .and_then(|r| r.strip_suffix("\x01\x01"))
+        .ok_or("key/value pairs are not framed by ^A ... ^A^A")?;
+    let (mut host, mut port, mut auth) = (None, None, None);
+    for pair in pairs.split('\x01') {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} is not key=value"))?;
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(format!("bad key {key:?}"));
+        }
+        let slot = match key {
+            "host" => &mut host,
+            "port" => &mut port,
+            "auth" => &mut auth,
+            _ => continue,
+        };
+        if slot.replace(value.to_string()).is_some() {
+            return Err(format!("{key}= appears twice"));
+        }
+    }
+    let host = host.ok_or("no host=")?;
+    let port = port.ok_or("no port=")?;
+    let auth = auth.ok_or("no auth=")?;
+    if host.is_empty() {
+        return Err("empty host=".into());
+    }
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("port={port} is not a number"));
+    }
+    let token = match auth.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("Bearer") => token,
+        _ => return Err("auth= is not 'Bearer <token>'".into()),
+    };
+    if token.is_empty() || token.contains([' ', '\t', '\r', '\n']) {
+        return Err("empty or malformed token".into());
+    }
+    Ok(Oauthbearer {
+        authzid,
+        host,
+        port,
+        token: token.to_string(),
+    })
+}
+
+/// RFC 5801 saslname: `=2C` is `,`, `=3D` is `=`, any other `=` is an error.
+fn unescape_saslname(s: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find('=') {
+        out.push_str(&rest[..i]);
+        match rest.get(i..i + 3) {
+            Some("=2C") => out.push(','),
+            Some("=3D") => out.push('='),
+            _ => return Err(format!("bad escape in a={s}")),
+        }
+        rest = &rest[i + 3..];
+    }
+    out.push_str(rest);
+    if out.is_empty() {
+        return Err("empty a=".into());
+    }
+    Ok(out)
+}
+
 impl Session {
     fn new(inner: Arc<Inner>, id: usize, peer: IpAddr) -> Self {
         Session {
@@ -863,6 +984,7 @@ impl Session {
             peer,
             tls: false,
             client_cert: None,
+            sni: None,
             greeting: Greeting::None,
             auth_user: None,
             holds_auth_slot: false,
@@ -982,11 +1104,13 @@ impl Session {
                     }
                 }
                 Mode::AuthXoauth2
+                | Mode::AuthOauthbearer
                 | Mode::AuthPlain
                 | Mode::AuthLoginUser
                 | Mode::AuthLoginPassword(_)
-                | Mode::GoogleAck => {
-                    let counted = matches!(self.mode, Mode::GoogleAck);
+                | Mode::GoogleAck
+                | Mode::OauthbearerAck => {
+                    let counted = matches!(self.mode, Mode::GoogleAck | Mode::OauthbearerAck);
                     let Some(line) = self.take_line(MAX_AUTH_LINE, true) else {
                         return Flow::NeedMore;
                     };
@@ -1193,11 +1317,18 @@ impl Session {
             lines.push("STARTTLS".into());
         }
         if self.tls || self.auth_allowed_in_clear() {
+            let mut auth = vec!["AUTH"];
             if lock(&self.inner.state).password_login.is_some() {
-                lines.push("AUTH PLAIN LOGIN XOAUTH2".into());
-            } else {
-                lines.push("AUTH LOGIN XOAUTH2".into());
+                auth.push("PLAIN");
             }
+            auth.push("LOGIN");
+            if cfg.xoauth2 {
+                auth.push("XOAUTH2");
+            }
+            if cfg.oauthbearer {
+                auth.push("OAUTHBEARER");
+            }
+            lines.push(auth.join(" "));
         }
         for ext in ["8BITMIME", "BINARYMIME", "CHUNKING", "SMTPUTF8"] {
             lines.push(ext.into());
@@ -1262,12 +1393,20 @@ impl Session {
                 .fail("501 5.5.4 Syntax error, expected: AUTH mechanism [initial-response]");
         }
         match mechanism {
-            smtp_proto::AUTH_XOAUTH2 => {
+            smtp_proto::AUTH_XOAUTH2 if self.cfg().xoauth2 => {
                 if initial_response.is_empty() {
                     self.mode = Mode::AuthXoauth2;
                     self.reply("334 ");
                 } else {
                     self.xoauth2(initial_response);
+                }
+            }
+            smtp_proto::AUTH_OAUTHBEARER if self.cfg().oauthbearer => {
+                if initial_response.is_empty() {
+                    self.mode = Mode::AuthOauthbearer;
+                    self.reply("334 ");
+                } else {
+                    self.oauthbearer(initial_response);
                 }
             }
             smtp_proto::AUTH_PLAIN if self.password_login_enabled() => {
@@ -1308,6 +1447,18 @@ impl Session {
                     );
                 }
             }
+            Mode::OauthbearerAck => {
+                // Not redacted: the only valid answer is the dummy `AQ==`.
+                self.log("C", line);
+                if STANDARD.decode(line).ok().as_deref() == Some(&[0x01][..]) {
+                    self.fail(OAUTHBEARER_AUTH_FAILED);
+                } else {
+                    self.note("client answered the error challenge with something other than %x01");
+                    self.fail(
+                        "501 5.5.2 Syntax error, expected %x01 (AQ==) after the error challenge",
+                    );
+                }
+            }
             _ if line == "*" => {
                 self.log("C", "*");
                 lock(&self.inner.state).auth_failures += 1;
@@ -1316,6 +1467,10 @@ impl Session {
             Mode::AuthXoauth2 => {
                 self.log("C", "[redacted]");
                 self.xoauth2(line);
+            }
+            Mode::AuthOauthbearer => {
+                self.log("C", "[redacted]");
+                self.oauthbearer(line);
             }
             Mode::AuthPlain => {
                 self.log("C", "[redacted]");
@@ -1379,6 +1534,66 @@ impl Session {
                     }
                 }
             }
+        }
+    }
+
+    /// Checks an OAUTHBEARER initial response (RFC 7628) and answers: 235, or the RFC's error
+    /// challenge, a `334` with a base64 JSON whose `status` says what was wrong.
+    fn oauthbearer(&mut self, b64: &str) {
+        let Ok(decoded) = STANDARD.decode(b64) else {
+            lock(&self.inner.state).auth_failures += 1;
+            self.note("OAUTHBEARER response is not valid base64");
+            return self.fail("501 5.5.2 Cannot Decode response");
+        };
+        let verdict = parse_oauthbearer(&decoded)
+            .map_err(|why| ("invalid_request", why))
+            .and_then(|r| {
+                if !r.authzid.eq_ignore_ascii_case(&self.cfg().mailbox) {
+                    return Err((
+                        "invalid_token",
+                        format!("a={} is not the mailbox {}", r.authzid, self.cfg().mailbox),
+                    ));
+                }
+                let names = self.names();
+                if !names.iter().any(|n| n.eq_ignore_ascii_case(&r.host)) {
+                    return Err((
+                        "invalid_request",
+                        format!("host={} is not one of {names:?}", r.host),
+                    ));
+                }
+                if r.port != self.inner.addr.port().to_string() {
+                    return Err((
+                        "invalid_request",
+                        format!("port={} is not {}", r.port, self.inner.addr.port()),
+                    ));
+                }
+                (self.cfg().validator)(&r.token)
+                    .map_err(|e| ("invalid_token", format!("token refused: {e}")))?;
+                Ok(r.authzid)
+            });
+        match verdict {
+            Ok(user) => self.authenticated(user),
+            Err((status, why)) => {
+                lock(&self.inner.state).auth_failures += 1;
+                self.note(&format!("OAUTHBEARER refused: {why}"));
+                self.success_override = None;
+                self.mode = Mode::OauthbearerAck;
+                let json = OAUTHBEARER_ERROR_JSON.replace("{status}", status);
+                self.reply(&format!("334 {}", STANDARD.encode(json)));
+            }
+        }
+    }
+
+    /// The names a client may give as OAUTHBEARER `host=`: the one it asked for in TLS, or
+    /// when it sent none (an IP address, no TLS), what this server answers to.
+    fn names(&self) -> Vec<String> {
+        match &self.sni {
+            Some(sni) => vec![sni.clone()],
+            None => vec![
+                HOSTNAME.to_string(),
+                "localhost".to_string(),
+                self.inner.addr.ip().to_string(),
+            ],
         }
     }
 
@@ -1801,6 +2016,52 @@ mod tests {
             b"user=a@b.c\x01host=x\x01auth=Bearer tok\x01\x01",
         ] {
             assert!(parse_xoauth2(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn oauthbearer_parsing_is_exact() {
+        // RFC 7628 section 4.1, decoded.
+        let rfc = b"n,a=user@example.com,\x01host=server.example.com\x01port=143\x01auth=Bearer vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg==\x01\x01";
+        assert_eq!(
+            parse_oauthbearer(rfc).unwrap(),
+            Oauthbearer {
+                authzid: "user@example.com".into(),
+                host: "server.example.com".into(),
+                port: "143".into(),
+                token: "vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg==".into(),
+            }
+        );
+        // Escaped authzid, "y" flag, an unknown key, keys in another order.
+        let ok = parse_oauthbearer(
+            b"y,a=a=2Cb=3Dc@d,\x01port=587\x01x=1\x01auth=bearer t\x01host=h\x01\x01",
+        )
+        .unwrap();
+        assert_eq!((ok.authzid.as_str(), ok.token.as_str()), ("a,b=c@d", "t"));
+        for bad in [
+            // channel binding, unknown flag, no authzid, bad escape
+            &b"p=tls-unique,a=u@d,\x01host=h\x01port=1\x01auth=Bearer t\x01\x01"[..],
+            b"x,a=u@d,\x01host=h\x01port=1\x01auth=Bearer t\x01\x01",
+            b"n,,\x01host=h\x01port=1\x01auth=Bearer t\x01\x01",
+            b"n,a=u=2Xd,\x01host=h\x01port=1\x01auth=Bearer t\x01\x01",
+            // XOAUTH2's format
+            b"user=u@d\x01auth=Bearer t\x01\x01",
+            // missing or repeated fields, bad framing
+            b"n,a=u@d,\x01port=1\x01auth=Bearer t\x01\x01",
+            b"n,a=u@d,\x01host=h\x01auth=Bearer t\x01\x01",
+            b"n,a=u@d,\x01host=h\x01port=1\x01\x01",
+            b"n,a=u@d,\x01host=h\x01host=h\x01port=1\x01auth=Bearer t\x01\x01",
+            b"n,a=u@d,\x01host=h\x01port=1\x01auth=Bearer t\x01",
+            b"n,a=u@d,host=h\x01port=1\x01auth=Bearer t\x01\x01",
+            b"n,a=u@d,\x01host=h\x01port=x1\x01auth=Bearer t\x01\x01",
+            b"n,a=u@d,\x01host=h\x01port=1\x01auth=Basic t\x01\x01",
+            b"n,a=u@d,\x01host=h\x01port=1\x01auth=Bearer \x01\x01",
+        ] {
+            assert!(
+                parse_oauthbearer(bad).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 
