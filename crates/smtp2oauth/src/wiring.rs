@@ -5,7 +5,9 @@
 //! `check-config` is one `serve` can build.
 
 use anyhow::{Context, Result, anyhow};
-use smtp2oauth_config::{Account, Config, Flow, JwtAlg, Provider, Route as RouteKind, UpstreamTls};
+use smtp2oauth_config::{
+    Account, Config, Flow, JwtAlg, Provider, Route as RouteKind, SmtpAuth, UpstreamTls,
+};
 use smtp2oauth_scheduler::{AccountSettings, Routes, SchedulerConfig};
 use smtp2oauth_tokens::{
     CacheOptions, CertificateCredential, ClientCredential, ClientCredentialsGrant, DelegatedClient,
@@ -13,8 +15,8 @@ use smtp2oauth_tokens::{
     TokenCache, TokenSource, TokenStore,
 };
 use smtp2oauth_upstream::{
-    CaptureRoute, Destination, FallbackRoute, GraphRoute, GraphRouteConfig, Route, SmarthostRoute,
-    SmarthostRouteConfig, SmarthostTls, SmtpRoute, SmtpRouteConfig, TlsMode,
+    CaptureRoute, Destination, FallbackRoute, GraphRoute, GraphRouteConfig, Route, SaslMechanism,
+    SmarthostRoute, SmarthostRouteConfig, SmarthostTls, SmtpRoute, SmtpRouteConfig, TlsMode,
 };
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -395,6 +397,10 @@ fn route_plain(
                     port: account.smtp_port(),
                     tls,
                     tls_config,
+                    auth: match account.smtp_auth() {
+                        SmtpAuth::Xoauth2 => SaslMechanism::Xoauth2,
+                        SmtpAuth::Oauthbearer => SaslMechanism::Oauthbearer,
+                    },
                     helo_name: helo_name(cfg),
                     connect_timeout: cfg.delivery.connect_timeout,
                     command_timeout: cfg.delivery.command_timeout,

@@ -8,8 +8,9 @@
 //! the spool's layout: they read the message from a path.
 //!
 //! # Layout
-//! - `smtp.rs`: [`SmtpRoute`], submission with STARTTLS (or implicit TLS) and AUTH XOAUTH2,
-//!   pipelined when the upstream offers it, the body streamed from disk and dot-stuffed on the way.
+//! - `smtp.rs`: [`SmtpRoute`], submission with STARTTLS (or implicit TLS) and AUTH XOAUTH2 or
+//!   OAUTHBEARER, pipelined when the upstream offers it, the body streamed from disk and
+//!   dot-stuffed on the way.
 //! - `client.rs`: the SMTP client connection: framing replies, deadlines, TLS upgrade.
 //! - `graph.rs`: [`GraphRoute`], Microsoft Graph `sendMail` with the MIME message (base64),
 //!   401 → one token refresh, throttling replies that carry `Retry-After`, 4 requests per app.
@@ -39,7 +40,10 @@ pub use capture::CaptureRoute;
 pub use fallback::FallbackRoute;
 pub use graph::{GraphRoute, GraphRouteConfig};
 pub use smarthost::{Destination, SmarthostRoute, SmarthostRouteConfig, SmarthostTls};
-pub use smtp::{SmtpRoute, SmtpRouteConfig, TlsMode, xoauth2_initial_response};
+pub use smtp::{
+    SaslMechanism, SmtpRoute, SmtpRouteConfig, TlsMode, oauthbearer_initial_response,
+    xoauth2_initial_response,
+};
 pub use tls::{client_config, client_config_with_cert};
 
 use smtp2oauth_proto::{DeliveryError, Reply};

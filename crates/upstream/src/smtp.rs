@@ -1,7 +1,9 @@
-//! Submission to an XOAUTH2 SMTP server (Exchange Online, Gmail, any XOAUTH2 server).
+//! Submission to an OAuth SMTP server (Exchange Online, Gmail, any server that takes a bearer
+//! token through SASL XOAUTH2 or OAUTHBEARER).
 //!
 //! The conversation: connect, greeting, EHLO, STARTTLS (or implicit TLS), EHLO, AUTH XOAUTH2
-//! with a token from the account's `TokenSource`, then MAIL, RCPT and DATA — sent in one write
+//! (or AUTH OAUTHBEARER, RFC 7628) with a token from the account's `TokenSource`, then MAIL,
+//! RCPT and DATA — sent in one write
 //! when the server offers PIPELINING (RFC 2920), replies matched in order — and the body
 //! streamed from disk through the dot encoder. Every reply is kept whole.
 //!
@@ -19,7 +21,7 @@ use crate::pool::{Idle, Pool};
 use crate::{DeliveryFuture, DeliveryReport, Message, Route};
 use base64::Engine;
 use smtp_proto::{
-    EXT_8BIT_MIME, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
+    EXT_8BIT_MIME, EXT_AUTH, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
 };
 use smtp2oauth_proto::{DeliveryError, DotEncoder, Reply, Stage};
 use smtp2oauth_tokens::{AccessToken, TokenSource};
@@ -46,15 +48,55 @@ impl TlsMode {
     }
 }
 
+/// How the token is presented to the server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// Google's and Microsoft's `XOAUTH2`: Exchange Online offers nothing else.
+    #[default]
+    Xoauth2,
+    /// The standard mechanism, RFC 7628: a GS2 header naming the mailbox, then host, port and
+    /// the bearer token.
+    Oauthbearer,
+}
+
+impl SaslMechanism {
+    /// The name on the AUTH command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::Xoauth2 => "XOAUTH2",
+            SaslMechanism::Oauthbearer => "OAUTHBEARER",
+        }
+    }
+
+    /// The smtp-proto bit for this mechanism in an EHLO AUTH list.
+    fn ehlo_bit(self) -> u64 {
+        match self {
+            SaslMechanism::Xoauth2 => smtp_proto::AUTH_XOAUTH2,
+            SaslMechanism::Oauthbearer => smtp_proto::AUTH_OAUTHBEARER,
+        }
+    }
+
+    /// What the client answers to a `334` error challenge so the server sends its final
+    /// reply: XOAUTH2 (Google) wants an empty response; RFC 7628 section 3.2.3 a single
+    /// `%x01`, which is `AQ==` in base64.
+    fn error_ack(self) -> &'static str {
+        match self {
+            SaslMechanism::Xoauth2 => "",
+            SaslMechanism::Oauthbearer => "AQ==",
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct SmtpRouteConfig {
     pub account: String,
-    /// The mailbox we authenticate as (`user=` in XOAUTH2).
+    /// The mailbox we authenticate as (`user=` in XOAUTH2, `a=` in OAUTHBEARER).
     pub mailbox: String,
     pub host: String,
     pub port: u16,
     pub tls: TlsMode,
     pub tls_config: Arc<rustls::ClientConfig>,
+    pub auth: SaslMechanism,
     pub helo_name: String,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
@@ -78,6 +120,17 @@ pub fn xoauth2_initial_response(mailbox: &str, token: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
+/// `base64("n,a=" + mailbox + ",\x01host=" + host + "\x01port=" + port + "\x01auth=Bearer " +
+/// token + "\x01\x01")`: the OAUTHBEARER initial response of RFC 7628 section 3.1. The GS2
+/// header says "no channel binding" (`n`) and names the mailbox as the authorization identity,
+/// with `,` and `=` escaped as RFC 5801 requires; `host` and `port` are those we connected to.
+pub fn oauthbearer_initial_response(mailbox: &str, host: &str, port: u16, token: &str) -> String {
+    let authzid = mailbox.replace('=', "=3D").replace(',', "=2C");
+    let raw =
+        format!("n,a={authzid},\x01host={host}\x01port={port}\x01auth=Bearer {token}\x01\x01");
+    base64::engine::general_purpose::STANDARD.encode(raw)
+}
+
 /// A 421 means the server is closing the connection (Exchange says it when throttling): the
 /// session is over, and its words are the failure, not the "connection lost" that follows.
 fn closing(reply: Reply, stage: Stage) -> Result<Reply, DeliveryError> {
@@ -95,6 +148,8 @@ pub(crate) struct Capabilities {
     pub(crate) eight_bit: bool,
     pub(crate) smtputf8: bool,
     pub(crate) size: Option<u64>,
+    /// The SASL mechanisms of the AUTH line (smtp-proto bits); `None` without one.
+    pub(crate) auth: Option<u64>,
 }
 
 fn capabilities(ehlo: &Reply) -> Capabilities {
@@ -106,6 +161,7 @@ fn capabilities(ehlo: &Reply) -> Capabilities {
             eight_bit: r.has_capability(EXT_8BIT_MIME),
             smtputf8: r.has_capability(EXT_SMTP_UTF8),
             size: (r.has_capability(EXT_SIZE) && r.size > 0).then_some(r.size as u64),
+            auth: r.has_capability(EXT_AUTH).then_some(r.auth_mechanisms),
         },
         Err(e) => {
             debug!(error = %e, "unusual EHLO reply; assuming no extensions");
@@ -173,15 +229,27 @@ impl SmtpRoute {
         ehlo(client, &self.cfg.helo_name).await
     }
 
-    /// Logs in with XOAUTH2; returns when the token used expires.
-    async fn authenticate(&self, client: &mut Client) -> Result<SystemTime, DeliveryError> {
+    /// Logs in with the configured mechanism; returns when the token used expires.
+    async fn authenticate(
+        &self,
+        client: &mut Client,
+        caps: &Capabilities,
+    ) -> Result<SystemTime, DeliveryError> {
+        let mechanism = self.cfg.auth;
+        if let Some(offered) = caps.auth
+            && offered & mechanism.ehlo_bit() == 0
+        {
+            // Try anyway (a server may accept more than it lists); the warning explains the
+            // refusal that is likely to follow.
+            warn!(account = %self.cfg.account, mechanism = mechanism.as_str(), offered = %auth_names(offered), "upstream does not offer the configured AUTH mechanism (smtp_auth)");
+        }
         let mut retried = false;
         // A token obtained after this point was fetched for this attempt; one obtained before
         // came from the cache and may have been revoked since.
         let started = SystemTime::now();
         loop {
             let token = self.token().await?;
-            let reply = self.xoauth2(client, &token).await?;
+            let reply = self.sasl(client, &token).await?;
             if reply.code() == 235 {
                 return Ok(token.expires_at());
             }
@@ -200,26 +268,32 @@ impl SmtpRoute {
         }
     }
 
-    async fn xoauth2(
-        &self,
-        client: &mut Client,
-        token: &AccessToken,
-    ) -> Result<Reply, DeliveryError> {
-        let ir = xoauth2_initial_response(&self.cfg.mailbox, token.secret());
+    /// One AUTH exchange with `token`; the server's final reply.
+    async fn sasl(&self, client: &mut Client, token: &AccessToken) -> Result<Reply, DeliveryError> {
+        let c = &self.cfg;
+        let mechanism = c.auth;
+        let ir = match mechanism {
+            SaslMechanism::Xoauth2 => xoauth2_initial_response(&c.mailbox, token.secret()),
+            SaslMechanism::Oauthbearer => {
+                oauthbearer_initial_response(&c.mailbox, &c.host, c.port, token.secret())
+            }
+        };
+        // The client logs AUTH lines as "AUTH [redacted]": the token never reaches a log.
         let reply = client
-            .command(&format!("AUTH XOAUTH2 {ir}"), Stage::Auth)
+            .command(&format!("AUTH {} {ir}", mechanism.as_str()), Stage::Auth)
             .await?;
         if reply.code() != 334 {
             return Ok(reply);
         }
-        // Google-style failure: a 334 with a base64 JSON error; we must answer with an empty
-        // line to receive the final 535.
+        // A refusal as a 334 with a base64 JSON error (Google's XOAUTH2, and RFC 7628 for every
+        // OAUTHBEARER server): the exchange must be finished with the mechanism's dummy
+        // response to receive the final 535 (or whatever the server decides).
         let detail = base64::engine::general_purpose::STANDARD
             .decode(reply.text().trim())
             .ok()
             .map(|d| String::from_utf8_lossy(&d).into_owned())
             .unwrap_or_default();
-        let fin = client.command("", Stage::Auth).await?;
+        let fin = client.command(mechanism.error_ack(), Stage::Auth).await?;
         if !detail.is_empty() {
             warn!(account = %self.cfg.account, error = %detail, reply = %fin, "upstream refused the token");
         }
@@ -238,7 +312,7 @@ impl SmtpRoute {
     /// A new authenticated session.
     async fn open_session(&self) -> Result<Idle<Capabilities>, DeliveryError> {
         let (mut client, caps) = self.open().await?;
-        match self.authenticate(&mut client).await {
+        match self.authenticate(&mut client, &caps).await {
             Ok(token_expires) => Ok(Idle {
                 client,
                 caps,
@@ -301,6 +375,22 @@ impl SmtpRoute {
             }
             return result;
         }
+    }
+}
+
+/// The names of the SASL mechanisms in smtp-proto's bit set, for a log line.
+fn auth_names(bits: u64) -> String {
+    use smtp_proto::response::generate::BitToString;
+    let names: Vec<&str> = (0..64)
+        .map(|i| 1u64 << i)
+        .filter(|b| bits & b != 0)
+        .map(|b| b.to_mechanism())
+        .filter(|name| !name.is_empty())
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(" ")
     }
 }
 
@@ -533,6 +623,52 @@ mod tests {
     }
 
     #[test]
+    fn oauthbearer_string_matches_the_rfc_7628_example() {
+        // RFC 7628 section 4.1: user@example.com at server.example.com port 143.
+        let ir = oauthbearer_initial_response(
+            "user@example.com",
+            "server.example.com",
+            143,
+            "vF9dft4qmTc2Nvb3RlckBhdHRhdmlzdGEuY29tCg==",
+        );
+        assert_eq!(
+            ir,
+            "bixhPXVzZXJAZXhhbXBsZS5jb20sAWhvc3Q9c2VydmVyLmV4YW1wbGUuY29tAXBvcnQ9MTQzAWF1dGg9QmVhcmVyIHZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2c9PQEB"
+        );
+    }
+
+    #[test]
+    fn oauthbearer_escapes_the_authorization_identity() {
+        // RFC 5801 saslname: "," and "=" would end or corrupt the GS2 header.
+        let cases = [
+            ("plain@example.com", "n,a=plain@example.com,"),
+            ("a,b@example.com", "n,a=a=2Cb@example.com,"),
+            ("a=b@example.com", "n,a=a=3Db@example.com,"),
+            ("=2C@example.com", "n,a==3D2C@example.com,"),
+        ];
+        for (mailbox, header) in cases {
+            let ir = oauthbearer_initial_response(mailbox, "smtp.example.net", 587, "tok");
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(ir)
+                .unwrap();
+            let want =
+                format!("{header}\x01host=smtp.example.net\x01port=587\x01auth=Bearer tok\x01\x01");
+            assert_eq!(String::from_utf8(raw).unwrap(), want, "{mailbox}");
+        }
+    }
+
+    #[test]
+    fn error_challenges_are_answered_as_each_mechanism_requires() {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        assert_eq!(SaslMechanism::Xoauth2.error_ack(), "");
+        assert_eq!(
+            b64.decode(SaslMechanism::Oauthbearer.error_ack()).unwrap(),
+            [0x01]
+        );
+        assert_eq!(SaslMechanism::default(), SaslMechanism::Xoauth2);
+    }
+
+    #[test]
     fn capabilities_from_exchange_ehlo() {
         let mut asm = smtp2oauth_proto::ReplyAssembler::new();
         let lines = [
@@ -555,5 +691,9 @@ mod tests {
         let caps = capabilities(&reply.unwrap());
         assert!(caps.pipelining && caps.eight_bit && caps.smtputf8 && !caps.starttls);
         assert_eq!(caps.size, Some(157_286_400));
+        let auth = caps.auth.expect("AUTH line");
+        assert_ne!(auth & SaslMechanism::Xoauth2.ehlo_bit(), 0);
+        assert_eq!(auth & SaslMechanism::Oauthbearer.ehlo_bit(), 0);
+        assert_eq!(auth_names(auth), "XOAUTH2 LOGIN");
     }
 }

@@ -29,8 +29,8 @@ use smtp2oauth_tokens::{
     TokenSource, http_client,
 };
 use smtp2oauth_upstream::{
-    CaptureRoute, DeliveryReport, Message, Route, SmtpRoute, SmtpRouteConfig, TlsMode,
-    client_config,
+    CaptureRoute, DeliveryReport, Message, Route, SaslMechanism, SmtpRoute, SmtpRouteConfig,
+    TlsMode, client_config,
 };
 use tempfile::TempDir;
 
@@ -122,6 +122,7 @@ fn route_config(port: u16, tls: TlsMode, tls_config: Arc<rustls::ClientConfig>) 
         port,
         tls,
         tls_config,
+        auth: SaslMechanism::Xoauth2,
         helo_name: "relay.test".into(),
         connect_timeout: TIMEOUT,
         command_timeout: TIMEOUT,
@@ -738,6 +739,170 @@ async fn a_revoked_token_with_the_token_endpoint_down_is_a_token_error() {
         "one refused AUTH, no second attempt"
     );
     assert_eq!(e.smtp.messages().len(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// OAUTHBEARER (RFC 7628)
+
+/// An upstream that speaks only the standard mechanism, like many generic OAuth mail servers.
+async fn oauthbearer_env(adjust: impl FnOnce(&mut SmtpConfig)) -> Env {
+    env_with(|c| {
+        c.xoauth2 = false;
+        c.oauthbearer = true;
+        adjust(c);
+    })
+    .await
+}
+
+fn oauthbearer_route(e: &Env) -> SmtpRoute {
+    e.route_with(TlsMode::Starttls, |c| {
+        c.auth = SaslMechanism::Oauthbearer;
+        // A name, so the TLS handshake carries it (SNI) and the fake holds host= to it.
+        c.host = "localhost".into();
+    })
+}
+
+#[tokio::test]
+async fn oauthbearer_delivers_with_the_server_name_and_port_in_the_initial_response() {
+    let e = oauthbearer_env(|_| {}).await;
+    let route = oauthbearer_route(&e);
+    let body = b"Subject: scan\r\n\r\nA scan.\r\n";
+
+    let report = deliver(&route, &e.message("o1", body, &["a@example.net"]))
+        .await
+        .expect("delivery succeeds");
+
+    assert_eq!(report.reply.code(), 250);
+    let got = e.smtp.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].data, b"Subject: scan\r\n\r\nA scan.");
+    assert_eq!(got[0].auth_user, MAILBOX, "a= names the account's mailbox");
+    assert!(got[0].tls);
+    let servers = server_lines(&e.smtp);
+    assert!(
+        servers.iter().any(|l| l == "250-AUTH LOGIN OAUTHBEARER"),
+        "{servers:#?}"
+    );
+    let clients = client_lines(&e.smtp);
+    let starttls = clients
+        .iter()
+        .position(|l| l == "STARTTLS")
+        .expect("STARTTLS");
+    let auth = clients
+        .iter()
+        .position(|l| l == "AUTH OAUTHBEARER [redacted]")
+        .expect("AUTH OAUTHBEARER with an initial response");
+    assert!(starttls < auth, "{clients:#?}");
+    assert_eq!(count_commands(&e.smtp, "AUTH"), 1, "{clients:#?}");
+    assert_eq!((e.smtp.auth_successes(), e.smtp.auth_failures()), (1, 0));
+    assert_eq!(e.idp.token_requests(), 1);
+}
+
+#[tokio::test]
+async fn oauthbearer_refusal_is_acknowledged_with_0x01_and_the_final_reply_kept_whole() {
+    // The token is valid but the server serves another mailbox: RFC 7628's error challenge.
+    let e = oauthbearer_env(|c| c.mailbox = "someone-else@contoso.example".into()).await;
+    let route = oauthbearer_route(&e);
+
+    let (stage, reply) =
+        unwrap_rejected(deliver(&route, &e.message("o2", b"x\r\n", &["a@example.net"])).await);
+
+    assert_eq!(stage, Stage::Auth);
+    assert_eq!(
+        wire(&reply),
+        "535 5.7.8 Authentication credentials invalid\r\n"
+    );
+    assert_eq!(reply.status(), status(5, 7, 8));
+    assert!(reply.is_permanent());
+    // The server's 334 carried the JSON error; the client answered a single 0x01, nothing else.
+    let servers = server_lines(&e.smtp);
+    let challenge = servers
+        .iter()
+        .find_map(|l| l.strip_prefix("334 "))
+        .expect("an error challenge");
+    use base64::Engine;
+    let json = base64::engine::general_purpose::STANDARD
+        .decode(challenge)
+        .expect("base64 challenge");
+    assert!(
+        String::from_utf8_lossy(&json).contains(r#""status":"invalid_token""#),
+        "{}",
+        String::from_utf8_lossy(&json)
+    );
+    let clients = client_lines(&e.smtp);
+    let auth = clients
+        .iter()
+        .position(|l| l == "AUTH OAUTHBEARER [redacted]")
+        .expect("AUTH sent");
+    assert_eq!(
+        clients.get(auth + 1).map(String::as_str),
+        Some("AQ=="),
+        "{clients:#?}"
+    );
+    let t = e.smtp.transcript();
+    assert!(!t.iter().any(|l| l.contains("other than %x01")), "{t:#?}");
+    // A token fetched for this attempt is not retried, and nothing was sent.
+    assert_eq!(e.idp.token_requests(), 1);
+    assert_eq!(count_commands(&e.smtp, "AUTH"), 1);
+    assert_eq!(count_commands(&e.smtp, "MAIL"), 0);
+    assert_eq!(e.smtp.auth_failures(), 1);
+    assert!(e.smtp.messages().is_empty());
+}
+
+#[tokio::test]
+async fn a_revoked_cached_token_is_replaced_once_with_oauthbearer() {
+    let e = oauthbearer_env(|_| {}).await;
+    let route = oauthbearer_route(&e);
+    deliver(&route, &e.message("o3", b"first\r\n", &["a@example.net"]))
+        .await
+        .expect("first delivery");
+    e.idp.revoke_all();
+
+    deliver(&route, &e.message("o4", b"second\r\n", &["a@example.net"]))
+        .await
+        .expect("second delivery after a token refresh");
+
+    assert_eq!(e.idp.token_requests(), 2);
+    assert_eq!(e.smtp.auth_failures(), 1);
+    assert_eq!(e.smtp.auth_successes(), 2);
+    let got = e.smtp.messages();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].data, b"second");
+    // The refusal was acknowledged and the new token went in on the same connection.
+    assert_eq!(e.smtp.connections(), 2);
+    assert_eq!(got[1].connection_id, 2);
+    let second: Vec<String> = e
+        .smtp
+        .transcript()
+        .iter()
+        .filter_map(|l| l.strip_prefix("[2] C: "))
+        .map(str::to_string)
+        .collect();
+    let auths: Vec<usize> = second
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| *l == "AUTH OAUTHBEARER [redacted]")
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(auths.len(), 2, "{second:#?}");
+    assert_eq!(second[auths[0] + 1], "AQ==", "{second:#?}");
+}
+
+#[tokio::test]
+async fn oauthbearer_towards_a_server_without_it_is_refused_at_auth_once() {
+    // Exchange-like: XOAUTH2 only. The server's own refusal is the verdict; no token is wasted.
+    let e = env().await;
+    let route = oauthbearer_route(&e);
+
+    let (stage, reply) =
+        unwrap_rejected(deliver(&route, &e.message("o5", b"x\r\n", &["a@example.net"])).await);
+
+    assert_eq!(stage, Stage::Auth);
+    assert_eq!(reply.code(), 504);
+    assert_eq!(reply.status(), status(5, 7, 4));
+    assert_eq!(count_commands(&e.smtp, "AUTH"), 1);
+    assert_eq!(e.idp.token_requests(), 1);
+    assert!(e.smtp.messages().is_empty());
 }
 
 // ---------------------------------------------------------------------------------------------
