@@ -997,3 +997,133 @@ async fn one_upstream_session_carries_many_device_sessions() {
     assert_eq!(up.smtp.auth_successes(), 1);
     assert_eq!(up.idp.token_requests(), 1);
 }
+
+/// Issue 4, provider = "generic": an OAuth mail server that speaks only the standard SASL
+/// mechanism (RFC 7628). The relay gets its token from the configured token endpoint, logs in
+/// with AUTH OAUTHBEARER, and when a cached token is refused it finishes the RFC's error
+/// exchange and logs in again with a new one; no token reaches the logs.
+#[tokio::test(flavor = "multi_thread")]
+async fn generic_provider_with_oauthbearer_delivers_and_recovers_from_a_revoked_token() {
+    let up = Upstream::start_with(
+        |_| {},
+        |s| {
+            s.xoauth2 = false;
+            s.oauthbearer = true;
+        },
+    )
+    .await;
+    let scope = "https://mail.example.net/.default";
+    let account = format!(
+        r#"
+[[accounts]]
+name = "scanner"
+mailbox = "{MAILBOX}"
+route = "smtp"
+provider = "generic"
+token_url = "{token_url}"
+scope = "{scope}"
+client_id = "{CLIENT_ID}"
+client_secret = "{CLIENT_SECRET}"
+smtp_host = "127.0.0.1"
+smtp_port = {port}
+smtp_tls = "starttls"
+smtp_auth = "oauthbearer"
+ca_file = "{ca}"
+"#,
+        token_url = up.idp.token_url(),
+        port = up.smtp.port(),
+        ca = up.pki.ca_pem_path().display(),
+    );
+    // A new upstream session per message, so the second message logs in again.
+    let relay = Relay::start(&with_delivery(
+        &relay_toml(&up.pki, &account, ""),
+        "upstream_idle_timeout = \"0s\"",
+    ));
+    let port = port_of(&relay, "plain");
+    let send = |body: &'static str| {
+        let port = port.clone();
+        async move {
+            smtplib(&[
+                "--port",
+                &port,
+                "--user",
+                DEVICE_USER,
+                "--password",
+                DEVICE_PASSWORD,
+                "--from",
+                MAILBOX,
+                "--to",
+                "you@example.com",
+                "--body",
+                body,
+            ])
+            .await
+        }
+    };
+
+    let r = send("first scan").await;
+    assert_eq!(r[0]["ok"], true, "{r:?}");
+    let m = wait_one(&up.smtp).await;
+    assert_eq!(m.auth_user, MAILBOX, "a= in the GS2 header is the mailbox");
+    assert!(m.tls);
+    let form = up.idp.last_form().unwrap();
+    assert_eq!(form["scope"], scope);
+    assert_eq!(form["grant_type"], "client_credentials");
+
+    // The token is revoked before it expires: the cached one is refused, a new one works.
+    up.idp.revoke_all();
+    let r = send("second scan").await;
+    assert_eq!(r[0]["ok"], true, "{r:?}");
+    let got = up.smtp.wait_for_messages(2, Duration::from_secs(20)).await;
+    let transcript = up.smtp.transcript().join("\n");
+    assert_eq!(got.len(), 2, "{transcript}");
+    assert!(
+        String::from_utf8_lossy(&got[1].data).contains("second scan"),
+        "{transcript}"
+    );
+    assert_eq!(up.idp.token_requests(), 2);
+    assert_eq!(
+        (up.smtp.auth_successes(), up.smtp.auth_failures()),
+        (2, 1),
+        "{transcript}"
+    );
+    let clients: Vec<&str> = transcript
+        .lines()
+        .filter_map(|l| l.split_once("] C: ").map(|(_, c)| c))
+        .collect();
+    assert_eq!(
+        clients
+            .iter()
+            .filter(|c| **c == "AUTH OAUTHBEARER [redacted]")
+            .count(),
+        3,
+        "{transcript}"
+    );
+    assert!(!clients.iter().any(|c| c.starts_with("AUTH XOAUTH2")));
+    assert!(
+        clients.contains(&"AQ=="),
+        "the error challenge was acknowledged: {transcript}"
+    );
+
+    // The refusal is explained in the log; no token, and no initial response, is.
+    assert!(
+        relay.wait_log("upstream refused a cached token", Duration::from_secs(5)),
+        "{}",
+        relay.logs()
+    );
+    let logs = relay.logs();
+    assert!(
+        logs.contains("invalid_token"),
+        "the server's JSON error is logged"
+    );
+    for t in up.idp.issued_tokens() {
+        assert!(!logs.contains(&t), "a token is in the relay's logs");
+        assert!(!logs.contains(t.split('.').next_back().unwrap()));
+    }
+    assert!(!logs.contains("auth=Bearer"));
+    // base64 of the GS2 header "n,a=" starts every OAUTHBEARER initial response.
+    assert!(
+        !logs.contains("bixhP"),
+        "an OAUTHBEARER response is in the logs"
+    );
+}
