@@ -1,5 +1,7 @@
 //! Delegated sign-in end to end: the real binary, the fake identity platform and the fake
-//! Exchange, driven by curl (a browser's part: cookies, redirects, forms) and by the
+//! Exchange, driven by curl (a browser's part: cookies, redirects, forms), by a real headless
+//! Chromium (tests/clients/browser_sign_in.py over WebDriver: what curl does not do, such as
+//! the Origin header and the Content-Security-Policy, a real browser does) and by the
 //! `smtp2oauth account` command.
 //!
 //! Covered: authorization code + PKCE through the accounts page, with every refusal of a
@@ -428,6 +430,165 @@ async fn authorization_code_sign_in_through_the_accounts_page() {
         "the master key is in the log"
     );
     assert!(!page.contains(key.trim()));
+}
+
+/// True when Chromium and chromedriver are installed. .ci/run installs them and sets
+/// SMTP2OAUTH_REQUIRE_CLIENTS, so CI fails instead of skipping.
+fn chromium_installed() -> bool {
+    if have("chromium") && have("chromedriver") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SMTP2OAUTH_REQUIRE_CLIENTS").is_none(),
+        "chromium and chromedriver are required but not installed \
+         (apt-get install chromium chromium-driver)"
+    );
+    eprintln!("chromium or chromedriver not installed; skipped (.ci/run installs them)");
+    false
+}
+
+/// tests/clients/browser_sign_in.py: a headless Chromium, driven through chromedriver, opens
+/// `page`, clicks `account`'s Sign in button and waits for `expect`; then opens `then`.
+/// Returns the script's JSON report.
+async fn chromium_sign_in(
+    page: &str,
+    account: &str,
+    expect: &str,
+    then: &str,
+) -> serde_json::Value {
+    use tokio::io::AsyncReadExt;
+    let script = repo_root().join("tests/clients/browser_sign_in.py");
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args(["--page", page, "--account", account, "--expect", expect])
+        .args(["--then", then, "--timeout", "120"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s).await;
+        s
+    });
+    let err = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    // The script gives up by itself after 120 s and stops the browser; this is a backstop.
+    // SIGTERM, not SIGKILL, so that it still stops chromedriver and Chromium.
+    if tokio::time::timeout(Duration::from_secs(180), child.wait())
+        .await
+        .is_err()
+    {
+        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+        if tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+        panic!(
+            "browser_sign_in.py did not finish: {}\n{}",
+            out.await.unwrap(),
+            err.await.unwrap()
+        );
+    }
+    let (out, err) = (out.await.unwrap(), err.await.unwrap());
+    serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("browser_sign_in.py: {e}:\n{out}\n{err}"))
+}
+
+/// The issue's browser test: a real browser (cookies, a POSTed form with its CSRF token, the
+/// redirects through the provider, the page's Content-Security-Policy) signs the account in
+/// with one click, and the relay then holds the sign-in.
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_code_sign_in_in_a_headless_chromium() {
+    if !chromium_installed() {
+        return;
+    }
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let redirect = format!("http://{admin}/oauth/callback");
+    let up = upstream(Some(&redirect)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("store");
+    let accounts = account(
+        &up,
+        "authorization_code",
+        &format!("redirect_uri = \"{redirect}\""),
+    );
+    let relay = Relay::start(&config(&up, &accounts, &admin, &store));
+
+    // A scan sent before anyone signed in waits in the queue.
+    let r = send(&relay, "before sign-in").await;
+    assert_eq!(r["code"], 250, "{r}");
+    assert_eq!(spool_ids(&store, "queue").len(), 1);
+    assert!(up.smtp.messages().is_empty());
+
+    let accounts_page = format!("http://{admin}/accounts");
+    let report = chromium_sign_in(&accounts_page, "scanner", "Signed in", &accounts_page).await;
+    assert_eq!(report["ok"], true, "{report:#}");
+    eprintln!(
+        "Chromium {} signed in, in {} s (browser start included)",
+        report["browser"], report["seconds"]
+    );
+    assert_eq!(report["button"], "Sign in", "{report:#}");
+    // The browser landed on the callback, through the provider, and was told it worked.
+    let landed = report["url"].as_str().unwrap();
+    assert!(landed.starts_with(&format!("{redirect}?code=")), "{landed}");
+    let text = report["text"].as_str().unwrap();
+    assert!(
+        text.contains("Signed in: account scanner") && text.contains(MAILBOX),
+        "{text}"
+    );
+    let asked = up.idp.authorize_requests();
+    assert_eq!(asked.len(), 1, "{asked:?}");
+    assert_eq!(asked[0]["code_challenge_method"], "S256");
+    assert_eq!(asked[0]["redirect_uri"], redirect);
+
+    // The relay holds the sign-in: the queued scan goes out with the user's token at once
+    // (the next retry would be an hour away)...
+    let got = up.smtp.wait_for_messages(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1);
+    wait_until("the queue to empty", Duration::from_secs(15), || {
+        spool_ids(&store, "queue").is_empty()
+    })
+    .await;
+    // ...the same browser's accounts page says so...
+    let then = report["then_text"].as_str().unwrap();
+    assert!(
+        then.contains("valid until") && then.contains("Sign in again"),
+        "{then}"
+    );
+    assert!(!then.contains("not signed in"), "{then}");
+    // ...and so does the command line, reading the encrypted token store.
+    let status = cli(
+        &[
+            "account",
+            "status",
+            "scanner",
+            "--config",
+            &relay.config.display().to_string(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(status.status, 0, "{status:?}");
+    assert!(
+        status.stdout.contains("state:        signed in"),
+        "{}",
+        status.stdout
+    );
+
+    // Nothing the browser showed holds a secret.
+    let secrets = secrets(&up);
+    assert_no_secret("the callback page", text, &secrets);
+    assert_no_secret("the accounts page", then, &secrets);
 }
 
 #[tokio::test(flavor = "multi_thread")]
