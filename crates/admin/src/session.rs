@@ -155,7 +155,18 @@ pub fn check_post(
     {
         return Err(Refused::CrossSite);
     }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+    let same_origin_fetch = headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("same-origin"));
+    // Under `Referrer-Policy: no-referrer` (which these pages send) Chromium sends
+    // `Origin: null` even for a same-site form POST, together with `Sec-Fetch-Site:
+    // same-origin`. Only that pair is taken as same-site; `null` alone is refused.
+    if let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| !(*o == "null" && same_origin_fetch))
+    {
         let host = headers
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -230,6 +241,23 @@ mod tests {
             HeaderValue::from_static("http://localhost:8025"),
         );
         assert!(check_post(&sessions, &same, Some(&s.csrf)).is_ok());
+        // Chromium's same-site POST under no-referrer: Origin null with Sec-Fetch-Site.
+        let mut null_same = h.clone();
+        null_same.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert_eq!(
+            check_post(&sessions, &null_same, Some(&s.csrf)).err(),
+            Some(Refused::CrossSite),
+            "Origin null alone is refused"
+        );
+        null_same.insert("sec-fetch-site", HeaderValue::from_static("same-origin"));
+        assert!(check_post(&sessions, &null_same, Some(&s.csrf)).is_ok());
+        let mut null_cross = h.clone();
+        null_cross.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        null_cross.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
+        assert_eq!(
+            check_post(&sessions, &null_cross, Some(&s.csrf)).err(),
+            Some(Refused::CrossSite)
+        );
         let mut fetch = h.clone();
         fetch.insert("sec-fetch-site", HeaderValue::from_static("cross-site"));
         assert_eq!(
