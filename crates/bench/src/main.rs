@@ -73,7 +73,7 @@ enum Command {
     /// The same load through several peers (default: the sink alone, the relay, Postfix),
     /// `--runs` rounds, the order reversed every other round; medians and same-round ratios.
     Peers {
-        /// Peers, comma-separated: ceiling, relay, relay-nopool, postfix.
+        /// Peers, comma-separated: ceiling, relay, relay-nopool, postfix, baseline.
         #[arg(
             long,
             value_enum,
@@ -194,6 +194,9 @@ struct RelayArgs {
     /// The relay binary. Default: `smtp2oauth` next to this binary, else target/release/smtp2oauth.
     #[arg(long)]
     relay: Option<PathBuf>,
+    /// A second relay binary, the `baseline` peer (e.g. the build before a change).
+    #[arg(long)]
+    baseline_relay: Option<PathBuf>,
     /// `[delivery] wait_for_upstream` ("0" = pure queue: 250 as soon as the message is spooled).
     #[arg(long, default_value = "0")]
     wait_for_upstream: String,
@@ -272,6 +275,7 @@ impl RelayArgs {
             token_lifetime: Duration::from_secs(self.token_lifetime_s.max(1)),
             postfix_concurrency: self.postfix_concurrency.max(1),
             warm_up: self.warm_up,
+            baseline_binary: self.baseline_relay.clone(),
             drain_timeout: Duration::from_secs(self.drain_timeout_s),
             keep_log: self.keep_log.clone(),
             max_relay_rss_kib: self.max_relay_rss_mib.saturating_mul(1024),
@@ -360,10 +364,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("cannot run Postfix here: {why}");
             }
             let label = match peer {
-                Peer::Relay | Peer::RelayNopool if sc.relay.fsync => {
-                    format!("{} (durable)", peer.name())
-                }
-                Peer::Relay | Peer::RelayNopool => format!("{} (non-durable)", peer.name()),
+                p if p.is_relay() && sc.relay.fsync => format!("{} (durable)", peer.name()),
+                p if p.is_relay() => format!("{} (non-durable)", peer.name()),
                 _ => peer.name().to_string(),
             };
             let report = scenario::run(&sc, peer, &label).await?;

@@ -137,12 +137,20 @@ pub async fn run(
     ];
     let mut ratios = Vec::new();
     let mut added_latency = Vec::new();
+    // Relays over every other peer; between relays, each pair once (relay over the others,
+    // relay-nopool over the baseline).
+    let rank = |p: Peer| match p {
+        Peer::Relay => 0,
+        Peer::RelayNopool => 1,
+        Peer::Baseline => 2,
+        Peer::Ceiling | Peer::Postfix => 3,
+    };
     for (a, pa) in peers.iter().enumerate() {
-        if !matches!(pa, Peer::Relay | Peer::RelayNopool) {
+        if !pa.is_relay() {
             continue;
         }
         for (b, pb) in peers.iter().enumerate() {
-            if a == b || (*pa == Peer::RelayNopool && *pb == Peer::Relay) {
+            if a == b || rank(*pb) <= rank(*pa) {
                 continue;
             }
             for (figure, get) in figures {

@@ -44,16 +44,25 @@ pub enum Peer {
     Relay,
     /// Our relay without its upstream session pool.
     RelayNopool,
+    /// Another relay binary (`--baseline-relay`), configured like `relay`: measures a change
+    /// against the build before it, in the same rounds.
+    Baseline,
     /// Postfix from the distribution, as an authenticated relay.
     Postfix,
 }
 
 impl Peer {
+    /// Runs a relay binary (ours, or the baseline build).
+    pub fn is_relay(self) -> bool {
+        matches!(self, Peer::Relay | Peer::RelayNopool | Peer::Baseline)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Peer::Ceiling => "ceiling",
             Peer::Relay => "relay",
             Peer::RelayNopool => "relay-nopool",
+            Peer::Baseline => "baseline",
             Peer::Postfix => "postfix",
         }
     }
@@ -81,6 +90,8 @@ pub struct Scenario {
     pub token_lifetime: Duration,
     /// Postfix's `default_destination_concurrency_limit`.
     pub postfix_concurrency: usize,
+    /// The relay binary of the `baseline` peer.
+    pub baseline_binary: Option<PathBuf>,
     /// Messages sent (one session, one at a time) and delivered before the measured load, so
     /// it measures a server in service rather than one just started: the device's login is
     /// cached, a token is held, Postfix has its daemons running. 0: measure from a cold start.
@@ -105,6 +116,11 @@ impl Scenario {
         r.max_message_size = r.max_message_size.max(self.shape.size as u64 + 64 * 1024);
         if peer == Peer::RelayNopool {
             r.upstream_idle_timeout = "0s".into();
+        }
+        if peer == Peer::Baseline
+            && let Some(b) = &self.baseline_binary
+        {
+            r.binary = b.clone();
         }
         r
     }
@@ -208,7 +224,10 @@ pub async fn run(sc: &Scenario, peer: Peer, label: &str) -> anyhow::Result<Repor
             let tls = (up.pki.client_config(), ServerName::try_from("localhost")?);
             (Server::Ceiling, up.sink.addr(), Some(auth), Some(tls))
         }
-        Peer::Relay | Peer::RelayNopool => {
+        Peer::Relay | Peer::RelayNopool | Peer::Baseline => {
+            if peer == Peer::Baseline && sc.baseline_binary.is_none() {
+                anyhow::bail!("the baseline peer needs --baseline-relay PATH");
+            }
             let side = relay_side(&up);
             // Starting the relay polls its log with short sleeps: keep that off the fakes'
             // workers.
@@ -344,12 +363,15 @@ pub async fn run(sc: &Scenario, peer: Peer, label: &str) -> anyhow::Result<Repor
         );
     }
 
-    let is_relay = matches!(peer, Peer::Relay | Peer::RelayNopool);
+    let is_relay = peer.is_relay();
     let settings = Settings {
         peer: peer.name().into(),
         target: match peer {
             Peer::Ceiling => format!("the sink alone at {addr} (STARTTLS + XOAUTH2)"),
-            Peer::Relay | Peer::RelayNopool => format!("relay {addr} (in-process fakes upstream)"),
+            Peer::Relay | Peer::RelayNopool | Peer::Baseline => format!(
+                "relay {} at {addr} (in-process fakes upstream)",
+                relay_settings.binary.display()
+            ),
             Peer::Postfix => format!("Postfix {addr} (in-process fakes upstream)"),
         },
         sessions: sc.shape.sessions,
