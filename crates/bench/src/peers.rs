@@ -324,7 +324,7 @@ impl PeerComparison {
         for r in &self.ratios {
             let _ = writeln!(
                 out,
-                "{:<34} {:>6}  (ratio of medians; per round: {})",
+                "{:<40} {:>6}  (ratio of medians; per round: {})",
                 format!("{}/{} {}", r.numerator, r.denominator, r.figure),
                 opt(r.of_medians, 2),
                 list(&r.per_round, 2),
@@ -333,7 +333,7 @@ impl PeerComparison {
         for a in &self.added_latency {
             let _ = writeln!(
                 out,
-                "{:<34} p50 {:>7} ms (per round: {}), p99 {:>7} ms (per round: {})",
+                "{:<40} p50 {:>7} ms (per round: {}), p99 {:>7} ms (per round: {})",
                 format!("added latency {}−ceiling", a.peer),
                 signed(a.p50_median_ms),
                 list(&a.p50_per_round_ms, 2),
