@@ -106,6 +106,10 @@ context() {
     echo "postfix:  $postfix_version"
 }
 
+# The bench is run as a child, never exec'd: the EXIT trap must unmount the loop filesystem.
+# With `set -e` a failing run (status 2: messages lost or refused) ends the script with its
+# status, and the trap still runs.
+
 # The context goes with the figures: on stdout, unless stdout is JSON.
 header_to=1
 for a in "$@"; do
@@ -119,8 +123,9 @@ if [ "$sub" = "compare" ]; then
         echo "command:  smtp2oauth-bench compare --sessions 50 --messages 8000 --size 10240 --runs 3 --device-auth address --work-dir $work_dir $*"
         echo
     } >&"$header_to"
-    exec "$bench" compare --relay "$relay" --sessions 50 --messages 8000 --size 10240 --runs 3 \
+    "$bench" compare --relay "$relay" --sessions 50 --messages 8000 --size 10240 --runs 3 \
         --device-auth address --work-dir "$work_dir" "$@"
+    exit 0
 fi
 
 if [ "$sub" != "targets" ]; then
@@ -130,7 +135,8 @@ if [ "$sub" != "targets" ]; then
         echo "command:  smtp2oauth-bench $sub --work-dir $work_dir $*"
         echo
     } >&"$header_to"
-    exec "$bench" "$sub" --relay "$relay" --work-dir "$work_dir" "$@"
+    "$bench" "$sub" --relay "$relay" --work-dir "$work_dir" "$@"
+    exit 0
 fi
 
 # Issue 7's targets: name, then the arguments. 10 KiB messages, AUTH PLAIN from the device,
