@@ -190,14 +190,6 @@ impl TlsHandle {
         })
     }
 
-    /// A rustls handle from a ready configuration (tests, tools).
-    pub fn from_config(config: Arc<ServerConfig>, policy: TlsPolicy) -> Self {
-        TlsHandle {
-            policy: Arc::new(policy),
-            current: Arc::new(RwLock::new(Acceptor::Rustls(TlsAcceptor::from(config)))),
-        }
-    }
-
     pub fn policy(&self) -> &TlsPolicy {
         &self.policy
     }

@@ -93,7 +93,9 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
         && c.exists()
         && k.exists()
     {
-        // Each listener's TLS as `serve` would load it (client CA, legacy profile).
+        // Each listener's TLS as `serve` would load it (client CA, legacy profile); the bare
+        // pair only when no listener uses it, so one bad file is reported once.
+        let mut checked = false;
         for (i, l) in cfg.listeners.iter().enumerate() {
             if l.tls == smtp2oauth_config::ListenerTls::None {
                 continue;
@@ -104,11 +106,12 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
                 client_ca: l.client_ca_file.clone(),
                 profile: l.tls_profile,
             };
+            checked = true;
             if let Err(e) = smtp2oauth_inbound::TlsHandle::load(policy) {
                 p.push(Problem::new(format!("listeners.{i}"), e.to_string()));
             }
         }
-        if let Err(e) = smtp2oauth_inbound::server_config(c, k) {
+        if !checked && let Err(e) = smtp2oauth_inbound::server_config(c, k) {
             p.push(Problem::new("tls", e.to_string()));
         }
     }
