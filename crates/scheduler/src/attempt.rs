@@ -200,8 +200,11 @@ impl Inner {
             info!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
                 recipients = env.recipients.len(), upstream = %out.reply, attempt = attempt_no, ms, "delivered");
             self.count(env, route_kind, Counted::Delivered, &out, ms);
-            self.remove(id, Area::Queue).await;
+            // The device hears first: the removal is not flushed before anyone waits for it
+            // anyway (a crash can bring a delivered message back either way), so making the
+            // device wait for the unlinks would only add latency.
             send(ok::delivered(id));
+            self.remove(id, Area::Queue).await;
             return Next::Forget;
         }
 

@@ -8,23 +8,31 @@
 //! # Layout on disk (under `<store dir>/spool/`)
 //! - `data/<id>`: the message bytes exactly as we will send them (our Received header, then the
 //!   device's message with CRLF line ends). Written under its final name while the device
-//!   streams DATA.
-//! - `incoming/<id>`: an envelope being written; never seen by anyone else.
+//!   streams DATA (a small message is held in memory until commit and written in one go).
 //! - `queue/<id>`: the envelope of an accepted message. Its first line is the envelope as JSON;
 //!   later lines are events appended by delivery (attempts, results), one JSON object per line.
-//!   **The rename of `incoming/<id>` to `queue/<id>` is the moment a message is accepted.**
+//!   It is written as `queue/<id>.tmp` and renamed, so a reader never sees half an envelope.
+//! - `incoming/`: where older versions wrote envelopes before the rename; emptied at recovery.
 //! - `failed/<id>`: an envelope whose delivery failed for good, kept for the admin.
 //! - `control/<action>.<id>`: requests from the queue command line to a running relay
 //!   (see `control.rs`); `lock`: held by the running relay so only one process owns the spool.
 //!
 //! # Invariants
-//! - A device gets 250 only after [`Incoming::commit`] returned: the data file and the envelope
-//!   are fsynced (side by side), the envelope is renamed into `queue/`, and `data/` and `queue/`
-//!   are fsynced (side by side, shared with concurrent commits).
-//! - A data file without an envelope in `queue/` or `failed/`, or an envelope in `queue/` without
-//!   its data file, was never acknowledged; recovery removes it. An envelope whose last line is torn (crash during an append) is still valid: torn
-//!   lines are ignored.
+//! - A device gets 250 only after [`Incoming::commit`] returned, and commit returns only after
+//!   four syncs have all finished: fdatasync of the data file, fdatasync of the envelope, fsync
+//!   of `data/` and fsync of `queue/` (each directory sync started after the name it covers was
+//!   created). They run side by side, in one round: a commit costs one disk flush, not two.
+//! - So until commit returns, an envelope in `queue/` may be a name without durable content.
+//!   Recovery therefore accepts an envelope only when it is whole: a first line that ends in a
+//!   newline and parses, and a data file whose length is the envelope's `size` (the data file is
+//!   never written after commit). Anything else, and a data file without an envelope in `queue/`
+//!   or `failed/`, was never acknowledged to a device; recovery removes it. (On ext4 and XFS a
+//!   file's length reaches the disk only after the blocks it covers, so the length check cannot
+//!   pass for data that did not.)
+//! - Event lines appended after acceptance may be torn by a crash; a torn line is ignored.
 //! - Directory fsyncs are shared between concurrent commits (group commit), never skipped.
+//! - Every spool operation is one blocking task on the blocking pool (or a few run side by side),
+//!   never a chain of small ones: hops between threads cost more than the syscalls they carry.
 
 pub mod control;
 pub mod events;
@@ -41,7 +49,6 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::io::{AsyncWriteExt, BufWriter};
 
 /// What we know about a message besides its bytes.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -186,19 +193,27 @@ impl Spool {
     /// without an envelope (their devices never got 250). Returns how many files were removed.
     pub fn clean_orphans(&self) -> Result<usize, SpoolError> {
         let mut removed = 0;
+        // Envelopes written by older versions before their rename into queue/.
         for entry in std::fs::read_dir(&self.inner.incoming)? {
             let entry = entry?;
             std::fs::remove_file(entry.path())?;
             removed += 1;
         }
-        // An envelope whose data file is missing: a crash after the rename, before both
-        // directories were synced. Its device never got 250.
         for entry in std::fs::read_dir(&self.inner.queue)? {
             let entry = entry?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if MessageId::parse(name).is_some() && !self.inner.data.join(name).exists() {
-                tracing::warn!(queue_id = %name, "envelope without data from an interrupted commit removed (never acknowledged)");
+            if name.ends_with(".tmp") {
+                // An envelope being written when we stopped: its commit never returned.
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+                continue;
+            }
+            if MessageId::parse(name).is_none() {
+                continue;
+            }
+            if let Err(why) = self.whole(name) {
+                tracing::warn!(queue_id = %name, reason = %why, "envelope from an interrupted commit removed (never acknowledged)");
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
             }
@@ -218,25 +233,44 @@ impl Spool {
         Ok(removed)
     }
 
+    /// Checks that a queued envelope was committed whole: see the invariants above.
+    fn whole(&self, id: &str) -> Result<(), String> {
+        let text = std::fs::read(self.inner.queue.join(id)).map_err(|e| e.to_string())?;
+        let Some(end) = text.iter().position(|&b| b == b'\n') else {
+            return Err("the envelope is incomplete".into());
+        };
+        let envelope: Envelope = serde_json::from_slice(&text[..end])
+            .map_err(|e| format!("the envelope is unreadable: {e}"))?;
+        match std::fs::metadata(self.inner.data.join(id)) {
+            Ok(m) if m.len() == envelope.size => Ok(()),
+            Ok(m) => Err(format!(
+                "the data file has {} bytes, the envelope says {}",
+                m.len(),
+                envelope.size
+            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err("the data file is missing".into()),
+            Err(e) => Err(format!("the data file is unreadable: {e}")),
+        }
+    }
+
     /// Starts receiving a message. The envelope's `size` and `eight_bit` are filled in at commit.
     pub async fn receive(&self, envelope: Envelope) -> Result<Incoming, SpoolError> {
         let id = MessageId::new();
         let mut envelope = envelope;
         envelope.id = id.to_string();
-        // The data file gets its final name at once: until its envelope is in queue/, it is an
-        // orphan that recovery removes, so no rename is needed to mark it complete.
+        // The data file gets its final name: until its envelope is in queue/, it is an orphan
+        // that recovery removes, so no rename is needed to mark it complete. It is created only
+        // when the message outgrows its buffer, or at commit.
         let path = self.inner.data.join(id.as_str());
-        let file = tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-            .await?;
         Ok(Incoming {
             spool: self.clone(),
             id,
             envelope,
             path,
-            file: Some(BufWriter::with_capacity(64 * 1024, file)),
+            buf: Vec::new(),
+            file: None,
+            on_disk: false,
+            committed: false,
             written: 0,
         })
     }
@@ -257,18 +291,23 @@ impl Spool {
     pub async fn remove(&self, id: &str, area: Area) -> Result<(), SpoolError> {
         check_id(id)?;
         let env = self.area_dir(area).join(id);
-        match tokio::fs::remove_file(&env).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SpoolError::NotFound(id.into()));
+        let data = self.data_path(id);
+        let owned_id = id.to_string();
+        blocking(move || {
+            match std::fs::remove_file(&env) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(SpoolError::NotFound(owned_id));
+                }
+                Err(e) => return Err(e.into()),
             }
-            Err(e) => return Err(e.into()),
-        }
-        match tokio::fs::remove_file(self.data_path(id)).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
+            match std::fs::remove_file(&data) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+                Err(e) => Err(e.into()),
+            }
+        })
+        .await?;
         // Made durable in the background (shared with other syncs): a removal lost to a power
         // cut only means a delivered message is delivered again, so no caller waits for it.
         let spool = self.clone();
@@ -344,18 +383,24 @@ impl Spool {
             serde_json::to_vec(event).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
         line.push(b'\n');
         let path = self.area_dir(area).join(id);
-        let mut f = match tokio::fs::OpenOptions::new().append(true).open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SpoolError::NotFound(id.into()));
+        let fsync = self.inner.fsync;
+        let owned_id = id.to_string();
+        blocking(move || {
+            use std::io::Write;
+            let mut f = match std::fs::OpenOptions::new().append(true).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    return Err(SpoolError::NotFound(owned_id));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            f.write_all(&line)?;
+            if fsync {
+                f.sync_data()?;
             }
-            Err(e) => return Err(e.into()),
-        };
-        f.write_all(&line).await?;
-        if self.inner.fsync {
-            f.sync_data().await?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     /// Moves a message between areas (e.g. to `failed/`), durably.
@@ -422,6 +467,15 @@ impl Spool {
     }
 }
 
+/// Runs one spool operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
+) -> Result<T, SpoolError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| SpoolError::Io(io::Error::other(e)))?
+}
+
 fn check_id(id: &str) -> Result<(), SpoolError> {
     // Ids come from the queue CLI too: never let one name a path outside the spool.
     if MessageId::parse(id).is_none() {
@@ -430,13 +484,23 @@ fn check_id(id: &str) -> Result<(), SpoolError> {
     Ok(())
 }
 
+/// How much of a message is held in memory before it goes to its data file: a typical scan
+/// or alert is written in one go at commit, with the flush it needs anyway.
+const BUFFER: usize = 64 * 1024;
+
 /// A message being received. Dropping it without [`Incoming::commit`] removes its file.
 pub struct Incoming {
     spool: Spool,
     id: MessageId,
     envelope: Envelope,
     path: PathBuf,
-    file: Option<BufWriter<tokio::fs::File>>,
+    /// Bytes not yet written to the data file (at most [`BUFFER`] between writes).
+    buf: Vec<u8>,
+    /// The data file, once the message outgrew the buffer.
+    file: Option<std::fs::File>,
+    /// The data file may exist (so dropping must remove it).
+    on_disk: bool,
+    committed: bool,
     written: u64,
 }
 
@@ -454,24 +518,46 @@ impl Incoming {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        let f = self
-            .file
-            .as_mut()
-            .ok_or_else(|| SpoolError::Io(io::Error::other("already committed")))?;
-        f.write_all(bytes).await?;
+        if self.committed {
+            return Err(SpoolError::Io(io::Error::other("already committed")));
+        }
+        self.buf.extend_from_slice(bytes);
         self.written += bytes.len() as u64;
+        if self.buf.len() >= BUFFER {
+            self.flush_buffer().await?;
+        }
+        Ok(())
+    }
+
+    /// Writes the buffer to the data file (creating it the first time), in one blocking task.
+    async fn flush_buffer(&mut self) -> Result<(), SpoolError> {
+        let buf = std::mem::take(&mut self.buf);
+        let file = self.file.take();
+        let path = self.path.clone();
+        self.on_disk = true;
+        let (file, mut buf) = blocking(move || {
+            use std::io::Write;
+            let mut file = match file {
+                Some(f) => f,
+                None => create_new(&path)?,
+            };
+            file.write_all(&buf)?;
+            Ok((file, buf))
+        })
+        .await?;
+        buf.clear();
+        self.buf = buf;
+        self.file = Some(file);
         Ok(())
     }
 
     /// Makes the message durable and accepted. Only after this returns may the device get 250.
     pub async fn commit(mut self, eight_bit: bool) -> Result<Queued, SpoolError> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| SpoolError::Io(io::Error::other("already committed")))?;
-        file.flush().await?;
-        let file = file.into_inner().into_std().await;
-
+        if self.committed {
+            return Err(SpoolError::Io(io::Error::other("already committed")));
+        }
+        self.committed = true;
+        self.on_disk = true;
         let id = self.id.to_string();
         let inner = self.spool.inner.clone();
         self.envelope.size = self.written;
@@ -479,76 +565,100 @@ impl Incoming {
         let mut env =
             serde_json::to_vec(&self.envelope).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
         env.push(b'\n');
-        let tmp = inner.incoming.join(&id);
         let fsync = inner.fsync;
+        let tmp = inner.queue.join(format!("{id}.tmp"));
+        let dest = inner.queue.join(&id);
 
-        // 1. The data and the envelope become durable, side by side.
-        let data_done =
-            tokio::task::spawn_blocking(move || if fsync { file.sync_data() } else { Ok(()) });
-        let env_path = tmp.clone();
-        let env_done = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        // One round: the data file and the envelope are written, named and flushed while both
+        // directories are flushed, all side by side. A directory's flush starts only once the
+        // name it must cover exists.
+        let (data_named, data_named_rx) = tokio::sync::oneshot::channel::<()>();
+        let (env_named, env_named_rx) = tokio::sync::oneshot::channel::<()>();
+        let buf = std::mem::take(&mut self.buf);
+        let file = self.file.take();
+        let path = self.path.clone();
+        let data_done = blocking(move || {
             use std::io::Write;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&env_path)?;
-            f.write_all(&env)?;
+            let mut file = match file {
+                Some(f) => f,
+                None => create_new(&path)?,
+            };
+            let _ = data_named.send(());
+            file.write_all(&buf)?;
             if fsync {
-                // fdatasync: the data and the size needed to read it back, not timestamps.
+                // fdatasync: the bytes and the length needed to read them back, not timestamps.
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        let (tmp2, dest2) = (tmp.clone(), dest.clone());
+        let env_done = blocking(move || {
+            use std::io::Write;
+            let mut f = create_new(&tmp2)?;
+            let written = f
+                .write_all(&env)
+                .and_then(|()| std::fs::rename(&tmp2, &dest2));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp2);
+                return Err(e.into());
+            }
+            let _ = env_named.send(());
+            if fsync {
                 f.sync_data()?;
             }
             Ok(())
         });
-        let (d, e) = tokio::join!(data_done, env_done);
-        let joined = d
-            .map_err(io::Error::other)
-            .and_then(|r| r)
-            .and(e.map_err(io::Error::other).and_then(|r| r));
-        if let Err(err) = joined {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(err.into());
+        let named = |e: tokio::sync::oneshot::error::RecvError| {
+            SpoolError::Io(io::Error::other(format!("commit interrupted: {e}")))
+        };
+        let data_dir = async {
+            data_named_rx.await.map_err(named)?;
+            inner.data_sync.sync().await.map_err(SpoolError::from)
+        };
+        let queue_dir = async {
+            env_named_rx.await.map_err(named)?;
+            inner.queue_sync.sync().await.map_err(SpoolError::from)
+        };
+        let (d, e, dd, qd) = tokio::join!(data_done, env_done, data_dir, queue_dir);
+        // The file operations' own errors first: a directory flush that never started only
+        // says that one of them failed.
+        if let Err(err) = d.and(e).and(dd).and(qd) {
+            let _ = std::fs::remove_file(&dest);
+            return Err(err);
         }
-
-        // 2. The envelope enters queue/ (the moment of acceptance), then both directories are
-        // made durable, side by side and shared with concurrent commits. If a crash leaves the
-        // envelope's name durable but not the data's, the device never got 250 and recovery
-        // removes the envelope (see `clean_orphans`).
-        let dest = inner.queue.join(&id);
-        if let Err(err) = tokio::fs::rename(&tmp, &dest).await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(err.into());
-        }
-        let (d, q) = tokio::join!(inner.data_sync.sync(), inner.queue_sync.sync());
-        if let Err(err) = d.and(q) {
-            let _ = tokio::fs::remove_file(&dest).await;
-            return Err(err.into());
-        }
-        let data_path = self.path.clone();
         let queued = Queued {
-            data_path,
+            data_path: self.path.clone(),
             progress: Progress::from_events(&self.envelope, &[]),
             envelope: self.envelope.clone(),
             events: Vec::new(),
             area: Area::Queue,
         };
         // Committed: the data file is now owned by the queue entry.
-        self.path = PathBuf::new();
+        self.on_disk = false;
         Ok(queued)
     }
 
     /// Gives up on the message (too large, device vanished): removes its file.
     pub async fn abort(mut self) {
         self.file.take();
-        if !self.path.as_os_str().is_empty() {
-            let _ = tokio::fs::remove_file(&self.path).await;
-            self.path = PathBuf::new();
+        if self.on_disk {
+            self.on_disk = false;
+            let path = self.path.clone();
+            let _ = blocking(move || Ok(std::fs::remove_file(path)?)).await;
         }
     }
 }
 
+fn create_new(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+}
+
 impl Drop for Incoming {
     fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
+        if self.on_disk {
             let _ = std::fs::remove_file(&self.path);
         }
     }

@@ -203,3 +203,108 @@ async fn an_envelope_whose_data_never_became_durable_is_removed_at_recovery() {
         vec![kept.id().to_string()]
     );
 }
+
+#[tokio::test]
+async fn recovery_keeps_only_envelopes_committed_whole() {
+    let d = tmpdir();
+    let spool = Spool::open(d.path()).unwrap();
+    let commit = async |body: &[u8]| {
+        let mut inc = spool.receive(envelope()).await.unwrap();
+        inc.write(body).await.unwrap();
+        inc.commit(false).await.unwrap()
+    };
+    let kept = commit(b"kept\r\n").await;
+    let torn = commit(b"torn envelope\r\n").await;
+    let unterminated = commit(b"envelope without its newline\r\n").await;
+    let short = commit(b"data cut short by a power failure\r\n").await;
+    let empty = commit(b"data never flushed\r\n").await;
+    let with_events = commit(b"kept, with a torn event line\r\n").await;
+    let queue = d.path().join("queue");
+    let env_of = |q: &Queued| std::fs::read(queue.join(q.id())).unwrap();
+
+    // A power cut inside commit: the envelope's name reached the disk, its bytes did not all.
+    let e = env_of(&torn);
+    std::fs::write(queue.join(torn.id()), &e[..e.len() / 2]).unwrap();
+    let e = env_of(&unterminated);
+    std::fs::write(queue.join(unterminated.id()), &e[..e.len() - 1]).unwrap();
+    // ... or the data file's name reached the disk with fewer bytes than the envelope says.
+    std::fs::write(&short.data_path, b"data cut short").unwrap();
+    std::fs::write(&empty.data_path, b"").unwrap();
+    // An envelope still being written under its temporary name.
+    std::fs::write(queue.join("00000000000ccccc.tmp"), b"{\"id\":").unwrap();
+    // A torn event line after acceptance is not a torn commit.
+    let mut e = env_of(&with_events);
+    e.extend_from_slice(b"{\"event\":\"attempt\",\"att");
+    std::fs::write(queue.join(with_events.id()), e).unwrap();
+
+    let spool = Spool::open(d.path()).unwrap();
+    // 4 envelopes + their 4 data files + the .tmp
+    assert_eq!(spool.clean_orphans().unwrap(), 9);
+    let mut expect = vec![kept.id().to_string(), with_events.id().to_string()];
+    expect.sort();
+    assert_eq!(spool.list(Area::Queue).unwrap(), expect);
+    assert!(kept.data_path.exists() && with_events.data_path.exists());
+    assert!(!short.data_path.exists() && !torn.data_path.exists());
+    assert_eq!(
+        spool
+            .read(with_events.id(), Area::Queue)
+            .await
+            .unwrap()
+            .envelope
+            .size,
+        "kept, with a torn event line\r\n".len() as u64
+    );
+}
+
+#[tokio::test]
+async fn a_small_message_is_written_at_commit_and_a_large_one_streams() {
+    let d = tmpdir();
+    let spool = Spool::open(d.path()).unwrap();
+    let mut small = spool.receive(envelope()).await.unwrap();
+    small.write(b"Subject: scan\r\n\r\n").await.unwrap();
+    // Nothing on disk yet: one write and one flush at commit.
+    assert!(!spool.data_path(small.id().as_str()).exists());
+    let small = small.commit(false).await.unwrap();
+    assert_eq!(
+        std::fs::read(&small.data_path).unwrap(),
+        b"Subject: scan\r\n\r\n"
+    );
+
+    // A large message never sits whole in memory: its file grows while it arrives.
+    let mut large = spool.receive(envelope()).await.unwrap();
+    let chunk = vec![b'x'; 8 * 1024];
+    let mut expected = Vec::new();
+    for _ in 0..40 {
+        large.write(&chunk).await.unwrap();
+        expected.extend_from_slice(&chunk);
+    }
+    let on_disk = std::fs::metadata(spool.data_path(large.id().as_str()))
+        .unwrap()
+        .len();
+    assert!(on_disk >= 256 * 1024, "only {on_disk} bytes written so far");
+    assert!(large.buf.capacity() <= 2 * BUFFER);
+    let large = large.commit(false).await.unwrap();
+    assert_eq!(std::fs::read(&large.data_path).unwrap(), expected);
+    assert_eq!(large.envelope.size, expected.len() as u64);
+    // No temporary envelope is left behind.
+    let names: Vec<_> = std::fs::read_dir(d.path().join("queue"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    assert_eq!(names.len(), 2);
+}
+
+#[tokio::test]
+async fn a_failed_commit_leaves_nothing_behind() {
+    let d = tmpdir();
+    let spool = Spool::open(d.path()).unwrap();
+    let mut inc = spool.receive(envelope()).await.unwrap();
+    inc.write(b"body\r\n").await.unwrap();
+    let id = inc.id().to_string();
+    // Something in the way of the envelope's temporary name makes the commit fail.
+    std::fs::create_dir(d.path().join("queue").join(format!("{id}.tmp"))).unwrap();
+    assert!(inc.commit(false).await.is_err());
+    assert!(spool.list(Area::Queue).unwrap().is_empty());
+    assert!(!spool.data_path(&id).exists());
+}
