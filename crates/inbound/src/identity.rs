@@ -53,6 +53,9 @@ pub struct Directory {
     dummy: Arc<PasswordHash>,
     verifier: Verifier,
     cache: AuthCache,
+    /// Verifications in progress, by credential tag: a burst of sessions presenting the same
+    /// new credentials waits for one verification instead of queueing one each.
+    in_flight: Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<Option<bool>>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +139,7 @@ impl Directory {
             dummy,
             verifier: Verifier::start(workers),
             cache: AuthCache::new(cfg.server.auth_cache_ttl, 10_000),
+            in_flight: Mutex::new(HashMap::new()),
         })
     }
 
@@ -174,31 +178,73 @@ impl Directory {
         peer: IpAddr,
     ) -> Result<Arc<Device>, AuthFailure> {
         let tag = self.cache.tag(&creds.username, &creds.password);
-        if let Some(dev) = self.cache.get(&tag) {
-            return if dev.allowed_from(peer) {
+        let cached = |dev: Arc<Device>| {
+            if dev.allowed_from(peer) {
                 Ok(dev)
             } else {
                 Err(AuthFailure::AddressNotAllowed)
-            };
+            }
+        };
+        if let Some(dev) = self.cache.get(&tag) {
+            return cached(dev);
         }
+        // The same credentials already being verified (printers that wake together): wait for
+        // that verification. Only a success is shared; after a failure (or if the verifying
+        // session went away) each waiter pays for its own, so failures always cost the full
+        // argon2 time and none can be had cheaply.
+        let leader = match self.join_in_flight(tag) {
+            InFlight::Follow(mut rx) => {
+                if let Ok(v) = rx.wait_for(|v| v.is_some()).await
+                    && *v == Some(true)
+                    && let Some(dev) = self.cache.get(&tag)
+                {
+                    return cached(dev);
+                }
+                None
+            }
+            InFlight::Lead(guard) => Some(guard),
+            InFlight::Alone => None,
+        };
         let dev = self.by_username.get(&creds.username).cloned();
         let hash = dev
             .as_ref()
             .and_then(|d| d.hash.clone())
             .unwrap_or_else(|| self.dummy.clone());
         let ok = self.verifier.verify(hash, creds.password).await?;
-        match dev {
+        let result = match dev {
             Some(d) if ok && d.hash.is_some() => {
+                // Cached before the followers are told, so they find it.
                 self.cache.insert(tag, d.clone());
-                if d.allowed_from(peer) {
-                    Ok(d)
-                } else {
-                    Err(AuthFailure::AddressNotAllowed)
-                }
+                cached(d)
             }
             Some(d) if d.hash.is_some() => Err(AuthFailure::WrongPassword),
             _ => Err(AuthFailure::UnknownUser),
+        };
+        if let Some(leader) = leader {
+            leader.done(!matches!(
+                result,
+                Err(AuthFailure::WrongPassword | AuthFailure::UnknownUser)
+            ));
         }
+        result
+    }
+
+    fn join_in_flight(self: &Arc<Self>, tag: [u8; 32]) -> InFlight {
+        if self.cache.ttl.is_zero() {
+            // No cache: every login is verified on its own, as configured.
+            return InFlight::Alone;
+        }
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(rx) = map.get(&tag) {
+            return InFlight::Follow(rx.clone());
+        }
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        map.insert(tag, rx);
+        InFlight::Lead(Leader {
+            directory: self.clone(),
+            tag,
+            tx,
+        })
     }
 
     /// Forgets cached logins (after a configuration change).
@@ -207,14 +253,55 @@ impl Directory {
     }
 }
 
-/// argon2 verification on dedicated threads, each with one reusable memory buffer.
+enum InFlight {
+    /// Another session is verifying these credentials.
+    Follow(tokio::sync::watch::Receiver<Option<bool>>),
+    /// This session verifies them; others may wait for it.
+    Lead(Leader),
+    /// No sharing (the login cache is off).
+    Alone,
+}
+
+/// Held by the session verifying a set of credentials. Dropping it (the verification done, or
+/// the session gone) takes the entry away and wakes the followers: with the result when
+/// [`Leader::done`] was called, with a closed channel otherwise.
+struct Leader {
+    directory: Arc<Directory>,
+    tag: [u8; 32],
+    tx: tokio::sync::watch::Sender<Option<bool>>,
+}
+
+impl Leader {
+    /// Tells the followers whether the credentials were right.
+    fn done(self, verified: bool) {
+        self.tx.send_replace(Some(verified));
+    }
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.directory
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.tag);
+    }
+}
+
+/// argon2 verification on a fixed pool of dedicated threads.
 ///
 /// argon2id with the default cost allocates 19 MiB per verification. Done on tokio's blocking
 /// pool, every concurrent login grows another thread's heap, and glibc does not give those
-/// blocks back: a burst of logins left gigabytes resident. A fixed pool of threads that reuse
-/// their buffer bounds memory at `workers` x the largest hash's memory cost.
+/// blocks back: a burst of logins left gigabytes resident. A fixed pool bounds memory while
+/// verifying at `workers` x the largest hash's memory cost, and each buffer is freed as soon as
+/// its verification is done, so a relay at rest holds none of it (the binary sets glibc's mmap
+/// threshold so that such buffers are mapped and unmapped, not kept in a heap). Logins are
+/// mostly answered from the cache, so the page faults of a fresh buffer are rarely paid.
 struct Verifier {
     jobs: std::sync::mpsc::SyncSender<Job>,
+    /// argon2 verifications run so far (read by the tests that prove work is shared).
+    #[cfg_attr(not(test), allow(dead_code))]
+    runs: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct Job {
@@ -230,23 +317,25 @@ impl Verifier {
     fn start(workers: usize) -> Verifier {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(MAX_PENDING_VERIFICATIONS);
         let rx = Arc::new(Mutex::new(rx));
+        let runs = Arc::new(std::sync::atomic::AtomicU64::new(0));
         for i in 0..workers.max(1) {
             let rx = rx.clone();
+            let runs = runs.clone();
             let _ = std::thread::Builder::new()
                 .name(format!("argon2-{i}"))
                 .spawn(move || {
-                    let mut blocks: Vec<Block> = Vec::new();
                     loop {
                         let job = match rx.lock().unwrap_or_else(|p| p.into_inner()).recv() {
                             Ok(j) => j,
                             Err(_) => return, // the directory was dropped
                         };
-                        let ok = verify_with(&job.hash, &job.password, &mut blocks);
+                        runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let ok = verify_with(&job.hash, &job.password);
                         let _ = job.reply.send(ok);
                     }
                 });
         }
-        Verifier { jobs: tx }
+        Verifier { jobs: tx, runs }
     }
 
     async fn verify(
@@ -266,7 +355,7 @@ impl Verifier {
     }
 }
 
-fn verify_with(hash: &PasswordHash, password: &[u8], blocks: &mut Vec<Block>) -> bool {
+fn verify_with(hash: &PasswordHash, password: &[u8]) -> bool {
     let (Some(salt), Some(expected)) = (&hash.salt, &hash.hash) else {
         return false;
     };
@@ -282,9 +371,7 @@ fn verify_with(hash: &PasswordHash, password: &[u8], blocks: &mut Vec<Block>) ->
         Some(Err(_)) => return false,
     };
     let n = params.block_count();
-    if blocks.len() < n {
-        blocks.resize(n, Block::default());
-    }
+    let mut blocks = vec![Block::default(); n];
     let mut out = vec![0u8; expected.len()];
     let argon = Argon2::new(algorithm, version, params);
     if argon
@@ -636,6 +723,48 @@ mod tests {
             .await
             .unwrap();
         assert!(d.cache.map.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_the_same_new_login_is_verified_once_but_failures_each_pay() {
+        let d = directory("10m", "\"10.0.0.0/8\"");
+        let runs = || d.verifier.runs.load(std::sync::atomic::Ordering::Relaxed);
+        let burst = |user: &'static str, pass: &'static str, peer: &'static str| {
+            (0..20)
+                .map(|_| {
+                    let d = d.clone();
+                    tokio::spawn(
+                        async move { d.verify(creds(user, pass), peer.parse().unwrap()).await },
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        // Twenty printers wake at once with the same (right) password: one argon2 run.
+        for t in burst("mfp", "s3cret", "10.0.0.7") {
+            assert_eq!(t.await.unwrap().unwrap().name, "mfp");
+        }
+        assert_eq!(runs(), 1);
+        // Waiting on another session's verification still checks this session's address.
+        d.clear_auth_cache();
+        let ok = burst("mfp", "s3cret", "10.0.0.7");
+        let outside = burst("mfp", "s3cret", "192.168.1.9");
+        for t in ok {
+            assert!(t.await.unwrap().is_ok());
+        }
+        for t in outside {
+            assert_eq!(
+                t.await.unwrap().unwrap_err(),
+                AuthFailure::AddressNotAllowed
+            );
+        }
+        assert!(runs() <= 3, "{} runs", runs());
+        // Wrong passwords are never shared: every attempt pays for its own verification.
+        let before = runs();
+        for t in burst("mfp", "guess", "10.0.0.7") {
+            assert_eq!(t.await.unwrap().unwrap_err(), AuthFailure::WrongPassword);
+        }
+        assert_eq!(runs() - before, 20);
+        assert!(d.in_flight.lock().unwrap().is_empty());
     }
 
     #[test]
