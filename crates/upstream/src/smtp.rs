@@ -27,7 +27,6 @@ use smtp2oauth_proto::{DeliveryError, DotEncoder, Reply, Stage};
 use smtp2oauth_tokens::{AccessToken, TokenSource};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use tokio::io::AsyncReadExt;
 use tracing::{debug, info, warn};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -558,32 +557,55 @@ pub(crate) async fn transaction(
 }
 
 async fn stream_body(client: &mut Client, msg: &Message) -> Result<(), DeliveryError> {
-    let mut file =
-        tokio::fs::File::open(&msg.data_path)
-            .await
-            .map_err(|e| DeliveryError::Local {
-                detail: format!("cannot open {}: {e}", msg.data_path.display()),
-            })?;
+    /// Bytes read from the spool per step: a typical message is one step.
+    const CHUNK: usize = 64 * 1024;
+    let local = |what: &str, e: std::io::Error| DeliveryError::Local {
+        detail: format!("cannot {what} {}: {e}", msg.data_path.display()),
+    };
     let mut enc = DotEncoder::new();
-    let mut chunk = vec![0u8; 64 * 1024];
-    let mut out = Vec::with_capacity(70 * 1024);
+    let mut out = Vec::with_capacity(CHUNK + CHUNK / 16);
+    let mut file: Option<std::fs::File> = None;
+    let mut chunk = Vec::with_capacity(CHUNK);
     loop {
-        let n = file
-            .read(&mut chunk)
-            .await
-            .map_err(|e| DeliveryError::Local {
-                detail: format!("cannot read {}: {e}", msg.data_path.display()),
-            })?;
-        if n == 0 {
-            break;
-        }
+        // One blocking task per chunk (opening the file with the first): each hand-off to the
+        // blocking pool costs more than the read it carries.
+        let path = msg.data_path.clone();
+        let (f, buf, eof) = tokio::task::spawn_blocking(move || {
+            use std::io::Read;
+            let mut f = match file {
+                Some(f) => f,
+                None => std::fs::File::open(&path).map_err(|e| ("open", e))?,
+            };
+            chunk.resize(CHUNK, 0);
+            let mut n = 0;
+            let mut eof = false;
+            while n < CHUNK {
+                match f.read(&mut chunk[n..]) {
+                    Ok(0) => {
+                        eof = true;
+                        break;
+                    }
+                    Ok(r) => n += r,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(("read", e)),
+                }
+            }
+            chunk.truncate(n);
+            Ok((f, chunk, eof))
+        })
+        .await
+        .map_err(|e| local("read", std::io::Error::other(e)))?
+        .map_err(|(what, e)| local(what, e))?;
         out.clear();
-        enc.encode(&chunk[..n], &mut out);
+        enc.encode(&buf, &mut out);
+        if eof {
+            enc.finish(&mut out);
+            return client.write(&out, Stage::Body).await;
+        }
         client.write_part(&out, Stage::Body).await?;
+        file = Some(f);
+        chunk = buf;
     }
-    out.clear();
-    enc.finish(&mut out);
-    client.write(&out, Stage::Body).await
 }
 
 impl Route for SmtpRoute {
