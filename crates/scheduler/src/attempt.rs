@@ -105,7 +105,12 @@ impl Inner {
     }
 
     async fn attempt(&self, id: &str) -> Next {
-        let q = match self.spool.read(id, Area::Queue).await {
+        let fresh = self.queue().take_fresh(id);
+        let read = match fresh {
+            Some(q) => Ok(q),
+            None => self.spool.read(id, Area::Queue).await,
+        };
+        let q = match read {
             Ok(q) => q,
             Err(SpoolError::NotFound(_)) => {
                 self.reply_waiter(id, ok::queued(id));

@@ -225,16 +225,19 @@ impl Scheduler {
         let account = queued.envelope.account.clone();
         let wait = self.inner.cfg.wait_for_upstream;
         if wait.is_zero() || self.inner.stop.is_cancelled() {
-            self.inner
-                .queue()
-                .schedule(&id, &account, Instant::now(), None);
+            let mut queue = self.inner.queue();
+            queue.schedule(&id, &account, Instant::now(), None);
+            queue.set_fresh(&id, queued);
+            drop(queue);
             self.inner.wake.notify_one();
             return ok::queued(&id);
         }
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .queue()
-            .schedule(&id, &account, Instant::now(), Some(tx));
+        {
+            let mut queue = self.inner.queue();
+            queue.schedule(&id, &account, Instant::now(), Some(tx));
+            queue.set_fresh(&id, queued);
+        }
         self.inner.wake.notify_one();
         tokio::pin!(rx);
         tokio::select! {

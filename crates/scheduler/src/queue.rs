@@ -14,6 +14,7 @@
 //! account grows.
 
 use smtp2oauth_proto::Reply;
+use smtp2oauth_spool::Queued;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -77,6 +78,9 @@ struct Entry {
     in_flight: bool,
     waiter: Option<oneshot::Sender<Reply>>,
     delete_requested: bool,
+    /// The message as its session committed it, for its first attempt: saves reading back an
+    /// envelope that nothing has changed yet.
+    fresh: Option<Box<Queued>>,
 }
 
 pub(crate) struct Queue {
@@ -147,6 +151,7 @@ impl Queue {
                 in_flight: false,
                 waiter,
                 delete_requested: false,
+                fresh: None,
             },
         );
     }
@@ -236,6 +241,19 @@ impl Queue {
         {
             acc.due.remove(&(t, s, id.to_string()));
         }
+    }
+
+    pub(crate) fn set_fresh(&mut self, id: &str, queued: Queued) {
+        if let Some(e) = self.entries.get_mut(id) {
+            e.fresh = Some(Box::new(queued));
+        }
+    }
+
+    pub(crate) fn take_fresh(&mut self, id: &str) -> Option<Queued> {
+        self.entries
+            .get_mut(id)
+            .and_then(|e| e.fresh.take())
+            .map(|q| *q)
     }
 
     pub(crate) fn take_waiter(&mut self, id: &str) -> Option<oneshot::Sender<Reply>> {
