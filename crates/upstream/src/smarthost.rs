@@ -2,7 +2,8 @@
 //! that knows the office by its fixed IP address or its TLS client certificate.
 //!
 //! The destination is a fixed host, or the MX hosts of a domain tried in preference order
-//! (RFC 5321 §5.1: lowest preference first, each host's addresses in turn; a domain without MX
+//! (RFC 5321 §5.1: lowest preference first, hosts of equal preference in a random order so
+//! that load spreads as the domain intended, each host's addresses in turn; a domain without MX
 //! records is its own mail host; a "null MX" (RFC 7505) accepts no mail). Each host gets EHLO,
 //! STARTTLS with certificate verification (required, or opportunistic: only when offered), an
 //! optional client certificate, and no AUTH. The envelope and the bytes go out unchanged,
@@ -128,7 +129,7 @@ impl SmarthostRoute {
         let fqdn = format!("{}.", domain.trim_end_matches('.'));
         match self.resolver.mx_lookup(fqdn.as_str()).await {
             Ok(lookup) => {
-                let mut mx: Vec<(u16, String)> = lookup
+                let mx: Vec<(u16, String)> = lookup
                     .answers()
                     .iter()
                     .filter_map(|r| match &r.data {
@@ -139,8 +140,6 @@ impl SmarthostRoute {
                         _ => None,
                     })
                     .collect();
-                // Stable: equal preferences keep the order the server gave.
-                mx.sort_by_key(|(p, _)| *p);
                 if mx.len() == 1 && mx[0].1.is_empty() {
                     // RFC 7505 null MX: the domain accepts no mail at all.
                     return Err(DeliveryError::Rejected {
@@ -152,11 +151,7 @@ impl SmarthostRoute {
                         ),
                     });
                 }
-                let hosts: Vec<String> = mx
-                    .into_iter()
-                    .map(|(_, h)| h)
-                    .filter(|h| !h.is_empty())
-                    .collect();
+                let hosts = order_mx(mx);
                 debug!(account = %self.cfg.account, domain = %domain, mx = ?hosts, "MX hosts");
                 Ok(hosts)
             }
@@ -292,5 +287,46 @@ impl Route for SmarthostRoute {
 
     fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a> {
         Box::pin(self.attempt(message))
+    }
+}
+
+/// MX hosts in the order to try them: lowest preference first and, as RFC 5321 §5.1 asks,
+/// hosts of equal preference shuffled (a domain with two equal MX hosts wants its load shared,
+/// and a relay that always tries the first would send it all to one). Empty names are dropped.
+fn order_mx(mut mx: Vec<(u16, String)>) -> Vec<String> {
+    use std::hash::BuildHasher;
+    // A freshly keyed SipHash per lookup: a different order each time, no RNG dependency.
+    let shuffle = std::collections::hash_map::RandomState::new();
+    mx.sort_by_cached_key(|(preference, host)| (*preference, shuffle.hash_one(host)));
+    mx.into_iter()
+        .map(|(_, h)| h)
+        .filter(|h| !h.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::order_mx;
+
+    #[test]
+    fn mx_hosts_go_by_preference_and_equal_ones_are_shuffled() {
+        let records = || {
+            vec![
+                (20, "backup.contoso.com".to_string()),
+                (10, "mx2.contoso.com".to_string()),
+                (10, "mx1.contoso.com".to_string()),
+                (30, String::new()),
+            ]
+        };
+        let mut first = std::collections::HashSet::new();
+        for _ in 0..64 {
+            let hosts = order_mx(records());
+            assert_eq!(hosts.len(), 3);
+            assert_eq!(hosts[2], "backup.contoso.com");
+            first.insert(hosts[0].clone());
+        }
+        // Both equal-preference hosts come first in some lookups (the chance that 64 lookups
+        // all pick the same one is 2^-63).
+        assert_eq!(first.len(), 2, "{first:?}");
     }
 }
