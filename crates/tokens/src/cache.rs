@@ -305,7 +305,13 @@ impl TokenCache {
                     .min(MAX_RETRY_AFTER_COOLDOWN);
                 let cooldown = self.opts.failure_cooldown.max(retry_after);
                 let now = Instant::now();
-                state.failures += 1;
+                if error.not_sent {
+                    // Nothing was asked of the endpoint: `token_refreshes_total` counts
+                    // requests, and a relay waiting for a sign-in makes none.
+                    state.requests -= 1;
+                } else {
+                    state.failures += 1;
+                }
                 state.last_error = Some(error.to_string());
                 state.failure = Some(Failure {
                     error: error.clone(),

@@ -456,7 +456,7 @@ impl StoredRefreshGrant {
         let record = self.load().await?;
         if let Some(why) = needs_sign_in(record.as_ref(), &self.client.client_id) {
             self.sign_in_required.store(true, Ordering::SeqCst);
-            return Err(TokenError::new(TokenErrorKind::SignInRequired, why));
+            return Err(TokenError::not_sent(TokenErrorKind::SignInRequired, why));
         }
         let record = record.expect("needs_sign_in checked there is a record");
         let refresh_token = record

@@ -39,6 +39,9 @@ pub struct TokenError {
     pub description: String,
     /// From the `Retry-After` header (seconds form).
     pub retry_after: Option<Duration>,
+    /// The grant answered without asking the endpoint (nobody has signed in, or the sign-in
+    /// was revoked and nobody signed in again): not a token request, so not counted as one.
+    pub not_sent: bool,
 }
 
 impl TokenError {
@@ -51,6 +54,15 @@ impl TokenError {
             http_status: None,
             description: description.into(),
             retry_after: None,
+            not_sent: false,
+        }
+    }
+
+    /// The grant cannot ask the endpoint at all until a person acts.
+    pub fn not_sent(kind: TokenErrorKind, description: impl Into<String>) -> Self {
+        Self {
+            not_sent: true,
+            ..Self::new(kind, description)
         }
     }
 
@@ -266,6 +278,7 @@ pub(crate) fn classify_response(
                 http_status: Some(status),
                 description: oauth.description,
                 retry_after,
+                not_sent: false,
             }
         }
         None => TokenError {
@@ -275,6 +288,7 @@ pub(crate) fn classify_response(
             http_status: Some(status),
             description: describe_foreign_body(status, body),
             retry_after,
+            not_sent: false,
         },
     };
     error.description = scrub_secrets(&error.description, scrub);

@@ -477,6 +477,12 @@ async fn invalid_grant_means_sign_in_needed_until_someone_signs_in() {
         assert!(e.to_string().contains("revoked"), "{e}");
     }
     assert_eq!(server.count(), 1);
+    let status = cache.status();
+    assert_eq!(
+        (status.requests, status.failures),
+        (1, 1),
+        "one request, refused"
+    );
 
     // A restart does not forget it.
     assert!(refresh_cache(&server, &env.store).status().sign_in_required);
@@ -529,4 +535,7 @@ async fn nobody_signed_in_yet_is_sign_in_needed_without_a_request() {
     assert_eq!(e.kind, TokenErrorKind::SignInRequired);
     assert!(e.to_string().contains("nobody has signed in"), "{e}");
     assert_eq!(server.count(), 0);
+    // Nor is one counted (the metric token_refreshes_total says what the endpoint was asked).
+    let status = cache.status();
+    assert_eq!((status.requests, status.failures), (0, 0));
 }
