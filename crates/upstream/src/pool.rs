@@ -14,6 +14,8 @@
 //!   do not hold connections the upstream would drop anyway.
 //! - A session is not reused once the token it authenticated with has expired: the upstream may
 //!   end such a session at any moment, and new sessions authenticate with the current token.
+//!   Nor while the account holds no token at all (signed out, or its token refused): a session
+//!   must never outlive the permission it was opened with (`Pool::close_all`).
 //! - A session the upstream closed or spoke on while idle is stale and is dropped when taken
 //!   (checked without waiting); a session that fails later, before the body, is replaced by the
 //!   caller without failing the message.
@@ -85,6 +87,14 @@ impl<C: Send + 'static> Pool<C> {
             }
             s.since = now;
             return Some(s);
+        }
+    }
+
+    /// Closes every idle session (the account's token was withdrawn).
+    pub(crate) fn close_all(&self, why: &'static str) {
+        let idle = std::mem::take(&mut *self.lock());
+        for s in idle {
+            close(s.client, why);
         }
     }
 

@@ -338,7 +338,15 @@ impl SmtpRoute {
     async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
         let mut replaced = false;
         loop {
-            let (mut session, reused) = match self.pool.take() {
+            let pooled = if self.tokens.status().valid_until.is_some() {
+                self.pool.take()
+            } else {
+                // No token held: signed out, or the last one refused. Sessions authenticated
+                // earlier must not carry mail the account can no longer send.
+                self.pool.close_all("the account holds no token");
+                None
+            };
+            let (mut session, reused) = match pooled {
                 Some(s) => (s, true),
                 None => (self.open_session().await?, false),
             };

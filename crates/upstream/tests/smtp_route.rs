@@ -1844,6 +1844,30 @@ async fn a_session_whose_token_is_expiring_is_not_reused() {
     assert_eq!(e.smtp.auth_successes(), 2);
 }
 
+/// Once the account holds no token (an admin signed it out, which drops the cached token), an
+/// idle session opened with the old one carries no more mail: it is closed, and the next
+/// message needs a token of its own.
+#[tokio::test]
+async fn a_session_does_not_outlive_its_accounts_token() {
+    let e = env().await;
+    let route = pooled(&e, 3, Duration::from_secs(30));
+    let send = |i: usize| e.message(&format!("w{i}"), b"x\r\n", &["a@example.net"]);
+    deliver(&route, &send(0)).await.expect("delivered");
+    assert_eq!(route.idle_sessions(), 1);
+    e.tokens.credentials_changed();
+    deliver(&route, &send(1)).await.expect("delivered");
+    assert_eq!(e.smtp.connections(), 2, "the idle session was not reused");
+    assert_eq!(
+        e.idp.token_requests(),
+        2,
+        "the second message asked for a token"
+    );
+    assert_eq!(route.idle_sessions(), 1);
+    // With a token held, the pool works as before.
+    deliver(&route, &send(2)).await.expect("delivered");
+    assert_eq!(e.smtp.connections(), 2);
+}
+
 /// Idle and busy sessions together never exceed the account's limit when the caller runs at
 /// most that many deliveries at once (the scheduler's rule).
 #[tokio::test]
