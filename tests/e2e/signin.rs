@@ -430,6 +430,48 @@ async fn authorization_code_sign_in_through_the_accounts_page() {
         "the master key is in the log"
     );
     assert!(!page.contains(key.trim()));
+
+    // Sign out from the page: only with the session's token; then the stored sign-in is gone,
+    // the cached access token is no longer used, and new mail waits for a new sign-in.
+    assert!(page.contains(">Sign out</button>"), "{page}");
+    let sign_out = format!("{base}/accounts/scanner/sign-out");
+    let (code, _, _) = browser(&jar, &sign_out, &["-d", "csrf=forged"]).await;
+    assert_eq!(code, 403);
+    let (code, _, _) = browser(
+        &other_jar,
+        &sign_out,
+        &["-d", &format!("csrf={}", csrf(&page))],
+    )
+    .await;
+    assert_eq!(code, 403, "another browser's session");
+    assert!(store.join("tokens/scanner.token").exists());
+    let (code, _, out) = browser(&jar, &sign_out, &["-d", &format!("csrf={}", csrf(&page))]).await;
+    assert_eq!(code, 200, "{out}");
+    assert!(
+        out.contains("Signed out") && out.contains("not signed in"),
+        "{out}"
+    );
+    assert!(!out.contains(">Sign out</button>"), "{out}");
+    assert!(!store.join("tokens/scanner.token").exists());
+    let delivered = up.smtp.messages().len();
+    let r = send(&relay, "after sign-out").await;
+    assert_eq!(r["code"], 250, "{r}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        up.smtp.messages().len(),
+        delivered,
+        "sent after the sign-out"
+    );
+    assert_eq!(spool_ids(&store, "queue").len(), 1);
+    let m = metrics(&relay).await;
+    assert_eq!(
+        metric(
+            &m,
+            "smtp2oauth_account_sign_in_required{account=\"scanner\"}"
+        ),
+        Some(1.0),
+        "{m}"
+    );
 }
 
 /// True when Chromium and chromedriver are installed. .ci/run installs them and sets

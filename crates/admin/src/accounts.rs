@@ -4,7 +4,9 @@
 //! they bound), sees every account with its route and token state (valid until, last refresh,
 //! last error, "sign-in needed"), and signs delegated accounts in with one button:
 //! authorization-code accounts go to the provider's sign-in page and come back to the callback;
-//! device-code accounts get a code to enter on any device, shown here until it is used.
+//! device-code accounts get a code to enter on any device, shown here until it is used. Sign out
+//! deletes an account's stored sign-in (as `smtp2oauth account logout` does): its mail then waits
+//! in the queue until someone signs in again.
 //!
 //! What the page never does: render a token, code, verifier, secret or key (only states,
 //! times and error texts, which the token crate keeps free of secrets), accept a state-changing
@@ -296,6 +298,14 @@ impl AccountsPage {
                 esc(&url_path_segment(&a.name)),
                 esc(&session.csrf)
             );
+            if matches!(record, Ok(Some(_))) {
+                action.push_str(&format!(
+                    "<form method=\"post\" action=\"/accounts/{}/sign-out\"><input \
+                     type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
+                    esc(&url_path_segment(&a.name)),
+                    esc(&session.csrf)
+                ));
+            }
             if a.flow == "authorization_code"
                 && let (Some(uri), Some(host)) = (&a.redirect_uri, host)
                 && let Some(redirect_host) = host_of(uri)
@@ -478,6 +488,7 @@ pub fn router(page: Arc<AccountsPage>) -> Router {
         .route("/", get(|| async { Redirect::to("/accounts") }))
         .route("/accounts", get(accounts))
         .route("/accounts/{name}/sign-in", post(sign_in))
+        .route("/accounts/{name}/sign-out", post(sign_out))
         .route("/login", post(login))
         .route("/logout", post(logout));
     for path in page.callback_paths() {
@@ -612,6 +623,76 @@ async fn sign_in(
     };
     let body = page.render(&session, host, Some(notice)).await;
     page.html(StatusCode::BAD_GATEWAY, None, body)
+}
+
+/// Deletes an account's stored sign-in and tells its token source at once, so no cached access
+/// token is used after the admin said stop.
+async fn sign_out(
+    State(page): State<Arc<AccountsPage>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Form(form): Form<CsrfForm>,
+) -> Response {
+    let session = match session::check_post(&page.sessions, &headers, form.csrf.as_deref()) {
+        Ok(s) => s,
+        Err(why) => return page.refused(why),
+    };
+    if page.password_required(&session) {
+        return page.html(StatusCode::UNAUTHORIZED, None, login_form(&session, None));
+    }
+    let target = page
+        .account(&name)
+        .filter(|a| a.flow != "client_credentials")
+        .and_then(|a| Some((a.tokens.clone()?, page.cfg.store.clone()?)));
+    let Some((tokens, store)) = target else {
+        return page.html(
+            StatusCode::NOT_FOUND,
+            None,
+            layout(
+                "Sign out",
+                false,
+                &format!(
+                    "<p class=\"err\">There is no account {} that signs in.</p>{BACK}",
+                    esc(&name)
+                ),
+            ),
+        );
+    };
+    let account = name.clone();
+    let removed = tokio::task::spawn_blocking(move || {
+        let removed = store.remove(&account)?;
+        let _ = store.set_login_prompt(&account, None);
+        Ok::<_, smtp2oauth_tokens::StoreError>(removed)
+    })
+    .await
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| e.to_string()));
+    let (status, notice) = match removed {
+        Ok(removed) => {
+            tokens.credentials_changed();
+            info!(account = %name, "accounts page: signed out; the account's mail waits for a new sign-in");
+            let text = if removed {
+                format!(
+                    "Signed out: the stored sign-in of {name} is deleted. Its mail waits in the \
+                     queue until someone signs in again."
+                )
+            } else {
+                format!("{name} had no stored sign-in.")
+            };
+            (StatusCode::OK, (true, text))
+        }
+        Err(e) => {
+            warn!(account = %name, error = %e, "accounts page: cannot sign out");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                (false, format!("Cannot sign {name} out: {e}")),
+            )
+        }
+    };
+    let body = page
+        .render(&session, host_header(&headers), Some(notice))
+        .await;
+    page.html(status, None, body)
 }
 
 async fn callback(
