@@ -579,6 +579,7 @@ where
         eight_bit: false,
         smtputf8: plan.smtputf8,
         size: 0,
+        crc32c: None,
         notice: false,
         session: session.id,
     };

@@ -535,6 +535,7 @@ impl Inner {
             eight_bit: false,
             smtputf8: false,
             size: 0,
+            crc32c: None,
             notice: true,
             session: 0,
         };

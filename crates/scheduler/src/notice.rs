@@ -243,6 +243,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             size: 10,
+            crc32c: None,
             notice: false,
             session: 7,
         };

@@ -145,6 +145,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             size: 1,
+            crc32c: None,
             notice: false,
             session: 0,
         }

@@ -35,6 +35,7 @@
 //!   never a chain of small ones: hops between threads cost more than the syscalls they carry.
 
 pub mod control;
+mod crc;
 pub mod events;
 mod fsync;
 mod id;
@@ -43,6 +44,7 @@ pub use control::{Control, ControlAction, Request as ControlRequest, SpoolLock};
 pub use events::{Event, Progress, RecipientResult};
 pub use id::MessageId;
 
+use crc::{Crc32c, crc32c_of_file};
 use fsync::DirSync;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -73,6 +75,9 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// Size of the data file in bytes.
     pub size: u64,
+    /// CRC-32C of the data file (checked by recovery; absent in envelopes of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crc32c: Option<u32>,
     /// The inbound session that received the message (to match log lines; 0 for our own).
     #[serde(default)]
     pub session: u64,
@@ -193,6 +198,7 @@ impl Spool {
     /// without an envelope (their devices never got 250). Returns how many files were removed.
     pub fn clean_orphans(&self) -> Result<usize, SpoolError> {
         let mut removed = 0;
+        let mut keep = std::collections::HashSet::new();
         // Envelopes written by older versions before their rename into queue/.
         for entry in std::fs::read_dir(&self.inner.incoming)? {
             let entry = entry?;
@@ -212,10 +218,19 @@ impl Spool {
             if MessageId::parse(name).is_none() {
                 continue;
             }
-            if let Err(why) = self.whole(name) {
-                tracing::warn!(queue_id = %name, reason = %why, "envelope from an interrupted commit removed (never acknowledged)");
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
+            match self.whole(name) {
+                Whole::Yes => {}
+                Whole::Torn(why) => {
+                    tracing::warn!(queue_id = %name, reason = %why, "envelope from an interrupted commit removed (never acknowledged)");
+                    std::fs::remove_file(entry.path())?;
+                    removed += 1;
+                }
+                Whole::Unknown(why) => {
+                    // Not what a crash leaves: an acknowledged message may be behind it, so it
+                    // stays (its data file too) for the admin; delivery reports it.
+                    tracing::error!(queue_id = %name, reason = %why, "cannot check a queued message; left in place");
+                    keep.insert(name.to_string());
+                }
             }
         }
         for entry in std::fs::read_dir(&self.inner.data)? {
@@ -224,7 +239,9 @@ impl Spool {
             let Some(name) = name.to_str() else { continue };
             let id = name.trim_end_matches(".part");
             if name.ends_with(".part")
-                || (!self.inner.queue.join(id).exists() && !self.inner.failed.join(id).exists())
+                || (!keep.contains(id)
+                    && !self.inner.queue.join(id).exists()
+                    && !self.inner.failed.join(id).exists())
             {
                 std::fs::remove_file(entry.path())?;
                 removed += 1;
@@ -233,24 +250,61 @@ impl Spool {
         Ok(removed)
     }
 
-    /// Checks that a queued envelope was committed whole: see the invariants above.
-    fn whole(&self, id: &str) -> Result<(), String> {
-        let text = std::fs::read(self.inner.queue.join(id)).map_err(|e| e.to_string())?;
-        let Some(end) = text.iter().position(|&b| b == b'\n') else {
-            return Err("the envelope is incomplete".into());
+    /// Checks that a queued envelope was committed whole: see the invariants above. Only what
+    /// an interrupted commit leaves is `Torn`; anything else (an unreadable file, a line that
+    /// is complete but does not parse) is `Unknown` and never deleted.
+    fn whole(&self, id: &str) -> Whole {
+        let text = match std::fs::read(self.inner.queue.join(id)) {
+            Ok(t) => t,
+            Err(e) => return Whole::Unknown(format!("the envelope is unreadable: {e}")),
         };
-        let envelope: Envelope = serde_json::from_slice(&text[..end])
-            .map_err(|e| format!("the envelope is unreadable: {e}"))?;
-        match std::fs::metadata(self.inner.data.join(id)) {
-            Ok(m) if m.len() == envelope.size => Ok(()),
-            Ok(m) => Err(format!(
-                "the data file has {} bytes, the envelope says {}",
-                m.len(),
-                envelope.size
-            )),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Err("the data file is missing".into()),
-            Err(e) => Err(format!("the data file is unreadable: {e}")),
+        let Some(end) = text.iter().position(|&b| b == b'\n') else {
+            return Whole::Torn("the envelope is incomplete".into());
+        };
+        let envelope: Envelope = match serde_json::from_slice(&text[..end]) {
+            Ok(e) => e,
+            // A torn write that happens to contain a newline (e.g. zeros, then garbage).
+            Err(_) if text[..end].contains(&0) => {
+                return Whole::Torn("the envelope holds bytes never written".into());
+            }
+            Err(e) => return Whole::Unknown(format!("the envelope does not parse: {e}")),
+        };
+        let data = self.inner.data.join(id);
+        match std::fs::metadata(&data) {
+            Ok(m) if m.len() < envelope.size => {
+                return Whole::Torn(format!(
+                    "the data file has {} bytes, the envelope says {}",
+                    m.len(),
+                    envelope.size
+                ));
+            }
+            Ok(m) if m.len() > envelope.size => {
+                return Whole::Unknown(format!(
+                    "the data file has {} bytes, more than the envelope's {}",
+                    m.len(),
+                    envelope.size
+                ));
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Whole::Torn("the data file is missing".into());
+            }
+            Err(e) => return Whole::Unknown(format!("the data file is unreadable: {e}")),
         }
+        // The length can reach the disk before the bytes under it on some filesystems (ext4
+        // with data=writeback): a message never attempted has its checksum checked too. One
+        // with an event line was handed to delivery, which only happens after its commit.
+        let attempted = text.len() > end + 1;
+        if let Some(expected) = envelope.crc32c
+            && !attempted
+        {
+            match crc32c_of_file(&data) {
+                Ok(actual) if actual == expected => {}
+                Ok(_) => return Whole::Torn("the data file's checksum does not match".into()),
+                Err(e) => return Whole::Unknown(format!("the data file is unreadable: {e}")),
+            }
+        }
+        Whole::Yes
     }
 
     /// Starts receiving a message. The envelope's `size` and `eight_bit` are filled in at commit.
@@ -272,6 +326,7 @@ impl Spool {
             on_disk: false,
             committed: false,
             written: 0,
+            crc: Crc32c::new(),
         })
     }
 
@@ -354,6 +409,11 @@ impl Spool {
             progress,
             area,
         })
+    }
+
+    /// True while `id`'s envelope is in `queue/`.
+    pub fn is_queued(&self, id: &str) -> bool {
+        check_id(id).is_ok() && self.inner.queue.join(id).exists()
     }
 
     /// Lists the ids in an area, oldest first (ids sort by arrival time).
@@ -488,6 +548,15 @@ fn check_id(id: &str) -> Result<(), SpoolError> {
 /// or alert is written in one go at commit, with the flush it needs anyway.
 const BUFFER: usize = 64 * 1024;
 
+/// What recovery concludes about a queued envelope.
+enum Whole {
+    Yes,
+    /// What an interrupted commit leaves: never acknowledged, removed.
+    Torn(String),
+    /// Cannot tell: left in place.
+    Unknown(String),
+}
+
 /// A message being received. Dropping it without [`Incoming::commit`] removes its file.
 pub struct Incoming {
     spool: Spool,
@@ -502,6 +571,7 @@ pub struct Incoming {
     on_disk: bool,
     committed: bool,
     written: u64,
+    crc: Crc32c,
 }
 
 impl Incoming {
@@ -522,6 +592,7 @@ impl Incoming {
             return Err(SpoolError::Io(io::Error::other("already committed")));
         }
         self.buf.extend_from_slice(bytes);
+        self.crc.update(bytes);
         self.written += bytes.len() as u64;
         if self.buf.len() >= BUFFER {
             self.flush_buffer().await?;
@@ -561,6 +632,7 @@ impl Incoming {
         let id = self.id.to_string();
         let inner = self.spool.inner.clone();
         self.envelope.size = self.written;
+        self.envelope.crc32c = Some(self.crc.value());
         self.envelope.eight_bit = eight_bit;
         let mut env =
             serde_json::to_vec(&self.envelope).map_err(|e| SpoolError::Io(io::Error::other(e)))?;

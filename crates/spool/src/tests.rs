@@ -15,6 +15,7 @@ fn envelope() -> Envelope {
         eight_bit: false,
         smtputf8: false,
         size: 0,
+        crc32c: None,
         notice: false,
         session: 0,
     }
@@ -307,4 +308,60 @@ async fn a_failed_commit_leaves_nothing_behind() {
     assert!(inc.commit(false).await.is_err());
     assert!(spool.list(Area::Queue).unwrap().is_empty());
     assert!(!spool.data_path(&id).exists());
+}
+
+#[tokio::test]
+async fn recovery_checks_the_checksum_of_never_attempted_messages_and_keeps_what_it_cannot_judge() {
+    let d = tmpdir();
+    let spool = Spool::open(d.path()).unwrap();
+    let commit = async |body: &[u8]| {
+        let mut inc = spool.receive(envelope()).await.unwrap();
+        inc.write(body).await.unwrap();
+        inc.commit(false).await.unwrap()
+    };
+    let zeroed = commit(b"length on disk, bytes not\r\n").await;
+    let attempted = commit(b"handed to delivery, so committed\r\n").await;
+    let unparsable = commit(b"an envelope line that does not parse\r\n").await;
+    let longer = commit(b"a data file longer than recorded\r\n").await;
+    assert!(zeroed.envelope.crc32c.is_some());
+    let queue = d.path().join("queue");
+
+    // The length reached the disk, the bytes did not (ext4 data=writeback after a power cut).
+    let n = std::fs::metadata(&zeroed.data_path).unwrap().len() as usize;
+    std::fs::write(&zeroed.data_path, vec![0u8; n]).unwrap();
+    // Same damage to a message with an event line: it was committed (delivery only ever sees
+    // committed messages), so the data is what the device sent and it is not second-guessed.
+    spool
+        .append_event(
+            attempted.id(),
+            Area::Queue,
+            &Event::RetryRequested { at_ms: 1 },
+        )
+        .await
+        .unwrap();
+    let n = std::fs::metadata(&attempted.data_path).unwrap().len() as usize;
+    std::fs::write(&attempted.data_path, vec![b'x'; n]).unwrap();
+    // Damage no crash produces: left for the admin, never deleted.
+    std::fs::write(queue.join(unparsable.id()), b"{\"not\": \"an envelope\"}\n").unwrap();
+    std::fs::write(
+        &longer.data_path,
+        b"a data file longer than recorded\r\nand more\r\n",
+    )
+    .unwrap();
+
+    let spool = Spool::open(d.path()).unwrap();
+    assert_eq!(
+        spool.clean_orphans().unwrap(),
+        2,
+        "the zeroed message's envelope and data"
+    );
+    let mut expect = vec![
+        attempted.id().to_string(),
+        unparsable.id().to_string(),
+        longer.id().to_string(),
+    ];
+    expect.sort();
+    assert_eq!(spool.list(Area::Queue).unwrap(), expect);
+    assert!(!zeroed.data_path.exists());
+    assert!(unparsable.data_path.exists() && longer.data_path.exists());
 }
