@@ -107,7 +107,10 @@ impl Inner {
     async fn attempt(&self, id: &str) -> Next {
         let fresh = self.queue().take_fresh(id);
         let read = match fresh {
-            Some(q) => Ok(q),
+            // Still queued? (An admin's `queue delete` may have removed it between its commit
+            // and its hand-over; a stat of a cached directory entry is cheap.)
+            Some(q) if self.spool.is_queued(id) => Ok(q),
+            Some(_) => Err(SpoolError::NotFound(id.to_string())),
             None => self.spool.read(id, Area::Queue).await,
         };
         let q = match read {
