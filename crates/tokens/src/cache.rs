@@ -111,6 +111,8 @@ pub struct TokenStatus {
     pub failures: u64,
     /// No token can be had until a person signs in (delegated accounts).
     pub sign_in_required: bool,
+    /// [`AccessToken::id`] of the cached token, if there is one that has not expired.
+    pub token_id: Option<u64>,
 }
 
 #[derive(Debug, Clone)]
@@ -155,6 +157,9 @@ struct State {
     last_error: Option<String>,
     requests: u64,
     failures: u64,
+    /// Bumped by `credentials_changed`: a request sent under an earlier epoch used credentials
+    /// that are no longer the account's (signed out, or someone else signed in).
+    epoch: u64,
 }
 
 impl State {
@@ -267,9 +272,26 @@ impl TokenCache {
     async fn fetch(&self) -> Result<AccessToken, TokenError> {
         let sent_at = SystemTime::now();
         let sent = Instant::now();
-        self.state().requests += 1;
+        let epoch = self.state().epoch;
         let result = self.grant.request_token(&self.http).await;
         let mut state = self.state();
+        // Counted once the outcome is known (a counter that went up, then down, would read as
+        // a reset), and only when the endpoint was actually asked.
+        if !matches!(&result, Err(e) if e.not_sent) {
+            state.requests += 1;
+        }
+        if state.epoch != epoch {
+            // The credentials changed while we asked: whatever came back belongs to the old
+            // ones, and must not be handed out now (e.g. after a sign-out).
+            if result.is_err() {
+                state.failures += 1;
+            }
+            drop(state);
+            info!(account = %self.account, "the account's sign-in changed during a token request; its result is discarded");
+            return Err(TokenError::transient(
+                "the account's sign-in changed during the token request; asking again later",
+            ));
+        }
         match result {
             Ok(response) => {
                 let lifetime = response.expires_in;
@@ -305,11 +327,9 @@ impl TokenCache {
                     .min(MAX_RETRY_AFTER_COOLDOWN);
                 let cooldown = self.opts.failure_cooldown.max(retry_after);
                 let now = Instant::now();
-                if error.not_sent {
-                    // Nothing was asked of the endpoint: `token_refreshes_total` counts
-                    // requests, and a relay waiting for a sign-in makes none.
-                    state.requests -= 1;
-                } else {
+                if !error.not_sent {
+                    // `token_refreshes_total` counts requests: a relay waiting for a sign-in
+                    // makes none, so none fails.
                     state.failures += 1;
                 }
                 state.last_error = Some(error.to_string());
@@ -364,10 +384,10 @@ impl TokenSource for TokenCache {
 
     fn status(&self) -> TokenStatus {
         let state = self.state();
+        let held = state.unexpired(Instant::now());
         TokenStatus {
-            valid_until: state
-                .unexpired(Instant::now())
-                .map(|token| token.expires_at),
+            valid_until: held.as_ref().map(|token| token.expires_at),
+            token_id: held.as_ref().map(|token| token.id),
             last_refresh: state.last_refresh,
             last_error: state.last_error.clone(),
             requests: state.requests,
@@ -381,6 +401,7 @@ impl TokenSource for TokenCache {
         let mut state = self.state();
         state.failure = None;
         state.cached = None;
+        state.epoch += 1;
         drop(state);
         info!(account = %self.account, "credentials changed; the next token request uses them");
     }

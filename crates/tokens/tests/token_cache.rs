@@ -178,6 +178,30 @@ async fn single_flight_for_fifty_concurrent_callers() {
     assert_eq!(cache.status().requests, 1);
 }
 
+/// A sign-out (or a new sign-in) while a request is on its way: what comes back belongs to the
+/// old credentials and is never handed out or cached.
+#[tokio::test]
+async fn a_token_requested_before_the_credentials_changed_is_discarded() {
+    let server =
+        TestServer::always(Reply::token("at-old", 3600).delayed(Duration::from_millis(400))).await;
+    let cache = Arc::new(cache(&server));
+    let pending = {
+        let cache = cache.clone();
+        tokio::spawn(async move { cache.token().await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    cache.credentials_changed();
+    let e = pending.await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("sign-in changed"), "{e}");
+    let status = cache.status();
+    assert_eq!(status.valid_until, None, "nothing cached");
+    assert_eq!(status.token_id, None);
+    assert_eq!((status.requests, status.failures), (1, 0));
+    // The next caller asks again, under the current credentials.
+    assert_eq!(cache.token().await.unwrap().secret(), "at-old");
+    assert_eq!(server.count(), 2);
+}
+
 #[tokio::test]
 async fn concurrent_callers_share_one_failure() {
     let server = TestServer::always(

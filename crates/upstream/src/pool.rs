@@ -14,8 +14,8 @@
 //!   do not hold connections the upstream would drop anyway.
 //! - A session is not reused once the token it authenticated with has expired: the upstream may
 //!   end such a session at any moment, and new sessions authenticate with the current token.
-//!   Nor while the account holds no token at all (signed out, or its token refused): a session
-//!   must never outlive the permission it was opened with (`Pool::close_all`).
+//!   Nor once the account holds another token or none (signed out, signed in as someone else,
+//!   its token refused): a session must never outlive the permission it was opened with.
 //! - A session the upstream closed or spoke on while idle is stale and is dropped when taken
 //!   (checked without waiting); a session that fails later, before the body, is replaced by the
 //!   caller without failing the message.
@@ -35,6 +35,8 @@ pub(crate) struct Idle<C> {
     pub caps: C,
     /// When the token this session authenticated with expires.
     pub token_expires: SystemTime,
+    /// Which token it authenticated with ([`smtp2oauth_tokens::AccessToken::id`]).
+    pub token_id: u64,
     pub since: Instant,
     /// Messages delivered on this session so far.
     pub uses: u64,
@@ -68,10 +70,14 @@ impl<C: Send + 'static> Pool<C> {
 
     /// The most recently used session that can still carry a message, if any. Expired or stale
     /// sessions met on the way are closed.
-    pub(crate) fn take(&self) -> Option<Idle<C>> {
+    pub(crate) fn take(&self, token_id: u64) -> Option<Idle<C>> {
         loop {
             let mut s = self.lock().pop()?;
             let now = Instant::now();
+            if s.token_id != token_id {
+                close(s.client, "the account's token changed");
+                continue;
+            }
             if now.duration_since(s.since) >= self.idle_timeout {
                 close(s.client, "idle too long");
                 continue;

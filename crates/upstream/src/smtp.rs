@@ -233,7 +233,7 @@ impl SmtpRoute {
         &self,
         client: &mut Client,
         caps: &Capabilities,
-    ) -> Result<SystemTime, DeliveryError> {
+    ) -> Result<(SystemTime, u64), DeliveryError> {
         let mechanism = self.cfg.auth;
         if let Some(offered) = caps.auth
             && offered & mechanism.ehlo_bit() == 0
@@ -250,7 +250,7 @@ impl SmtpRoute {
             let token = self.token().await?;
             let reply = self.sasl(client, &token).await?;
             if reply.code() == 235 {
-                return Ok(token.expires_at());
+                return Ok((token.expires_at(), token.id()));
             }
             // The server refused this token: make sure the next attempt fetches a new one.
             self.tokens.invalidate(&token);
@@ -312,10 +312,11 @@ impl SmtpRoute {
     async fn open_session(&self) -> Result<Idle<Capabilities>, DeliveryError> {
         let (mut client, caps) = self.open().await?;
         match self.authenticate(&mut client, &caps).await {
-            Ok(token_expires) => Ok(Idle {
+            Ok((token_expires, token_id)) => Ok(Idle {
                 client,
                 caps,
                 token_expires,
+                token_id,
                 since: tokio::time::Instant::now(),
                 uses: 0,
             }),
@@ -338,13 +339,15 @@ impl SmtpRoute {
     async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
         let mut replaced = false;
         loop {
-            let pooled = if self.tokens.status().valid_until.is_some() {
-                self.pool.take()
-            } else {
-                // No token held: signed out, or the last one refused. Sessions authenticated
-                // earlier must not carry mail the account can no longer send.
-                self.pool.close_all("the account holds no token");
-                None
+            // Only a session opened with the token the account holds now: after a sign-out
+            // (no token) or a new sign-in (another token), sessions of the earlier sign-in must
+            // not carry mail; after a routine refresh the few pooled sessions are simply renewed.
+            let pooled = match self.tokens.status().token_id {
+                Some(id) => self.pool.take(id),
+                None => {
+                    self.pool.close_all("the account holds no token");
+                    None
+                }
             };
             let (mut session, reused) = match pooled {
                 Some(s) => (s, true),
