@@ -63,7 +63,18 @@ impl Releaser {
         let record = match self.store.load(account) {
             Ok(Some(t)) => t,
             Ok(None) => {
-                self.lock().insert(account.to_owned(), None);
+                let previous = self.lock().insert(account.to_owned(), None).flatten();
+                if previous.is_some()
+                    && let Some(source) = self.tokens.get(account)
+                {
+                    // Signed out (`account logout` in another process): stop using the token
+                    // and the upstream sessions of that sign-in now, not when the token expires.
+                    source.credentials_changed();
+                    info!(
+                        account,
+                        "signed out: the account's mail waits for a new sign-in"
+                    );
+                }
                 return;
             }
             Err(e) => {
