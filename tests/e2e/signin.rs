@@ -877,6 +877,25 @@ async fn revoked_sign_in_keeps_mail_queued_until_a_new_sign_in() {
         ),
         Some(0.0)
     );
+
+    // `account logout` from another process while the relay runs: the relay notices (its store
+    // watcher looks every 2 s), stops using the token and the upstream session of that sign-in,
+    // and new mail waits.
+    let out = cli(
+        &["account", "logout", "scanner", "--config", &cfg_arg],
+        Some(KEY_1),
+    )
+    .await;
+    assert_eq!(out.status, 0, "{}", out.stdout);
+    assert!(relay.wait_log(
+        "signed out: the account's mail waits",
+        Duration::from_secs(6)
+    ));
+    let r = send(&relay, "after logout").await;
+    assert_eq!(r["code"], 250, "{r}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(up.smtp.messages().len(), 2, "sent after the logout");
+    assert_eq!(spool_ids(&store, "queue").len(), 1);
     assert_no_secret("the log", &relay.logs(), &secrets(&up));
     assert_no_secret("the accounts page", &page, &secrets(&up));
 }
