@@ -23,12 +23,13 @@
 //!   of `data/` and fsync of `queue/` (each directory sync started after the name it covers was
 //!   created). They run side by side, in one round: a commit costs one disk flush, not two.
 //! - So until commit returns, an envelope in `queue/` may be a name without durable content.
-//!   Recovery therefore accepts an envelope only when it is whole: a first line that ends in a
-//!   newline and parses, and a data file whose length is the envelope's `size` (the data file is
-//!   never written after commit). Anything else, and a data file without an envelope in `queue/`
-//!   or `failed/`, was never acknowledged to a device; recovery removes it. (On ext4 and XFS a
-//!   file's length reaches the disk only after the blocks it covers, so the length check cannot
-//!   pass for data that did not.)
+//!   Recovery removes what shows a torn commit: a first line without its newline, a data file
+//!   missing or shorter than the envelope's `size` (data files are never written after commit),
+//!   or, for a message without event lines, data that does not match the envelope's CRC-32C
+//!   (some filesystems can make a length durable before the bytes under it). Such a message was
+//!   never acknowledged to a device, and neither was a data file without an envelope in
+//!   `queue/` or `failed/`. What recovery cannot judge (an unreadable file, a complete line
+//!   that does not parse) is left in place and logged: it may be acknowledged mail.
 //! - Event lines appended after acceptance may be torn by a crash; a torn line is ignored.
 //! - Directory fsyncs are shared between concurrent commits (group commit), never skipped.
 //! - Every spool operation is one blocking task on the blocking pool (or a few run side by side),
