@@ -338,11 +338,11 @@ async fn a_body_ending_in_crlf_is_sent_as_is_and_the_token_is_reused() {
 async fn a_large_body_survives_chunking_and_dot_stuffing() {
     let e = env().await;
     let route = e.route(TlsMode::Starttls);
-    // ~200 KiB of CRLF lines, a third of them starting with a dot, lengths varying so that CR/LF
-    // pairs and leading dots fall on every offset, including the route's 64 KiB read size.
+    // ~600 KiB of CRLF lines, a third of them starting with a dot, lengths varying so that CR/LF
+    // pairs and leading dots fall on every offset, including the route's 256 KiB read steps.
     let mut body = Vec::new();
     let mut i = 0usize;
-    while body.len() < 200 * 1024 {
+    while body.len() < 600 * 1024 {
         if i.is_multiple_of(3) {
             body.push(b'.');
         }
@@ -350,11 +350,16 @@ async fn a_large_body_survives_chunking_and_dot_stuffing() {
         body.extend_from_slice(b"\r\n");
         i += 1;
     }
-    // Force a line break exactly across the 64 KiB boundary and a dot right after it.
-    let at = 64 * 1024;
+    // A line break exactly across the first read step's end with a dot right after it, and a
+    // CR/LF pair split by the second step's end.
+    let at = 256 * 1024;
     body[at - 1] = b'\r';
     body[at] = b'\n';
     body[at + 1] = b'.';
+    let at = 512 * 1024;
+    body[at - 2] = b'\r';
+    body[at - 1] = b'\n';
+    body[at] = b'.';
     let msg = e.message("big", &body, &["a@example.net"]);
 
     deliver(&route, &msg).await.expect("delivery succeeds");
