@@ -201,6 +201,19 @@ fn metric(text: &str, name: &str) -> Option<f64> {
         .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
+/// `smtp2oauth_account_sign_in_required` for the account, as /metrics shows it now.
+async fn assert_sign_in_required(relay: &Relay, expected: f64) {
+    let m = metrics(relay).await;
+    assert_eq!(
+        metric(
+            &m,
+            "smtp2oauth_account_sign_in_required{account=\"scanner\"}"
+        ),
+        Some(expected),
+        "{m}"
+    );
+}
+
 async fn metrics(relay: &Relay) -> String {
     run(
         "curl",
@@ -273,15 +286,7 @@ async fn authorization_code_sign_in_through_the_accounts_page() {
     assert_eq!(spool_ids(&store, "queue").len(), 1);
     assert!(up.smtp.messages().is_empty());
     assert!(relay.wait_log("the account needs a new sign-in", Duration::from_secs(5)));
-    let m = metrics(&relay).await;
-    assert_eq!(
-        metric(
-            &m,
-            "smtp2oauth_account_sign_in_required{account=\"scanner\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_sign_in_required(&relay, 1.0).await;
 
     // The page shows the state, and a Sign in button.
     let base = format!("http://{admin}");
@@ -342,14 +347,7 @@ async fn authorization_code_sign_in_through_the_accounts_page() {
         spool_ids(&store, "queue").is_empty()
     })
     .await;
-    let m = metrics(&relay).await;
-    assert_eq!(
-        metric(
-            &m,
-            "smtp2oauth_account_sign_in_required{account=\"scanner\"}"
-        ),
-        Some(0.0)
-    );
+    assert_sign_in_required(&relay, 0.0).await;
     // The sign-in was acted on once: one redemption of its refresh token, even after the store
     // watcher (every 2 s) has seen the file change.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -463,15 +461,7 @@ async fn authorization_code_sign_in_through_the_accounts_page() {
         "sent after the sign-out"
     );
     assert_eq!(spool_ids(&store, "queue").len(), 1);
-    let m = metrics(&relay).await;
-    assert_eq!(
-        metric(
-            &m,
-            "smtp2oauth_account_sign_in_required{account=\"scanner\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_sign_in_required(&relay, 1.0).await;
 }
 
 /// True when Chromium and chromedriver are installed. .ci/run installs them and sets
@@ -823,15 +813,7 @@ async fn revoked_sign_in_keeps_mail_queued_until_a_new_sign_in() {
         "the message stays queued"
     );
     assert_eq!(up.smtp.messages().len(), 1);
-    let m = metrics(&relay).await;
-    assert_eq!(
-        metric(
-            &m,
-            "smtp2oauth_account_sign_in_required{account=\"scanner\"}"
-        ),
-        Some(1.0),
-        "{m}"
-    );
+    assert_sign_in_required(&relay, 1.0).await;
     let (_, page) = {
         let out = run(
             "curl",
@@ -869,14 +851,7 @@ async fn revoked_sign_in_keeps_mail_queued_until_a_new_sign_in() {
         spool_ids(&store, "queue").is_empty()
     })
     .await;
-    let m = metrics(&relay).await;
-    assert_eq!(
-        metric(
-            &m,
-            "smtp2oauth_account_sign_in_required{account=\"scanner\"}"
-        ),
-        Some(0.0)
-    );
+    assert_sign_in_required(&relay, 0.0).await;
 
     // `account logout` from another process while the relay runs: the relay notices (its store
     // watcher looks every 2 s), stops using the token and the upstream session of that sign-in,

@@ -156,6 +156,37 @@ impl AccountsPage {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
 
+    /// The checks every button on an account makes: the session's CSRF token (and same-site
+    /// origin), then the page password when one is set.
+    fn account_action(
+        &self,
+        headers: &HeaderMap,
+        csrf: Option<&str>,
+    ) -> Result<Session, Box<Response>> {
+        let session = session::check_post(&self.sessions, headers, csrf)
+            .map_err(|why| Box::new(self.refused(why)))?;
+        if self.password_required(&session) {
+            let login = login_form(&session, None);
+            return Err(Box::new(self.html(StatusCode::UNAUTHORIZED, None, login)));
+        }
+        Ok(session)
+    }
+
+    fn no_such_account(&self, title: &str, name: &str) -> Response {
+        self.html(
+            StatusCode::NOT_FOUND,
+            None,
+            layout(
+                title,
+                false,
+                &format!(
+                    "<p class=\"err\">There is no account {} that signs in.</p>{BACK}",
+                    esc(name)
+                ),
+            ),
+        )
+    }
+
     fn refused(&self, why: Refused) -> Response {
         let text = match why {
             Refused::NoSession => {
@@ -589,26 +620,12 @@ async fn sign_in(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session::check_post(&page.sessions, &headers, form.csrf.as_deref()) {
+    let session = match page.account_action(&headers, form.csrf.as_deref()) {
         Ok(s) => s,
-        Err(why) => return page.refused(why),
+        Err(refused) => return *refused,
     };
-    if page.password_required(&session) {
-        return page.html(StatusCode::UNAUTHORIZED, None, login_form(&session, None));
-    }
     let (Some(manager), Some(account)) = (page.cfg.sign_in.clone(), page.account(&name)) else {
-        return page.html(
-            StatusCode::NOT_FOUND,
-            None,
-            layout(
-                "Sign in",
-                false,
-                &format!(
-                    "<p class=\"err\">There is no account {} that signs in.</p>{BACK}",
-                    esc(&name)
-                ),
-            ),
-        );
+        return page.no_such_account("Sign in", &name);
     };
     let host = host_header(&headers);
     let notice = match account.flow {
@@ -633,40 +650,22 @@ async fn sign_out(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let session = match session::check_post(&page.sessions, &headers, form.csrf.as_deref()) {
+    let session = match page.account_action(&headers, form.csrf.as_deref()) {
         Ok(s) => s,
-        Err(why) => return page.refused(why),
+        Err(refused) => return *refused,
     };
-    if page.password_required(&session) {
-        return page.html(StatusCode::UNAUTHORIZED, None, login_form(&session, None));
-    }
     let target = page
         .account(&name)
         .filter(|a| a.flow != "client_credentials")
         .and_then(|a| Some((a.tokens.clone()?, page.cfg.store.clone()?)));
     let Some((tokens, store)) = target else {
-        return page.html(
-            StatusCode::NOT_FOUND,
-            None,
-            layout(
-                "Sign out",
-                false,
-                &format!(
-                    "<p class=\"err\">There is no account {} that signs in.</p>{BACK}",
-                    esc(&name)
-                ),
-            ),
-        );
+        return page.no_such_account("Sign out", &name);
     };
     let account = name.clone();
-    let removed = tokio::task::spawn_blocking(move || {
-        let removed = store.remove(&account)?;
-        let _ = store.set_login_prompt(&account, None);
-        Ok::<_, smtp2oauth_tokens::StoreError>(removed)
-    })
-    .await
-    .map_err(|e| e.to_string())
-    .and_then(|r| r.map_err(|e| e.to_string()));
+    let removed = tokio::task::spawn_blocking(move || store.sign_out(&account))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
     let (status, notice) = match removed {
         Ok(removed) => {
             tokens.credentials_changed();

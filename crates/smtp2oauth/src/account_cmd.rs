@@ -195,8 +195,7 @@ fn logout(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     match store(cfg, false)? {
-        Some(store) if store.remove(&a.name)? => {
-            let _ = store.set_login_prompt(&a.name, None);
+        Some(store) if store.sign_out(&a.name)? => {
             println!(
                 "signed out: the stored sign-in of account {} is deleted; its mail waits until someone signs in again",
                 a.name

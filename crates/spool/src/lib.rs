@@ -325,7 +325,6 @@ impl Spool {
             buf: Vec::new(),
             file: None,
             on_disk: false,
-            committed: false,
             written: 0,
             crc: Crc32c::new(),
         })
@@ -571,7 +570,6 @@ pub struct Incoming {
     file: Option<std::fs::File>,
     /// The data file may exist (so dropping must remove it).
     on_disk: bool,
-    committed: bool,
     written: u64,
     crc: Crc32c,
 }
@@ -590,9 +588,6 @@ impl Incoming {
     }
 
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
-        if self.committed {
-            return Err(SpoolError::Io(io::Error::other("already committed")));
-        }
         self.buf.extend_from_slice(bytes);
         self.crc.update(bytes);
         self.written += bytes.len() as u64;
@@ -626,10 +621,6 @@ impl Incoming {
 
     /// Makes the message durable and accepted. Only after this returns may the device get 250.
     pub async fn commit(mut self, eight_bit: bool) -> Result<Queued, SpoolError> {
-        if self.committed {
-            return Err(SpoolError::Io(io::Error::other("already committed")));
-        }
-        self.committed = true;
         self.on_disk = true;
         let id = self.id.to_string();
         let inner = self.spool.inner.clone();

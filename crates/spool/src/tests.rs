@@ -209,11 +209,7 @@ async fn an_envelope_whose_data_never_became_durable_is_removed_at_recovery() {
 async fn recovery_keeps_only_envelopes_committed_whole() {
     let d = tmpdir();
     let spool = Spool::open(d.path()).unwrap();
-    let commit = async |body: &[u8]| {
-        let mut inc = spool.receive(envelope()).await.unwrap();
-        inc.write(body).await.unwrap();
-        inc.commit(false).await.unwrap()
-    };
+    let commit = async |body: &[u8]| spool.write_message(envelope(), body).await.unwrap();
     let kept = commit(b"kept\r\n").await;
     let torn = commit(b"torn envelope\r\n").await;
     let unterminated = commit(b"envelope without its newline\r\n").await;
@@ -314,11 +310,7 @@ async fn a_failed_commit_leaves_nothing_behind() {
 async fn recovery_checks_the_checksum_of_never_attempted_messages_and_keeps_what_it_cannot_judge() {
     let d = tmpdir();
     let spool = Spool::open(d.path()).unwrap();
-    let commit = async |body: &[u8]| {
-        let mut inc = spool.receive(envelope()).await.unwrap();
-        inc.write(body).await.unwrap();
-        inc.commit(false).await.unwrap()
-    };
+    let commit = async |body: &[u8]| spool.write_message(envelope(), body).await.unwrap();
     let zeroed = commit(b"length on disk, bytes not\r\n").await;
     let attempted = commit(b"handed to delivery, so committed\r\n").await;
     let unparsable = commit(b"an envelope line that does not parse\r\n").await;

@@ -91,6 +91,11 @@ pub trait TokenSource: Send + Sync {
     /// still the cached one, so the next `token()` fetches a new one.
     fn invalidate(&self, token: &AccessToken);
     fn status(&self) -> TokenStatus;
+    /// [`AccessToken::id`] of the token held now, if any: what the upstream pool checks before
+    /// each delivery, without building a whole [`TokenStatus`].
+    fn held_token_id(&self) -> Option<u64> {
+        self.status().token_id
+    }
     /// The credentials behind this source changed (a person signed in again): forget the
     /// remembered failure and cached token so the next `token()` asks with the new ones.
     fn credentials_changed(&self) {}
@@ -171,10 +176,12 @@ impl State {
     }
 
     fn unexpired(&self, now: Instant) -> Option<AccessToken> {
-        self.cached
-            .as_ref()
-            .filter(|cached| now < cached.expires)
-            .map(|cached| cached.token.clone())
+        self.held(now).map(|cached| cached.token.clone())
+    }
+
+    /// The cached token, unless it has expired.
+    fn held(&self, now: Instant) -> Option<&Cached> {
+        self.cached.as_ref().filter(|cached| now < cached.expires)
     }
 }
 
@@ -382,12 +389,18 @@ impl TokenSource for TokenCache {
         }
     }
 
+    fn held_token_id(&self) -> Option<u64> {
+        self.state()
+            .held(Instant::now())
+            .map(|cached| cached.token.id)
+    }
+
     fn status(&self) -> TokenStatus {
         let state = self.state();
-        let held = state.unexpired(Instant::now());
+        let held = state.held(Instant::now()).map(|cached| &cached.token);
         TokenStatus {
-            valid_until: held.as_ref().map(|token| token.expires_at),
-            token_id: held.as_ref().map(|token| token.id),
+            valid_until: held.map(|token| token.expires_at),
+            token_id: held.map(|token| token.id),
             last_refresh: state.last_refresh,
             last_error: state.last_error.clone(),
             requests: state.requests,

@@ -582,6 +582,14 @@ impl TokenStore {
     }
 
     /// Records (or with `None`, clears) a device-code login in progress for `account`.
+    /// Signs an account out: its token file and any pending device-code prompt are deleted (the
+    /// accounts page's Sign out and `account logout`). True when there was a sign-in.
+    pub fn sign_out(&self, account: &str) -> Result<bool, StoreError> {
+        let removed = self.remove(account)?;
+        self.set_login_prompt(account, None)?;
+        Ok(removed)
+    }
+
     pub fn set_login_prompt(
         &self,
         account: &str,

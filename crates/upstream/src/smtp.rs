@@ -342,7 +342,7 @@ impl SmtpRoute {
             // Only a session opened with the token the account holds now: after a sign-out
             // (no token) or a new sign-in (another token), sessions of the earlier sign-in must
             // not carry mail; after a routine refresh the few pooled sessions are simply renewed.
-            let pooled = match self.tokens.status().token_id {
+            let pooled = match self.tokens.held_token_id() {
                 Some(id) => self.pool.take(id),
                 None => {
                     self.pool.close_all("the account holds no token");
