@@ -37,7 +37,9 @@ pub mod smtp;
 mod tls_listener;
 
 pub use dns::FakeDns;
-pub use graph::{FakeGraph, GraphFailure, GraphMessage, GraphRequest};
+pub use graph::{
+    FakeGraph, GraphAttachment, GraphDraft, GraphFailure, GraphMessage, GraphRequest, GraphStep,
+};
 pub use idp::{AuthorizeMode, DeviceStatus, FakeIdp, IdpConfig, IdpFailure, IssuedToken};
 pub use pki::TestPki;
 pub use smtp::{

@@ -241,3 +241,105 @@ pub fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.as_str())
 }
+
+/// An HTTP/1.1 answer: status, lower-cased headers, body.
+pub struct HttpAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl HttpAnswer {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn header(&self, name: &str) -> Option<&str> {
+        header(&self.headers, name)
+    }
+}
+
+/// One HTTP/1.1 request over TLS (`Connection: close`), written by hand: `head` holds the
+/// extra header lines as given (so a test can send exactly the headers it means, a wrong one
+/// included); `Content-Length` is added unless `head` has one.
+pub async fn https_request(
+    addr: SocketAddr,
+    cfg: Arc<rustls::ClientConfig>,
+    method: &str,
+    target: &str,
+    head: &[(&str, &str)],
+    body: &[u8],
+) -> HttpAnswer {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(cfg)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let mut req = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in head {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !head
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+    {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    tls.write_all(body).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut raw = Vec::new();
+    let mut tmp = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout(T, tls.read(&mut tmp)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => raw.extend_from_slice(&tmp[..n]),
+            Err(_) => panic!("timed out reading the answer"),
+        }
+    }
+    parse_answer(&raw)
+}
+
+fn parse_answer(raw: &[u8]) -> HttpAnswer {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("an HTTP head");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if header(&headers, "transfer-encoding") == Some("chunked") {
+        body = dechunk(&body);
+    }
+    HttpAnswer {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(p) = b.windows(2).position(|w| w == b"\r\n") {
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..p]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        out.extend_from_slice(&b[p + 2..p + 2 + size]);
+        b = &b[p + 2 + size + 2..];
+    }
+    out
+}

@@ -2,6 +2,7 @@
 //! One test binary (modules below) keeps link time low on small machines.
 
 mod client;
+mod graph;
 mod idp;
 mod idp_delegated;
 mod smtp;
