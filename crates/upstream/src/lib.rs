@@ -31,6 +31,7 @@ mod client;
 pub mod fallback;
 pub mod graph;
 pub mod mime;
+pub mod mime_split;
 mod pool;
 pub mod smarthost;
 mod smtp;
