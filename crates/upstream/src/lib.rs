@@ -30,6 +30,7 @@ mod capture;
 mod client;
 pub mod fallback;
 pub mod graph;
+pub mod graph_upload;
 pub mod mime;
 pub mod mime_split;
 mod pool;
