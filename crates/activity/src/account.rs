@@ -384,3 +384,63 @@ mod tests {
         }
     }
 }
+
+/// Which account should carry a notice (a failure notice to `bounce_to`, an alert e-mail).
+///
+/// A notice about a broken account must not wait in that account's queue, where nobody would
+/// hear of it. So: `notify_account` when the admin set one; otherwise `about` itself while it is
+/// healthy; otherwise the first healthy account in name order among those that can deliver
+/// (`can_carry`: not a capture account, say). None when no account is healthy: the caller keeps
+/// the notice with `about` and reports that it could not be sent.
+pub fn notice_carrier(
+    notify_account: Option<&str>,
+    about: &str,
+    accounts: &[AccountActivity],
+    now_ms: u64,
+    can_carry: impl Fn(&str) -> bool,
+) -> Option<String> {
+    if let Some(n) = notify_account {
+        return Some(n.to_string());
+    }
+    let healthy =
+        |a: &AccountActivity| !a.condition.at(now_ms).state.is_problem() && can_carry(&a.name);
+    if accounts.iter().any(|a| a.name == about && healthy(a)) {
+        return Some(about.to_string());
+    }
+    let mut candidates: Vec<&AccountActivity> = accounts.iter().filter(|a| healthy(a)).collect();
+    candidates.sort_by(|a, b| a.name.cmp(&b.name));
+    candidates.first().map(|a| a.name.clone())
+}
+
+#[cfg(test)]
+mod carrier_tests {
+    use super::*;
+
+    fn account(name: &str, state: AccountState) -> AccountActivity {
+        let mut a = AccountActivity::new(name);
+        a.condition.state = state;
+        a
+    }
+
+    #[test]
+    fn a_notice_avoids_the_broken_account() {
+        let accounts = [
+            account("scanner", AccountState::Degraded),
+            account("fax", AccountState::Ok),
+            account("capture", AccountState::Ok),
+            account("backup", AccountState::Ok),
+        ];
+        let deliverable = |n: &str| n != "capture";
+        let pick = |notify: Option<&str>, about: &str| {
+            notice_carrier(notify, about, &accounts, 0, deliverable)
+        };
+        assert_eq!(pick(Some("alerts"), "scanner").as_deref(), Some("alerts"));
+        assert_eq!(pick(None, "fax").as_deref(), Some("fax"));
+        assert_eq!(pick(None, "scanner").as_deref(), Some("backup"));
+        let all_down = [account("scanner", AccountState::SignInNeeded)];
+        assert_eq!(
+            notice_carrier(None, "scanner", &all_down, 0, |_| true),
+            None
+        );
+    }
+}
