@@ -21,7 +21,7 @@ use smtp2oauth_config::ListenerTls;
 use smtp2oauth_metrics::{AccountLabels, Metrics, RefusalLabels, ResultLabels, SessionLabels};
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_proto::{DotDecoder, Reply, SessionError};
-use smtp2oauth_spool::{Envelope, Queued, Spool, SpoolError};
+use smtp2oauth_spool::{Envelope, MessageId, Queued, Spool, SpoolError};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -394,7 +394,7 @@ where
                 command_deadline = None;
                 commands += 1;
                 if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL") {
-                    session.set_free_space(ctx.spool.free_space());
+                    session.set_free_space(ctx.spool.free_space().await);
                 }
                 Some(session.handle_line(&line))
             }
@@ -566,7 +566,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let envelope = Envelope {
-        id: String::new(),
+        id: MessageId::default(),
         received_at_ms: smtp2oauth_spool::now_ms(),
         account: plan.device.account.clone(),
         device: plan.device.name.clone(),
@@ -579,7 +579,7 @@ where
         eight_bit: false,
         smtputf8: plan.smtputf8,
         size: 0,
-        crc32c: None,
+        crc32c: 0,
         notice: false,
         session: session.id,
     };

@@ -25,6 +25,14 @@ impl EnhancedStatus {
         }
     }
 
+    /// Parses exactly `c.s.d` (`5.1.1`, `4.7.500`).
+    pub fn parse(text: &str) -> Option<EnhancedStatus> {
+        match Self::parse_prefix(text)? {
+            (status, "") if !text.ends_with(' ') => Some(status),
+            _ => None,
+        }
+    }
+
     /// Parses `c.s.d` at the start of `text` (followed by a space or the end), returning the code
     /// and the rest of the text after the separating space. Subject and detail are 1-3 digits as
     /// RFC 3463 allows; the class must be 2, 4 or 5.
@@ -416,6 +424,13 @@ mod tests {
             let got = EnhancedStatus::parse_prefix(input)
                 .map(|(s, rest)| (s.class, s.subject, s.detail, rest));
             assert_eq!(got, *want, "input {input:?}");
+        }
+        assert_eq!(
+            EnhancedStatus::parse("4.7.500"),
+            Some(EnhancedStatus::new(4, 7, 500))
+        );
+        for bad in ["4.7.500 busy", "4.7.500 ", "4.7", ""] {
+            assert_eq!(EnhancedStatus::parse(bad), None, "{bad:?}");
         }
     }
 

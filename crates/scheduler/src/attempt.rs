@@ -6,7 +6,9 @@ use crate::notice::{self, FailedRecipient, Reason};
 use crate::{Inner, now_ms, to_message};
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_proto::{DeliveryError, Reply, Stage};
-use smtp2oauth_spool::{Area, Envelope, Event, Queued, RecipientResult, SpoolError};
+use smtp2oauth_spool::{
+    Area, AttemptOutcome, Envelope, Event, MessageId, Queued, RecipientResult, SpoolError,
+};
 use smtp2oauth_upstream::{DeliveryReport, Route, advice};
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +80,7 @@ enum Next {
 }
 
 impl Inner {
-    pub(crate) async fn run_attempt(self: Arc<Self>, id: String) {
+    pub(crate) async fn run_attempt(self: Arc<Self>, id: MessageId) {
         let next = self.attempt(&id).await;
         let delete = self.queue().finish(&id);
         if delete {
@@ -98,30 +100,30 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    fn reply_waiter(&self, id: &str, reply: Reply) {
+    fn reply_waiter(&self, id: &MessageId, reply: Reply) {
         if let Some(tx) = self.queue().take_waiter(id) {
             let _ = tx.send(reply);
         }
     }
 
-    async fn attempt(&self, id: &str) -> Next {
+    async fn attempt(&self, id: &MessageId) -> Next {
         let fresh = self.queue().take_fresh(id);
         let read = match fresh {
             // Still queued? (An admin's `queue delete` may have removed it between its commit
             // and its hand-over; a stat of a cached directory entry is cheap.)
-            Some(q) if self.spool.is_queued(id) => Ok(q),
-            Some(_) => Err(SpoolError::NotFound(id.to_string())),
+            Some(q) if self.spool.is_queued(id).await => Ok(q),
+            Some(_) => Err(SpoolError::NotFound(id.clone())),
             None => self.spool.read(id, Area::Queue).await,
         };
         let q = match read {
             Ok(q) => q,
             Err(SpoolError::NotFound(_)) => {
-                self.reply_waiter(id, ok::queued(id));
+                self.reply_waiter(id, ok::queued(id.as_str()));
                 return Next::Forget;
             }
             Err(e) => {
                 error!(queue_id = %id, error = %e, "cannot read a queued message; will try again");
-                self.reply_waiter(id, ok::queued(id));
+                self.reply_waiter(id, ok::queued(id.as_str()));
                 return Next::Retry(Instant::now() + self.cfg.retry_max);
             }
         };
@@ -166,7 +168,7 @@ impl Inner {
         ms: u64,
     ) -> Next {
         let env = &q.envelope;
-        let id = env.id.as_str();
+        let id = &env.id;
         let route_kind = route.map(|r| r.kind()).unwrap_or("none");
         let target = route.map(|r| r.target()).unwrap_or_default();
         let waiter = self.queue().take_waiter(id);
@@ -211,7 +213,7 @@ impl Inner {
             // The device hears first: the removal is not flushed before anyone waits for it
             // anyway (a crash can bring a delivered message back either way), so making the
             // device wait for the unlinks would only add latency.
-            send(ok::delivered(id));
+            send(ok::delivered(id.as_str()));
             self.remove(id, Area::Queue).await;
             return Next::Forget;
         }
@@ -223,7 +225,11 @@ impl Inner {
                 id,
                 Area::Queue,
                 attempt_no,
-                if any_delivered { "partial" } else { "failed" },
+                if any_delivered {
+                    AttemptOutcome::Partial
+                } else {
+                    AttemptOutcome::Failed
+                },
                 &out,
                 None,
             )
@@ -242,8 +248,8 @@ impl Inner {
                     .filter(|f| !q.progress.noticed.contains(&f.rcpt))
                     .map(|f| FailedRecipient {
                         rcpt: f.rcpt.clone(),
-                        diagnostic: f.reply.clone(),
-                        status: status_of_text(&f.reply, "5.0.0"),
+                        diagnostic: f.reply.to_string(),
+                        status: status_of(&f.reply),
                     }),
             );
             self.notify(
@@ -257,12 +263,12 @@ impl Inner {
             .await;
             send(if any_delivered {
                 ok::delivered_partially(
-                    id,
+                    id.as_str(),
                     q.progress.delivered.len() + out.delivered.len(),
                     env.recipients.len(),
                 )
             } else {
-                ok::queued(id)
+                ok::queued(id.as_str())
             });
             return Next::Forget;
         }
@@ -270,8 +276,15 @@ impl Inner {
         // Some recipients remain: retry later, unless the message has been queued too long.
         let age = Duration::from_millis(now.saturating_sub(env.received_at_ms));
         if age >= self.cfg.max_queue_lifetime {
-            self.record(id, Area::Queue, attempt_no, "expired", &out, None)
-                .await;
+            self.record(
+                id,
+                Area::Queue,
+                attempt_no,
+                AttemptOutcome::Expired,
+                &out,
+                None,
+            )
+            .await;
             error!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, upstream = %out.reply,
                 attempt = attempt_no, age_hours = age.as_secs() / 3600, advice = advice_text, "giving up: undelivered for max_queue_lifetime");
             self.count(env, route_kind, Counted::Failed, &out, ms);
@@ -298,7 +311,7 @@ impl Inner {
                 Some(advice_text),
             )
             .await;
-            send(ok::queued(id));
+            send(ok::queued(id.as_str()));
             return Next::Forget;
         }
 
@@ -323,9 +336,9 @@ impl Inner {
             Area::Queue,
             attempt_no,
             if out.delivered.is_empty() {
-                "deferred"
+                AttemptOutcome::Deferred
             } else {
-                "partial"
+                AttemptOutcome::Partial
             },
             &out,
             Some(next_ms),
@@ -359,7 +372,7 @@ impl Inner {
                 attempt = attempt_no, retry_in_secs = delay.as_secs(), advice = advice_text, ms, "deferred");
         }
         self.count(env, route_kind, Counted::Deferred, &out, ms);
-        send(ok::queued(id));
+        send(ok::queued(id.as_str()));
         Next::Retry(Instant::now() + delay)
     }
 
@@ -416,17 +429,17 @@ impl Inner {
     /// schedule kept in memory, so deliveries go on.
     async fn record(
         &self,
-        id: &str,
+        id: &MessageId,
         area: Area,
         attempt: u32,
-        outcome: &str,
+        outcome: AttemptOutcome,
         out: &Outcome,
         next_attempt_ms: Option<u64>,
     ) {
         let ev = Event::Attempt {
             at_ms: now_ms(),
             attempt,
-            outcome: outcome.to_string(),
+            outcome,
             reply: out.reply.to_string(),
             stage: out.stage.map(|s| s.as_str().to_string()),
             delivered: out.delivered.clone(),
@@ -435,7 +448,7 @@ impl Inner {
                 .iter()
                 .map(|(r, rep)| RecipientResult {
                     rcpt: r.clone(),
-                    reply: rep.to_string(),
+                    reply: rep.clone(),
                 })
                 .collect(),
             next_attempt_ms,
@@ -445,7 +458,7 @@ impl Inner {
         }
     }
 
-    async fn remove(&self, id: &str, area: Area) {
+    async fn remove(&self, id: &MessageId, area: Area) {
         match self.spool.remove(id, area).await {
             Ok(()) | Err(SpoolError::NotFound(_)) => {}
             Err(e) => {
@@ -525,7 +538,7 @@ impl Inner {
             notice_id: &token,
         });
         let envelope = Envelope {
-            id: String::new(),
+            id: MessageId::default(),
             received_at_ms: now,
             account: env.account.clone(),
             device: "smtp2oauth".into(),
@@ -538,7 +551,7 @@ impl Inner {
             eight_bit: false,
             smtputf8: false,
             size: 0,
-            crc32c: None,
+            crc32c: 0,
             notice: true,
             session: 0,
         };
@@ -546,7 +559,7 @@ impl Inner {
             Ok(nq) => {
                 let ev = Event::NoticeQueued {
                     at_ms: now,
-                    notice_id: nq.id().to_string(),
+                    notice_id: nq.id().clone(),
                     to: to.clone(),
                     rcpts: failed.iter().map(|f| f.rcpt.clone()).collect(),
                 };
@@ -569,20 +582,15 @@ fn failed_list(failed: &[(String, Reply)]) -> Vec<FailedRecipient> {
         .map(|(r, reply)| FailedRecipient {
             rcpt: r.clone(),
             diagnostic: reply.to_string(),
-            status: reply
-                .status()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| format!("{}.0.0", reply.code() / 100)),
+            status: status_of(reply),
         })
         .collect()
 }
 
-/// The enhanced status in a reply written as text (`550 5.1.1 ...`).
-fn status_of_text(text: &str, default: &str) -> String {
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| {
-            smtp2oauth_proto::EnhancedStatus::parse_prefix(s).map(|(st, _)| st.to_string())
-        })
-        .unwrap_or_else(|| default.to_string())
+/// The enhanced status a notice gives for a reply: its own, or the class of its code.
+fn status_of(reply: &Reply) -> String {
+    reply
+        .status()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|| format!("{}.0.0", reply.code() / 100))
 }

@@ -77,9 +77,13 @@ pub(crate) async fn deliver_now(inner: &Inner, queued: Queued) -> Reply {
                     advice = advice::for_reply(r).unwrap_or(""), "recipient refused by the upstream");
             }
             if report.rejected.is_empty() {
-                ok::delivered(&env.id)
+                ok::delivered(env.id.as_str())
             } else {
-                ok::delivered_partially(&env.id, report.accepted.len(), env.recipients.len())
+                ok::delivered_partially(
+                    env.id.as_str(),
+                    report.accepted.len(),
+                    env.recipients.len(),
+                )
             }
         }
         Err(e) => {

@@ -34,7 +34,9 @@ mod queue;
 use queue::Queue;
 use smtp2oauth_proto::Reply;
 use smtp2oauth_proto::replies::ok;
-use smtp2oauth_spool::{Area, ControlAction, Event, Queued, Spool, SpoolError};
+use smtp2oauth_spool::{
+    Area, ControlAction, ControlTarget, Event, MessageId, Queued, Spool, SpoolError,
+};
 use smtp2oauth_upstream::{Message, Route};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -146,7 +148,7 @@ impl Scheduler {
 
     /// Schedules every message found in `queue/` (after a restart or a crash). Returns how many.
     pub async fn recover(&self) -> Result<usize, SpoolError> {
-        let ids = self.inner.spool.list(Area::Queue)?;
+        let ids = self.inner.spool.list(Area::Queue).await?;
         let mut n = 0;
         for id in ids {
             match self.inner.spool.read(&id, Area::Queue).await {
@@ -221,7 +223,7 @@ impl Scheduler {
         if !self.inner.cfg.queue {
             return direct::deliver_now(&self.inner, queued).await;
         }
-        let id = queued.id().to_string();
+        let id = queued.id().clone();
         let account = queued.envelope.account.clone();
         let wait = self.inner.cfg.wait_for_upstream;
         if wait.is_zero() || self.inner.stop.is_cancelled() {
@@ -230,7 +232,7 @@ impl Scheduler {
             queue.set_fresh(&id, queued);
             drop(queue);
             self.inner.wake.notify_one();
-            return ok::queued(&id);
+            return ok::queued(id.as_str());
         }
         let (tx, rx) = oneshot::channel();
         {
@@ -241,14 +243,14 @@ impl Scheduler {
         self.inner.wake.notify_one();
         tokio::pin!(rx);
         tokio::select! {
-            r = &mut rx => r.unwrap_or_else(|_| ok::queued(&id)),
+            r = &mut rx => r.unwrap_or_else(|_| ok::queued(id.as_str())),
             _ = tokio::time::sleep(wait) => {
                 // Take the waiter back. If it is gone, the attempt already decided and its reply
                 // is on the way: wait for it, so a decision is never lost between the two sides.
                 if self.inner.queue().take_waiter(&id).is_some() {
-                    ok::queued(&id)
+                    ok::queued(id.as_str())
                 } else {
-                    rx.await.unwrap_or_else(|_| ok::queued(&id))
+                    rx.await.unwrap_or_else(|_| ok::queued(id.as_str()))
                 }
             }
         }
@@ -290,7 +292,7 @@ impl Inner {
     /// Carries out requests from `smtp2oauth queue` (files in `control/`).
     async fn handle_control(&self) {
         let control = self.spool.control();
-        let requests = match control.pending() {
+        let requests = match control.pending().await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot read control requests");
@@ -298,13 +300,15 @@ impl Inner {
             }
         };
         for req in requests {
-            let ids: Vec<String> = if req.target == "all" {
-                match req.action {
-                    ControlAction::Requeue => self.spool.list(Area::Failed).unwrap_or_default(),
-                    _ => self.spool.list(Area::Queue).unwrap_or_default(),
+            let ids = match &req.target {
+                ControlTarget::All => {
+                    let area = match req.action {
+                        ControlAction::Requeue => Area::Failed,
+                        _ => Area::Queue,
+                    };
+                    self.spool.list(area).await.unwrap_or_default()
                 }
-            } else {
-                vec![req.target.clone()]
+                ControlTarget::One(id) => vec![id.clone()],
             };
             for id in ids {
                 let result = match req.action {
@@ -321,12 +325,12 @@ impl Inner {
                     }
                 }
             }
-            control.done(&req);
+            control.done(&req).await;
         }
         self.wake.notify_one();
     }
 
-    async fn admin_retry(&self, id: &str) -> Result<(), SpoolError> {
+    async fn admin_retry(&self, id: &MessageId) -> Result<(), SpoolError> {
         let q = self.spool.read(id, Area::Queue).await?;
         self.spool
             .append_event(id, Area::Queue, &Event::RetryRequested { at_ms: now_ms() })
@@ -335,7 +339,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn admin_delete(&self, id: &str) -> Result<(), SpoolError> {
+    async fn admin_delete(&self, id: &MessageId) -> Result<(), SpoolError> {
         if self.queue().request_delete(id) {
             // A delivery is running: it removes the message when it ends.
             return Ok(());
@@ -346,7 +350,7 @@ impl Inner {
         }
     }
 
-    async fn admin_requeue(&self, id: &str) -> Result<(), SpoolError> {
+    async fn admin_requeue(&self, id: &MessageId) -> Result<(), SpoolError> {
         let q = self.spool.read(id, Area::Failed).await?;
         self.spool
             .append_event(id, Area::Failed, &Event::Requeued { at_ms: now_ms() })
@@ -362,7 +366,7 @@ impl Inner {
 pub fn to_message(q: &Queued, recipients: Vec<String>) -> Message {
     let e = &q.envelope;
     Message {
-        id: e.id.clone(),
+        id: e.id.to_string(),
         account: e.account.clone(),
         device: e.device.clone(),
         sender: e.sender.clone(),

@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn notice_has_the_rfc3464_shape() {
         let env = Envelope {
-            id: "0123456789abcdef".into(),
+            id: smtp2oauth_spool::MessageId::parse("0123456789abcdef").unwrap(),
             received_at_ms: 1_795_428_000_000,
             account: "scanner".into(),
             device: "mfp-3f".into(),
@@ -243,7 +243,7 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             size: 10,
-            crc32c: None,
+            crc32c: 0,
             notice: false,
             session: 7,
         };

@@ -61,7 +61,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             warn_if_readable_by_others(f, "a secret file");
         }
     }
-    let removed = spool.clean_orphans().context("cannot clean the spool")?;
+    let removed = spool
+        .clean_orphans()
+        .await
+        .context("cannot clean the spool")?;
     if removed > 0 {
         info!(
             files = removed,
@@ -141,7 +144,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             );
         }
     } else {
-        let left = spool.list(Area::Queue).unwrap_or_default();
+        let left = spool.list(Area::Queue).await.unwrap_or_default();
         if !left.is_empty() {
             warn!(
                 messages = left.len(),
