@@ -4,6 +4,7 @@
 //! so the choice of code for each situation is a product decision. Keeping all of them in one file
 //! makes that decision reviewable in one place, and keeps crates from inventing their own.
 
+use crate::cause::{AccountIssue, Cause};
 use crate::reply::{EnhancedStatus, Reply};
 use std::fmt;
 
@@ -291,33 +292,102 @@ impl fmt::Display for Stage {
 pub enum DeliveryError {
     /// The upstream answered with a 4xx or 5xx at `stage`.
     #[error("upstream refused at {stage}: {reply}")]
-    Rejected { stage: Stage, reply: Reply },
+    Rejected {
+        /// Where in the conversation.
+        stage: Stage,
+        /// The upstream's own reply (a Graph answer turned into one).
+        reply: Reply,
+        /// What the refusal is about, decided where the answer was parsed.
+        cause: Cause,
+    },
     /// No access token could be obtained for the account.
     #[error("no access token for account {account}: {reason}")]
     Token {
+        /// The account's name.
         account: String,
+        /// The token endpoint's error, in words (never a secret).
         reason: String,
-        sign_in_required: bool,
+        /// [`Cause::Transient`], or the account issue a person must fix.
+        cause: Cause,
     },
+    /// No TCP connection to the upstream.
     #[error("cannot connect to {target}: {detail}")]
-    Connect { target: String, detail: String },
+    Connect {
+        /// Host and port (or address) we tried.
+        target: String,
+        /// Why, in words.
+        detail: String,
+    },
+    /// The upstream's name (or its domain's MX) could not be resolved.
+    #[error("cannot connect to {target}: DNS lookup failed: {detail}")]
+    Dns {
+        /// The name we looked up.
+        target: String,
+        /// The resolver's error.
+        detail: String,
+    },
+    /// The upstream did not answer in time.
     #[error("upstream timed out at {stage}")]
-    Timeout { stage: Stage },
+    Timeout {
+        /// Where in the conversation.
+        stage: Stage,
+    },
+    /// The connection broke.
     #[error("upstream connection lost at {stage}: {detail}")]
-    ConnectionLost { stage: Stage, detail: String },
+    ConnectionLost {
+        /// Where in the conversation.
+        stage: Stage,
+        /// Why, in words.
+        detail: String,
+    },
+    /// The TLS handshake failed, or TLS was required and not offered.
     #[error("TLS with the upstream failed: {detail}")]
-    Tls { detail: String },
+    Tls {
+        /// Why, in words.
+        detail: String,
+    },
+    /// The upstream said something that is not SMTP.
     #[error("upstream protocol error at {stage}: {detail}")]
-    Protocol { stage: Stage, detail: String },
+    Protocol {
+        /// Where in the conversation.
+        stage: Stage,
+        /// What was wrong.
+        detail: String,
+    },
     /// A problem on our side (reading the spool, writing a capture file).
     #[error("local error: {detail}")]
-    Local { detail: String },
+    Local {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl DeliveryError {
     /// True only for an upstream's own permanent refusal.
     pub fn is_permanent(&self) -> bool {
         matches!(self, DeliveryError::Rejected { reply, .. } if reply.is_permanent())
+    }
+
+    /// What the failure is about. Only a refusal or a token error can concern the account;
+    /// the rest (network, TLS, timeouts, our own trouble) may pass by itself.
+    pub fn cause(&self) -> Cause {
+        match self {
+            DeliveryError::Rejected { cause, .. } | DeliveryError::Token { cause, .. } => *cause,
+            _ => Cause::Transient,
+        }
+    }
+
+    /// True when a person must sign in again before the account can deliver.
+    pub fn needs_sign_in(&self) -> bool {
+        self.cause() == Cause::Account(AccountIssue::SignIn)
+    }
+
+    /// The upstream's own reply, when the failure is one.
+    pub fn upstream_reply(&self) -> Option<&Reply> {
+        match self {
+            DeliveryError::Rejected { reply, .. } => Some(reply),
+            _ => None,
+        }
     }
 
     /// The reply a device that is still waiting gets for this failure.
@@ -334,7 +404,7 @@ impl DeliveryError {
                     "Temporary authentication failure: no access token for account {account}: {reason}"
                 ),
             ),
-            DeliveryError::Connect { target, .. } => r(
+            DeliveryError::Connect { target, .. } | DeliveryError::Dns { target, .. } => r(
                 451,
                 (4, 4, 1),
                 format!("Upstream {target} not reachable, try again later"),
@@ -373,7 +443,7 @@ impl DeliveryError {
             | DeliveryError::ConnectionLost { stage, .. }
             | DeliveryError::Protocol { stage, .. } => *stage,
             DeliveryError::Token { .. } => Stage::Token,
-            DeliveryError::Connect { .. } => Stage::Connect,
+            DeliveryError::Connect { .. } | DeliveryError::Dns { .. } => Stage::Connect,
             DeliveryError::Tls { .. } => Stage::StartTls,
             DeliveryError::Local { .. } => Stage::Local,
         }
@@ -484,23 +554,34 @@ mod tests {
         let perm = DeliveryError::Rejected {
             stage: Stage::Mail,
             reply: rej("554 5.2.252 SendAsDenied; x"),
+            cause: Cause::Message,
         };
         assert!(perm.is_permanent());
         assert_eq!(perm.reply().to_string(), "554 5.2.252 SendAsDenied; x");
         let temp = DeliveryError::Rejected {
             stage: Stage::Mail,
             reply: rej("451 4.7.500 Server busy"),
+            cause: Cause::Throttled { retry_after: None },
         };
         assert!(!temp.is_permanent());
         for e in [
             DeliveryError::Token {
                 account: "a".into(),
                 reason: "down".into(),
-                sign_in_required: false,
+                cause: Cause::Transient,
+            },
+            DeliveryError::Token {
+                account: "a".into(),
+                reason: "invalid_grant".into(),
+                cause: Cause::Account(AccountIssue::SignIn),
             },
             DeliveryError::Connect {
                 target: "h:1".into(),
                 detail: "refused".into(),
+            },
+            DeliveryError::Dns {
+                target: "MX of contoso.com".into(),
+                detail: "no record".into(),
             },
             DeliveryError::Timeout { stage: Stage::Body },
             DeliveryError::ConnectionLost {
@@ -524,7 +605,7 @@ mod tests {
         let tok = DeliveryError::Token {
             account: "scanner".into(),
             reason: "token endpoint unavailable".into(),
-            sign_in_required: false,
+            cause: Cause::Transient,
         };
         assert!(tok.reply().to_string().starts_with("454 4.7.0"));
     }

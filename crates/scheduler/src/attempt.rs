@@ -5,7 +5,7 @@ use crate::backoff;
 use crate::notice::{self, FailedRecipient, Reason};
 use crate::{Inner, now_ms, to_message};
 use smtp2oauth_proto::replies::ok;
-use smtp2oauth_proto::{DeliveryError, Reply, Stage};
+use smtp2oauth_proto::{Cause, DeliveryError, Reply, Stage};
 use smtp2oauth_spool::{
     Area, AttemptOutcome, Envelope, Event, MessageId, Queued, RecipientResult, SpoolError,
 };
@@ -169,7 +169,7 @@ impl Inner {
     ) -> Next {
         let env = &q.envelope;
         let id = &env.id;
-        let route_kind = route.map(|r| r.kind()).unwrap_or("none");
+        let route_kind = route.map(|r| r.kind().as_str()).unwrap_or("none");
         let target = route.map(|r| r.target()).unwrap_or_default();
         let waiter = self.queue().take_waiter(id);
         let waiting = waiter.as_ref().is_some_and(|tx| !tx.is_closed());
@@ -182,12 +182,7 @@ impl Inner {
         let delivered_before = !q.progress.delivered.is_empty();
         let failed_before = !q.progress.failed.is_empty();
         let any_delivered = delivered_before || !out.delivered.is_empty();
-        let advice_text = out
-            .error
-            .as_ref()
-            .and_then(advice::for_error)
-            .or_else(|| advice::for_reply(&out.reply))
-            .unwrap_or("");
+        let advice_text = out.error.as_ref().and_then(advice::for_error).unwrap_or("");
         if !out.delivered.is_empty() {
             self.queue().clear_throttle(&env.account);
         }
@@ -236,7 +231,7 @@ impl Inner {
             .await;
             for (rcpt, r) in &out.failed {
                 warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, recipient = %rcpt,
-                    upstream = %r, attempt = attempt_no, advice = advice::for_reply(r).unwrap_or(advice_text), "recipient refused by the upstream");
+                    upstream = %r, attempt = attempt_no, advice = advice::for_recipient(r).unwrap_or(advice_text), "recipient refused by the upstream");
             }
             self.count(env, route_kind, Counted::Failed, &out, ms);
             self.to_failed(q, "refused by the upstream").await;
@@ -317,14 +312,9 @@ impl Inner {
 
         let mut delay =
             backoff::retry_delay(attempt_no, self.cfg.retry_initial, self.cfg.retry_max);
-        let throttled = out
-            .error
-            .as_ref()
-            .is_none_or(|e| matches!(e, DeliveryError::Rejected { .. }))
-            && backoff::is_throttle(&out.reply);
-        if throttled {
+        if let Some(Cause::Throttled { retry_after }) = out.error.as_ref().map(|e| e.cause()) {
             let level = self.queue().throttle_level(&env.account);
-            let pause = backoff::throttle_pause(level, backoff::hint(&out.reply));
+            let pause = backoff::throttle_pause(level, retry_after);
             let level = self.queue().pause(&env.account, Instant::now() + pause);
             warn!(account = %env.account, upstream = %out.reply, pause_secs = pause.as_secs(), level,
                 "the upstream is throttling this account; pausing all its deliveries");
@@ -355,13 +345,7 @@ impl Inner {
             )
             .await;
         }
-        if matches!(
-            out.error,
-            Some(DeliveryError::Token {
-                sign_in_required: true,
-                ..
-            })
-        ) {
+        if out.error.as_ref().is_some_and(|e| e.needs_sign_in()) {
             // Nothing will get better until a person signs in: say so loudly, but keep the mail.
             error!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
                 recipients = out.deferred.len(), upstream = %out.reply, attempt = attempt_no, retry_in_secs = delay.as_secs(),

@@ -31,7 +31,7 @@ pub(crate) async fn deliver_now(inner: &Inner, queued: Queued) -> Reply {
         use smtp2oauth_metrics::{AccountLabels, RouteLabels};
         let labels = RouteLabels {
             account: env.account.clone(),
-            route: route.kind(),
+            route: route.kind().as_str(),
         };
         m.upstream_duration
             .get_or_create(&labels)
@@ -70,11 +70,11 @@ pub(crate) async fn deliver_now(inner: &Inner, queued: Queued) -> Reply {
     }
     let reply = match &result {
         Ok(report) => {
-            info!(queue_id = %env.id, device = %env.device, account = %env.account, route = route.kind(), size = env.size,
+            info!(queue_id = %env.id, device = %env.device, account = %env.account, route = route.kind().as_str(), size = env.size,
                 recipients = env.recipients.len(), upstream = %report.reply, ms, "delivered");
             for (rcpt, r) in &report.rejected {
                 warn!(queue_id = %env.id, account = %env.account, recipient = %rcpt, upstream = %r,
-                    advice = advice::for_reply(r).unwrap_or(""), "recipient refused by the upstream");
+                    advice = advice::for_recipient(r).unwrap_or(""), "recipient refused by the upstream");
             }
             if report.rejected.is_empty() {
                 ok::delivered(env.id.as_str())
@@ -88,7 +88,7 @@ pub(crate) async fn deliver_now(inner: &Inner, queued: Queued) -> Reply {
         }
         Err(e) => {
             let reply = e.reply();
-            warn!(queue_id = %env.id, device = %env.device, account = %env.account, route = route.kind(), size = env.size,
+            warn!(queue_id = %env.id, device = %env.device, account = %env.account, route = route.kind().as_str(), size = env.size,
                 recipients = env.recipients.len(), upstream = %reply, stage = %e.stage(), error = %e,
                 advice = advice::for_error(e).unwrap_or(""), ms,
                 "{}", if e.is_permanent() { "refused by the upstream; the device was told" } else { "delivery failed temporarily; the device was told to retry" });

@@ -6,7 +6,7 @@
 //! under a temporary name, fsynced, renamed), the envelope last, so a reader that sees the
 //! `.json` can trust the `.eml`.
 
-use crate::{DeliveryFuture, DeliveryReport, Message, Route};
+use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind};
 use smtp2oauth_proto::{DeliveryError, Reply};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
@@ -93,8 +93,8 @@ async fn sync_file(p: &Path) -> std::io::Result<()> {
 }
 
 impl Route for CaptureRoute {
-    fn kind(&self) -> &'static str {
-        "capture"
+    fn kind(&self) -> RouteKind {
+        RouteKind::Capture
     }
 
     fn target(&self) -> String {
