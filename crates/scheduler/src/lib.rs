@@ -9,9 +9,11 @@
 //!   deliveries run (at most `max_upstream_connections`), and whether the account is paused
 //!   because its upstream throttled it. It is rebuilt from the spool at start ([`Scheduler::recover`]).
 //! - A dispatcher task starts attempts as they fall due; each attempt reads the message's
-//!   progress from its envelope file, delivers the remaining recipients, and records the outcome
-//!   (`attempt.rs`): delivered → removed; temporary failure → an event with the next attempt time
-//!   (exponential backoff with jitter); permanent failure or expiry → moved to `failed/` and, when
+//!   progress from its envelope file and delivers the remaining recipients (`attempt.rs`). A
+//!   pure function decides what the outcome means (`verdict.rs`), and one place carries that
+//!   out (`attempt.rs`): delivered → removed; temporary failure → an event with the next
+//!   attempt time (exponential backoff with jitter, or a pause of the whole account when the
+//!   upstream throttles it); permanent failure or expiry → moved to `failed/` and, when
 //!   `bounce_to` is set, a failure notice is queued (`notice.rs`).
 //! - [`Scheduler::submit`] is what a device's session calls after spooling: it waits up to
 //!   `wait_for_upstream` for the first attempt and turns its outcome into the device's reply.
@@ -30,6 +32,7 @@ pub mod backoff;
 mod direct;
 pub mod notice;
 mod queue;
+mod verdict;
 
 use queue::Queue;
 use smtp2oauth_proto::Reply;
