@@ -56,6 +56,15 @@ pub enum Step {
     StartTls(Reply),
     /// Check these credentials, then call [`Session::auth_result`].
     Verify(Credentials),
+    /// A failed login (wrong credentials, or an AUTH PLAIN message that is not one): count it
+    /// against the client's address, then send `reply`, and close the connection if `close`
+    /// (the session's last allowed failure).
+    AuthFailed {
+        /// What the device hears.
+        reply: Reply,
+        /// The session allows no more failures.
+        close: bool,
+    },
     /// Send 354, receive the message, deliver it, and send the outcome.
     Data(DataPlan),
 }
@@ -413,9 +422,15 @@ impl Session {
             Err(_) => {
                 self.auth_failures += 1;
                 if self.auth_failures >= self.limits.max_auth_failures {
-                    return Step::Close(SessionError::TooManyAuthFailures.reply());
+                    return Step::AuthFailed {
+                        reply: SessionError::TooManyAuthFailures.reply(),
+                        close: true,
+                    };
                 }
-                Step::Reply(SessionError::AuthFailed.reply())
+                Step::AuthFailed {
+                    reply: SessionError::AuthFailed.reply(),
+                    close: false,
+                }
             }
         }
     }
