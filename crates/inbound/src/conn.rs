@@ -36,33 +36,51 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 /// Where an accepted message goes next (the scheduler). It returns the reply the device gets.
 pub trait Submit: Send + Sync + 'static {
+    /// Queues a durable message; returns the reply its device gets.
     fn submit(&self, message: Queued) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
 }
 
 /// Everything sessions share.
 pub struct Inbound {
+    /// Our name in the greeting, EHLO and Received headers.
     pub hostname: Arc<str>,
+    /// What one session may do.
     pub limits: Limits,
+    /// The longest command line taken.
     pub max_line_length: usize,
+    /// How long a command line may take to arrive whole.
     pub command_timeout: Duration,
+    /// How long one read during DATA may wait.
     pub data_timeout: Duration,
+    /// How long a session may last.
     pub session_timeout: Duration,
+    /// Put our Received header on top of each message.
     pub add_received_header: bool,
+    /// The devices and their passwords.
     pub directory: Arc<Directory>,
+    /// Where accepted messages go.
     pub spool: Spool,
+    /// Who gets them next.
     pub submit: Arc<dyn Submit>,
+    /// Sessions allowed at once, in all and per address.
     pub limiter: Arc<Limiter>,
+    /// Cancelled when the relay stops: idle sessions are closed.
     pub shutdown: CancellationToken,
+    /// Where sessions, logins and refusals are counted.
     pub metrics: Option<Arc<Metrics>>,
+    /// Failed logins per address, and lockouts.
     pub guard: Arc<crate::guard::LoginGuard>,
     /// Commands (lines) and bytes one session may send.
     pub max_commands: u64,
+    /// Bytes one session may send.
     pub max_session_bytes: u64,
 }
 
 /// One listener's settings and TLS acceptor.
 pub struct ListenerRuntime {
+    /// The listener's settings.
     pub settings: Arc<ListenerSettings>,
+    /// Its certificate, when it has one.
     pub tls: Option<TlsHandle>,
 }
 

@@ -22,6 +22,7 @@ pub struct HeaderRewriter {
     policy: SenderPolicy,
     buf: Vec<u8>,
     state: RewriteState,
+    /// What the rewriter did, for the log.
     pub outcome: RewriteOutcome,
 }
 
@@ -31,17 +32,21 @@ enum RewriteState {
     Passing,
 }
 
+/// What the From rewriter did to one message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RewriteOutcome {
     /// The From address the device wrote, when it was replaced.
     pub from_rewritten: Option<String>,
+    /// The message had no From; the mailbox was added.
     pub from_added: bool,
+    /// The Sender header was set to the mailbox.
     pub sender_rewritten: bool,
     /// The header block exceeded [`MAX_HEADER_BLOCK`] and was passed through unchanged.
     pub too_large: bool,
 }
 
 impl HeaderRewriter {
+    /// A rewriter for a device with `policy`.
     pub fn new(policy: SenderPolicy) -> Self {
         HeaderRewriter {
             policy,
@@ -317,18 +322,27 @@ fn unquote(d: &str) -> Cow<'_, str> {
 
 /// The `Received:` header we prepend (RFC 5321 §4.4). It does not name the device's login.
 pub struct ReceivedInfo<'a> {
+    /// The name the device gave in EHLO or HELO.
     pub helo: &'a str,
+    /// The device's address.
     pub client_ip: &'a str,
+    /// Our name.
     pub hostname: &'a str,
+    /// The device said EHLO (ESMTP).
     pub esmtp: bool,
+    /// The session was encrypted.
     pub tls: bool,
+    /// The device logged in.
     pub authenticated: bool,
+    /// The message's queue id.
     pub queue_id: &'a str,
     /// Named only when the message has a single recipient (as Postfix does), to not disclose Bcc.
     pub single_recipient: Option<&'a str>,
+    /// When the message arrived (seconds since the epoch).
     pub unix_time: u64,
 }
 
+/// Our `Received:` header for a message (RFC 5321 section 4.4), folded, with CRLF.
 pub fn received_header(r: &ReceivedInfo<'_>) -> String {
     // RFC 3848 protocol names
     let with = match (r.esmtp, r.tls, r.authenticated) {

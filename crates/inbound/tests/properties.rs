@@ -2,6 +2,8 @@
 //! decoders and the From rewriter. The stable, in-suite equivalents of the `session`, `sasl` and
 //! `headers` fuzz targets (fuzz/, docs/fuzzing.md).
 
+#![allow(clippy::unwrap_used)]
+
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use proptest::prelude::*;

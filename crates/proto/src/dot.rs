@@ -79,6 +79,7 @@ impl DotDecoder {
         self.eight_bit
     }
 
+    /// True once the final `.` line was read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
@@ -194,6 +195,7 @@ impl Default for DotEncoder {
 }
 
 impl DotEncoder {
+    /// An encoder at the start of a message.
     pub fn new() -> Self {
         DotEncoder {
             at_line_start: true,

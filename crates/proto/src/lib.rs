@@ -18,6 +18,8 @@
 //! - `replies.rs`: [`replies::ok`], [`SessionError`], [`DeliveryError`], [`Stage`].
 //! - `cause.rs`: [`Cause`], [`AccountIssue`].
 
+#![warn(missing_docs)]
+
 pub mod cause;
 pub mod dot;
 pub mod replies;

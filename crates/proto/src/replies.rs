@@ -16,30 +16,39 @@ fn r(code: u16, status: (u8, u16, u16), text: impl AsRef<str>) -> Reply {
 pub mod ok {
     use super::*;
 
+    /// `220`: the first thing a client reads.
     pub fn greeting(hostname: &str) -> Reply {
         Reply::new(220, None, format!("{hostname} ESMTP smtp2oauth ready"))
     }
+    /// The reply to HELO.
     pub fn helo(hostname: &str, peer: &str) -> Reply {
         Reply::new(250, None, format!("{hostname} Hello {peer}"))
     }
+    /// `250 2.0.0 OK`.
     pub fn ok() -> Reply {
         r(250, (2, 0, 0), "OK")
     }
+    /// The reply to RSET.
     pub fn reset() -> Reply {
         r(250, (2, 0, 0), "Reset state")
     }
+    /// The reply to an accepted MAIL.
     pub fn sender_ok() -> Reply {
         r(250, (2, 1, 0), "Sender OK")
     }
+    /// The reply to an accepted RCPT.
     pub fn recipient_ok() -> Reply {
         r(250, (2, 1, 5), "Recipient OK")
     }
+    /// `354`: send the message.
     pub fn start_data() -> Reply {
         Reply::new(354, None, "End data with <CR><LF>.<CR><LF>")
     }
+    /// The reply to QUIT.
     pub fn bye() -> Reply {
         r(221, (2, 0, 0), "Bye")
     }
+    /// `252`: VRFY is answered without disclosing anything.
     pub fn vrfy() -> Reply {
         r(
             252,
@@ -47,6 +56,7 @@ pub mod ok {
             "Cannot VRFY user, but will accept message and attempt delivery",
         )
     }
+    /// The reply to HELP.
     pub fn help() -> Reply {
         Reply::multiline(
             214,
@@ -57,6 +67,7 @@ pub mod ok {
             ],
         )
     }
+    /// `220`: go ahead with the TLS handshake.
     pub fn start_tls() -> Reply {
         r(220, (2, 0, 0), "Ready to start TLS")
     }
@@ -72,6 +83,7 @@ pub mod ok {
     pub fn auth_login_password() -> Reply {
         Reply::new(334, None, "UGFzc3dvcmQ6")
     }
+    /// `235`: the device is logged in.
     pub fn auth_success() -> Reply {
         r(235, (2, 7, 0), "Authentication successful")
     }
@@ -98,47 +110,86 @@ pub mod ok {
 /// Why the inbound session refuses a command. Each variant maps to exactly one reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionError {
+    /// A command we do not know.
     UnknownCommand,
+    /// A command line longer than `max_line_length`.
     LineTooLong,
+    /// A command that does not parse; the expected syntax.
     Syntax(&'static str),
+    /// A MAIL address that does not parse.
     BadSenderAddress,
+    /// A RCPT address that does not parse.
     BadRecipientAddress,
+    /// A MAIL or RCPT parameter we do not support.
     UnsupportedParameter(String),
+    /// A parameter with a value that does not parse.
     InvalidParameter(&'static str),
+    /// A command we know and do not implement.
     NotImplemented(&'static str),
+    /// A command before EHLO or HELO.
     NeedHelo,
+    /// RCPT or DATA before MAIL.
     NeedMail,
+    /// DATA before any RCPT.
     NeedRcpt,
+    /// MAIL inside a transaction.
     NestedMail,
+    /// DATA after every RCPT was refused.
     NoValidRecipients,
+    /// AUTH after a successful login.
     AlreadyAuthenticated,
+    /// AUTH inside a mail transaction.
     AuthDuringTransaction,
+    /// STARTTLS on a session already encrypted.
     TlsAlreadyActive,
+    /// STARTTLS where no certificate is configured.
     TlsUnavailable,
+    /// An AUTH mechanism other than PLAIN and LOGIN.
     MechanismNotSupported,
+    /// The client cancelled AUTH (`*`).
     AuthCancelled,
+    /// An AUTH response that is not base64.
     BadBase64,
+    /// Wrong credentials.
     AuthFailed,
+    /// The password could not be checked now (our trouble).
     AuthUnavailable,
+    /// AUTH in clear text where only TLS allows it.
     EncryptionRequired,
+    /// A command that needs TLS on a listener that requires it.
     TlsRequired,
+    /// MAIL without a login or a device recognised by address.
     AuthRequired,
+    /// The session's last allowed failed login.
     TooManyAuthFailures,
+    /// The client's address is locked out after failed logins.
     LockedOut,
+    /// The session sent more commands or bytes than allowed.
     SessionBudget,
+    /// A sender the device may not use; the address.
     SenderNotAllowed(String),
+    /// More recipients than `max_recipients`.
     TooManyRecipients,
+    /// A message larger than allowed; the limit in bytes.
     MessageTooBig(u64),
+    /// The client was silent too long.
     Timeout,
+    /// Too many refused commands in one session.
     TooManyErrors,
+    /// The relay has as many sessions as it takes.
     TooManyConnections,
+    /// The client's address has as many sessions as it may.
     TooManyConnectionsFromAddress,
+    /// The relay is stopping.
     ShuttingDown,
+    /// The spool's disk is (nearly) full.
     StorageFull,
+    /// Anything else on our side.
     LocalError,
 }
 
 impl SessionError {
+    /// The one reply for this refusal.
     pub fn reply(&self) -> Reply {
         use SessionError::*;
         match self {
@@ -244,21 +295,34 @@ impl fmt::Display for SessionError {
 /// The step of an upstream conversation at which something happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
+    /// Opening the TCP connection (or resolving the name).
     Connect,
+    /// The server's greeting.
     Greeting,
+    /// EHLO or HELO.
     Ehlo,
+    /// STARTTLS and the handshake.
     StartTls,
+    /// AUTH.
     Auth,
+    /// MAIL FROM.
     Mail,
+    /// RCPT TO.
     Rcpt,
+    /// DATA (before the body).
     Data,
+    /// Sending the body and the reply to it.
     Body,
+    /// Getting an access token.
     Token,
+    /// An HTTP request (Microsoft Graph).
     Http,
+    /// Our side (reading the spool, writing a file).
     Local,
 }
 
 impl Stage {
+    /// The stage's name in logs and spooled events.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Connect => "connect",

@@ -27,6 +27,8 @@
 //!   `max_queue_lifetime`.
 //! - No failure notice is ever sent about a failure notice.
 
+#![warn(missing_docs)]
+
 mod attempt;
 pub mod backoff;
 mod direct;
@@ -56,28 +58,40 @@ pub type Routes = HashMap<String, Arc<dyn Route>>;
 /// What the scheduler needs to know about each account.
 #[derive(Clone, Debug)]
 pub struct AccountSettings {
+    /// The account's mailbox (the sender of its failure notices).
     pub mailbox: String,
+    /// Where failure notices go; none: failures are only logged and kept.
     pub bounce_to: Option<String>,
+    /// Deliveries of the account running at once.
     pub max_connections: usize,
     /// Attempts started per minute (pacing); 0: unlimited.
     pub max_per_minute: u32,
 }
 
+/// How the scheduler runs.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     /// false: synchronous delivery, nothing is retried (the device's reply is the verdict).
     pub queue: bool,
+    /// How long a device waits for its message's first attempt.
     pub wait_for_upstream: Duration,
+    /// The delay before the second attempt (it doubles from there).
     pub retry_initial: Duration,
+    /// The longest delay between attempts.
     pub retry_max: Duration,
+    /// How long a message is tried before it fails for good.
     pub max_queue_lifetime: Duration,
+    /// How long running deliveries get to finish at shutdown.
     pub shutdown_timeout: Duration,
+    /// This relay's name (in failure notices).
     pub hostname: String,
+    /// Every account's settings, by name.
     pub accounts: HashMap<String, AccountSettings>,
     /// How often `control/` is checked for admin requests.
     pub control_poll: Duration,
 }
 
+/// The queue: takes committed messages and delivers them through their account's route.
 pub struct Scheduler {
     inner: Arc<Inner>,
 }
@@ -111,6 +125,7 @@ pub(crate) fn instant_at(ms: u64) -> Instant {
 }
 
 impl Scheduler {
+    /// A scheduler over `spool`; nothing runs before [`Scheduler::start`].
     pub fn new(
         spool: Spool,
         routes: Routes,
@@ -145,6 +160,7 @@ impl Scheduler {
         }
     }
 
+    /// The route of `account`, if it has one.
     pub fn route(&self, account: &str) -> Option<&Arc<dyn Route>> {
         self.inner.routes.get(account)
     }

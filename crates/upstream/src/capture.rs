@@ -11,11 +11,13 @@ use smtp2oauth_proto::{DeliveryError, Reply};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
+/// Writes each message to a directory instead of delivering it.
 pub struct CaptureRoute {
     dir: PathBuf,
 }
 
 impl CaptureRoute {
+    /// Captures into `dir` (created when needed).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         CaptureRoute { dir: dir.into() }
     }

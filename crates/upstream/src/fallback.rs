@@ -25,6 +25,7 @@ use tracing::{info, warn};
 /// How long the primary is skipped after a tenant- or app-wide refusal.
 pub const SKIP_PRIMARY_FOR: Duration = Duration::from_secs(600);
 
+/// A route with a second way out for refusals specific to the first.
 pub struct FallbackRoute {
     account: String,
     primary: Arc<dyn Route>,
@@ -50,6 +51,7 @@ pub fn route_specific(route: RouteKind, e: &DeliveryError) -> Option<bool> {
 }
 
 impl FallbackRoute {
+    /// `account`'s `primary` route, and the `fallback` for what it refuses on its own account.
     pub fn new(account: String, primary: Arc<dyn Route>, fallback: Arc<dyn Route>) -> Self {
         FallbackRoute {
             account,

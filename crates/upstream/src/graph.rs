@@ -45,8 +45,10 @@ pub const GRAPH_MAX_CONCURRENT: usize = 4;
 /// Error bodies are read up to this many bytes (they are a few hundred).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// What a Graph route needs to know.
 #[derive(Clone)]
 pub struct GraphRouteConfig {
+    /// The account's name (for logs and errors).
     pub account: String,
     /// The mailbox that sends (`{id}` in the URL; the sender Exchange uses).
     pub mailbox: String,
@@ -57,6 +59,7 @@ pub struct GraphRouteConfig {
     pub max_message_size: u64,
 }
 
+/// Delivery through Microsoft Graph `sendMail`.
 pub struct GraphRoute {
     cfg: GraphRouteConfig,
     http: reqwest::Client,
@@ -233,6 +236,7 @@ enum Sent {
 }
 
 impl GraphRoute {
+    /// A route sharing `http`, the account's `tokens` and its app's request `slots`.
     pub fn new(
         cfg: GraphRouteConfig,
         http: reqwest::Client,

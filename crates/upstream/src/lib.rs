@@ -30,6 +30,8 @@
 //! - `tls.rs`: client TLS configuration (web PKI roots plus an optional extra CA file).
 //! - `advice.rs`: plain-words advice for known upstream refusals.
 
+#![warn(missing_docs)]
+
 pub mod advice;
 mod capture;
 pub mod cause;
@@ -62,15 +64,25 @@ use std::pin::Pin;
 /// A message to deliver: its envelope and where its bytes are.
 #[derive(Clone, Debug)]
 pub struct Message {
+    /// The queue id.
     pub id: String,
+    /// The account it is sent for.
     pub account: String,
+    /// The device that sent it.
     pub device: String,
+    /// The envelope sender.
     pub sender: String,
+    /// The recipients to deliver to in this attempt.
     pub recipients: Vec<String>,
+    /// Where the message's bytes are (CRLF line ends).
     pub data_path: PathBuf,
+    /// Its size in bytes.
     pub size: u64,
+    /// It has bytes >= 0x80.
     pub eight_bit: bool,
+    /// Its addresses need SMTPUTF8.
     pub smtputf8: bool,
+    /// When it was accepted (ms since the epoch).
     pub received_at_ms: u64,
 }
 
@@ -79,11 +91,13 @@ pub struct Message {
 pub struct DeliveryReport {
     /// The upstream's reply to the message body (or the route's own, for capture).
     pub reply: Reply,
+    /// Recipients the upstream accepted.
     pub accepted: Vec<String>,
     /// Recipients the upstream refused, each with its reply (4xx: may succeed later).
     pub rejected: Vec<(String, Reply)>,
 }
 
+/// A delivery in progress.
 pub type DeliveryFuture<'a> =
     Pin<Box<dyn Future<Output = Result<DeliveryReport, DeliveryError>> + Send + 'a>>;
 
@@ -124,5 +138,6 @@ pub trait Route: Send + Sync {
     fn kind(&self) -> RouteKind;
     /// A description of the destination without secrets, e.g. `smtp.office365.com:587 (starttls)`.
     fn target(&self) -> String;
+    /// Tries to deliver `message` to its recipients.
     fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a>;
 }

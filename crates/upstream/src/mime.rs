@@ -20,6 +20,7 @@ use base64::Engine;
 /// What [`prepare_for_graph`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Prepared {
+    /// The message as Graph gets it.
     pub bytes: Vec<u8>,
     /// Envelope recipients added in a `Bcc:` header.
     pub added_bcc: Vec<String>,

@@ -30,13 +30,17 @@ use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, warn};
 
+/// Whether a smart host must offer STARTTLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SmarthostTls {
+    /// No TLS, no delivery.
     Required,
+    /// TLS when offered, plain text otherwise.
     Opportunistic,
 }
 
 impl SmarthostTls {
+    /// The setting's value in the configuration.
     pub fn as_str(self) -> &'static str {
         match self {
             SmarthostTls::Required => "required",
@@ -48,24 +52,36 @@ impl SmarthostTls {
 /// Where the smart host is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
+    /// This host.
     Host(String),
+    /// The MX hosts of this domain.
     Mx(String),
 }
 
+/// What a smart host route needs to know.
 #[derive(Clone)]
 pub struct SmarthostRouteConfig {
+    /// The account's name (for logs and errors).
     pub account: String,
+    /// Where the smart host is.
     pub destination: Destination,
+    /// Its port (25).
     pub port: u16,
+    /// Whether it must offer STARTTLS.
     pub tls: SmarthostTls,
     /// Server verification (web PKI + `ca_file`) and the optional client certificate.
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// The name we give in EHLO.
     pub helo_name: String,
+    /// Longest wait for a TCP connection.
     pub connect_timeout: Duration,
+    /// Longest wait for each command's reply.
     pub command_timeout: Duration,
+    /// Longest wait for the reply to the message body.
     pub data_timeout: Duration,
 }
 
+/// Delivery to a smart host or a domain's MX, without AUTH.
 pub struct SmarthostRoute {
     cfg: SmarthostRouteConfig,
     resolver: TokioResolver,
@@ -109,6 +125,7 @@ struct Hop {
 }
 
 impl SmarthostRoute {
+    /// A route resolving names with `resolver`.
     pub fn new(cfg: SmarthostRouteConfig, resolver: TokioResolver) -> Self {
         SmarthostRoute { cfg, resolver }
     }

@@ -28,15 +28,19 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::{debug, info, warn};
 
+/// How the SMTP route encrypts the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsMode {
+    /// STARTTLS after the greeting (port 587).
     Starttls,
+    /// TLS from the first byte (port 465).
     Implicit,
     /// Plain text; only for tests against local fakes.
     None,
 }
 
 impl TlsMode {
+    /// The setting's value in the configuration.
     pub fn as_str(self) -> &'static str {
         match self {
             TlsMode::Starttls => "starttls",
@@ -85,18 +89,28 @@ impl SaslMechanism {
     }
 }
 
+/// What an SMTP route needs to know.
 #[derive(Clone)]
 pub struct SmtpRouteConfig {
+    /// The account's name (for logs and errors).
     pub account: String,
     /// The mailbox we authenticate as (`user=` in XOAUTH2, `a=` in OAUTHBEARER).
     pub mailbox: String,
+    /// The upstream's host name (also the name its certificate must carry).
     pub host: String,
+    /// Its port.
     pub port: u16,
+    /// How the connection is encrypted.
     pub tls: TlsMode,
+    /// Server verification (web PKI and `ca_file`).
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// How the token is presented.
     pub auth: SaslMechanism,
+    /// The name we give in EHLO.
     pub helo_name: String,
+    /// Longest wait for a TCP connection.
     pub connect_timeout: Duration,
+    /// Longest wait for each command's reply.
     pub command_timeout: Duration,
     /// Longest wait for the reply to the message body.
     pub data_timeout: Duration,
@@ -106,6 +120,7 @@ pub struct SmtpRouteConfig {
     pub idle_timeout: Duration,
 }
 
+/// Submission with an OAuth token over pooled sessions.
 pub struct SmtpRoute {
     cfg: SmtpRouteConfig,
     tokens: Arc<dyn TokenSource>,
@@ -130,6 +145,7 @@ pub fn oauthbearer_initial_response(mailbox: &str, host: &str, port: u16, token:
 }
 
 impl SmtpRoute {
+    /// A route getting its tokens from `tokens`.
     pub fn new(cfg: SmtpRouteConfig, tokens: Arc<dyn TokenSource>) -> Self {
         let pool = Pool::new(cfg.max_idle, cfg.idle_timeout);
         SmtpRoute { cfg, tokens, pool }

@@ -2,6 +2,8 @@
 //! itself promises (request shape, token refresh, the concurrency limit per app, the replies
 //! its failures become), without the relay around it.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

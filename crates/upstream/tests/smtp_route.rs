@@ -13,6 +13,8 @@
 //!
 //! assertions state the expected behaviour.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
