@@ -484,8 +484,8 @@ mod tests {
                 "From: Scanner (3rd floor) <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scanner (3rd floor)\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
-            // Found by the `headers` fuzz target: a display name that is not an RFC 5322 phrase
-            // is quoted, or a mail parser reads a list or another address instead of the mailbox.
+            // A display name that is not an RFC 5322 phrase is quoted, or a mail parser reads a
+            // list or another address instead of the mailbox.
             (
                 "From: Scan, 3F <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scan, 3F\" <scanner@contoso.com>\r\n\r\nb\r\n",
@@ -507,8 +507,8 @@ mod tests {
                 "From: \"Scan\u{0} 3F\u{1}\" <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scan 3F\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
-            // a quote inside a comment does not open a quoted string (found by the fuzzer:
-            // our own output was read back as a different address)
+            // a quote inside a comment does not open a quoted string (else our own output
+            // would be read back as a different address)
             (
                 "From: Scan (3\" floor) <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scan (3\\\" floor)\" <scanner@contoso.com>\r\n\r\nb\r\n",

@@ -552,8 +552,8 @@ mod tests {
         );
     }
 
-    /// Found by the `reply` fuzz target: a 500-byte upstream text behind `554 5.2.252 ` made a
-    /// 514-octet line.
+    /// A 500-byte upstream text behind `554 5.2.252 ` must still make a line of at most 512
+    /// octets.
     #[test]
     fn wire_lines_fit_in_512_octets() {
         let long = format!("{}é{}", "x".repeat(496), "y".repeat(600));

@@ -471,7 +471,7 @@ fn garbage_never_panics() {
     }
 }
 
-/// Found by the `session` fuzz target: smtp-proto skipped the CR in `DAT<CR>A` and read DATA.
+/// smtp-proto skips the CR in `DAT<CR>A` and would read DATA.
 #[test]
 fn a_cr_inside_a_command_is_refused() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
