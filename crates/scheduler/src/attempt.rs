@@ -98,7 +98,7 @@ impl Inner {
 
     /// The message as its session committed it (still queued?), or as the spool has it.
     async fn queued(&self, id: &MessageId) -> Result<Queued, SpoolError> {
-        // (Taken out first: the queue's lock must not be held across an await.)
+        // Taken out of the queue first: its lock must not be held across an await.
         let fresh = self.queue().take_fresh(id);
         match fresh {
             // An admin's `queue delete` may have removed it between its commit and its
