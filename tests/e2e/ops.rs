@@ -237,9 +237,9 @@ async fn readyz_says_why_when_the_token_endpoint_is_down_or_the_spool_is_unwrita
     }
 
     // The spool becomes unwritable (a file where a directory should be: root ignores modes).
-    let incoming = relay.store().join("spool/incoming");
-    std::fs::remove_dir_all(&incoming).unwrap();
-    std::fs::write(&incoming, b"not a directory").unwrap();
+    let data_dir = relay.store().join("spool/data");
+    std::fs::remove_dir_all(&data_dir).unwrap();
+    std::fs::write(&data_dir, b"not a directory").unwrap();
     let (code, body) = http_get(&url).await;
     assert_eq!(code, 503, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -250,8 +250,8 @@ async fn readyz_says_why_when_the_token_endpoint_is_down_or_the_spool_is_unwrita
         .find(|c| c["name"] == "spool")
         .unwrap();
     assert_eq!(spool["ok"], false, "{spool}");
-    std::fs::remove_file(&incoming).unwrap();
-    std::fs::create_dir(&incoming).unwrap();
+    std::fs::remove_file(&data_dir).unwrap();
+    std::fs::create_dir(&data_dir).unwrap();
     assert_eq!(http_get(&url).await.0, 200);
 }
 

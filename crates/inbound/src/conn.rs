@@ -21,7 +21,7 @@ use smtp2oauth_config::ListenerTls;
 use smtp2oauth_metrics::{AccountLabels, Metrics, RefusalLabels, ResultLabels, SessionLabels};
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_proto::{DotDecoder, Reply, SessionError};
-use smtp2oauth_spool::{Envelope, Queued, Spool, SpoolError};
+use smtp2oauth_spool::{Envelope, Incoming, MessageId, Queued, Spool, SpoolError};
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -36,33 +36,51 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 /// Where an accepted message goes next (the scheduler). It returns the reply the device gets.
 pub trait Submit: Send + Sync + 'static {
+    /// Queues a durable message; returns the reply its device gets.
     fn submit(&self, message: Queued) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>>;
 }
 
 /// Everything sessions share.
 pub struct Inbound {
+    /// Our name in the greeting, EHLO and Received headers.
     pub hostname: Arc<str>,
+    /// What one session may do.
     pub limits: Limits,
+    /// The longest command line taken.
     pub max_line_length: usize,
+    /// How long a command line may take to arrive whole.
     pub command_timeout: Duration,
+    /// How long one read during DATA may wait.
     pub data_timeout: Duration,
+    /// How long a session may last.
     pub session_timeout: Duration,
+    /// Put our Received header on top of each message.
     pub add_received_header: bool,
+    /// The devices and their passwords.
     pub directory: Arc<Directory>,
+    /// Where accepted messages go.
     pub spool: Spool,
+    /// Who gets them next.
     pub submit: Arc<dyn Submit>,
+    /// Sessions allowed at once, in all and per address.
     pub limiter: Arc<Limiter>,
+    /// Cancelled when the relay stops: idle sessions are closed.
     pub shutdown: CancellationToken,
+    /// Where sessions, logins and refusals are counted.
     pub metrics: Option<Arc<Metrics>>,
+    /// Failed logins per address, and lockouts.
     pub guard: Arc<crate::guard::LoginGuard>,
     /// Commands (lines) and bytes one session may send.
     pub max_commands: u64,
+    /// Bytes one session may send.
     pub max_session_bytes: u64,
 }
 
 /// One listener's settings and TLS acceptor.
 pub struct ListenerRuntime {
+    /// The listener's settings.
     pub settings: Arc<ListenerSettings>,
+    /// Its certificate, when it has one.
     pub tls: Option<TlsHandle>,
 }
 
@@ -103,22 +121,7 @@ async fn serve_inner<S>(
         &listener.settings.label,
         if implicit { "implicit" } else { "none" },
     );
-    let ip_device = ctx.directory.device_for_address(peer.ip());
-    // Before a device is known, advertise the largest size any device may send.
-    let mut limits = ctx.limits;
-    if let Some(largest) = ctx.directory.largest_message_size() {
-        limits.max_message_size = limits.max_message_size.min(largest);
-    }
-    let mut session = Session::new(
-        ctx.hostname.clone(),
-        listener.settings.clone(),
-        limits,
-        peer.ip(),
-        implicit,
-        listener.tls.is_some(),
-        ip_device,
-    );
-    session.id = session_id;
+    let mut session = new_session(&ctx, &listener, peer, session_id);
     let handshake_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline);
 
     if implicit {
@@ -164,6 +167,31 @@ async fn serve_inner<S>(
         }
     }
     debug!("disconnected");
+}
+
+fn new_session(
+    ctx: &Inbound,
+    listener: &ListenerRuntime,
+    peer: SocketAddr,
+    session_id: u64,
+) -> Session {
+    let ip_device = ctx.directory.device_for_address(peer.ip());
+    // Before a device is known, advertise the largest size any device may send.
+    let mut limits = ctx.limits;
+    if let Some(largest) = ctx.directory.largest_message_size() {
+        limits.max_message_size = limits.max_message_size.min(largest);
+    }
+    let mut session = Session::new(
+        ctx.hostname.clone(),
+        listener.settings.clone(),
+        limits,
+        peer.ip(),
+        listener.settings.tls == ListenerTls::Implicit,
+        listener.tls.is_some(),
+        ip_device,
+    );
+    session.id = session_id;
+    session
 }
 
 /// Says which TLS version and cipher a device got: the way to find the devices that still
@@ -384,27 +412,9 @@ where
             let _ = conn.flush(write_deadline()).await;
             return Outcome::Closed;
         }
-        let limit = if session.in_sasl() {
-            ctx.max_line_length.max(MAX_SASL_LINE)
-        } else {
-            ctx.max_line_length
-        };
-        let step = match conn.take_line(limit) {
-            LineEvent::Line(line) => {
-                command_deadline = None;
-                commands += 1;
-                if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL") {
-                    session.set_free_space(ctx.spool.free_space());
-                }
-                Some(session.handle_line(&line))
-            }
-            LineEvent::TooLong => {
-                warn!(limit, "command line too long");
-                Some(session.line_too_long())
-            }
-            LineEvent::NeedMore => None,
-        };
-        if let Some(step) = step {
+        if let Some(step) =
+            next_step(conn, session, ctx, &mut commands, &mut command_deadline).await
+        {
             match perform(step, conn, session, ctx, peer, session_deadline).await {
                 Some(outcome) => return outcome,
                 None => continue,
@@ -444,6 +454,40 @@ where
     }
 }
 
+/// The session's answer to the next complete line already read, if there is one. A whole
+/// line counts as a command and ends the wait for one (`command_deadline`).
+async fn next_step<S>(
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    ctx: &Inbound,
+    commands: &mut u64,
+    command_deadline: &mut Option<Instant>,
+) -> Option<Step>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let limit = if session.in_sasl() {
+        ctx.max_line_length.max(MAX_SASL_LINE)
+    } else {
+        ctx.max_line_length
+    };
+    match conn.take_line(limit) {
+        LineEvent::Line(line) => {
+            *command_deadline = None;
+            *commands += 1;
+            if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL") {
+                session.set_free_space(ctx.spool.free_space().await);
+            }
+            Some(session.handle_line(&line))
+        }
+        LineEvent::TooLong => {
+            warn!(limit, "command line too long");
+            Some(session.line_too_long())
+        }
+        LineEvent::NeedMore => None,
+    }
+}
+
 /// Carries out one step. Returns `Some` when the session is over (or switches to TLS).
 async fn perform<S>(
     step: Step,
@@ -458,94 +502,87 @@ where
 {
     let write_deadline =
         || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
-    let mut login_failed = false;
     let step = match step {
         Step::Verify(creds) => {
             if conn.flush(write_deadline()).await.is_err() {
                 return Some(Outcome::Closed);
             }
-            let username = String::from_utf8_lossy(&creds.username)
-                .chars()
-                .take(64)
-                .collect::<String>();
-            let result = ctx.directory.verify(creds, peer.ip()).await;
-            if let Some(m) = &ctx.metrics {
-                let result = match &result {
-                    Ok(_) => "success",
-                    Err(e) => e.label(),
-                };
-                m.auth_attempts
-                    .get_or_create(&ResultLabels { result })
-                    .inc();
-            }
-            match &result {
-                Ok(_) => ctx.guard.success(peer.ip()),
-                Err(AuthFailure::Busy | AuthFailure::Internal) => {}
-                Err(_) => login_failed = true,
-            }
-            match &result {
-                Ok(device) => {
-                    debug!(device = %device.name, account = %device.account, "authenticated")
-                }
-                Err(reason) => {
-                    warn!(username = %username.escape_debug(), reason = reason.as_str(), "authentication failed")
-                }
-            }
+            let result = check_password(ctx, creds, peer).await;
             session.auth_result(result)
-        }
-        // A malformed AUTH PLAIN message is a failed login too.
-        Step::Reply(r) if r.code() == 535 => {
-            login_failed = true;
-            Step::Reply(r)
         }
         other => other,
     };
-    if login_failed && let Verdict::LockedOut(period) = ctx.guard.failure(peer.ip()) {
-        warn!(
-            lockout_secs = period.as_secs(),
-            "address locked out after repeated failed logins"
-        );
-        conn.queue(&SessionError::LockedOut.reply());
-        let _ = conn.flush(write_deadline()).await;
-        return Some(Outcome::Closed);
-    }
-    match step {
-        Step::Reply(r) => {
-            conn.queue(&r);
-            None
-        }
-        Step::Close(r) => {
-            conn.queue(&r);
-            let _ = conn.flush(write_deadline()).await;
-            Some(Outcome::Closed)
-        }
-        Step::StartTls(r) => {
-            conn.queue(&r);
-            if conn.flush(write_deadline()).await.is_err() {
-                return Some(Outcome::Closed);
+    let (reply, next) = match step {
+        Step::Reply(r) => (r, None),
+        Step::Close(r) => (r, Some(Outcome::Closed)),
+        Step::AuthFailed { reply, close } => {
+            if let Verdict::LockedOut(period) = ctx.guard.failure(peer.ip()) {
+                warn!(
+                    lockout_secs = period.as_secs(),
+                    "address locked out after repeated failed logins"
+                );
+                (SessionError::LockedOut.reply(), Some(Outcome::Closed))
+            } else {
+                (reply, close.then_some(Outcome::Closed))
             }
-            Some(Outcome::StartTls)
         }
+        Step::StartTls(r) => (r, Some(Outcome::StartTls)),
         Step::Data(plan) => {
             conn.queue(&ok::start_data());
             if conn.flush(write_deadline()).await.is_err() {
                 return Some(Outcome::Closed);
             }
             match receive_message(conn, session, ctx, plan, peer, session_deadline).await {
-                DataOutcome::Reply(r) => {
-                    conn.queue(&r);
-                    None
-                }
-                DataOutcome::Close(r) => {
-                    conn.queue(&r);
-                    let _ = conn.flush(write_deadline()).await;
-                    Some(Outcome::Closed)
-                }
-                DataOutcome::Gone => Some(Outcome::Closed),
+                DataOutcome::Reply(r) => (r, None),
+                DataOutcome::Close(r) => (r, Some(Outcome::Closed)),
+                DataOutcome::Gone => return Some(Outcome::Closed),
             }
         }
         Step::Verify(_) => unreachable!("handled above; auth_result never asks to verify again"),
+    };
+    conn.queue(&reply);
+    match next {
+        None => None,
+        // The reply goes out before the connection closes or turns to TLS.
+        Some(outcome) => match conn.flush(write_deadline()).await {
+            Ok(()) => Some(outcome),
+            Err(_) => Some(Outcome::Closed),
+        },
     }
+}
+
+/// Checks a device's password (on the verifier threads), with its log line and metric. A
+/// success clears the address's failed logins; a failure is counted by the caller, when the
+/// session reports it.
+async fn check_password(
+    ctx: &Inbound,
+    creds: crate::sasl::Credentials,
+    peer: SocketAddr,
+) -> Result<Arc<crate::identity::Device>, AuthFailure> {
+    let username = String::from_utf8_lossy(&creds.username)
+        .chars()
+        .take(64)
+        .collect::<String>();
+    let result = ctx.directory.verify(creds, peer.ip()).await;
+    if let Some(m) = &ctx.metrics {
+        let result = match &result {
+            Ok(_) => "success",
+            Err(e) => e.label(),
+        };
+        m.auth_attempts
+            .get_or_create(&ResultLabels { result })
+            .inc();
+    }
+    match &result {
+        Ok(device) => {
+            ctx.guard.success(peer.ip());
+            debug!(device = %device.name, account = %device.account, "authenticated")
+        }
+        Err(reason) => {
+            warn!(username = %username.escape_debug(), reason = reason.as_str(), "authentication failed")
+        }
+    }
+    result
 }
 
 enum DataOutcome {
@@ -554,6 +591,8 @@ enum DataOutcome {
     Gone,
 }
 
+/// Receives one message body into the spool and hands the committed message on; returns what
+/// the device hears.
 async fn receive_message<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
@@ -565,161 +604,31 @@ async fn receive_message<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let envelope = Envelope {
-        id: String::new(),
-        received_at_ms: smtp2oauth_spool::now_ms(),
-        account: plan.device.account.clone(),
-        device: plan.device.name.clone(),
-        listener: session.listener().label.clone(),
-        client_ip: crate::identity::normalise_ip(peer.ip()).to_string(),
-        helo: plan.helo.clone(),
-        sender: plan.sender.clone(),
-        original_sender: plan.original_sender.clone(),
-        recipients: plan.recipients.clone(),
-        eight_bit: false,
-        smtputf8: plan.smtputf8,
-        size: 0,
-        crc32c: None,
-        notice: false,
-        session: session.id,
-    };
-    let mut store_err: Option<SpoolError> = None;
-    let mut incoming = match ctx.spool.receive(envelope).await {
-        Ok(i) => Some(i),
-        Err(e) => {
-            error!(error = %e, "cannot create a spool file; the message will be refused");
-            store_err = Some(e);
-            None
-        }
-    };
-    let mut decoded = Vec::with_capacity(WRITE_CHUNK + 1024);
-    let mut staged = Vec::with_capacity(WRITE_CHUNK + 1024);
-    if let Some(inc) = &incoming
-        && ctx.add_received_header
-    {
-        let header = received_header(&ReceivedInfo {
-            helo: &plan.helo,
-            client_ip: &crate::identity::normalise_ip(peer.ip()).to_string(),
-            hostname: &ctx.hostname,
-            esmtp: plan.esmtp,
-            tls: plan.tls,
-            authenticated: plan.authenticated,
-            queue_id: inc.id().as_str(),
-            single_recipient: (plan.recipients.len() == 1).then(|| plan.recipients[0].as_str()),
-            unix_time: smtp2oauth_spool::now_ms() / 1000,
-        });
-        staged.extend_from_slice(header.as_bytes());
-    }
-    let mut rewriter = plan
-        .device
-        .policy
-        .rewrite
-        .then(|| HeaderRewriter::new(plan.device.policy.clone()));
+    let mut sink = BodySink::open(ctx, session, &plan, peer).await;
     // The device's account may take less than the server (a Graph route without a fallback).
     let size_limit = plan
         .device
         .max_message_size
         .min(ctx.limits.max_message_size);
     let mut decoder = DotDecoder::new(size_limit);
-
-    loop {
-        let r = decoder.decode(conn.buffered(), &mut decoded);
-        conn.consume(r.consumed);
-        if decoded.len() >= WRITE_CHUNK || r.done {
-            match rewriter.as_mut() {
-                Some(rw) => rw.push(&decoded, &mut staged),
-                None => staged.extend_from_slice(&decoded),
-            }
-            decoded.clear();
-            if r.done
-                && let Some(rw) = rewriter.as_mut()
-            {
-                rw.finish(&mut staged);
-            }
-            if decoder.over_limit() {
-                if let Some(inc) = incoming.take() {
-                    inc.abort().await;
-                }
-            } else if let Some(inc) = incoming.as_mut()
-                && let Err(e) = inc.write(&staged).await
-            {
-                error!(error = %e, "writing to the spool failed; the message will be refused");
-                store_err = Some(e);
-                if let Some(inc) = incoming.take() {
-                    inc.abort().await;
-                }
-            }
-            staged.clear();
-        }
-        if r.done {
-            break;
-        }
-        let deadline = (Instant::now() + ctx.data_timeout).min(session_deadline);
-        match timeout_at(deadline, conn.fill()).await {
-            Err(_) => {
-                if let Some(inc) = incoming.take() {
-                    inc.abort().await;
-                }
-                info!("timeout while receiving message data");
-                return DataOutcome::Close(SessionError::Timeout.reply());
-            }
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                if let Some(inc) = incoming.take() {
-                    inc.abort().await;
-                }
-                warn!(
-                    received = decoder.size(),
-                    "client disconnected during DATA; nothing was accepted"
-                );
-                return DataOutcome::Gone;
-            }
-            Ok(Ok(_)) => {}
-        }
+    if let Err(end) = read_body(conn, ctx, &mut decoder, &mut sink, session_deadline).await {
+        sink.abort().await;
+        return end;
     }
-
-    let refusal = if decoder.over_limit() {
+    let committed = if decoder.over_limit() {
         info!(
             size = decoder.size(),
             limit = size_limit,
             account = %plan.device.account,
             "message refused: too large"
         );
-        Some(SessionError::MessageTooBig(size_limit))
+        sink.abort().await;
+        Err(SessionError::MessageTooBig(size_limit))
     } else {
-        store_err.as_ref().map(|e| {
-            if e.is_full() {
-                SessionError::StorageFull
-            } else {
-                SessionError::LocalError
-            }
-        })
+        sink.log_rewrites(&plan);
+        sink.commit(decoder.saw_eight_bit()).await
     };
-    if let Some(err) = refusal {
-        if let Some(inc) = incoming.take() {
-            inc.abort().await;
-        }
-        return if session.data_refused() {
-            DataOutcome::Close(SessionError::TooManyErrors.reply())
-        } else {
-            DataOutcome::Reply(err.reply())
-        };
-    }
-    if let Some(rw) = &rewriter {
-        let o = &rw.outcome;
-        if let Some(orig) = &o.from_rewritten {
-            info!(from = %orig.escape_debug(), to = %plan.device.policy.mailbox, "header From rewritten");
-        }
-        if o.from_added {
-            info!(to = %plan.device.policy.mailbox, "header From added");
-        }
-        if o.too_large {
-            warn!("header block too large to rewrite; passed unchanged");
-        }
-    }
-    let Some(inc) = incoming.take() else {
-        return DataOutcome::Reply(SessionError::LocalError.reply());
-    };
-    match inc.commit(decoder.saw_eight_bit()).await {
+    match committed {
         Ok(queued) => {
             debug!(queue_id = %queued.id(), size = queued.envelope.size, "message spooled");
             if let Some(m) = &ctx.metrics {
@@ -733,14 +642,187 @@ where
             }
             DataOutcome::Reply(ctx.submit.submit(queued).await)
         }
-        Err(e) => {
-            error!(error = %e, "committing the message to the spool failed; refused");
-            let err = if e.is_full() {
-                SessionError::StorageFull
-            } else {
-                SessionError::LocalError
-            };
-            DataOutcome::Reply(err.reply())
+        Err(_) if session.data_refused() => DataOutcome::Close(SessionError::TooManyErrors.reply()),
+        Err(refusal) => DataOutcome::Reply(refusal.reply()),
+    }
+}
+
+/// Reads the body up to its final dot, into `sink`. `Err` is what to do when the device timed
+/// out or went away before the end.
+async fn read_body<S>(
+    conn: &mut Conn<S>,
+    ctx: &Inbound,
+    decoder: &mut DotDecoder,
+    sink: &mut BodySink,
+    session_deadline: Instant,
+) -> Result<(), DataOutcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut decoded = Vec::with_capacity(WRITE_CHUNK + 1024);
+    loop {
+        let r = decoder.decode(conn.buffered(), &mut decoded);
+        conn.consume(r.consumed);
+        if decoded.len() >= WRITE_CHUNK || r.done {
+            sink.push(&decoded, r.done, decoder.over_limit()).await;
+            decoded.clear();
+        }
+        if r.done {
+            return Ok(());
+        }
+        let deadline = (Instant::now() + ctx.data_timeout).min(session_deadline);
+        match timeout_at(deadline, conn.fill()).await {
+            Err(_) => {
+                info!("timeout while receiving message data");
+                return Err(DataOutcome::Close(SessionError::Timeout.reply()));
+            }
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                warn!(
+                    received = decoder.size(),
+                    "client disconnected during DATA; nothing was accepted"
+                );
+                return Err(DataOutcome::Gone);
+            }
+            Ok(Ok(_)) => {}
         }
     }
 }
+
+/// The refusal a device hears when the spool cannot take its message: decided here only.
+fn storage_refusal(e: &SpoolError) -> SessionError {
+    if e.is_full() {
+        SessionError::StorageFull
+    } else {
+        SessionError::LocalError
+    }
+}
+
+/// Where a message body goes: its spool file, behind our Received header and through the
+/// From rewriter. When the spool fails, the failure is kept and the rest of the body read and
+/// dropped, so the device hears the refusal after its final dot.
+struct BodySink {
+    incoming: Option<Incoming>,
+    failed: Option<SpoolError>,
+    rewriter: Option<HeaderRewriter>,
+    /// Bytes on their way to the spool (after the rewriter).
+    staged: Vec<u8>,
+}
+
+impl BodySink {
+    async fn open(ctx: &Inbound, session: &Session, plan: &DataPlan, peer: SocketAddr) -> Self {
+        let client_ip = crate::identity::normalise_ip(peer.ip()).to_string();
+        let envelope = Envelope {
+            id: MessageId::default(),
+            received_at_ms: smtp2oauth_spool::now_ms(),
+            account: plan.device.account.clone(),
+            device: plan.device.name.clone(),
+            listener: session.listener().label.clone(),
+            client_ip: client_ip.clone(),
+            helo: plan.helo.clone(),
+            sender: plan.sender.clone(),
+            original_sender: plan.original_sender.clone(),
+            recipients: plan.recipients.clone(),
+            eight_bit: false,
+            smtputf8: plan.smtputf8,
+            size: 0,
+            crc32c: 0,
+            notice: false,
+            session: session.id,
+        };
+        let mut sink = BodySink {
+            incoming: None,
+            failed: None,
+            rewriter: plan
+                .device
+                .policy
+                .rewrite
+                .then(|| HeaderRewriter::new(plan.device.policy.clone())),
+            staged: Vec::with_capacity(WRITE_CHUNK + 1024),
+        };
+        match ctx.spool.receive(envelope).await {
+            Ok(inc) => sink.incoming = Some(inc),
+            Err(e) => {
+                error!(error = %e, "cannot create a spool file; the message will be refused");
+                sink.failed = Some(e);
+                return sink;
+            }
+        }
+        if let Some(inc) = &sink.incoming
+            && ctx.add_received_header
+        {
+            let header = received_header(&ReceivedInfo {
+                helo: &plan.helo,
+                client_ip: &client_ip,
+                hostname: &ctx.hostname,
+                esmtp: plan.esmtp,
+                tls: plan.tls,
+                authenticated: plan.authenticated,
+                queue_id: inc.id().as_str(),
+                single_recipient: (plan.recipients.len() == 1).then(|| plan.recipients[0].as_str()),
+                unix_time: smtp2oauth_spool::now_ms() / 1000,
+            });
+            sink.staged.extend_from_slice(header.as_bytes());
+        }
+        sink
+    }
+
+    /// Takes decoded body bytes (`done` with the last ones). A message over its size limit is
+    /// not written any further: its file goes, the rest is only counted.
+    async fn push(&mut self, decoded: &[u8], done: bool, over_limit: bool) {
+        match self.rewriter.as_mut() {
+            Some(rw) => rw.push(decoded, &mut self.staged),
+            None => self.staged.extend_from_slice(decoded),
+        }
+        if done && let Some(rw) = self.rewriter.as_mut() {
+            rw.finish(&mut self.staged);
+        }
+        if over_limit {
+            self.abort().await;
+        } else if let Some(inc) = self.incoming.as_mut()
+            && let Err(e) = inc.write(&self.staged).await
+        {
+            error!(error = %e, "writing to the spool failed; the message will be refused");
+            self.failed = Some(e);
+            self.abort().await;
+        }
+        self.staged.clear();
+    }
+
+    /// Gives up the spool file (if any).
+    async fn abort(&mut self) {
+        if let Some(inc) = self.incoming.take() {
+            inc.abort().await;
+        }
+    }
+
+    fn log_rewrites(&self, plan: &DataPlan) {
+        let Some(rw) = &self.rewriter else { return };
+        let o = &rw.outcome;
+        if let Some(orig) = &o.from_rewritten {
+            info!(from = %orig.escape_debug(), to = %plan.device.policy.mailbox, "header From rewritten");
+        }
+        if o.from_added {
+            info!(to = %plan.device.policy.mailbox, "header From added");
+        }
+        if o.too_large {
+            warn!("header block too large to rewrite; passed unchanged");
+        }
+    }
+
+    /// Makes the message durable, or says how the device is refused.
+    async fn commit(mut self, eight_bit: bool) -> Result<Queued, SessionError> {
+        if let Some(e) = &self.failed {
+            return Err(storage_refusal(e));
+        }
+        let Some(inc) = self.incoming.take() else {
+            return Err(SessionError::LocalError);
+        };
+        inc.commit(eight_bit).await.map_err(|e| {
+            error!(error = %e, "committing the message to the spool failed; refused");
+            storage_refusal(&e)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

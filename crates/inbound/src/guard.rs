@@ -16,12 +16,18 @@ use std::time::{Duration, Instant};
 
 const MAX_TRACKED: usize = 100_000;
 
+/// When an address is locked out, and for how long.
 #[derive(Clone, Debug)]
 pub struct GuardSettings {
+    /// Failed logins within `lockout_window` that lock the address out (0: never).
     pub lockout_after: u32,
+    /// The window in which failures add up.
     pub lockout_window: Duration,
+    /// The first lockout's length (each next one doubles).
     pub lockout_time: Duration,
+    /// The longest lockout.
     pub lockout_max: Duration,
+    /// Addresses never locked out.
     pub exempt: Vec<IpNet>,
 }
 
@@ -34,6 +40,7 @@ struct Record {
     level: u32,
 }
 
+/// Failed logins per client address, shared by every listener.
 pub struct LoginGuard {
     settings: GuardSettings,
     records: Mutex<HashMap<IpAddr, Record>>,
@@ -49,6 +56,7 @@ pub enum Verdict {
 }
 
 impl LoginGuard {
+    /// A guard with no failure recorded yet.
     pub fn new(settings: GuardSettings) -> LoginGuard {
         LoginGuard {
             settings,

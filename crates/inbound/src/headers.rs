@@ -22,6 +22,7 @@ pub struct HeaderRewriter {
     policy: SenderPolicy,
     buf: Vec<u8>,
     state: RewriteState,
+    /// What the rewriter did, for the log.
     pub outcome: RewriteOutcome,
 }
 
@@ -31,17 +32,21 @@ enum RewriteState {
     Passing,
 }
 
+/// What the From rewriter did to one message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RewriteOutcome {
     /// The From address the device wrote, when it was replaced.
     pub from_rewritten: Option<String>,
+    /// The message had no From; the mailbox was added.
     pub from_added: bool,
+    /// The Sender header was set to the mailbox.
     pub sender_rewritten: bool,
     /// The header block exceeded [`MAX_HEADER_BLOCK`] and was passed through unchanged.
     pub too_large: bool,
 }
 
 impl HeaderRewriter {
+    /// A rewriter for a device with `policy`.
     pub fn new(policy: SenderPolicy) -> Self {
         HeaderRewriter {
             policy,
@@ -317,18 +322,27 @@ fn unquote(d: &str) -> Cow<'_, str> {
 
 /// The `Received:` header we prepend (RFC 5321 §4.4). It does not name the device's login.
 pub struct ReceivedInfo<'a> {
+    /// The name the device gave in EHLO or HELO.
     pub helo: &'a str,
+    /// The device's address.
     pub client_ip: &'a str,
+    /// Our name.
     pub hostname: &'a str,
+    /// The device said EHLO (ESMTP).
     pub esmtp: bool,
+    /// The session was encrypted.
     pub tls: bool,
+    /// The device logged in.
     pub authenticated: bool,
+    /// The message's queue id.
     pub queue_id: &'a str,
     /// Named only when the message has a single recipient (as Postfix does), to not disclose Bcc.
     pub single_recipient: Option<&'a str>,
+    /// When the message arrived (seconds since the epoch).
     pub unix_time: u64,
 }
 
+/// Our `Received:` header for a message (RFC 5321 section 4.4), folded, with CRLF.
 pub fn received_header(r: &ReceivedInfo<'_>) -> String {
     // RFC 3848 protocol names
     let with = match (r.esmtp, r.tls, r.authenticated) {
@@ -470,8 +484,8 @@ mod tests {
                 "From: Scanner (3rd floor) <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scanner (3rd floor)\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
-            // Found by the `headers` fuzz target: a display name that is not an RFC 5322 phrase
-            // is quoted, or a mail parser reads a list or another address instead of the mailbox.
+            // A display name that is not an RFC 5322 phrase is quoted, or a mail parser reads a
+            // list or another address instead of the mailbox.
             (
                 "From: Scan, 3F <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scan, 3F\" <scanner@contoso.com>\r\n\r\nb\r\n",
@@ -493,8 +507,8 @@ mod tests {
                 "From: \"Scan\u{0} 3F\u{1}\" <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scan 3F\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
-            // a quote inside a comment does not open a quoted string (found by the fuzzer:
-            // our own output was read back as a different address)
+            // a quote inside a comment does not open a quoted string (else our own output
+            // would be read back as a different address)
             (
                 "From: Scan (3\" floor) <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scan (3\\\" floor)\" <scanner@contoso.com>\r\n\r\nb\r\n",

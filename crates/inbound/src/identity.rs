@@ -18,11 +18,16 @@ use std::time::{Duration, Instant};
 /// A configured device, resolved against its account.
 #[derive(Debug)]
 pub struct Device {
+    /// The device's name in logs (its username when it has one).
     pub name: String,
+    /// The name it logs in with; none for a device recognised by address.
     pub username: Option<String>,
     hash: Option<Arc<PasswordHash>>,
+    /// Addresses it may connect from (empty: any).
     pub allow_ips: Vec<IpNet>,
+    /// The account whose route delivers its mail.
     pub account: String,
+    /// Which senders it may use.
     pub policy: SenderPolicy,
     /// The largest message this device may send: its account's limit (a route such as Graph
     /// takes less than `[server] max_message_size`), never more than the server's.
@@ -30,6 +35,7 @@ pub struct Device {
 }
 
 impl Device {
+    /// True when the device may connect from `ip`.
     pub fn allowed_from(&self, ip: IpAddr) -> bool {
         self.allow_ips.is_empty() || self.allow_ips.iter().any(|n| n.contains(&normalise_ip(ip)))
     }
@@ -58,14 +64,18 @@ pub struct Directory {
     in_flight: Mutex<HashMap<[u8; 32], tokio::sync::watch::Receiver<Option<bool>>>>,
 }
 
+/// A device the configuration describes that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct DirectoryError {
+    /// The configuration key (`devices.2.password_hash`).
     pub key: String,
+    /// What is wrong.
     pub message: String,
 }
 
 impl Directory {
+    /// Resolves every device against its account; reports every problem at once.
     pub fn from_config(cfg: &Config) -> Result<Directory, Vec<DirectoryError>> {
         let mut errors = Vec::new();
         let mut by_username = HashMap::new();
@@ -465,11 +475,15 @@ impl AuthCache {
 /// Why a login failed (for the log; the device always gets the same 535).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFailure {
+    /// No device has this username.
     UnknownUser,
+    /// The password does not match.
     WrongPassword,
+    /// The right password, from an address outside the device's `allow_ips`.
     AddressNotAllowed,
     /// Too many logins waiting for verification: the device is told to try again.
     Busy,
+    /// The check itself failed (our trouble).
     Internal,
 }
 
@@ -485,6 +499,7 @@ impl AuthFailure {
         }
     }
 
+    /// The failure in words, for the log.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthFailure::UnknownUser => "unknown user",
@@ -530,21 +545,26 @@ pub fn hash_password_with(
 /// Which envelope senders a device may use, and what to do with the others.
 #[derive(Clone, Debug)]
 pub struct SenderPolicy {
+    /// The account's mailbox (what a rewritten sender becomes).
     pub mailbox: String,
     patterns: Vec<String>,
+    /// Senders the device may not use are rewritten to the mailbox (else refused).
     pub rewrite: bool,
 }
 
+/// What becomes of an envelope sender.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SenderDecision {
     /// Send as given.
     Allow,
     /// Not allowed as given; send as the account's mailbox instead.
     Rewrite,
+    /// Not allowed: MAIL is refused.
     Reject,
 }
 
 impl SenderPolicy {
+    /// The policy of an account's `mailbox` with its `allowed_senders` patterns.
     pub fn new(mailbox: &str, patterns: &[String], rewrite: bool) -> Self {
         SenderPolicy {
             mailbox: mailbox.to_string(),
@@ -567,6 +587,7 @@ impl SenderPolicy {
             .any(|p| glob(p.as_bytes(), a.as_bytes()))
     }
 
+    /// What to do with `sender`.
     pub fn decide(&self, sender: &str) -> SenderDecision {
         if self.allows(sender) {
             SenderDecision::Allow

@@ -17,6 +17,8 @@
 //! - `tls.rs`: server TLS from PEM files, reloadable, optional client certificates.
 //! - `legacy.rs` (feature `legacy-tls`): TLS 1.0/1.1 through OpenSSL for old devices.
 
+#![warn(missing_docs)]
+
 pub mod conn;
 pub mod guard;
 pub mod headers;

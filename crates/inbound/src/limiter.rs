@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+/// Limits sessions at once, in all and per client address.
 pub struct Limiter {
     max: usize,
     per_ip: usize,
@@ -29,6 +30,7 @@ pub struct Permit {
 }
 
 impl Limiter {
+    /// A limiter for `max` sessions, `per_ip` from one address.
     pub fn new(max: usize, per_ip: usize) -> Arc<Limiter> {
         Arc::new(Limiter {
             max,
@@ -37,6 +39,7 @@ impl Limiter {
         })
     }
 
+    /// A slot for a new session from `ip` (released when the permit drops), or the refusal.
     pub fn try_acquire(self: &Arc<Self>, ip: IpAddr) -> Result<Permit, SessionError> {
         let ip = normalise_ip(ip);
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -55,6 +58,7 @@ impl Limiter {
         })
     }
 
+    /// Sessions open now.
     pub fn active(&self) -> usize {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).total
     }

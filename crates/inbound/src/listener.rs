@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+/// Connections the kernel queues before we accept them.
 pub const LISTEN_BACKLOG: u32 = 1024;
 
 /// Binds a listening socket with a large backlog.

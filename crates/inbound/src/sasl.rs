@@ -15,7 +15,9 @@ const LENIENT: GeneralPurpose = GeneralPurpose::new(
 /// Username and password a device presented. `Debug` never shows the password.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// The username as sent.
     pub username: Vec<u8>,
+    /// The password as sent.
     pub password: Vec<u8>,
 }
 
@@ -28,6 +30,7 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// Why an AUTH response was not taken.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SaslError {
     /// The client sent `*`.

@@ -27,9 +27,13 @@ use std::sync::Arc;
 /// What the session needs to know about the listener it runs on.
 #[derive(Clone, Debug)]
 pub struct ListenerSettings {
+    /// The listener's name in logs and metrics.
     pub label: String,
+    /// How it does TLS.
     pub tls: ListenerTls,
+    /// MAIL and AUTH only after TLS.
     pub require_tls: bool,
+    /// AUTH without TLS (for devices that cannot do TLS).
     pub allow_insecure_auth: bool,
 }
 
@@ -38,9 +42,13 @@ pub struct ListenerSettings {
 pub struct Limits {
     /// New mail is refused (452 4.3.1) when less than this plus the announced size is free.
     pub min_free_space: u64,
+    /// The largest message taken.
     pub max_message_size: u64,
+    /// Recipients per message.
     pub max_recipients: usize,
+    /// Failed logins per session before it is closed.
     pub max_auth_failures: u32,
+    /// Refused commands per session before it is closed.
     pub max_errors: u32,
 }
 
@@ -56,6 +64,15 @@ pub enum Step {
     StartTls(Reply),
     /// Check these credentials, then call [`Session::auth_result`].
     Verify(Credentials),
+    /// A failed login (wrong credentials, or an AUTH PLAIN message that is not one): count it
+    /// against the client's address, then send `reply`, and close the connection if `close`
+    /// (the session's last allowed failure).
+    AuthFailed {
+        /// What the device hears.
+        reply: Reply,
+        /// The session allows no more failures.
+        close: bool,
+    },
     /// Send 354, receive the message, deliver it, and send the outcome.
     Data(DataPlan),
 }
@@ -63,14 +80,23 @@ pub enum Step {
 /// Everything the driver needs to receive and hand over one message.
 #[derive(Clone, Debug)]
 pub struct DataPlan {
+    /// The device sending.
     pub device: Arc<Device>,
+    /// The envelope sender to use (after any rewrite).
     pub sender: String,
+    /// The sender the device gave, when it was rewritten.
     pub original_sender: Option<String>,
+    /// The accepted recipients.
     pub recipients: Vec<String>,
+    /// The device asked for SMTPUTF8.
     pub smtputf8: bool,
+    /// The name the device gave in EHLO or HELO.
     pub helo: String,
+    /// It said EHLO.
     pub esmtp: bool,
+    /// The session is encrypted.
     pub tls: bool,
+    /// The device logged in (rather than being recognised by address).
     pub authenticated: bool,
 }
 
@@ -91,6 +117,7 @@ struct Transaction {
     smtputf8: bool,
 }
 
+/// One SMTP session's state: what has been said, who logged in, the transaction.
 pub struct Session {
     /// Session number, for log lines and the spooled envelope.
     pub id: u64,
@@ -148,6 +175,7 @@ impl Session {
         self.free_space = free;
     }
 
+    /// The greeting to send first.
     pub fn greeting(&self) -> Reply {
         ok::greeting(&self.hostname)
     }
@@ -157,18 +185,22 @@ impl Session {
         self.sasl.is_some()
     }
 
+    /// The listener the session runs on.
     pub fn listener(&self) -> &ListenerSettings {
         &self.listener
     }
 
+    /// True once the session is encrypted.
     pub fn tls_active(&self) -> bool {
         self.tls
     }
 
+    /// The device of this session: logged in, or recognised by address.
     pub fn device(&self) -> Option<&Arc<Device>> {
         self.device.as_ref().or(self.ip_device.as_ref())
     }
 
+    /// True after a successful login.
     pub fn authenticated(&self) -> bool {
         self.device.is_some()
     }
@@ -413,9 +445,15 @@ impl Session {
             Err(_) => {
                 self.auth_failures += 1;
                 if self.auth_failures >= self.limits.max_auth_failures {
-                    return Step::Close(SessionError::TooManyAuthFailures.reply());
+                    return Step::AuthFailed {
+                        reply: SessionError::TooManyAuthFailures.reply(),
+                        close: true,
+                    };
                 }
-                Step::Reply(SessionError::AuthFailed.reply())
+                Step::AuthFailed {
+                    reply: SessionError::AuthFailed.reply(),
+                    close: false,
+                }
             }
         }
     }

@@ -24,24 +24,49 @@ use std::time::SystemTime;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsAcceptor;
 
+/// Why a listener's TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The certificate file cannot be read or holds no certificate.
     #[error("cannot read certificate file {path}: {detail}")]
-    Cert { path: String, detail: String },
-    #[error("cannot read private key file {path}: {detail}")]
-    Key { path: String, detail: String },
-    #[error("certificate {cert} and key {key} do not belong together: {detail}")]
-    Mismatch {
-        cert: String,
-        key: String,
+    Cert {
+        /// The file.
+        path: String,
+        /// What is wrong.
         detail: String,
     },
+    /// The key file cannot be read or holds no key.
+    #[error("cannot read private key file {path}: {detail}")]
+    Key {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// The key is not the certificate's.
+    #[error("certificate {cert} and key {key} do not belong together: {detail}")]
+    Mismatch {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+        /// What the TLS library said.
+        detail: String,
+    },
+    /// The CA file for client certificates cannot be used.
     #[error("cannot use client CA file {path}: {detail}")]
-    ClientCa { path: String, detail: String },
+    ClientCa {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A legacy listener in a build without OpenSSL.
     #[error(
         "tls_profile = \"legacy\" needs a build with the `legacy-tls` feature (cargo build --release --features legacy-tls); this build has rustls only"
     )]
     LegacyUnavailable,
+    /// OpenSSL refused the configuration.
     #[error("OpenSSL (tls_profile = \"legacy\"): {0}")]
     Legacy(String),
 }
@@ -49,10 +74,13 @@ pub enum TlsError {
 /// What one listener's TLS is made of: the files to (re)load and the profile.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsPolicy {
+    /// The certificate chain file (PEM).
     pub cert: PathBuf,
+    /// The private key file (PEM).
     pub key: PathBuf,
     /// Client certificates are required and verified against these CAs.
     pub client_ca: Option<PathBuf>,
+    /// Which protocol versions and ciphers.
     pub profile: TlsProfile,
 }
 
@@ -190,6 +218,7 @@ impl TlsHandle {
         })
     }
 
+    /// The files and profile in use.
     pub fn policy(&self) -> &TlsPolicy {
         &self.policy
     }
@@ -225,7 +254,9 @@ impl TlsHandle {
 
 /// A server-side TLS stream from either implementation.
 pub enum TlsStream<S> {
+    /// Through rustls.
     Rustls(Box<tokio_rustls::server::TlsStream<S>>),
+    /// Through OpenSSL (a legacy listener).
     #[cfg(feature = "legacy-tls")]
     OpenSsl(Box<tokio_openssl::SslStream<S>>),
 }

@@ -2,6 +2,8 @@
 //! decoders and the From rewriter. The stable, in-suite equivalents of the `session`, `sasl` and
 //! `headers` fuzz targets (fuzz/, docs/fuzzing.md).
 
+#![allow(clippy::unwrap_used)]
+
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use proptest::prelude::*;
@@ -182,7 +184,8 @@ proptest! {
                     Err(AuthFailure::WrongPassword)
                 };
                 step = s.auth_result(result);
-                prop_assert!(matches!(step, Step::Reply(_) | Step::Close(_)));
+                let answered = matches!(step, Step::Reply(_) | Step::AuthFailed { .. });
+                prop_assert!(answered);
                 prop_assert_eq!(s.authenticated(), ok);
             } else {
                 prop_assert_eq!(s.authenticated(), before, "only a password check logs in");
@@ -200,6 +203,14 @@ proptest! {
                     assert_well_formed(&r);
                     prop_assert!(r.code() == 221 || r.code() == 421);
                     break;
+                }
+                Step::AuthFailed { reply, close } => {
+                    assert_well_formed(&reply);
+                    prop_assert_eq!(reply.code(), if close { 421 } else { 535 });
+                    prop_assert!(!s.authenticated());
+                    if close {
+                        break;
+                    }
                 }
                 Step::StartTls(r) => {
                     assert_well_formed(&r);

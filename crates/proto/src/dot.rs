@@ -79,6 +79,7 @@ impl DotDecoder {
         self.eight_bit
     }
 
+    /// True once the final `.` line was read.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }
@@ -86,84 +87,81 @@ impl DotDecoder {
     /// Decodes as much of `input` as possible, appending message bytes to `out`.
     pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Decoded {
         let mut i = 0;
-        while i < input.len() {
-            match self.state {
-                State::Done => break,
-                State::Mid => {
-                    // Fast path: copy everything up to the next CR or LF in one go.
-                    let rest = &input[i..];
-                    let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
-                    if n > 0 {
-                        self.emit(&rest[..n], out);
-                        i += n;
-                        continue;
-                    }
-                    let b = input[i];
-                    i += 1;
-                    if b == b'\r' {
-                        self.state = State::MidCr;
-                    } else {
-                        // bare LF: normalised, and not a line start for dot purposes
-                        self.emit(b"\r\n", out);
-                    }
-                }
-                State::MidCr => {
-                    let b = input[i];
-                    match b {
-                        b'\n' => {
-                            i += 1;
-                            self.emit(b"\r\n", out);
-                            self.state = State::LineStart;
-                        }
-                        _ => {
-                            // bare CR: normalise it, then look at this byte again mid-line
-                            self.emit(b"\r\n", out);
-                            self.state = State::Mid;
-                        }
-                    }
-                }
-                State::LineStart => {
-                    let b = input[i];
-                    match b {
-                        b'.' => {
-                            i += 1;
-                            self.state = State::LineStartDot;
-                        }
-                        _ => self.state = State::Mid,
-                    }
-                }
-                State::LineStartDot => {
-                    let b = input[i];
-                    if b == b'\r' {
-                        i += 1;
-                        self.state = State::LineStartDotCr;
-                    } else {
-                        // A line "." followed by more: the first dot was stuffing; drop it and
-                        // treat the byte as the line's first byte (a second '.' is content).
-                        self.state = State::Mid;
-                        if b == b'.' {
-                            i += 1;
-                            self.emit(b".", out);
-                        }
-                    }
-                }
-                State::LineStartDotCr => {
-                    if input[i] == b'\n' {
-                        i += 1;
-                        self.state = State::Done;
-                        return Decoded {
-                            consumed: i,
-                            done: true,
-                        };
-                    }
-                    // ". CR x": stuffed dot dropped, the CR is bare.
-                    self.state = State::MidCr;
-                }
-            }
+        while i < input.len() && self.state != State::Done {
+            i += self.step(&input[i..], out);
         }
         Decoded {
             consumed: i,
             done: self.state == State::Done,
+        }
+    }
+
+    /// Decodes from the start of `rest` (never empty) in the current state. Returns how many
+    /// bytes it consumed: 0 when only the state changed and the byte is to be looked at again.
+    #[inline]
+    fn step(&mut self, rest: &[u8], out: &mut Vec<u8>) -> usize {
+        let b = rest[0];
+        match self.state {
+            State::Done => 0,
+            State::Mid => {
+                // Fast path: copy everything up to the next CR or LF in one go.
+                let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                if n > 0 {
+                    self.emit(&rest[..n], out);
+                    return n;
+                }
+                if b == b'\r' {
+                    self.state = State::MidCr;
+                } else {
+                    // bare LF: normalised, and not a line start for dot purposes
+                    self.emit(b"\r\n", out);
+                }
+                1
+            }
+            State::MidCr => {
+                // CRLF ends the line; a bare CR is normalised, and this byte looked at again
+                // mid-line.
+                self.emit(b"\r\n", out);
+                if b == b'\n' {
+                    self.state = State::LineStart;
+                    1
+                } else {
+                    self.state = State::Mid;
+                    0
+                }
+            }
+            State::LineStart if b == b'.' => {
+                self.state = State::LineStartDot;
+                1
+            }
+            State::LineStart => {
+                self.state = State::Mid;
+                0
+            }
+            State::LineStartDot if b == b'\r' => {
+                self.state = State::LineStartDotCr;
+                1
+            }
+            State::LineStartDot => {
+                // A line "." followed by more: the first dot was stuffing; drop it and treat
+                // the byte as the line's first byte (a second '.' is content).
+                self.state = State::Mid;
+                if b == b'.' {
+                    self.emit(b".", out);
+                    1
+                } else {
+                    0
+                }
+            }
+            State::LineStartDotCr if b == b'\n' => {
+                self.state = State::Done;
+                1
+            }
+            State::LineStartDotCr => {
+                // ". CR x": stuffed dot dropped, the CR is bare.
+                self.state = State::MidCr;
+                0
+            }
         }
     }
 
@@ -197,6 +195,7 @@ impl Default for DotEncoder {
 }
 
 impl DotEncoder {
+    /// An encoder at the start of a message.
     pub fn new() -> Self {
         DotEncoder {
             at_line_start: true,

@@ -8,17 +8,24 @@
 //! - [`dot`]: the DATA transparency procedure, as a streaming decoder (device to spool) and encoder
 //!   (spool to upstream);
 //! - [`replies`]: every reply we send, and the one mapping from our failure enums
-//!   ([`SessionError`], [`DeliveryError`]) to SMTP replies.
+//!   ([`SessionError`], [`DeliveryError`]) to SMTP replies;
+//! - [`Cause`]: what a delivery failure is about (throttling, our account, the message, ...),
+//!   decided where the upstream's answer is parsed and carried with it.
 //!
 //! # Layout
 //! - `reply.rs`: [`Reply`], [`EnhancedStatus`], [`ReplyAssembler`] (parses replies line by line).
 //! - `dot.rs`: [`DotDecoder`], [`DotEncoder`].
 //! - `replies.rs`: [`replies::ok`], [`SessionError`], [`DeliveryError`], [`Stage`].
+//! - `cause.rs`: [`Cause`], [`AccountIssue`].
 
+#![warn(missing_docs)]
+
+pub mod cause;
 pub mod dot;
 pub mod replies;
 pub mod reply;
 
+pub use cause::{AccountIssue, Cause};
 pub use dot::{Decoded, DotDecoder, DotEncoder};
 pub use replies::{DeliveryError, SessionError, Stage};
 pub use reply::{EnhancedStatus, Reply, ReplyAssembler, ReplyParseError, Severity};

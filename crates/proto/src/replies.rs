@@ -4,6 +4,7 @@
 //! so the choice of code for each situation is a product decision. Keeping all of them in one file
 //! makes that decision reviewable in one place, and keeps crates from inventing their own.
 
+use crate::cause::{AccountIssue, Cause};
 use crate::reply::{EnhancedStatus, Reply};
 use std::fmt;
 
@@ -15,30 +16,39 @@ fn r(code: u16, status: (u8, u16, u16), text: impl AsRef<str>) -> Reply {
 pub mod ok {
     use super::*;
 
+    /// `220`: the first thing a client reads.
     pub fn greeting(hostname: &str) -> Reply {
         Reply::new(220, None, format!("{hostname} ESMTP smtp2oauth ready"))
     }
+    /// The reply to HELO.
     pub fn helo(hostname: &str, peer: &str) -> Reply {
         Reply::new(250, None, format!("{hostname} Hello {peer}"))
     }
+    /// `250 2.0.0 OK`.
     pub fn ok() -> Reply {
         r(250, (2, 0, 0), "OK")
     }
+    /// The reply to RSET.
     pub fn reset() -> Reply {
         r(250, (2, 0, 0), "Reset state")
     }
+    /// The reply to an accepted MAIL.
     pub fn sender_ok() -> Reply {
         r(250, (2, 1, 0), "Sender OK")
     }
+    /// The reply to an accepted RCPT.
     pub fn recipient_ok() -> Reply {
         r(250, (2, 1, 5), "Recipient OK")
     }
+    /// `354`: send the message.
     pub fn start_data() -> Reply {
         Reply::new(354, None, "End data with <CR><LF>.<CR><LF>")
     }
+    /// The reply to QUIT.
     pub fn bye() -> Reply {
         r(221, (2, 0, 0), "Bye")
     }
+    /// `252`: VRFY is answered without disclosing anything.
     pub fn vrfy() -> Reply {
         r(
             252,
@@ -46,6 +56,7 @@ pub mod ok {
             "Cannot VRFY user, but will accept message and attempt delivery",
         )
     }
+    /// The reply to HELP.
     pub fn help() -> Reply {
         Reply::multiline(
             214,
@@ -56,6 +67,7 @@ pub mod ok {
             ],
         )
     }
+    /// `220`: go ahead with the TLS handshake.
     pub fn start_tls() -> Reply {
         r(220, (2, 0, 0), "Ready to start TLS")
     }
@@ -71,6 +83,7 @@ pub mod ok {
     pub fn auth_login_password() -> Reply {
         Reply::new(334, None, "UGFzc3dvcmQ6")
     }
+    /// `235`: the device is logged in.
     pub fn auth_success() -> Reply {
         r(235, (2, 7, 0), "Authentication successful")
     }
@@ -97,47 +110,86 @@ pub mod ok {
 /// Why the inbound session refuses a command. Each variant maps to exactly one reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionError {
+    /// A command we do not know.
     UnknownCommand,
+    /// A command line longer than `max_line_length`.
     LineTooLong,
+    /// A command that does not parse; the expected syntax.
     Syntax(&'static str),
+    /// A MAIL address that does not parse.
     BadSenderAddress,
+    /// A RCPT address that does not parse.
     BadRecipientAddress,
+    /// A MAIL or RCPT parameter we do not support.
     UnsupportedParameter(String),
+    /// A parameter with a value that does not parse.
     InvalidParameter(&'static str),
+    /// A command we know and do not implement.
     NotImplemented(&'static str),
+    /// A command before EHLO or HELO.
     NeedHelo,
+    /// RCPT or DATA before MAIL.
     NeedMail,
+    /// DATA before any RCPT.
     NeedRcpt,
+    /// MAIL inside a transaction.
     NestedMail,
+    /// DATA after every RCPT was refused.
     NoValidRecipients,
+    /// AUTH after a successful login.
     AlreadyAuthenticated,
+    /// AUTH inside a mail transaction.
     AuthDuringTransaction,
+    /// STARTTLS on a session already encrypted.
     TlsAlreadyActive,
+    /// STARTTLS where no certificate is configured.
     TlsUnavailable,
+    /// An AUTH mechanism other than PLAIN and LOGIN.
     MechanismNotSupported,
+    /// The client cancelled AUTH (`*`).
     AuthCancelled,
+    /// An AUTH response that is not base64.
     BadBase64,
+    /// Wrong credentials.
     AuthFailed,
+    /// The password could not be checked now (our trouble).
     AuthUnavailable,
+    /// AUTH in clear text where only TLS allows it.
     EncryptionRequired,
+    /// A command that needs TLS on a listener that requires it.
     TlsRequired,
+    /// MAIL without a login or a device recognised by address.
     AuthRequired,
+    /// The session's last allowed failed login.
     TooManyAuthFailures,
+    /// The client's address is locked out after failed logins.
     LockedOut,
+    /// The session sent more commands or bytes than allowed.
     SessionBudget,
+    /// A sender the device may not use; the address.
     SenderNotAllowed(String),
+    /// More recipients than `max_recipients`.
     TooManyRecipients,
+    /// A message larger than allowed; the limit in bytes.
     MessageTooBig(u64),
+    /// The client was silent too long.
     Timeout,
+    /// Too many refused commands in one session.
     TooManyErrors,
+    /// The relay has as many sessions as it takes.
     TooManyConnections,
+    /// The client's address has as many sessions as it may.
     TooManyConnectionsFromAddress,
+    /// The relay is stopping.
     ShuttingDown,
+    /// The spool's disk is (nearly) full.
     StorageFull,
+    /// Anything else on our side.
     LocalError,
 }
 
 impl SessionError {
+    /// The one reply for this refusal.
     pub fn reply(&self) -> Reply {
         use SessionError::*;
         match self {
@@ -243,21 +295,34 @@ impl fmt::Display for SessionError {
 /// The step of an upstream conversation at which something happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Stage {
+    /// Opening the TCP connection (or resolving the name).
     Connect,
+    /// The server's greeting.
     Greeting,
+    /// EHLO or HELO.
     Ehlo,
+    /// STARTTLS and the handshake.
     StartTls,
+    /// AUTH.
     Auth,
+    /// MAIL FROM.
     Mail,
+    /// RCPT TO.
     Rcpt,
+    /// DATA (before the body).
     Data,
+    /// Sending the body and the reply to it.
     Body,
+    /// Getting an access token.
     Token,
+    /// An HTTP request (Microsoft Graph).
     Http,
+    /// Our side (reading the spool, writing a file).
     Local,
 }
 
 impl Stage {
+    /// The stage's name in logs and spooled events.
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Connect => "connect",
@@ -291,33 +356,102 @@ impl fmt::Display for Stage {
 pub enum DeliveryError {
     /// The upstream answered with a 4xx or 5xx at `stage`.
     #[error("upstream refused at {stage}: {reply}")]
-    Rejected { stage: Stage, reply: Reply },
+    Rejected {
+        /// Where in the conversation.
+        stage: Stage,
+        /// The upstream's own reply (a Graph answer turned into one).
+        reply: Reply,
+        /// What the refusal is about, decided where the answer was parsed.
+        cause: Cause,
+    },
     /// No access token could be obtained for the account.
     #[error("no access token for account {account}: {reason}")]
     Token {
+        /// The account's name.
         account: String,
+        /// The token endpoint's error, in words (never a secret).
         reason: String,
-        sign_in_required: bool,
+        /// [`Cause::Transient`], or the account issue a person must fix.
+        cause: Cause,
     },
+    /// No TCP connection to the upstream.
     #[error("cannot connect to {target}: {detail}")]
-    Connect { target: String, detail: String },
+    Connect {
+        /// Host and port (or address) we tried.
+        target: String,
+        /// Why, in words.
+        detail: String,
+    },
+    /// The upstream's name (or its domain's MX) could not be resolved.
+    #[error("cannot connect to {target}: DNS lookup failed: {detail}")]
+    Dns {
+        /// The name we looked up.
+        target: String,
+        /// The resolver's error.
+        detail: String,
+    },
+    /// The upstream did not answer in time.
     #[error("upstream timed out at {stage}")]
-    Timeout { stage: Stage },
+    Timeout {
+        /// Where in the conversation.
+        stage: Stage,
+    },
+    /// The connection broke.
     #[error("upstream connection lost at {stage}: {detail}")]
-    ConnectionLost { stage: Stage, detail: String },
+    ConnectionLost {
+        /// Where in the conversation.
+        stage: Stage,
+        /// Why, in words.
+        detail: String,
+    },
+    /// The TLS handshake failed, or TLS was required and not offered.
     #[error("TLS with the upstream failed: {detail}")]
-    Tls { detail: String },
+    Tls {
+        /// Why, in words.
+        detail: String,
+    },
+    /// The upstream said something that is not SMTP.
     #[error("upstream protocol error at {stage}: {detail}")]
-    Protocol { stage: Stage, detail: String },
+    Protocol {
+        /// Where in the conversation.
+        stage: Stage,
+        /// What was wrong.
+        detail: String,
+    },
     /// A problem on our side (reading the spool, writing a capture file).
     #[error("local error: {detail}")]
-    Local { detail: String },
+    Local {
+        /// What failed.
+        detail: String,
+    },
 }
 
 impl DeliveryError {
     /// True only for an upstream's own permanent refusal.
     pub fn is_permanent(&self) -> bool {
         matches!(self, DeliveryError::Rejected { reply, .. } if reply.is_permanent())
+    }
+
+    /// What the failure is about. Only a refusal or a token error can concern the account;
+    /// the rest (network, TLS, timeouts, our own trouble) may pass by itself.
+    pub fn cause(&self) -> Cause {
+        match self {
+            DeliveryError::Rejected { cause, .. } | DeliveryError::Token { cause, .. } => *cause,
+            _ => Cause::Transient,
+        }
+    }
+
+    /// True when a person must sign in again before the account can deliver.
+    pub fn needs_sign_in(&self) -> bool {
+        self.cause() == Cause::Account(AccountIssue::SignIn)
+    }
+
+    /// The upstream's own reply, when the failure is one.
+    pub fn upstream_reply(&self) -> Option<&Reply> {
+        match self {
+            DeliveryError::Rejected { reply, .. } => Some(reply),
+            _ => None,
+        }
     }
 
     /// The reply a device that is still waiting gets for this failure.
@@ -334,7 +468,7 @@ impl DeliveryError {
                     "Temporary authentication failure: no access token for account {account}: {reason}"
                 ),
             ),
-            DeliveryError::Connect { target, .. } => r(
+            DeliveryError::Connect { target, .. } | DeliveryError::Dns { target, .. } => r(
                 451,
                 (4, 4, 1),
                 format!("Upstream {target} not reachable, try again later"),
@@ -373,7 +507,7 @@ impl DeliveryError {
             | DeliveryError::ConnectionLost { stage, .. }
             | DeliveryError::Protocol { stage, .. } => *stage,
             DeliveryError::Token { .. } => Stage::Token,
-            DeliveryError::Connect { .. } => Stage::Connect,
+            DeliveryError::Connect { .. } | DeliveryError::Dns { .. } => Stage::Connect,
             DeliveryError::Tls { .. } => Stage::StartTls,
             DeliveryError::Local { .. } => Stage::Local,
         }
@@ -484,23 +618,34 @@ mod tests {
         let perm = DeliveryError::Rejected {
             stage: Stage::Mail,
             reply: rej("554 5.2.252 SendAsDenied; x"),
+            cause: Cause::Message,
         };
         assert!(perm.is_permanent());
         assert_eq!(perm.reply().to_string(), "554 5.2.252 SendAsDenied; x");
         let temp = DeliveryError::Rejected {
             stage: Stage::Mail,
             reply: rej("451 4.7.500 Server busy"),
+            cause: Cause::Throttled { retry_after: None },
         };
         assert!(!temp.is_permanent());
         for e in [
             DeliveryError::Token {
                 account: "a".into(),
                 reason: "down".into(),
-                sign_in_required: false,
+                cause: Cause::Transient,
+            },
+            DeliveryError::Token {
+                account: "a".into(),
+                reason: "invalid_grant".into(),
+                cause: Cause::Account(AccountIssue::SignIn),
             },
             DeliveryError::Connect {
                 target: "h:1".into(),
                 detail: "refused".into(),
+            },
+            DeliveryError::Dns {
+                target: "MX of contoso.com".into(),
+                detail: "no record".into(),
             },
             DeliveryError::Timeout { stage: Stage::Body },
             DeliveryError::ConnectionLost {
@@ -524,7 +669,7 @@ mod tests {
         let tok = DeliveryError::Token {
             account: "scanner".into(),
             reason: "token endpoint unavailable".into(),
-            sign_in_required: false,
+            cause: Cause::Transient,
         };
         assert!(tok.reply().to_string().starts_with("454 4.7.0"));
     }

@@ -11,17 +11,29 @@ use std::fmt;
 /// An RFC 3463 enhanced status code, `class.subject.detail`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EnhancedStatus {
+    /// `2`, `4` or `5`.
     pub class: u8,
+    /// 0 to 999 (`7` in `5.7.139`).
     pub subject: u16,
+    /// 0 to 999 (`139` in `5.7.139`).
     pub detail: u16,
 }
 
 impl EnhancedStatus {
+    /// `class.subject.detail`.
     pub const fn new(class: u8, subject: u16, detail: u16) -> Self {
         Self {
             class,
             subject,
             detail,
+        }
+    }
+
+    /// Parses exactly `c.s.d` (`5.1.1`, `4.7.500`).
+    pub fn parse(text: &str) -> Option<EnhancedStatus> {
+        match Self::parse_prefix(text)? {
+            (status, "") if !text.ends_with(' ') => Some(status),
+            _ => None,
         }
     }
 
@@ -143,14 +155,17 @@ impl Reply {
         r
     }
 
+    /// The three-digit code.
     pub fn code(&self) -> u16 {
         self.code
     }
 
+    /// The enhanced status code, when the reply has one.
     pub fn status(&self) -> Option<EnhancedStatus> {
         self.status
     }
 
+    /// The text of each line, without code and status.
     pub fn lines(&self) -> &[String] {
         &self.lines
     }
@@ -160,6 +175,7 @@ impl Reply {
         self.lines.join(" ")
     }
 
+    /// What the first digit says.
     pub fn severity(&self) -> Severity {
         match self.code / 100 {
             2 => Severity::Positive,
@@ -169,14 +185,17 @@ impl Reply {
         }
     }
 
+    /// 2xx.
     pub fn is_positive(&self) -> bool {
         self.severity() == Severity::Positive
     }
 
+    /// 4xx: may succeed later.
     pub fn is_transient(&self) -> bool {
         self.severity() == Severity::Transient
     }
 
+    /// 5xx: will not succeed as it is.
     pub fn is_permanent(&self) -> bool {
         self.severity() == Severity::Permanent
     }
@@ -279,12 +298,16 @@ fn sanitize_line(line: &str) -> String {
 /// Why a reply received from a peer could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReplyParseError {
+    /// A line that does not start with a code; its start.
     #[error("reply line does not start with a three-digit code: {0:?}")]
     BadCode(String),
+    /// A multi-line reply whose lines carry different codes.
     #[error("reply lines carry different codes ({0} then {1})")]
     MixedCodes(u16, u16),
+    /// More than this many lines.
     #[error("reply has more than {0} lines")]
     TooManyLines(usize),
+    /// A line longer than this many bytes.
     #[error("reply line longer than {0} bytes")]
     LineTooLong(usize),
 }
@@ -300,9 +323,11 @@ pub struct ReplyAssembler {
 
 /// A reply is bounded so a hostile or broken upstream cannot make us buffer without end.
 pub const MAX_REPLY_LINES: usize = 200;
+/// The longest reply line taken from a peer, in bytes.
 pub const MAX_REPLY_LINE: usize = 8192;
 
 impl ReplyAssembler {
+    /// An assembler waiting for a reply's first line.
     pub fn new() -> Self {
         Self::default()
     }
@@ -417,6 +442,13 @@ mod tests {
                 .map(|(s, rest)| (s.class, s.subject, s.detail, rest));
             assert_eq!(got, *want, "input {input:?}");
         }
+        assert_eq!(
+            EnhancedStatus::parse("4.7.500"),
+            Some(EnhancedStatus::new(4, 7, 500))
+        );
+        for bad in ["4.7.500 busy", "4.7.500 ", "4.7", ""] {
+            assert_eq!(EnhancedStatus::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
@@ -520,8 +552,8 @@ mod tests {
         );
     }
 
-    /// Found by the `reply` fuzz target: a 500-byte upstream text behind `554 5.2.252 ` made a
-    /// 514-octet line.
+    /// A 500-byte upstream text behind `554 5.2.252 ` must still make a line of at most 512
+    /// octets.
     #[test]
     fn wire_lines_fit_in_512_octets() {
         let long = format!("{}é{}", "x".repeat(496), "y".repeat(600));

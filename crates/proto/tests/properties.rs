@@ -6,6 +6,8 @@
 //! then turn bare CR and LF into CRLF). Inputs are built from the fragments that matter (every
 //! smuggling line end, dots, CR, LF) mixed with arbitrary bytes.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use smtp2oauth_proto::reply::MAX_WIRE_LINE;
 use smtp2oauth_proto::{DotDecoder, DotEncoder, ReplyAssembler};

@@ -1,84 +1,38 @@
-//! One delivery attempt and what it changes: the spool state, the account's throttling, the
-//! waiting device's reply, and failure notices.
+//! One delivery attempt: read the message's state, give the remaining recipients to the
+//! account's route, decide what the outcome means (`verdict.rs`), and carry that out.
+//!
+//! Carrying out a verdict is the one place where an attempt changes anything
+//! ([`Inner::carry_out`]): each verdict writes the spool (remove, record the attempt, move to
+//! `failed/`), moves the metrics, logs its line, queues a failure notice when one is due, and
+//! answers the waiting device.
 
 use crate::backoff;
 use crate::notice::{self, FailedRecipient, Reason};
+use crate::verdict::{MessageState, Outcome, Retry, Verdict, verdict};
 use crate::{Inner, now_ms, to_message};
+use smtp2oauth_metrics::{AccountLabels, Metrics, RouteLabels};
 use smtp2oauth_proto::replies::ok;
-use smtp2oauth_proto::{DeliveryError, Reply, Stage};
-use smtp2oauth_spool::{Area, Envelope, Event, Queued, RecipientResult, SpoolError};
-use smtp2oauth_upstream::{DeliveryReport, Route, advice};
+use smtp2oauth_proto::{DeliveryError, Reply};
+use smtp2oauth_spool::{
+    Area, AttemptOutcome, Envelope, Event, MessageId, Queued, RecipientResult, SpoolError,
+};
+use smtp2oauth_upstream::{Route, advice};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-/// What an attempt found, recipient by recipient.
-struct Outcome {
-    delivered: Vec<String>,
-    failed: Vec<(String, Reply)>,
-    deferred: Vec<String>,
-    /// The upstream's final reply, or the failure's reply.
-    reply: Reply,
-    stage: Option<Stage>,
-    error: Option<DeliveryError>,
-}
-
-fn classify(result: Result<DeliveryReport, DeliveryError>, remaining: &[String]) -> Outcome {
-    match result {
-        Ok(report) => {
-            let mut failed = Vec::new();
-            let mut deferred = Vec::new();
-            for (rcpt, reply) in report.rejected {
-                if reply.is_permanent() {
-                    failed.push((rcpt, reply));
-                } else {
-                    deferred.push(rcpt);
-                }
-            }
-            Outcome {
-                delivered: report.accepted,
-                failed,
-                deferred,
-                reply: report.reply,
-                stage: None,
-                error: None,
-            }
-        }
-        Err(e) if e.is_permanent() => Outcome {
-            delivered: Vec::new(),
-            failed: remaining.iter().map(|r| (r.clone(), e.reply())).collect(),
-            deferred: Vec::new(),
-            reply: e.reply(),
-            stage: Some(e.stage()),
-            error: Some(e),
-        },
-        Err(e) => Outcome {
-            delivered: Vec::new(),
-            failed: Vec::new(),
-            deferred: remaining.to_vec(),
-            reply: e.reply(),
-            stage: Some(e.stage()),
-            error: Some(e),
-        },
-    }
-}
-
-/// Which counter an attempt's outcome moves.
-#[derive(Clone, Copy)]
-enum Counted {
-    Delivered,
-    Deferred,
-    Failed,
-}
-
-enum Next {
+/// What the queue does with a message after its attempt.
+pub(crate) enum Next {
+    /// Nothing more: it was settled (or is gone).
     Forget,
+    /// Attempt it again then.
     Retry(Instant),
 }
 
 impl Inner {
-    pub(crate) async fn run_attempt(self: Arc<Self>, id: String) {
+    pub(crate) async fn run_attempt(self: Arc<Self>, id: MessageId) {
         let next = self.attempt(&id).await;
         let delete = self.queue().finish(&id);
         if delete {
@@ -98,354 +52,309 @@ impl Inner {
         self.wake.notify_one();
     }
 
-    fn reply_waiter(&self, id: &str, reply: Reply) {
+    fn reply_waiter(&self, id: &MessageId, reply: Reply) {
         if let Some(tx) = self.queue().take_waiter(id) {
             let _ = tx.send(reply);
         }
     }
 
-    async fn attempt(&self, id: &str) -> Next {
-        let fresh = self.queue().take_fresh(id);
-        let read = match fresh {
-            // Still queued? (An admin's `queue delete` may have removed it between its commit
-            // and its hand-over; a stat of a cached directory entry is cheap.)
-            Some(q) if self.spool.is_queued(id) => Ok(q),
-            Some(_) => Err(SpoolError::NotFound(id.to_string())),
-            None => self.spool.read(id, Area::Queue).await,
-        };
-        let q = match read {
+    async fn attempt(&self, id: &MessageId) -> Next {
+        let q = match self.queued(id).await {
             Ok(q) => q,
             Err(SpoolError::NotFound(_)) => {
-                self.reply_waiter(id, ok::queued(id));
+                self.reply_waiter(id, ok::queued(id.as_str()));
                 return Next::Forget;
             }
             Err(e) => {
                 error!(queue_id = %id, error = %e, "cannot read a queued message; will try again");
-                self.reply_waiter(id, ok::queued(id));
+                self.reply_waiter(id, ok::queued(id.as_str()));
                 return Next::Retry(Instant::now() + self.cfg.retry_max);
             }
         };
-        let remaining = q.progress.remaining.clone();
-        let attempt_no = q.progress.attempts + 1;
-        let Some(route) = self.routes.get(&q.envelope.account).cloned() else {
-            let e = DeliveryError::Local {
-                detail: format!("no account `{}` is configured", q.envelope.account),
-            };
-            let out = classify(Err(e), &remaining);
-            return self.apply(&q, None, attempt_no, out, 0).await;
-        };
-        if remaining.is_empty() {
-            // Every recipient was settled before a crash; only the bookkeeping is left.
-            let out = Outcome {
-                delivered: vec![],
-                failed: vec![],
-                deferred: vec![],
-                reply: ok::ok(),
-                stage: None,
-                error: None,
-            };
-            return self
-                .apply(&q, Some(route.as_ref()), attempt_no, out, 0)
-                .await;
-        }
-        let message = to_message(&q, remaining.clone());
+        let route = self.routes.get(&q.envelope.account).cloned();
         let started = Instant::now();
-        let result = route.deliver(&message).await;
-        let ms = started.elapsed().as_millis() as u64;
-        let out = classify(result, &remaining);
-        self.apply(&q, Some(route.as_ref()), attempt_no, out, ms)
-            .await
+        let out = deliver(route.as_deref(), &q).await;
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        // The waiter is taken only now: until the verdict, the device's session may still take
+        // it back when it stops waiting.
+        let waiter = self.queue().take_waiter(id);
+        let state = MessageState {
+            delivered_before: !q.progress.delivered.is_empty(),
+            failed_before: !q.progress.failed.is_empty(),
+            age: Duration::from_millis(now_ms().saturating_sub(q.envelope.received_at_ms)),
+            waiting: waiter.as_ref().is_some_and(|tx| !tx.is_closed()),
+        };
+        let verdict = verdict(&out, &state, self.cfg.max_queue_lifetime);
+        let attempt = Attempt {
+            number: q.progress.attempts + 1,
+            q: &q,
+            route: route.as_deref(),
+            out,
+            ms,
+            waiter,
+        };
+        self.carry_out(attempt, verdict).await
     }
 
-    async fn apply(
-        &self,
-        q: &Queued,
-        route: Option<&dyn Route>,
-        attempt_no: u32,
-        out: Outcome,
-        ms: u64,
-    ) -> Next {
-        let env = &q.envelope;
-        let id = env.id.as_str();
-        let route_kind = route.map(|r| r.kind()).unwrap_or("none");
-        let target = route.map(|r| r.target()).unwrap_or_default();
-        let waiter = self.queue().take_waiter(id);
-        let waiting = waiter.as_ref().is_some_and(|tx| !tx.is_closed());
-        let send = |reply: Reply| {
-            if let Some(tx) = waiter {
-                let _ = tx.send(reply);
-            }
+    /// The message as its session committed it (still queued?), or as the spool has it.
+    async fn queued(&self, id: &MessageId) -> Result<Queued, SpoolError> {
+        // Taken out of the queue first: its lock must not be held across an await.
+        let fresh = self.queue().take_fresh(id);
+        match fresh {
+            // An admin's `queue delete` may have removed it between its commit and its
+            // hand-over to the queue.
+            Some(q) if self.spool.is_queued(id).await => Ok(q),
+            Some(_) => Err(SpoolError::NotFound(id.clone())),
+            None => self.spool.read(id, Area::Queue).await,
+        }
+    }
+}
+
+/// Gives the remaining recipients to the route.
+async fn deliver(route: Option<&dyn Route>, q: &Queued) -> Outcome {
+    let remaining = &q.progress.remaining;
+    let Some(route) = route else {
+        let e = DeliveryError::Local {
+            detail: format!("no account `{}` is configured", q.envelope.account),
         };
-        let settled = out.deferred.is_empty();
-        let delivered_before = !q.progress.delivered.is_empty();
-        let failed_before = !q.progress.failed.is_empty();
-        let any_delivered = delivered_before || !out.delivered.is_empty();
-        let advice_text = out
+        return Outcome::of(Err(e), remaining);
+    };
+    if remaining.is_empty() {
+        return Outcome::nothing_left();
+    }
+    let message = to_message(q, remaining.clone());
+    Outcome::of(route.deliver(&message).await, remaining)
+}
+
+/// An attempt that ended, with what is needed to carry out its verdict.
+pub(crate) struct Attempt<'a> {
+    /// 1 for the first attempt.
+    pub(crate) number: u32,
+    pub(crate) q: &'a Queued,
+    /// None when the message's account has no route.
+    pub(crate) route: Option<&'a dyn Route>,
+    pub(crate) out: Outcome,
+    /// How long the route took.
+    pub(crate) ms: u64,
+    /// The device's session, when it waits for this attempt.
+    pub(crate) waiter: Option<oneshot::Sender<Reply>>,
+}
+
+impl Attempt<'_> {
+    fn route_kind(&self) -> &'static str {
+        route_label(self.route)
+    }
+
+    fn target(&self) -> String {
+        self.route.map(|r| r.target()).unwrap_or_default()
+    }
+
+    fn advice(&self) -> &'static str {
+        self.out
             .error
             .as_ref()
             .and_then(advice::for_error)
-            .or_else(|| advice::for_reply(&out.reply))
-            .unwrap_or("");
-        if !out.delivered.is_empty() {
-            self.queue().clear_throttle(&env.account);
-        }
+            .unwrap_or("")
+    }
 
-        // The whole message was refused while its device waited: the device hears the refusal
-        // with the upstream's own words, and keeps its copy; we keep nothing.
-        if settled && waiting && !any_delivered && !failed_before && !out.failed.is_empty() {
-            let reply = out.failed[0].1.clone();
-            warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
-                recipients = env.recipients.len(), upstream = %reply, attempt = attempt_no, advice = advice_text, ms,
-                "refused by the upstream; the device was told");
-            self.count(env, route_kind, Counted::Failed, &out, ms);
-            self.remove(id, Area::Queue).await;
-            send(reply);
-            return Next::Forget;
+    /// Answers the waiting device, if any.
+    fn tell(&mut self, reply: Reply) {
+        if let Some(tx) = self.waiter.take() {
+            let _ = tx.send(reply);
         }
+    }
+}
 
-        // Everything delivered.
-        if settled && out.failed.is_empty() && !failed_before {
-            info!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
-                recipients = env.recipients.len(), upstream = %out.reply, attempt = attempt_no, ms, "delivered");
-            self.count(env, route_kind, Counted::Delivered, &out, ms);
-            // The device hears first: the removal is not flushed before anyone waits for it
-            // anyway (a crash can bring a delivered message back either way), so making the
-            // device wait for the unlinks would only add latency.
-            send(ok::delivered(id));
-            self.remove(id, Area::Queue).await;
-            return Next::Forget;
+/// A route's kind as a metric label and log field; `none` when the account has no route.
+pub(crate) fn route_label(route: Option<&dyn Route>) -> &'static str {
+    route.map_or("none", |r| r.kind().as_str())
+}
+
+impl Inner {
+    /// Carries out what `verdict` decided about an attempt.
+    pub(crate) async fn carry_out(&self, a: Attempt<'_>, verdict: Verdict) -> Next {
+        if !a.out.delivered.is_empty() {
+            self.queue().clear_throttle(&a.q.envelope.account);
         }
-
-        let now = now_ms();
-        // Settled, with refusals: kept in failed/, reported.
-        if settled {
-            self.record(
-                id,
-                Area::Queue,
-                attempt_no,
-                if any_delivered { "partial" } else { "failed" },
-                &out,
-                None,
-            )
-            .await;
-            for (rcpt, r) in &out.failed {
-                warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, recipient = %rcpt,
-                    upstream = %r, attempt = attempt_no, advice = advice::for_reply(r).unwrap_or(advice_text), "recipient refused by the upstream");
-            }
-            self.count(env, route_kind, Counted::Failed, &out, ms);
-            self.to_failed(q, "refused by the upstream").await;
-            let mut failed = failed_list(&out.failed);
-            failed.extend(
-                q.progress
-                    .failed
-                    .iter()
-                    .filter(|f| !q.progress.noticed.contains(&f.rcpt))
-                    .map(|f| FailedRecipient {
-                        rcpt: f.rcpt.clone(),
-                        diagnostic: f.reply.clone(),
-                        status: status_of_text(&f.reply, "5.0.0"),
-                    }),
-            );
-            self.notify(
-                q,
-                Area::Failed,
-                &failed,
-                Reason::Refused,
-                &target,
-                Some(advice_text),
-            )
-            .await;
-            send(if any_delivered {
-                ok::delivered_partially(
-                    id,
-                    q.progress.delivered.len() + out.delivered.len(),
-                    env.recipients.len(),
-                )
-            } else {
-                ok::queued(id)
-            });
-            return Next::Forget;
+        count(
+            self.metrics.as_deref(),
+            &a.q.envelope,
+            a.route_kind(),
+            &verdict,
+            &a.out,
+            a.ms,
+        );
+        match verdict {
+            Verdict::Delivered => self.delivered(a).await,
+            Verdict::Refused(reply) => self.refused(a, reply).await,
+            Verdict::Failed { partial } => self.failed(a, partial).await,
+            Verdict::Expired => self.expired(a).await,
+            Verdict::Deferred { partial, retry } => self.deferred(a, partial, retry).await,
         }
+    }
 
-        // Some recipients remain: retry later, unless the message has been queued too long.
-        let age = Duration::from_millis(now.saturating_sub(env.received_at_ms));
-        if age >= self.cfg.max_queue_lifetime {
-            self.record(id, Area::Queue, attempt_no, "expired", &out, None)
-                .await;
-            error!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, upstream = %out.reply,
-                attempt = attempt_no, age_hours = age.as_secs() / 3600, advice = advice_text, "giving up: undelivered for max_queue_lifetime");
-            self.count(env, route_kind, Counted::Failed, &out, ms);
-            self.to_failed(q, "max_queue_lifetime exceeded").await;
-            let failed: Vec<FailedRecipient> = out
-                .deferred
+    async fn delivered(&self, mut a: Attempt<'_>) -> Next {
+        let env = &a.q.envelope;
+        info!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
+            recipients = env.recipients.len(), upstream = %a.out.reply, attempt = a.number, ms = a.ms, "delivered");
+        // The device hears first: the removal is not flushed before anyone waits for it
+        // anyway (a crash can bring a delivered message back either way), so making the
+        // device wait for the unlinks would only add latency.
+        a.tell(ok::delivered(env.id.as_str()));
+        self.remove(&env.id, Area::Queue).await;
+        Next::Forget
+    }
+
+    async fn refused(&self, mut a: Attempt<'_>, reply: Reply) -> Next {
+        let env = &a.q.envelope;
+        warn!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
+            recipients = env.recipients.len(), upstream = %reply, attempt = a.number, advice = a.advice(), ms = a.ms,
+            "refused by the upstream; the device was told");
+        self.remove(&env.id, Area::Queue).await;
+        a.tell(reply);
+        Next::Forget
+    }
+
+    async fn failed(&self, mut a: Attempt<'_>, partial: bool) -> Next {
+        let q = a.q;
+        let (env, progress) = (&q.envelope, &q.progress);
+        let outcome = if partial {
+            AttemptOutcome::Partial
+        } else {
+            AttemptOutcome::Failed
+        };
+        self.record(&a, outcome, None).await;
+        for (rcpt, r) in &a.out.failed {
+            warn!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), recipient = %rcpt,
+                upstream = %r, attempt = a.number, advice = advice::for_recipient(r).unwrap_or(a.advice()), "recipient refused by the upstream");
+        }
+        self.to_failed(q, "refused by the upstream").await;
+        let mut failed = refused(&a.out.failed);
+        failed.extend(
+            progress
+                .failed
                 .iter()
-                .map(|r| FailedRecipient {
-                    rcpt: r.clone(),
-                    diagnostic: out.reply.to_string(),
-                    status: "4.4.7".into(),
-                })
-                .chain(failed_list(&out.failed))
-                .collect();
-            let hours = self.cfg.max_queue_lifetime.as_secs() / 3600;
-            self.notify(
-                q,
-                Area::Failed,
-                &failed,
-                Reason::Expired {
-                    lifetime_hours: hours,
-                },
-                &target,
-                Some(advice_text),
-            )
-            .await;
-            send(ok::queued(id));
-            return Next::Forget;
-        }
+                .filter(|f| !progress.noticed.contains(&f.rcpt))
+                .map(|f| FailedRecipient::refused(&f.rcpt, &f.reply)),
+        );
+        self.notify(
+            q,
+            Area::Failed,
+            &failed,
+            Reason::Refused,
+            &a.target(),
+            a.advice(),
+        )
+        .await;
+        let id = env.id.as_str();
+        a.tell(if partial {
+            let delivered = progress.delivered.len() + a.out.delivered.len();
+            ok::delivered_partially(id, delivered, env.recipients.len())
+        } else {
+            ok::queued(id)
+        });
+        Next::Forget
+    }
 
-        let mut delay =
-            backoff::retry_delay(attempt_no, self.cfg.retry_initial, self.cfg.retry_max);
-        let throttled = out
-            .error
-            .as_ref()
-            .is_none_or(|e| matches!(e, DeliveryError::Rejected { .. }))
-            && backoff::is_throttle(&out.reply);
-        if throttled {
+    async fn expired(&self, mut a: Attempt<'_>) -> Next {
+        let q = a.q;
+        let env = &q.envelope;
+        self.record(&a, AttemptOutcome::Expired, None).await;
+        let lifetime = self.cfg.max_queue_lifetime;
+        let age_hours = now_ms().saturating_sub(env.received_at_ms) / 3_600_000;
+        error!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), upstream = %a.out.reply,
+            attempt = a.number, age_hours, advice = a.advice(), "giving up: undelivered for max_queue_lifetime");
+        self.to_failed(q, "max_queue_lifetime exceeded").await;
+        let failed: Vec<FailedRecipient> = a
+            .out
+            .deferred
+            .iter()
+            .map(|(rcpt, reply)| FailedRecipient::expired(rcpt, reply))
+            .chain(refused(&a.out.failed))
+            .collect();
+        let reason = Reason::Expired {
+            lifetime_hours: lifetime.as_secs() / 3600,
+        };
+        self.notify(q, Area::Failed, &failed, reason, &a.target(), a.advice())
+            .await;
+        a.tell(ok::queued(env.id.as_str()));
+        Next::Forget
+    }
+
+    async fn deferred(&self, mut a: Attempt<'_>, partial: bool, retry: Retry) -> Next {
+        let q = a.q;
+        let env = &q.envelope;
+        let mut delay = backoff::retry_delay(a.number, self.cfg.retry_initial, self.cfg.retry_max);
+        if let Retry::PauseAccount { retry_after } = retry {
             let level = self.queue().throttle_level(&env.account);
-            let pause = backoff::throttle_pause(level, backoff::hint(&out.reply));
+            let pause = backoff::throttle_pause(level, retry_after);
             let level = self.queue().pause(&env.account, Instant::now() + pause);
-            warn!(account = %env.account, upstream = %out.reply, pause_secs = pause.as_secs(), level,
+            warn!(account = %env.account, upstream = %a.out.reply, pause_secs = pause.as_secs(), level,
                 "the upstream is throttling this account; pausing all its deliveries");
             delay = delay.max(pause);
         }
-        let next_ms = now + delay.as_millis() as u64;
-        self.record(
-            id,
-            Area::Queue,
-            attempt_no,
-            if out.delivered.is_empty() {
-                "deferred"
-            } else {
-                "partial"
-            },
-            &out,
-            Some(next_ms),
-        )
-        .await;
-        if !out.failed.is_empty() {
+        let next_ms = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let outcome = if partial {
+            AttemptOutcome::Partial
+        } else {
+            AttemptOutcome::Deferred
+        };
+        self.record(&a, outcome, Some(next_ms)).await;
+        if !a.out.failed.is_empty() {
+            let failed = refused(&a.out.failed);
             self.notify(
                 q,
                 Area::Queue,
-                &failed_list(&out.failed),
+                &failed,
                 Reason::Refused,
-                &target,
-                Some(advice_text),
+                &a.target(),
+                a.advice(),
             )
             .await;
         }
-        if matches!(
-            out.error,
-            Some(DeliveryError::Token {
-                sign_in_required: true,
-                ..
-            })
-        ) {
+        let recipients = a.out.deferred.len();
+        if retry == Retry::AwaitSignIn {
             // Nothing will get better until a person signs in: say so loudly, but keep the mail.
-            error!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
-                recipients = out.deferred.len(), upstream = %out.reply, attempt = attempt_no, retry_in_secs = delay.as_secs(),
+            error!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
+                recipients, upstream = %a.out.reply, attempt = a.number, retry_in_secs = delay.as_secs(),
                 "deferred: the account needs a new sign-in; the message stays queued and goes out once someone signs in (accounts page, or `smtp2oauth account login {}`)", env.account);
         } else {
-            warn!(queue_id = %id, session = env.session, device = %env.device, account = %env.account, route = route_kind, size = env.size,
-                recipients = out.deferred.len(), upstream = %out.reply, stage = out.stage.map(|s| s.as_str()).unwrap_or(""),
-                attempt = attempt_no, retry_in_secs = delay.as_secs(), advice = advice_text, ms, "deferred");
+            warn!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
+                recipients, upstream = %a.out.reply, stage = a.out.stage().map(|s| s.as_str()).unwrap_or(""),
+                attempt = a.number, retry_in_secs = delay.as_secs(), advice = a.advice(), ms = a.ms, "deferred");
         }
-        self.count(env, route_kind, Counted::Deferred, &out, ms);
-        send(ok::queued(id));
+        a.tell(ok::queued(env.id.as_str()));
         Next::Retry(Instant::now() + delay)
-    }
-
-    /// Moves the metrics for one attempt's outcome.
-    fn count(&self, env: &Envelope, route: &str, counted: Counted, out: &Outcome, ms: u64) {
-        let Some(m) = &self.metrics else { return };
-        use smtp2oauth_metrics::{AccountLabels, RouteLabels};
-        let labels = RouteLabels {
-            account: env.account.clone(),
-            route: match route {
-                "smtp" => "smtp",
-                "capture" => "capture",
-                "graph" => "graph",
-                "smarthost" => "smarthost",
-                _ => "none",
-            },
-        };
-        // Only replies an upstream actually sent are counted as upstream replies.
-        if out
-            .error
-            .as_ref()
-            .is_none_or(|e| matches!(e, DeliveryError::Rejected { .. }))
-        {
-            m.upstream_reply(
-                &env.account,
-                out.reply.code(),
-                out.reply.status().map(|s| s.to_string()),
-            );
-        }
-        m.upstream_duration
-            .get_or_create(&labels)
-            .observe(ms as f64 / 1000.0);
-        match counted {
-            Counted::Delivered => {
-                m.messages_delivered.get_or_create(&labels).inc();
-                m.delivered_bytes.get_or_create(&labels).inc_by(env.size);
-                let age = now_ms().saturating_sub(env.received_at_ms) as f64 / 1000.0;
-                m.delivery_latency
-                    .get_or_create(&AccountLabels {
-                        account: env.account.clone(),
-                    })
-                    .observe(age);
-            }
-            Counted::Deferred => {
-                m.messages_deferred.get_or_create(&labels).inc();
-            }
-            Counted::Failed => {
-                m.messages_failed.get_or_create(&labels).inc();
-            }
-        }
     }
 
     /// Appends the attempt's event. A failure to write it (full disk) is logged and the
     /// schedule kept in memory, so deliveries go on.
-    async fn record(
-        &self,
-        id: &str,
-        area: Area,
-        attempt: u32,
-        outcome: &str,
-        out: &Outcome,
-        next_attempt_ms: Option<u64>,
-    ) {
+    async fn record(&self, a: &Attempt<'_>, outcome: AttemptOutcome, next_attempt_ms: Option<u64>) {
         let ev = Event::Attempt {
             at_ms: now_ms(),
-            attempt,
-            outcome: outcome.to_string(),
-            reply: out.reply.to_string(),
-            stage: out.stage.map(|s| s.as_str().to_string()),
-            delivered: out.delivered.clone(),
-            failed: out
+            attempt: a.number,
+            outcome,
+            reply: a.out.reply.to_string(),
+            stage: a.out.stage().map(|s| s.as_str().to_string()),
+            delivered: a.out.delivered.clone(),
+            failed: a
+                .out
                 .failed
                 .iter()
-                .map(|(r, rep)| RecipientResult {
-                    rcpt: r.clone(),
-                    reply: rep.to_string(),
+                .map(|(rcpt, reply)| RecipientResult {
+                    rcpt: rcpt.clone(),
+                    reply: reply.clone(),
                 })
                 .collect(),
             next_attempt_ms,
         };
-        if let Err(e) = self.spool.append_event(id, area, &ev).await {
+        let id = a.q.id();
+        if let Err(e) = self.spool.append_event(id, Area::Queue, &ev).await {
             error!(queue_id = %id, error = %e, "cannot record the delivery attempt in the spool");
         }
     }
 
-    async fn remove(&self, id: &str, area: Area) {
+    async fn remove(&self, id: &MessageId, area: Area) {
         match self.spool.remove(id, area).await {
             Ok(()) | Err(SpoolError::NotFound(_)) => {}
             Err(e) => {
@@ -456,18 +365,11 @@ impl Inner {
 
     async fn to_failed(&self, q: &Queued, reason: &str) {
         let id = q.id();
-        if let Err(e) = self
-            .spool
-            .append_event(
-                id,
-                Area::Queue,
-                &Event::MovedToFailed {
-                    at_ms: now_ms(),
-                    reason: reason.into(),
-                },
-            )
-            .await
-        {
+        let moved = Event::MovedToFailed {
+            at_ms: now_ms(),
+            reason: reason.into(),
+        };
+        if let Err(e) = self.spool.append_event(id, Area::Queue, &moved).await {
             error!(queue_id = %id, error = %e, "cannot record the move to failed/");
         }
         if let Err(e) = self.spool.move_to(id, Area::Queue, Area::Failed).await {
@@ -483,7 +385,7 @@ impl Inner {
         failed: &[FailedRecipient],
         reason: Reason,
         remote: &str,
-        advice: Option<&str>,
+        advice: &str,
     ) {
         if failed.is_empty() {
             return;
@@ -496,93 +398,110 @@ impl Inner {
         let Some(settings) = self.cfg.accounts.get(&env.account) else {
             return;
         };
-        let Some(to) = settings.bounce_to.clone() else {
+        let Some(to) = settings.bounce_to.as_deref() else {
             warn!(queue_id = %env.id, account = %env.account, "no bounce_to is set: the failure is kept in failed/ and logged, no notice sent");
             return;
         };
-        let headers = match tokio::fs::File::open(&q.data_path).await {
-            Ok(f) => {
-                use tokio::io::AsyncReadExt;
-                let mut buf = Vec::new();
-                let _ = f.take(64 * 1024).read_to_end(&mut buf).await;
-                notice::header_block(&buf).to_vec()
-            }
-            Err(_) => Vec::new(),
-        };
         let now = now_ms();
-        let token = format!("{}-{now:x}", env.id);
+        let headers = notice::original_headers(&q.data_path).await;
+        let notice_id = format!("{}-{now:x}", env.id);
         let bytes = notice::compose(&notice::Notice {
             hostname: &self.cfg.hostname,
             mailbox: &settings.mailbox,
-            to: &to,
+            to,
             envelope: env,
             failed,
             reason,
             remote,
-            advice: advice.filter(|a| !a.is_empty()),
+            advice: Some(advice).filter(|a| !a.is_empty()),
             original_headers: &headers,
             now_unix: now / 1000,
-            notice_id: &token,
+            notice_id: &notice_id,
         });
-        let envelope = Envelope {
-            id: String::new(),
-            received_at_ms: now,
-            account: env.account.clone(),
-            device: "smtp2oauth".into(),
-            listener: "notice".into(),
-            client_ip: "127.0.0.1".into(),
-            helo: self.cfg.hostname.clone(),
-            sender: settings.mailbox.clone(),
-            original_sender: None,
-            recipients: vec![to.clone()],
-            eight_bit: false,
-            smtputf8: false,
-            size: 0,
-            crc32c: None,
-            notice: true,
-            session: 0,
-        };
+        let envelope = notice::envelope(env, &settings.mailbox, to, &self.cfg.hostname, now);
         match self.spool.write_message(envelope, &bytes).await {
-            Ok(nq) => {
-                let ev = Event::NoticeQueued {
-                    at_ms: now,
-                    notice_id: nq.id().to_string(),
-                    to: to.clone(),
-                    rcpts: failed.iter().map(|f| f.rcpt.clone()).collect(),
-                };
-                let _ = self.spool.append_event(&env.id, area, &ev).await;
-                info!(queue_id = %env.id, notice_id = %nq.id(), to = %to, "failure notice queued");
-                self.queue()
-                    .schedule(nq.id(), &env.account, Instant::now(), None);
-                self.wake.notify_one();
-            }
+            Ok(nq) => self.notice_queued(q, area, &nq, to, failed, now).await,
             Err(e) => {
                 error!(queue_id = %env.id, error = %e, "cannot queue the failure notice; the failure is kept in failed/")
             }
         }
     }
+
+    /// Records that a notice about `q` was queued, and schedules the notice.
+    async fn notice_queued(
+        &self,
+        q: &Queued,
+        area: Area,
+        notice: &Queued,
+        to: &str,
+        failed: &[FailedRecipient],
+        now: u64,
+    ) {
+        let env = &q.envelope;
+        let ev = Event::NoticeQueued {
+            at_ms: now,
+            notice_id: notice.id().clone(),
+            to: to.to_string(),
+            rcpts: failed.iter().map(|f| f.rcpt.clone()).collect(),
+        };
+        let _ = self.spool.append_event(&env.id, area, &ev).await;
+        info!(queue_id = %env.id, notice_id = %notice.id(), to = %to, "failure notice queued");
+        self.queue()
+            .schedule(notice.id(), &env.account, Instant::now(), None);
+        self.wake.notify_one();
+    }
 }
 
-fn failed_list(failed: &[(String, Reply)]) -> Vec<FailedRecipient> {
+fn refused(failed: &[(String, Reply)]) -> Vec<FailedRecipient> {
     failed
         .iter()
-        .map(|(r, reply)| FailedRecipient {
-            rcpt: r.clone(),
-            diagnostic: reply.to_string(),
-            status: reply
-                .status()
-                .map(|s| s.to_string())
-                .unwrap_or_else(|| format!("{}.0.0", reply.code() / 100)),
-        })
+        .map(|(rcpt, reply)| FailedRecipient::refused(rcpt, reply))
         .collect()
 }
 
-/// The enhanced status in a reply written as text (`550 5.1.1 ...`).
-fn status_of_text(text: &str, default: &str) -> String {
-    text.split_whitespace()
-        .nth(1)
-        .and_then(|s| {
-            smtp2oauth_proto::EnhancedStatus::parse_prefix(s).map(|(st, _)| st.to_string())
-        })
-        .unwrap_or_else(|| default.to_string())
+/// Moves the metrics for one attempt's verdict: the same counters for queued and synchronous
+/// delivery. A message counts once per attempt: delivered, deferred, or failed (refused
+/// whole or in part, or expired).
+pub(crate) fn count(
+    metrics: Option<&Metrics>,
+    env: &Envelope,
+    route: &'static str,
+    verdict: &Verdict,
+    out: &Outcome,
+    ms: u64,
+) {
+    let Some(m) = metrics else { return };
+    let labels = RouteLabels {
+        account: env.account.clone(),
+        route,
+    };
+    // Only replies an upstream actually sent are counted as upstream replies.
+    if let Some(reply) = out.upstream_reply() {
+        m.upstream_reply(
+            &env.account,
+            reply.code(),
+            reply.status().map(|s| s.to_string()),
+        );
+    }
+    m.upstream_duration
+        .get_or_create(&labels)
+        .observe(ms as f64 / 1000.0);
+    match verdict {
+        Verdict::Delivered => {
+            m.messages_delivered.get_or_create(&labels).inc();
+            m.delivered_bytes.get_or_create(&labels).inc_by(env.size);
+            let age = now_ms().saturating_sub(env.received_at_ms) as f64 / 1000.0;
+            m.delivery_latency
+                .get_or_create(&AccountLabels {
+                    account: env.account.clone(),
+                })
+                .observe(age);
+        }
+        Verdict::Deferred { .. } => {
+            m.messages_deferred.get_or_create(&labels).inc();
+        }
+        Verdict::Refused(_) | Verdict::Failed { .. } | Verdict::Expired => {
+            m.messages_failed.get_or_create(&labels).inc();
+        }
+    }
 }

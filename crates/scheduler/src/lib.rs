@@ -9,9 +9,11 @@
 //!   deliveries run (at most `max_upstream_connections`), and whether the account is paused
 //!   because its upstream throttled it. It is rebuilt from the spool at start ([`Scheduler::recover`]).
 //! - A dispatcher task starts attempts as they fall due; each attempt reads the message's
-//!   progress from its envelope file, delivers the remaining recipients, and records the outcome
-//!   (`attempt.rs`): delivered → removed; temporary failure → an event with the next attempt time
-//!   (exponential backoff with jitter); permanent failure or expiry → moved to `failed/` and, when
+//!   progress from its envelope file and delivers the remaining recipients (`attempt.rs`). A
+//!   pure function decides what the outcome means (`verdict.rs`), and one place carries that
+//!   out (`attempt.rs`): delivered → removed; temporary failure → an event with the next
+//!   attempt time (exponential backoff with jitter, or a pause of the whole account when the
+//!   upstream throttles it); permanent failure or expiry → moved to `failed/` and, when
 //!   `bounce_to` is set, a failure notice is queued (`notice.rs`).
 //! - [`Scheduler::submit`] is what a device's session calls after spooling: it waits up to
 //!   `wait_for_upstream` for the first attempt and turns its outcome into the device's reply.
@@ -25,16 +27,21 @@
 //!   `max_queue_lifetime`.
 //! - No failure notice is ever sent about a failure notice.
 
+#![warn(missing_docs)]
+
 mod attempt;
 pub mod backoff;
 mod direct;
 pub mod notice;
 mod queue;
+mod verdict;
 
 use queue::Queue;
 use smtp2oauth_proto::Reply;
 use smtp2oauth_proto::replies::ok;
-use smtp2oauth_spool::{Area, ControlAction, Event, Queued, Spool, SpoolError};
+use smtp2oauth_spool::{
+    Area, ControlAction, ControlTarget, Event, MessageId, Queued, Spool, SpoolError,
+};
 use smtp2oauth_upstream::{Message, Route};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -51,28 +58,40 @@ pub type Routes = HashMap<String, Arc<dyn Route>>;
 /// What the scheduler needs to know about each account.
 #[derive(Clone, Debug)]
 pub struct AccountSettings {
+    /// The account's mailbox (the sender of its failure notices).
     pub mailbox: String,
+    /// Where failure notices go; none: failures are only logged and kept.
     pub bounce_to: Option<String>,
+    /// Deliveries of the account running at once.
     pub max_connections: usize,
     /// Attempts started per minute (pacing); 0: unlimited.
     pub max_per_minute: u32,
 }
 
+/// How the scheduler runs.
 #[derive(Clone, Debug)]
 pub struct SchedulerConfig {
     /// false: synchronous delivery, nothing is retried (the device's reply is the verdict).
     pub queue: bool,
+    /// How long a device waits for its message's first attempt.
     pub wait_for_upstream: Duration,
+    /// The delay before the second attempt (it doubles from there).
     pub retry_initial: Duration,
+    /// The longest delay between attempts.
     pub retry_max: Duration,
+    /// How long a message is tried before it fails for good.
     pub max_queue_lifetime: Duration,
+    /// How long running deliveries get to finish at shutdown.
     pub shutdown_timeout: Duration,
+    /// This relay's name (in failure notices).
     pub hostname: String,
+    /// Every account's settings, by name.
     pub accounts: HashMap<String, AccountSettings>,
     /// How often `control/` is checked for admin requests.
     pub control_poll: Duration,
 }
 
+/// The queue: takes committed messages and delivers them through their account's route.
 pub struct Scheduler {
     inner: Arc<Inner>,
 }
@@ -106,6 +125,7 @@ pub(crate) fn instant_at(ms: u64) -> Instant {
 }
 
 impl Scheduler {
+    /// A scheduler over `spool`; nothing runs before [`Scheduler::start`].
     pub fn new(
         spool: Spool,
         routes: Routes,
@@ -140,13 +160,14 @@ impl Scheduler {
         }
     }
 
+    /// The route of `account`, if it has one.
     pub fn route(&self, account: &str) -> Option<&Arc<dyn Route>> {
         self.inner.routes.get(account)
     }
 
     /// Schedules every message found in `queue/` (after a restart or a crash). Returns how many.
     pub async fn recover(&self) -> Result<usize, SpoolError> {
-        let ids = self.inner.spool.list(Area::Queue)?;
+        let ids = self.inner.spool.list(Area::Queue).await?;
         let mut n = 0;
         for id in ids {
             match self.inner.spool.read(&id, Area::Queue).await {
@@ -221,7 +242,7 @@ impl Scheduler {
         if !self.inner.cfg.queue {
             return direct::deliver_now(&self.inner, queued).await;
         }
-        let id = queued.id().to_string();
+        let id = queued.id().clone();
         let account = queued.envelope.account.clone();
         let wait = self.inner.cfg.wait_for_upstream;
         if wait.is_zero() || self.inner.stop.is_cancelled() {
@@ -230,7 +251,7 @@ impl Scheduler {
             queue.set_fresh(&id, queued);
             drop(queue);
             self.inner.wake.notify_one();
-            return ok::queued(&id);
+            return ok::queued(id.as_str());
         }
         let (tx, rx) = oneshot::channel();
         {
@@ -241,14 +262,14 @@ impl Scheduler {
         self.inner.wake.notify_one();
         tokio::pin!(rx);
         tokio::select! {
-            r = &mut rx => r.unwrap_or_else(|_| ok::queued(&id)),
+            r = &mut rx => r.unwrap_or_else(|_| ok::queued(id.as_str())),
             _ = tokio::time::sleep(wait) => {
                 // Take the waiter back. If it is gone, the attempt already decided and its reply
                 // is on the way: wait for it, so a decision is never lost between the two sides.
                 if self.inner.queue().take_waiter(&id).is_some() {
-                    ok::queued(&id)
+                    ok::queued(id.as_str())
                 } else {
-                    rx.await.unwrap_or_else(|_| ok::queued(&id))
+                    rx.await.unwrap_or_else(|_| ok::queued(id.as_str()))
                 }
             }
         }
@@ -290,7 +311,7 @@ impl Inner {
     /// Carries out requests from `smtp2oauth queue` (files in `control/`).
     async fn handle_control(&self) {
         let control = self.spool.control();
-        let requests = match control.pending() {
+        let requests = match control.pending().await {
             Ok(r) => r,
             Err(e) => {
                 warn!(error = %e, "cannot read control requests");
@@ -298,13 +319,15 @@ impl Inner {
             }
         };
         for req in requests {
-            let ids: Vec<String> = if req.target == "all" {
-                match req.action {
-                    ControlAction::Requeue => self.spool.list(Area::Failed).unwrap_or_default(),
-                    _ => self.spool.list(Area::Queue).unwrap_or_default(),
+            let ids = match &req.target {
+                ControlTarget::All => {
+                    let area = match req.action {
+                        ControlAction::Requeue => Area::Failed,
+                        _ => Area::Queue,
+                    };
+                    self.spool.list(area).await.unwrap_or_default()
                 }
-            } else {
-                vec![req.target.clone()]
+                ControlTarget::One(id) => vec![id.clone()],
             };
             for id in ids {
                 let result = match req.action {
@@ -321,12 +344,12 @@ impl Inner {
                     }
                 }
             }
-            control.done(&req);
+            control.done(&req).await;
         }
         self.wake.notify_one();
     }
 
-    async fn admin_retry(&self, id: &str) -> Result<(), SpoolError> {
+    async fn admin_retry(&self, id: &MessageId) -> Result<(), SpoolError> {
         let q = self.spool.read(id, Area::Queue).await?;
         self.spool
             .append_event(id, Area::Queue, &Event::RetryRequested { at_ms: now_ms() })
@@ -335,7 +358,7 @@ impl Inner {
         Ok(())
     }
 
-    async fn admin_delete(&self, id: &str) -> Result<(), SpoolError> {
+    async fn admin_delete(&self, id: &MessageId) -> Result<(), SpoolError> {
         if self.queue().request_delete(id) {
             // A delivery is running: it removes the message when it ends.
             return Ok(());
@@ -346,7 +369,7 @@ impl Inner {
         }
     }
 
-    async fn admin_requeue(&self, id: &str) -> Result<(), SpoolError> {
+    async fn admin_requeue(&self, id: &MessageId) -> Result<(), SpoolError> {
         let q = self.spool.read(id, Area::Failed).await?;
         self.spool
             .append_event(id, Area::Failed, &Event::Requeued { at_ms: now_ms() })
@@ -362,7 +385,7 @@ impl Inner {
 pub fn to_message(q: &Queued, recipients: Vec<String>) -> Message {
     let e = &q.envelope;
     Message {
-        id: e.id.clone(),
+        id: e.id.to_string(),
         account: e.account.clone(),
         device: e.device.clone(),
         sender: e.sender.clone(),

@@ -6,139 +6,104 @@
 //! can parse, and the original message's headers (the message itself stays in `failed/`, since a
 //! scan can be tens of megabytes).
 
-use smtp2oauth_spool::Envelope;
+use smtp2oauth_proto::{EnhancedStatus, Reply};
+use smtp2oauth_spool::{Envelope, MessageId};
+use std::fmt::Write;
+use std::path::Path;
 
+/// One recipient a notice reports.
 pub struct FailedRecipient {
+    /// The recipient's address.
     pub rcpt: String,
-    /// The reply as text (`550 5.1.1 User unknown`), or our description.
+    /// The upstream's reply as one line (`550 5.1.1 User unknown`), or our description.
     pub diagnostic: String,
-    /// Enhanced status for the notice (`5.1.1`, `4.4.7` when expired).
-    pub status: String,
+    /// The enhanced status the notice gives (`5.1.1`; `4.4.7` when the message expired).
+    pub status: EnhancedStatus,
 }
 
+impl FailedRecipient {
+    /// A recipient the upstream refused with `reply`.
+    pub fn refused(rcpt: &str, reply: &Reply) -> Self {
+        FailedRecipient {
+            rcpt: rcpt.to_string(),
+            diagnostic: reply.to_string(),
+            // A reply without an enhanced status: the class of its code.
+            status: reply.status().unwrap_or(EnhancedStatus::new(
+                u8::try_from(reply.code() / 100).unwrap_or(5),
+                0,
+                0,
+            )),
+        }
+    }
+
+    /// A recipient still undelivered when the queue gave up; `reply` is the last one it got.
+    pub fn expired(rcpt: &str, reply: &Reply) -> Self {
+        FailedRecipient {
+            rcpt: rcpt.to_string(),
+            diagnostic: reply.to_string(),
+            status: EnhancedStatus::new(4, 4, 7),
+        }
+    }
+}
+
+/// Why a notice is sent.
 pub enum Reason {
     /// The upstream refused the message or some recipients for good.
     Refused,
     /// Still undelivered when `max_queue_lifetime` ran out.
-    Expired { lifetime_hours: u64 },
+    Expired {
+        /// The configured lifetime, for the text.
+        lifetime_hours: u64,
+    },
 }
 
+/// Everything a notice says.
 pub struct Notice<'a> {
+    /// This relay's name.
     pub hostname: &'a str,
+    /// The account's mailbox: the notice's sender.
     pub mailbox: &'a str,
+    /// Where the notice goes (`bounce_to`).
     pub to: &'a str,
+    /// The message the notice is about.
     pub envelope: &'a Envelope,
+    /// The recipients it reports.
     pub failed: &'a [FailedRecipient],
+    /// Why.
     pub reason: Reason,
     /// Where we tried to deliver (route target), for Remote-MTA.
     pub remote: &'a str,
+    /// What to do about it, in plain words.
     pub advice: Option<&'a str>,
     /// The original header block (without the blank line).
     pub original_headers: &'a [u8],
+    /// Now, in seconds since the epoch.
     pub now_unix: u64,
+    /// Makes the notice's Message-ID and MIME boundary unique.
     pub notice_id: &'a str,
 }
 
+/// The whole notice: headers, then a `multipart/report` with a part for people, one for
+/// machines and the original headers.
 pub fn compose(n: &Notice<'_>) -> Vec<u8> {
-    let date = smtp2oauth_date(n.now_unix);
     let boundary = format!("smtp2oauth-{}", n.notice_id);
-    let env = n.envelope;
-    let subject_of = original_subject(n.original_headers).unwrap_or_default();
-    let subject = match n.reason {
-        Reason::Refused => "Undelivered mail",
-        Reason::Expired { .. } => "Undelivered mail (gave up after retrying)",
-    };
     let mut out = String::new();
-    out.push_str(&format!("From: Mail Delivery System <{}>\r\n", n.mailbox));
-    out.push_str(&format!("To: <{}>\r\n", n.to));
-    out.push_str(&format!(
-        "Subject: {subject}: {}\r\n",
-        sanitize(&subject_of, 120)
-    ));
-    out.push_str(&format!("Date: {date}\r\n"));
-    out.push_str(&format!(
-        "Message-ID: <{}.notice@{}>\r\n",
-        n.notice_id, n.hostname
-    ));
-    out.push_str("Auto-Submitted: auto-replied\r\n");
-    out.push_str("MIME-Version: 1.0\r\n");
-    out.push_str(&format!(
-        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
-    ));
+    headers(&mut out, n, &boundary);
     out.push_str("This is a MIME-encapsulated delivery status notification.\r\n\r\n");
-
-    // 1. for people
-    out.push_str(&format!("--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"));
-    out.push_str(&format!(
-        "smtp2oauth on {} could not deliver a message.\r\n\r\n",
-        n.hostname
-    ));
-    out.push_str(&format!("  Queue id:  {}\r\n", env.id));
-    out.push_str(&format!(
-        "  Device:    {} ({})\r\n",
-        env.device, env.client_ip
-    ));
-    out.push_str(&format!("  Account:   {}\r\n", env.account));
-    out.push_str(&format!(
-        "  Sender:    {}\r\n",
-        env.original_sender.as_deref().unwrap_or(&env.sender)
-    ));
-    out.push_str(&format!("  Subject:   {}\r\n", sanitize(&subject_of, 200)));
-    out.push_str(&format!(
-        "  Received:  {}\r\n\r\n",
-        smtp2oauth_date(env.received_at_ms / 1000)
-    ));
-    match n.reason {
-        Reason::Refused => out.push_str("The upstream refused it for these recipients:\r\n\r\n"),
-        Reason::Expired { lifetime_hours } => out.push_str(&format!(
-            "It could not be delivered within {lifetime_hours} hours; the last error for each recipient:\r\n\r\n"
-        )),
-    }
-    for f in n.failed {
-        out.push_str(&format!(
-            "  <{}>\r\n    {}\r\n",
-            f.rcpt,
-            sanitize(&f.diagnostic, 400)
-        ));
-    }
-    if let Some(a) = n.advice {
-        out.push_str(&format!("\r\nWhat to do: {a}\r\n"));
-    }
-    out.push_str(&format!(
-        "\r\nThe message is kept in the relay's failed area. To retry it after fixing the cause:\r\n  smtp2oauth queue requeue {}\r\n\r\n",
-        env.id
-    ));
-
-    // 2. for machines
-    out.push_str(&format!(
+    let _ = write!(
+        out,
+        "--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    );
+    for_people(&mut out, n);
+    let _ = write!(
+        out,
         "--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\n"
-    ));
-    out.push_str(&format!("Reporting-MTA: dns; {}\r\n", n.hostname));
-    out.push_str(&format!("X-Smtp2oauth-Queue-ID: {}\r\n", env.id));
-    out.push_str(&format!(
-        "Arrival-Date: {}\r\n",
-        smtp2oauth_date(env.received_at_ms / 1000)
-    ));
-    for f in n.failed {
-        out.push_str("\r\n");
-        out.push_str(&format!("Final-Recipient: rfc822; {}\r\n", f.rcpt));
-        out.push_str("Action: failed\r\n");
-        out.push_str(&format!("Status: {}\r\n", f.status));
-        if !n.remote.is_empty() {
-            out.push_str(&format!("Remote-MTA: dns; {}\r\n", sanitize(n.remote, 200)));
-        }
-        out.push_str(&format!(
-            "Diagnostic-Code: smtp; {}\r\n",
-            sanitize(&f.diagnostic, 400)
-        ));
-        out.push_str(&format!("Last-Attempt-Date: {date}\r\n"));
-    }
-    out.push_str("\r\n");
-
-    // 3. the original headers
-    out.push_str(&format!(
+    );
+    for_machines(&mut out, n);
+    let _ = write!(
+        out,
         "--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-    ));
+    );
     let mut bytes = out.into_bytes();
     let headers = n.original_headers;
     bytes.extend_from_slice(headers);
@@ -147,6 +112,143 @@ pub fn compose(n: &Notice<'_>) -> Vec<u8> {
     }
     bytes.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     bytes
+}
+
+/// The notice's own header block.
+fn headers(out: &mut String, n: &Notice<'_>, boundary: &str) {
+    let subject_of = original_subject(n.original_headers).unwrap_or_default();
+    let subject = match n.reason {
+        Reason::Refused => "Undelivered mail",
+        Reason::Expired { .. } => "Undelivered mail (gave up after retrying)",
+    };
+    let _ = write!(
+        out,
+        "From: Mail Delivery System <{}>\r\nTo: <{}>\r\nSubject: {subject}: {}\r\nDate: {}\r\n",
+        n.mailbox,
+        n.to,
+        sanitize(&subject_of, 120),
+        smtp2oauth_date(n.now_unix)
+    );
+    let _ = write!(
+        out,
+        "Message-ID: <{}.notice@{}>\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n",
+        n.notice_id, n.hostname
+    );
+    let _ = write!(
+        out,
+        "Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary=\"{boundary}\"\r\n\r\n"
+    );
+}
+
+/// The part for people: what, from where, why, and what to do.
+fn for_people(out: &mut String, n: &Notice<'_>) {
+    let env = n.envelope;
+    let subject_of = original_subject(n.original_headers).unwrap_or_default();
+    let _ = write!(
+        out,
+        "smtp2oauth on {} could not deliver a message.\r\n\r\n  Queue id:  {}\r\n  Device:    {} ({})\r\n  Account:   {}\r\n",
+        n.hostname, env.id, env.device, env.client_ip, env.account
+    );
+    let _ = write!(
+        out,
+        "  Sender:    {}\r\n  Subject:   {}\r\n  Received:  {}\r\n\r\n",
+        env.original_sender.as_deref().unwrap_or(&env.sender),
+        sanitize(&subject_of, 200),
+        smtp2oauth_date(env.received_at_ms / 1000)
+    );
+    match n.reason {
+        Reason::Refused => out.push_str("The upstream refused it for these recipients:\r\n\r\n"),
+        Reason::Expired { lifetime_hours } => {
+            let _ = write!(
+                out,
+                "It could not be delivered within {lifetime_hours} hours; the last error for each recipient:\r\n\r\n"
+            );
+        }
+    }
+    for f in n.failed {
+        let _ = write!(
+            out,
+            "  <{}>\r\n    {}\r\n",
+            f.rcpt,
+            sanitize(&f.diagnostic, 400)
+        );
+    }
+    if let Some(a) = n.advice {
+        let _ = write!(out, "\r\nWhat to do: {a}\r\n");
+    }
+    let _ = write!(
+        out,
+        "\r\nThe message is kept in the relay's failed area. To retry it after fixing the cause:\r\n  smtp2oauth queue requeue {}\r\n\r\n",
+        env.id
+    );
+}
+
+/// The `message/delivery-status` part (RFC 3464): one block per recipient.
+fn for_machines(out: &mut String, n: &Notice<'_>) {
+    let env = n.envelope;
+    let date = smtp2oauth_date(n.now_unix);
+    let _ = write!(
+        out,
+        "Reporting-MTA: dns; {}\r\nX-Smtp2oauth-Queue-ID: {}\r\nArrival-Date: {}\r\n",
+        n.hostname,
+        env.id,
+        smtp2oauth_date(env.received_at_ms / 1000)
+    );
+    for f in n.failed {
+        let _ = write!(
+            out,
+            "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
+            f.rcpt, f.status
+        );
+        if !n.remote.is_empty() {
+            let _ = write!(out, "Remote-MTA: dns; {}\r\n", sanitize(n.remote, 200));
+        }
+        let _ = write!(
+            out,
+            "Diagnostic-Code: smtp; {}\r\nLast-Attempt-Date: {date}\r\n",
+            sanitize(&f.diagnostic, 400)
+        );
+    }
+    out.push_str("\r\n");
+}
+
+/// The envelope of a notice about the message `about`, sent as the account's mailbox.
+pub fn envelope(
+    about: &Envelope,
+    mailbox: &str,
+    to: &str,
+    hostname: &str,
+    now_ms: u64,
+) -> Envelope {
+    Envelope {
+        id: MessageId::default(),
+        received_at_ms: now_ms,
+        account: about.account.clone(),
+        device: "smtp2oauth".into(),
+        listener: "notice".into(),
+        client_ip: "127.0.0.1".into(),
+        helo: hostname.to_string(),
+        sender: mailbox.to_string(),
+        original_sender: None,
+        recipients: vec![to.to_string()],
+        eight_bit: false,
+        smtputf8: false,
+        size: 0,
+        crc32c: 0,
+        notice: true,
+        session: 0,
+    }
+}
+
+/// The header block of the stored message at `path` (empty when it cannot be read).
+pub async fn original_headers(path: &Path) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let Ok(f) = tokio::fs::File::open(path).await else {
+        return Vec::new();
+    };
+    let mut buf = Vec::new();
+    let _ = f.take(64 * 1024).read_to_end(&mut buf).await;
+    header_block(&buf).to_vec()
 }
 
 /// The header block of a stored message (up to 64 KiB), without the blank line.
@@ -230,7 +332,7 @@ mod tests {
     #[test]
     fn notice_has_the_rfc3464_shape() {
         let env = Envelope {
-            id: "0123456789abcdef".into(),
+            id: smtp2oauth_spool::MessageId::parse("0123456789abcdef").unwrap(),
             received_at_ms: 1_795_428_000_000,
             account: "scanner".into(),
             device: "mfp-3f".into(),
@@ -243,15 +345,14 @@ mod tests {
             eight_bit: false,
             smtputf8: false,
             size: 10,
-            crc32c: None,
+            crc32c: 0,
             notice: false,
             session: 7,
         };
-        let failed = [FailedRecipient {
-            rcpt: "b@example.com".into(),
-            diagnostic: "550 5.1.1 User unknown".into(),
-            status: "5.1.1".into(),
-        }];
+        let failed = [FailedRecipient::refused(
+            "b@example.com",
+            &Reply::with_status(550, (5, 1, 1), "User unknown"),
+        )];
         let headers = b"Subject: Scan from\r\n 3rd floor\r\nFrom: x@y\r\n";
         let n = Notice {
             hostname: "relay.lan",

@@ -14,7 +14,7 @@
 //! account grows.
 
 use smtp2oauth_proto::Reply;
-use smtp2oauth_spool::Queued;
+use smtp2oauth_spool::{MessageId, Queued};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -42,7 +42,7 @@ impl Default for Limits {
 }
 
 struct AccountQueue {
-    due: BTreeSet<(Instant, u64, String)>,
+    due: BTreeSet<(Instant, u64, MessageId)>,
     in_flight: usize,
     max: usize,
     paused_until: Option<Instant>,
@@ -85,7 +85,7 @@ struct Entry {
 
 pub(crate) struct Queue {
     accounts: HashMap<String, AccountQueue>,
-    entries: HashMap<String, Entry>,
+    entries: HashMap<MessageId, Entry>,
     limits: HashMap<String, Limits>,
     seq: u64,
 }
@@ -122,7 +122,7 @@ impl Queue {
     /// Adds a message (or moves it) to be attempted at `due`; `waiter` gets the first outcome.
     pub(crate) fn schedule(
         &mut self,
-        id: &str,
+        id: &MessageId,
         account: &str,
         due: Instant,
         waiter: Option<oneshot::Sender<Reply>>,
@@ -140,11 +140,9 @@ impl Queue {
         }
         self.seq += 1;
         let key = (due, self.seq);
-        self.account(account)
-            .due
-            .insert((due, key.1, id.to_string()));
+        self.account(account).due.insert((due, key.1, id.clone()));
         self.entries.insert(
-            id.to_string(),
+            id.clone(),
             Entry {
                 account: account.to_string(),
                 key: Some(key),
@@ -156,7 +154,7 @@ impl Queue {
         );
     }
 
-    fn reschedule(&mut self, id: &str, account: &str, due: Instant) {
+    fn reschedule(&mut self, id: &MessageId, account: &str, due: Instant) {
         self.seq += 1;
         let seq = self.seq;
         let old = self
@@ -165,13 +163,13 @@ impl Queue {
             .and_then(|e| e.key.replace((due, seq)));
         let acc = self.account(account);
         if let Some((t, s)) = old {
-            acc.due.remove(&(t, s, id.to_string()));
+            acc.due.remove(&(t, s, id.clone()));
         }
-        acc.due.insert((due, seq, id.to_string()));
+        acc.due.insert((due, seq, id.clone()));
     }
 
     /// Messages to start now (marked in flight), and when to look again.
-    pub(crate) fn take_due(&mut self, now: Instant) -> (Vec<String>, Option<Instant>) {
+    pub(crate) fn take_due(&mut self, now: Instant) -> (Vec<MessageId>, Option<Instant>) {
         let mut start = Vec::new();
         let mut next: Option<Instant> = None;
         let mut soonest = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
@@ -216,7 +214,7 @@ impl Queue {
     }
 
     /// An attempt ended. Returns true when an admin asked to delete the message meanwhile.
-    pub(crate) fn finish(&mut self, id: &str) -> bool {
+    pub(crate) fn finish(&mut self, id: &MessageId) -> bool {
         let Some(e) = self.entries.get_mut(id) else {
             return false;
         };
@@ -227,46 +225,46 @@ impl Queue {
         delete
     }
 
-    pub(crate) fn reschedule_after_attempt(&mut self, id: &str, due: Instant) {
+    pub(crate) fn reschedule_after_attempt(&mut self, id: &MessageId, due: Instant) {
         let Some(account) = self.entries.get(id).map(|e| e.account.clone()) else {
             return;
         };
         self.reschedule(id, &account, due);
     }
 
-    pub(crate) fn forget(&mut self, id: &str) {
+    pub(crate) fn forget(&mut self, id: &MessageId) {
         if let Some(e) = self.entries.remove(id)
             && let Some((t, s)) = e.key
             && let Some(acc) = self.accounts.get_mut(&e.account)
         {
-            acc.due.remove(&(t, s, id.to_string()));
+            acc.due.remove(&(t, s, id.clone()));
         }
     }
 
-    pub(crate) fn set_fresh(&mut self, id: &str, queued: Queued) {
+    pub(crate) fn set_fresh(&mut self, id: &MessageId, queued: Queued) {
         if let Some(e) = self.entries.get_mut(id) {
             e.fresh = Some(Box::new(queued));
         }
     }
 
-    pub(crate) fn take_fresh(&mut self, id: &str) -> Option<Queued> {
+    pub(crate) fn take_fresh(&mut self, id: &MessageId) -> Option<Queued> {
         self.entries
             .get_mut(id)
             .and_then(|e| e.fresh.take())
             .map(|q| *q)
     }
 
-    pub(crate) fn take_waiter(&mut self, id: &str) -> Option<oneshot::Sender<Reply>> {
+    pub(crate) fn take_waiter(&mut self, id: &MessageId) -> Option<oneshot::Sender<Reply>> {
         self.entries.get_mut(id).and_then(|e| e.waiter.take())
     }
 
-    pub(crate) fn retry_now(&mut self, id: &str, account: &str) {
+    pub(crate) fn retry_now(&mut self, id: &MessageId, account: &str) {
         self.schedule(id, account, Instant::now(), None);
     }
 
     /// Marks a message for deletion when a delivery of it is running (returns true); false
     /// when none is running (the caller deletes it now and it is forgotten here).
-    pub(crate) fn request_delete(&mut self, id: &str) -> bool {
+    pub(crate) fn request_delete(&mut self, id: &MessageId) -> bool {
         match self.entries.get_mut(id) {
             Some(e) if e.in_flight => {
                 e.delete_requested = true;
@@ -295,7 +293,7 @@ impl Queue {
     /// Makes every waiting message of `account` due now and lifts its pause (the cause of the
     /// failures was fixed, e.g. someone signed in again). Returns how many messages it moved.
     pub(crate) fn account_due_now(&mut self, account: &str, now: Instant) -> usize {
-        let ids: Vec<String> = match self.accounts.get_mut(account) {
+        let ids: Vec<MessageId> = match self.accounts.get_mut(account) {
             Some(acc) => {
                 acc.paused_until = None;
                 acc.throttle_level = 0;
@@ -322,6 +320,30 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// A queue id spelling `label` (at most 8 ASCII bytes), so tables read as words.
+    fn id(label: &str) -> MessageId {
+        let hex: String = label.bytes().map(|b| format!("{b:02x}")).collect();
+        MessageId::parse(&format!("{hex:0>16}")).unwrap()
+    }
+
+    /// The label `id` spells.
+    fn label(id: &MessageId) -> String {
+        let hex = id.as_str().trim_start_matches('0');
+        let hex = if hex.len() % 2 == 1 {
+            format!("0{hex}")
+        } else {
+            hex.to_string()
+        };
+        (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap() as char)
+            .collect()
+    }
+
+    fn labels(ids: Vec<MessageId>) -> Vec<String> {
+        ids.iter().map(label).collect()
+    }
+
     #[test]
     fn per_account_concurrency_and_order() {
         let mut q = Queue::new(
@@ -336,10 +358,15 @@ mod tests {
         );
         let t0 = Instant::now();
         for i in 0..5 {
-            q.schedule(&format!("a{i}"), "a", t0 + Duration::from_millis(i), None);
+            q.schedule(
+                &id(&format!("a{i}")),
+                "a",
+                t0 + Duration::from_millis(i),
+                None,
+            );
         }
-        q.schedule("b0", "b", t0, None);
-        let (start, _) = q.take_due(t0 + Duration::from_secs(1));
+        q.schedule(&id("b0"), "b", t0, None);
+        let start = labels(q.take_due(t0 + Duration::from_secs(1)).0);
         assert_eq!(
             start
                 .iter()
@@ -350,9 +377,12 @@ mod tests {
         assert!(start.contains(&"b0".to_string()));
         // no slot until one finishes
         assert!(q.take_due(t0 + Duration::from_secs(1)).0.is_empty());
-        assert!(!q.finish("a0"));
-        q.forget("a0");
-        assert_eq!(q.take_due(t0 + Duration::from_secs(1)).0, vec!["a2"]);
+        assert!(!q.finish(&id("a0")));
+        q.forget(&id("a0"));
+        assert_eq!(
+            labels(q.take_due(t0 + Duration::from_secs(1)).0),
+            vec!["a2"]
+        );
     }
 
     /// A burst beyond the per-minute limit is held and released as the window slides, never
@@ -371,17 +401,17 @@ mod tests {
         );
         let t0 = Instant::now();
         for i in 0..75 {
-            q.schedule(&format!("m{i:02}"), "mfp", t0, None);
+            q.schedule(&id(&format!("m{i:02}")), "mfp", t0, None);
         }
-        q.schedule("other", "b", t0, None);
+        q.schedule(&id("other"), "b", t0, None);
         let mut started: Vec<(Duration, String)> = Vec::new();
         let mut now = t0;
         for _ in 0..20 {
             let (ids, next) = q.take_due(now);
-            for id in ids {
-                q.finish(&id);
-                q.forget(&id);
-                started.push((now - t0, id));
+            for i in ids {
+                q.finish(&i);
+                q.forget(&i);
+                started.push((now - t0, label(&i)));
             }
             match next {
                 Some(n) => now = n,
@@ -419,7 +449,7 @@ mod tests {
         );
         let t0 = Instant::now();
         for i in 0..500 {
-            q.schedule(&format!("m{i}"), "a", t0, None);
+            q.schedule(&id(&format!("m{i}")), "a", t0, None);
         }
         assert_eq!(q.take_due(t0).0.len(), 500);
     }
@@ -428,7 +458,7 @@ mod tests {
     fn not_due_yet_gives_the_next_wake() {
         let mut q = Queue::new(HashMap::new());
         let t0 = Instant::now();
-        q.schedule("x", "a", t0 + Duration::from_secs(5), None);
+        q.schedule(&id("x"), "a", t0 + Duration::from_secs(5), None);
         let (start, next) = q.take_due(t0);
         assert!(start.is_empty());
         assert_eq!(next, Some(t0 + Duration::from_secs(5)));
@@ -438,12 +468,15 @@ mod tests {
     fn paused_accounts_wait() {
         let mut q = Queue::new(HashMap::new());
         let t0 = Instant::now();
-        q.schedule("x", "a", t0, None);
+        q.schedule(&id("x"), "a", t0, None);
         assert_eq!(q.pause("a", t0 + Duration::from_secs(30)), 1);
         let (start, next) = q.take_due(t0 + Duration::from_secs(1));
         assert!(start.is_empty());
         assert_eq!(next, Some(t0 + Duration::from_secs(30)));
-        assert_eq!(q.take_due(t0 + Duration::from_secs(31)).0, vec!["x"]);
+        assert_eq!(
+            labels(q.take_due(t0 + Duration::from_secs(31)).0),
+            vec!["x"]
+        );
         q.clear_throttle("a");
         assert_eq!(q.throttle_level("a"), 0);
     }
@@ -453,14 +486,14 @@ mod tests {
         let mut q = Queue::new(HashMap::new());
         let now = Instant::now();
         let later = now + Duration::from_secs(3600);
-        q.schedule("a1", "a", later, None);
-        q.schedule("a2", "a", later, None);
-        q.schedule("b1", "b", later, None);
+        q.schedule(&id("a1"), "a", later, None);
+        q.schedule(&id("a2"), "a", later, None);
+        q.schedule(&id("b1"), "b", later, None);
         q.pause("a", later);
-        assert_eq!(q.take_due(now).0, Vec::<String>::new());
+        assert_eq!(labels(q.take_due(now).0), Vec::<String>::new());
         assert_eq!(q.account_due_now("a", now), 2);
         assert_eq!(q.account_due_now("nobody", now), 0);
-        let mut due = q.take_due(now).0;
+        let mut due = labels(q.take_due(now).0);
         due.sort();
         assert_eq!(due, ["a1", "a2"]);
     }
@@ -469,19 +502,22 @@ mod tests {
     fn reschedule_retry_and_delete() {
         let mut q = Queue::new(HashMap::new());
         let t0 = Instant::now();
-        q.schedule("x", "a", t0, None);
-        assert_eq!(q.take_due(t0).0, vec!["x"]);
-        assert!(q.request_delete("x"), "in flight: marked");
-        assert!(q.finish("x"));
-        q.forget("x");
+        q.schedule(&id("x"), "a", t0, None);
+        assert_eq!(labels(q.take_due(t0).0), vec!["x"]);
+        assert!(q.request_delete(&id("x")), "in flight: marked");
+        assert!(q.finish(&id("x")));
+        q.forget(&id("x"));
         assert_eq!(q.len(), 0);
-        q.schedule("y", "a", t0 + Duration::from_secs(100), None);
-        q.retry_now("y", "a");
-        assert_eq!(q.take_due(Instant::now()).0, vec!["y"]);
-        q.finish("y");
-        q.reschedule_after_attempt("y", t0 + Duration::from_secs(50));
+        q.schedule(&id("y"), "a", t0 + Duration::from_secs(100), None);
+        q.retry_now(&id("y"), "a");
+        assert_eq!(labels(q.take_due(Instant::now()).0), vec!["y"]);
+        q.finish(&id("y"));
+        q.reschedule_after_attempt(&id("y"), t0 + Duration::from_secs(50));
         assert!(q.take_due(t0 + Duration::from_secs(49)).0.is_empty());
-        assert_eq!(q.take_due(t0 + Duration::from_secs(50)).0, vec!["y"]);
-        assert!(!q.request_delete("zzz"));
+        assert_eq!(
+            labels(q.take_due(t0 + Duration::from_secs(50)).0),
+            vec!["y"]
+        );
+        assert!(!q.request_delete(&id("zzz")));
     }
 }

@@ -6,7 +6,9 @@
 //! `control/` and waits for the relay to carry it out; when none runs, it changes the files
 //! itself.
 
-use smtp2oauth_spool::{Area, ControlAction, Event, Queued, Spool, SpoolError};
+use smtp2oauth_spool::{
+    Area, ControlAction, ControlTarget, Event, MessageId, Queued, Spool, SpoolError,
+};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -69,17 +71,20 @@ pub async fn run(config: Option<&Path>, cmd: QueueCommand) -> ExitCode {
         QueueCommand::Failed { json } => list(&spool, Area::Failed, json).await,
         QueueCommand::Show { id } => show(&spool, &id).await,
         QueueCommand::Retry { id, all } => act(&spool, ControlAction::Retry, target(id, all)).await,
-        QueueCommand::Delete { id } => act(&spool, ControlAction::Delete, Some(id)).await,
+        QueueCommand::Delete { id } => {
+            act(&spool, ControlAction::Delete, target(Some(id), false)).await
+        }
         QueueCommand::Requeue { id, all } => {
             act(&spool, ControlAction::Requeue, target(id, all)).await
         }
     }
 }
 
-fn target(id: Option<String>, all: bool) -> Option<String> {
+/// The messages a command acts on; `Err` holds an id that is not a queue id.
+fn target(id: Option<String>, all: bool) -> Option<Result<ControlTarget, String>> {
     match (id, all) {
-        (Some(id), false) => Some(id),
-        (None, true) => Some("all".into()),
+        (Some(id), false) => Some(MessageId::parse(&id).map(ControlTarget::One).ok_or(id)),
+        (None, true) => Some(Ok(ControlTarget::All)),
         _ => None,
     }
 }
@@ -100,7 +105,7 @@ fn age(ms: u64) -> String {
 
 async fn load_all(spool: &Spool, area: Area) -> Result<Vec<Queued>, SpoolError> {
     let mut out = Vec::new();
-    for id in spool.list(area)? {
+    for id in spool.list(area).await? {
         match spool.read(&id, area).await {
             Ok(q) => out.push(q),
             // Removed between listing and reading (delivered meanwhile): not an error.
@@ -178,8 +183,12 @@ async fn list(spool: &Spool, area: Area, json: bool) -> ExitCode {
 }
 
 async fn show(spool: &Spool, id: &str) -> ExitCode {
-    let q = match spool.read(id, Area::Queue).await {
-        Err(SpoolError::NotFound(_)) => spool.read(id, Area::Failed).await,
+    let Some(id) = MessageId::parse(id) else {
+        eprintln!("smtp2oauth: no message {id} in the spool");
+        return ExitCode::from(1);
+    };
+    let q = match spool.read(&id, Area::Queue).await {
+        Err(SpoolError::NotFound(_)) => spool.read(&id, Area::Failed).await,
         r => r,
     };
     let q = match q {
@@ -301,20 +310,27 @@ async fn show(spool: &Spool, id: &str) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-async fn act(spool: &Spool, action: ControlAction, target: Option<String>) -> ExitCode {
-    let Some(target) = target else {
-        eprintln!("smtp2oauth: give a queue id or --all");
-        return ExitCode::from(2);
+async fn act(
+    spool: &Spool,
+    action: ControlAction,
+    target: Option<Result<ControlTarget, String>>,
+) -> ExitCode {
+    let target = match target {
+        Some(Ok(t)) => t,
+        Some(Err(id)) => {
+            eprintln!(
+                "smtp2oauth: `{id}` is not a queue id (16 hex digits, see `smtp2oauth queue list`)"
+            );
+            return ExitCode::from(2);
+        }
+        None => {
+            eprintln!("smtp2oauth: give a queue id or --all");
+            return ExitCode::from(2);
+        }
     };
-    if target != "all" && smtp2oauth_spool::MessageId::parse(&target).is_none() {
-        eprintln!(
-            "smtp2oauth: `{target}` is not a queue id (16 hex digits, see `smtp2oauth queue list`)"
-        );
-        return ExitCode::from(2);
-    }
     if spool.is_locked() {
         // A relay runs: it carries the request out between deliveries.
-        let path = match spool.control().request(action, &target) {
+        let path = match spool.control().request(action, &target).await {
             Ok(p) => p,
             Err(e) => {
                 eprintln!("smtp2oauth: cannot file the request: {e}");
@@ -338,15 +354,16 @@ async fn act(spool: &Spool, action: ControlAction, target: Option<String>) -> Ex
         );
         return ExitCode::SUCCESS;
     }
-    let ids = if target == "all" {
-        let area = if action == ControlAction::Requeue {
-            Area::Failed
-        } else {
-            Area::Queue
-        };
-        spool.list(area).unwrap_or_default()
-    } else {
-        vec![target]
+    let ids = match target {
+        ControlTarget::All => {
+            let area = if action == ControlAction::Requeue {
+                Area::Failed
+            } else {
+                Area::Queue
+            };
+            spool.list(area).await.unwrap_or_default()
+        }
+        ControlTarget::One(id) => vec![id],
     };
     let mut status = ExitCode::SUCCESS;
     for id in ids {

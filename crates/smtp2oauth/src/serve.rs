@@ -61,7 +61,10 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             warn_if_readable_by_others(f, "a secret file");
         }
     }
-    let removed = spool.clean_orphans().context("cannot clean the spool")?;
+    let removed = spool
+        .clean_orphans()
+        .await
+        .context("cannot clean the spool")?;
     if removed > 0 {
         info!(
             files = removed,
@@ -108,14 +111,17 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     let routes = wiring::routes(&cfg, &tokens, token_store.as_ref())?;
     for a in &cfg.accounts {
         if let Some(r) = routes.get(&a.name) {
-            info!(account = %a.name, mailbox = %a.mailbox, route = r.kind(), target = %r.target(), "account ready");
+            info!(account = %a.name, mailbox = %a.mailbox, route = r.kind().as_str(), target = %r.target(), "account ready");
         }
     }
     let account_routes: Vec<(String, &'static str, Option<std::path::PathBuf>)> = cfg
         .accounts
         .iter()
         .map(|a| {
-            let kind = routes.get(&a.name).map(|r| r.kind()).unwrap_or("none");
+            let kind = routes
+                .get(&a.name)
+                .map(|r| r.kind().as_str())
+                .unwrap_or("none");
             let capture =
                 (a.route == smtp2oauth_config::Route::Capture).then(|| cfg.capture_dir(a));
             (a.name.clone(), kind, capture)
@@ -141,7 +147,7 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
             );
         }
     } else {
-        let left = spool.list(Area::Queue).unwrap_or_default();
+        let left = spool.list(Area::Queue).await.unwrap_or_default();
         if !left.is_empty() {
             warn!(
                 messages = left.len(),

@@ -30,14 +30,19 @@ impl std::fmt::Debug for RelaySnapshot {
 
 impl Snapshot for RelaySnapshot {
     fn queue(&self) -> QueueSnapshot {
-        let queued = self.spool.list(Area::Queue).unwrap_or_default();
-        let failed = self.spool.list(Area::Failed).map(|l| l.len()).unwrap_or(0);
-        // Ids start with the arrival time in milliseconds (hex), and list() sorts them: the first
-        // is the oldest, and no file needs to be read.
+        let queued = self.spool.list_blocking(Area::Queue).unwrap_or_default();
+        let failed = self
+            .spool
+            .list_blocking(Area::Failed)
+            .map(|l| l.len())
+            .unwrap_or(0);
+        // Ids start with the arrival time, and the list is sorted: the first is the oldest,
+        // and no file needs to be read.
         let oldest_age_seconds = queued
             .first()
-            .and_then(|id| u64::from_str_radix(&id[..11], 16).ok())
-            .map(|ms| smtp2oauth_spool::now_ms().saturating_sub(ms) as f64 / 1000.0)
+            .map(|id| {
+                smtp2oauth_spool::now_ms().saturating_sub(id.received_at_ms()) as f64 / 1000.0
+            })
             .unwrap_or(0.0);
         QueueSnapshot {
             queued: queued.len() as u64,
@@ -95,7 +100,7 @@ pub async fn readiness(inputs: Arc<ReadinessInputs>) -> Vec<Check> {
             inputs.listeners
         ),
     });
-    checks.push(match writable(inputs.spool.root().join("incoming")).await {
+    checks.push(match inputs.spool.check_writable().await {
         Ok(()) => Check {
             name: "spool".into(),
             ok: true,

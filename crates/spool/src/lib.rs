@@ -12,9 +12,8 @@
 //! - `queue/<id>`: the envelope of an accepted message. Its first line is the envelope as JSON;
 //!   later lines are events appended by delivery (attempts, results), one JSON object per line.
 //!   It is written as `queue/<id>.tmp` and renamed, so a reader never sees half an envelope.
-//! - `incoming/`: where older versions wrote envelopes before the rename; emptied at recovery.
 //! - `failed/<id>`: an envelope whose delivery failed for good, kept for the admin.
-//! - `control/<action>.<id>`: requests from the queue command line to a running relay
+//! - `control/<action>.<id|all>`: requests from the queue command line to a running relay
 //!   (see `control.rs`); `lock`: held by the running relay so only one process owns the spool.
 //!
 //! # Invariants
@@ -32,20 +31,24 @@
 //!   that does not parse) is left in place and logged: it may be acknowledged mail.
 //! - Event lines appended after acceptance may be torn by a crash; a torn line is ignored.
 //! - Directory fsyncs are shared between concurrent commits (group commit), never skipped.
-//! - Every spool operation is one blocking task on the blocking pool (or a few run side by side),
-//!   never a chain of small ones: hops between threads cost more than the syscalls they carry.
+//! - Every operation is async and does its file work as one blocking task on the blocking pool
+//!   (or a few side by side), never as a chain of small ones: hops between threads cost more
+//!   than the syscalls they carry, and the runtime's threads never wait for the disk. Only
+//!   [`Spool::open`], [`Spool::lock`] and [`Spool::list_blocking`] are synchronous, for start-up
+//!   and for synchronous callers.
+
+#![warn(missing_docs)]
 
 pub mod control;
-mod crc;
 pub mod events;
 mod fsync;
 mod id;
+mod recovery;
 
-pub use control::{Control, ControlAction, Request as ControlRequest, SpoolLock};
-pub use events::{Event, Progress, RecipientResult};
+pub use control::{Control, ControlAction, ControlTarget, Request as ControlRequest, SpoolLock};
+pub use events::{AttemptOutcome, Event, Progress, RecipientResult};
 pub use id::MessageId;
 
-use crc::{Crc32c, crc32c_of_file};
 use fsync::DirSync;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -56,19 +59,26 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// What we know about a message besides its bytes.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Envelope {
-    pub id: String,
+    /// The queue id; assigned by [`Spool::receive`], which replaces whatever the caller put here.
+    pub id: MessageId,
     /// Milliseconds since the Unix epoch.
     pub received_at_ms: u64,
+    /// The account whose route delivers the message.
     pub account: String,
+    /// The device that sent it (its name in the configuration).
     pub device: String,
+    /// The listener it arrived on.
     pub listener: String,
+    /// The device's address.
     pub client_ip: String,
+    /// The name the device gave in EHLO or HELO.
     pub helo: String,
     /// The envelope sender we will use upstream (after any rewrite).
     pub sender: String,
     /// The sender the device gave, when it was rewritten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_sender: Option<String>,
+    /// Every recipient the device gave, in its order.
     pub recipients: Vec<String>,
     /// The message has bytes >= 0x80 (upstream needs BODY=8BITMIME).
     pub eight_bit: bool,
@@ -76,9 +86,8 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// Size of the data file in bytes.
     pub size: u64,
-    /// CRC-32C of the data file (checked by recovery; absent in envelopes of older versions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub crc32c: Option<u32>,
+    /// CRC-32C of the data file, checked by recovery (filled in at commit).
+    pub crc32c: u32,
     /// The inbound session that received the message (to match log lines; 0 for our own).
     #[serde(default)]
     pub session: u64,
@@ -88,44 +97,57 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// When the message was accepted.
     pub fn received_at(&self) -> SystemTime {
         UNIX_EPOCH + Duration::from_millis(self.received_at_ms)
     }
 }
 
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
 }
 
+/// Why a spool operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SpoolError {
     /// No space (ENOSPC) or quota exceeded: new mail must get 452 4.3.1.
     #[error("spool storage is full: {0}")]
     Full(io::Error),
+    /// Any other file system error.
     #[error("spool I/O error: {0}")]
     Io(io::Error),
+    /// An envelope whose first line does not parse.
     #[error("spool entry {id} is unreadable: {detail}")]
-    Corrupt { id: String, detail: String },
+    Corrupt {
+        /// The message's queue id.
+        id: MessageId,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// No message with this id in the area asked for.
     #[error("no message {0} in the spool")]
-    NotFound(String),
+    NotFound(MessageId),
+    /// Another process holds the spool's lock.
     #[error("the spool is in use by another smtp2oauth process (lock {0})")]
     Locked(String),
 }
 
 impl From<io::Error> for SpoolError {
     fn from(e: io::Error) -> Self {
-        match e.raw_os_error() {
-            Some(libc::ENOSPC) | Some(libc::EDQUOT) => SpoolError::Full(e),
-            _ if e.kind() == io::ErrorKind::StorageFull => SpoolError::Full(e),
+        match e.kind() {
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => SpoolError::Full(e),
             _ => SpoolError::Io(e),
         }
     }
 }
 
 impl SpoolError {
+    /// True when the disk (or the quota) is full: the only spool failure a device should hear
+    /// as "insufficient storage" rather than "local error".
     pub fn is_full(&self) -> bool {
         matches!(self, SpoolError::Full(_))
     }
@@ -140,7 +162,6 @@ pub struct Spool {
 struct Inner {
     root: PathBuf,
     data: PathBuf,
-    incoming: PathBuf,
     queue: PathBuf,
     failed: PathBuf,
     control: PathBuf,
@@ -154,7 +175,9 @@ struct Inner {
 /// The states a message can be in, each a directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Area {
+    /// `queue/`: accepted, delivery not settled.
     Queue,
+    /// `failed/`: refused or expired, kept for the admin.
     Failed,
 }
 
@@ -168,11 +191,10 @@ impl Spool {
     pub fn open_with(dir: &Path, fsync: bool) -> Result<Spool, SpoolError> {
         let root = dir.to_path_buf();
         let data = root.join("data");
-        let incoming = root.join("incoming");
         let queue = root.join("queue");
         let failed = root.join("failed");
         let control = root.join("control");
-        for d in [&root, &data, &incoming, &queue, &failed, &control] {
+        for d in [&root, &data, &queue, &failed, &control] {
             std::fs::create_dir_all(d)?;
         }
         Ok(Spool {
@@ -182,7 +204,6 @@ impl Spool {
                 failed_sync: DirSync::open(&failed, fsync)?,
                 root,
                 data,
-                incoming,
                 queue,
                 failed,
                 control,
@@ -191,132 +212,28 @@ impl Spool {
         })
     }
 
+    /// The spool's directory.
     pub fn root(&self) -> &Path {
         &self.inner.root
     }
 
     /// Removes what a crash left behind: envelopes that were never committed, and data files
     /// without an envelope (their devices never got 250). Returns how many files were removed.
-    pub fn clean_orphans(&self) -> Result<usize, SpoolError> {
-        let mut removed = 0;
-        let mut keep = std::collections::HashSet::new();
-        // Envelopes written by older versions before their rename into queue/.
-        for entry in std::fs::read_dir(&self.inner.incoming)? {
-            let entry = entry?;
-            std::fs::remove_file(entry.path())?;
-            removed += 1;
-        }
-        for entry in std::fs::read_dir(&self.inner.queue)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if name.ends_with(".tmp") {
-                // An envelope being written when we stopped: its commit never returned.
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
-                continue;
-            }
-            if MessageId::parse(name).is_none() {
-                continue;
-            }
-            match self.whole(name) {
-                Whole::Yes => {}
-                Whole::Torn(why) => {
-                    tracing::warn!(queue_id = %name, reason = %why, "envelope from an interrupted commit removed (never acknowledged)");
-                    std::fs::remove_file(entry.path())?;
-                    removed += 1;
-                }
-                Whole::Unknown(why) => {
-                    // Not what a crash leaves: an acknowledged message may be behind it, so it
-                    // stays (its data file too) for the admin; delivery reports it.
-                    tracing::error!(queue_id = %name, reason = %why, "cannot check a queued message; left in place");
-                    keep.insert(name.to_string());
-                }
-            }
-        }
-        for entry in std::fs::read_dir(&self.inner.data)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else { continue };
-            let id = name.trim_end_matches(".part");
-            if name.ends_with(".part")
-                || (!keep.contains(id)
-                    && !self.inner.queue.join(id).exists()
-                    && !self.inner.failed.join(id).exists())
-            {
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
+    pub async fn clean_orphans(&self) -> Result<usize, SpoolError> {
+        let spool = self.clone();
+        blocking(move || recovery::clean_orphans(&spool)).await
     }
 
-    /// Checks that a queued envelope was committed whole: see the invariants above. Only what
-    /// an interrupted commit leaves is `Torn`; anything else (an unreadable file, a line that
-    /// is complete but does not parse) is `Unknown` and never deleted.
-    fn whole(&self, id: &str) -> Whole {
-        let text = match std::fs::read(self.inner.queue.join(id)) {
-            Ok(t) => t,
-            Err(e) => return Whole::Unknown(format!("the envelope is unreadable: {e}")),
-        };
-        let Some(end) = text.iter().position(|&b| b == b'\n') else {
-            return Whole::Torn("the envelope is incomplete".into());
-        };
-        let envelope: Envelope = match serde_json::from_slice(&text[..end]) {
-            Ok(e) => e,
-            // A torn write that happens to contain a newline (e.g. zeros, then garbage).
-            Err(_) if text[..end].contains(&0) => {
-                return Whole::Torn("the envelope holds bytes never written".into());
-            }
-            Err(e) => return Whole::Unknown(format!("the envelope does not parse: {e}")),
-        };
-        let data = self.inner.data.join(id);
-        match std::fs::metadata(&data) {
-            Ok(m) if m.len() < envelope.size => {
-                return Whole::Torn(format!(
-                    "the data file has {} bytes, the envelope says {}",
-                    m.len(),
-                    envelope.size
-                ));
-            }
-            Ok(m) if m.len() > envelope.size => {
-                return Whole::Unknown(format!(
-                    "the data file has {} bytes, more than the envelope's {}",
-                    m.len(),
-                    envelope.size
-                ));
-            }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Whole::Torn("the data file is missing".into());
-            }
-            Err(e) => return Whole::Unknown(format!("the data file is unreadable: {e}")),
-        }
-        // The length can reach the disk before the bytes under it on some filesystems (ext4
-        // with data=writeback): a message never attempted has its checksum checked too. One
-        // with an event line was handed to delivery, which only happens after its commit.
-        let attempted = text.len() > end + 1;
-        if let Some(expected) = envelope.crc32c
-            && !attempted
-        {
-            match crc32c_of_file(&data) {
-                Ok(actual) if actual == expected => {}
-                Ok(_) => return Whole::Torn("the data file's checksum does not match".into()),
-                Err(e) => return Whole::Unknown(format!("the data file is unreadable: {e}")),
-            }
-        }
-        Whole::Yes
-    }
-
-    /// Starts receiving a message. The envelope's `size` and `eight_bit` are filled in at commit.
+    /// Starts receiving a message. The envelope's `id` is assigned here; `size`, `crc32c` and
+    /// `eight_bit` are filled in at commit.
     pub async fn receive(&self, envelope: Envelope) -> Result<Incoming, SpoolError> {
         let id = MessageId::new();
         let mut envelope = envelope;
-        envelope.id = id.to_string();
+        envelope.id = id.clone();
         // The data file gets its final name: until its envelope is in queue/, it is an orphan
         // that recovery removes, so no rename is needed to mark it complete. It is created only
         // when the message outgrows its buffer, or at commit.
-        let path = self.inner.data.join(id.as_str());
+        let path = self.data_path(&id);
         Ok(Incoming {
             spool: self.clone(),
             id,
@@ -326,12 +243,13 @@ impl Spool {
             file: None,
             on_disk: false,
             written: 0,
-            crc: Crc32c::new(),
+            crc: 0,
         })
     }
 
-    pub fn data_path(&self, id: &str) -> PathBuf {
-        self.inner.data.join(id)
+    /// Where the bytes of message `id` are.
+    pub fn data_path(&self, id: &MessageId) -> PathBuf {
+        self.inner.data.join(id.as_str())
     }
 
     fn area_dir(&self, area: Area) -> &Path {
@@ -341,21 +259,21 @@ impl Spool {
         }
     }
 
+    fn area_sync(&self, area: Area) -> &DirSync {
+        match area {
+            Area::Queue => &self.inner.queue_sync,
+            Area::Failed => &self.inner.failed_sync,
+        }
+    }
+
     /// Removes a message for good (delivered, or refused while its device waited): envelope
     /// first (after which the message no longer exists), then its data.
-    pub async fn remove(&self, id: &str, area: Area) -> Result<(), SpoolError> {
-        check_id(id)?;
-        let env = self.area_dir(area).join(id);
+    pub async fn remove(&self, id: &MessageId, area: Area) -> Result<(), SpoolError> {
+        let env = self.area_dir(area).join(id.as_str());
         let data = self.data_path(id);
-        let owned_id = id.to_string();
+        let owned_id = id.clone();
         blocking(move || {
-            match std::fs::remove_file(&env) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(SpoolError::NotFound(owned_id));
-                }
-                Err(e) => return Err(e.into()),
-            }
+            std::fs::remove_file(&env).map_err(|e| not_found_as(e, &owned_id))?;
             match std::fs::remove_file(&data) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -367,11 +285,7 @@ impl Spool {
         // cut only means a delivered message is delivered again, so no caller waits for it.
         let spool = self.clone();
         tokio::spawn(async move {
-            let r = match area {
-                Area::Queue => spool.inner.queue_sync.sync().await,
-                Area::Failed => spool.inner.failed_sync.sync().await,
-            };
-            if let Err(e) = r {
+            if let Err(e) = spool.area_sync(area).sync().await {
                 tracing::warn!(error = %e, "cannot sync the spool directory after a removal");
             }
         });
@@ -379,52 +293,44 @@ impl Spool {
     }
 
     /// Reads an envelope and its event lines.
-    pub async fn read(&self, id: &str, area: Area) -> Result<Queued, SpoolError> {
-        check_id(id)?;
-        let path = self.area_dir(area).join(id);
-        let text = match tokio::fs::read(&path).await {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SpoolError::NotFound(id.into()));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        let mut lines = text.split(|&b| b == b'\n');
-        let first = lines.next().unwrap_or_default();
-        let envelope: Envelope =
-            serde_json::from_slice(first).map_err(|e| SpoolError::Corrupt {
-                id: id.into(),
-                detail: e.to_string(),
-            })?;
-        // Torn or unreadable event lines (a crash during an append) are skipped, not fatal.
-        let events: Vec<Event> = lines
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| serde_json::from_slice(l).ok())
-            .collect();
-        let progress = Progress::from_events(&envelope, &events);
-        Ok(Queued {
-            data_path: self.data_path(id),
-            envelope,
-            events,
-            progress,
-            area,
+    pub async fn read(&self, id: &MessageId, area: Area) -> Result<Queued, SpoolError> {
+        let path = self.area_dir(area).join(id.as_str());
+        let data_path = self.data_path(id);
+        let id = id.clone();
+        blocking(move || {
+            let text = std::fs::read(&path).map_err(|e| not_found_as(e, &id))?;
+            let (envelope, events) = parse_envelope_file(&id, &text)?;
+            let progress = Progress::from_events(&envelope, &events);
+            Ok(Queued {
+                data_path,
+                envelope,
+                events,
+                progress,
+                area,
+            })
         })
+        .await
     }
 
     /// True while `id`'s envelope is in `queue/`.
-    pub fn is_queued(&self, id: &str) -> bool {
-        check_id(id).is_ok() && self.inner.queue.join(id).exists()
+    pub async fn is_queued(&self, id: &MessageId) -> bool {
+        let path = self.inner.queue.join(id.as_str());
+        blocking(move || Ok(path.exists())).await.unwrap_or(false)
     }
 
     /// Lists the ids in an area, oldest first (ids sort by arrival time).
-    pub fn list(&self, area: Area) -> Result<Vec<String>, SpoolError> {
+    pub async fn list(&self, area: Area) -> Result<Vec<MessageId>, SpoolError> {
+        let spool = self.clone();
+        blocking(move || spool.list_blocking(area)).await
+    }
+
+    /// [`Spool::list`] for synchronous callers (the collector that reports the queue's depth
+    /// at scrape time): it reads the directory on the calling thread.
+    pub fn list_blocking(&self, area: Area) -> Result<Vec<MessageId>, SpoolError> {
         let mut ids = Vec::new();
         for entry in std::fs::read_dir(self.area_dir(area))? {
-            let entry = entry?;
-            if let Some(name) = entry.file_name().to_str()
-                && MessageId::parse(name).is_some()
-            {
-                ids.push(name.to_string());
+            if let Some(id) = entry?.file_name().to_str().and_then(MessageId::parse) {
+                ids.push(id);
             }
         }
         ids.sort();
@@ -434,26 +340,22 @@ impl Spool {
     /// Appends one event line to a message's envelope file and makes it durable.
     pub async fn append_event(
         &self,
-        id: &str,
+        id: &MessageId,
         area: Area,
         event: &Event,
     ) -> Result<(), SpoolError> {
-        check_id(id)?;
         let mut line =
             serde_json::to_vec(event).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
         line.push(b'\n');
-        let path = self.area_dir(area).join(id);
+        let path = self.area_dir(area).join(id.as_str());
         let fsync = self.inner.fsync;
-        let owned_id = id.to_string();
+        let owned_id = id.clone();
         blocking(move || {
             use std::io::Write;
-            let mut f = match std::fs::OpenOptions::new().append(true).open(&path) {
-                Ok(f) => f,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    return Err(SpoolError::NotFound(owned_id));
-                }
-                Err(e) => return Err(e.into()),
-            };
+            let mut f = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .map_err(|e| not_found_as(e, &owned_id))?;
             f.write_all(&line)?;
             if fsync {
                 f.sync_data()?;
@@ -464,29 +366,22 @@ impl Spool {
     }
 
     /// Moves a message between areas (e.g. to `failed/`), durably.
-    pub async fn move_to(&self, id: &str, from: Area, to: Area) -> Result<(), SpoolError> {
-        check_id(id)?;
+    pub async fn move_to(&self, id: &MessageId, from: Area, to: Area) -> Result<(), SpoolError> {
         if from == to {
             return Ok(());
         }
-        let src = self.area_dir(from).join(id);
-        let dst = self.area_dir(to).join(id);
-        match tokio::fs::rename(&src, &dst).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(SpoolError::NotFound(id.into()));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        match to {
-            Area::Queue => self.inner.queue_sync.sync().await?,
-            Area::Failed => self.inner.failed_sync.sync().await?,
-        }
+        let src = self.area_dir(from).join(id.as_str());
+        let dst = self.area_dir(to).join(id.as_str());
+        let owned_id = id.clone();
+        blocking(move || {
+            std::fs::rename(&src, &dst).map_err(|e| not_found_as(e, &owned_id))?;
+            Ok(())
+        })
+        .await?;
+        self.area_sync(to).sync().await?;
         Ok(())
     }
-}
 
-impl Spool {
     /// The control directory (requests from the queue command line).
     pub fn control(&self) -> Control {
         Control::new(self.inner.control.clone())
@@ -503,15 +398,28 @@ impl Spool {
     }
 
     /// Bytes available to us on the spool's filesystem (None if unknown).
-    pub fn free_space(&self) -> Option<u64> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(self.inner.root.as_os_str().as_bytes()).ok()?;
-        // SAFETY: statvfs fills the struct we own from a NUL-terminated path.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
-            return None;
-        }
-        Some(st.f_bavail as u64 * st.f_frsize as u64)
+    pub async fn free_space(&self) -> Option<u64> {
+        let root = self.inner.root.clone();
+        blocking(move || {
+            let st = rustix::fs::statvfs(&root).map_err(io::Error::from)?;
+            Ok(st.f_bavail.saturating_mul(st.f_frsize))
+        })
+        .await
+        .ok()
+    }
+
+    /// Checks that new mail can be written: creates and removes a file where message bytes go.
+    pub async fn check_writable(&self) -> Result<(), SpoolError> {
+        let probe = self
+            .inner
+            .data
+            .join(format!(".probe-{}", std::process::id()));
+        blocking(move || {
+            std::fs::write(&probe, b"ok")?;
+            std::fs::remove_file(&probe)?;
+            Ok(())
+        })
+        .await
     }
 
     /// Writes a whole message we compose ourselves (failure notices) and commits it.
@@ -527,6 +435,31 @@ impl Spool {
     }
 }
 
+/// An envelope file's first line and its readable event lines. Torn or unreadable event lines
+/// (a crash during an append) are skipped, not fatal.
+fn parse_envelope_file(id: &MessageId, text: &[u8]) -> Result<(Envelope, Vec<Event>), SpoolError> {
+    let mut lines = text.split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    let envelope: Envelope = serde_json::from_slice(first).map_err(|e| SpoolError::Corrupt {
+        id: id.clone(),
+        detail: e.to_string(),
+    })?;
+    let events = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    Ok((envelope, events))
+}
+
+/// A missing file means a missing message; anything else is an I/O error.
+fn not_found_as(e: io::Error, id: &MessageId) -> SpoolError {
+    if e.kind() == io::ErrorKind::NotFound {
+        SpoolError::NotFound(id.clone())
+    } else {
+        e.into()
+    }
+}
+
 /// Runs one spool operation on the blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
@@ -536,27 +469,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| SpoolError::Io(io::Error::other(e)))?
 }
 
-fn check_id(id: &str) -> Result<(), SpoolError> {
-    // Ids come from the queue CLI too: never let one name a path outside the spool.
-    if MessageId::parse(id).is_none() {
-        return Err(SpoolError::NotFound(id.to_string()));
-    }
-    Ok(())
-}
-
 /// How much of a message is held in memory before it goes to its data file: a typical scan
 /// or alert is written in one go at commit, with the flush it needs anyway, and a large one in
 /// 256 KiB steps (each a hand-off to the blocking pool; 64 KiB steps were measurably slower).
 const BUFFER: usize = 256 * 1024;
-
-/// What recovery concludes about a queued envelope.
-enum Whole {
-    Yes,
-    /// What an interrupted commit leaves: never acknowledged, removed.
-    Torn(String),
-    /// Cannot tell: left in place.
-    Unknown(String),
-}
 
 /// A message being received. Dropping it without [`Incoming::commit`] removes its file.
 pub struct Incoming {
@@ -571,25 +487,30 @@ pub struct Incoming {
     /// The data file may exist (so dropping must remove it).
     on_disk: bool,
     written: u64,
-    crc: Crc32c,
+    /// CRC-32C of the bytes written so far.
+    crc: u32,
 }
 
 impl Incoming {
+    /// The queue id the message will have.
     pub fn id(&self) -> &MessageId {
         &self.id
     }
 
+    /// The envelope as it will be committed (size and checksum still open).
     pub fn envelope(&self) -> &Envelope {
         &self.envelope
     }
 
+    /// Bytes received so far.
     pub fn written(&self) -> u64 {
         self.written
     }
 
+    /// Adds bytes to the message (buffered; written to disk in large steps).
     pub async fn write(&mut self, bytes: &[u8]) -> Result<(), SpoolError> {
         self.buf.extend_from_slice(bytes);
-        self.crc.update(bytes);
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
         self.written += bytes.len() as u64;
         if self.buf.len() >= BUFFER {
             self.flush_buffer().await?;
@@ -622,57 +543,22 @@ impl Incoming {
     /// Makes the message durable and accepted. Only after this returns may the device get 250.
     pub async fn commit(mut self, eight_bit: bool) -> Result<Queued, SpoolError> {
         self.on_disk = true;
-        let id = self.id.to_string();
-        let inner = self.spool.inner.clone();
         self.envelope.size = self.written;
-        self.envelope.crc32c = Some(self.crc.value());
+        self.envelope.crc32c = self.crc;
         self.envelope.eight_bit = eight_bit;
         let mut env =
             serde_json::to_vec(&self.envelope).map_err(|e| SpoolError::Io(io::Error::other(e)))?;
         env.push(b'\n');
-        let fsync = inner.fsync;
-        let tmp = inner.queue.join(format!("{id}.tmp"));
-        let dest = inner.queue.join(&id);
+        let inner = self.spool.inner.clone();
+        let dest = inner.queue.join(self.id.as_str());
 
         // One round: the data file and the envelope are written, named and flushed while both
         // directories are flushed, all side by side. A directory's flush starts only once the
         // name it must cover exists.
         let (data_named, data_named_rx) = tokio::sync::oneshot::channel::<()>();
         let (env_named, env_named_rx) = tokio::sync::oneshot::channel::<()>();
-        let buf = std::mem::take(&mut self.buf);
-        let file = self.file.take();
-        let path = self.path.clone();
-        let data_done = blocking(move || {
-            use std::io::Write;
-            let mut file = match file {
-                Some(f) => f,
-                None => create_new(&path)?,
-            };
-            let _ = data_named.send(());
-            file.write_all(&buf)?;
-            if fsync {
-                // fdatasync: the bytes and the length needed to read them back, not timestamps.
-                file.sync_data()?;
-            }
-            Ok(())
-        });
-        let (tmp2, dest2) = (tmp.clone(), dest.clone());
-        let env_done = blocking(move || {
-            use std::io::Write;
-            let mut f = create_new(&tmp2)?;
-            let written = f
-                .write_all(&env)
-                .and_then(|()| std::fs::rename(&tmp2, &dest2));
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&tmp2);
-                return Err(e.into());
-            }
-            let _ = env_named.send(());
-            if fsync {
-                f.sync_data()?;
-            }
-            Ok(())
-        });
+        let data_done = self.write_data(data_named);
+        let env_done = write_envelope(&inner, &self.id, env, env_named);
         let named = |e: tokio::sync::oneshot::error::RecvError| {
             SpoolError::Io(io::Error::other(format!("commit interrupted: {e}")))
         };
@@ -703,6 +589,32 @@ impl Incoming {
         Ok(queued)
     }
 
+    /// The data file's part of a commit: the last bytes written and flushed; `named` is told
+    /// once the file exists under its name.
+    fn write_data(
+        &mut self,
+        named: tokio::sync::oneshot::Sender<()>,
+    ) -> impl Future<Output = Result<(), SpoolError>> + use<> {
+        let buf = std::mem::take(&mut self.buf);
+        let file = self.file.take();
+        let path = self.path.clone();
+        let fsync = self.spool.inner.fsync;
+        blocking(move || {
+            use std::io::Write;
+            let mut file = match file {
+                Some(f) => f,
+                None => create_new(&path)?,
+            };
+            let _ = named.send(());
+            file.write_all(&buf)?;
+            if fsync {
+                // fdatasync: the bytes and the length needed to read them back, not timestamps.
+                file.sync_data()?;
+            }
+            Ok(())
+        })
+    }
+
     /// Gives up on the message (too large, device vanished): removes its file.
     pub async fn abort(mut self) {
         self.file.take();
@@ -712,6 +624,35 @@ impl Incoming {
             let _ = blocking(move || Ok(std::fs::remove_file(path)?)).await;
         }
     }
+}
+
+/// The envelope's part of a commit: written as `<id>.tmp`, renamed into place and flushed;
+/// `named` is told once the final name exists.
+fn write_envelope(
+    inner: &Inner,
+    id: &MessageId,
+    env: Vec<u8>,
+    named: tokio::sync::oneshot::Sender<()>,
+) -> impl Future<Output = Result<(), SpoolError>> + use<> {
+    let tmp = inner.queue.join(format!("{id}.tmp"));
+    let dest = inner.queue.join(id.as_str());
+    let fsync = inner.fsync;
+    blocking(move || {
+        use std::io::Write;
+        let mut f = create_new(&tmp)?;
+        let written = f
+            .write_all(&env)
+            .and_then(|()| std::fs::rename(&tmp, &dest));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e.into());
+        }
+        let _ = named.send(());
+        if fsync {
+            f.sync_data()?;
+        }
+        Ok(())
+    })
 }
 
 fn create_new(path: &Path) -> io::Result<std::fs::File> {
@@ -732,15 +673,21 @@ impl Drop for Incoming {
 /// An accepted message: its envelope, the events recorded so far, and where its bytes are.
 #[derive(Clone, Debug)]
 pub struct Queued {
+    /// Where the message's bytes are.
     pub data_path: PathBuf,
+    /// The envelope (the file's first line).
     pub envelope: Envelope,
+    /// The events appended since, in order.
     pub events: Vec<Event>,
+    /// The state derived from the envelope and the events.
     pub progress: Progress,
+    /// The area the envelope was read from.
     pub area: Area,
 }
 
 impl Queued {
-    pub fn id(&self) -> &str {
+    /// The message's queue id.
+    pub fn id(&self) -> &MessageId {
         &self.envelope.id
     }
 }

@@ -2,7 +2,7 @@ use super::*;
 
 fn envelope() -> Envelope {
     Envelope {
-        id: String::new(),
+        id: MessageId::default(),
         received_at_ms: now_ms(),
         account: "scanner".into(),
         device: "mfp".into(),
@@ -15,7 +15,7 @@ fn envelope() -> Envelope {
         eight_bit: false,
         smtputf8: false,
         size: 0,
-        crc32c: None,
+        crc32c: 0,
         notice: false,
         session: 0,
     }
@@ -33,9 +33,9 @@ async fn commit_makes_message_visible_with_exact_bytes() {
     inc.write(b"Subject: hi\r\n\r\n").await.unwrap();
     inc.write(b"body\r\n").await.unwrap();
     // not visible before commit
-    assert!(spool.list(Area::Queue).unwrap().is_empty());
+    assert!(spool.list(Area::Queue).await.unwrap().is_empty());
     let q = inc.commit(true).await.unwrap();
-    assert_eq!(spool.list(Area::Queue).unwrap(), vec![q.id().to_string()]);
+    assert_eq!(spool.list(Area::Queue).await.unwrap(), vec![q.id().clone()]);
     assert_eq!(
         std::fs::read(&q.data_path).unwrap(),
         b"Subject: hi\r\n\r\nbody\r\n"
@@ -66,15 +66,15 @@ async fn recovery_removes_only_unacknowledged_files() {
     inc.write(b"kept").await.unwrap();
     let kept = inc.commit(false).await.unwrap();
     // Simulate a crash mid-receive and mid-commit: a .part file, a data file without envelope,
-    // and an envelope left in incoming/.
+    // and a readiness probe's file.
     std::fs::write(d.path().join("data/00000000000aaaaa.part"), b"partial").unwrap();
     std::fs::write(d.path().join("data/00000000000bbbbb"), b"no envelope").unwrap();
-    std::fs::write(d.path().join("incoming/00000000000bbbbb"), b"{}").unwrap();
+    std::fs::write(d.path().join("data/.probe-1"), b"ok").unwrap();
     let spool = Spool::open(d.path()).unwrap();
-    assert_eq!(spool.clean_orphans().unwrap(), 3);
+    assert_eq!(spool.clean_orphans().await.unwrap(), 3);
     assert_eq!(
-        spool.list(Area::Queue).unwrap(),
-        vec![kept.id().to_string()]
+        spool.list(Area::Queue).await.unwrap(),
+        vec![kept.id().clone()]
     );
     assert!(kept.data_path.exists());
 }
@@ -93,7 +93,7 @@ async fn events_append_and_torn_lines_are_ignored() {
     let ev = Event::Attempt {
         at_ms: 1,
         attempt: 1,
-        outcome: "deferred".into(),
+        outcome: AttemptOutcome::Deferred,
         reply: "451 4.7.500 busy".into(),
         stage: None,
         delivered: vec![],
@@ -105,7 +105,7 @@ async fn events_append_and_torn_lines_are_ignored() {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
         .append(true)
-        .open(d.path().join("queue").join(q.id()))
+        .open(d.path().join("queue").join(q.id().as_str()))
         .unwrap();
     f.write_all(b"{\"event\":\"attempt\",\"attempt\": 2, \"res")
         .unwrap();
@@ -130,18 +130,14 @@ async fn move_and_remove() {
         .move_to(q.id(), Area::Queue, Area::Failed)
         .await
         .unwrap();
-    assert!(spool.list(Area::Queue).unwrap().is_empty());
-    assert_eq!(spool.list(Area::Failed).unwrap().len(), 1);
+    assert!(spool.list(Area::Queue).await.unwrap().is_empty());
+    assert_eq!(spool.list(Area::Failed).await.unwrap().len(), 1);
     // the data file still belongs to a message: not an orphan
-    assert_eq!(spool.clean_orphans().unwrap(), 0);
+    assert_eq!(spool.clean_orphans().await.unwrap(), 0);
     spool.remove(q.id(), Area::Failed).await.unwrap();
     assert!(!q.data_path.exists());
     assert!(matches!(
         spool.remove(q.id(), Area::Failed).await,
-        Err(SpoolError::NotFound(_))
-    ));
-    assert!(matches!(
-        spool.read("../../etc/passwd", Area::Queue).await,
         Err(SpoolError::NotFound(_))
     ));
 }
@@ -163,18 +159,48 @@ async fn concurrent_commits_share_directory_fsyncs_and_all_land() {
     }
     let mut ids = std::collections::HashSet::new();
     for t in tasks {
-        ids.insert(t.await.unwrap().id().to_string());
+        ids.insert(t.await.unwrap().id().clone());
     }
     assert_eq!(ids.len(), 50);
-    assert_eq!(spool.list(Area::Queue).unwrap().len(), 50);
+    assert_eq!(spool.list(Area::Queue).await.unwrap().len(), 50);
 }
 
 #[test]
-fn enospc_is_classified_as_full() {
-    let e: SpoolError = io::Error::from_raw_os_error(libc::ENOSPC).into();
-    assert!(e.is_full());
-    let e: SpoolError = io::Error::from_raw_os_error(libc::EACCES).into();
+fn a_full_disk_or_quota_is_classified_as_full() {
+    use rustix::io::Errno;
+    for errno in [Errno::NOSPC, Errno::DQUOT] {
+        let e: SpoolError = io::Error::from_raw_os_error(errno.raw_os_error()).into();
+        assert!(e.is_full(), "{errno:?}");
+    }
+    let e: SpoolError = io::Error::from_raw_os_error(Errno::ACCESS.raw_os_error()).into();
     assert!(!e.is_full());
+}
+
+#[test]
+fn checksums_are_crc32c() {
+    // RFC 3720 (iSCSI) appendix B.4 and the classic check value; any split of the input gives
+    // the same value (the checksum is computed as the message streams in).
+    assert_eq!(crc32c::crc32c(b"123456789"), 0xE306_9283);
+    assert_eq!(crc32c::crc32c(&[0u8; 32]), 0x8A91_36AA);
+    let data: Vec<u8> = (0..10_000u32).map(|i| (i * 7 + i / 13) as u8).collect();
+    let whole = crc32c::crc32c(&data);
+    for split in [1, 7, 8, 9, 4095, 9999] {
+        let c = crc32c::crc32c_append(crc32c::crc32c_append(0, &data[..split]), &data[split..]);
+        assert_eq!(c, whole, "split at {split}");
+    }
+}
+
+#[tokio::test]
+async fn free_space_and_writability_are_reported() {
+    let d = tmpdir();
+    let spool = Spool::open(d.path()).unwrap();
+    assert!(spool.free_space().await.is_some_and(|n| n > 0));
+    spool.check_writable().await.unwrap();
+    assert_eq!(std::fs::read_dir(d.path().join("data")).unwrap().count(), 0);
+    // A file where the data directory should be: nothing can be written.
+    std::fs::remove_dir(d.path().join("data")).unwrap();
+    std::fs::write(d.path().join("data"), b"").unwrap();
+    assert!(spool.check_writable().await.is_err());
 }
 
 #[tokio::test]
@@ -198,10 +224,10 @@ async fn an_envelope_whose_data_never_became_durable_is_removed_at_recovery() {
     // A power cut after the envelope's rename reached the disk but before data/ was synced.
     std::fs::remove_file(&q.data_path).unwrap();
     let spool = Spool::open(d.path()).unwrap();
-    assert_eq!(spool.clean_orphans().unwrap(), 1);
+    assert_eq!(spool.clean_orphans().await.unwrap(), 1);
     assert_eq!(
-        spool.list(Area::Queue).unwrap(),
-        vec![kept.id().to_string()]
+        spool.list(Area::Queue).await.unwrap(),
+        vec![kept.id().clone()]
     );
 }
 
@@ -217,13 +243,13 @@ async fn recovery_keeps_only_envelopes_committed_whole() {
     let empty = commit(b"data never flushed\r\n").await;
     let with_events = commit(b"kept, with a torn event line\r\n").await;
     let queue = d.path().join("queue");
-    let env_of = |q: &Queued| std::fs::read(queue.join(q.id())).unwrap();
+    let env_of = |q: &Queued| std::fs::read(queue.join(q.id().as_str())).unwrap();
 
     // A power cut inside commit: the envelope's name reached the disk, its bytes did not all.
     let e = env_of(&torn);
-    std::fs::write(queue.join(torn.id()), &e[..e.len() / 2]).unwrap();
+    std::fs::write(queue.join(torn.id().as_str()), &e[..e.len() / 2]).unwrap();
     let e = env_of(&unterminated);
-    std::fs::write(queue.join(unterminated.id()), &e[..e.len() - 1]).unwrap();
+    std::fs::write(queue.join(unterminated.id().as_str()), &e[..e.len() - 1]).unwrap();
     // ... or the data file's name reached the disk with fewer bytes than the envelope says.
     std::fs::write(&short.data_path, b"data cut short").unwrap();
     std::fs::write(&empty.data_path, b"").unwrap();
@@ -232,14 +258,14 @@ async fn recovery_keeps_only_envelopes_committed_whole() {
     // A torn event line after acceptance is not a torn commit.
     let mut e = env_of(&with_events);
     e.extend_from_slice(b"{\"event\":\"attempt\",\"att");
-    std::fs::write(queue.join(with_events.id()), e).unwrap();
+    std::fs::write(queue.join(with_events.id().as_str()), e).unwrap();
 
     let spool = Spool::open(d.path()).unwrap();
     // 4 envelopes + their 4 data files + the .tmp
-    assert_eq!(spool.clean_orphans().unwrap(), 9);
-    let mut expect = vec![kept.id().to_string(), with_events.id().to_string()];
+    assert_eq!(spool.clean_orphans().await.unwrap(), 9);
+    let mut expect = vec![kept.id().clone(), with_events.id().clone()];
     expect.sort();
-    assert_eq!(spool.list(Area::Queue).unwrap(), expect);
+    assert_eq!(spool.list(Area::Queue).await.unwrap(), expect);
     assert!(kept.data_path.exists() && with_events.data_path.exists());
     assert!(!short.data_path.exists() && !torn.data_path.exists());
     assert_eq!(
@@ -260,7 +286,7 @@ async fn a_small_message_is_written_at_commit_and_a_large_one_streams() {
     let mut small = spool.receive(envelope()).await.unwrap();
     small.write(b"Subject: scan\r\n\r\n").await.unwrap();
     // Nothing on disk yet: one write and one flush at commit.
-    assert!(!spool.data_path(small.id().as_str()).exists());
+    assert!(!spool.data_path(small.id()).exists());
     let small = small.commit(false).await.unwrap();
     assert_eq!(
         std::fs::read(&small.data_path).unwrap(),
@@ -275,7 +301,7 @@ async fn a_small_message_is_written_at_commit_and_a_large_one_streams() {
         large.write(&chunk).await.unwrap();
         expected.extend_from_slice(&chunk);
     }
-    let on_disk = std::fs::metadata(spool.data_path(large.id().as_str()))
+    let on_disk = std::fs::metadata(spool.data_path(large.id()))
         .unwrap()
         .len();
     assert!(on_disk >= 256 * 1024, "only {on_disk} bytes written so far");
@@ -298,11 +324,11 @@ async fn a_failed_commit_leaves_nothing_behind() {
     let spool = Spool::open(d.path()).unwrap();
     let mut inc = spool.receive(envelope()).await.unwrap();
     inc.write(b"body\r\n").await.unwrap();
-    let id = inc.id().to_string();
+    let id = inc.id().clone();
     // Something in the way of the envelope's temporary name makes the commit fail.
     std::fs::create_dir(d.path().join("queue").join(format!("{id}.tmp"))).unwrap();
     assert!(inc.commit(false).await.is_err());
-    assert!(spool.list(Area::Queue).unwrap().is_empty());
+    assert!(spool.list(Area::Queue).await.unwrap().is_empty());
     assert!(!spool.data_path(&id).exists());
 }
 
@@ -315,7 +341,10 @@ async fn recovery_checks_the_checksum_of_never_attempted_messages_and_keeps_what
     let attempted = commit(b"handed to delivery, so committed\r\n").await;
     let unparsable = commit(b"an envelope line that does not parse\r\n").await;
     let longer = commit(b"a data file longer than recorded\r\n").await;
-    assert!(zeroed.envelope.crc32c.is_some());
+    assert_eq!(
+        zeroed.envelope.crc32c,
+        crc32c::crc32c(b"length on disk, bytes not\r\n")
+    );
     let queue = d.path().join("queue");
 
     // The length reached the disk, the bytes did not (ext4 data=writeback after a power cut).
@@ -334,7 +363,11 @@ async fn recovery_checks_the_checksum_of_never_attempted_messages_and_keeps_what
     let n = std::fs::metadata(&attempted.data_path).unwrap().len() as usize;
     std::fs::write(&attempted.data_path, vec![b'x'; n]).unwrap();
     // Damage no crash produces: left for the admin, never deleted.
-    std::fs::write(queue.join(unparsable.id()), b"{\"not\": \"an envelope\"}\n").unwrap();
+    std::fs::write(
+        queue.join(unparsable.id().as_str()),
+        b"{\"not\": \"an envelope\"}\n",
+    )
+    .unwrap();
     std::fs::write(
         &longer.data_path,
         b"a data file longer than recorded\r\nand more\r\n",
@@ -343,17 +376,17 @@ async fn recovery_checks_the_checksum_of_never_attempted_messages_and_keeps_what
 
     let spool = Spool::open(d.path()).unwrap();
     assert_eq!(
-        spool.clean_orphans().unwrap(),
+        spool.clean_orphans().await.unwrap(),
         2,
         "the zeroed message's envelope and data"
     );
     let mut expect = vec![
-        attempted.id().to_string(),
-        unparsable.id().to_string(),
-        longer.id().to_string(),
+        attempted.id().clone(),
+        unparsable.id().clone(),
+        longer.id().clone(),
     ];
     expect.sort();
-    assert_eq!(spool.list(Area::Queue).unwrap(), expect);
+    assert_eq!(spool.list(Area::Queue).await.unwrap(), expect);
     assert!(!zeroed.data_path.exists());
     assert!(unparsable.data_path.exists() && longer.data_path.exists());
 }

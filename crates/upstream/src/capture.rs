@@ -6,16 +6,18 @@
 //! under a temporary name, fsynced, renamed), the envelope last, so a reader that sees the
 //! `.json` can trust the `.eml`.
 
-use crate::{DeliveryFuture, DeliveryReport, Message, Route};
+use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind};
 use smtp2oauth_proto::{DeliveryError, Reply};
 use std::path::{Path, PathBuf};
 use tokio::io::AsyncWriteExt;
 
+/// Writes each message to a directory instead of delivering it.
 pub struct CaptureRoute {
     dir: PathBuf,
 }
 
 impl CaptureRoute {
+    /// Captures into `dir` (created when needed).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         CaptureRoute { dir: dir.into() }
     }
@@ -93,8 +95,8 @@ async fn sync_file(p: &Path) -> std::io::Result<()> {
 }
 
 impl Route for CaptureRoute {
-    fn kind(&self) -> &'static str {
-        "capture"
+    fn kind(&self) -> RouteKind {
+        RouteKind::Capture
     }
 
     fn target(&self) -> String {

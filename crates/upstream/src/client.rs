@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::time::timeout;
 use tracing::trace;
 
@@ -75,49 +75,14 @@ fn lost(stage: Stage, e: impl std::fmt::Display) -> DeliveryError {
 }
 
 impl Client {
+    /// Connects to `addr` (a host and port, or a resolved address) within `connect_timeout`;
+    /// `target` names the peer in errors and logs.
     pub(crate) async fn connect(
-        host: &str,
-        port: u16,
+        target: String,
+        addr: impl ToSocketAddrs,
         connect_timeout: Duration,
         command_timeout: Duration,
     ) -> Result<Client, DeliveryError> {
-        let target = format!("{host}:{port}");
-        let tcp = match timeout(connect_timeout, TcpStream::connect((host, port))).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                return Err(DeliveryError::Connect {
-                    target,
-                    detail: e.to_string(),
-                });
-            }
-            Err(_) => {
-                return Err(DeliveryError::Connect {
-                    target,
-                    detail: format!("no connection within {}s", connect_timeout.as_secs()),
-                });
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        Ok(Client {
-            stream: Some(Stream::Plain(tcp)),
-            rbuf: Vec::with_capacity(4096),
-            command_timeout,
-            target,
-        })
-    }
-
-    /// Connects to one address of a named host (a resolved MX host); `name` is for messages.
-    pub(crate) async fn connect_addr(
-        name: &str,
-        addr: std::net::SocketAddr,
-        connect_timeout: Duration,
-        command_timeout: Duration,
-    ) -> Result<Client, DeliveryError> {
-        let target = if name == addr.ip().to_string() {
-            addr.to_string()
-        } else {
-            format!("{name}:{} ({})", addr.port(), addr.ip())
-        };
         let tcp = match timeout(connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {

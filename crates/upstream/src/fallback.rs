@@ -1,21 +1,23 @@
 //! An account's second way out: `fallback_route`, tried when the primary route refuses a
 //! message for a reason the other route may not share.
 //!
-//! Such reasons are about the *route*, not the message or its recipients: SMTP AUTH disabled
-//! for the tenant (`535 5.7.139`, the reason this exists), a token Exchange refuses for SMTP
-//! (`535 5.7.3`), basic authentication reaching Exchange (`550 5.7.30`); Graph refusing the app
-//! (`ErrorAccessDenied`), the mailbox (`MailboxNotEnabledForRESTAPI`) or the size (Graph takes
-//! about 4 MB per request, SMTP 35 MB and more); a connector refusing our address or
-//! certificate (`550 5.7.64`, `5.7.60x`, `5.7.708`) or a smart host refusing us before the
-//! transaction. A refused recipient, a refused sender or a message the upstream rejects as
-//! such fails the same way everywhere and is not retried through the fallback.
+//! Such reasons are about the *route*, not the message or its recipients, and each route has
+//! its own (the refusal's [`Cause`], decided in `cause.rs`): for SMTP, a refused login (SMTP
+//! AUTH disabled for the tenant, `535 5.7.139`, the reason this exists; a token Exchange
+//! refuses for SMTP, `535 5.7.3`); for Graph, a refused app permission (`ErrorAccessDenied`),
+//! an unknown mailbox (`MailboxNotEnabledForRESTAPI`) or the size (Graph takes about 4 MB per
+//! request, SMTP 35 MB and more); for a smart host, a connector refusing our address or
+//! certificate (`550 5.7.64`, `5.7.60x`, `5.7.708`) or a refusal before the transaction. A
+//! refused recipient, a refused sender, a message the upstream rejects as such, a blocked
+//! tenant or a used-up quota fail the same way everywhere and are not retried through the
+//! fallback.
 //!
 //! When the refusal concerns the whole tenant or app (everything above but size), the primary
 //! is skipped for [`SKIP_PRIMARY_FOR`] so each message does not first pay for a doomed
 //! connection; the log says so each time.
 
-use crate::{DeliveryFuture, DeliveryReport, Message, Route};
-use smtp2oauth_proto::{DeliveryError, Reply, Stage};
+use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind};
+use smtp2oauth_proto::{AccountIssue, Cause, DeliveryError, Reply};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::{info, warn};
@@ -23,6 +25,7 @@ use tracing::{info, warn};
 /// How long the primary is skipped after a tenant- or app-wide refusal.
 pub const SKIP_PRIMARY_FOR: Duration = Duration::from_secs(600);
 
+/// A route with a second way out for refusals specific to the first.
 pub struct FallbackRoute {
     account: String,
     primary: Arc<dyn Route>,
@@ -30,58 +33,25 @@ pub struct FallbackRoute {
     skip_until: Mutex<Option<(Instant, Reply)>>,
 }
 
-/// Why a refusal by `route_kind` may not hold for another route: `Some(sticky)` when the
-/// fallback should be tried (sticky: the refusal concerns the tenant or app, not this message).
-pub fn route_specific(route_kind: &str, e: &DeliveryError) -> Option<bool> {
-    let DeliveryError::Rejected { stage, reply } = e else {
-        return None;
-    };
-    if !reply.is_permanent() {
+/// Whether a refusal by a route of kind `route` may not hold for another route: `Some(sticky)`
+/// when the fallback should be tried (sticky: the refusal concerns the tenant or app, not this
+/// message). Only a permanent refusal is considered: a temporary one is retried as it is.
+pub fn route_specific(route: RouteKind, e: &DeliveryError) -> Option<bool> {
+    use AccountIssue::*;
+    if !e.is_permanent() {
         return None;
     }
-    let status = reply.status().map(|s| (s.class, s.subject, s.detail));
-    let text = reply.text();
-    let size = reply.code() == 552
-        || status == Some((5, 3, 4))
-        || text.contains("ErrorMessageSizeExceeded");
-    match route_kind {
-        "smtp" => match (reply.code(), status) {
-            (535, _) => Some(true),
-            (530, Some((5, 7, 57))) | (550, Some((5, 7, 30))) => Some(true),
-            _ if *stage == Stage::Auth => Some(true),
-            _ => None,
-        },
-        "graph" if *stage == Stage::Http => {
-            if size {
-                Some(false)
-            } else if [
-                "ErrorAccessDenied",
-                "MailboxNotEnabledForRESTAPI",
-                "ErrorInvalidUser",
-                "ResourceNotFound",
-                "Authorization_RequestDenied",
-            ]
-            .iter()
-            .any(|c| text.contains(c))
-                || matches!(reply.code(), 550)
-            {
-                Some(true)
-            } else {
-                None
-            }
-        }
-        "smarthost" => match status {
-            Some((5, 7, 64)) | Some((5, 7, 606..=609)) | Some((5, 7, 708)) => Some(true),
-            // A null MX: the tenant's domain is not where this account's mail goes.
-            _ if reply.code() == 556 => Some(true),
-            _ if matches!(stage, Stage::Greeting | Stage::Ehlo | Stage::StartTls) => Some(true),
-            _ => None,
-        },
+    match (route, e.cause()) {
+        (RouteKind::Graph, Cause::TooLarge) => Some(false),
+        (RouteKind::Smtp, Cause::Account(Login | SmtpAuthDisabled))
+        | (RouteKind::Graph, Cause::Account(Permission | Mailbox))
+        | (RouteKind::Smarthost, Cause::Account(Connector | Address)) => Some(true),
         _ => None,
     }
 }
 
 impl FallbackRoute {
+    /// `account`'s `primary` route, and the `fallback` for what it refuses on its own account.
     pub fn new(account: String, primary: Arc<dyn Route>, fallback: Arc<dyn Route>) -> Self {
         FallbackRoute {
             account,
@@ -105,8 +75,9 @@ impl FallbackRoute {
 
     async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
         let (p, f) = (self.primary.kind(), self.fallback.kind());
+        let (primary, fallback) = (p.as_str(), f.as_str());
         if let Some(reply) = self.skipping() {
-            info!(queue_id = %msg.id, account = %self.account, primary = p, fallback = f, primary_refused = %reply,
+            info!(queue_id = %msg.id, account = %self.account, primary, fallback, primary_refused = %reply,
                 "using the fallback route: the primary refused this account recently");
             return self.fallback.deliver(msg).await;
         }
@@ -118,7 +89,7 @@ impl FallbackRoute {
             return Err(err);
         };
         let reply = err.reply();
-        warn!(queue_id = %msg.id, account = %self.account, primary = p, fallback = f, upstream = %reply,
+        warn!(queue_id = %msg.id, account = %self.account, primary, fallback, upstream = %reply,
             advice = crate::advice::for_error(&err).unwrap_or(""),
             "the primary route refused the message for a reason the fallback may not share; trying the fallback");
         if sticky {
@@ -127,11 +98,11 @@ impl FallbackRoute {
         }
         match self.fallback.deliver(msg).await {
             Ok(report) => {
-                info!(queue_id = %msg.id, account = %self.account, fallback = f, upstream = %report.reply, "delivered through the fallback route");
+                info!(queue_id = %msg.id, account = %self.account, fallback, upstream = %report.reply, "delivered through the fallback route");
                 Ok(report)
             }
             Err(e) => {
-                warn!(queue_id = %msg.id, account = %self.account, fallback = f, upstream = %e.reply(), primary_refused = %reply,
+                warn!(queue_id = %msg.id, account = %self.account, fallback, upstream = %e.reply(), primary_refused = %reply,
                     "the fallback route failed too");
                 Err(e)
             }
@@ -140,7 +111,7 @@ impl FallbackRoute {
 }
 
 impl Route for FallbackRoute {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> RouteKind {
         self.primary.kind()
     }
 
@@ -161,98 +132,112 @@ impl Route for FallbackRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cause::refused;
+    use crate::graph::refusal;
+    use smtp2oauth_proto::Stage;
 
-    fn rejected(stage: Stage, line: &str) -> DeliveryError {
+    fn smtp(stage: Stage, line: &str) -> DeliveryError {
         let reply = smtp2oauth_proto::ReplyAssembler::new()
             .push_line(line.as_bytes())
             .unwrap()
             .unwrap();
-        DeliveryError::Rejected { stage, reply }
+        refused(stage, reply)
+    }
+
+    fn graph(status: u16, code: &str) -> DeliveryError {
+        let body = format!(r#"{{"error":{{"code":"{code}","message":"x"}}}}"#);
+        refusal(status, None, body.as_bytes())
     }
 
     #[test]
     fn which_refusals_try_the_fallback() {
+        use RouteKind::*;
         let cases = [
             (
-                "smtp",
-                Stage::Auth,
-                "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+                Smtp,
+                smtp(
+                    Stage::Auth,
+                    "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.",
+                ),
                 Some(true),
             ),
             (
-                "smtp",
-                Stage::Auth,
-                "535 5.7.3 Authentication unsuccessful",
+                Smtp,
+                smtp(Stage::Auth, "535 5.7.3 Authentication unsuccessful"),
                 Some(true),
             ),
             (
-                "smtp",
-                Stage::Mail,
-                "530 5.7.57 Client not authenticated to send mail",
-                Some(true),
-            ),
-            ("smtp", Stage::Rcpt, "550 5.1.1 User unknown", None),
-            ("smtp", Stage::Body, "554 5.2.252 SendAsDenied", None),
-            ("smtp", Stage::Auth, "454 4.7.0 try later", None),
-            (
-                "graph",
-                Stage::Http,
-                "552 5.3.4 Message size 5000000 exceeds the Microsoft Graph route's limit",
-                Some(false),
-            ),
-            (
-                "graph",
-                Stage::Http,
-                "550 5.7.1 Microsoft Graph refused to send as this mailbox (HTTP 403 ErrorAccessDenied: Access is denied.)",
+                Smtp,
+                smtp(Stage::Auth, "504 5.7.4 Unrecognized authentication type"),
                 Some(true),
             ),
             (
-                "graph",
-                Stage::Http,
-                "550 5.1.0 Microsoft Graph does not know this mailbox (HTTP 404 MailboxNotEnabledForRESTAPI: x)",
+                Smtp,
+                smtp(
+                    Stage::Mail,
+                    "530 5.7.57 Client not authenticated to send mail",
+                ),
+                Some(true),
+            ),
+            (Smtp, smtp(Stage::Rcpt, "550 5.1.1 User unknown"), None),
+            (Smtp, smtp(Stage::Body, "554 5.2.252 SendAsDenied"), None),
+            (Smtp, smtp(Stage::Auth, "454 4.7.0 try later"), None),
+            (
+                Smtp,
+                smtp(Stage::Mail, "550 5.1.8 Access denied, bad outbound sender"),
+                None,
+            ),
+            (Smtp, smtp(Stage::Greeting, "554 5.7.1 go away"), None),
+            (Graph, graph(400, "ErrorMessageSizeExceeded"), Some(false)),
+            (Graph, graph(413, ""), Some(false)),
+            (Graph, graph(403, "ErrorAccessDenied"), Some(true)),
+            (Graph, graph(404, "MailboxNotEnabledForRESTAPI"), Some(true)),
+            (Graph, graph(404, "ErrorInvalidUser"), Some(true)),
+            (
+                Graph,
+                graph(400, "ErrorMimeContentInvalidBase64String"),
+                None,
+            ),
+            (Graph, graph(403, "ErrorSendAsDenied"), None),
+            (Graph, graph(401, "InvalidAuthenticationToken"), None),
+            (Graph, graph(429, "ApplicationThrottled"), None),
+            (
+                Smarthost,
+                smtp(
+                    Stage::Rcpt,
+                    "550 5.7.64 TenantAttribution; Relay Access Denied",
+                ),
                 Some(true),
             ),
             (
-                "graph",
-                Stage::Http,
-                "554 5.6.0 Microsoft Graph refused the message (HTTP 400 ErrorMimeContentInvalidBase64String: x)",
+                Smarthost,
+                smtp(Stage::Rcpt, "550 5.7.708 Access denied"),
+                Some(true),
+            ),
+            (
+                Smarthost,
+                smtp(Stage::Greeting, "554 5.7.1 go away"),
+                Some(true),
+            ),
+            (
+                Smarthost,
+                smtp(Stage::Rcpt, "550 5.1.10 RESOLVER.ADR.RecipientNotFound"),
                 None,
             ),
             (
-                "smarthost",
-                Stage::Rcpt,
-                "550 5.7.64 TenantAttribution; Relay Access Denied",
-                Some(true),
-            ),
-            (
-                "smarthost",
-                Stage::Greeting,
-                "554 5.7.1 go away",
-                Some(true),
-            ),
-            (
-                "smarthost",
-                Stage::Rcpt,
-                "550 5.1.10 RESOLVER.ADR.RecipientNotFound",
+                Smarthost,
+                smtp(Stage::Rcpt, "550 5.7.1 Unable to relay"),
                 None,
             ),
+            (Capture, smtp(Stage::Auth, "535 5.7.3 x"), None),
         ];
-        for (kind, stage, line, want) in cases {
-            assert_eq!(
-                route_specific(kind, &rejected(stage, line)),
-                want,
-                "{kind} {line}"
-            );
+        for (kind, err, want) in cases {
+            assert_eq!(route_specific(kind, &err), want, "{kind} {err}");
         }
-        assert_eq!(
-            route_specific(
-                "smtp",
-                &DeliveryError::Connect {
-                    target: "x".into(),
-                    detail: "refused".into()
-                }
-            ),
-            None
-        );
+        let connect = DeliveryError::Connect {
+            target: "x".into(),
+            detail: "refused".into(),
+        };
+        assert_eq!(route_specific(Smtp, &connect), None);
     }
 }

@@ -19,15 +19,19 @@
 //!   a temporary failure (`451 4.7.0`), since a token that Graph refuses is fixable;
 //! - 400, 403, 404, 413 → permanent, with Graph's error code and message (`554 5.6.0`,
 //!   `550 5.7.1`, `550 5.1.0`, `552 5.3.4`);
-//! - 429, 503 → temporary `451 4.7.500` / `451 4.3.2` that *begin* with "Retry after N
-//!   seconds" when Graph sent `Retry-After`: the scheduler pauses the whole account that long
-//!   (`scheduler::backoff::hint`);
+//! - 429, 503 → temporary `451 4.7.500` / `451 4.3.2` that begin with "Retry after N seconds"
+//!   when Graph sent `Retry-After`; the refusal's cause carries that wait, and the scheduler
+//!   pauses the whole account that long;
 //! - other 5xx, 408 → temporary; network trouble → the usual connect/timeout errors.
+//!
+//! What each answer is about (throttling, our app's permissions, the mailbox, the message) is
+//! decided from the HTTP status and Graph's `error.code` by `cause::graph`.
 
 use crate::mime::prepare_for_graph;
-use crate::{DeliveryFuture, DeliveryReport, Message, Route};
+use crate::smtp::token_error;
+use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind, cause};
 use base64::Engine;
-use smtp2oauth_proto::{DeliveryError, Reply, Stage};
+use smtp2oauth_proto::{Cause, DeliveryError, Reply, Stage};
 use smtp2oauth_tokens::{AccessToken, TokenSource};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -41,8 +45,10 @@ pub const GRAPH_MAX_CONCURRENT: usize = 4;
 /// Error bodies are read up to this many bytes (they are a few hundred).
 const MAX_ERROR_BODY: usize = 64 * 1024;
 
+/// What a Graph route needs to know.
 #[derive(Clone)]
 pub struct GraphRouteConfig {
+    /// The account's name (for logs and errors).
     pub account: String,
     /// The mailbox that sends (`{id}` in the URL; the sender Exchange uses).
     pub mailbox: String,
@@ -53,6 +59,7 @@ pub struct GraphRouteConfig {
     pub max_message_size: u64,
 }
 
+/// Delivery through Microsoft Graph `sendMail`.
 pub struct GraphRoute {
     cfg: GraphRouteConfig,
     http: reqwest::Client,
@@ -67,8 +74,8 @@ pub fn app_slots() -> Arc<Semaphore> {
 }
 
 /// The temporary failure for a throttled request. Its text starts with "Retry after N
-/// seconds" when Graph said how long to wait, which the scheduler reads as the pause.
-pub fn throttled_reply(status: u16, retry_after: Option<Duration>, graph_error: &str) -> Reply {
+/// seconds" when Graph said how long to wait, for the admin reading it.
+fn throttled_reply(status: u16, retry_after: Option<Duration>, graph_error: &str) -> Reply {
     let wait = retry_after
         .map(|d| format!("Retry after {} seconds: ", d.as_secs().max(1)))
         .unwrap_or_default();
@@ -132,18 +139,23 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     (secs >= 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64))
 }
 
-/// Graph's error JSON: `{"error":{"code":"...","message":"..."}}` → `code: message`.
-fn graph_error_text(body: &[u8]) -> String {
+/// Graph's error JSON, `{"error":{"code":"...","message":"..."}}`.
+struct GraphError {
+    /// `error.code` (empty when the body has none): what `cause::graph` reads.
+    code: String,
+    /// `code: message` (or the body's start) as one bounded line, for replies and logs.
+    text: String,
+}
+
+fn graph_error(body: &[u8]) -> GraphError {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let err = parsed.as_ref().and_then(|v| v.get("error"));
-    let code = err
-        .and_then(|e| e.get("code"))
-        .and_then(|c| c.as_str())
-        .unwrap_or("");
-    let message = err
-        .and_then(|e| e.get("message"))
-        .and_then(|c| c.as_str())
-        .unwrap_or("");
+    let field = |name: &str| {
+        err.and_then(|e| e.get(name))
+            .and_then(|c| c.as_str())
+            .unwrap_or("")
+    };
+    let (code, message) = (field("code"), field("message"));
     let text = match (code, message) {
         ("", "") => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
         (c, "") => c.to_string(),
@@ -155,20 +167,41 @@ fn graph_error_text(body: &[u8]) -> String {
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
-    one_line.chars().take(400).collect()
+    GraphError {
+        code: code.to_string(),
+        text: one_line.chars().take(400).collect(),
+    }
 }
 
-/// The reply for a Graph answer that is not a success and not a 401.
-pub fn reply_for_status(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Reply {
-    let err = graph_error_text(body);
+/// A Graph answer that is not a success, as the refusal the route returns: the reply the rest
+/// of the relay understands, and what it is about (`cause::graph`), with Graph's
+/// `Retry-After` when it throttles.
+pub fn refusal(status: u16, retry_after: Option<Duration>, body: &[u8]) -> DeliveryError {
+    let err = graph_error(body);
+    let cause = match cause::graph(status, &err.code) {
+        Cause::Throttled { .. } => Cause::Throttled { retry_after },
+        other => other,
+    };
+    DeliveryError::Rejected {
+        stage: Stage::Http,
+        reply: reply_for(status, retry_after, &err),
+        cause,
+    }
+}
+
+/// The reply for a Graph answer that is not a success.
+fn reply_for(status: u16, retry_after: Option<Duration>, err: &GraphError) -> Reply {
     let refused = |code, status_code, what: &str| {
         Reply::with_status(
             code,
             status_code,
-            format!("{what} (HTTP {status}{})", sep(&err)),
+            format!("{what} (HTTP {status}{})", sep(&err.text)),
         )
     };
-    if err.contains("ErrorMessageSizeExceeded") {
+    if status == 401 {
+        return refused(451, (4, 7, 0), "Microsoft Graph refused the access token");
+    }
+    if err.code == "ErrorMessageSizeExceeded" {
         return refused(
             552,
             (5, 3, 4),
@@ -176,7 +209,7 @@ pub fn reply_for_status(status: u16, retry_after: Option<Duration>, body: &[u8])
         );
     }
     match status {
-        429 | 503 => throttled_reply(status, retry_after, &err),
+        429 | 503 => throttled_reply(status, retry_after, &err.text),
         400 => refused(554, (5, 6, 0), "Microsoft Graph refused the message"),
         403 => refused(
             550,
@@ -197,11 +230,13 @@ pub fn reply_for_status(status: u16, retry_after: Option<Duration>, body: &[u8])
 
 enum Sent {
     Accepted(Reply),
-    Unauthorized(Reply),
-    Refused(Reply),
+    /// A 401: the token may be stale.
+    Unauthorized(DeliveryError),
+    Refused(DeliveryError),
 }
 
 impl GraphRoute {
+    /// A route sharing `http`, the account's `tokens` and its app's request `slots`.
     pub fn new(
         cfg: GraphRouteConfig,
         http: reqwest::Client,
@@ -225,11 +260,10 @@ impl GraphRoute {
     }
 
     async fn token(&self) -> Result<AccessToken, DeliveryError> {
-        self.tokens.token().await.map_err(|e| DeliveryError::Token {
-            account: self.cfg.account.clone(),
-            reason: e.to_string(),
-            sign_in_required: e.kind == smtp2oauth_tokens::TokenErrorKind::SignInRequired,
-        })
+        self.tokens
+            .token()
+            .await
+            .map_err(|e| token_error(&self.cfg.account, &e))
     }
 
     fn too_large(&self, size: u64) -> DeliveryError {
@@ -243,6 +277,7 @@ impl GraphRoute {
                     self.cfg.max_message_size
                 ),
             ),
+            cause: Cause::TooLarge,
         }
     }
 
@@ -294,24 +329,16 @@ impl GraphRoute {
                         rejected: Vec::new(),
                     });
                 }
-                Sent::Unauthorized(reply) => {
+                Sent::Unauthorized(e) => {
                     self.tokens.invalidate(&token);
                     if !refreshed {
-                        info!(account = %self.cfg.account, reply = %reply, "Graph refused the token; retrying once with a new one");
+                        info!(account = %self.cfg.account, reply = %e.reply(), "Graph refused the token; retrying once with a new one");
                         refreshed = true;
                         continue;
                     }
-                    return Err(DeliveryError::Rejected {
-                        stage: Stage::Http,
-                        reply,
-                    });
+                    return Err(e);
                 }
-                Sent::Refused(reply) => {
-                    return Err(DeliveryError::Rejected {
-                        stage: Stage::Http,
-                        reply,
-                    });
-                }
+                Sent::Refused(e) => return Err(e),
             }
         }
     }
@@ -323,7 +350,7 @@ impl GraphRoute {
                 |_| DeliveryError::Token {
                     account: self.cfg.account.clone(),
                     reason: "the access token is not a valid header value".into(),
-                    sign_in_required: false,
+                    cause: Cause::Transient,
                 },
             )?;
         auth.set_sensitive(true);
@@ -361,22 +388,14 @@ impl GraphRoute {
                 format!("Accepted by Microsoft Graph (HTTP {status}{id})"),
             )));
         }
+        let refused = refusal(status, retry_after, &body);
         if status == 401 {
-            let err = graph_error_text(&body);
-            return Ok(Sent::Unauthorized(Reply::with_status(
-                451,
-                (4, 7, 0),
-                format!(
-                    "Microsoft Graph refused the access token (HTTP 401{})",
-                    sep(&err)
-                ),
-            )));
+            return Ok(Sent::Unauthorized(refused));
         }
-        let reply = reply_for_status(status, retry_after, &body);
-        if reply.is_transient() {
-            warn!(account = %self.cfg.account, status, request_id = %request_id, reply = %reply, "Graph answered with a temporary failure");
+        if !refused.is_permanent() {
+            warn!(account = %self.cfg.account, status, request_id = %request_id, reply = %refused.reply(), "Graph answered with a temporary failure");
         }
-        Ok(Sent::Refused(reply))
+        Ok(Sent::Refused(refused))
     }
 }
 
@@ -436,8 +455,8 @@ fn percent_encode_path(s: &str) -> String {
 }
 
 impl Route for GraphRoute {
-    fn kind(&self) -> &'static str {
-        "graph"
+    fn kind(&self) -> RouteKind {
+        RouteKind::Graph
     }
 
     fn target(&self) -> String {
@@ -455,6 +474,10 @@ impl Route for GraphRoute {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn reply_for_status(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Reply {
+        refusal(status, retry_after, body).reply()
+    }
 
     #[test]
     fn statuses_map_to_replies() {
@@ -491,6 +514,45 @@ mod tests {
             let r = reply_for_status(status, None, body);
             assert_eq!((r.code(), r.is_permanent()), (code, permanent), "{status}: {r}");
         }
+        let r = reply_for_status(
+            401,
+            None,
+            br#"{"error":{"code":"InvalidAuthenticationToken","message":"x"}}"#,
+        );
+        assert_eq!(
+            r.to_string(),
+            "451 4.7.0 Microsoft Graph refused the access token (HTTP 401 InvalidAuthenticationToken: x)"
+        );
+    }
+
+    /// Graph's Retry-After reaches the account's pause through the refusal's cause, never
+    /// through the words of the reply.
+    #[test]
+    fn throttling_answers_carry_retry_after_in_their_cause() {
+        let body = br#"{"error":{"code":"ApplicationThrottled","message":"Application is over its MailboxConcurrency limit; retry in 10 minutes."}}"#;
+        for status in [429, 503] {
+            let e = refusal(status, Some(Duration::from_secs(7)), body);
+            assert_eq!(
+                e.cause(),
+                Cause::Throttled {
+                    retry_after: Some(Duration::from_secs(7))
+                },
+                "{e}"
+            );
+            assert!(!e.is_permanent());
+            // Without Retry-After: still throttling, with the account's own pause.
+            let e = refusal(status, None, b"");
+            assert_eq!(e.cause(), Cause::Throttled { retry_after: None }, "{e}");
+        }
+        let e = refusal(
+            403,
+            None,
+            br#"{"error":{"code":"ErrorAccessDenied","message":"x"}}"#,
+        );
+        assert_eq!(
+            e.cause(),
+            Cause::Account(smtp2oauth_proto::AccountIssue::Permission)
+        );
     }
 
     #[test]

@@ -2,14 +2,19 @@
 //!
 //! A [`Route`] takes one spooled message and tries to deliver it, returning the upstream's own
 //! reply as data: the final reply, and per-recipient refusals. Failures are
-//! [`DeliveryError`]s, whose one rule is that only an upstream's own 5xx is permanent.
+//! [`DeliveryError`]s, whose one rule is that only an upstream's own 5xx is permanent; a
+//! refusal carries what it is about (a [`Cause`](smtp2oauth_proto::Cause): throttling, our account, the message, ...),
+//! decided once where the answer is parsed (`cause.rs`), so nothing downstream reads its words.
 //!
 //! Routes know tokens (they ask a `TokenSource` for one) but nothing of devices, sessions or
 //! the spool's layout: they read the message from a path.
 //!
 //! # Layout
+//! - `cause.rs`: the table of what each upstream refusal is about (SMTP replies, Graph answers).
 //! - `smtp.rs`: [`SmtpRoute`], submission with STARTTLS (or implicit TLS) and AUTH XOAUTH2 or
-//!   OAUTHBEARER, pipelined when the upstream offers it, the body streamed from disk and
+//!   OAUTHBEARER, over pooled sessions.
+//! - `conversation.rs`: what both SMTP routes say: greeting, EHLO, STARTTLS, EHLO, and one
+//!   mail transaction, pipelined when the upstream offers it, the body streamed from disk and
 //!   dot-stuffed on the way.
 //! - `client.rs`: the SMTP client connection: framing replies, deadlines, TLS upgrade.
 //! - `graph.rs`: [`GraphRoute`], Microsoft Graph `sendMail` with the MIME message (base64),
@@ -25,9 +30,13 @@
 //! - `tls.rs`: client TLS configuration (web PKI roots plus an optional extra CA file).
 //! - `advice.rs`: plain-words advice for known upstream refusals.
 
+#![warn(missing_docs)]
+
 pub mod advice;
 mod capture;
+pub mod cause;
 mod client;
+mod conversation;
 pub mod fallback;
 pub mod graph;
 pub mod graph_upload;
@@ -49,6 +58,7 @@ pub use smtp::{
 pub use tls::{client_config, client_config_with_cert};
 
 use smtp2oauth_proto::{DeliveryError, Reply};
+use std::fmt;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -56,15 +66,25 @@ use std::pin::Pin;
 /// A message to deliver: its envelope and where its bytes are.
 #[derive(Clone, Debug)]
 pub struct Message {
+    /// The queue id.
     pub id: String,
+    /// The account it is sent for.
     pub account: String,
+    /// The device that sent it.
     pub device: String,
+    /// The envelope sender.
     pub sender: String,
+    /// The recipients to deliver to in this attempt.
     pub recipients: Vec<String>,
+    /// Where the message's bytes are (CRLF line ends).
     pub data_path: PathBuf,
+    /// Its size in bytes.
     pub size: u64,
+    /// It has bytes >= 0x80.
     pub eight_bit: bool,
+    /// Its addresses need SMTPUTF8.
     pub smtputf8: bool,
+    /// When it was accepted (ms since the epoch).
     pub received_at_ms: u64,
 }
 
@@ -73,19 +93,53 @@ pub struct Message {
 pub struct DeliveryReport {
     /// The upstream's reply to the message body (or the route's own, for capture).
     pub reply: Reply,
+    /// Recipients the upstream accepted.
     pub accepted: Vec<String>,
     /// Recipients the upstream refused, each with its reply (4xx: may succeed later).
     pub rejected: Vec<(String, Reply)>,
 }
 
+/// A delivery in progress.
 pub type DeliveryFuture<'a> =
     Pin<Box<dyn Future<Output = Result<DeliveryReport, DeliveryError>> + Send + 'a>>;
 
+/// Which kind of way out a route is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// Submission with an OAuth token ([`SmtpRoute`]).
+    Smtp,
+    /// Microsoft Graph `sendMail` ([`GraphRoute`]).
+    Graph,
+    /// A smart host or the tenant's MX ([`SmarthostRoute`]).
+    Smarthost,
+    /// A directory ([`CaptureRoute`]).
+    Capture,
+}
+
+impl RouteKind {
+    /// The name used in the configuration, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Smtp => "smtp",
+            RouteKind::Graph => "graph",
+            RouteKind::Smarthost => "smarthost",
+            RouteKind::Capture => "capture",
+        }
+    }
+}
+
+impl fmt::Display for RouteKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A way out of the relay.
 pub trait Route: Send + Sync {
-    /// `smtp`, `graph`, `smarthost`, `capture` (for logs and metrics).
-    fn kind(&self) -> &'static str;
+    /// What kind of route this is (for logs, metrics and the fallback's rules).
+    fn kind(&self) -> RouteKind;
     /// A description of the destination without secrets, e.g. `smtp.office365.com:587 (starttls)`.
     fn target(&self) -> String;
+    /// Tries to deliver `message` to its recipients.
     fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a>;
 }

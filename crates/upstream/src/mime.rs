@@ -20,6 +20,7 @@ use base64::Engine;
 /// What [`prepare_for_graph`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Prepared {
+    /// The message as Graph gets it.
     pub bytes: Vec<u8>,
     /// Envelope recipients added in a `Bcc:` header.
     pub added_bcc: Vec<String>,
@@ -34,9 +35,11 @@ pub struct Prepared {
 pub fn prepare_for_graph(message: &[u8], envelope: &[String]) -> Prepared {
     let (header_end, body_start) = split_header(message);
     let fields = header_fields(&message[..header_end]);
-    let wanted: Vec<String> = envelope.iter().map(|r| r.to_ascii_lowercase()).collect();
-    let mut named: Vec<String> = Vec::new();
-    let mut removed = Vec::new();
+    let mut filter = RecipientFilter {
+        wanted: envelope.iter().map(|r| r.to_ascii_lowercase()).collect(),
+        named: Vec::new(),
+        removed: Vec::new(),
+    };
     let mut headers = Vec::with_capacity(header_end + 256);
     for f in &fields {
         let raw = &message[f.start..f.end];
@@ -44,40 +47,7 @@ pub fn prepare_for_graph(message: &[u8], envelope: &[String]) -> Prepared {
             headers.extend_from_slice(raw);
             continue;
         }
-        let value = &message[f.value_start..f.end];
-        let items = address_list(value);
-        let mut keep = Vec::new();
-        let mut dropped_any = false;
-        for item in &items {
-            match item {
-                Item::Mailbox { text, addr } => {
-                    if wanted.contains(&addr.to_ascii_lowercase()) {
-                        named.push(addr.to_ascii_lowercase());
-                        keep.push(text.clone());
-                    } else {
-                        removed.push(addr.clone());
-                        dropped_any = true;
-                    }
-                }
-                Item::Group { name, members } => {
-                    let mut kept_members = Vec::new();
-                    for (text, addr) in members {
-                        if wanted.contains(&addr.to_ascii_lowercase()) {
-                            named.push(addr.to_ascii_lowercase());
-                            kept_members.push(text.clone());
-                        } else {
-                            removed.push(addr.clone());
-                            dropped_any = true;
-                        }
-                    }
-                    // A group keeps its name even when empty ("undisclosed-recipients:;").
-                    let mut g = format!("{name}: ").into_bytes();
-                    g.extend_from_slice(&kept_members.join(&b", "[..]));
-                    g.push(b';');
-                    keep.push(g);
-                }
-            }
-        }
+        let (keep, dropped_any) = filter.items(&address_list(&message[f.value_start..f.end]));
         if !dropped_any {
             headers.extend_from_slice(raw);
         } else if keep.iter().any(|k| !is_empty_group(k)) {
@@ -86,8 +56,10 @@ pub fn prepare_for_graph(message: &[u8], envelope: &[String]) -> Prepared {
         }
     }
     let mut added_bcc = Vec::new();
-    for (r, lower) in envelope.iter().zip(&wanted) {
-        if !named.contains(lower) && !added_bcc.iter().any(|a: &String| a.eq_ignore_ascii_case(r)) {
+    for (r, lower) in envelope.iter().zip(&filter.wanted) {
+        if !filter.named.contains(lower)
+            && !added_bcc.iter().any(|a: &String| a.eq_ignore_ascii_case(r))
+        {
             added_bcc.push(r.clone());
         }
     }
@@ -107,8 +79,64 @@ pub fn prepare_for_graph(message: &[u8], envelope: &[String]) -> Prepared {
     Prepared {
         bytes,
         added_bcc,
-        removed,
+        removed: filter.removed,
         reencoded_parts,
+    }
+}
+
+/// Keeps the envelope's recipients in recipient headers and notes what it drops.
+struct RecipientFilter {
+    /// The envelope's recipients, lowercase.
+    wanted: Vec<String>,
+    /// Envelope recipients a header names (lowercase).
+    named: Vec<String>,
+    /// Header addresses that are not envelope recipients.
+    removed: Vec<String>,
+}
+
+impl RecipientFilter {
+    fn keeps(&mut self, addr: &str) -> bool {
+        let lower = addr.to_ascii_lowercase();
+        if self.wanted.contains(&lower) {
+            self.named.push(lower);
+            true
+        } else {
+            self.removed.push(addr.to_string());
+            false
+        }
+    }
+
+    /// The items of one header to keep, as text, and whether any address was dropped.
+    fn items(&mut self, items: &[Item]) -> (Vec<Vec<u8>>, bool) {
+        let mut keep = Vec::new();
+        let mut dropped_any = false;
+        for item in items {
+            match item {
+                Item::Mailbox { text, addr } => {
+                    if self.keeps(addr) {
+                        keep.push(text.clone());
+                    } else {
+                        dropped_any = true;
+                    }
+                }
+                Item::Group { name, members } => {
+                    let mut kept_members = Vec::new();
+                    for (text, addr) in members {
+                        if self.keeps(addr) {
+                            kept_members.push(text.clone());
+                        } else {
+                            dropped_any = true;
+                        }
+                    }
+                    // A group keeps its name even when empty ("undisclosed-recipients:;").
+                    let mut g = format!("{name}: ").into_bytes();
+                    g.extend_from_slice(&kept_members.join(&b", "[..]));
+                    g.push(b';');
+                    keep.push(g);
+                }
+            }
+        }
+        (keep, dropped_any)
     }
 }
 

@@ -18,25 +18,29 @@
 //! set), so lookups are asynchronous, time-limited and cached per TTL.
 
 use crate::client::Client;
-use crate::smtp::{Capabilities, ehlo, transaction};
-use crate::{DeliveryFuture, DeliveryReport, Message, Route};
+use crate::conversation::{Capabilities, Opening, Starttls, open, transaction};
+use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use smtp2oauth_proto::{DeliveryError, Reply, Stage};
+use smtp2oauth_proto::{AccountIssue, Cause, DeliveryError, Reply, Stage};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
+/// Whether a smart host must offer STARTTLS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SmarthostTls {
+    /// No TLS, no delivery.
     Required,
+    /// TLS when offered, plain text otherwise.
     Opportunistic,
 }
 
 impl SmarthostTls {
+    /// The setting's value in the configuration.
     pub fn as_str(self) -> &'static str {
         match self {
             SmarthostTls::Required => "required",
@@ -48,24 +52,36 @@ impl SmarthostTls {
 /// Where the smart host is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Destination {
+    /// This host.
     Host(String),
+    /// The MX hosts of this domain.
     Mx(String),
 }
 
+/// What a smart host route needs to know.
 #[derive(Clone)]
 pub struct SmarthostRouteConfig {
+    /// The account's name (for logs and errors).
     pub account: String,
+    /// Where the smart host is.
     pub destination: Destination,
+    /// Its port (25).
     pub port: u16,
+    /// Whether it must offer STARTTLS.
     pub tls: SmarthostTls,
     /// Server verification (web PKI + `ca_file`) and the optional client certificate.
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// The name we give in EHLO.
     pub helo_name: String,
+    /// Longest wait for a TCP connection.
     pub connect_timeout: Duration,
+    /// Longest wait for each command's reply.
     pub command_timeout: Duration,
+    /// Longest wait for the reply to the message body.
     pub data_timeout: Duration,
 }
 
+/// Delivery to a smart host or a domain's MX, without AUTH.
 pub struct SmarthostRoute {
     cfg: SmarthostRouteConfig,
     resolver: TokioResolver,
@@ -109,14 +125,15 @@ struct Hop {
 }
 
 impl SmarthostRoute {
+    /// A route resolving names with `resolver`.
     pub fn new(cfg: SmarthostRouteConfig, resolver: TokioResolver) -> Self {
         SmarthostRoute { cfg, resolver }
     }
 
     fn dns_failure(&self, what: &str, e: impl std::fmt::Display) -> DeliveryError {
-        DeliveryError::Connect {
+        DeliveryError::Dns {
             target: what.to_string(),
-            detail: format!("DNS lookup failed: {e}"),
+            detail: e.to_string(),
         }
     }
 
@@ -149,6 +166,7 @@ impl SmarthostRoute {
                             (5, 1, 10),
                             format!("{domain} publishes a null MX: it accepts no mail"),
                         ),
+                        cause: Cause::Account(AccountIssue::Connector),
                     });
                 }
                 let hosts = order_mx(mx);
@@ -179,48 +197,28 @@ impl SmarthostRoute {
     /// Connects to one address and brings the session to the point where MAIL can be sent.
     async fn open(&self, name: &str, ip: IpAddr) -> Result<(Client, Capabilities), DeliveryError> {
         let c = &self.cfg;
-        let mut client = Client::connect_addr(
-            name,
-            SocketAddr::new(ip, c.port),
-            c.connect_timeout,
-            c.command_timeout,
-        )
-        .await?;
-        let greeting = client.read_reply(Stage::Greeting).await?;
-        if greeting.code() != 220 {
-            return Err(DeliveryError::Rejected {
-                stage: Stage::Greeting,
-                reply: greeting,
-            });
-        }
-        let caps = ehlo(&mut client, &c.helo_name).await?;
-        if !caps.starttls {
-            return match c.tls {
-                SmarthostTls::Required => Err(DeliveryError::Tls {
-                    detail: format!(
-                        "{} does not offer STARTTLS (smarthost_tls = \"required\")",
-                        client.target()
-                    ),
-                }),
-                SmarthostTls::Opportunistic => {
-                    info!(account = %c.account, host = %client.target(), "the smart host does not offer STARTTLS; sending in clear text (smarthost_tls = \"opportunistic\")");
-                    Ok((client, caps))
-                }
-            };
-        }
-        let r = client.command("STARTTLS", Stage::StartTls).await?;
-        if r.code() != 220 {
-            if c.tls == SmarthostTls::Opportunistic && r.is_transient() {
-                warn!(account = %c.account, host = %client.target(), reply = %r, "STARTTLS refused; sending in clear text (smarthost_tls = \"opportunistic\")");
-                return Ok((client, caps));
-            }
-            return Err(DeliveryError::Rejected {
-                stage: Stage::StartTls,
-                reply: r,
-            });
-        }
-        client.start_tls(c.tls_config.clone(), name).await?;
-        let caps = ehlo(&mut client, &c.helo_name).await?;
+        let addr = SocketAddr::new(ip, c.port);
+        let target = if name == ip.to_string() {
+            addr.to_string()
+        } else {
+            format!("{name}:{} ({ip})", c.port)
+        };
+        let mut client =
+            Client::connect(target, addr, c.connect_timeout, c.command_timeout).await?;
+        let starttls = match c.tls {
+            SmarthostTls::Required => Starttls::Required {
+                setting: "smarthost_tls = \"required\"",
+            },
+            SmarthostTls::Opportunistic => Starttls::Opportunistic,
+        };
+        let how = Opening {
+            helo: &c.helo_name,
+            starttls,
+            tls: &c.tls_config,
+            server_name: name,
+            account: &c.account,
+        };
+        let caps = open(&mut client, &how).await?;
         Ok((client, caps))
     }
 
@@ -269,8 +267,8 @@ impl SmarthostRoute {
 }
 
 impl Route for SmarthostRoute {
-    fn kind(&self) -> &'static str {
-        "smarthost"
+    fn kind(&self) -> RouteKind {
+        RouteKind::Smarthost
     }
 
     fn target(&self) -> String {

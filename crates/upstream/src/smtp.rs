@@ -16,28 +16,31 @@
 //! costs MAIL/RCPT/DATA in one write and the body: two round trips. A reused session that turns
 //! out dead before the body was sent is replaced by a new one within the same attempt.
 
+use crate::cause::refused;
 use crate::client::Client;
+use crate::conversation::{Capabilities, Opening, Starttls, open, transaction};
 use crate::pool::{Idle, Pool};
-use crate::{DeliveryFuture, DeliveryReport, Message, Route};
+use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind};
 use base64::Engine;
-use smtp_proto::{
-    EXT_8BIT_MIME, EXT_AUTH, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
-};
-use smtp2oauth_proto::{DeliveryError, DotEncoder, Reply, Stage};
+use smtp2oauth_proto::{AccountIssue, Cause, DeliveryError, Reply, Stage};
 use smtp2oauth_tokens::{AccessToken, TokenSource};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tracing::{debug, info, warn};
 
+/// How the SMTP route encrypts the connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TlsMode {
+    /// STARTTLS after the greeting (port 587).
     Starttls,
+    /// TLS from the first byte (port 465).
     Implicit,
     /// Plain text; only for tests against local fakes.
     None,
 }
 
 impl TlsMode {
+    /// The setting's value in the configuration.
     pub fn as_str(self) -> &'static str {
         match self {
             TlsMode::Starttls => "starttls",
@@ -86,18 +89,28 @@ impl SaslMechanism {
     }
 }
 
+/// What an SMTP route needs to know.
 #[derive(Clone)]
 pub struct SmtpRouteConfig {
+    /// The account's name (for logs and errors).
     pub account: String,
     /// The mailbox we authenticate as (`user=` in XOAUTH2, `a=` in OAUTHBEARER).
     pub mailbox: String,
+    /// The upstream's host name (also the name its certificate must carry).
     pub host: String,
+    /// Its port.
     pub port: u16,
+    /// How the connection is encrypted.
     pub tls: TlsMode,
+    /// Server verification (web PKI and `ca_file`).
     pub tls_config: Arc<rustls::ClientConfig>,
+    /// How the token is presented.
     pub auth: SaslMechanism,
+    /// The name we give in EHLO.
     pub helo_name: String,
+    /// Longest wait for a TCP connection.
     pub connect_timeout: Duration,
+    /// Longest wait for each command's reply.
     pub command_timeout: Duration,
     /// Longest wait for the reply to the message body.
     pub data_timeout: Duration,
@@ -107,6 +120,7 @@ pub struct SmtpRouteConfig {
     pub idle_timeout: Duration,
 }
 
+/// Submission with an OAuth token over pooled sessions.
 pub struct SmtpRoute {
     cfg: SmtpRouteConfig,
     tokens: Arc<dyn TokenSource>,
@@ -130,46 +144,8 @@ pub fn oauthbearer_initial_response(mailbox: &str, host: &str, port: u16, token:
     base64::engine::general_purpose::STANDARD.encode(raw)
 }
 
-/// A 421 means the server is closing the connection (Exchange says it when throttling): the
-/// session is over, and its words are the failure, not the "connection lost" that follows.
-fn closing(reply: Reply, stage: Stage) -> Result<Reply, DeliveryError> {
-    if reply.code() == 421 {
-        return Err(DeliveryError::Rejected { stage, reply });
-    }
-    Ok(reply)
-}
-
-/// What the server offers, from its EHLO reply.
-#[derive(Default, Debug)]
-pub(crate) struct Capabilities {
-    pub(crate) pipelining: bool,
-    pub(crate) starttls: bool,
-    pub(crate) eight_bit: bool,
-    pub(crate) smtputf8: bool,
-    pub(crate) size: Option<u64>,
-    /// The SASL mechanisms of the AUTH line (smtp-proto bits); `None` without one.
-    pub(crate) auth: Option<u64>,
-}
-
-fn capabilities(ehlo: &Reply) -> Capabilities {
-    let wire = ehlo.to_wire();
-    match EhloResponse::parse(&mut wire.iter()) {
-        Ok(r) => Capabilities {
-            pipelining: r.has_capability(EXT_PIPELINING),
-            starttls: r.has_capability(EXT_START_TLS),
-            eight_bit: r.has_capability(EXT_8BIT_MIME),
-            smtputf8: r.has_capability(EXT_SMTP_UTF8),
-            size: (r.has_capability(EXT_SIZE) && r.size > 0).then_some(r.size as u64),
-            auth: r.has_capability(EXT_AUTH).then_some(r.auth_mechanisms),
-        },
-        Err(e) => {
-            debug!(error = %e, "unusual EHLO reply; assuming no extensions");
-            Capabilities::default()
-        }
-    }
-}
-
 impl SmtpRoute {
+    /// A route getting its tokens from `tokens`.
     pub fn new(cfg: SmtpRouteConfig, tokens: Arc<dyn TokenSource>) -> Self {
         let pool = Pool::new(cfg.max_idle, cfg.idle_timeout);
         SmtpRoute { cfg, tokens, pool }
@@ -181,51 +157,41 @@ impl SmtpRoute {
     }
 
     async fn token(&self) -> Result<AccessToken, DeliveryError> {
-        self.tokens.token().await.map_err(|e| DeliveryError::Token {
-            account: self.cfg.account.clone(),
-            reason: e.to_string(),
-            sign_in_required: e.kind == smtp2oauth_tokens::TokenErrorKind::SignInRequired,
-        })
+        self.tokens
+            .token()
+            .await
+            .map_err(|e| token_error(&self.cfg.account, &e))
     }
 
     /// Connects and says EHLO, upgrading to TLS as configured. Returns the client and the
     /// capabilities of the (encrypted) session.
     async fn open(&self) -> Result<(Client, Capabilities), DeliveryError> {
         let c = &self.cfg;
-        let mut client =
-            Client::connect(&c.host, c.port, c.connect_timeout, c.command_timeout).await?;
+        let mut client = Client::connect(
+            format!("{}:{}", c.host, c.port),
+            (c.host.as_str(), c.port),
+            c.connect_timeout,
+            c.command_timeout,
+        )
+        .await?;
         if c.tls == TlsMode::Implicit {
             client.start_tls(c.tls_config.clone(), &c.host).await?;
         }
-        let greeting = client.read_reply(Stage::Greeting).await?;
-        if greeting.code() != 220 {
-            return Err(DeliveryError::Rejected {
-                stage: Stage::Greeting,
-                reply: greeting,
-            });
-        }
-        let mut caps = self.ehlo(&mut client).await?;
-        if c.tls == TlsMode::Starttls {
-            if !caps.starttls {
-                return Err(DeliveryError::Tls {
-                    detail: format!("{} does not offer STARTTLS", client.target()),
-                });
-            }
-            let r = client.command("STARTTLS", Stage::StartTls).await?;
-            if r.code() != 220 {
-                return Err(DeliveryError::Rejected {
-                    stage: Stage::StartTls,
-                    reply: r,
-                });
-            }
-            client.start_tls(c.tls_config.clone(), &c.host).await?;
-            caps = self.ehlo(&mut client).await?;
-        }
+        let starttls = match c.tls {
+            TlsMode::Starttls => Starttls::Required {
+                setting: "smtp_tls = \"starttls\"",
+            },
+            TlsMode::Implicit | TlsMode::None => Starttls::Off,
+        };
+        let how = Opening {
+            helo: &c.helo_name,
+            starttls,
+            tls: &c.tls_config,
+            server_name: &c.host,
+            account: &c.account,
+        };
+        let caps = open(&mut client, &how).await?;
         Ok((client, caps))
-    }
-
-    async fn ehlo(&self, client: &mut Client) -> Result<Capabilities, DeliveryError> {
-        ehlo(client, &self.cfg.helo_name).await
     }
 
     /// Logs in with the configured mechanism; returns when the token used expires.
@@ -260,10 +226,7 @@ impl SmtpRoute {
                 retried = true;
                 continue;
             }
-            return Err(DeliveryError::Rejected {
-                stage: Stage::Auth,
-                reply,
-            });
+            return Err(refused(Stage::Auth, reply));
         }
     }
 
@@ -366,7 +329,7 @@ impl SmtpRoute {
                     replaced = true;
                     continue;
                 }
-                Err(DeliveryError::Rejected { stage, reply }) if reply.code() != 421 => {
+                Err(DeliveryError::Rejected { stage, reply, .. }) if reply.code() != 421 => {
                     // The session still speaks SMTP. After a refused body the transaction is
                     // over; before it, RSET closes it. Either way it can carry the next message.
                     if *stage == Stage::Body {
@@ -411,223 +374,32 @@ fn dead_before_body(e: &DeliveryError) -> bool {
         DeliveryError::ConnectionLost { stage, .. } => {
             matches!(stage, Stage::Mail | Stage::Rcpt | Stage::Data)
         }
-        DeliveryError::Rejected { stage, reply } => {
+        DeliveryError::Rejected { stage, reply, .. } => {
             reply.code() == 421 && matches!(stage, Stage::Mail | Stage::Rcpt | Stage::Data)
         }
         _ => false,
     }
 }
 
-/// EHLO (HELO for an old server without ESMTP); the server's capabilities.
-pub(crate) async fn ehlo(
-    client: &mut Client,
-    helo_name: &str,
-) -> Result<Capabilities, DeliveryError> {
-    let r = client
-        .command(&format!("EHLO {helo_name}"), Stage::Ehlo)
-        .await?;
-    if r.is_positive() {
-        return Ok(capabilities(&r));
-    }
-    if r.is_permanent() {
-        // An old server without ESMTP: HELO still lets us authenticate on some.
-        let h = client
-            .command(&format!("HELO {helo_name}"), Stage::Ehlo)
-            .await?;
-        if h.is_positive() {
-            return Ok(Capabilities::default());
-        }
-    }
-    Err(DeliveryError::Rejected {
-        stage: Stage::Ehlo,
-        reply: r,
-    })
-}
-
-/// One mail transaction on an open (and, where needed, authenticated) session: MAIL, RCPT
-/// and DATA (pipelined when offered), the body streamed from disk, every reply kept.
-pub(crate) async fn transaction(
-    client: &mut Client,
-    caps: &Capabilities,
-    msg: &Message,
-    data_timeout: Duration,
-) -> Result<DeliveryReport, DeliveryError> {
-    let mut mail = format!("MAIL FROM:<{}>", msg.sender);
-    if caps.size.is_some() {
-        mail.push_str(&format!(" SIZE={}", msg.size));
-    }
-    if msg.eight_bit && caps.eight_bit {
-        mail.push_str(" BODY=8BITMIME");
-    }
-    if msg.smtputf8 && caps.smtputf8 {
-        mail.push_str(" SMTPUTF8");
-    }
-    if let Some(limit) = caps.size
-        && msg.size > limit
-    {
-        let reply = Reply::with_status(
-            552,
-            (5, 3, 4),
-            format!(
-                "Message size {} exceeds the upstream's limit of {limit} bytes",
-                msg.size
-            ),
-        );
-        return Err(DeliveryError::Rejected {
-            stage: Stage::Mail,
-            reply,
-        });
-    }
-
-    let (mail_reply, rcpt_replies, data_reply) = if caps.pipelining {
-        let mut batch = format!("{mail}\r\n");
-        for r in &msg.recipients {
-            batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
-        }
-        batch.push_str("DATA\r\n");
-        client.write(batch.as_bytes(), Stage::Mail).await?;
-        let mail_reply = closing(client.read_reply(Stage::Mail).await?, Stage::Mail)?;
-        let mut rcpt = Vec::with_capacity(msg.recipients.len());
-        for _ in &msg.recipients {
-            rcpt.push(closing(client.read_reply(Stage::Rcpt).await?, Stage::Rcpt)?);
-        }
-        let data = closing(client.read_reply(Stage::Data).await?, Stage::Data)?;
-        (mail_reply, rcpt, Some(data))
-    } else {
-        let mail_reply = closing(client.command(&mail, Stage::Mail).await?, Stage::Mail)?;
-        let mut rcpt = Vec::new();
-        if mail_reply.is_positive() {
-            for r in &msg.recipients {
-                let reply = client
-                    .command(&format!("RCPT TO:<{r}>"), Stage::Rcpt)
-                    .await?;
-                rcpt.push(closing(reply, Stage::Rcpt)?);
-            }
-        }
-        (mail_reply, rcpt, None)
+/// A token the account could not get, as a delivery failure: temporary whatever the cause,
+/// but marked as the account's when a person must sign in or the app's registration is wrong.
+pub(crate) fn token_error(account: &str, e: &smtp2oauth_tokens::TokenError) -> DeliveryError {
+    use smtp2oauth_tokens::TokenErrorKind;
+    let cause = match e.kind {
+        TokenErrorKind::SignInRequired => Cause::Account(AccountIssue::SignIn),
+        TokenErrorKind::Configuration => Cause::Account(AccountIssue::AppRegistration),
+        TokenErrorKind::Transient => Cause::Transient,
     };
-
-    if !mail_reply.is_positive() {
-        return Err(DeliveryError::Rejected {
-            stage: Stage::Mail,
-            reply: mail_reply,
-        });
-    }
-    let mut accepted = Vec::new();
-    let mut rejected = Vec::new();
-    for (r, reply) in msg.recipients.iter().zip(rcpt_replies) {
-        if reply.is_positive() {
-            accepted.push(r.clone());
-        } else {
-            rejected.push((r.clone(), reply));
-        }
-    }
-    if accepted.is_empty() {
-        // Report the most hopeful refusal: if any recipient may succeed later, retry.
-        let reply = rejected
-            .iter()
-            .map(|(_, r)| r.clone())
-            .find(|r| r.is_transient())
-            .or_else(|| rejected.first().map(|(_, r)| r.clone()))
-            .unwrap_or_else(|| Reply::with_status(554, (5, 5, 1), "No valid recipients"));
-        if data_reply.as_ref().is_some_and(|d| d.code() == 354) {
-            // The server wants a body although no recipient was accepted; give it an empty one.
-            client.write(b".\r\n", Stage::Data).await?;
-            let _ = client.read_reply(Stage::Data).await;
-        }
-        return Err(DeliveryError::Rejected {
-            stage: Stage::Rcpt,
-            reply,
-        });
-    }
-    let data_reply = match data_reply {
-        Some(r) => r,
-        None => client.command("DATA", Stage::Data).await?,
-    };
-    if data_reply.code() != 354 {
-        return Err(DeliveryError::Rejected {
-            stage: Stage::Data,
-            reply: data_reply,
-        });
-    }
-
-    stream_body(client, msg).await?;
-    let wait = data_timeout;
-    let final_reply = client.read_reply_within(Stage::Body, wait).await?;
-    if !final_reply.is_positive() {
-        return Err(DeliveryError::Rejected {
-            stage: Stage::Body,
-            reply: final_reply,
-        });
-    }
-    Ok(DeliveryReport {
-        reply: final_reply,
-        accepted,
-        rejected,
-    })
-}
-
-async fn stream_body(client: &mut Client, msg: &Message) -> Result<(), DeliveryError> {
-    /// Bytes read from the spool per step: a typical message is one step, a 1 MiB scan four
-    /// (fewer, larger steps measured 16 % faster at 1 MiB than 64 KiB ones). A smaller message
-    /// gets a buffer of its own size (plus the byte that finds the end), not 256 KiB to zero.
-    const CHUNK: usize = 256 * 1024;
-    let step = usize::try_from(msg.size)
-        .unwrap_or(usize::MAX)
-        .saturating_add(1)
-        .min(CHUNK);
-    let local = |what: &str, e: std::io::Error| DeliveryError::Local {
-        detail: format!("cannot {what} {}: {e}", msg.data_path.display()),
-    };
-    let mut enc = DotEncoder::new();
-    let mut out = Vec::with_capacity(step + step / 16);
-    let mut file: Option<std::fs::File> = None;
-    let mut chunk = Vec::with_capacity(step);
-    loop {
-        // One blocking task per chunk (opening the file with the first): each hand-off to the
-        // blocking pool costs more than the read it carries.
-        let path = msg.data_path.clone();
-        let (f, buf, eof) = tokio::task::spawn_blocking(move || {
-            use std::io::Read;
-            let mut f = match file {
-                Some(f) => f,
-                None => std::fs::File::open(&path).map_err(|e| ("open", e))?,
-            };
-            chunk.resize(step, 0);
-            let mut n = 0;
-            let mut eof = false;
-            while n < step {
-                match f.read(&mut chunk[n..]) {
-                    Ok(0) => {
-                        eof = true;
-                        break;
-                    }
-                    Ok(r) => n += r,
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(("read", e)),
-                }
-            }
-            chunk.truncate(n);
-            Ok((f, chunk, eof))
-        })
-        .await
-        .map_err(|e| local("read", std::io::Error::other(e)))?
-        .map_err(|(what, e)| local(what, e))?;
-        out.clear();
-        enc.encode(&buf, &mut out);
-        if eof {
-            enc.finish(&mut out);
-            return client.write(&out, Stage::Body).await;
-        }
-        client.write_part(&out, Stage::Body).await?;
-        file = Some(f);
-        chunk = buf;
+    DeliveryError::Token {
+        account: account.to_string(),
+        reason: e.to_string(),
+        cause,
     }
 }
 
 impl Route for SmtpRoute {
-    fn kind(&self) -> &'static str {
-        "smtp"
+    fn kind(&self) -> RouteKind {
+        RouteKind::Smtp
     }
 
     fn target(&self) -> String {
@@ -727,7 +499,7 @@ mod tests {
         for l in lines {
             reply = asm.push_line(l.as_bytes()).unwrap();
         }
-        let caps = capabilities(&reply.unwrap());
+        let caps = crate::conversation::capabilities(&reply.unwrap());
         assert!(caps.pipelining && caps.eight_bit && caps.smtputf8 && !caps.starttls);
         assert_eq!(caps.size, Some(157_286_400));
         let auth = caps.auth.expect("AUTH line");

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+/// Client TLS configuration: the web PKI roots, plus the CA certificates in `ca_file` when given.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
     smtp2oauth_tokens::tls::client_config(ca_file)
         .map(Arc::new)

@@ -2,6 +2,8 @@
 //! itself promises (request shape, token refresh, the concurrency limit per app, the replies
 //! its failures become), without the relay around it.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -129,10 +131,20 @@ async fn a_second_401_is_a_temporary_failure_after_one_new_token() {
     );
     let err = route.deliver(&e.message("m", BODY)).await.unwrap_err();
     assert!(!err.is_permanent(), "{err}");
-    let DeliveryError::Rejected { stage, reply } = &err else {
+    let DeliveryError::Rejected {
+        stage,
+        reply,
+        cause,
+    } = &err
+    else {
         panic!("{err:?}")
     };
     assert_eq!(*stage, Stage::Http);
+    assert_eq!(
+        *cause,
+        smtp2oauth_proto::Cause::Account(smtp2oauth_proto::AccountIssue::Login),
+        "a token Graph refuses twice is the account's problem"
+    );
     assert_eq!(reply.code(), 451);
     assert!(
         reply.text().contains("InvalidAuthenticationToken"),
@@ -155,6 +167,12 @@ async fn throttling_carries_retry_after_and_too_large_mail_never_leaves() {
         err.reply().to_string().split(':').next().unwrap(),
         "451 4.7.500 Retry after 42 seconds"
     );
+    assert_eq!(
+        err.cause(),
+        smtp2oauth_proto::Cause::Throttled {
+            retry_after: Some(std::time::Duration::from_secs(42))
+        }
+    );
     e.graph.fail_next(
         GraphFailure {
             retry_after: Some(5),
@@ -174,6 +192,7 @@ async fn throttling_carries_retry_after_and_too_large_mail_never_leaves() {
     let before = e.graph.requests().len();
     let err = route.deliver(&e.message("big", &big)).await.unwrap_err();
     assert!(err.is_permanent());
+    assert_eq!(err.cause(), smtp2oauth_proto::Cause::TooLarge);
     assert!(err.reply().to_string().starts_with("552 5.3.4"), "{err}");
     assert_eq!(
         e.graph.requests().len(),

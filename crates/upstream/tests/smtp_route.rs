@@ -13,6 +13,8 @@
 //!
 //! assertions state the expected behaviour.
 
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -195,7 +197,7 @@ fn status(class: u8, subject: u16, detail: u16) -> Option<EnhancedStatus> {
 
 fn unwrap_rejected(result: Result<DeliveryReport, DeliveryError>) -> (Stage, Reply) {
     match result {
-        Err(DeliveryError::Rejected { stage, reply }) => (stage, reply),
+        Err(DeliveryError::Rejected { stage, reply, .. }) => (stage, reply),
         other => panic!("expected Rejected, got {other:?}"),
     }
 }
@@ -1584,13 +1586,10 @@ async fn a_token_endpoint_outage_is_a_temporary_token_error_without_auth() {
         .expect_err("no token");
 
     match &err {
-        DeliveryError::Token {
-            account,
-            sign_in_required,
-            ..
-        } => {
+        DeliveryError::Token { account, cause, .. } => {
             assert_eq!(account, ACCOUNT);
-            assert!(!sign_in_required);
+            assert_eq!(*cause, smtp2oauth_proto::Cause::Transient);
+            assert!(!err.needs_sign_in());
         }
         other => panic!("expected Token, got {other:?}"),
     }
@@ -1667,7 +1666,7 @@ async fn capture_writes_the_message_and_its_envelope_atomically() {
     );
     // The source stays where it was: the spool owns it.
     assert!(msg.data_path.exists());
-    assert_eq!(route.kind(), "capture");
+    assert_eq!(route.kind(), smtp2oauth_upstream::RouteKind::Capture);
 }
 
 #[tokio::test]

@@ -93,6 +93,11 @@ impl T {
                 "CLOSE {}",
                 String::from_utf8(r.to_wire()).unwrap().trim_end()
             ),
+            Step::AuthFailed { reply, close } => format!(
+                "{}AUTHFAIL {}",
+                if close { "CLOSE " } else { "" },
+                String::from_utf8(reply.to_wire()).unwrap().trim_end()
+            ),
             Step::StartTls(r) => format!("STARTTLS {}", r.code()),
             Step::Verify(c) => format!(
                 "VERIFY {}:{}",
@@ -230,10 +235,34 @@ fn auth_errors() {
     assert_eq!(t.line("AUTH LOGIN"), "334 VXNlcm5hbWU6");
     assert!(t.line("!!!notbase64").starts_with("501 5.5.2"));
     // a PLAIN message without NULs is a failed login, not a protocol error
-    assert!(t.line("AUTH PLAIN bm9udWxz").starts_with("535 5.7.8"));
-    // second failure reaches max_auth_failures = 2
+    assert!(
+        t.line("AUTH PLAIN bm9udWxz")
+            .starts_with("AUTHFAIL 535 5.7.8")
+    );
+    // second failure reaches max_auth_failures = 2: still a failed login for the lockout
     assert_eq!(t.line("AUTH PLAIN AG1mcABzZWNyZXQ="), "VERIFY mfp:secret");
-    assert!(t.login_fail().starts_with("CLOSE 421 4.7.0"));
+    assert!(t.login_fail().starts_with("CLOSE AUTHFAIL 421 4.7.0"));
+}
+
+/// Every failed login is reported as one, the session's last allowed failure included,
+/// whichever way it failed; nothing else is.
+#[test]
+fn failed_logins_are_reported_as_such() {
+    let mut t = session(ListenerTls::None, true, false, "10.0.0.1", false);
+    t.line("EHLO printer");
+    assert_eq!(t.line("AUTH PLAIN AG1mcAB3cm9uZw=="), "VERIFY mfp:wrong");
+    assert!(t.login_fail().starts_with("AUTHFAIL 535 5.7.8"));
+    assert!(
+        t.line("AUTH PLAIN bm9udWxz")
+            .starts_with("CLOSE AUTHFAIL 421 4.7.0")
+    );
+    // A protocol error in AUTH, or our own trouble, is not a failed login.
+    let mut t = session(ListenerTls::None, true, false, "10.0.0.1", false);
+    t.line("EHLO printer");
+    assert!(t.line("AUTH PLAIN !!!").starts_with("501"));
+    assert_eq!(t.line("AUTH PLAIN AG1mcABzZWNyZXQ="), "VERIFY mfp:secret");
+    let step = t.s.auth_result(Err(AuthFailure::Busy));
+    assert!(t.render(step).starts_with("454 4.7.0"));
 }
 
 #[test]
@@ -442,7 +471,7 @@ fn garbage_never_panics() {
     }
 }
 
-/// Found by the `session` fuzz target: smtp-proto skipped the CR in `DAT<CR>A` and read DATA.
+/// smtp-proto skips the CR in `DAT<CR>A` and would read DATA.
 #[test]
 fn a_cr_inside_a_command_is_refused() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
