@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use smtp2oauth_config::{Flow, Route};
 use smtp2oauth_tokens::{
     CallbackParams, DeviceLoginStatus, Secret, SignInError, SignInManager, TokenSource, TokenStore,
 };
@@ -34,13 +35,20 @@ use tracing::{info, warn};
 pub struct AccountView {
     pub name: String,
     pub mailbox: String,
-    pub route: &'static str,
-    /// `client_credentials`, `authorization_code`, `device_code`.
-    pub flow: &'static str,
+    pub route: Route,
+    /// How the account gets tokens; `None` when none of its routes needs one.
+    pub flow: Option<Flow>,
     /// None for routes that need no token (capture).
     pub tokens: Option<Arc<dyn TokenSource>>,
     /// For authorization-code accounts.
     pub redirect_uri: Option<String>,
+}
+
+impl AccountView {
+    /// True when a person signs the account in (authorization code or device code).
+    fn signs_in(&self) -> bool {
+        matches!(self.flow, Some(Flow::AuthorizationCode | Flow::DeviceCode))
+    }
 }
 
 /// What the page needs from the relay.
@@ -251,7 +259,7 @@ impl AccountsPage {
 
     /// One account's table row (and, while a device-code sign-in waits, the code's row).
     async fn row(&self, a: &AccountView, session: &Session, host: Option<&str>) -> (String, bool) {
-        let delegated = a.flow != "client_credentials" && a.tokens.is_some();
+        let delegated = a.signs_in() && a.tokens.is_some();
         let status = a.tokens.as_ref().map(|t| t.status());
         let record = match (&self.cfg.store, delegated) {
             (Some(store), true) => {
@@ -278,7 +286,7 @@ impl AccountsPage {
             },
         };
         let signed_in = match (&record, delegated) {
-            (_, false) if a.flow == "client_credentials" && a.tokens.is_some() => {
+            (_, false) if a.flow == Some(Flow::ClientCredentials) && a.tokens.is_some() => {
                 "app-only".to_string()
             }
             (_, false) => "—".to_string(),
@@ -318,7 +326,7 @@ impl AccountsPage {
         let mut waiting = false;
         if delegated && self.cfg.sign_in.is_some() {
             let label = match (a.flow, &record) {
-                ("device_code", _) => "Sign in with a code",
+                (Some(Flow::DeviceCode), _) => "Sign in with a code",
                 (_, Ok(Some(_))) => "Sign in again",
                 _ => "Sign in",
             };
@@ -337,7 +345,7 @@ impl AccountsPage {
                     esc(&session.csrf)
                 ));
             }
-            if a.flow == "authorization_code"
+            if a.flow == Some(Flow::AuthorizationCode)
                 && let (Some(uri), Some(host)) = (&a.redirect_uri, host)
                 && let Some(redirect_host) = host_of(uri)
                 && !redirect_host.eq_ignore_ascii_case(host)
@@ -406,8 +414,8 @@ impl AccountsPage {
             id = esc(&a.name),
             name = esc(&a.name),
             mailbox = esc(&a.mailbox),
-            route = esc(a.route),
-            flow = esc(a.flow),
+            route = esc(a.route.as_str()),
+            flow = esc(a.flow.map_or("none", Flow::as_str)),
         );
         (row, waiting)
     }
@@ -629,7 +637,7 @@ async fn sign_in(
     };
     let host = host_header(&headers);
     let notice = match account.flow {
-        "authorization_code" => match manager.begin_authorization(&name, &session.id) {
+        Some(Flow::AuthorizationCode) => match manager.begin_authorization(&name, &session.id) {
             Ok(url) => return page.redirect(&url, None),
             Err(e) => (false, format!("Cannot start the sign-in for {name}: {e}")),
         },
@@ -656,7 +664,7 @@ async fn sign_out(
     };
     let target = page
         .account(&name)
-        .filter(|a| a.flow != "client_credentials")
+        .filter(|a| a.signs_in())
         .and_then(|a| Some((a.tokens.clone()?, page.cfg.store.clone()?)));
     let Some((tokens, store)) = target else {
         return page.no_such_account("Sign out", &name);

@@ -616,7 +616,7 @@ fn default_jwt_alg() -> JwtAlg {
 }
 
 impl Account {
-    pub fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         self.authority
             .clone()
             .unwrap_or_else(|| "https://login.microsoftonline.com".into())
@@ -625,7 +625,7 @@ impl Account {
     }
 
     /// The token endpoint URL, from `token_url` or `{authority}/{tenant}/oauth2/v2.0/token`.
-    pub fn token_url(&self) -> Option<String> {
+    pub(crate) fn token_url(&self) -> Option<String> {
         if let Some(u) = &self.token_url {
             return Some(u.clone());
         }
@@ -654,24 +654,19 @@ impl Account {
         }
     }
 
-    /// The token scope of the account's `route`.
-    pub fn scope(&self) -> String {
-        self.scope_for(self.route)
-    }
-
     /// True for the flows where a person signs in (authorization code, device code).
-    pub fn is_delegated(&self) -> bool {
+    pub(crate) fn is_delegated(&self) -> bool {
         self.flow != Flow::ClientCredentials
     }
 
-    pub fn redirect_uri(&self) -> String {
+    pub(crate) fn redirect_uri(&self) -> String {
         self.redirect_uri
             .clone()
             .unwrap_or_else(|| DEFAULT_REDIRECT_URI.into())
     }
 
     /// The authorization endpoint, from `authorize_url` or the provider's.
-    pub fn authorize_url(&self) -> Option<String> {
+    pub(crate) fn authorize_url(&self) -> Option<String> {
         if let Some(u) = &self.authorize_url {
             return Some(u.clone());
         }
@@ -690,7 +685,7 @@ impl Account {
     }
 
     /// The device-authorization endpoint, from `device_code_url` or the provider's.
-    pub fn device_code_url(&self) -> Option<String> {
+    pub(crate) fn device_code_url(&self) -> Option<String> {
         if let Some(u) = &self.device_code_url {
             return Some(u.clone());
         }
@@ -708,7 +703,7 @@ impl Account {
         }
     }
 
-    pub fn smtp_host(&self) -> String {
+    pub(crate) fn smtp_host(&self) -> String {
         self.smtp_host
             .clone()
             .unwrap_or_else(|| match self.provider {
@@ -719,7 +714,7 @@ impl Account {
 
     /// The Microsoft Graph base URL (no trailing `/`): `graph_url`, or the Graph endpoint of the
     /// account's cloud (following `authority` for sovereign clouds).
-    pub fn graph_url(&self) -> String {
+    pub(crate) fn graph_url(&self) -> String {
         match &self.graph_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => self.graph_resource(),
@@ -743,7 +738,7 @@ impl Account {
 
     /// The default token scope of a route for this account (`scope` and `fallback_scope`
     /// override it for the primary and the fallback route).
-    pub fn default_scope_for(&self, route: Route) -> String {
+    pub(crate) fn default_scope_for(&self, route: Route) -> String {
         match route {
             Route::Graph if self.is_delegated() => {
                 format!("{}/Mail.Send offline_access", self.graph_resource())
@@ -765,7 +760,7 @@ impl Account {
     }
 
     /// The token scope for `route` when it is this account's primary or fallback route.
-    pub fn scope_for(&self, route: Route) -> String {
+    pub(crate) fn scope_for(&self, route: Route) -> String {
         let explicit = if route == self.route {
             self.scope.clone()
         } else {
@@ -775,12 +770,12 @@ impl Account {
     }
 
     /// True when delivering through `route` needs an OAuth token.
-    pub fn route_needs_token(route: Route) -> bool {
+    pub(crate) fn route_needs_token(route: Route) -> bool {
         matches!(route, Route::Smtp | Route::Graph)
     }
 
     /// Routes this account uses: its `route`, then its `fallback_route`.
-    pub fn routes(&self) -> Vec<Route> {
+    pub(crate) fn routes(&self) -> Vec<Route> {
         let mut v = vec![self.route];
         if let Some(f) = self.fallback_route
             && f != self.route
@@ -791,7 +786,7 @@ impl Account {
     }
 
     /// True when some route of this account needs an OAuth token (and so a credential).
-    pub fn needs_token(&self) -> bool {
+    pub(crate) fn needs_token(&self) -> bool {
         self.routes().into_iter().any(Account::route_needs_token)
     }
 
@@ -813,16 +808,16 @@ impl Account {
             .min(server_max)
     }
 
-    pub fn smarthost_port(&self) -> u16 {
+    pub(crate) fn smarthost_port(&self) -> u16 {
         self.smarthost_port.unwrap_or(25)
     }
 
-    pub fn smarthost_tls(&self) -> SmarthostTls {
+    pub(crate) fn smarthost_tls(&self) -> SmarthostTls {
         self.smarthost_tls.unwrap_or(SmarthostTls::Required)
     }
 
     /// The pacing limit in force: `max_messages_per_minute`, or the provider's default.
-    pub fn messages_per_minute(&self) -> u32 {
+    pub(crate) fn messages_per_minute(&self) -> u32 {
         self.max_messages_per_minute
             .unwrap_or(match (self.provider, self.route) {
                 (Provider::Microsoft, Route::Smtp | Route::Graph) => 30,
@@ -830,15 +825,15 @@ impl Account {
             })
     }
 
-    pub fn smtp_tls(&self) -> UpstreamTls {
+    pub(crate) fn smtp_tls(&self) -> UpstreamTls {
         self.smtp_tls.unwrap_or(UpstreamTls::Starttls)
     }
 
-    pub fn smtp_auth(&self) -> SmtpAuth {
+    pub(crate) fn smtp_auth(&self) -> SmtpAuth {
         self.smtp_auth.unwrap_or_default()
     }
 
-    pub fn smtp_port(&self) -> u16 {
+    pub(crate) fn smtp_port(&self) -> u16 {
         self.smtp_port.unwrap_or(match self.smtp_tls() {
             UpstreamTls::Implicit => 465,
             _ => 587,

@@ -10,7 +10,7 @@
 use crate::wiring;
 use clap::Subcommand;
 use smtp2oauth_admin::time::{utc, utc_relative};
-use smtp2oauth_config::{Config, Flow};
+use smtp2oauth_config::{AccountSpec, FlowSpec, Loaded, RouteSpec};
 use smtp2oauth_tokens::{
     CallbackParams, MasterKey, PollEvent, Secret, SignInError, SignInManager, StoredToken,
     TokenStore,
@@ -58,7 +58,7 @@ pub fn keygen() -> ExitCode {
 
 pub async fn run(path: Option<&Path>, command: AccountCommand) -> ExitCode {
     let cfg = match smtp2oauth_config::load(path) {
-        Ok(l) => l.config,
+        Ok(l) => l,
         Err(e) => {
             eprint!("{e}");
             return ExitCode::from(2);
@@ -79,16 +79,16 @@ pub async fn run(path: Option<&Path>, command: AccountCommand) -> ExitCode {
     }
 }
 
-fn store(cfg: &Config, generate: bool) -> anyhow::Result<Option<Arc<TokenStore>>> {
+fn store(cfg: &Loaded, generate: bool) -> anyhow::Result<Option<Arc<TokenStore>>> {
     Ok(wiring::open_token_store(cfg, generate)?.map(|(s, _)| s))
 }
 
 /// One line of state for an account.
-fn state_line(account: &smtp2oauth_config::Account, store: Option<&TokenStore>) -> String {
-    if account.route == smtp2oauth_config::Route::Capture {
+fn state_line(account: &AccountSpec, store: Option<&TokenStore>) -> String {
+    if matches!(account.route, RouteSpec::Capture { .. }) {
         return "no sign-in needed (capture)".into();
     }
-    if !account.is_delegated() {
+    if account.delegated().is_none() {
         return "app-only: the running relay gets its tokens (see `smtp2oauth health --ready`)"
             .into();
     }
@@ -103,7 +103,12 @@ fn state_line(account: &smtp2oauth_config::Account, store: Option<&TokenStore>) 
     }
 }
 
-fn list(cfg: &Config) -> anyhow::Result<ExitCode> {
+/// The account's flow as the list and status show it (`none` when it needs no token).
+fn flow_name(account: &AccountSpec) -> &'static str {
+    account.flow().map_or("none", |f| f.as_str())
+}
+
+fn list(cfg: &Loaded) -> anyhow::Result<ExitCode> {
     let store = store(cfg, false)?;
     let width = cfg
         .accounts
@@ -117,15 +122,15 @@ fn list(cfg: &Config) -> anyhow::Result<ExitCode> {
         println!(
             "{:width$}  {:9}  {:18}  {}",
             a.name,
-            a.route.as_str(),
-            a.flow.as_str(),
+            a.route.kind().as_str(),
+            flow_name(a),
             state_line(a, store.as_deref())
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
+fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     let Some(a) = cfg.account(name) else {
         eprintln!("smtp2oauth: no account named `{name}`");
         return Ok(ExitCode::from(2));
@@ -133,15 +138,15 @@ fn status(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
     let store = store(cfg, false)?;
     println!("account:      {}", a.name);
     println!("mailbox:      {}", a.mailbox);
-    println!("route:        {}", a.route.as_str());
-    println!("flow:         {}", a.flow.as_str());
+    println!("route:        {}", a.route.kind().as_str());
+    println!("flow:         {}", flow_name(a));
     println!("state:        {}", state_line(a, store.as_deref()));
-    if !a.is_delegated() || a.route == smtp2oauth_config::Route::Capture {
+    let Some(oauth) = a.delegated() else {
         return Ok(ExitCode::SUCCESS);
-    }
-    println!("scope:        {}", a.scope());
-    if a.flow == Flow::AuthorizationCode {
-        println!("redirect URI: {}", a.redirect_uri());
+    };
+    println!("scope:        {}", a.route.scope().unwrap_or_default());
+    if let FlowSpec::AuthorizationCode { redirect_uri, .. } = &oauth.flow {
+        println!("redirect URI: {redirect_uri}");
     }
     let Some(store) = store else {
         println!("store:        nothing stored yet");
@@ -189,8 +194,8 @@ fn status(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn logout(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
-    let Some(a) = cfg.account(name).filter(|a| a.is_delegated()) else {
+fn logout(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
+    let Some(a) = cfg.account(name).filter(|a| a.delegated().is_some()) else {
         eprintln!("smtp2oauth: no account named `{name}` signs in with a delegated flow");
         return Ok(ExitCode::from(2));
     };
@@ -206,18 +211,18 @@ fn logout(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn login(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
+async fn login(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     let Some(account) = cfg.account(name) else {
         eprintln!("smtp2oauth: no account named `{name}`");
         return Ok(ExitCode::from(2));
     };
-    if !account.is_delegated() {
+    let Some(oauth) = account.delegated() else {
         eprintln!(
             "smtp2oauth: account `{name}` uses flow = \"{}\": nobody signs in; set flow = \"device_code\" or \"authorization_code\" for a delegated sign-in",
-            account.flow.as_str()
+            flow_name(account)
         );
         return Ok(ExitCode::from(2));
-    }
+    };
     let (store, origin) = wiring::open_token_store(cfg, true)?
         .ok_or_else(|| anyhow::anyhow!("the token store could not be opened"))?;
     if let smtp2oauth_tokens::KeyOrigin::Generated(path) = &origin {
@@ -232,9 +237,11 @@ async fn login(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
         .filter(|t| t.account == account.name)
         .collect();
     let manager = SignInManager::new(targets);
-    let result = match account.flow {
-        Flow::DeviceCode => device_login(&manager, account, &store).await,
-        _ => browser_login(&manager, account).await,
+    let result = match &oauth.flow {
+        FlowSpec::AuthorizationCode { redirect_uri, .. } => {
+            browser_login(&manager, account, redirect_uri).await
+        }
+        _ => device_login(&manager, account, &store).await,
     };
     match result {
         Ok(()) => {
@@ -255,7 +262,7 @@ async fn login(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
 
 async fn device_login(
     manager: &SignInManager,
-    account: &smtp2oauth_config::Account,
+    account: &AccountSpec,
     store: &TokenStore,
 ) -> Result<(), SignInError> {
     let who = format!("smtp2oauth account login (pid {})", std::process::id());
@@ -289,9 +296,9 @@ async fn device_login(
 /// Authorization code from the terminal: print the URL, then act as the redirect URI.
 async fn browser_login(
     manager: &SignInManager,
-    account: &smtp2oauth_config::Account,
+    account: &AccountSpec,
+    redirect: &str,
 ) -> Result<(), SignInError> {
-    let redirect = account.redirect_uri();
     let Some(rest) = redirect.strip_prefix("http://") else {
         return Err(SignInError::Provider(format!(
             "the redirect URI {redirect} is not plain http, so this command cannot receive it; sign in on the accounts page behind your HTTPS front end instead"

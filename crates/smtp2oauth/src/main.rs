@@ -5,9 +5,12 @@
 //!
 //! # Layout
 //! - `main.rs`: the command line.
-//! - `serve.rs`: `smtp2oauth serve`: builds and runs the relay.
-//! - `wiring.rs`: turning configuration into routes, token sources and TLS (shared by `serve`,
-//!   `check-config` and `send-test`).
+//! - `serve.rs`: `smtp2oauth serve`: loads the configuration, builds the relay, runs it; the
+//!   signal task.
+//! - `wiring.rs`: turning configuration into the relay's parts: routes, token sources, TLS,
+//!   listeners, the admin server (shared by `serve`, `check-config` and `send-test`).
+//! - `relay.rs`: the built relay, and running it until told to stop (shutdown order).
+//! - `reload.rs`: reloading the listeners' certificates on SIGHUP or when the files change.
 //! - `commands.rs`: `check-config`, `hash-password`, `send-test`.
 //! - `queue_cmd.rs`: `queue list|show|retry|delete|failed|requeue`.
 //! - `account_cmd.rs`: `account list|status|login|logout` and `keygen`.
@@ -19,6 +22,8 @@ mod account_cmd;
 mod commands;
 mod logging;
 mod queue_cmd;
+mod relay;
+mod reload;
 mod serve;
 mod signin;
 mod status;

@@ -114,6 +114,29 @@ impl Releaser {
     }
 }
 
+/// The tasks that keep delegated accounts signed in, built and not yet running.
+pub struct Tasks {
+    pub store: Arc<TokenStore>,
+    /// The delegated accounts.
+    pub accounts: Vec<String>,
+    pub releaser: Arc<Releaser>,
+    /// The token source of each delegated account's primary route.
+    pub fresh: Vec<(String, Arc<dyn TokenSource>)>,
+}
+
+impl Tasks {
+    /// Starts watching the store and keeping tokens fresh, until `stop`.
+    pub fn spawn(self, stop: CancellationToken) {
+        tokio::spawn(watch_store(
+            self.store,
+            self.accounts,
+            self.releaser,
+            stop.clone(),
+        ));
+        tokio::spawn(keep_fresh(self.fresh, stop));
+    }
+}
+
 /// Watches the token files of `accounts` for sign-ins made by another process, until `stop`.
 pub async fn watch_store(
     store: Arc<TokenStore>,
