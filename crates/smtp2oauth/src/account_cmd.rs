@@ -65,10 +65,10 @@ pub async fn run(path: Option<&Path>, command: AccountCommand) -> ExitCode {
         }
     };
     let result = match command {
-        AccountCommand::List => list(&cfg),
-        AccountCommand::Status { name } => status(&cfg, &name),
+        AccountCommand::List => list(&cfg).await,
+        AccountCommand::Status { name } => status(&cfg, &name).await,
         AccountCommand::Login { name } => login(&cfg, &name).await,
-        AccountCommand::Logout { name } => logout(&cfg, &name),
+        AccountCommand::Logout { name } => logout(&cfg, &name).await,
     };
     match result {
         Ok(code) => code,
@@ -79,12 +79,14 @@ pub async fn run(path: Option<&Path>, command: AccountCommand) -> ExitCode {
     }
 }
 
-fn store(cfg: &Loaded, generate: bool) -> anyhow::Result<Option<Arc<TokenStore>>> {
-    Ok(wiring::open_token_store(cfg, generate)?.map(|(s, _)| s))
+async fn store(cfg: &Loaded, generate: bool) -> anyhow::Result<Option<Arc<TokenStore>>> {
+    Ok(wiring::open_token_store(cfg, generate)
+        .await?
+        .map(|(s, _)| s))
 }
 
 /// One line of state for an account.
-fn state_line(account: &AccountSpec, store: Option<&TokenStore>) -> String {
+async fn state_line(account: &AccountSpec, store: Option<&TokenStore>) -> String {
     if matches!(account.route, RouteSpec::Capture { .. }) {
         return "no sign-in needed (capture)".into();
     }
@@ -92,7 +94,11 @@ fn state_line(account: &AccountSpec, store: Option<&TokenStore>) -> String {
         return "app-only: the running relay gets its tokens (see `smtp2oauth health --ready`)"
             .into();
     }
-    match store.map(|s| s.load(&account.name)) {
+    let record = match store {
+        Some(s) => Some(s.load(&account.name).await),
+        None => None,
+    };
+    match record {
         None | Some(Ok(None)) => "not signed in".into(),
         Some(Err(e)) => format!("token file unreadable: {e}"),
         Some(Ok(Some(t))) if t.sign_in_required => "sign-in needed".into(),
@@ -108,8 +114,8 @@ fn flow_name(account: &AccountSpec) -> &'static str {
     account.flow().map_or("none", |f| f.as_str())
 }
 
-fn list(cfg: &Loaded) -> anyhow::Result<ExitCode> {
-    let store = store(cfg, false)?;
+async fn list(cfg: &Loaded) -> anyhow::Result<ExitCode> {
+    let store = store(cfg, false).await?;
     let width = cfg
         .accounts
         .iter()
@@ -124,23 +130,23 @@ fn list(cfg: &Loaded) -> anyhow::Result<ExitCode> {
             a.name,
             a.route.kind().as_str(),
             flow_name(a),
-            state_line(a, store.as_deref())
+            state_line(a, store.as_deref()).await
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
+async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     let Some(a) = cfg.account(name) else {
         eprintln!("smtp2oauth: no account named `{name}`");
         return Ok(ExitCode::from(2));
     };
-    let store = store(cfg, false)?;
+    let store = store(cfg, false).await?;
     println!("account:      {}", a.name);
     println!("mailbox:      {}", a.mailbox);
     println!("route:        {}", a.route.kind().as_str());
     println!("flow:         {}", flow_name(a));
-    println!("state:        {}", state_line(a, store.as_deref()));
+    println!("state:        {}", state_line(a, store.as_deref()).await);
     let Some(oauth) = a.delegated() else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -158,7 +164,7 @@ fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
         store.path(&a.name).display(),
         store.key_id()
     );
-    let record: Option<StoredToken> = store.load(&a.name)?;
+    let record: Option<StoredToken> = store.load(&a.name).await?;
     let needs_login = match &record {
         None => true,
         Some(t) => {
@@ -178,7 +184,7 @@ fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
             t.sign_in_required || t.refresh_token.is_none()
         }
     };
-    if let Some(p) = store.login_prompt(&a.name) {
+    if let Some(p) = store.login_prompt(&a.name).await {
         println!(
             "in progress:  open {} and enter {} (until {}, started by {})",
             p.verification_uri,
@@ -194,19 +200,23 @@ fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn logout(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
+async fn logout(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     let Some(a) = cfg.account(name).filter(|a| a.delegated().is_some()) else {
         eprintln!("smtp2oauth: no account named `{name}` signs in with a delegated flow");
         return Ok(ExitCode::from(2));
     };
-    match store(cfg, false)? {
-        Some(store) if store.sign_out(&a.name)? => {
-            println!(
-                "signed out: the stored sign-in of account {} is deleted; its mail waits until someone signs in again",
-                a.name
-            );
-        }
-        _ => println!("account {} has no stored sign-in", a.name),
+    let store = store(cfg, false).await?;
+    let signed_out = match &store {
+        Some(store) => store.sign_out(&a.name).await?,
+        None => false,
+    };
+    if signed_out {
+        println!(
+            "signed out: the stored sign-in of account {} is deleted; its mail waits until someone signs in again",
+            a.name
+        );
+    } else {
+        println!("account {} has no stored sign-in", a.name);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -223,7 +233,8 @@ async fn login(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
         );
         return Ok(ExitCode::from(2));
     };
-    let (store, origin) = wiring::open_token_store(cfg, true)?
+    let (store, origin) = wiring::open_token_store(cfg, true)
+        .await?
         .ok_or_else(|| anyhow::anyhow!("the token store could not be opened"))?;
     if let smtp2oauth_tokens::KeyOrigin::Generated(path) = &origin {
         eprintln!(
@@ -287,7 +298,7 @@ async fn device_login(
     tokio::select! {
         r = wait => r,
         _ = tokio::signal::ctrl_c() => {
-            let _ = store.set_login_prompt(&account.name, None);
+            let _ = store.set_login_prompt(&account.name, None).await;
             Err(SignInError::Provider("interrupted before anyone signed in".into()))
         }
     }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// Reports every problem with its key path; exit status 1 when there is any.
-pub fn check_config(path: Option<&Path>) -> ExitCode {
+pub async fn check_config(path: Option<&Path>) -> ExitCode {
     let cfg = match smtp2oauth_config::parse(path, std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -25,7 +25,7 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
         warnings: Vec::new(),
         path: path.map(Path::to_path_buf),
     };
-    problems.append(&mut deep_checks(&loaded));
+    problems.append(&mut deep_checks(&loaded).await);
     let cfg = &loaded.config;
     for w in &warnings {
         eprintln!("warning: {w}");
@@ -50,7 +50,7 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
 /// Checks that need more than the schema: hashes parse, credentials load, TLS files load.
 /// Accounts are checked from their specs, so an account with problems of its own is checked
 /// here once those are fixed.
-fn deep_checks(loaded: &Loaded) -> Vec<Problem> {
+async fn deep_checks(loaded: &Loaded) -> Vec<Problem> {
     let cfg = &loaded.config;
     let mut p = Vec::new();
     if let Err(errs) = smtp2oauth_inbound::Directory::from_config(cfg) {
@@ -63,7 +63,7 @@ fn deep_checks(loaded: &Loaded) -> Vec<Problem> {
     for a in &loaded.accounts {
         account_checks(a, &account_key(cfg, &a.name), &mut p);
     }
-    token_store_checks(loaded, &mut p);
+    token_store_checks(loaded, &mut p).await;
     listener_tls_checks(cfg, &mut p);
     p
 }
@@ -102,13 +102,13 @@ fn account_checks(a: &AccountSpec, key: &str, p: &mut Vec<Problem>) {
 }
 
 /// Stored sign-ins must open with the master key the relay will use (nothing is created).
-fn token_store_checks(loaded: &Loaded, p: &mut Vec<Problem>) {
-    match wiring::open_token_store(loaded, false) {
+async fn token_store_checks(loaded: &Loaded, p: &mut Vec<Problem>) {
+    match wiring::open_token_store(loaded, false).await {
         Err(e) => p.push(Problem::new("store.master_key_file", format!("{e:#}"))),
         Ok(None) => {}
         Ok(Some((store, _))) => {
             for a in loaded.accounts.iter().filter(|a| a.delegated().is_some()) {
-                if let Err(e) = store.load(&a.name) {
+                if let Err(e) = store.load(&a.name).await {
                     p.push(Problem::new(
                         account_key(&loaded.config, &a.name),
                         e.to_string(),
@@ -225,8 +225,10 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
         eprintln!("smtp2oauth: no account named `{account}`");
         return ExitCode::from(2);
     };
-    let built = (|| {
-        let store = wiring::open_token_store(&loaded, false)?.map(|(s, _)| s);
+    let built = async {
+        let store = wiring::open_token_store(&loaded, false)
+            .await?
+            .map(|(s, _)| s);
         if acct.delegated().is_some() && store.is_none() {
             anyhow::bail!(
                 "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
@@ -236,12 +238,13 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
         }
         let mut tokens = wiring::TokenSources::new();
         if let Some(scope) = acct.route.scope() {
-            let source = wiring::token_source(cfg, acct, scope, store.as_ref())?;
+            let source = wiring::token_source(cfg, acct, scope, store.as_ref()).await?;
             tokens.insert(acct.name.clone(), source);
         }
         let slots = wiring::GraphSlots::default();
-        wiring::route(cfg, acct, &tokens, &slots, store.as_ref())
-    })();
+        wiring::route(cfg, acct, &tokens, &slots, store.as_ref()).await
+    }
+    .await;
     let route = match built {
         Ok(r) => r,
         Err(e) => {

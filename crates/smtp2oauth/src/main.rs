@@ -180,7 +180,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { config } => commands::check_config(config.path().as_deref()),
+        Command::CheckConfig { config } => {
+            runtime().block_on(commands::check_config(config.path().as_deref()))
+        }
         Command::HashPassword {
             m_cost,
             t_cost,

@@ -54,10 +54,10 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         let errs: Vec<_> = errs.iter().map(|e| e.to_string()).collect();
         anyhow!("{}", errs.join("; "))
     })?);
-    let store = token_store(loaded)?;
-    let tokens = token_sources(loaded, store.as_ref())?;
+    let store = token_store(loaded).await?;
+    let tokens = token_sources(loaded, store.as_ref()).await?;
     report_sign_ins_needed(loaded, &tokens);
-    let routes = routes(loaded, &tokens, store.as_ref())?;
+    let routes = routes(loaded, &tokens, store.as_ref()).await?;
     log_accounts(loaded, &routes);
     let readiness_accounts = admin::readiness_accounts(loaded, &routes);
     let metrics = Metrics::new(Some(Arc::new(status::RelaySnapshot {
@@ -73,7 +73,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
     ));
     recover(cfg, &scheduler, &spool).await?;
     let sign_in = match &store {
-        Some(store) => Some(sign_in(loaded, store, &tokens, &scheduler)?),
+        Some(store) => Some(sign_in(loaded, store, &tokens, &scheduler).await?),
         None => None,
     };
     let inbound = inbound(cfg, directory, spool.clone(), scheduler.clone(), &metrics);
@@ -123,8 +123,8 @@ fn open_spool(cfg: &Config) -> Result<(Spool, SpoolLock)> {
 }
 
 /// Opens the token store (creating the master key on first use) when an account signs in.
-fn token_store(loaded: &Loaded) -> Result<Option<Arc<TokenStore>>> {
-    let Some((store, origin)) = open_token_store(loaded, true)? else {
+async fn token_store(loaded: &Loaded) -> Result<Option<Arc<TokenStore>>> {
+    let Some((store, origin)) = open_token_store(loaded, true).await? else {
         return Ok(None);
     };
     if let KeyOrigin::Generated(path) = &origin {
@@ -182,7 +182,7 @@ async fn recover(cfg: &Config, scheduler: &Scheduler, spool: &Spool) -> Result<(
 
 /// The sign-in manager (for the accounts page) and the tasks that notice sign-ins and keep
 /// tokens fresh.
-fn sign_in(
+async fn sign_in(
     loaded: &Loaded,
     store: &Arc<TokenStore>,
     tokens: &TokenSources,
@@ -196,10 +196,13 @@ fn sign_in(
         .map(|a| a.name.clone())
         .collect();
     let releaser =
-        signin::Releaser::new(store.clone(), &accounts, tokens.clone(), scheduler.clone());
+        signin::Releaser::new(store.clone(), &accounts, tokens.clone(), scheduler.clone()).await;
     {
         let releaser = releaser.clone();
-        manager.on_signed_in(move |account| releaser.check(account));
+        manager.on_signed_in(move |account| {
+            let releaser = releaser.clone();
+            async move { releaser.check(&account).await }
+        });
     }
     let fresh = accounts
         .iter()

@@ -392,13 +392,13 @@ impl std::fmt::Debug for StoredRefreshGrant {
 impl StoredRefreshGrant {
     /// Reads the account's file once, so a store that cannot be read (wrong master key, a
     /// modified file) stops the relay at start with the reason, instead of at the first refresh.
-    pub fn new(
+    pub async fn new(
         account: impl Into<String>,
         client: DelegatedClient,
         store: Arc<TokenStore>,
     ) -> Result<Self, crate::store::StoreError> {
         let account = account.into();
-        let record = store.load(&account)?;
+        let record = store.load(&account).await?;
         let needed = needs_sign_in(record.as_ref(), &client.client_id).is_some();
         Ok(Self {
             account,
@@ -421,11 +421,9 @@ impl StoredRefreshGrant {
     }
 
     async fn load(&self) -> Result<Option<StoredToken>, TokenError> {
-        let store = self.store.clone();
-        let account = self.account.clone();
-        tokio::task::spawn_blocking(move || store.load(&account))
+        self.store
+            .load(&self.account)
             .await
-            .map_err(|e| TokenError::configuration(format!("token store: {e}")))?
             .map_err(|e| TokenError::configuration(e.to_string()))
     }
 
@@ -435,21 +433,18 @@ impl StoredRefreshGrant {
         seen: u64,
         change: impl FnOnce(&mut StoredToken) + Send + 'static,
     ) -> Result<bool, crate::store::StoreError> {
-        let store = self.store.clone();
-        let account = self.account.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut wrote = false;
-            store.update(&account, |current| {
+        let wrote = Arc::new(AtomicBool::new(false));
+        let written = wrote.clone();
+        self.store
+            .update(&self.account, move |current| {
                 let current = current.filter(|c| c.generation == seen)?;
                 let mut next = current.clone();
                 change(&mut next);
-                wrote = true;
+                written.store(true, Ordering::SeqCst);
                 Some(next)
-            })?;
-            Ok(wrote)
-        })
-        .await
-        .unwrap_or(Ok(false))
+            })
+            .await?;
+        Ok(wrote.load(Ordering::SeqCst))
     }
 
     async fn request(&self, http: &reqwest::Client) -> Result<TokenResponse, TokenError> {
@@ -580,13 +575,16 @@ impl Grant for StoredRefreshGrant {
     }
 
     fn credentials_changed(&self) {
-        // A small file read; done here so the state is right at once, before any request.
-        match self.store.load(&self.account) {
-            Ok(record) => {
+        // Whoever says the credentials changed has just read or written the file through the
+        // store, which remembers it: the state is right at once, without a read here.
+        match self.store.last_known(&self.account) {
+            Some(record) => {
                 let needed = needs_sign_in(record.as_ref(), &self.client.client_id).is_some();
                 self.sign_in_required.store(needed, Ordering::SeqCst);
             }
-            Err(e) => warn!(account = %self.account, error = %e, "cannot read the token file"),
+            None => {
+                warn!(account = %self.account, "the token file was never read; its state is known at the next request")
+            }
         }
     }
 }

@@ -11,6 +11,8 @@
 //! [`SignInManager::on_signed_in`] are told, so queued mail can go out at once.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -106,7 +108,7 @@ struct Pending {
     started: Instant,
 }
 
-type Listener = Arc<dyn Fn(&str) + Send + Sync>;
+type Listener = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Starts and completes sign-ins for the delegated accounts.
 pub struct SignInManager {
@@ -147,9 +149,14 @@ impl SignInManager {
         }
     }
 
-    /// Calls `listener(account)` after every successful sign-in.
-    pub fn on_signed_in(&self, listener: impl Fn(&str) + Send + Sync + 'static) {
-        lock(&self.listeners).push(Arc::new(listener));
+    /// Calls `listener(account)` after every successful sign-in, and waits for it before the
+    /// sign-in is reported complete (so whatever the listener updates is current by then).
+    pub fn on_signed_in<F, Fut>(&self, listener: F)
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        lock(&self.listeners).push(Arc::new(move |account| Box::pin(listener(account))));
     }
 
     pub fn target(&self, account: &str) -> Option<&SignInTarget> {
@@ -262,7 +269,7 @@ impl SignInManager {
             expires_at: unix(device.expires_at()),
             started_by: started_by.to_owned(),
         };
-        if let Err(e) = target.store.set_login_prompt(account, Some(&prompt)) {
+        if let Err(e) = target.store.set_login_prompt(account, Some(prompt)).await {
             warn!(account, error = %e, "cannot record the device-code login for the accounts page");
         }
         info!(account, user_code = %device.user_code, verification_uri = %device.verification_uri,
@@ -282,7 +289,7 @@ impl SignInManager {
             .client
             .poll_device_login(&target.http, device, on_event)
             .await;
-        let _ = target.store.set_login_prompt(account, None);
+        let _ = target.store.set_login_prompt(account, None).await;
         self.store_sign_in(target, result?).await
     }
 
@@ -358,21 +365,15 @@ impl SignInManager {
             sign_in_required: false,
             generation: 0,
         };
-        let store = target.store.clone();
-        let account = target.account.clone();
-        tokio::task::spawn_blocking(move || store.update(&account, move |_| Some(record)))
-            .await
-            .map_err(|e| {
-                SignInError::Store(StoreError::Io {
-                    path: target.store.path(&target.account),
-                    error: std::io::Error::other(e.to_string()),
-                })
-            })??;
+        target
+            .store
+            .update(&target.account, move |_| Some(record))
+            .await?;
         info!(account = %target.account, flow = target.client.flow.as_str(), scope = response.scope.as_deref().unwrap_or(""),
             file = %target.store.path(&target.account).display(), "signed in: the refresh token is stored, encrypted");
         let listeners: Vec<Listener> = lock(&self.listeners).clone();
         for listener in listeners {
-            listener(&target.account);
+            listener(target.account.clone()).await;
         }
         Ok(())
     }

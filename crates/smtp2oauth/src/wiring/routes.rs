@@ -33,7 +33,7 @@ impl GraphSlots {
 }
 
 /// Every account's route.
-pub fn routes(
+pub async fn routes(
     loaded: &Loaded,
     tokens: &TokenSources,
     store: Option<&Arc<TokenStore>>,
@@ -41,17 +41,15 @@ pub fn routes(
     let slots = GraphSlots::default();
     let mut out: Routes = HashMap::new();
     for a in &loaded.accounts {
-        out.insert(
-            a.name.clone(),
-            route(&loaded.config, a, tokens, &slots, store)?,
-        );
+        let route = route(&loaded.config, a, tokens, &slots, store).await?;
+        out.insert(a.name.clone(), route);
     }
     Ok(out)
 }
 
 /// The account's route, wrapped with its fallback route when it has one. `tokens` holds the
 /// primary route's token source; the fallback gets its own (its scope differs).
-pub fn route(
+pub async fn route(
     cfg: &Config,
     account: &AccountSpec,
     tokens: &TokenSources,
@@ -68,10 +66,10 @@ pub fn route(
     let Some(fallback) = &account.fallback else {
         return Ok(primary);
     };
-    let fallback_tokens = fallback
-        .scope()
-        .map(|scope| token_source(cfg, account, scope, store))
-        .transpose()?;
+    let fallback_tokens = match fallback.scope() {
+        Some(scope) => Some(token_source(cfg, account, scope, store).await?),
+        None => None,
+    };
     let fallback = route_of(cfg, account, fallback, fallback_tokens, slots)?;
     Ok(Arc::new(FallbackRoute::new(
         account.name.clone(),

@@ -55,30 +55,33 @@ pub fn user_agent() -> String {
 /// Opens the encrypted token store when some account signs in with a delegated flow. With
 /// `generate`, a missing master key is created on first use (`serve`, `account login`);
 /// without, `Ok(None)` means nothing was ever stored (read-only commands create nothing).
-pub fn open_token_store(
+pub async fn open_token_store(
     loaded: &Loaded,
     generate: bool,
 ) -> Result<Option<(Arc<TokenStore>, KeyOrigin)>> {
     if !loaded.has_delegated() {
         return Ok(None);
     }
-    let cfg = &loaded.config;
+    let store_dir = loaded.config.store.dir.clone();
+    let key_file = loaded.config.store.master_key_file.clone();
     let env = std::env::var(MASTER_KEY_ENV).ok();
-    let found = smtp2oauth_tokens::load_master_key(
-        env.as_deref(),
-        cfg.store.master_key_file.as_deref(),
-        &cfg.store.dir,
-        generate,
-    )?;
+    let dir = store_dir.join("tokens");
+    let found = tokio::task::spawn_blocking(move || {
+        let found = smtp2oauth_tokens::load_master_key(
+            env.as_deref(),
+            key_file.as_deref(),
+            &store_dir,
+            generate,
+        )?;
+        // Nothing was ever stored: a read-only command creates nothing.
+        let stored = generate || store_dir.join("tokens").exists();
+        anyhow::Ok(found.filter(|_| stored))
+    })
+    .await??;
     let Some((key, origin)) = found else {
         return Ok(None);
     };
-    let dir = cfg.store.dir.join("tokens");
-    if !generate && !dir.exists() {
-        // Nothing was ever stored; a read-only command creates nothing.
-        return Ok(None);
-    }
-    let store = TokenStore::open(&dir, &key)?;
+    let store = TokenStore::open(&dir, &key).await?;
     Ok(Some((Arc::new(store), origin)))
 }
 
@@ -151,7 +154,7 @@ pub fn sign_in_targets(loaded: &Loaded, store: &Arc<TokenStore>) -> Result<Vec<S
 /// The token source for one route of an account (`scope` is that route's): each route has its
 /// own cache (the primary's is the one readiness checks and metrics report). A delegated
 /// account's routes share one stored sign-in.
-pub fn token_source(
+pub async fn token_source(
     cfg: &Config,
     account: &AccountSpec,
     scope: &str,
@@ -188,6 +191,7 @@ pub fn token_source(
         delegated_client(&name, oauth, scope)?,
         store.clone(),
     )
+    .await
     .with_context(|| format!("account `{name}`: token store"))?;
     Ok(Arc::new(TokenCache::with_grant(
         name,
@@ -198,14 +202,15 @@ pub fn token_source(
 }
 
 /// Every account's token source for its primary route.
-pub fn token_sources(loaded: &Loaded, store: Option<&Arc<TokenStore>>) -> Result<TokenSources> {
+pub async fn token_sources(
+    loaded: &Loaded,
+    store: Option<&Arc<TokenStore>>,
+) -> Result<TokenSources> {
     let mut out = HashMap::new();
     for a in &loaded.accounts {
         if let Some(scope) = a.route.scope() {
-            out.insert(
-                a.name.clone(),
-                token_source(&loaded.config, a, scope, store)?,
-            );
+            let source = token_source(&loaded.config, a, scope, store).await?;
+            out.insert(a.name.clone(), source);
         }
     }
     Ok(out)
