@@ -8,10 +8,10 @@
 //! Subcommands:
 //! - `run`: one scenario (fakes, a peer, load, drain) with a table or JSON of its figures;
 //! - `peers`: the same load through the sink alone (the ceiling), the relay (with and without
-//!   its upstream session pool) and Postfix, repeated and alternated (issue 7's comparisons);
+//!   its upstream session pool) and Postfix, repeated and alternated (the relay's targets);
 //! - `memory`: the relay's memory at rest, with many idle sessions, and with one large message;
 //! - `load`: only the load generator, against any SMTP server;
-//! - `compare`: durable vs non-durable spooling, repeated and alternated (issue 3's figure).
+//! - `compare`: durable vs non-durable spooling, repeated and alternated (what durability costs).
 //!
 //! Modules: `load` (the generator), `idle` (idle sessions), `message` (what it sends), `tls`
 //! (its STARTTLS), `upstream` (the fake token endpoint and sink of one run), `relay` (the relay

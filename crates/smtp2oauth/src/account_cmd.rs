@@ -310,41 +310,12 @@ async fn browser_login(
     account: &AccountSpec,
     redirect: &str,
 ) -> Result<(), SignInError> {
-    let Some(rest) = redirect.strip_prefix("http://") else {
-        return Err(SignInError::Provider(format!(
-            "the redirect URI {redirect} is not plain http, so this command cannot receive it; sign in on the accounts page behind your HTTPS front end instead"
-        )));
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = path.split('?').next().unwrap_or("/").to_string();
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let bind_to = with_port.replacen("localhost:", "127.0.0.1:", 1);
-    let listener = match tokio::net::TcpListener::bind(&bind_to).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return Err(SignInError::Provider(format!(
-                "{authority} is in use, probably by the running relay's accounts page: open http://{authority}/accounts and use Sign in there"
-            )));
-        }
-        Err(e) => {
-            return Err(SignInError::Provider(format!(
-                "cannot listen on {authority} for the redirect: {e}"
-            )));
-        }
-    };
+    let target = RedirectTarget::parse(redirect)?;
+    let listener = target.bind().await?;
     let url = manager.begin_authorization(&account.name, "cli")?;
     println!(
         "To sign in account {} ({}), open this URL in a browser on this machine (or one whose localhost reaches it, e.g. through an SSH tunnel to port {}):",
-        account.name,
-        account.mailbox,
-        with_port.rsplit(':').next().unwrap_or("80")
+        account.name, account.mailbox, target.port
     );
     println!("{url}");
     println!("Waiting for the sign-in to come back to {redirect} ...");
@@ -357,58 +328,106 @@ async fn browser_login(
             }
             continue;
         };
-        let Some(target) = read_request_target(&mut stream).await else {
-            continue;
-        };
-        let (req_path, query) = target.split_once('?').unwrap_or((&target, ""));
-        if req_path != path {
-            respond(
-                &mut stream,
-                404,
-                "Not found",
-                "This is not the sign-in callback.",
-            )
-            .await;
-            continue;
+        if let Some(done) = callback(manager, &target.path, &mut stream).await {
+            return done;
         }
-        let q = parse_query(query);
-        let params = CallbackParams {
-            state: q.get("state").cloned(),
-            code: q.get("code").map(|c| Secret::from(c.as_str())),
-            error: q.get("error").cloned(),
-            error_description: q.get("error_description").cloned(),
+    }
+}
+
+/// Where the redirect URI sends the browser, as this command listens for it.
+struct RedirectTarget {
+    /// `host[:port]` as written in the URI.
+    authority: String,
+    /// `host:port` (port 80 when the URI names none).
+    with_port: String,
+    /// The callback's path.
+    path: String,
+    /// The port, for the instructions.
+    port: String,
+}
+
+impl RedirectTarget {
+    fn parse(redirect: &str) -> Result<Self, SignInError> {
+        let Some(rest) = redirect.strip_prefix("http://") else {
+            return Err(SignInError::Provider(format!(
+                "the redirect URI {redirect} is not plain http, so this command cannot receive it; sign in on the accounts page behind your HTTPS front end instead"
+            )));
         };
-        match manager.complete_authorization(params, "cli").await {
-            Ok(_) => {
-                respond(
-                    &mut stream,
-                    200,
-                    "Signed in",
-                    "Signed in. You can close this window; smtp2oauth stores the sign-in.",
-                )
-                .await;
-                return Ok(());
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = path.split('?').next().unwrap_or("/").to_string();
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let port = with_port.rsplit(':').next().unwrap_or("80").to_string();
+        Ok(RedirectTarget {
+            authority: authority.to_string(),
+            with_port,
+            path,
+            port,
+        })
+    }
+
+    /// Listens where the browser will come back; a busy port is most likely the relay's own
+    /// accounts page, which can take the sign-in itself.
+    async fn bind(&self) -> Result<tokio::net::TcpListener, SignInError> {
+        let bind_to = self.with_port.replacen("localhost:", "127.0.0.1:", 1);
+        let shown = &self.authority;
+        match tokio::net::TcpListener::bind(&bind_to).await {
+            Ok(l) => Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                Err(SignInError::Provider(format!(
+                    "{shown} is in use, probably by the running relay's accounts page: open http://{shown}/accounts and use Sign in there"
+                )))
             }
-            // A stale tab or a stray request: keep waiting for the real one.
-            Err(SignInError::UnknownState) => {
-                respond(
-                    &mut stream,
-                    400,
-                    "Not this sign-in",
-                    "This response does not belong to the sign-in smtp2oauth is waiting for.",
-                )
-                .await;
-            }
-            Err(e) => {
-                respond(
-                    &mut stream,
-                    400,
-                    "Sign-in failed",
-                    &format!("The sign-in did not complete: {e}"),
-                )
-                .await;
-                return Err(e);
-            }
+            Err(e) => Err(SignInError::Provider(format!(
+                "cannot listen on {shown} for the redirect: {e}"
+            ))),
+        }
+    }
+}
+
+/// Answers one request to the redirect listener: `Some` once the sign-in is done (or failed
+/// for good), `None` to keep waiting (a stray request, a stale tab).
+async fn callback(
+    manager: &SignInManager,
+    path: &str,
+    stream: &mut tokio::net::TcpStream,
+) -> Option<Result<(), SignInError>> {
+    let target = read_request_target(stream).await?;
+    let (req_path, query) = target.split_once('?').unwrap_or((&target, ""));
+    if req_path != path {
+        let text = "This is not the sign-in callback.";
+        respond(stream, 404, "Not found", text).await;
+        return None;
+    }
+    let q = parse_query(query);
+    let params = CallbackParams {
+        state: q.get("state").cloned(),
+        code: q.get("code").map(|c| Secret::from(c.as_str())),
+        error: q.get("error").cloned(),
+        error_description: q.get("error_description").cloned(),
+    };
+    match manager.complete_authorization(params, "cli").await {
+        Ok(_) => {
+            let text = "Signed in. You can close this window; smtp2oauth stores the sign-in.";
+            respond(stream, 200, "Signed in", text).await;
+            Some(Ok(()))
+        }
+        // A stale tab or a stray request: keep waiting for the real one.
+        Err(SignInError::UnknownState) => {
+            let text = "This response does not belong to the sign-in smtp2oauth is waiting for.";
+            respond(stream, 400, "Not this sign-in", text).await;
+            None
+        }
+        Err(e) => {
+            let text = format!("The sign-in did not complete: {e}");
+            respond(stream, 400, "Sign-in failed", &text).await;
+            Some(Err(e))
         }
     }
 }

@@ -2,10 +2,11 @@
 
 use crate::wiring;
 use smtp2oauth_config::{AccountSpec, Config, Loaded, Problem, RouteSpec};
-use smtp2oauth_upstream::{Message, advice};
+use smtp2oauth_upstream::{Message, Route, advice};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Reports every problem with its key path; exit status 1 when there is any.
 pub async fn check_config(path: Option<&Path>) -> ExitCode {
@@ -188,27 +189,31 @@ pub fn hash_password(m_cost: u32, t_cost: u32, p_cost: u32) -> ExitCode {
     }
 }
 
-/// Prompts on standard error and reads a line from the terminal with echo turned off.
+/// Prompts on the terminal and reads a line from it with echo turned off.
 fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
-    eprint!("{prompt}");
-    std::io::stderr().flush()?;
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data; tcgetattr/tcsetattr only read/write the struct we own.
-    let mut term: libc::termios = unsafe { std::mem::zeroed() };
-    let have_term = unsafe { libc::tcgetattr(fd, &mut term) } == 0;
-    let saved = term;
-    if have_term {
-        term.c_lflag &= !libc::ECHO;
-        term.c_lflag |= libc::ECHONL;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
+    rpassword::prompt_password(prompt)
+}
+
+/// The account's route as the relay would build it, with the stored sign-in if it has one.
+async fn test_route(loaded: &Loaded, acct: &AccountSpec) -> anyhow::Result<Arc<dyn Route>> {
+    let cfg = &loaded.config;
+    let store = wiring::open_token_store(loaded, false)
+        .await?
+        .map(|(s, _)| s);
+    if acct.delegated().is_some() && store.is_none() {
+        anyhow::bail!(
+            "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
+            acct.name,
+            acct.name
+        );
     }
-    let mut line = String::new();
-    let r = std::io::stdin().lock().read_line(&mut line);
-    if have_term {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    let mut tokens = wiring::TokenSources::new();
+    if let Some(scope) = acct.route.scope() {
+        let source = wiring::token_source(cfg, acct, scope, store.as_ref()).await?;
+        tokens.insert(acct.name.clone(), source);
     }
-    r?;
-    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    let slots = wiring::GraphSlots::default();
+    wiring::route(cfg, acct, &tokens, &slots, store.as_ref()).await
 }
 
 /// Sends a short message through an account's route and prints what the upstream said.
@@ -225,26 +230,7 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
         eprintln!("smtp2oauth: no account named `{account}`");
         return ExitCode::from(2);
     };
-    let built = async {
-        let store = wiring::open_token_store(&loaded, false)
-            .await?
-            .map(|(s, _)| s);
-        if acct.delegated().is_some() && store.is_none() {
-            anyhow::bail!(
-                "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
-                acct.name,
-                acct.name
-            );
-        }
-        let mut tokens = wiring::TokenSources::new();
-        if let Some(scope) = acct.route.scope() {
-            let source = wiring::token_source(cfg, acct, scope, store.as_ref()).await?;
-            tokens.insert(acct.name.clone(), source);
-        }
-        let slots = wiring::GraphSlots::default();
-        wiring::route(cfg, acct, &tokens, &slots, store.as_ref()).await
-    }
-    .await;
+    let built = test_route(&loaded, acct).await;
     let route = match built {
         Ok(r) => r,
         Err(e) => {

@@ -217,9 +217,12 @@ fn main() -> ExitCode {
 /// 19 MiB argon2 buffer (and every large message buffer after the first) comes from a heap that
 /// is never given back: a relay that verified two logins an hour ago would still hold 38 MiB.
 /// A fixed threshold keeps memory at rest what the relay is actually using.
+// The one unsafe call of the relay: libc has no safe wrapper for mallopt.
+#[allow(unsafe_code)]
 fn release_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a tunable of the allocator; called before any thread starts.
+    // SAFETY: mallopt only sets a tunable of glibc's allocator (no pointer is passed), and it
+    // runs first in main, before any other thread exists that could be allocating.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
     }
