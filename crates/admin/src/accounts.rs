@@ -34,8 +34,11 @@ use tracing::{info, warn};
 
 /// One account as the page shows it.
 pub struct AccountView {
+    /// The account's name.
     pub name: String,
+    /// The mailbox it sends as.
     pub mailbox: String,
+    /// Its route.
     pub route: Route,
     /// How the account gets tokens; `None` when none of its routes needs one.
     pub flow: Option<Flow>,
@@ -54,14 +57,17 @@ impl AccountView {
 
 /// What the page needs from the relay.
 pub struct AccountsConfig {
+    /// Every account, in configuration order.
     pub accounts: Vec<AccountView>,
     /// Present when some account signs in with a delegated flow.
     pub sign_in: Option<Arc<SignInManager>>,
+    /// The token store, when some account signs in.
     pub store: Option<Arc<TokenStore>>,
     /// argon2 PHC string; with it, the page asks for a password.
     pub password_hash: Option<Secret>,
 }
 
+/// The accounts page: what it shows, and the browser sessions it serves.
 pub struct AccountsPage {
     cfg: AccountsConfig,
     sessions: Sessions,
@@ -69,6 +75,7 @@ pub struct AccountsPage {
 }
 
 impl AccountsPage {
+    /// The page for `cfg`.
     pub fn new(cfg: AccountsConfig) -> Self {
         // Forms may only go to us, except that Sign in redirects on to the provider's
         // authorize endpoint (browsers apply form-action to that redirect too).

@@ -14,6 +14,8 @@
 //!   `GET /oauth/callback` (or the redirect URI's path) completes a browser sign-in
 //!   (`accounts.rs`, with sessions and CSRF in `session.rs`).
 
+#![warn(missing_docs)]
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -37,23 +39,33 @@ pub use accounts::{AccountView, AccountsConfig, AccountsPage};
 /// One readiness check and its outcome, in words an admin can act on.
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
+    /// Short name, e.g. `spool` or `account scanner`.
     pub name: String,
+    /// True when the check passed.
     pub ok: bool,
+    /// What was found, in words.
     pub detail: String,
 }
 
+/// The answer of `/readyz`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Readiness {
+    /// True when every check passed.
     pub ready: bool,
+    /// Every check, passed or not.
     pub checks: Vec<Check>,
 }
 
+/// Runs the readiness checks (supplied by the binary, which knows what to check).
 pub type ReadinessFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
 
+/// What the admin server's handlers share.
 #[derive(Clone)]
 pub struct AdminState {
+    /// Every metric, for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The readiness checks, for `/readyz`.
     pub readiness: ReadinessFn,
     /// The accounts page and OAuth callback; None serves only health and metrics.
     pub accounts: Option<Arc<AccountsPage>>,

@@ -14,6 +14,8 @@
 //! - `spec.rs`: accounts as the relay is built from them (routes, flows and credentials as
 //!   enums carrying only the keys that apply).
 
+#![warn(missing_docs)]
+
 pub mod duration;
 pub mod env;
 mod schema;
@@ -35,10 +37,12 @@ use std::path::{Path, PathBuf};
 pub struct Problem {
     /// Dotted key path, e.g. `accounts.0.client_id`; empty when the problem is not about one key.
     pub key: String,
+    /// What is wrong, in words an admin can act on.
     pub message: String,
 }
 
 impl Problem {
+    /// A problem with `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Problem {
             key: key.into(),
@@ -60,6 +64,7 @@ impl fmt::Display for Problem {
 /// The configuration could not be used. Holds every problem found.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
+    /// Every problem found.
     pub problems: Vec<Problem>,
 }
 
@@ -207,6 +212,7 @@ impl Config {
             .unwrap_or_else(|| "localhost".into())
     }
 
+    /// The `[[accounts]]` entry named `name`, as written.
     pub fn account(&self, name: &str) -> Option<&Account> {
         self.accounts.iter().find(|a| a.name == name)
     }

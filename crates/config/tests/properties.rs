@@ -2,6 +2,8 @@
 //! fuzz target (fuzz/, docs/fuzzing.md). An admin's typo must give a list of problems, never a
 //! panic; and a client secret from the environment must arrive exactly as written.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
 use smtp2oauth_config::{check, parse_str, validate};
 

@@ -35,19 +35,25 @@ pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 /// Whose endpoints these are; decides a few provider habits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
+    /// Microsoft Entra ID.
     Microsoft,
+    /// Google (refresh tokens need `access_type=offline` and a consent prompt).
     Google,
+    /// Any RFC 6749 endpoint.
     Generic,
 }
 
 /// How a person signs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DelegatedFlow {
+    /// Authorization code with PKCE: a browser comes back to the redirect URI.
     AuthorizationCode,
+    /// Device code: a person enters a short code on any device.
     DeviceCode,
 }
 
 impl DelegatedFlow {
+    /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
         match self {
             DelegatedFlow::AuthorizationCode => "authorization_code",
@@ -59,16 +65,23 @@ impl DelegatedFlow {
 /// An app registration and the endpoints a delegated sign-in uses.
 #[derive(Debug, Clone)]
 pub struct DelegatedClient {
+    /// Whose endpoints these are.
     pub provider: ProviderKind,
+    /// How a person signs in.
     pub flow: DelegatedFlow,
+    /// The application (client) ID.
     pub client_id: String,
     /// None for a public client (device code, or a "Mobile and desktop" redirect URI).
     pub credential: Option<ClientCredential>,
     /// Space-separated scopes, e.g. `https://outlook.office.com/SMTP.Send offline_access`.
     pub scope: String,
+    /// The authorization endpoint (authorization code flow).
     pub authorize_url: Option<String>,
+    /// The token endpoint.
     pub token_url: String,
+    /// The device-authorization endpoint (device code flow).
     pub device_code_url: Option<String>,
+    /// Where the browser comes back (authorization code flow; unused by the device flow).
     pub redirect_uri: String,
 }
 
@@ -77,13 +90,19 @@ pub struct DelegatedClient {
 #[derive(Debug, Clone)]
 pub struct DeviceAuthorization {
     device_code: Secret,
+    /// The code a person enters.
     pub user_code: String,
+    /// Where they enter it.
     pub verification_uri: String,
+    /// The same page with the code filled in, when the provider gives one.
     pub verification_uri_complete: Option<String>,
+    /// How long the code works.
     pub expires_in: Duration,
+    /// How often to poll the token endpoint.
     pub interval: Duration,
     /// The provider's instruction text ("To sign in, use a web browser to open ...").
     pub message: Option<String>,
+    /// When the endpoint answered.
     pub issued_at: SystemTime,
 }
 
@@ -100,7 +119,10 @@ pub enum PollEvent<'a> {
     /// Nobody has finished signing in yet.
     Pending,
     /// The endpoint asked us to poll less often; this is the new interval.
-    SlowDown { interval: Duration },
+    SlowDown {
+        /// The polling interval from now on.
+        interval: Duration,
+    },
     /// A temporary failure (network, 5xx); polling goes on until the code expires.
     Retrying(&'a TokenError),
 }
@@ -408,14 +430,17 @@ impl StoredRefreshGrant {
         })
     }
 
+    /// The account whose refresh token this redeems.
     pub fn account(&self) -> &str {
         &self.account
     }
 
+    /// The app registration and endpoints.
     pub fn client(&self) -> &DelegatedClient {
         &self.client
     }
 
+    /// The store the refresh token lives in.
     pub fn store(&self) -> &Arc<TokenStore> {
         &self.store
     }

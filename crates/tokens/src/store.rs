@@ -55,38 +55,76 @@ const MAX_FILE: u64 = 256 * 1024;
 /// source, says what it means and what to do, and never contains key material or tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The master key is not 64 hex characters.
     #[error(
         "the master key from {origin} is not valid: {detail}; it must be 64 hexadecimal \
          characters (32 bytes), as printed by `smtp2oauth keygen` or `openssl rand -hex 32`"
     )]
-    BadKey { origin: String, detail: String },
+    BadKey {
+        /// Where the key came from (the variable or the file).
+        origin: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The master key file could not be read.
     #[error("cannot read the master key file {path}: {error}")]
-    KeyFile { path: PathBuf, error: io::Error },
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Why it could not be read.
+        error: io::Error,
+    },
+    /// Token files exist but no master key was given.
     #[error(
         "{path} holds encrypted sign-ins but there is no master key: set SMTP2OAUTH_MASTER_KEY \
          or [store] master_key_file to the key they were written with (a new key would not open \
          them; to start over, move {path} away and sign in again)"
     )]
-    MissingKey { path: PathBuf },
+    MissingKey {
+        /// The token directory.
+        path: PathBuf,
+    },
+    /// The file was sealed with another master key.
     #[error(
         "{path} was written with a different master key (key id {file_key}; the key in use has \
          key id {key}): set SMTP2OAUTH_MASTER_KEY or [store] master_key_file to the key it was \
          written with"
     )]
     WrongKey {
+        /// The token file.
         path: PathBuf,
+        /// The id of the key the file was sealed with.
         file_key: String,
+        /// The id of the key in use.
         key: String,
     },
+    /// The file fails authentication: modified, damaged, or another account's.
     #[error(
         "{path} was modified or damaged: its contents fail authentication with the master key \
          it names (key id {key}); restore it from a backup, or move it away and sign in again"
     )]
-    Tampered { path: PathBuf, key: String },
+    Tampered {
+        /// The token file.
+        path: PathBuf,
+        /// The id of the key in use.
+        key: String,
+    },
+    /// The file is not a token file at all.
     #[error("{path} is not a smtp2oauth token file: {detail}")]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Reading or writing a file failed.
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        error: io::Error,
+    },
 }
 
 impl StoreError {
@@ -287,6 +325,7 @@ fn read_key_file(path: &Path) -> Result<MasterKey, StoreError> {
 /// Everything kept about one account's sign-in. `Debug` does not print the refresh token.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredToken {
+    /// The refresh token, when someone is signed in.
     pub refresh_token: Option<Secret>,
     /// The app the token belongs to (a token is useless with another client id).
     pub client_id: String,
@@ -342,7 +381,9 @@ fn from_unix(s: u64) -> SystemTime {
 /// leaves the process polling for it, it gives nobody a token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginPrompt {
+    /// The code a person enters.
     pub user_code: String,
+    /// Where they enter it.
     pub verification_uri: String,
     /// Unix seconds.
     pub expires_at: u64,

@@ -4,6 +4,8 @@
 //! What reaches the logs is checked end to end against the real binary (tests/e2e/signin.rs),
 //! where the subscriber is process-wide.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;
