@@ -2,12 +2,12 @@
 # Builds the release relay and bench, prepares the filesystem the spool (and Postfix's queue)
 # lives on, and runs the benchmark. See docs/benchmarks.md.
 #
-#   bench/run.sh                      # issue 3: durable vs non-durable spooling (`compare`)
+#   bench/run.sh                      # durable vs non-durable spooling (`compare`)
 #   bench/run.sh compare --runs 5     # the same with other arguments (they override the defaults)
 #   bench/run.sh peers [ARGS]         # ceiling / relay / Postfix, same load, alternated rounds
 #   bench/run.sh memory [ARGS]        # idle RSS, 1,000 idle sessions, one 35 MiB message
 #   bench/run.sh run [ARGS]           # one scenario
-#   bench/run.sh targets [ARGS]       # every issue 7 target in turn; ARGS go to each of them;
+#   bench/run.sh targets [ARGS]       # every target in turn; ARGS go to each of them;
 #                                     # tables and JSON saved under bench/results/<UTC time>/
 #   BENCH_TARGETS="t1-10 t6" bench/run.sh targets   # only some targets (names below)
 #
@@ -139,7 +139,7 @@ if [ "$sub" != "targets" ]; then
     exit 0
 fi
 
-# Issue 7's targets: name, then the arguments. 10 KiB messages, AUTH PLAIN from the device,
+# The targets (docs/benchmarks.md): name, then the arguments. 10 KiB messages, AUTH PLAIN from the device,
 # durable spooling, pacing off (the bench's relay config), in-process fakes upstream.
 targets=(
     "t1-10|peers --peers ceiling,relay,postfix --sessions 10 --messages 3000 --per-session 1 --size 10240 --runs 3"
@@ -154,7 +154,7 @@ targets=(
 results="${BENCH_RESULTS:-$repo/bench/results}/$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$results"
 {
-    echo "== issue 7 targets =="
+    echo "== targets =="
     context
     echo "results:  $results"
     echo

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub use rustix::process::Signal;
+use rustix::process::{Pid, kill_process};
 use smtp2oauth_testkit::{FakeIdp, FakeSmtp, IdpConfig, SmtpConfig, TestPki};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -344,6 +346,11 @@ impl Relay {
         false
     }
 
+    /// Sends `sig` to the relay.
+    pub fn signal(&self, sig: Signal) {
+        signal(self.pid(), sig);
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().unwrap().id()
     }
@@ -351,7 +358,7 @@ impl Relay {
     /// Sends SIGTERM and waits for exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        signal(child.id(), Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(s) = child.try_wait().unwrap() {
@@ -368,7 +375,7 @@ impl Relay {
     /// Sends SIGKILL (no chance to clean up) and reaps the process.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+            signal(child.id(), Signal::KILL);
             let _ = child.wait();
         }
     }
@@ -553,4 +560,11 @@ pub fn crlf(bytes: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
+}
+
+/// Sends `sig` to process `pid` (one that already exited is not an error).
+pub fn signal(pid: u32, sig: Signal) {
+    if let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) {
+        let _ = kill_process(pid, sig);
+    }
 }

@@ -18,6 +18,8 @@
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
 //!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
 
+#![allow(clippy::unwrap_used)]
+
 mod bad_input;
 mod cli;
 mod deploy;

@@ -1,4 +1,4 @@
-//! Store-and-forward, end to end (issue 3): once the relay answers 250, the message reaches the
+//! Store-and-forward, end to end: once the relay answers 250, the message reaches the
 //! upstream or is reported, whatever happens in between.
 //!
 //! Why this file exists: the spool, the scheduler and the queue command each have unit tests,

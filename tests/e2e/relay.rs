@@ -998,7 +998,7 @@ async fn one_upstream_session_carries_many_device_sessions() {
     assert_eq!(up.idp.token_requests(), 1);
 }
 
-/// Issue 4, provider = "generic": an OAuth mail server that speaks only the standard SASL
+/// provider = "generic": an OAuth mail server that speaks only the standard SASL
 /// mechanism (RFC 7628). The relay gets its token from the configured token endpoint, logs in
 /// with AUTH OAUTHBEARER, and when a cached token is refused it finishes the RFC's error
 /// exchange and logs in again with a new one; no token reaches the logs.

@@ -517,7 +517,7 @@ async fn chromium_sign_in(
         .await
         .is_err()
     {
-        unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+        signal(child.id().unwrap(), Signal::TERM);
         if tokio::time::timeout(Duration::from_secs(30), child.wait())
             .await
             .is_err()

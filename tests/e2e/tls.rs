@@ -138,7 +138,7 @@ async fn sighup_serves_a_renewed_certificate_without_dropping_sessions() {
 
     replace_file(&cert, &renewed.cert_pem());
     replace_file(&key, &renewed.key_pem());
-    unsafe { libc::kill(relay.pid() as i32, libc::SIGHUP) };
+    relay.signal(Signal::HUP);
     assert!(
         relay.wait_log("SIGHUP: TLS certificate reloaded", Duration::from_secs(10)),
         "{}",
@@ -166,7 +166,7 @@ async fn sighup_serves_a_renewed_certificate_without_dropping_sessions() {
 
     // A broken renewal (half-written key) is refused and the last good certificate stays.
     replace_file(&key, "-----BEGIN PRIVATE KEY-----\nAAAA\n");
-    unsafe { libc::kill(relay.pid() as i32, libc::SIGHUP) };
+    relay.signal(Signal::HUP);
     assert!(
         relay.wait_log(
             "SIGHUP: keeping the current certificate",

@@ -22,8 +22,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
+use smtp2oauth_config::{Flow, Route};
 use smtp2oauth_tokens::{
-    CallbackParams, DeviceLoginStatus, Secret, SignInError, SignInManager, TokenSource, TokenStore,
+    CallbackParams, DeviceLoginStatus, Secret, SignInError, SignInManager, TokenSource,
+    TokenStatus, TokenStore,
 };
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -32,27 +34,40 @@ use tracing::{info, warn};
 
 /// One account as the page shows it.
 pub struct AccountView {
+    /// The account's name.
     pub name: String,
+    /// The mailbox it sends as.
     pub mailbox: String,
-    pub route: &'static str,
-    /// `client_credentials`, `authorization_code`, `device_code`.
-    pub flow: &'static str,
+    /// Its route.
+    pub route: Route,
+    /// How the account gets tokens; `None` when none of its routes needs one.
+    pub flow: Option<Flow>,
     /// None for routes that need no token (capture).
     pub tokens: Option<Arc<dyn TokenSource>>,
     /// For authorization-code accounts.
     pub redirect_uri: Option<String>,
 }
 
+impl AccountView {
+    /// True when a person signs the account in (authorization code or device code).
+    fn signs_in(&self) -> bool {
+        matches!(self.flow, Some(Flow::AuthorizationCode | Flow::DeviceCode))
+    }
+}
+
 /// What the page needs from the relay.
 pub struct AccountsConfig {
+    /// Every account, in configuration order.
     pub accounts: Vec<AccountView>,
     /// Present when some account signs in with a delegated flow.
     pub sign_in: Option<Arc<SignInManager>>,
+    /// The token store, when some account signs in.
     pub store: Option<Arc<TokenStore>>,
     /// argon2 PHC string; with it, the page asks for a password.
     pub password_hash: Option<Secret>,
 }
 
+/// The accounts page: what it shows, and the browser sessions it serves.
 pub struct AccountsPage {
     cfg: AccountsConfig,
     sessions: Sessions,
@@ -60,6 +75,7 @@ pub struct AccountsPage {
 }
 
 impl AccountsPage {
+    /// The page for `cfg`.
     pub fn new(cfg: AccountsConfig) -> Self {
         // Forms may only go to us, except that Sign in redirects on to the provider's
         // authorize endpoint (browsers apply form-action to that redirect too).
@@ -249,155 +265,25 @@ impl AccountsPage {
         layout("Accounts", refresh, &body)
     }
 
-    /// One account's table row (and, while a device-code sign-in waits, the code's row).
+    /// One account's table row (and, while a device-code sign-in waits, the code's row); true
+    /// while a sign-in is waiting, so the page refreshes itself.
     async fn row(&self, a: &AccountView, session: &Session, host: Option<&str>) -> (String, bool) {
-        let delegated = a.flow != "client_credentials" && a.tokens.is_some();
+        let delegated = a.signs_in() && a.tokens.is_some();
         let status = a.tokens.as_ref().map(|t| t.status());
         let record = match (&self.cfg.store, delegated) {
-            (Some(store), true) => {
-                let (store, name) = (store.clone(), a.name.clone());
-                tokio::task::spawn_blocking(move || store.load(&name))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
-            }
+            (Some(store), true) => store.load(&a.name).await.map_err(|e| e.to_string()),
             _ => Ok(None),
         };
-        let now = SystemTime::now();
         let sign_in_needed = status.as_ref().is_some_and(|s| s.sign_in_required);
-        let token = match &status {
-            None => "<span class=\"muted\">none needed</span>".to_string(),
-            Some(s) if s.sign_in_required => "<span class=\"bad\">sign-in needed</span>".into(),
-            Some(s) => match s.valid_until.filter(|v| *v > now) {
-                Some(v) => format!(
-                    "<span class=\"good\">valid until {}</span>",
-                    esc(&utc_relative(v))
-                ),
-                None if s.last_error.is_some() => "<span class=\"bad\">no token</span>".into(),
-                None => "<span class=\"muted\">not requested yet</span>".into(),
-            },
-        };
-        let signed_in = match (&record, delegated) {
-            (_, false) if a.flow == "client_credentials" && a.tokens.is_some() => {
-                "app-only".to_string()
-            }
-            (_, false) => "—".to_string(),
-            (Err(e), true) => format!(
-                "<span class=\"bad\">token file unreadable: {}</span>",
-                esc(e)
-            ),
-            (Ok(None), true) => "<span class=\"bad\">not signed in</span>".to_string(),
-            (Ok(Some(r)), true) => match r.signed_in_at {
-                Some(t) => format!("signed in {}", esc(&utc_relative(t))),
-                None => "signed in".into(),
-            },
-        };
-        let last_refresh = [
-            status.as_ref().and_then(|s| s.last_refresh),
-            record.as_ref().ok().and_then(|r| r.as_ref()?.last_refresh),
-        ]
-        .into_iter()
-        .flatten()
-        .max()
-        .map(|t| esc(&utc_relative(t)))
-        .unwrap_or_else(|| "—".into());
-        let last_error = status
-            .as_ref()
-            .and_then(|s| s.last_error.clone())
-            .or_else(|| {
-                record
-                    .as_ref()
-                    .ok()
-                    .and_then(|r| r.as_ref()?.last_error.clone())
-            })
-            .map(|e| format!("<span class=\"err-text\">{}</span>", esc(&e)))
-            .unwrap_or_else(|| "—".into());
-
         let mut action = String::new();
         let mut extra_row = String::new();
         let mut waiting = false;
         if delegated && self.cfg.sign_in.is_some() {
-            let label = match (a.flow, &record) {
-                ("device_code", _) => "Sign in with a code",
-                (_, Ok(Some(_))) => "Sign in again",
-                _ => "Sign in",
-            };
-            let class = if sign_in_needed { "primary" } else { "" };
-            action = format!(
-                "<form method=\"post\" action=\"/accounts/{}/sign-in\"><input type=\"hidden\" \
-                 name=\"csrf\" value=\"{}\"><button class=\"{class}\">{label}</button></form>",
-                esc(&url_path_segment(&a.name)),
-                esc(&session.csrf)
-            );
-            if matches!(record, Ok(Some(_))) {
-                action.push_str(&format!(
-                    "<form method=\"post\" action=\"/accounts/{}/sign-out\"><input \
-                     type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
-                    esc(&url_path_segment(&a.name)),
-                    esc(&session.csrf)
-                ));
-            }
-            if a.flow == "authorization_code"
-                && let (Some(uri), Some(host)) = (&a.redirect_uri, host)
-                && let Some(redirect_host) = host_of(uri)
-                && !redirect_host.eq_ignore_ascii_case(host)
-            {
-                let page = format!("{}/accounts", origin_of(uri).unwrap_or_default());
-                extra_row.push_str(&format!(
-                    "<tr class=\"note\"><td colspan=\"7\">The sign-in for {} comes back to \
-                     <code>{}</code>, a different address from this page's: open \
-                     <a href=\"{}\">{}</a> to sign in, so your browser session matches.</td></tr>",
-                    esc(&a.name),
-                    esc(uri),
-                    esc(&page),
-                    esc(&page)
-                ));
-            }
-            let prompt = match self
-                .cfg
-                .sign_in
-                .as_ref()
-                .and_then(|m| m.device_login(&a.name))
-            {
-                Some(DeviceLoginStatus::Waiting(p)) => Some(Ok(p)),
-                Some(DeviceLoginStatus::Failed(e)) => Some(Err(e)),
-                _ => None,
-            }
-            .or_else(|| {
-                self.cfg
-                    .store
-                    .as_ref()
-                    .and_then(|s| s.login_prompt(&a.name))
-                    .map(Ok)
-            });
-            match prompt {
-                Some(Ok(p)) if !record_newer_than(&record, p.expires_at) => {
-                    waiting = true;
-                    let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at);
-                    extra_row.push_str(&format!(
-                        "<tr class=\"prompt\"><td colspan=\"7\">Sign-in in progress for {}: on \
-                         any device, open <a href=\"{}\" target=\"_blank\" rel=\"noopener \
-                         noreferrer\">{}</a> and enter the code <strong class=\"code\">{}</strong>, \
-                         then sign in as the mailbox user. The code works until {} (started by \
-                         {}). This page refreshes by itself.</td></tr>",
-                        esc(&a.name),
-                        esc(&p.verification_uri),
-                        esc(&p.verification_uri),
-                        esc(&p.user_code),
-                        esc(&utc(expires)),
-                        esc(&p.started_by)
-                    ));
-                }
-                Some(Err(e)) if sign_in_needed => {
-                    extra_row.push_str(&format!(
-                        "<tr class=\"note\"><td colspan=\"7\">The last sign-in attempt for {} \
-                         did not complete: {}</td></tr>",
-                        esc(&a.name),
-                        esc(&e)
-                    ));
-                }
-                _ => {}
-            }
+            action = buttons(a, session, &record, sign_in_needed);
+            extra_row.push_str(&redirect_note(a, host).unwrap_or_default());
+            let (prompt, shown) = self.prompt_row(a, &record, sign_in_needed).await;
+            extra_row.push_str(&prompt);
+            waiting = shown;
         }
         let row = format!(
             "<tr id=\"{id}\"><td><strong>{name}</strong><br><span class=\"muted\">{mailbox}</span></td>\
@@ -406,19 +292,195 @@ impl AccountsPage {
             id = esc(&a.name),
             name = esc(&a.name),
             mailbox = esc(&a.mailbox),
-            route = esc(a.route),
-            flow = esc(a.flow),
+            route = esc(a.route.as_str()),
+            flow = esc(a.flow.map_or("none", Flow::as_str)),
+            signed_in = signed_in_cell(a, delegated, &record),
+            token = token_cell(status.as_ref(), SystemTime::now()),
+            last_refresh = last_refresh_cell(status.as_ref(), &record),
+            last_error = last_error_cell(status.as_ref(), &record),
         );
         (row, waiting)
     }
+
+    /// The row of a device-code sign-in in progress (started here or by `account login`), or of
+    /// the last one that failed; true while one is waiting.
+    async fn prompt_row(
+        &self,
+        a: &AccountView,
+        record: &StoredRecord,
+        sign_in_needed: bool,
+    ) -> (String, bool) {
+        let here = match self
+            .cfg
+            .sign_in
+            .as_ref()
+            .and_then(|m| m.device_login(&a.name))
+        {
+            Some(DeviceLoginStatus::Waiting(p)) => Some(Ok(p)),
+            Some(DeviceLoginStatus::Failed(e)) => Some(Err(e)),
+            _ => None,
+        };
+        let prompt = match (here, &self.cfg.store) {
+            (Some(p), _) => Some(p),
+            (None, Some(store)) => store.login_prompt(&a.name).await.map(Ok),
+            (None, None) => None,
+        };
+        match prompt {
+            Some(Ok(p)) if !record_newer_than(record, p.expires_at) => {
+                let expires = SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at);
+                let row = format!(
+                    "<tr class=\"prompt\"><td colspan=\"7\">Sign-in in progress for {}: on \
+                     any device, open <a href=\"{}\" target=\"_blank\" rel=\"noopener \
+                     noreferrer\">{}</a> and enter the code <strong class=\"code\">{}</strong>, \
+                     then sign in as the mailbox user. The code works until {} (started by \
+                     {}). This page refreshes by itself.</td></tr>",
+                    esc(&a.name),
+                    esc(&p.verification_uri),
+                    esc(&p.verification_uri),
+                    esc(&p.user_code),
+                    esc(&utc(expires)),
+                    esc(&p.started_by)
+                );
+                (row, true)
+            }
+            Some(Err(e)) if sign_in_needed => {
+                let row = format!(
+                    "<tr class=\"note\"><td colspan=\"7\">The last sign-in attempt for {} \
+                     did not complete: {}</td></tr>",
+                    esc(&a.name),
+                    esc(&e)
+                );
+                (row, false)
+            }
+            _ => (String::new(), false),
+        }
+    }
+}
+
+/// What the token file of a delegated account holds, or why it could not be read.
+type StoredRecord = Result<Option<smtp2oauth_tokens::StoredToken>, String>;
+
+/// The token cell: valid until when, or why there is none.
+fn token_cell(status: Option<&TokenStatus>, now: SystemTime) -> String {
+    match status {
+        None => "<span class=\"muted\">none needed</span>".to_string(),
+        Some(s) if s.sign_in_required => "<span class=\"bad\">sign-in needed</span>".into(),
+        Some(s) => match s.valid_until.filter(|v| *v > now) {
+            Some(v) => format!(
+                "<span class=\"good\">valid until {}</span>",
+                esc(&utc_relative(v))
+            ),
+            None if s.last_error.is_some() => "<span class=\"bad\">no token</span>".into(),
+            None => "<span class=\"muted\">not requested yet</span>".into(),
+        },
+    }
+}
+
+/// The sign-in state under the flow: app-only, signed in when, or why not.
+fn signed_in_cell(a: &AccountView, delegated: bool, record: &StoredRecord) -> String {
+    if !delegated {
+        return if a.flow == Some(Flow::ClientCredentials) && a.tokens.is_some() {
+            "app-only".to_string()
+        } else {
+            "—".to_string()
+        };
+    }
+    match record {
+        Err(e) => format!(
+            "<span class=\"bad\">token file unreadable: {}</span>",
+            esc(e)
+        ),
+        Ok(None) => "<span class=\"bad\">not signed in</span>".to_string(),
+        Ok(Some(r)) => match r.signed_in_at {
+            Some(t) => format!("signed in {}", esc(&utc_relative(t))),
+            None => "signed in".into(),
+        },
+    }
+}
+
+/// The later of the cache's and the token file's last refresh.
+fn last_refresh_cell(status: Option<&TokenStatus>, record: &StoredRecord) -> String {
+    [
+        status.and_then(|s| s.last_refresh),
+        record.as_ref().ok().and_then(|r| r.as_ref()?.last_refresh),
+    ]
+    .into_iter()
+    .flatten()
+    .max()
+    .map(|t| esc(&utc_relative(t)))
+    .unwrap_or_else(|| "—".into())
+}
+
+/// The cache's last error, else the token file's.
+fn last_error_cell(status: Option<&TokenStatus>, record: &StoredRecord) -> String {
+    status
+        .and_then(|s| s.last_error.clone())
+        .or_else(|| {
+            record
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref()?.last_error.clone())
+        })
+        .map(|e| format!("<span class=\"err-text\">{}</span>", esc(&e)))
+        .unwrap_or_else(|| "—".into())
+}
+
+/// Sign in (again) and, with a stored sign-in, Sign out.
+fn buttons(
+    a: &AccountView,
+    session: &Session,
+    record: &StoredRecord,
+    sign_in_needed: bool,
+) -> String {
+    let label = match (a.flow, record) {
+        (Some(Flow::DeviceCode), _) => "Sign in with a code",
+        (_, Ok(Some(_))) => "Sign in again",
+        _ => "Sign in",
+    };
+    let class = if sign_in_needed { "primary" } else { "" };
+    let mut action = format!(
+        "<form method=\"post\" action=\"/accounts/{}/sign-in\"><input type=\"hidden\" \
+         name=\"csrf\" value=\"{}\"><button class=\"{class}\">{label}</button></form>",
+        esc(&url_path_segment(&a.name)),
+        esc(&session.csrf)
+    );
+    if matches!(record, Ok(Some(_))) {
+        action.push_str(&format!(
+            "<form method=\"post\" action=\"/accounts/{}/sign-out\"><input \
+             type=\"hidden\" name=\"csrf\" value=\"{}\"><button>Sign out</button></form>",
+            esc(&url_path_segment(&a.name)),
+            esc(&session.csrf)
+        ));
+    }
+    action
+}
+
+/// A note when an authorization-code sign-in would come back to another address than the one
+/// this page was opened on (the browser session would not match).
+fn redirect_note(a: &AccountView, host: Option<&str>) -> Option<String> {
+    if a.flow != Some(Flow::AuthorizationCode) {
+        return None;
+    }
+    let (uri, host) = (a.redirect_uri.as_ref()?, host?);
+    let redirect_host = host_of(uri)?;
+    if redirect_host.eq_ignore_ascii_case(host) {
+        return None;
+    }
+    let page = format!("{}/accounts", origin_of(uri).unwrap_or_default());
+    Some(format!(
+        "<tr class=\"note\"><td colspan=\"7\">The sign-in for {} comes back to \
+         <code>{}</code>, a different address from this page's: open \
+         <a href=\"{}\">{}</a> to sign in, so your browser session matches.</td></tr>",
+        esc(&a.name),
+        esc(uri),
+        esc(&page),
+        esc(&page)
+    ))
 }
 
 /// True when the account signed in after the prompt was written (the CLI that wrote it may
 /// have been stopped without clearing it).
-fn record_newer_than(
-    record: &Result<Option<smtp2oauth_tokens::StoredToken>, String>,
-    prompt_expires: u64,
-) -> bool {
+fn record_newer_than(record: &StoredRecord, prompt_expires: u64) -> bool {
     let Ok(Some(r)) = record else { return false };
     let Some(at) = r.signed_in_at else {
         return false;
@@ -629,7 +691,7 @@ async fn sign_in(
     };
     let host = host_header(&headers);
     let notice = match account.flow {
-        "authorization_code" => match manager.begin_authorization(&name, &session.id) {
+        Some(Flow::AuthorizationCode) => match manager.begin_authorization(&name, &session.id) {
             Ok(url) => return page.redirect(&url, None),
             Err(e) => (false, format!("Cannot start the sign-in for {name}: {e}")),
         },
@@ -656,16 +718,12 @@ async fn sign_out(
     };
     let target = page
         .account(&name)
-        .filter(|a| a.flow != "client_credentials")
+        .filter(|a| a.signs_in())
         .and_then(|a| Some((a.tokens.clone()?, page.cfg.store.clone()?)));
     let Some((tokens, store)) = target else {
         return page.no_such_account("Sign out", &name);
     };
-    let account = name.clone();
-    let removed = tokio::task::spawn_blocking(move || store.sign_out(&account))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    let removed = store.sign_out(&name).await.map_err(|e| e.to_string());
     let (status, notice) = match removed {
         Ok(removed) => {
             tokens.credentials_changed();

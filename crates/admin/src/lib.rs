@@ -14,6 +14,8 @@
 //!   `GET /oauth/callback` (or the redirect URI's path) completes a browser sign-in
 //!   (`accounts.rs`, with sessions and CSRF in `session.rs`).
 
+#![warn(missing_docs)]
+
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -37,37 +39,48 @@ pub use accounts::{AccountView, AccountsConfig, AccountsPage};
 /// One readiness check and its outcome, in words an admin can act on.
 #[derive(Clone, Debug, Serialize)]
 pub struct Check {
+    /// Short name, e.g. `spool` or `account scanner`.
     pub name: String,
+    /// True when the check passed.
     pub ok: bool,
+    /// What was found, in words.
     pub detail: String,
 }
 
+/// The answer of `/readyz`.
 #[derive(Clone, Debug, Serialize)]
 pub struct Readiness {
+    /// True when every check passed.
     pub ready: bool,
+    /// Every check, passed or not.
     pub checks: Vec<Check>,
 }
 
+/// Runs the readiness checks (supplied by the binary, which knows what to check).
 pub type ReadinessFn =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Vec<Check>> + Send>> + Send + Sync>;
 
+/// What the admin server's handlers share.
 #[derive(Clone)]
 pub struct AdminState {
+    /// Every metric, for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The readiness checks, for `/readyz`.
     pub readiness: ReadinessFn,
     /// The accounts page and OAuth callback; None serves only health and metrics.
     pub accounts: Option<Arc<AccountsPage>>,
 }
 
-/// Binds the admin listener now (so a bad address stops the relay at start) and returns a
-/// future that serves until `shutdown`.
-pub async fn bind(
-    addr: SocketAddr,
-    shutdown: CancellationToken,
-    state: AdminState,
-) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
+/// The admin server, bound and not yet serving.
+pub struct AdminServer {
+    listener: tokio::net::TcpListener,
+    app: Router,
+}
+
+/// Binds the admin listener now, so a bad or busy address stops the relay at start; nothing
+/// is served until [`AdminServer::serve`].
+pub async fn bind(addr: SocketAddr, state: AdminState) -> std::io::Result<AdminServer> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
-    let local = listener.local_addr()?;
     let page = state.accounts.clone();
     let mut app = Router::new()
         .route("/healthz", get(healthz))
@@ -77,13 +90,28 @@ pub async fn bind(
     if let Some(page) = page {
         app = app.merge(accounts::router(page));
     }
-    info!(address = %local, "admin server listening");
-    let serve = async move {
-        axum::serve(listener, app)
+    Ok(AdminServer { listener, app })
+}
+
+impl AdminServer {
+    /// The address the server listens on (the port chosen by the system for port 0).
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown`, then finishes the requests in progress. Logs the address at
+    /// once, before the returned future first runs.
+    pub fn serve(
+        self,
+        shutdown: CancellationToken,
+    ) -> impl Future<Output = std::io::Result<()>> + Send {
+        if let Ok(local) = self.listener.local_addr() {
+            info!(address = %local, "admin server listening");
+        }
+        axum::serve(self.listener, self.app)
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-    };
-    Ok((local, serve))
+            .into_future()
+    }
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {

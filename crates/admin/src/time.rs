@@ -1,32 +1,40 @@
-//! Times as people read them on the accounts page and in `smtp2oauth account status`: UTC with
-//! the date, and how long ago or from now. No date crate: the civil-date arithmetic is a few
-//! lines (Howard Hinnant's algorithm).
+//! Times as people read them on the accounts page and in `smtp2oauth account status`: the date
+//! and time, and how long ago or from now.
+//!
+//! The page shows UTC (its readers may sit anywhere); a command run on the relay's machine can
+//! show the machine's local time with its offset ([`local_relative`]). Civil dates and time
+//! zones come from `jiff`, which reads the system's time zone database.
 
+use jiff::Timestamp;
+use jiff::tz::TimeZone;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `t` as a timestamp; times outside jiff's range (years beyond ±9999) are clamped to it.
+fn timestamp(t: SystemTime) -> Timestamp {
+    Timestamp::try_from(t).unwrap_or(if t > UNIX_EPOCH {
+        Timestamp::MAX
+    } else {
+        Timestamp::MIN
+    })
+}
 
 /// `2025-03-01 14:05:09 UTC`.
 pub fn utc(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0) as i64;
-    let days = secs.div_euclid(86_400);
-    let s = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        s / 3600,
-        (s % 3600) / 60,
-        s % 60
-    )
+    timestamp(t).strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// `2026-12-06 12:10:31 +01:00`: `t` in the time zone `tz`, with its offset from UTC.
+pub fn in_zone(t: SystemTime, tz: &TimeZone) -> String {
+    timestamp(t)
+        .to_zoned(tz.clone())
+        .strftime("%Y-%m-%d %H:%M:%S %:z")
+        .to_string()
+}
+
+/// `2026-12-06 12:10:31 +01:00`: `t` in this machine's time zone (`TZ`, else
+/// `/etc/localtime`; UTC when neither says).
+pub fn local(t: SystemTime) -> String {
+    in_zone(t, &TimeZone::system())
 }
 
 /// `3 min`, `2 h 5 min`, `4 days`: a rough length for "in ..." and "... ago".
@@ -40,18 +48,28 @@ pub fn span(d: Duration) -> String {
     }
 }
 
+/// ` (in 52 min)` or ` (3 days ago)`, measured from now.
+fn relative(t: SystemTime) -> String {
+    match t.duration_since(SystemTime::now()) {
+        Ok(ahead) => format!(" (in {})", span(ahead)),
+        Err(e) => format!(" ({} ago)", span(e.duration())),
+    }
+}
+
 /// `2025-03-01 14:05:09 UTC (in 52 min)` or `(... 3 days ago)`.
 pub fn utc_relative(t: SystemTime) -> String {
-    let now = SystemTime::now();
-    match t.duration_since(now) {
-        Ok(ahead) => format!("{} (in {})", utc(t), span(ahead)),
-        Err(e) => format!("{} ({} ago)", utc(t), span(e.duration())),
-    }
+    utc(t) + &relative(t)
+}
+
+/// `2026-12-06 12:10:31 +01:00 (18 s ago)`: [`local`] with how long ago or from now.
+pub fn local_relative(t: SystemTime) -> String {
+    local(t) + &relative(t)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jiff::tz::Offset;
 
     #[test]
     fn civil_dates() {
@@ -68,5 +86,23 @@ mod tests {
         assert_eq!(span(Duration::from_secs(3 * 86_400 + 5)), "3 days");
         assert!(utc_relative(SystemTime::now() + Duration::from_secs(120)).contains("(in "));
         assert!(utc_relative(SystemTime::now() - Duration::from_secs(120)).contains(" ago)"));
+        // Far outside any real date: clamped, never a panic.
+        assert!(utc(UNIX_EPOCH + Duration::from_secs(u64::MAX / 4)).starts_with("9999-"));
+    }
+
+    #[test]
+    fn local_times_carry_their_offset() {
+        let t = UNIX_EPOCH + Duration::from_secs(1_796_555_431); // 2026-12-06 11:10:31 UTC
+        let paris = TimeZone::fixed(Offset::constant(1));
+        assert_eq!(in_zone(t, &paris), "2026-12-06 12:10:31 +01:00");
+        let st_johns = TimeZone::fixed(Offset::from_seconds(-(3 * 3600 + 1800)).unwrap());
+        assert_eq!(in_zone(t, &st_johns), "2026-12-06 07:40:31 -03:30");
+        let shown = local_relative(SystemTime::now() - Duration::from_secs(18));
+        assert!(shown.ends_with(" s ago)"), "{shown}");
+        assert_eq!(
+            shown.len(),
+            "2026-12-06 12:10:31 +01:00 (18 s ago)".len(),
+            "{shown}"
+        );
     }
 }

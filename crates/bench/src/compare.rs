@@ -1,4 +1,4 @@
-//! Durable versus non-durable spooling, same load, same process run (issue 3's figure).
+//! Durable versus non-durable spooling, same load, same process run: what durability costs.
 //!
 //! Why this shape: the machine is shared and noisy, so one pair of runs proves little. We repeat
 //! the pair `--runs` times, alternate which mode goes first (ABBA: a slow drift of the machine

@@ -8,16 +8,19 @@
 //! Subcommands:
 //! - `run`: one scenario (fakes, a peer, load, drain) with a table or JSON of its figures;
 //! - `peers`: the same load through the sink alone (the ceiling), the relay (with and without
-//!   its upstream session pool) and Postfix, repeated and alternated (issue 7's comparisons);
+//!   its upstream session pool) and Postfix, repeated and alternated (the relay's targets);
 //! - `memory`: the relay's memory at rest, with many idle sessions, and with one large message;
 //! - `load`: only the load generator, against any SMTP server;
-//! - `compare`: durable vs non-durable spooling, repeated and alternated (issue 3's figure).
+//! - `compare`: durable vs non-durable spooling, repeated and alternated (what durability costs).
 //!
 //! Modules: `load` (the generator), `idle` (idle sessions), `message` (what it sends), `tls`
 //! (its STARTTLS), `upstream` (the fake token endpoint and sink of one run), `relay` (the relay
 //! process and its config), `postfix` (a private Postfix instance), `sink` (watching the
 //! upstream fake), `scenario` (one measurement of one peer), `peers` and `compare` (repeated,
 //! alternated measurements), `memory`, `report` (definitions of the figures).
+
+// Test and measurement code: a failed unwrap names the line, which is what a test wants.
+#![allow(clippy::unwrap_used)]
 
 mod compare;
 mod idle;

@@ -1,5 +1,5 @@
 //! The relay's memory: at rest, with many idle device sessions, and while it carries one large
-//! message (issue 7's memory targets).
+//! message (the memory targets of docs/benchmarks.md, t5).
 //!
 //! Why a subcommand of its own: these are not throughput runs. Each figure needs a relay in a
 //! known state, so every measurement starts a fresh relay (and fresh fakes):
@@ -35,7 +35,7 @@ use tokio::sync::watch;
 /// (`auth_workers`, default min(cores, 4)), so each of them has verified a password once.
 pub const WARM_UP_SESSIONS: usize = 4;
 
-/// Issue 7's limits, in KiB.
+/// The memory targets (t5 in docs/benchmarks.md), in KiB.
 pub const IDLE_TARGET_KIB: u64 = 15 * 1024;
 pub const SESSIONS_TARGET_KIB: u64 = 64 * 1024;
 pub const LARGE_TARGET_KIB: u64 = 16 * 1024;

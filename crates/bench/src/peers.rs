@@ -1,4 +1,4 @@
-//! The same load through several peers, repeated and alternated: issue 7's comparisons.
+//! The same load through several peers, repeated and alternated: how the relay measures against its targets.
 //!
 //! Why this shape: "at least 2× Postfix" or "within 2 ms of the sink alone" are ratios, and on a
 //! shared, noisy machine a ratio means something only between runs seconds apart. Each round runs

@@ -86,8 +86,10 @@ pub fn available() -> Result<(), String> {
             missing.join(", ")
         ));
     }
-    // SAFETY: geteuid cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    #[allow(unsafe_code)]
+    let euid = unsafe { libc::geteuid() };
+    if euid != 0 {
         return Err("a private Postfix instance needs root (its master starts as root)".into());
     }
     if user_ids("postfix").is_none() {
@@ -317,7 +319,8 @@ impl PostfixInstance {
         let _ = self.postfix_command("abort");
         self.kill_master();
         // SAFETY: kill(2) on our own child's process group; the child is not reaped yet.
-        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        #[allow(unsafe_code)]
+        let _ = unsafe { libc::kill(-pid, libc::SIGKILL) };
         reap(pid, Duration::from_secs(5));
     }
 
@@ -342,7 +345,8 @@ impl PostfixInstance {
             .filter(|&p| p > 1)
         {
             // SAFETY: kill(2) on the process group of the master this instance started.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            #[allow(unsafe_code)]
+            let _ = unsafe { libc::kill(-pid, libc::SIGKILL) };
         }
     }
 }
@@ -361,6 +365,7 @@ fn reap(pid: i32, timeout: Duration) -> bool {
     loop {
         let mut status = 0;
         // SAFETY: waitpid on our own child with a valid pointer to a local.
+        #[allow(unsafe_code)]
         let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
         if r == pid {
             return true;
@@ -387,6 +392,7 @@ fn process_cpu_with_children(pid: u32) -> Option<Cpu> {
         return None;
     };
     // SAFETY: sysconf only reads a system constant.
+    #[allow(unsafe_code)]
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
     let secs = |t: u64| Duration::from_secs_f64(t as f64 / ticks);

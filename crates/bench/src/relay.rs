@@ -160,7 +160,8 @@ impl RelayProcess {
         if let Ok(pid) = i32::try_from(child.id()) {
             // SAFETY: kill(2) on the pid of our own child, which we have not reaped yet, so the
             // pid cannot have been reused by another process.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
+            #[allow(unsafe_code)]
+            let _ = unsafe { libc::kill(pid, libc::SIGTERM) };
         }
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {

@@ -144,7 +144,8 @@ pub fn unique_tag() -> String {
 /// one (they would slow the fsyncs we are measuring).
 pub fn sync_disks() {
     // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
+    #[allow(unsafe_code)]
+    let () = unsafe { libc::sync() };
 }
 
 /// How the relay reaches the fakes of `up`.
@@ -416,7 +417,8 @@ async fn memory_guard(pid: u32, limit_kib: u64, abort: watch::Sender<bool>) {
             if let Ok(pid) = i32::try_from(pid) {
                 // SAFETY: kill(2) on our own child's pid; the child is reaped only after this
                 // task has been aborted, so the pid cannot belong to another process yet.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                #[allow(unsafe_code)]
+                let _ = unsafe { libc::kill(pid, libc::SIGKILL) };
             }
             eprintln!(
                 "smtp2oauth-bench: the relay's resident memory reached {} MiB; killed it",

@@ -129,7 +129,8 @@ pub fn random_password() -> String {
     let mut bytes = [0u8; 16];
     // getrandom(2) into a local buffer; a short read leaves zeros, still a fine test password.
     // SAFETY: the pointer and length describe `bytes`, which outlives the call.
-    unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    #[allow(unsafe_code)]
+    let _ = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

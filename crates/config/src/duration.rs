@@ -7,6 +7,8 @@ use std::time::Duration;
 /// Ten years: longer than any timeout or queue lifetime makes sense, and far from overflow.
 const MAX_SECS: f64 = 10.0 * 365.0 * 86400.0;
 
+/// Parses a human duration: a number of seconds, or a number with a unit (`ms`, `s`, `m`,
+/// `h`, `d`), e.g. `"30s"`, `"5d"`.
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let split = s
@@ -34,6 +36,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Formats a duration the way [`parse`] reads it.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
     if !ms.is_multiple_of(1000) {
@@ -52,6 +55,7 @@ pub fn format(d: Duration) -> String {
     }
 }
 
+/// Deserializes a duration written as a human duration or a number of seconds.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
@@ -75,6 +79,7 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error
     }
 }
 
+/// Serializes a duration as a human duration.
 pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&format(*d))
 }

@@ -14,6 +14,7 @@
 use figment::value::{Dict, Map, Value};
 use figment::{Error, Metadata, Profile, Provider};
 
+/// Every variable this reads starts with it: `SMTP2OAUTH_SERVER__HOSTNAME`.
 pub const PREFIX: &str = "SMTP2OAUTH_";
 
 /// Arrays of tables, and the keys that name their entries.
@@ -23,6 +24,8 @@ const ARRAY_TABLES: &[(&str, &[&str])] = &[
     ("listeners", &["name"]),
 ];
 
+/// The configuration values set in the environment, as a figment provider layered over the
+/// file.
 pub struct EnvOverrides {
     overlay: Dict,
     vars: Vec<String>,
@@ -78,6 +81,7 @@ impl EnvOverrides {
         })
     }
 
+    /// True when no variable applies.
     pub fn is_empty(&self) -> bool {
         self.vars.is_empty()
     }

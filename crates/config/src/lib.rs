@@ -10,15 +10,21 @@
 //! - `schema.rs`: every key, type and default.
 //! - `duration.rs`: human durations (`"30s"`, `"5d"`).
 //! - `env.rs`: `SMTP2OAUTH_…` overrides, including entries of arrays of tables.
-//! - `validate.rs`: the semantic checks.
+//! - `validate.rs`: the semantic checks, which also turn each account into an [`AccountSpec`].
+//! - `spec.rs`: accounts as the relay is built from them (routes, flows and credentials as
+//!   enums carrying only the keys that apply).
+
+#![warn(missing_docs)]
 
 pub mod duration;
 pub mod env;
 mod schema;
+mod spec;
 mod validate;
 
 pub use schema::*;
-pub use validate::{parse_dns_server, validate};
+pub use spec::*;
+pub use validate::{Checked, check, parse_dns_server, validate};
 
 use figment::Figment;
 use figment::providers::{Format, Toml};
@@ -31,10 +37,12 @@ use std::path::{Path, PathBuf};
 pub struct Problem {
     /// Dotted key path, e.g. `accounts.0.client_id`; empty when the problem is not about one key.
     pub key: String,
+    /// What is wrong, in words an admin can act on.
     pub message: String,
 }
 
 impl Problem {
+    /// A problem with `key`.
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Problem {
             key: key.into(),
@@ -56,6 +64,7 @@ impl fmt::Display for Problem {
 /// The configuration could not be used. Holds every problem found.
 #[derive(Debug, thiserror::Error)]
 pub struct ConfigError {
+    /// Every problem found.
     pub problems: Vec<Problem>,
 }
 
@@ -72,9 +81,26 @@ impl fmt::Display for ConfigError {
 /// A loaded, validated configuration and the warnings found on the way.
 #[derive(Debug)]
 pub struct Loaded {
+    /// The configuration as written (after environment overrides).
     pub config: Config,
+    /// Every account as a spec, in the order of `config.accounts`.
+    pub accounts: Vec<AccountSpec>,
+    /// Warnings worth logging.
     pub warnings: Vec<Problem>,
+    /// The file it was read from, if any.
     pub path: Option<PathBuf>,
+}
+
+impl Loaded {
+    /// The account named `name`.
+    pub fn account(&self, name: &str) -> Option<&AccountSpec> {
+        self.accounts.iter().find(|a| a.name == name)
+    }
+
+    /// True when some account signs in with a delegated flow (and so needs the token store).
+    pub fn has_delegated(&self) -> bool {
+        self.accounts.iter().any(|a| a.delegated().is_some())
+    }
 }
 
 /// Loads `path` (if any) and the process environment, then validates.
@@ -88,13 +114,16 @@ pub fn load_with_env(
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, ConfigError> {
     let config = parse(path, vars)?;
-    let (problems, warnings) = validate(&config);
-    if !problems.is_empty() {
-        return Err(ConfigError { problems });
+    let checked = check(&config);
+    if !checked.problems.is_empty() {
+        return Err(ConfigError {
+            problems: checked.problems,
+        });
     }
     Ok(Loaded {
         config,
-        warnings,
+        accounts: checked.accounts,
+        warnings: checked.warnings,
         path: path.map(Path::to_path_buf),
     })
 }
@@ -183,12 +212,13 @@ impl Config {
             .unwrap_or_else(|| "localhost".into())
     }
 
+    /// The `[[accounts]]` entry named `name`, as written.
     pub fn account(&self, name: &str) -> Option<&Account> {
         self.accounts.iter().find(|a| a.name == name)
     }
 
     /// Where `route = "capture"` writes for `account`.
-    pub fn capture_dir(&self, account: &Account) -> PathBuf {
+    pub(crate) fn capture_dir(&self, account: &Account) -> PathBuf {
         account
             .capture_dir
             .clone()
@@ -199,7 +229,7 @@ impl Config {
 impl Account {
     /// The client secret, from `client_secret` or the file named by `client_secret_file`
     /// (trailing newlines removed, as Docker secrets usually end with one).
-    pub fn client_secret(&self) -> Result<Option<Secret>, String> {
+    pub(crate) fn client_secret(&self) -> Result<Option<Secret>, String> {
         if let Some(s) = &self.client_secret {
             return Ok(Some(s.clone()));
         }

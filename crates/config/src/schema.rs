@@ -18,9 +18,11 @@ use std::time::Duration;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(s: impl Into<String>) -> Self {
         Secret(s.into())
     }
+    /// The secret itself, for the one place that must send it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -60,16 +62,25 @@ impl<'de> Deserialize<'de> for Secret {
     }
 }
 
+/// The whole configuration file: every table, with its defaults.
 #[derive(Clone, Debug, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[server]`: the inbound SMTP server.
     pub server: Server,
+    /// `[tls]`: the listeners' certificate.
     pub tls: Tls,
+    /// `[[listeners]]`: where devices connect.
     pub listeners: Vec<Listener>,
+    /// `[store]`: the spool, tokens and keys on disk.
     pub store: Store,
+    /// `[admin]`: the admin HTTP server.
     pub admin: Admin,
+    /// `[delivery]`: the queue and the upstream side.
     pub delivery: Delivery,
+    /// `[[accounts]]`: the mailboxes we send as.
     pub accounts: Vec<Account>,
+    /// `[[devices]]`: who may send.
     pub devices: Vec<Device>,
 }
 
@@ -83,9 +94,11 @@ pub struct Server {
     pub max_message_size: u64,
     /// Longest command line in bytes, CRLF included (RFC 5321 requires at least 512).
     pub max_line_length: usize,
+    /// Recipients one message may have.
     pub max_recipients: usize,
     /// Concurrent sessions over all listeners.
     pub max_sessions: usize,
+    /// Concurrent sessions from one address.
     pub max_sessions_per_ip: usize,
     /// Time allowed for one whole command line to arrive (also the idle time between commands).
     #[serde(with = "duration")]
@@ -112,11 +125,13 @@ pub struct Server {
     pub auth_workers: usize,
     /// Failed logins from one address within `lockout_window` that lock it out. 0 disables.
     pub lockout_after: u32,
+    /// The window in which failed logins are counted for `lockout_after`.
     #[serde(with = "duration")]
     pub lockout_window: Duration,
     /// First lockout; each further lockout of the same address doubles it, up to `lockout_max`.
     #[serde(with = "duration")]
     pub lockout_time: Duration,
+    /// The longest a lockout can grow to.
     #[serde(with = "duration")]
     pub lockout_max: Duration,
     /// Addresses (CIDR) that are never locked out.
@@ -160,7 +175,9 @@ impl Default for Server {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Tls {
+    /// PEM certificate chain of the listeners (goes with `key_file`).
     pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`.
     pub key_file: Option<PathBuf>,
     /// Without cert_file/key_file, generate a self-signed certificate into `<store dir>/tls/`
     /// on first start (devices on a LAN rarely verify certificates; this makes STARTTLS work
@@ -183,6 +200,7 @@ impl Default for Tls {
     }
 }
 
+/// TLS on a listener (`tls`).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum ListenerTls {
@@ -198,10 +216,12 @@ pub enum ListenerTls {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Listener {
+    /// Address and port to listen on (port 0: the system chooses).
     pub address: SocketAddr,
     /// Label for logs and metrics. Default: `smtp-<port>`.
     #[serde(default)]
     pub name: Option<String>,
+    /// TLS on this listener. Default `"starttls"`.
     #[serde(default = "default_listener_tls")]
     pub tls: ListenerTls,
     /// AUTH and MAIL are refused until STARTTLS.
@@ -236,6 +256,7 @@ fn default_listener_tls() -> ListenerTls {
 }
 
 impl Listener {
+    /// The listener's name for logs and metrics: `name`, else `smtp-<port>`.
     pub fn label(&self) -> String {
         self.name
             .clone()
@@ -311,6 +332,7 @@ pub struct Delivery {
     /// First retry delay; it doubles with every attempt (with jitter) up to `retry_max`.
     #[serde(with = "duration")]
     pub retry_initial: Duration,
+    /// The longest wait between two attempts (the backoff doubles up to it).
     #[serde(with = "duration")]
     pub retry_max: Duration,
     /// A message still undelivered after this long is given up and reported.
@@ -330,6 +352,7 @@ pub struct Delivery {
     pub shutdown_timeout: Duration,
     /// Name we give in EHLO upstream. Default: `[server] hostname`.
     pub helo_name: Option<String>,
+    /// Longest wait for a TCP connection to the upstream.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
     /// Longest wait for any one upstream reply, except the reply to the message body.
@@ -364,16 +387,22 @@ impl Default for Delivery {
     }
 }
 
+/// How an account's mail leaves the relay (`route`, `fallback_route`).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Route {
+    /// SMTP submission with an OAuth token (Exchange Online, Gmail, any XOAUTH2 server).
     Smtp,
+    /// Microsoft Graph `sendMail` with an OAuth token.
     Graph,
+    /// A smart host or the domain's MX hosts, without AUTH.
     Smarthost,
+    /// Files in a directory, for trials and tests.
     Capture,
 }
 
 impl Route {
+    /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
         match self {
             Route::Smtp => "smtp",
@@ -384,23 +413,32 @@ impl Route {
     }
 }
 
+/// Whose identity platform issues the account's tokens (`provider`).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Provider {
+    /// Microsoft Entra ID (the default).
     Microsoft,
+    /// Google (Gmail SMTP).
     Google,
+    /// Any RFC 6749 token endpoint (`token_url` required).
     Generic,
 }
 
+/// The OAuth 2.0 flow an account gets its tokens with (`flow`).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Flow {
+    /// The app's own permission; no person signs in (the default).
     ClientCredentials,
+    /// A person signs in in a browser (authorization code with PKCE).
     AuthorizationCode,
+    /// A person signs in on any device with a short code.
     DeviceCode,
 }
 
 impl Flow {
+    /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
         match self {
             Flow::ClientCredentials => "client_credentials",
@@ -410,10 +448,13 @@ impl Flow {
     }
 }
 
+/// TLS towards the upstream SMTP server (`smtp_tls`).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamTls {
+    /// Plain connection upgraded with STARTTLS (port 587; the default).
     Starttls,
+    /// TLS from the first byte (port 465).
     Implicit,
     /// Plain text: only for tests against local fakes; logged as a warning.
     None,
@@ -434,6 +475,7 @@ pub enum SmtpAuth {
 }
 
 impl SmtpAuth {
+    /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
         match self {
             SmtpAuth::Xoauth2 => "xoauth2",
@@ -453,6 +495,7 @@ pub enum SmarthostTls {
 }
 
 impl SmarthostTls {
+    /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
         match self {
             SmarthostTls::Required => "required",
@@ -467,10 +510,13 @@ impl SmarthostTls {
 /// `Received:` header, a `Bcc:` header for envelope-only recipients).
 pub const GRAPH_MAX_MESSAGE_SIZE: u64 = 3 * 1024 * 1024 - 64 * 1024;
 
+/// Signature algorithm of the JWT client assertion with a certificate credential (`jwt_alg`).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub enum JwtAlg {
+    /// RSASSA-PSS with SHA-256 (the default).
     #[serde(alias = "ps256", alias = "Ps256")]
     PS256,
+    /// RSASSA-PKCS1-v1_5 with SHA-256.
     #[serde(alias = "rs256", alias = "Rs256")]
     RS256,
 }
@@ -479,29 +525,41 @@ pub enum JwtAlg {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Account {
+    /// Name that devices and the admin use for the account.
     pub name: String,
+    /// The mailbox the account sends as.
     pub mailbox: String,
+    /// How the account's mail leaves. Default `"smtp"`.
     #[serde(default = "default_route")]
     pub route: Route,
+    /// Whose identity platform issues the tokens. Default `"microsoft"`.
     #[serde(default = "default_provider")]
     pub provider: Provider,
+    /// Entra ID tenant (ID or domain), for Microsoft's endpoints.
     #[serde(default)]
     pub tenant: Option<String>,
+    /// The application (client) ID.
     #[serde(default)]
     pub client_id: Option<String>,
+    /// The app's client secret (or `client_secret_file`).
     #[serde(default)]
     pub client_secret: Option<Secret>,
+    /// A file holding the client secret (Docker secrets and the like).
     #[serde(default)]
     pub client_secret_file: Option<PathBuf>,
+    /// Certificate (PEM) whose key signs a client assertion (with `private_key_file`).
     #[serde(default)]
     pub certificate_file: Option<PathBuf>,
+    /// Private key (PEM, not encrypted) of `certificate_file`.
     #[serde(default)]
     pub private_key_file: Option<PathBuf>,
     /// Signature of the JWT client assertion with a certificate credential.
     #[serde(default = "default_jwt_alg")]
     pub jwt_alg: JwtAlg,
+    /// The OAuth 2.0 flow. Default `"client_credentials"`.
     #[serde(default = "default_flow")]
     pub flow: Flow,
+    /// Rewrite the envelope sender (and From:) of devices to `mailbox`.
     #[serde(default)]
     pub rewrite_sender: bool,
     /// Extra envelope senders this account may send as: exact addresses or patterns with `*`
@@ -517,10 +575,13 @@ pub struct Account {
     /// Default for microsoft with client credentials: `https://outlook.office365.com/.default`.
     #[serde(default)]
     pub scope: Option<String>,
+    /// Upstream SMTP host. Default: the provider's (Exchange Online of the account's cloud, or Gmail).
     #[serde(default)]
     pub smtp_host: Option<String>,
+    /// Upstream SMTP port. Default 587, or 465 with `smtp_tls = "implicit"`.
     #[serde(default)]
     pub smtp_port: Option<u16>,
+    /// TLS towards the upstream SMTP server. Default `"starttls"`.
     #[serde(default)]
     pub smtp_tls: Option<UpstreamTls>,
     /// SASL mechanism for the upstream SMTP server. Default `"xoauth2"`.
@@ -616,7 +677,7 @@ fn default_jwt_alg() -> JwtAlg {
 }
 
 impl Account {
-    pub fn authority(&self) -> String {
+    pub(crate) fn authority(&self) -> String {
         self.authority
             .clone()
             .unwrap_or_else(|| "https://login.microsoftonline.com".into())
@@ -625,7 +686,7 @@ impl Account {
     }
 
     /// The token endpoint URL, from `token_url` or `{authority}/{tenant}/oauth2/v2.0/token`.
-    pub fn token_url(&self) -> Option<String> {
+    pub(crate) fn token_url(&self) -> Option<String> {
         if let Some(u) = &self.token_url {
             return Some(u.clone());
         }
@@ -654,24 +715,19 @@ impl Account {
         }
     }
 
-    /// The token scope of the account's `route`.
-    pub fn scope(&self) -> String {
-        self.scope_for(self.route)
-    }
-
     /// True for the flows where a person signs in (authorization code, device code).
-    pub fn is_delegated(&self) -> bool {
+    pub(crate) fn is_delegated(&self) -> bool {
         self.flow != Flow::ClientCredentials
     }
 
-    pub fn redirect_uri(&self) -> String {
+    pub(crate) fn redirect_uri(&self) -> String {
         self.redirect_uri
             .clone()
             .unwrap_or_else(|| DEFAULT_REDIRECT_URI.into())
     }
 
     /// The authorization endpoint, from `authorize_url` or the provider's.
-    pub fn authorize_url(&self) -> Option<String> {
+    pub(crate) fn authorize_url(&self) -> Option<String> {
         if let Some(u) = &self.authorize_url {
             return Some(u.clone());
         }
@@ -690,7 +746,7 @@ impl Account {
     }
 
     /// The device-authorization endpoint, from `device_code_url` or the provider's.
-    pub fn device_code_url(&self) -> Option<String> {
+    pub(crate) fn device_code_url(&self) -> Option<String> {
         if let Some(u) = &self.device_code_url {
             return Some(u.clone());
         }
@@ -708,7 +764,7 @@ impl Account {
         }
     }
 
-    pub fn smtp_host(&self) -> String {
+    pub(crate) fn smtp_host(&self) -> String {
         self.smtp_host
             .clone()
             .unwrap_or_else(|| match self.provider {
@@ -719,7 +775,7 @@ impl Account {
 
     /// The Microsoft Graph base URL (no trailing `/`): `graph_url`, or the Graph endpoint of the
     /// account's cloud (following `authority` for sovereign clouds).
-    pub fn graph_url(&self) -> String {
+    pub(crate) fn graph_url(&self) -> String {
         match &self.graph_url {
             Some(u) => u.trim_end_matches('/').to_string(),
             None => self.graph_resource(),
@@ -743,7 +799,7 @@ impl Account {
 
     /// The default token scope of a route for this account (`scope` and `fallback_scope`
     /// override it for the primary and the fallback route).
-    pub fn default_scope_for(&self, route: Route) -> String {
+    pub(crate) fn default_scope_for(&self, route: Route) -> String {
         match route {
             Route::Graph if self.is_delegated() => {
                 format!("{}/Mail.Send offline_access", self.graph_resource())
@@ -765,7 +821,7 @@ impl Account {
     }
 
     /// The token scope for `route` when it is this account's primary or fallback route.
-    pub fn scope_for(&self, route: Route) -> String {
+    pub(crate) fn scope_for(&self, route: Route) -> String {
         let explicit = if route == self.route {
             self.scope.clone()
         } else {
@@ -775,12 +831,12 @@ impl Account {
     }
 
     /// True when delivering through `route` needs an OAuth token.
-    pub fn route_needs_token(route: Route) -> bool {
+    pub(crate) fn route_needs_token(route: Route) -> bool {
         matches!(route, Route::Smtp | Route::Graph)
     }
 
     /// Routes this account uses: its `route`, then its `fallback_route`.
-    pub fn routes(&self) -> Vec<Route> {
+    pub(crate) fn routes(&self) -> Vec<Route> {
         let mut v = vec![self.route];
         if let Some(f) = self.fallback_route
             && f != self.route
@@ -791,7 +847,7 @@ impl Account {
     }
 
     /// True when some route of this account needs an OAuth token (and so a credential).
-    pub fn needs_token(&self) -> bool {
+    pub(crate) fn needs_token(&self) -> bool {
         self.routes().into_iter().any(Account::route_needs_token)
     }
 
@@ -813,16 +869,16 @@ impl Account {
             .min(server_max)
     }
 
-    pub fn smarthost_port(&self) -> u16 {
+    pub(crate) fn smarthost_port(&self) -> u16 {
         self.smarthost_port.unwrap_or(25)
     }
 
-    pub fn smarthost_tls(&self) -> SmarthostTls {
+    pub(crate) fn smarthost_tls(&self) -> SmarthostTls {
         self.smarthost_tls.unwrap_or(SmarthostTls::Required)
     }
 
     /// The pacing limit in force: `max_messages_per_minute`, or the provider's default.
-    pub fn messages_per_minute(&self) -> u32 {
+    pub(crate) fn messages_per_minute(&self) -> u32 {
         self.max_messages_per_minute
             .unwrap_or(match (self.provider, self.route) {
                 (Provider::Microsoft, Route::Smtp | Route::Graph) => 30,
@@ -830,15 +886,15 @@ impl Account {
             })
     }
 
-    pub fn smtp_tls(&self) -> UpstreamTls {
+    pub(crate) fn smtp_tls(&self) -> UpstreamTls {
         self.smtp_tls.unwrap_or(UpstreamTls::Starttls)
     }
 
-    pub fn smtp_auth(&self) -> SmtpAuth {
+    pub(crate) fn smtp_auth(&self) -> SmtpAuth {
         self.smtp_auth.unwrap_or_default()
     }
 
-    pub fn smtp_port(&self) -> u16 {
+    pub(crate) fn smtp_port(&self) -> u16 {
         self.smtp_port.unwrap_or(match self.smtp_tls() {
             UpstreamTls::Implicit => 465,
             _ => 587,
@@ -853,6 +909,7 @@ pub struct Device {
     /// Label for logs. Default: the username.
     #[serde(default)]
     pub name: Option<String>,
+    /// The AUTH user name of a device with `auth = true`.
     #[serde(default)]
     pub username: Option<String>,
     /// An argon2id PHC string from `smtp2oauth hash-password`.
@@ -865,6 +922,7 @@ pub struct Device {
     /// they are recognised; for authenticating devices it is an extra restriction when set.
     #[serde(default, deserialize_with = "deserialize_nets")]
     pub allow_ips: Vec<IpNet>,
+    /// The `[[accounts]]` entry the device sends as.
     pub account: String,
     /// Overrides the account's `allowed_senders` for this device when set.
     #[serde(default)]
@@ -879,6 +937,7 @@ fn default_true() -> bool {
 }
 
 impl Device {
+    /// The device's name for logs: `name`, else the username.
     pub fn label(&self) -> String {
         self.name
             .clone()

@@ -64,6 +64,32 @@ fn no_env() -> Vec<(String, String)> {
     Vec::new()
 }
 
+/// The spec of the first account of `toml`, which must load.
+fn first_spec(toml: &str) -> AccountSpec {
+    let f = write(toml);
+    let l = load_with_env(Some(&f.0), no_env()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(l.accounts.len(), l.config.accounts.len());
+    l.accounts[0].clone()
+}
+
+fn smtp_of(route: &RouteSpec) -> &SmtpSpec {
+    match route {
+        RouteSpec::Smtp(s) => s,
+        other => panic!("not an SMTP route: {other:?}"),
+    }
+}
+
+fn graph_of(route: &RouteSpec) -> &GraphSpec {
+    match route {
+        RouteSpec::Graph(g) => g,
+        other => panic!("not a Graph route: {other:?}"),
+    }
+}
+
+fn oauth_of(a: &AccountSpec) -> &OAuth {
+    a.oauth.as_ref().expect("the account has OAuth")
+}
+
 #[test]
 fn minimal_config_loads_with_defaults() {
     let f = write(MINIMAL);
@@ -72,16 +98,31 @@ fn minimal_config_loads_with_defaults() {
     assert_eq!(c.hostname(), "relay.test");
     assert_eq!(c.server.max_message_size, 36_700_160);
     assert_eq!(c.listeners[0].label(), "smtp-2525");
-    let a = &c.accounts[0];
+    let a = &l.accounts[0];
     assert_eq!(
-        a.token_url().unwrap(),
+        oauth_of(a).token_url,
         "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/token"
     );
-    assert_eq!(a.scope(), "https://outlook.office365.com/.default");
+    let smtp = smtp_of(&a.route);
+    assert_eq!(smtp.scope, "https://outlook.office365.com/.default");
     assert_eq!(
-        (a.smtp_host().as_str(), a.smtp_port(), a.smtp_tls()),
-        ("smtp.office365.com", 587, UpstreamTls::Starttls)
+        (smtp.host.as_str(), smtp.port, smtp.tls, smtp.auth),
+        (
+            "smtp.office365.com",
+            587,
+            UpstreamTls::Starttls,
+            SmtpAuth::Xoauth2
+        )
     );
+    assert!(matches!(
+        &oauth_of(a).flow,
+        FlowSpec::ClientCredentials { credential: Credential::Secret(s) } if s.expose() == "s3cret-value"
+    ));
+    assert!(a.fallback.is_none());
+    assert_eq!(a.max_connections, 3);
+    assert_eq!(a.messages_per_minute, 30);
+    assert_eq!(a.max_message_size, 36_700_160);
+    assert_eq!(a.bounce_to, None);
     assert_eq!(c.devices[1].allow_ips.len(), 2);
     assert_eq!(c.devices[1].allow_ips[1].to_string(), "10.0.0.7/32");
     assert!(c.devices[0].auth);
@@ -99,6 +140,11 @@ fn example_config_in_repo_loads() {
         .join("../../config/smtp2oauth.example.toml");
     let l = load_with_env(Some(&path), no_env()).unwrap_or_else(|e| panic!("{e}"));
     assert!(l.config.accounts.iter().all(|a| a.route == Route::Capture));
+    assert!(
+        l.accounts
+            .iter()
+            .all(|a| matches!(a.route, RouteSpec::Capture { .. }) && a.oauth.is_none())
+    );
 }
 
 #[test]
@@ -159,14 +205,15 @@ fn env_overrides_plain_keys_and_array_entries() {
             "ignored, no __".to_string(),
         ),
     ];
-    let c = load_with_env(Some(&f.0), env).unwrap().config;
+    let l = load_with_env(Some(&f.0), env).unwrap();
+    let c = l.config;
     assert_eq!(c.hostname(), "from-env.test");
     assert_eq!(c.server.command_timeout.as_secs(), 45);
     assert_eq!(
         c.accounts[0].client_secret.as_ref().unwrap().expose(),
         "env-secret"
     );
-    assert_eq!(c.accounts[0].smtp_port(), 2587);
+    assert_eq!(smtp_of(&l.accounts[0].route).port, 2587);
     // file values of the same entry survive
     assert_eq!(c.accounts[0].mailbox, "scanner@contoso.com");
     assert_eq!(c.devices[1].allow_ips[0].to_string(), "10.1.0.0/16");
@@ -281,11 +328,11 @@ fn secret_file_is_read_and_trimmed() {
         &format!("client_secret_file = \"{}\"", tf.display()),
     );
     let f = write(&cfg);
-    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
-    assert_eq!(
-        c.accounts[0].client_secret().unwrap().unwrap().expose(),
-        "file-secret"
-    );
+    let a = first_spec(&cfg);
+    assert!(matches!(
+        oauth_of(&a).flow.credential(),
+        Some(Credential::Secret(s)) if s.expose() == "file-secret"
+    ));
     std::fs::remove_file(&tf).unwrap();
     let e = load_with_env(Some(&f.0), no_env()).unwrap_err();
     assert!(
@@ -350,12 +397,14 @@ fn sovereign_cloud_authority_changes_default_scope_and_smtp_host() {
         "client_secret = \"s3cret-value\"",
         "client_secret = \"x\"\nauthority = \"https://login.microsoftonline.us\"",
     ));
-    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
-    let a = &c.accounts[0];
-    assert_eq!(a.scope(), "https://outlook.office365.us/.default");
-    assert_eq!(a.smtp_host(), "smtp.office365.us");
+    let a = first_spec(&std::fs::read_to_string(&f.0).unwrap());
     assert_eq!(
-        a.token_url().unwrap(),
+        smtp_of(&a.route).scope,
+        "https://outlook.office365.us/.default"
+    );
+    assert_eq!(smtp_of(&a.route).host, "smtp.office365.us");
+    assert_eq!(
+        oauth_of(&a).token_url,
         "https://login.microsoftonline.us/contoso.onmicrosoft.com/oauth2/v2.0/token"
     );
 }
@@ -481,42 +530,49 @@ fn smarthost_without_credentials_is_fine_and_graph_needs_them() {
 
 #[test]
 fn route_defaults_follow_the_route_and_the_cloud() {
-    let f = write(&with_account_keys(
+    let a = first_spec(&with_account_keys(
         "route = \"graph\"\nfallback_route = \"smtp\"",
     ));
-    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
-    let a = &c.accounts[0];
-    assert_eq!(a.graph_url(), "https://graph.microsoft.com");
-    assert_eq!(a.scope(), "https://graph.microsoft.com/.default");
+    let graph = graph_of(&a.route);
+    assert_eq!(graph.url, "https://graph.microsoft.com");
+    assert_eq!(graph.scope, "https://graph.microsoft.com/.default");
+    assert_eq!(graph.max_message_size, GRAPH_MAX_MESSAGE_SIZE);
+    let fallback = a.fallback.as_ref().expect("a fallback route");
     assert_eq!(
-        a.scope_for(Route::Graph),
-        "https://graph.microsoft.com/.default"
-    );
-    assert_eq!(
-        a.scope_for(Route::Smtp),
+        smtp_of(fallback).scope,
         "https://outlook.office365.com/.default"
     );
     // With an SMTP fallback, Graph's size limit does not cap the device.
-    assert_eq!(a.message_size_limit(36_700_160), 36_700_160);
+    assert_eq!(a.max_message_size, 36_700_160);
+    assert_eq!(
+        a.routes().map(RouteSpec::kind).collect::<Vec<_>>(),
+        [Route::Graph, Route::Smtp]
+    );
 
-    let f = write(&with_account_keys(
+    let toml = with_account_keys(
         "route = \"graph\"\nauthority = \"https://login.microsoftonline.us\"\ngraph_url = \"https://127.0.0.1:9/\"",
-    ));
-    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
-    let a = &c.accounts[0];
-    assert_eq!(a.graph_url(), "https://127.0.0.1:9");
-    assert_eq!(a.scope(), "https://graph.microsoft.us/.default");
-    assert_eq!(a.message_size_limit(36_700_160), GRAPH_MAX_MESSAGE_SIZE);
-    assert_eq!(a.message_size_limit(1_000_000), 1_000_000);
+    );
+    let a = first_spec(&toml);
+    let graph = graph_of(&a.route);
+    assert_eq!(graph.url, "https://127.0.0.1:9");
+    assert_eq!(graph.scope, "https://graph.microsoft.us/.default");
+    assert_eq!(a.max_message_size, GRAPH_MAX_MESSAGE_SIZE);
+    let a = first_spec(&toml.replace("[server]\n", "[server]\nmax_message_size = 1000000\n"));
+    assert_eq!(a.max_message_size, 1_000_000);
+    assert_eq!(graph_of(&a.route).max_message_size, 1_000_000);
 
-    let f = write(&with_account_keys(
-        "route = \"smarthost\"\nmx_domain = \"contoso.com\"",
+    let a = first_spec(&with_account_keys(
+        "route = \"smarthost\"\nmx_domain = \"contoso.com\"\ndns_servers = [\"127.0.0.1:5353\"]",
     ));
-    let c = load_with_env(Some(&f.0), no_env()).unwrap().config;
-    let a = &c.accounts[0];
-    assert_eq!(a.smarthost_port(), 25);
-    assert_eq!(a.smarthost_tls(), SmarthostTls::Required);
-    assert!(!a.needs_token());
+    let RouteSpec::Smarthost(smarthost) = &a.route else {
+        panic!("{a:?}");
+    };
+    assert_eq!(smarthost.port, 25);
+    assert_eq!(smarthost.tls, SmarthostTls::Required);
+    assert_eq!(smarthost.destination, Destination::Mx("contoso.com".into()));
+    assert_eq!(smarthost.dns_servers, ["127.0.0.1:5353".parse().unwrap()]);
+    assert!(a.oauth.is_none());
+    assert_eq!(a.messages_per_minute, 0);
     assert_eq!(
         parse_dns_server("127.0.0.1"),
         Some("127.0.0.1:53".parse().unwrap())
@@ -560,44 +616,70 @@ fn with_account(account: &str) -> String {
 fn delegated_flows_defaults() {
     let f = write(&with_account("flow = \"device_code\""));
     let l = load_with_env(Some(&f.0), no_env()).unwrap();
-    let a = &l.config.accounts[0];
-    assert!(a.is_delegated());
+    let a = &l.accounts[0];
+    assert!(a.delegated().is_some());
+    assert!(l.has_delegated());
+    assert_eq!(a.flow(), Some(Flow::DeviceCode));
     assert_eq!(
-        a.scope(),
+        smtp_of(&a.route).scope,
         "https://outlook.office.com/SMTP.Send offline_access"
     );
+    let FlowSpec::DeviceCode {
+        credential: None,
+        device_code_url,
+    } = &oauth_of(a).flow
+    else {
+        panic!("{a:?}");
+    };
     assert_eq!(
-        a.device_code_url().unwrap(),
+        device_code_url,
         "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/devicecode"
     );
-    assert_eq!(
-        a.authorize_url().unwrap(),
-        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
-    );
-    assert_eq!(a.redirect_uri(), "http://localhost:8025/oauth/callback");
     assert_eq!(l.config.store.master_key_file, None);
     assert!(l.config.admin.password_hash.is_none());
 
-    let f = write(&with_account(
+    let a = first_spec(&with_account("flow = \"authorization_code\""));
+    let FlowSpec::AuthorizationCode {
+        credential: None,
+        authorize_url,
+        redirect_uri,
+    } = &oauth_of(&a).flow
+    else {
+        panic!("{a:?}");
+    };
+    assert_eq!(
+        authorize_url,
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/oauth2/v2.0/authorize"
+    );
+    assert_eq!(redirect_uri, "http://localhost:8025/oauth/callback");
+
+    let a = first_spec(&with_account(
         "flow = \"authorization_code\"\nauthority = \"https://login.microsoftonline.us\"",
     ));
-    let a = load_with_env(Some(&f.0), no_env()).unwrap().config.accounts[0].clone();
     assert_eq!(
-        a.scope(),
+        smtp_of(&a.route).scope,
         "https://outlook.office365.us/SMTP.Send offline_access"
     );
 
-    let f = write(&with_account(
+    let a = first_spec(&with_account(
         "flow = \"authorization_code\"\nprovider = \"google\"\nclient_secret = \"g\"",
     ));
-    let a = load_with_env(Some(&f.0), no_env()).unwrap().config.accounts[0].clone();
-    assert_eq!(a.scope(), "https://mail.google.com/");
+    assert_eq!(smtp_of(&a.route).scope, "https://mail.google.com/");
+    assert_eq!(smtp_of(&a.route).host, "smtp.gmail.com");
+    let FlowSpec::AuthorizationCode {
+        credential: Some(Credential::Secret(_)),
+        authorize_url,
+        ..
+    } = &oauth_of(&a).flow
+    else {
+        panic!("{a:?}");
+    };
     assert_eq!(
-        a.authorize_url().unwrap(),
+        authorize_url,
         "https://accounts.google.com/o/oauth2/v2/auth"
     );
     assert_eq!(
-        a.token_url().unwrap(),
+        oauth_of(&a).token_url,
         "https://oauth2.googleapis.com/token"
     );
 }
@@ -734,9 +816,7 @@ fn delegated_flow_checks() {
 
 #[test]
 fn smtp_auth_defaults_to_xoauth2_and_is_checked_against_the_route_and_host() {
-    let f = write(MINIMAL);
-    let a = load_with_env(Some(&f.0), no_env()).unwrap().config.accounts[0].clone();
-    assert_eq!(a.smtp_auth(), SmtpAuth::Xoauth2);
+    assert_eq!(smtp_of(&first_spec(MINIMAL).route).auth, SmtpAuth::Xoauth2);
 
     // (account keys, problem key expected ("" = loads), words expected in that problem, or in
     // a warning when it loads)
@@ -812,7 +892,14 @@ fn smtp_auth_defaults_to_xoauth2_and_is_checked_against_the_route_and_host() {
                     l.warnings
                 );
                 if keys.contains("oauthbearer") || keys.contains("OAUTHBEARER") {
-                    assert_eq!(l.config.accounts[0].smtp_auth(), SmtpAuth::Oauthbearer);
+                    let smtp = l.accounts[0].routes().find_map(|r| match r {
+                        RouteSpec::Smtp(s) => Some(s.auth),
+                        _ => None,
+                    });
+                    // Without an SMTP route the key is ignored (with the warning above).
+                    let has_smtp =
+                        !keys.contains("route = \"graph\"\nsmtp_auth") && !keys.contains("capture");
+                    assert_eq!(smtp, has_smtp.then_some(SmtpAuth::Oauthbearer), "{keys}");
                 }
             }
             Ok(_) => panic!("{keys}: loaded, expected a problem at {key}"),
@@ -822,4 +909,75 @@ fn smtp_auth_defaults_to_xoauth2_and_is_checked_against_the_route_and_host() {
             ),
         }
     }
+}
+
+#[test]
+fn specs_carry_the_keys_of_their_route_and_credential() {
+    // A certificate credential, a smart host with a client certificate, per-account limits.
+    let a = first_spec(&MINIMAL.replace(
+        "client_secret = \"s3cret-value\"\n",
+        "certificate_file = \"/etc/hostname\"\nprivate_key_file = \"/etc/hostname\"\njwt_alg = \"RS256\"\nroute = \"smarthost\"\nsmarthost_host = \"mx.contoso.com\"\nsmarthost_port = 2525\nsmarthost_tls = \"opportunistic\"\ntls_client_cert_file = \"/etc/hostname\"\ntls_client_key_file = \"/etc/hostname\"\nfallback_route = \"graph\"\nbounce_to = \"it@contoso.com\"\nmax_upstream_connections = 7\nmax_messages_per_minute = 12\n",
+    ));
+    let RouteSpec::Smarthost(s) = &a.route else {
+        panic!("{a:?}");
+    };
+    assert_eq!(s.destination, Destination::Host("mx.contoso.com".into()));
+    assert_eq!((s.port, s.tls), (2525, SmarthostTls::Opportunistic));
+    assert_eq!(
+        s.client_cert,
+        Some(CertificatePair {
+            cert_file: "/etc/hostname".into(),
+            key_file: "/etc/hostname".into(),
+        })
+    );
+    assert!(s.dns_servers.is_empty());
+    assert_eq!(
+        graph_of(a.fallback.as_ref().unwrap()).scope,
+        "https://graph.microsoft.com/.default"
+    );
+    assert!(matches!(
+        &oauth_of(&a).flow,
+        FlowSpec::ClientCredentials {
+            credential: Credential::Certificate {
+                alg: JwtAlg::RS256,
+                ..
+            }
+        }
+    ));
+    assert_eq!(a.bounce_to.as_deref(), Some("it@contoso.com"));
+    assert_eq!((a.max_connections, a.messages_per_minute), (7, 12));
+
+    // Capture: the store's directory by default; no token, whatever `flow` says.
+    let a = first_spec(&with_account_keys(
+        "route = \"capture\"\nflow = \"device_code\"",
+    ));
+    assert!(matches!(&a.route, RouteSpec::Capture { dir } if dir.ends_with("s2o/capture")));
+    assert!(a.oauth.is_none() && a.flow().is_none() && a.delegated().is_none());
+
+    // [delivery] defaults reach the spec.
+    let a = first_spec(&format!(
+        "[delivery]\nbounce_to = \"pm@contoso.com\"\nmax_upstream_connections = 2\n{MINIMAL}"
+    ));
+    assert_eq!(a.bounce_to.as_deref(), Some("pm@contoso.com"));
+    assert_eq!(a.max_connections, 2);
+}
+
+#[test]
+fn an_account_with_problems_has_no_spec_and_the_others_keep_theirs() {
+    let text = MINIMAL.replacen(
+        "[[devices]]",
+        "[[accounts]]\nname = \"broken\"\nmailbox = \"b@contoso.com\"\nroute = \"smarthost\"\n\n[[devices]]",
+        1,
+    );
+    let checked = check(&parse_str(&text, no_env()).unwrap());
+    assert_eq!(
+        checked
+            .problems
+            .iter()
+            .map(|p| p.key.as_str())
+            .collect::<Vec<_>>(),
+        ["accounts.1.smarthost_host"]
+    );
+    let names: Vec<_> = checked.accounts.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(names, ["scanner"]);
 }

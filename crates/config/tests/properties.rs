@@ -2,8 +2,10 @@
 //! fuzz target (fuzz/, docs/fuzzing.md). An admin's typo must give a list of problems, never a
 //! panic; and a client secret from the environment must arrive exactly as written.
 
+#![allow(clippy::unwrap_used)]
+
 use proptest::prelude::*;
-use smtp2oauth_config::{parse_str, validate};
+use smtp2oauth_config::{check, parse_str, validate};
 
 const EXAMPLE: &str = include_str!("../../../config/smtp2oauth.example.toml");
 
@@ -100,7 +102,16 @@ proptest! {
                 prop_assert!(!e.to_string().is_empty());
             }
             Ok(cfg) => {
-                let _ = validate(&cfg);
+                // Every account without problems of its own becomes a spec; a config without
+                // problems has a spec for every account, in order.
+                let checked = check(&cfg);
+                prop_assert!(checked.accounts.len() <= cfg.accounts.len());
+                if checked.problems.is_empty() {
+                    let names: Vec<_> = checked.accounts.iter().map(|a| a.name.as_str()).collect();
+                    let want: Vec<_> = cfg.accounts.iter().map(|a| a.name.as_str()).collect();
+                    prop_assert_eq!(names, want);
+                }
+                prop_assert_eq!(validate(&cfg).0, checked.problems);
             }
         }
     }

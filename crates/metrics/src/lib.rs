@@ -10,6 +10,8 @@
 //! metrics they own through a shared [`Metrics`], and values that are cheaper to read than to
 //! track (queue depth, token expiry) are read at scrape time from a [`Snapshot`].
 
+#![warn(missing_docs)]
+
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
@@ -19,31 +21,42 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 use std::sync::Arc;
 
+/// Labels of the session metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SessionLabels {
+    /// The listener's name.
     pub listener: String,
     /// `none`, `starttls` or `implicit`: how the session is (or ended up) encrypted.
     pub tls: &'static str,
 }
 
+/// Labels of a metric counted by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
+    /// The outcome, a word from a fixed list (e.g. `success`, `wrong_password`).
     pub result: &'static str,
 }
 
+/// Labels of a per-account metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AccountLabels {
+    /// The account's name.
     pub account: String,
 }
 
+/// Labels of a per-route metric.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
+    /// The account's name.
     pub account: String,
+    /// The kind of route (`smtp`, `graph`, `smarthost`, `capture`, `fallback`).
     pub route: &'static str,
 }
 
+/// Labels of the upstream replies counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReplyLabels {
+    /// The account's name.
     pub account: String,
     /// `2xx`, `4xx` or `5xx`.
     pub class: &'static str,
@@ -51,6 +64,7 @@ pub struct ReplyLabels {
     pub status: String,
 }
 
+/// Labels of the inbound refusals counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
     /// The reply code we sent (`535`, `552`, ...).
@@ -59,41 +73,66 @@ pub struct RefusalLabels {
 
 /// What is read at scrape time rather than counted.
 pub trait Snapshot: Send + Sync + std::fmt::Debug + 'static {
+    /// Messages queued and failed, and the age of the oldest queued one.
     fn queue(&self) -> QueueSnapshot;
+    /// Token state of every account.
     fn accounts(&self) -> Vec<AccountSnapshot>;
 }
 
+/// The queue, read at scrape time.
 #[derive(Clone, Debug, Default)]
 pub struct QueueSnapshot {
+    /// Messages in the queue.
     pub queued: u64,
+    /// Messages in `failed/`.
     pub failed: u64,
+    /// Age of the oldest queued message, in seconds (0 when the queue is empty).
     pub oldest_age_seconds: f64,
 }
 
+/// One account's token state, read at scrape time.
 #[derive(Clone, Debug, Default)]
 pub struct AccountSnapshot {
+    /// The account's name.
     pub account: String,
     /// Seconds until the cached access token expires (None: no valid token).
     pub token_expires_in: Option<f64>,
+    /// Token requests sent.
     pub token_requests: u64,
+    /// Token requests that failed.
     pub token_failures: u64,
+    /// True while the account waits for a person to sign in.
     pub sign_in_required: bool,
 }
 
+/// Every metric, and the registry they are exported from.
 pub struct Metrics {
     registry: Registry,
+    /// `smtp2oauth_sessions_active`: SMTP sessions open now.
     pub sessions_active: Family<SessionLabels, Gauge>,
+    /// `smtp2oauth_sessions_total`: SMTP sessions accepted.
     pub sessions: Family<SessionLabels, Counter>,
+    /// `smtp2oauth_auth_attempts_total`: device AUTH attempts by result.
     pub auth_attempts: Family<ResultLabels, Counter>,
+    /// `smtp2oauth_inbound_refusals_total`: commands and messages refused to devices.
     pub refusals: Family<RefusalLabels, Counter>,
+    /// `smtp2oauth_messages_received_total`: messages accepted into the spool.
     pub messages_received: Family<AccountLabels, Counter>,
+    /// `smtp2oauth_received_bytes_total`: bytes of messages accepted.
     pub received_bytes: Family<AccountLabels, Counter>,
+    /// `smtp2oauth_messages_delivered_total`: messages delivered upstream.
     pub messages_delivered: Family<RouteLabels, Counter>,
+    /// `smtp2oauth_messages_deferred_total`: attempts that ended in a temporary failure.
     pub messages_deferred: Family<RouteLabels, Counter>,
+    /// `smtp2oauth_messages_failed_total`: messages that failed for good.
     pub messages_failed: Family<RouteLabels, Counter>,
+    /// `smtp2oauth_delivered_bytes_total`: bytes of messages delivered upstream.
     pub delivered_bytes: Family<RouteLabels, Counter>,
+    /// `smtp2oauth_upstream_replies_total`: final upstream replies by class and status.
     pub upstream_replies: Family<ReplyLabels, Counter>,
+    /// `smtp2oauth_upstream_attempt_duration_seconds`: time one delivery attempt took.
     pub upstream_duration: Family<RouteLabels, Histogram>,
+    /// `smtp2oauth_delivery_latency_seconds`: time from acceptance to delivery.
     pub delivery_latency: Family<AccountLabels, Histogram>,
 }
 
@@ -106,6 +145,7 @@ fn seconds_histogram() -> Histogram {
 }
 
 impl Metrics {
+    /// Registers every metric; `snapshot` supplies the values read at scrape time.
     pub fn new(snapshot: Option<Arc<dyn Snapshot>>) -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("smtp2oauth");
         let m = Metrics {

@@ -10,7 +10,7 @@
 use crate::wiring;
 use clap::Subcommand;
 use smtp2oauth_admin::time::{utc, utc_relative};
-use smtp2oauth_config::{Config, Flow};
+use smtp2oauth_config::{AccountSpec, FlowSpec, Loaded, RouteSpec};
 use smtp2oauth_tokens::{
     CallbackParams, MasterKey, PollEvent, Secret, SignInError, SignInManager, StoredToken,
     TokenStore,
@@ -58,17 +58,17 @@ pub fn keygen() -> ExitCode {
 
 pub async fn run(path: Option<&Path>, command: AccountCommand) -> ExitCode {
     let cfg = match smtp2oauth_config::load(path) {
-        Ok(l) => l.config,
+        Ok(l) => l,
         Err(e) => {
             eprint!("{e}");
             return ExitCode::from(2);
         }
     };
     let result = match command {
-        AccountCommand::List => list(&cfg),
-        AccountCommand::Status { name } => status(&cfg, &name),
+        AccountCommand::List => list(&cfg).await,
+        AccountCommand::Status { name } => status(&cfg, &name).await,
         AccountCommand::Login { name } => login(&cfg, &name).await,
-        AccountCommand::Logout { name } => logout(&cfg, &name),
+        AccountCommand::Logout { name } => logout(&cfg, &name).await,
     };
     match result {
         Ok(code) => code,
@@ -79,20 +79,26 @@ pub async fn run(path: Option<&Path>, command: AccountCommand) -> ExitCode {
     }
 }
 
-fn store(cfg: &Config, generate: bool) -> anyhow::Result<Option<Arc<TokenStore>>> {
-    Ok(wiring::open_token_store(cfg, generate)?.map(|(s, _)| s))
+async fn store(cfg: &Loaded, generate: bool) -> anyhow::Result<Option<Arc<TokenStore>>> {
+    Ok(wiring::open_token_store(cfg, generate)
+        .await?
+        .map(|(s, _)| s))
 }
 
 /// One line of state for an account.
-fn state_line(account: &smtp2oauth_config::Account, store: Option<&TokenStore>) -> String {
-    if account.route == smtp2oauth_config::Route::Capture {
+async fn state_line(account: &AccountSpec, store: Option<&TokenStore>) -> String {
+    if matches!(account.route, RouteSpec::Capture { .. }) {
         return "no sign-in needed (capture)".into();
     }
-    if !account.is_delegated() {
+    if account.delegated().is_none() {
         return "app-only: the running relay gets its tokens (see `smtp2oauth health --ready`)"
             .into();
     }
-    match store.map(|s| s.load(&account.name)) {
+    let record = match store {
+        Some(s) => Some(s.load(&account.name).await),
+        None => None,
+    };
+    match record {
         None | Some(Ok(None)) => "not signed in".into(),
         Some(Err(e)) => format!("token file unreadable: {e}"),
         Some(Ok(Some(t))) if t.sign_in_required => "sign-in needed".into(),
@@ -103,8 +109,13 @@ fn state_line(account: &smtp2oauth_config::Account, store: Option<&TokenStore>) 
     }
 }
 
-fn list(cfg: &Config) -> anyhow::Result<ExitCode> {
-    let store = store(cfg, false)?;
+/// The account's flow as the list and status show it (`none` when it needs no token).
+fn flow_name(account: &AccountSpec) -> &'static str {
+    account.flow().map_or("none", |f| f.as_str())
+}
+
+async fn list(cfg: &Loaded) -> anyhow::Result<ExitCode> {
+    let store = store(cfg, false).await?;
     let width = cfg
         .accounts
         .iter()
@@ -117,31 +128,31 @@ fn list(cfg: &Config) -> anyhow::Result<ExitCode> {
         println!(
             "{:width$}  {:9}  {:18}  {}",
             a.name,
-            a.route.as_str(),
-            a.flow.as_str(),
-            state_line(a, store.as_deref())
+            a.route.kind().as_str(),
+            flow_name(a),
+            state_line(a, store.as_deref()).await
         );
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn status(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
+async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     let Some(a) = cfg.account(name) else {
         eprintln!("smtp2oauth: no account named `{name}`");
         return Ok(ExitCode::from(2));
     };
-    let store = store(cfg, false)?;
+    let store = store(cfg, false).await?;
     println!("account:      {}", a.name);
     println!("mailbox:      {}", a.mailbox);
-    println!("route:        {}", a.route.as_str());
-    println!("flow:         {}", a.flow.as_str());
-    println!("state:        {}", state_line(a, store.as_deref()));
-    if !a.is_delegated() || a.route == smtp2oauth_config::Route::Capture {
+    println!("route:        {}", a.route.kind().as_str());
+    println!("flow:         {}", flow_name(a));
+    println!("state:        {}", state_line(a, store.as_deref()).await);
+    let Some(oauth) = a.delegated() else {
         return Ok(ExitCode::SUCCESS);
-    }
-    println!("scope:        {}", a.scope());
-    if a.flow == Flow::AuthorizationCode {
-        println!("redirect URI: {}", a.redirect_uri());
+    };
+    println!("scope:        {}", a.route.scope().unwrap_or_default());
+    if let FlowSpec::AuthorizationCode { redirect_uri, .. } = &oauth.flow {
+        println!("redirect URI: {redirect_uri}");
     }
     let Some(store) = store else {
         println!("store:        nothing stored yet");
@@ -153,7 +164,7 @@ fn status(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
         store.path(&a.name).display(),
         store.key_id()
     );
-    let record: Option<StoredToken> = store.load(&a.name)?;
+    let record: Option<StoredToken> = store.load(&a.name).await?;
     let needs_login = match &record {
         None => true,
         Some(t) => {
@@ -173,7 +184,7 @@ fn status(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
             t.sign_in_required || t.refresh_token.is_none()
         }
     };
-    if let Some(p) = store.login_prompt(&a.name) {
+    if let Some(p) = store.login_prompt(&a.name).await {
         println!(
             "in progress:  open {} and enter {} (until {}, started by {})",
             p.verification_uri,
@@ -189,36 +200,41 @@ fn status(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn logout(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
-    let Some(a) = cfg.account(name).filter(|a| a.is_delegated()) else {
+async fn logout(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
+    let Some(a) = cfg.account(name).filter(|a| a.delegated().is_some()) else {
         eprintln!("smtp2oauth: no account named `{name}` signs in with a delegated flow");
         return Ok(ExitCode::from(2));
     };
-    match store(cfg, false)? {
-        Some(store) if store.sign_out(&a.name)? => {
-            println!(
-                "signed out: the stored sign-in of account {} is deleted; its mail waits until someone signs in again",
-                a.name
-            );
-        }
-        _ => println!("account {} has no stored sign-in", a.name),
+    let store = store(cfg, false).await?;
+    let signed_out = match &store {
+        Some(store) => store.sign_out(&a.name).await?,
+        None => false,
+    };
+    if signed_out {
+        println!(
+            "signed out: the stored sign-in of account {} is deleted; its mail waits until someone signs in again",
+            a.name
+        );
+    } else {
+        println!("account {} has no stored sign-in", a.name);
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn login(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
+async fn login(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     let Some(account) = cfg.account(name) else {
         eprintln!("smtp2oauth: no account named `{name}`");
         return Ok(ExitCode::from(2));
     };
-    if !account.is_delegated() {
+    let Some(oauth) = account.delegated() else {
         eprintln!(
             "smtp2oauth: account `{name}` uses flow = \"{}\": nobody signs in; set flow = \"device_code\" or \"authorization_code\" for a delegated sign-in",
-            account.flow.as_str()
+            flow_name(account)
         );
         return Ok(ExitCode::from(2));
-    }
-    let (store, origin) = wiring::open_token_store(cfg, true)?
+    };
+    let (store, origin) = wiring::open_token_store(cfg, true)
+        .await?
         .ok_or_else(|| anyhow::anyhow!("the token store could not be opened"))?;
     if let smtp2oauth_tokens::KeyOrigin::Generated(path) = &origin {
         eprintln!(
@@ -232,9 +248,11 @@ async fn login(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
         .filter(|t| t.account == account.name)
         .collect();
     let manager = SignInManager::new(targets);
-    let result = match account.flow {
-        Flow::DeviceCode => device_login(&manager, account, &store).await,
-        _ => browser_login(&manager, account).await,
+    let result = match &oauth.flow {
+        FlowSpec::AuthorizationCode { redirect_uri, .. } => {
+            browser_login(&manager, account, redirect_uri).await
+        }
+        _ => device_login(&manager, account, &store).await,
     };
     match result {
         Ok(()) => {
@@ -255,7 +273,7 @@ async fn login(cfg: &Config, name: &str) -> anyhow::Result<ExitCode> {
 
 async fn device_login(
     manager: &SignInManager,
-    account: &smtp2oauth_config::Account,
+    account: &AccountSpec,
     store: &TokenStore,
 ) -> Result<(), SignInError> {
     let who = format!("smtp2oauth account login (pid {})", std::process::id());
@@ -280,7 +298,7 @@ async fn device_login(
     tokio::select! {
         r = wait => r,
         _ = tokio::signal::ctrl_c() => {
-            let _ = store.set_login_prompt(&account.name, None);
+            let _ = store.set_login_prompt(&account.name, None).await;
             Err(SignInError::Provider("interrupted before anyone signed in".into()))
         }
     }
@@ -289,44 +307,15 @@ async fn device_login(
 /// Authorization code from the terminal: print the URL, then act as the redirect URI.
 async fn browser_login(
     manager: &SignInManager,
-    account: &smtp2oauth_config::Account,
+    account: &AccountSpec,
+    redirect: &str,
 ) -> Result<(), SignInError> {
-    let redirect = account.redirect_uri();
-    let Some(rest) = redirect.strip_prefix("http://") else {
-        return Err(SignInError::Provider(format!(
-            "the redirect URI {redirect} is not plain http, so this command cannot receive it; sign in on the accounts page behind your HTTPS front end instead"
-        )));
-    };
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let path = path.split('?').next().unwrap_or("/").to_string();
-    let with_port = if authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-    {
-        authority.to_string()
-    } else {
-        format!("{authority}:80")
-    };
-    let bind_to = with_port.replacen("localhost:", "127.0.0.1:", 1);
-    let listener = match tokio::net::TcpListener::bind(&bind_to).await {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
-            return Err(SignInError::Provider(format!(
-                "{authority} is in use, probably by the running relay's accounts page: open http://{authority}/accounts and use Sign in there"
-            )));
-        }
-        Err(e) => {
-            return Err(SignInError::Provider(format!(
-                "cannot listen on {authority} for the redirect: {e}"
-            )));
-        }
-    };
+    let target = RedirectTarget::parse(redirect)?;
+    let listener = target.bind().await?;
     let url = manager.begin_authorization(&account.name, "cli")?;
     println!(
         "To sign in account {} ({}), open this URL in a browser on this machine (or one whose localhost reaches it, e.g. through an SSH tunnel to port {}):",
-        account.name,
-        account.mailbox,
-        with_port.rsplit(':').next().unwrap_or("80")
+        account.name, account.mailbox, target.port
     );
     println!("{url}");
     println!("Waiting for the sign-in to come back to {redirect} ...");
@@ -339,58 +328,106 @@ async fn browser_login(
             }
             continue;
         };
-        let Some(target) = read_request_target(&mut stream).await else {
-            continue;
-        };
-        let (req_path, query) = target.split_once('?').unwrap_or((&target, ""));
-        if req_path != path {
-            respond(
-                &mut stream,
-                404,
-                "Not found",
-                "This is not the sign-in callback.",
-            )
-            .await;
-            continue;
+        if let Some(done) = callback(manager, &target.path, &mut stream).await {
+            return done;
         }
-        let q = parse_query(query);
-        let params = CallbackParams {
-            state: q.get("state").cloned(),
-            code: q.get("code").map(|c| Secret::from(c.as_str())),
-            error: q.get("error").cloned(),
-            error_description: q.get("error_description").cloned(),
+    }
+}
+
+/// Where the redirect URI sends the browser, as this command listens for it.
+struct RedirectTarget {
+    /// `host[:port]` as written in the URI.
+    authority: String,
+    /// `host:port` (port 80 when the URI names none).
+    with_port: String,
+    /// The callback's path.
+    path: String,
+    /// The port, for the instructions.
+    port: String,
+}
+
+impl RedirectTarget {
+    fn parse(redirect: &str) -> Result<Self, SignInError> {
+        let Some(rest) = redirect.strip_prefix("http://") else {
+            return Err(SignInError::Provider(format!(
+                "the redirect URI {redirect} is not plain http, so this command cannot receive it; sign in on the accounts page behind your HTTPS front end instead"
+            )));
         };
-        match manager.complete_authorization(params, "cli").await {
-            Ok(_) => {
-                respond(
-                    &mut stream,
-                    200,
-                    "Signed in",
-                    "Signed in. You can close this window; smtp2oauth stores the sign-in.",
-                )
-                .await;
-                return Ok(());
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let path = path.split('?').next().unwrap_or("/").to_string();
+        let with_port = if authority
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+        {
+            authority.to_string()
+        } else {
+            format!("{authority}:80")
+        };
+        let port = with_port.rsplit(':').next().unwrap_or("80").to_string();
+        Ok(RedirectTarget {
+            authority: authority.to_string(),
+            with_port,
+            path,
+            port,
+        })
+    }
+
+    /// Listens where the browser will come back; a busy port is most likely the relay's own
+    /// accounts page, which can take the sign-in itself.
+    async fn bind(&self) -> Result<tokio::net::TcpListener, SignInError> {
+        let bind_to = self.with_port.replacen("localhost:", "127.0.0.1:", 1);
+        let shown = &self.authority;
+        match tokio::net::TcpListener::bind(&bind_to).await {
+            Ok(l) => Ok(l),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                Err(SignInError::Provider(format!(
+                    "{shown} is in use, probably by the running relay's accounts page: open http://{shown}/accounts and use Sign in there"
+                )))
             }
-            // A stale tab or a stray request: keep waiting for the real one.
-            Err(SignInError::UnknownState) => {
-                respond(
-                    &mut stream,
-                    400,
-                    "Not this sign-in",
-                    "This response does not belong to the sign-in smtp2oauth is waiting for.",
-                )
-                .await;
-            }
-            Err(e) => {
-                respond(
-                    &mut stream,
-                    400,
-                    "Sign-in failed",
-                    &format!("The sign-in did not complete: {e}"),
-                )
-                .await;
-                return Err(e);
-            }
+            Err(e) => Err(SignInError::Provider(format!(
+                "cannot listen on {shown} for the redirect: {e}"
+            ))),
+        }
+    }
+}
+
+/// Answers one request to the redirect listener: `Some` once the sign-in is done (or failed
+/// for good), `None` to keep waiting (a stray request, a stale tab).
+async fn callback(
+    manager: &SignInManager,
+    path: &str,
+    stream: &mut tokio::net::TcpStream,
+) -> Option<Result<(), SignInError>> {
+    let target = read_request_target(stream).await?;
+    let (req_path, query) = target.split_once('?').unwrap_or((&target, ""));
+    if req_path != path {
+        let text = "This is not the sign-in callback.";
+        respond(stream, 404, "Not found", text).await;
+        return None;
+    }
+    let q = parse_query(query);
+    let params = CallbackParams {
+        state: q.get("state").cloned(),
+        code: q.get("code").map(|c| Secret::from(c.as_str())),
+        error: q.get("error").cloned(),
+        error_description: q.get("error_description").cloned(),
+    };
+    match manager.complete_authorization(params, "cli").await {
+        Ok(_) => {
+            let text = "Signed in. You can close this window; smtp2oauth stores the sign-in.";
+            respond(stream, 200, "Signed in", text).await;
+            Some(Ok(()))
+        }
+        // A stale tab or a stray request: keep waiting for the real one.
+        Err(SignInError::UnknownState) => {
+            let text = "This response does not belong to the sign-in smtp2oauth is waiting for.";
+            respond(stream, 400, "Not this sign-in", text).await;
+            None
+        }
+        Err(e) => {
+            let text = format!("The sign-in did not complete: {e}");
+            respond(stream, 400, "Sign-in failed", &text).await;
+            Some(Err(e))
         }
     }
 }

@@ -1,14 +1,15 @@
 //! The one-shot commands: `check-config`, `hash-password`, `send-test`.
 
 use crate::wiring;
-use smtp2oauth_config::{Config, Route as RouteKind};
-use smtp2oauth_upstream::{Message, advice};
+use smtp2oauth_config::{AccountSpec, Config, Loaded, Problem, RouteSpec};
+use smtp2oauth_upstream::{Message, Route, advice};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 /// Reports every problem with its key path; exit status 1 when there is any.
-pub fn check_config(path: Option<&Path>) -> ExitCode {
+pub async fn check_config(path: Option<&Path>) -> ExitCode {
     let cfg = match smtp2oauth_config::parse(path, std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
@@ -16,9 +17,17 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let (mut problems, warnings) = smtp2oauth_config::validate(&cfg);
-    let mut extra = deep_checks(&cfg);
-    problems.append(&mut extra);
+    let checked = smtp2oauth_config::check(&cfg);
+    let mut problems = checked.problems;
+    let warnings = checked.warnings;
+    let loaded = smtp2oauth_config::Loaded {
+        config: cfg,
+        accounts: checked.accounts,
+        warnings: Vec::new(),
+        path: path.map(Path::to_path_buf),
+    };
+    problems.append(&mut deep_checks(&loaded).await);
+    let cfg = &loaded.config;
     for w in &warnings {
         eprintln!("warning: {w}");
     }
@@ -40,8 +49,10 @@ pub fn check_config(path: Option<&Path>) -> ExitCode {
 }
 
 /// Checks that need more than the schema: hashes parse, credentials load, TLS files load.
-fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
-    use smtp2oauth_config::Problem;
+/// Accounts are checked from their specs, so an account with problems of its own is checked
+/// here once those are fixed.
+async fn deep_checks(loaded: &Loaded) -> Vec<Problem> {
+    let cfg = &loaded.config;
     let mut p = Vec::new();
     if let Err(errs) = smtp2oauth_inbound::Directory::from_config(cfg) {
         for e in errs {
@@ -50,51 +61,72 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
             }
         }
     }
-    for (i, a) in cfg.accounts.iter().enumerate() {
-        if let (Some(c), Some(k)) = (&a.tls_client_cert_file, &a.tls_client_key_file)
-            && a.routes().contains(&RouteKind::Smarthost)
-            && c.exists()
-            && k.exists()
-            && let Err(e) = smtp2oauth_upstream::client_config_with_cert(a.ca_file.as_deref(), c, k)
+    for a in &loaded.accounts {
+        account_checks(a, &account_key(cfg, &a.name), &mut p);
+    }
+    token_store_checks(loaded, &mut p).await;
+    listener_tls_checks(cfg, &mut p);
+    p
+}
+
+/// The key path of the account named `name`.
+fn account_key(cfg: &Config, name: &str) -> String {
+    let i = cfg.accounts.iter().position(|a| a.name == name);
+    format!("accounts.{}", i.unwrap_or_default())
+}
+
+/// The account's client certificates and CA file load, and its credential does.
+fn account_checks(a: &AccountSpec, key: &str, p: &mut Vec<Problem>) {
+    for route in a.routes() {
+        if let RouteSpec::Smarthost(s) = route
+            && let Some(pair) = &s.client_cert
+            && let Err(e) = smtp2oauth_upstream::client_config_with_cert(
+                a.ca_file.as_deref(),
+                &pair.cert_file,
+                &pair.key_file,
+            )
         {
-            p.push(Problem::new(
-                format!("accounts.{i}.tls_client_cert_file"),
-                e,
-            ));
-        }
-        if !a.needs_token() {
-            continue;
-        }
-        let has_cred = a.client_secret.is_some()
-            || a.client_secret_file.is_some()
-            || a.certificate_file.is_some();
-        if has_cred && let Err(e) = wiring::credential(a) {
-            p.push(Problem::new(format!("accounts.{i}"), format!("{e:#}")));
-        }
-        if let Err(e) = smtp2oauth_upstream::client_config(a.ca_file.as_deref()) {
-            p.push(Problem::new(format!("accounts.{i}.ca_file"), e));
+            p.push(Problem::new(format!("{key}.tls_client_cert_file"), e));
         }
     }
-    // Stored sign-ins must open with the master key the relay will use (nothing is created).
-    match wiring::open_token_store(cfg, false) {
+    let Some(oauth) = &a.oauth else {
+        return;
+    };
+    if let Some(c) = oauth.flow.credential()
+        && let Err(e) = wiring::credential(&a.name, c)
+    {
+        p.push(Problem::new(key, format!("{e:#}")));
+    }
+    if let Err(e) = smtp2oauth_upstream::client_config(a.ca_file.as_deref()) {
+        p.push(Problem::new(format!("{key}.ca_file"), e));
+    }
+}
+
+/// Stored sign-ins must open with the master key the relay will use (nothing is created).
+async fn token_store_checks(loaded: &Loaded, p: &mut Vec<Problem>) {
+    match wiring::open_token_store(loaded, false).await {
         Err(e) => p.push(Problem::new("store.master_key_file", format!("{e:#}"))),
         Ok(None) => {}
         Ok(Some((store, _))) => {
-            for (i, a) in cfg.accounts.iter().enumerate() {
-                if a.is_delegated()
-                    && let Err(e) = store.load(&a.name)
-                {
-                    p.push(Problem::new(format!("accounts.{i}"), e.to_string()));
+            for a in loaded.accounts.iter().filter(|a| a.delegated().is_some()) {
+                if let Err(e) = store.load(&a.name).await {
+                    p.push(Problem::new(
+                        account_key(&loaded.config, &a.name),
+                        e.to_string(),
+                    ));
                 }
             }
         }
     }
+}
+
+/// Each listener's TLS as `serve` would load it (client CA, legacy profile); the bare pair
+/// only when no listener uses it, so one bad file is reported once.
+fn listener_tls_checks(cfg: &Config, p: &mut Vec<Problem>) {
     if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file)
         && c.exists()
         && k.exists()
     {
-        // Each listener's TLS as `serve` would load it (client CA, legacy profile); the bare
-        // pair only when no listener uses it, so one bad file is reported once.
         let mut checked = false;
         for (i, l) in cfg.listeners.iter().enumerate() {
             if l.tls == smtp2oauth_config::ListenerTls::None {
@@ -115,7 +147,6 @@ fn deep_checks(cfg: &Config) -> Vec<smtp2oauth_config::Problem> {
             p.push(Problem::new("tls", e.to_string()));
         }
     }
-    p
 }
 
 /// Reads a password (without echo on a terminal) and prints its argon2id hash.
@@ -158,64 +189,48 @@ pub fn hash_password(m_cost: u32, t_cost: u32, p_cost: u32) -> ExitCode {
     }
 }
 
-/// Prompts on standard error and reads a line from the terminal with echo turned off.
+/// Prompts on the terminal and reads a line from it with echo turned off.
 fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
-    eprint!("{prompt}");
-    std::io::stderr().flush()?;
-    let fd = libc::STDIN_FILENO;
-    // SAFETY: termios is plain data; tcgetattr/tcsetattr only read/write the struct we own.
-    let mut term: libc::termios = unsafe { std::mem::zeroed() };
-    let have_term = unsafe { libc::tcgetattr(fd, &mut term) } == 0;
-    let saved = term;
-    if have_term {
-        term.c_lflag &= !libc::ECHO;
-        term.c_lflag |= libc::ECHONL;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
+    rpassword::prompt_password(prompt)
+}
+
+/// The account's route as the relay would build it, with the stored sign-in if it has one.
+async fn test_route(loaded: &Loaded, acct: &AccountSpec) -> anyhow::Result<Arc<dyn Route>> {
+    let cfg = &loaded.config;
+    let store = wiring::open_token_store(loaded, false)
+        .await?
+        .map(|(s, _)| s);
+    if acct.delegated().is_some() && store.is_none() {
+        anyhow::bail!(
+            "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
+            acct.name,
+            acct.name
+        );
     }
-    let mut line = String::new();
-    let r = std::io::stdin().lock().read_line(&mut line);
-    if have_term {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &saved) };
+    let mut tokens = wiring::TokenSources::new();
+    if let Some(scope) = acct.route.scope() {
+        let source = wiring::token_source(cfg, acct, scope, store.as_ref()).await?;
+        tokens.insert(acct.name.clone(), source);
     }
-    r?;
-    Ok(line.trim_end_matches(['\r', '\n']).to_string())
+    let slots = wiring::GraphSlots::default();
+    wiring::route(cfg, acct, &tokens, &slots, store.as_ref()).await
 }
 
 /// Sends a short message through an account's route and prints what the upstream said.
 pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode {
-    let cfg = match smtp2oauth_config::load(path) {
-        Ok(l) => l.config,
+    let loaded = match smtp2oauth_config::load(path) {
+        Ok(l) => l,
         Err(e) => {
             eprint!("{e}");
             return ExitCode::from(2);
         }
     };
-    let Some(acct) = cfg.account(account).cloned() else {
+    let cfg = &loaded.config;
+    let Some(acct) = loaded.account(account) else {
         eprintln!("smtp2oauth: no account named `{account}`");
         return ExitCode::from(2);
     };
-    let built = async {
-        let store = wiring::open_token_store(&cfg, false)?.map(|(s, _)| s);
-        if acct.is_delegated() && acct.needs_token() && store.is_none() {
-            anyhow::bail!(
-                "account `{}` has not been signed in yet: run `smtp2oauth account login {}`",
-                acct.name,
-                acct.name
-            );
-        }
-        let tokens = if smtp2oauth_config::Account::route_needs_token(acct.route) {
-            let mut m = wiring::TokenSources::new();
-            m.insert(
-                acct.name.clone(),
-                wiring::token_source(&cfg, &acct, store.as_ref())?,
-            );
-            m
-        } else {
-            wiring::TokenSources::new()
-        };
-        wiring::route(&cfg, &acct, &tokens, store.as_ref())
-    }
-    .await;
+    let built = test_route(&loaded, acct).await;
     let route = match built {
         Ok(r) => r,
         Err(e) => {

@@ -5,9 +5,12 @@
 //!
 //! # Layout
 //! - `main.rs`: the command line.
-//! - `serve.rs`: `smtp2oauth serve`: builds and runs the relay.
-//! - `wiring.rs`: turning configuration into routes, token sources and TLS (shared by `serve`,
-//!   `check-config` and `send-test`).
+//! - `serve.rs`: `smtp2oauth serve`: loads the configuration, builds the relay, runs it; the
+//!   signal task.
+//! - `wiring.rs`: turning configuration into the relay's parts: routes, token sources, TLS,
+//!   listeners, the admin server (shared by `serve`, `check-config` and `send-test`).
+//! - `relay.rs`: the built relay, and running it until told to stop (shutdown order).
+//! - `reload.rs`: reloading the listeners' certificates on SIGHUP or when the files change.
 //! - `commands.rs`: `check-config`, `hash-password`, `send-test`.
 //! - `queue_cmd.rs`: `queue list|show|retry|delete|failed|requeue`.
 //! - `account_cmd.rs`: `account list|status|login|logout` and `keygen`.
@@ -19,6 +22,8 @@ mod account_cmd;
 mod commands;
 mod logging;
 mod queue_cmd;
+mod relay;
+mod reload;
 mod serve;
 mod signin;
 mod status;
@@ -175,7 +180,9 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::CheckConfig { config } => commands::check_config(config.path().as_deref()),
+        Command::CheckConfig { config } => {
+            runtime().block_on(commands::check_config(config.path().as_deref()))
+        }
         Command::HashPassword {
             m_cost,
             t_cost,
@@ -210,9 +217,12 @@ fn main() -> ExitCode {
 /// 19 MiB argon2 buffer (and every large message buffer after the first) comes from a heap that
 /// is never given back: a relay that verified two logins an hour ago would still hold 38 MiB.
 /// A fixed threshold keeps memory at rest what the relay is actually using.
+// The one unsafe call of the relay: libc has no safe wrapper for mallopt.
+#[allow(unsafe_code)]
 fn release_large_buffers() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes a tunable of the allocator; called before any thread starts.
+    // SAFETY: mallopt only sets a tunable of glibc's allocator (no pointer is passed), and it
+    // runs first in main, before any other thread exists that could be allocating.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 * 1024 * 1024);
     }

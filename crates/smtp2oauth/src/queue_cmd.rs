@@ -198,6 +198,14 @@ async fn show(spool: &Spool, id: &str) -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    print_message(&q);
+    print_history(&q.events);
+    print_headers(&q.data_path);
+    ExitCode::SUCCESS
+}
+
+/// The envelope and where delivery stands.
+fn print_message(q: &smtp2oauth_spool::Queued) {
     let e = &q.envelope;
     let p = &q.progress;
     println!("id:          {}", e.id);
@@ -253,11 +261,15 @@ async fn show(spool: &Spool, id: &str) -> ExitCode {
         let when = n.saturating_sub(now_ms()) / 1000;
         println!("next:        in {when}s");
     }
+}
+
+/// Every event recorded for the message, oldest first.
+fn print_history(events: &[Event]) {
     println!("\nhistory:");
-    if q.events.is_empty() {
+    if events.is_empty() {
         println!("  (no attempt yet)");
     }
-    for ev in &q.events {
+    for ev in events {
         match ev {
             Event::Attempt {
                 at_ms,
@@ -294,8 +306,12 @@ async fn show(spool: &Spool, id: &str) -> ExitCode {
             }
         }
     }
+}
+
+/// The message's header block (from its first 64 KiB).
+fn print_headers(data_path: &std::path::Path) {
     println!("\nheaders:");
-    match std::fs::File::open(&q.data_path) {
+    match std::fs::File::open(data_path) {
         Ok(f) => {
             use std::io::Read;
             let mut buf = Vec::new();
@@ -305,9 +321,8 @@ async fn show(spool: &Spool, id: &str) -> ExitCode {
                 println!("  {line}");
             }
         }
-        Err(err) => println!("  (cannot read {}: {err})", q.data_path.display()),
+        Err(err) => println!("  (cannot read {}: {err})", data_path.display()),
     }
-    ExitCode::SUCCESS
 }
 
 async fn act(

@@ -36,19 +36,17 @@ pub struct Releaser {
 }
 
 impl Releaser {
-    pub fn new(
+    pub async fn new(
         store: Arc<TokenStore>,
         accounts: &[String],
         tokens: TokenSources,
         scheduler: Arc<Scheduler>,
     ) -> Arc<Self> {
-        let handled = accounts
-            .iter()
-            .map(|a| {
-                let at = store.load(a).ok().flatten().and_then(|t| t.signed_in_at);
-                (a.clone(), at)
-            })
-            .collect();
+        let mut handled = HashMap::new();
+        for a in accounts {
+            let at = store.load(a).await.ok().flatten();
+            handled.insert(a.clone(), at.and_then(|t| t.signed_in_at));
+        }
         Arc::new(Releaser {
             store,
             tokens,
@@ -59,8 +57,8 @@ impl Releaser {
 
     /// The token file of `account` may hold a new sign-in: if so, use it now (the cache forgets
     /// its "sign-in needed" failure and redeems it) and send the mail that waited for it.
-    pub fn check(&self, account: &str) {
-        let record = match self.store.load(account) {
+    pub async fn check(&self, account: &str) {
+        let record = match self.store.load(account).await {
             Ok(Some(t)) => t,
             Ok(None) => {
                 let previous = self.lock().insert(account.to_owned(), None).flatten();
@@ -114,6 +112,29 @@ impl Releaser {
     }
 }
 
+/// The tasks that keep delegated accounts signed in, built and not yet running.
+pub struct Tasks {
+    pub store: Arc<TokenStore>,
+    /// The delegated accounts.
+    pub accounts: Vec<String>,
+    pub releaser: Arc<Releaser>,
+    /// The token source of each delegated account's primary route.
+    pub fresh: Vec<(String, Arc<dyn TokenSource>)>,
+}
+
+impl Tasks {
+    /// Starts watching the store and keeping tokens fresh, until `stop`.
+    pub fn spawn(self, stop: CancellationToken) {
+        tokio::spawn(watch_store(
+            self.store,
+            self.accounts,
+            self.releaser,
+            stop.clone(),
+        ));
+        tokio::spawn(keep_fresh(self.fresh, stop));
+    }
+}
+
 /// Watches the token files of `accounts` for sign-ins made by another process, until `stop`.
 pub async fn watch_store(
     store: Arc<TokenStore>,
@@ -121,26 +142,22 @@ pub async fn watch_store(
     releaser: Arc<Releaser>,
     stop: CancellationToken,
 ) {
-    let mut stamps: HashMap<String, _> = accounts
-        .iter()
-        .map(|a| (a.clone(), store.stamp(a)))
-        .collect();
+    let mut stamps = HashMap::new();
+    for a in &accounts {
+        stamps.insert(a.clone(), store.stamp(a).await);
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(WATCH_INTERVAL) => {}
         }
         for a in &accounts {
-            let stamp = store.stamp(a);
+            let stamp = store.stamp(a).await;
             if stamps.get(a) == Some(&stamp) {
                 continue;
             }
             stamps.insert(a.clone(), stamp);
-            let releaser = releaser.clone();
-            let account = a.clone();
-            if let Err(e) = tokio::task::spawn_blocking(move || releaser.check(&account)).await {
-                warn!(account = %a, error = %e, "cannot check the token file");
-            }
+            releaser.check(a).await;
         }
     }
 }

@@ -78,12 +78,20 @@ impl Snapshot for RelaySnapshot {
     }
 }
 
+/// What readiness checks for one account.
+pub struct AccountCheck {
+    pub name: String,
+    /// The kind of its route, as its route names itself.
+    pub route: &'static str,
+    /// For capture routes, the directory that must be writable.
+    pub capture_dir: Option<PathBuf>,
+}
+
 /// Everything the readiness checks look at.
 pub struct ReadinessInputs {
     pub spool: Spool,
     pub tokens: TokenSources,
-    /// (account name, route kind, capture directory for capture routes)
-    pub accounts: Vec<(String, &'static str, Option<PathBuf>)>,
+    pub accounts: Vec<AccountCheck>,
     pub listeners: usize,
     /// Accept loops still running (decremented when one ends).
     pub listeners_up: Arc<AtomicUsize>,
@@ -115,7 +123,12 @@ pub async fn readiness(inputs: Arc<ReadinessInputs>) -> Vec<Check> {
             ),
         },
     });
-    for (name, kind, capture) in &inputs.accounts {
+    for AccountCheck {
+        name,
+        route: kind,
+        capture_dir: capture,
+    } in &inputs.accounts
+    {
         let check_name = format!("account {name}");
         let check = if let Some(t) = inputs.tokens.get(name) {
             match tokio::time::timeout(Duration::from_secs(10), t.token()).await {

@@ -1,510 +1,313 @@
-//! Turning configuration into the running pieces: token sources, routes (with their
-//! fallbacks and the Graph request slots shared per app), listener TLS.
+//! Turning configuration into the running pieces: [`build`] constructs the whole relay (spool,
+//! recovered queue, token store and sources, routes with their fallbacks, scheduler, the
+//! inbound context, bound listeners, the admin server) without starting anything.
 //!
 //! `serve`, `check-config` and `send-test` all build from here, so a configuration that passes
-//! `check-config` is one `serve` can build.
+//! `check-config` is one `serve` can build. Everything here reads the accounts' specs, which
+//! validation has already checked: nothing is checked twice and no default is chosen here.
+//!
+//! - `tokens.rs`: client credentials, the token store, token sources, sign-in targets.
+//! - `routes.rs`: each account's route and fallback.
+//! - `tls.rs`: the listeners' certificates and TLS handles.
+//! - `admin.rs`: the admin server's state: readiness checks and the accounts page.
 
+mod admin;
+mod routes;
+mod tls;
+mod tokens;
+
+pub use routes::{GraphSlots, route, routes};
+pub use tls::{distinct_handles, listener_tls};
+pub use tokens::{
+    TokenSources, credential, open_token_store, sign_in_targets, token_source, token_sources,
+};
+
+use crate::relay::Relay;
+use crate::{signin, status};
 use anyhow::{Context, Result, anyhow};
-use smtp2oauth_config::{
-    Account, Config, Flow, JwtAlg, Provider, Route as RouteKind, SmtpAuth, UpstreamTls,
+use smtp2oauth_config::{Config, Loaded};
+use smtp2oauth_inbound::{
+    Directory, GuardSettings, Inbound, Limiter, Limits, ListenerRuntime, ListenerSettings,
+    LoginGuard, Submit, TlsHandle,
 };
-use smtp2oauth_scheduler::{AccountSettings, Routes, SchedulerConfig};
-use smtp2oauth_tokens::{
-    CacheOptions, CertificateCredential, ClientCredential, ClientCredentialsGrant, DelegatedClient,
-    DelegatedFlow, HttpOptions, KeyOrigin, ProviderKind, Secret, SignInTarget, StoredRefreshGrant,
-    TokenCache, TokenSource, TokenStore,
-};
-use smtp2oauth_upstream::{
-    CaptureRoute, Destination, FallbackRoute, GraphRoute, GraphRouteConfig, Route, SaslMechanism,
-    SmarthostRoute, SmarthostRouteConfig, SmarthostTls, SmtpRoute, SmtpRouteConfig, TlsMode,
-};
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use smtp2oauth_metrics::Metrics;
+use smtp2oauth_proto::Reply;
+use smtp2oauth_scheduler::{AccountSettings, Routes, Scheduler, SchedulerConfig};
+use smtp2oauth_spool::{Area, Queued, Spool, SpoolLock};
+use smtp2oauth_tokens::{KeyOrigin, SignInManager, TokenStore};
+use std::future::Future;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
-pub type TokenSources = HashMap<String, Arc<dyn TokenSource>>;
-
-/// The client credential of an account (secret, secret file, or certificate + key).
-pub fn credential(account: &Account) -> Result<ClientCredential> {
-    if let (Some(cert), Some(key)) = (&account.certificate_file, &account.private_key_file) {
-        let alg = match account.jwt_alg {
-            JwtAlg::PS256 => smtp2oauth_tokens::JwtAlg::Ps256,
-            JwtAlg::RS256 => smtp2oauth_tokens::JwtAlg::Rs256,
-        };
-        let c = CertificateCredential::from_pem_files(cert, key, alg)
-            .with_context(|| format!("account `{}`: certificate credential", account.name))?;
-        return Ok(ClientCredential::Certificate(c));
-    }
-    match account
-        .client_secret()
-        .map_err(|e| anyhow!("account `{}`: {e}", account.name))?
-    {
-        Some(s) => Ok(ClientCredential::Secret(Secret::new(
-            s.expose().to_string(),
-        ))),
-        None => Err(anyhow!(
-            "account `{}` has no client credential",
-            account.name
-        )),
-    }
-}
-
-/// The HTTP client for an account's identity-platform requests.
-pub fn http_client(cfg: &Config, account: &Account) -> Result<smtp2oauth_tokens::HttpClient> {
-    smtp2oauth_tokens::http_client(&HttpOptions {
-        ca_file: account.ca_file.clone(),
-        timeout: cfg.delivery.http_timeout,
-        user_agent: format!("smtp2oauth/{}", env!("CARGO_PKG_VERSION")),
-    })
-    .with_context(|| format!("account `{}`: HTTP client", account.name))
-}
-
-/// The environment variable that holds the master key (it wins over `[store] master_key_file`).
-pub const MASTER_KEY_ENV: &str = "SMTP2OAUTH_MASTER_KEY";
-
-/// Opens the encrypted token store when some account signs in with a delegated flow. With
-/// `generate`, a missing master key is created on first use (`serve`, `account login`);
-/// without, `Ok(None)` means nothing was ever stored (read-only commands create nothing).
-pub fn open_token_store(
-    cfg: &Config,
-    generate: bool,
-) -> Result<Option<(Arc<TokenStore>, KeyOrigin)>> {
-    if !cfg.accounts.iter().any(Account::is_delegated) {
-        return Ok(None);
-    }
-    let env = std::env::var(MASTER_KEY_ENV).ok();
-    let found = smtp2oauth_tokens::load_master_key(
-        env.as_deref(),
-        cfg.store.master_key_file.as_deref(),
-        &cfg.store.dir,
-        generate,
-    )?;
-    let Some((key, origin)) = found else {
-        return Ok(None);
+/// Builds every part of the relay, in an order that finds every problem of the configuration
+/// before any socket is opened, and binds every listener before any is served (nothing is).
+pub async fn build(loaded: &Loaded) -> Result<Relay> {
+    let cfg = &loaded.config;
+    let (spool, spool_lock) = open_spool(cfg).await?;
+    let listener_tls = listener_tls(cfg)?;
+    let directory = Arc::new(Directory::from_config(cfg).map_err(|errs| {
+        let errs: Vec<_> = errs.iter().map(|e| e.to_string()).collect();
+        anyhow!("{}", errs.join("; "))
+    })?);
+    let store = token_store(loaded).await?;
+    let tokens = token_sources(loaded, store.as_ref()).await?;
+    report_sign_ins_needed(loaded, &tokens);
+    let routes = routes(loaded, &tokens, store.as_ref()).await?;
+    log_accounts(loaded, &routes);
+    let readiness_accounts = admin::readiness_accounts(loaded, &routes);
+    let metrics = Metrics::new(Some(Arc::new(status::RelaySnapshot {
+        spool: spool.clone(),
+        tokens: tokens.clone(),
+        accounts: loaded.accounts.iter().map(|a| a.name.clone()).collect(),
+    })));
+    let scheduler = Arc::new(Scheduler::new(
+        spool.clone(),
+        routes,
+        scheduler_config(loaded),
+        Some(metrics.clone()),
+    ));
+    recover(cfg, &scheduler, &spool).await?;
+    let sign_in = match &store {
+        Some(store) => Some(sign_in(loaded, store, &tokens, &scheduler).await?),
+        None => None,
     };
-    let dir = cfg.store.dir.join("tokens");
-    if !generate && !dir.exists() {
-        // Nothing was ever stored; a read-only command creates nothing.
-        return Ok(None);
-    }
-    let store = TokenStore::open(&dir, &key)?;
-    Ok(Some((Arc::new(store), origin)))
-}
-
-/// How an account signs in and redeems its refresh token for `route` (each route has its own
-/// scope; the sign-in itself uses the primary route's).
-pub fn delegated_client(account: &Account, route: RouteKind) -> Result<DelegatedClient> {
-    let token_url = account.token_url().ok_or_else(|| {
-        anyhow!(
-            "account `{}`: no token endpoint (set tenant or token_url)",
-            account.name
-        )
-    })?;
-    let has_credential = account.client_secret.is_some()
-        || account.client_secret_file.is_some()
-        || account.certificate_file.is_some();
-    Ok(DelegatedClient {
-        provider: match account.provider {
-            Provider::Microsoft => ProviderKind::Microsoft,
-            Provider::Google => ProviderKind::Google,
-            Provider::Generic => ProviderKind::Generic,
-        },
-        flow: match account.flow {
-            Flow::DeviceCode => DelegatedFlow::DeviceCode,
-            _ => DelegatedFlow::AuthorizationCode,
-        },
-        client_id: account.client_id.clone().unwrap_or_default(),
-        credential: if has_credential {
-            Some(credential(account)?)
-        } else {
-            None
-        },
-        scope: account.scope_for(route),
-        authorize_url: account.authorize_url(),
-        token_url,
-        device_code_url: account.device_code_url(),
-        redirect_uri: account.redirect_uri(),
+    let inbound = inbound(cfg, directory, spool.clone(), scheduler.clone(), &metrics);
+    let listeners = bind_listeners(cfg, &listener_tls)?;
+    let listeners_up = Arc::new(AtomicUsize::new(listeners.len()));
+    let admin = admin::server(admin::Parts {
+        loaded,
+        spool,
+        tokens,
+        readiness_accounts,
+        listeners: listeners.len(),
+        listeners_up: listeners_up.clone(),
+        metrics,
+        sign_in: sign_in.as_ref().map(|(m, _)| m.clone()),
+        store,
+    })
+    .await?;
+    Ok(Relay {
+        spool_lock,
+        scheduler,
+        inbound,
+        listeners,
+        listeners_up,
+        admin,
+        sign_in: sign_in.map(|(_, tasks)| tasks),
+        tls: distinct_handles(&listener_tls),
     })
 }
 
-/// Everything the sign-in manager needs for each delegated account.
-pub fn sign_in_targets(cfg: &Config, store: &Arc<TokenStore>) -> Result<Vec<SignInTarget>> {
-    cfg.accounts
-        .iter()
-        .filter(|a| a.is_delegated())
-        .map(|a| {
-            Ok(SignInTarget {
-                account: a.name.clone(),
-                client: delegated_client(a, a.route)?,
-                http: http_client(cfg, a)?,
-                store: store.clone(),
-            })
-        })
-        .collect()
-}
-
-/// A token source for an account's `route` (smtp or graph). Delegated accounts redeem the
-/// refresh token kept in `store`.
-pub fn token_source(
-    cfg: &Config,
-    account: &Account,
-    store: Option<&Arc<TokenStore>>,
-) -> Result<Arc<dyn TokenSource>> {
-    token_source_for(cfg, account, account.route, store)
-}
-
-/// A token source for one of an account's routes: each route has its own scope, so each gets
-/// its own cache (the primary's is the one readiness checks and metrics report). A delegated
-/// account's routes share one stored sign-in.
-pub fn token_source_for(
-    cfg: &Config,
-    account: &Account,
-    route: RouteKind,
-    store: Option<&Arc<TokenStore>>,
-) -> Result<Arc<dyn TokenSource>> {
-    let http = http_client(cfg, account)?;
-    if account.is_delegated() {
-        let store = store.ok_or_else(|| {
-            anyhow!(
-                "account `{}` signs in with flow = \"{}\" but the token store is not open",
-                account.name,
-                account.flow.as_str()
-            )
-        })?;
-        let grant = StoredRefreshGrant::new(
-            account.name.clone(),
-            delegated_client(account, route)?,
-            store.clone(),
-        )
-        .with_context(|| format!("account `{}`: token store", account.name))?;
-        return Ok(Arc::new(TokenCache::with_grant(
-            account.name.clone(),
-            Box::new(grant),
-            http,
-            CacheOptions::default(),
-        )));
+/// Opens the spool under its lock (one relay per spool: a second one would deliver the same
+/// messages twice) and removes what an earlier run left unfinished.
+async fn open_spool(cfg: &Config) -> Result<(Spool, SpoolLock)> {
+    std::fs::create_dir_all(&cfg.store.dir)
+        .with_context(|| format!("cannot create store dir {}", cfg.store.dir.display()))?;
+    let spool = Spool::open_with(&cfg.store.dir.join("spool"), cfg.store.fsync)
+        .context("cannot open the spool")?;
+    let lock = spool.lock()?;
+    warn_if_readable_by_others(&cfg.store.dir, "the store directory (queued mail and keys)");
+    let removed = spool
+        .clean_orphans()
+        .await
+        .context("cannot clean the spool")?;
+    if removed > 0 {
+        info!(
+            files = removed,
+            "removed unfinished messages from an earlier run (never acknowledged to devices)"
+        );
     }
-    let token_url = account.token_url().ok_or_else(|| {
-        anyhow!(
-            "account `{}`: no token endpoint (set tenant or token_url)",
-            account.name
-        )
-    })?;
-    let grant = ClientCredentialsGrant {
-        token_url,
-        client_id: account.client_id.clone().unwrap_or_default(),
-        credential: credential(account)?,
-        scope: account.scope_for(route),
-    };
-    Ok(Arc::new(TokenCache::new(
-        account.name.clone(),
-        grant,
-        http,
-        CacheOptions::default(),
-    )))
+    Ok((spool, lock))
 }
 
-/// Every account's token source for its `route` (only accounts whose route needs tokens have
-/// one).
-pub fn token_sources(cfg: &Config, store: Option<&Arc<TokenStore>>) -> Result<TokenSources> {
-    let mut out = HashMap::new();
-    for a in &cfg.accounts {
-        if Account::route_needs_token(a.route) {
-            out.insert(a.name.clone(), token_source(cfg, a, store)?);
+/// Opens the token store (creating the master key on first use) when an account signs in.
+async fn token_store(loaded: &Loaded) -> Result<Option<Arc<TokenStore>>> {
+    let Some((store, origin)) = open_token_store(loaded, true).await? else {
+        return Ok(None);
+    };
+    if let KeyOrigin::Generated(path) = &origin {
+        warn!(file = %path.display(), key_id = store.key_id(),
+            "generated the master key that encrypts stored sign-ins: back it up apart from the store (without it the sign-ins cannot be read), or move it to a secret and set [store] master_key_file");
+    } else {
+        info!(key = %origin, key_id = store.key_id(), dir = %store.dir().display(), "token store open");
+    }
+    if let KeyOrigin::File(path) | KeyOrigin::Generated(path) = &origin {
+        warn_if_readable_by_others(path, "the master key file");
+    }
+    Ok(Some(store))
+}
+
+fn report_sign_ins_needed(loaded: &Loaded, tokens: &TokenSources) {
+    for a in &loaded.accounts {
+        if let (Some(oauth), Some(t)) = (a.delegated(), tokens.get(&a.name))
+            && t.status().sign_in_required
+        {
+            error!(account = %a.name, flow = oauth.flow.kind().as_str(),
+                "account needs a sign-in: open the accounts page on the admin address, or run `smtp2oauth account login {}`; its mail is queued until then", a.name);
         }
     }
-    Ok(out)
 }
 
-/// Graph request slots, one set per app registration (token endpoint + client id): Graph
-/// limits concurrent requests per app, whichever mailbox they are for.
-pub type GraphSlots = Mutex<HashMap<(String, String), Arc<tokio::sync::Semaphore>>>;
-
-/// The account's route, wrapped with its `fallback_route` when it has one.
-pub fn route(
-    cfg: &Config,
-    account: &Account,
-    tokens: &TokenSources,
-    store: Option<&Arc<TokenStore>>,
-) -> Result<Arc<dyn Route>> {
-    route_with(cfg, account, tokens, &GraphSlots::default(), store)
+fn log_accounts(loaded: &Loaded, routes: &Routes) {
+    for a in &loaded.accounts {
+        if let Some(r) = routes.get(&a.name) {
+            info!(account = %a.name, mailbox = %a.mailbox, route = r.kind().as_str(), target = %r.target(), "account ready");
+        }
+    }
 }
 
-fn route_with(
-    cfg: &Config,
-    account: &Account,
-    tokens: &TokenSources,
-    slots: &GraphSlots,
-    store: Option<&Arc<TokenStore>>,
-) -> Result<Arc<dyn Route>> {
-    let primary = route_of(
-        cfg,
-        account,
-        account.route,
-        tokens.get(&account.name).cloned(),
-        slots,
-    )?;
-    let Some(fallback_kind) = account.fallback_route.filter(|f| *f != account.route) else {
-        return Ok(primary);
-    };
-    let fallback_tokens = if Account::route_needs_token(fallback_kind) {
-        Some(token_source_for(cfg, account, fallback_kind, store)?)
-    } else {
-        None
-    };
-    let fallback = route_of(cfg, account, fallback_kind, fallback_tokens, slots)?;
-    Ok(Arc::new(FallbackRoute::new(
-        account.name.clone(),
-        primary,
-        fallback,
-    )))
-}
-
-fn helo_name(cfg: &Config) -> String {
-    cfg.delivery
-        .helo_name
-        .clone()
-        .unwrap_or_else(|| cfg.hostname())
-}
-
-/// One route of an account; `tokens` is the token source for that route, when it needs one.
-fn route_of(
-    cfg: &Config,
-    account: &Account,
-    kind: RouteKind,
-    tokens: Option<Arc<dyn TokenSource>>,
-    slots: &GraphSlots,
-) -> Result<Arc<dyn Route>> {
-    let tokens_for = |tokens: Option<Arc<dyn TokenSource>>| {
-        tokens.ok_or_else(|| anyhow!("account `{}` has no token source", account.name))
-    };
-    match kind {
-        RouteKind::Graph => {
-            let http = smtp2oauth_tokens::http_client(&HttpOptions {
-                ca_file: account.ca_file.clone(),
-                // One request carries the whole message: allow it the time a message body gets.
-                timeout: cfg.delivery.data_timeout,
-                user_agent: format!("smtp2oauth/{}", env!("CARGO_PKG_VERSION")),
-            })
-            .with_context(|| format!("account `{}`: HTTP client", account.name))?;
-            let app = (
-                account.token_url().unwrap_or_default(),
-                account.client_id.clone().unwrap_or_default(),
+/// Schedules the messages an earlier run left queued (or says why they stay).
+async fn recover(cfg: &Config, scheduler: &Scheduler, spool: &Spool) -> Result<()> {
+    if cfg.delivery.queue {
+        let n = scheduler.recover().await.context("cannot read the queue")?;
+        if n > 0 {
+            info!(
+                messages = n,
+                "queued messages from an earlier run scheduled for delivery"
             );
-            let app_slots = slots
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .entry(app)
-                .or_insert_with(smtp2oauth_upstream::graph::app_slots)
-                .clone();
-            let max_message_size = account
-                .max_message_size
-                .unwrap_or(smtp2oauth_config::GRAPH_MAX_MESSAGE_SIZE)
-                .min(cfg.server.max_message_size);
-            Ok(Arc::new(GraphRoute::new(
-                GraphRouteConfig {
-                    account: account.name.clone(),
-                    mailbox: account.mailbox.clone(),
-                    graph_url: account.graph_url(),
-                    max_message_size,
-                },
-                http,
-                tokens_for(tokens)?,
-                app_slots,
-            )))
         }
-        RouteKind::Smarthost => {
-            let tls_config = match (&account.tls_client_cert_file, &account.tls_client_key_file) {
-                (Some(c), Some(k)) => {
-                    smtp2oauth_upstream::client_config_with_cert(account.ca_file.as_deref(), c, k)
-                }
-                _ => smtp2oauth_upstream::client_config(account.ca_file.as_deref()),
-            }
-            .map_err(|e| anyhow!("account `{}`: {e}", account.name))?;
-            let servers = account
-                .dns_servers
-                .iter()
-                .map(|s| {
-                    smtp2oauth_config::parse_dns_server(s).ok_or_else(|| {
-                        anyhow!(
-                            "account `{}`: dns_servers: `{s}` is not ip or ip:port",
-                            account.name
-                        )
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            let resolver = smtp2oauth_upstream::smarthost::resolver(&servers)
-                .map_err(|e| anyhow!("account `{}`: {e}", account.name))?;
-            let destination = match (&account.smarthost_host, &account.mx_domain) {
-                (Some(h), _) => Destination::Host(h.clone()),
-                (None, Some(d)) => Destination::Mx(d.clone()),
-                (None, None) => {
-                    return Err(anyhow!(
-                        "account `{}`: route \"smarthost\" needs smarthost_host or mx_domain",
-                        account.name
-                    ));
-                }
-            };
-            Ok(Arc::new(SmarthostRoute::new(
-                SmarthostRouteConfig {
-                    account: account.name.clone(),
-                    destination,
-                    port: account.smarthost_port(),
-                    tls: match account.smarthost_tls() {
-                        smtp2oauth_config::SmarthostTls::Required => SmarthostTls::Required,
-                        smtp2oauth_config::SmarthostTls::Opportunistic => {
-                            SmarthostTls::Opportunistic
-                        }
-                    },
-                    tls_config,
-                    helo_name: helo_name(cfg),
-                    connect_timeout: cfg.delivery.connect_timeout,
-                    command_timeout: cfg.delivery.command_timeout,
-                    data_timeout: cfg.delivery.data_timeout,
-                },
-                resolver,
-            )))
-        }
-        _ => route_plain(cfg, account, kind, tokens),
-    }
-}
-
-fn route_plain(
-    cfg: &Config,
-    account: &Account,
-    kind: RouteKind,
-    tokens: Option<Arc<dyn TokenSource>>,
-) -> Result<Arc<dyn Route>> {
-    match kind {
-        RouteKind::Capture => Ok(Arc::new(CaptureRoute::new(absolute(
-            &cfg.capture_dir(account),
-        )))),
-        RouteKind::Smtp => {
-            let tls_config = smtp2oauth_upstream::client_config(account.ca_file.as_deref())
-                .map_err(|e| anyhow!("account `{}`: {e}", account.name))?;
-            let tls = match account.smtp_tls() {
-                UpstreamTls::Starttls => TlsMode::Starttls,
-                UpstreamTls::Implicit => TlsMode::Implicit,
-                UpstreamTls::None => TlsMode::None,
-            };
-            let tokens =
-                tokens.ok_or_else(|| anyhow!("account `{}` has no token source", account.name))?;
-            Ok(Arc::new(SmtpRoute::new(
-                SmtpRouteConfig {
-                    account: account.name.clone(),
-                    mailbox: account.mailbox.clone(),
-                    host: account.smtp_host(),
-                    port: account.smtp_port(),
-                    tls,
-                    tls_config,
-                    auth: match account.smtp_auth() {
-                        SmtpAuth::Xoauth2 => SaslMechanism::Xoauth2,
-                        SmtpAuth::Oauthbearer => SaslMechanism::Oauthbearer,
-                    },
-                    helo_name: helo_name(cfg),
-                    connect_timeout: cfg.delivery.connect_timeout,
-                    command_timeout: cfg.delivery.command_timeout,
-                    data_timeout: cfg.delivery.data_timeout,
-                    max_idle: account
-                        .max_upstream_connections
-                        .unwrap_or(cfg.delivery.max_upstream_connections),
-                    idle_timeout: cfg.delivery.upstream_idle_timeout,
-                },
-                tokens,
-            )))
-        }
-        other => Err(anyhow!(
-            "account `{}`: route \"{}\" is built elsewhere",
-            account.name,
-            other.as_str()
-        )),
-    }
-}
-
-pub fn routes(
-    cfg: &Config,
-    tokens: &TokenSources,
-    store: Option<&Arc<TokenStore>>,
-) -> Result<Routes> {
-    let mut out: Routes = HashMap::new();
-    let slots = GraphSlots::default();
-    for a in &cfg.accounts {
-        out.insert(a.name.clone(), route_with(cfg, a, tokens, &slots, store)?);
-    }
-    Ok(out)
-}
-
-fn absolute(p: &Path) -> PathBuf {
-    let p: PathBuf = p
-        .components()
-        .filter(|c| !matches!(c, std::path::Component::CurDir))
-        .collect();
-    if p.is_absolute() {
-        p
     } else {
-        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
+        let left = spool.list(Area::Queue).await.unwrap_or_default();
+        if !left.is_empty() {
+            warn!(
+                messages = left.len(),
+                "the queue holds messages but [delivery] queue = false: they are kept, not delivered"
+            );
+        }
     }
-}
-
-/// The certificate and key files for TLS listeners: configured ones, or a self-signed pair
-/// generated once into `<store dir>/tls/` (reused on later starts).
-pub fn listener_cert_files(cfg: &Config) -> Result<Option<(PathBuf, PathBuf)>> {
-    let needs_tls = cfg
-        .listeners
-        .iter()
-        .any(|l| l.tls != smtp2oauth_config::ListenerTls::None);
-    if !needs_tls {
-        return Ok(None);
-    }
-    if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file) {
-        return Ok(Some((c.clone(), k.clone())));
-    }
-    if !cfg.tls.self_signed {
-        return Err(anyhow!(
-            "a listener uses TLS but [tls] has no cert_file/key_file and self_signed = false"
-        ));
-    }
-    let dir = cfg.store.dir.join("tls");
-    let cert = dir.join("self-signed-cert.pem");
-    let key = dir.join("self-signed-key.pem");
-    if cert.exists() && key.exists() {
-        return Ok(Some((cert, key)));
-    }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let host = cfg.hostname();
-    let generated = rcgen::generate_simple_self_signed(vec![host.clone(), "localhost".into()])
-        .context("cannot generate a self-signed certificate")?;
-    write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, generated.cert.pem())
-        .with_context(|| format!("cannot write {}", cert.display()))?;
-    tracing::warn!(
-        cert = %cert.display(),
-        host = %host,
-        "generated a self-signed certificate for STARTTLS and implicit TLS; set [tls] cert_file and key_file to use your own"
-    );
-    Ok(Some((cert, key)))
-}
-
-/// Writes a file readable only by us (mode 0600), atomically.
-pub fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
+/// The sign-in manager (for the accounts page) and the tasks that notice sign-ins and keep
+/// tokens fresh.
+async fn sign_in(
+    loaded: &Loaded,
+    store: &Arc<TokenStore>,
+    tokens: &TokenSources,
+    scheduler: &Arc<Scheduler>,
+) -> Result<(Arc<SignInManager>, signin::Tasks)> {
+    let manager = Arc::new(SignInManager::new(sign_in_targets(loaded, store)?));
+    let accounts: Vec<String> = loaded
+        .accounts
+        .iter()
+        .filter(|a| a.delegated().is_some())
+        .map(|a| a.name.clone())
+        .collect();
+    let releaser =
+        signin::Releaser::new(store.clone(), &accounts, tokens.clone(), scheduler.clone()).await;
+    {
+        let releaser = releaser.clone();
+        manager.on_signed_in(move |account| {
+            let releaser = releaser.clone();
+            async move { releaser.check(&account).await }
+        });
+    }
+    let fresh = accounts
+        .iter()
+        .filter_map(|a| tokens.get(a).map(|t| (a.clone(), t.clone())))
+        .collect();
+    let tasks = signin::Tasks {
+        store: store.clone(),
+        accounts,
+        releaser,
+        fresh,
+    };
+    Ok((manager, tasks))
+}
+
+/// Hands accepted messages to the scheduler.
+struct SchedulerSubmit(Arc<Scheduler>);
+
+impl Submit for SchedulerSubmit {
+    fn submit(&self, message: Queued) -> Pin<Box<dyn Future<Output = Reply> + Send + '_>> {
+        Box::pin(self.0.submit(message))
+    }
+}
+
+/// What every session needs: limits, the device directory, the spool, the scheduler.
+fn inbound(
+    cfg: &Config,
+    directory: Arc<Directory>,
+    spool: Spool,
+    scheduler: Arc<Scheduler>,
+    metrics: &Arc<Metrics>,
+) -> Arc<Inbound> {
+    let s = &cfg.server;
+    Arc::new(Inbound {
+        hostname: cfg.hostname().into(),
+        limits: Limits {
+            min_free_space: cfg.store.min_free_space,
+            max_message_size: s.max_message_size,
+            max_recipients: s.max_recipients,
+            max_auth_failures: s.max_auth_failures,
+            max_errors: s.max_errors,
+        },
+        max_line_length: s.max_line_length,
+        command_timeout: s.command_timeout,
+        data_timeout: s.data_timeout,
+        session_timeout: s.session_timeout,
+        add_received_header: s.add_received_header,
+        directory,
+        spool,
+        submit: Arc::new(SchedulerSubmit(scheduler)),
+        limiter: Limiter::new(s.max_sessions, s.max_sessions_per_ip),
+        shutdown: CancellationToken::new(),
+        metrics: Some(metrics.clone()),
+        guard: Arc::new(LoginGuard::new(GuardSettings {
+            lockout_after: s.lockout_after,
+            lockout_window: s.lockout_window,
+            lockout_time: s.lockout_time,
+            lockout_max: s.lockout_max,
+            exempt: s.lockout_exempt.clone(),
+        })),
+        max_commands: s.max_commands,
+        max_session_bytes: s.max_session_bytes,
+    })
+}
+
+/// Binds every listener: a relay starts whole or not at all.
+fn bind_listeners(
+    cfg: &Config,
+    tls: &[Option<TlsHandle>],
+) -> Result<Vec<(TcpListener, Arc<ListenerRuntime>)>> {
+    let mut bound = Vec::new();
+    for (l, tls) in cfg.listeners.iter().zip(tls) {
+        let listener = smtp2oauth_inbound::listener::bind(l.address)
+            .with_context(|| format!("cannot listen on {} (listener {})", l.address, l.label()))?;
+        let rt = Arc::new(ListenerRuntime {
+            settings: Arc::new(ListenerSettings {
+                label: l.label(),
+                tls: l.tls,
+                require_tls: l.require_tls,
+                allow_insecure_auth: l.allow_insecure_auth,
+            }),
+            tls: tls.clone(),
+        });
+        bound.push((listener, rt));
+    }
+    Ok(bound)
+}
+
+/// Warns when a file or directory holding secrets or mail is readable by every user.
+pub fn warn_if_readable_by_others(path: &Path, what: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode();
+        if mode & 0o004 != 0 {
+            warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
+                "{what} is readable by every user on this machine; restrict it (chmod o-rwx)");
+        }
+    }
+}
+
 /// The scheduler's view of the configuration.
-pub fn scheduler_config(cfg: &Config) -> SchedulerConfig {
+pub fn scheduler_config(loaded: &Loaded) -> SchedulerConfig {
+    let cfg = &loaded.config;
     let d = &cfg.delivery;
     SchedulerConfig {
         queue: d.queue,
@@ -514,7 +317,7 @@ pub fn scheduler_config(cfg: &Config) -> SchedulerConfig {
         max_queue_lifetime: d.max_queue_lifetime,
         shutdown_timeout: d.shutdown_timeout,
         hostname: cfg.hostname(),
-        accounts: cfg
+        accounts: loaded
             .accounts
             .iter()
             .map(|a| {
@@ -522,11 +325,9 @@ pub fn scheduler_config(cfg: &Config) -> SchedulerConfig {
                     a.name.clone(),
                     AccountSettings {
                         mailbox: a.mailbox.clone(),
-                        bounce_to: a.bounce_to.clone().or_else(|| d.bounce_to.clone()),
-                        max_connections: a
-                            .max_upstream_connections
-                            .unwrap_or(d.max_upstream_connections),
-                        max_per_minute: a.messages_per_minute(),
+                        bounce_to: a.bounce_to.clone(),
+                        max_connections: a.max_connections,
+                        max_per_minute: a.messages_per_minute,
                     },
                 )
             })

@@ -48,6 +48,7 @@ impl AccessToken {
         self.token.expose()
     }
 
+    /// When the token stops being accepted.
     pub fn expires_at(&self) -> SystemTime {
         self.expires_at
     }
@@ -86,10 +87,12 @@ type TokenFuture<'a> = Pin<Box<dyn Future<Output = Result<AccessToken, TokenErro
 /// Something that can hand out a currently valid access token. Object-safe (used as
 /// `Arc<dyn TokenSource>`).
 pub trait TokenSource: Send + Sync {
+    /// A valid access token: the cached one, or a new one from the token endpoint.
     fn token(&self) -> TokenFuture<'_>;
     /// The upstream rejected this token (e.g. SMTP 535 5.7.3): drop it from the cache if it is
     /// still the cached one, so the next `token()` fetches a new one.
     fn invalidate(&self, token: &AccessToken);
+    /// The source's state, for status pages and metrics.
     fn status(&self) -> TokenStatus;
     /// [`AccessToken::id`] of the token held now, if any: what the upstream pool checks before
     /// each delivery, without building a whole [`TokenStatus`].
@@ -120,6 +123,7 @@ pub struct TokenStatus {
     pub token_id: Option<u64>,
 }
 
+/// How a [`TokenCache`] refreshes and backs off.
 #[derive(Debug, Clone)]
 pub struct CacheOptions {
     /// Refresh when less than this much lifetime is left: min(refresh_margin, lifetime/2).
@@ -208,6 +212,7 @@ impl fmt::Debug for TokenCache {
 }
 
 impl TokenCache {
+    /// A cache for `account` over the client-credentials `grant`.
     pub fn new(
         account: impl Into<String>,
         grant: ClientCredentialsGrant,
@@ -217,7 +222,7 @@ impl TokenCache {
         Self::with_grant(account, Box::new(grant), http, opts)
     }
 
-    /// A cache around any grant (the later delegated flows plug in here).
+    /// A cache around any grant (delegated accounts use [`crate::StoredRefreshGrant`]).
     pub fn with_grant(
         account: impl Into<String>,
         grant: Box<dyn Grant>,
@@ -234,6 +239,7 @@ impl TokenCache {
         }
     }
 
+    /// The account this cache serves.
     pub fn account(&self) -> &str {
         &self.account
     }

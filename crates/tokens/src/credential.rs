@@ -39,6 +39,7 @@ pub enum JwtAlg {
 }
 
 impl JwtAlg {
+    /// The JWT `alg` header value.
     pub fn as_str(self) -> &'static str {
         match self {
             JwtAlg::Ps256 => "PS256",
@@ -96,22 +97,39 @@ impl ClientCredential {
 /// never key material.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
+    /// A file could not be read.
     #[error("cannot read {what} {}: {error}", path.display())]
     Read {
+        /// What the file is, e.g. `certificate`.
         what: &'static str,
+        /// The file.
         path: PathBuf,
+        /// Why it could not be read.
         error: std::io::Error,
     },
-    /// `origin` names the file (or says the PEM came from memory).
+    /// The contents are not what they should be.
     #[error("{origin}: {problem}")]
-    Invalid { origin: String, problem: String },
+    Invalid {
+        /// The file (or says the PEM came from memory).
+        origin: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The private key is not the certificate's.
     #[error(
         "{key} does not belong to {cert}: its public key differs from the certificate's \
          (use the key that was generated together with this certificate)"
     )]
-    KeyMismatch { cert: String, key: String },
+    KeyMismatch {
+        /// The certificate file.
+        cert: String,
+        /// The key file.
+        key: String,
+    },
+    /// Signing the JWT client assertion failed.
     #[error("could not sign the client assertion: {0}")]
     Signing(&'static str),
+    /// The HTTP client with the extra CA certificates could not be built.
     #[error("could not build the HTTP client: {0}")]
     HttpClient(String),
 }
@@ -168,6 +186,7 @@ impl CertificateCredential {
         )
     }
 
+    /// A credential from PEM text (certificate first, RSA private key).
     pub fn from_pem(cert_pem: &[u8], key_pem: &[u8], alg: JwtAlg) -> Result<Self, CredentialError> {
         Self::parse(cert_pem, "certificate PEM", key_pem, "private key PEM", alg)
     }
@@ -199,6 +218,7 @@ impl CertificateCredential {
         })
     }
 
+    /// The signature algorithm of the assertions.
     pub fn alg(&self) -> JwtAlg {
         self.alg
     }

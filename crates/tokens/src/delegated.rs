@@ -35,19 +35,25 @@ pub const SLOW_DOWN_STEP: Duration = Duration::from_secs(5);
 /// Whose endpoints these are; decides a few provider habits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProviderKind {
+    /// Microsoft Entra ID.
     Microsoft,
+    /// Google (refresh tokens need `access_type=offline` and a consent prompt).
     Google,
+    /// Any RFC 6749 endpoint.
     Generic,
 }
 
 /// How a person signs in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DelegatedFlow {
+    /// Authorization code with PKCE: a browser comes back to the redirect URI.
     AuthorizationCode,
+    /// Device code: a person enters a short code on any device.
     DeviceCode,
 }
 
 impl DelegatedFlow {
+    /// The name used in the configuration file.
     pub fn as_str(self) -> &'static str {
         match self {
             DelegatedFlow::AuthorizationCode => "authorization_code",
@@ -59,16 +65,23 @@ impl DelegatedFlow {
 /// An app registration and the endpoints a delegated sign-in uses.
 #[derive(Debug, Clone)]
 pub struct DelegatedClient {
+    /// Whose endpoints these are.
     pub provider: ProviderKind,
+    /// How a person signs in.
     pub flow: DelegatedFlow,
+    /// The application (client) ID.
     pub client_id: String,
     /// None for a public client (device code, or a "Mobile and desktop" redirect URI).
     pub credential: Option<ClientCredential>,
     /// Space-separated scopes, e.g. `https://outlook.office.com/SMTP.Send offline_access`.
     pub scope: String,
+    /// The authorization endpoint (authorization code flow).
     pub authorize_url: Option<String>,
+    /// The token endpoint.
     pub token_url: String,
+    /// The device-authorization endpoint (device code flow).
     pub device_code_url: Option<String>,
+    /// Where the browser comes back (authorization code flow; unused by the device flow).
     pub redirect_uri: String,
 }
 
@@ -77,13 +90,19 @@ pub struct DelegatedClient {
 #[derive(Debug, Clone)]
 pub struct DeviceAuthorization {
     device_code: Secret,
+    /// The code a person enters.
     pub user_code: String,
+    /// Where they enter it.
     pub verification_uri: String,
+    /// The same page with the code filled in, when the provider gives one.
     pub verification_uri_complete: Option<String>,
+    /// How long the code works.
     pub expires_in: Duration,
+    /// How often to poll the token endpoint.
     pub interval: Duration,
     /// The provider's instruction text ("To sign in, use a web browser to open ...").
     pub message: Option<String>,
+    /// When the endpoint answered.
     pub issued_at: SystemTime,
 }
 
@@ -100,7 +119,10 @@ pub enum PollEvent<'a> {
     /// Nobody has finished signing in yet.
     Pending,
     /// The endpoint asked us to poll less often; this is the new interval.
-    SlowDown { interval: Duration },
+    SlowDown {
+        /// The polling interval from now on.
+        interval: Duration,
+    },
     /// A temporary failure (network, 5xx); polling goes on until the code expires.
     Retrying(&'a TokenError),
 }
@@ -392,13 +414,13 @@ impl std::fmt::Debug for StoredRefreshGrant {
 impl StoredRefreshGrant {
     /// Reads the account's file once, so a store that cannot be read (wrong master key, a
     /// modified file) stops the relay at start with the reason, instead of at the first refresh.
-    pub fn new(
+    pub async fn new(
         account: impl Into<String>,
         client: DelegatedClient,
         store: Arc<TokenStore>,
     ) -> Result<Self, crate::store::StoreError> {
         let account = account.into();
-        let record = store.load(&account)?;
+        let record = store.load(&account).await?;
         let needed = needs_sign_in(record.as_ref(), &client.client_id).is_some();
         Ok(Self {
             account,
@@ -408,24 +430,25 @@ impl StoredRefreshGrant {
         })
     }
 
+    /// The account whose refresh token this redeems.
     pub fn account(&self) -> &str {
         &self.account
     }
 
+    /// The app registration and endpoints.
     pub fn client(&self) -> &DelegatedClient {
         &self.client
     }
 
+    /// The store the refresh token lives in.
     pub fn store(&self) -> &Arc<TokenStore> {
         &self.store
     }
 
     async fn load(&self) -> Result<Option<StoredToken>, TokenError> {
-        let store = self.store.clone();
-        let account = self.account.clone();
-        tokio::task::spawn_blocking(move || store.load(&account))
+        self.store
+            .load(&self.account)
             .await
-            .map_err(|e| TokenError::configuration(format!("token store: {e}")))?
             .map_err(|e| TokenError::configuration(e.to_string()))
     }
 
@@ -435,21 +458,18 @@ impl StoredRefreshGrant {
         seen: u64,
         change: impl FnOnce(&mut StoredToken) + Send + 'static,
     ) -> Result<bool, crate::store::StoreError> {
-        let store = self.store.clone();
-        let account = self.account.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut wrote = false;
-            store.update(&account, |current| {
+        let wrote = Arc::new(AtomicBool::new(false));
+        let written = wrote.clone();
+        self.store
+            .update(&self.account, move |current| {
                 let current = current.filter(|c| c.generation == seen)?;
                 let mut next = current.clone();
                 change(&mut next);
-                wrote = true;
+                written.store(true, Ordering::SeqCst);
                 Some(next)
-            })?;
-            Ok(wrote)
-        })
-        .await
-        .unwrap_or(Ok(false))
+            })
+            .await?;
+        Ok(wrote.load(Ordering::SeqCst))
     }
 
     async fn request(&self, http: &reqwest::Client) -> Result<TokenResponse, TokenError> {
@@ -580,13 +600,16 @@ impl Grant for StoredRefreshGrant {
     }
 
     fn credentials_changed(&self) {
-        // A small file read; done here so the state is right at once, before any request.
-        match self.store.load(&self.account) {
-            Ok(record) => {
+        // Whoever says the credentials changed has just read or written the file through the
+        // store, which remembers it: the state is right at once, without a read here.
+        match self.store.last_known(&self.account) {
+            Some(record) => {
                 let needed = needs_sign_in(record.as_ref(), &self.client.client_id).is_some();
                 self.sign_in_required.store(needed, Ordering::SeqCst);
             }
-            Err(e) => warn!(account = %self.account, error = %e, "cannot read the token file"),
+            None => {
+                warn!(account = %self.account, "the token file was never read; its state is known at the next request")
+            }
         }
     }
 }

@@ -28,11 +28,13 @@ pub enum TokenErrorKind {
 /// assertions or tokens.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct TokenError {
+    /// What kind of failure, which decides what the relay does next.
     pub kind: TokenErrorKind,
     /// The OAuth `error` code, e.g. `invalid_client`.
     pub oauth_error: Option<String>,
     /// Microsoft's AADSTS number, from `error_codes` or the description.
     pub aadsts: Option<u32>,
+    /// The token endpoint's HTTP status, when it answered.
     pub http_status: Option<u16>,
     /// Sanitised, single-line explanation (the endpoint's `error_description` without the
     /// AADSTS prefix, or what went wrong locally).
@@ -66,14 +68,17 @@ impl TokenError {
         }
     }
 
+    /// A failure that may pass by itself (network, 5xx): retry later.
     pub fn transient(description: impl Into<String>) -> Self {
         Self::new(TokenErrorKind::Transient, description)
     }
 
+    /// A failure of the configuration (wrong id, secret, endpoint): the admin must act.
     pub fn configuration(description: impl Into<String>) -> Self {
         Self::new(TokenErrorKind::Configuration, description)
     }
 
+    /// True when retrying later may succeed.
     pub fn is_transient(&self) -> bool {
         self.kind == TokenErrorKind::Transient
     }

@@ -28,6 +28,7 @@ const MAX_BODY: usize = 64 * 1024;
 /// The useful part of a successful token response.
 #[derive(Debug, Clone)]
 pub struct TokenResponse {
+    /// The access token.
     pub access_token: Secret,
     /// Lifetime from `expires_in`; [`DEFAULT_EXPIRES_IN`] when missing or zero.
     pub expires_in: Duration,
@@ -60,9 +61,13 @@ pub trait Grant: Send + Sync + fmt::Debug {
 /// scope `https://outlook.office365.com/.default`.
 #[derive(Debug, Clone)]
 pub struct ClientCredentialsGrant {
+    /// The token endpoint.
     pub token_url: String,
+    /// The application (client) ID.
     pub client_id: String,
+    /// The app's secret or certificate.
     pub credential: ClientCredential,
+    /// Space-separated scopes, e.g. `https://outlook.office365.com/.default`.
     pub scope: String,
 }
 

@@ -18,6 +18,7 @@ pub struct HttpOptions {
     pub ca_file: Option<PathBuf>,
     /// Whole-request timeout. Default 30 s.
     pub timeout: Duration,
+    /// The User-Agent header of every request.
     pub user_agent: String,
 }
 

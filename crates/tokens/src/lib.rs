@@ -14,6 +14,8 @@
 //! Secrets (client secrets, client assertions, access and refresh tokens) are carried as
 //! [`Secret`] and never appear in `Debug`/`Display` output, errors or logs.
 
+#![warn(missing_docs)]
+
 mod cache;
 mod credential;
 mod delegated;

@@ -46,6 +46,7 @@ impl Pkce {
         Self::from_verifier(random_token(32))
     }
 
+    /// The pair for a given verifier (RFC 7636 gives one as a test vector).
     pub fn from_verifier(verifier: String) -> Self {
         let challenge = challenge_for(&verifier);
         Self {
@@ -54,10 +55,12 @@ impl Pkce {
         }
     }
 
+    /// The verifier, sent with the code when it is redeemed.
     pub fn verifier(&self) -> &Secret {
         &self.verifier
     }
 
+    /// The S256 challenge, sent with the authorization request.
     pub fn challenge(&self) -> &str {
         &self.challenge
     }

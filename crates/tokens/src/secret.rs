@@ -11,6 +11,7 @@ use std::fmt;
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a secret value.
     pub fn new(value: String) -> Self {
         Self(value)
     }
@@ -20,6 +21,7 @@ impl Secret {
         &self.0
     }
 
+    /// True for an empty secret.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -11,6 +11,8 @@
 //! [`SignInManager::on_signed_in`] are told, so queued mail can go out at once.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -31,9 +33,13 @@ const MAX_PENDING: usize = 64;
 /// One account that signs in with a delegated flow.
 #[derive(Debug, Clone)]
 pub struct SignInTarget {
+    /// The account's name.
     pub account: String,
+    /// Its app registration and endpoints.
     pub client: DelegatedClient,
+    /// The HTTP client for its identity platform.
     pub http: reqwest::Client,
+    /// Where its sign-in is stored.
     pub store: Arc<TokenStore>,
 }
 
@@ -41,37 +47,53 @@ pub struct SignInTarget {
 /// token.
 #[derive(Debug, thiserror::Error)]
 pub enum SignInError {
+    /// No delegated account has this name.
     #[error("there is no account `{0}` that signs in with a delegated flow")]
     UnknownAccount(String),
+    /// The account signs in with the other flow.
     #[error("account `{account}` uses flow = \"{flow}\"; this sign-in needs flow = \"{wanted}\"")]
     WrongFlow {
+        /// The account.
         account: String,
+        /// Its flow.
         flow: &'static str,
+        /// The flow this sign-in needs.
         wanted: &'static str,
     },
+    /// The callback's `state` was not issued here, or was already used.
     #[error(
         "this sign-in response does not belong to a sign-in started here (its state is unknown \
          or was already used); start the sign-in again from the accounts page"
     )]
     UnknownState,
+    /// The callback came from another browser session than the one that started the sign-in.
     #[error(
         "this sign-in was started in another browser session; start it again from the browser \
          you want to use"
     )]
     WrongSession,
+    /// The sign-in (or its code) expired before it completed.
     #[error("the sign-in took longer than 10 minutes; start it again")]
     Expired,
+    /// The identity provider refused, or the sign-in could not be started or received.
     #[error("the identity provider did not sign you in: {0}")]
     Provider(String),
+    /// The callback carried neither a code nor an error.
     #[error("the sign-in response has neither a code nor an error")]
     NoCode,
+    /// The token endpoint refused the code or the device code.
     #[error("{error}{}", error.advice().map(|a| format!(" ({a})")).unwrap_or_default())]
-    Token { error: TokenError },
+    Token {
+        /// What the token endpoint said, classified.
+        error: TokenError,
+    },
+    /// The token endpoint answered without a refresh token; the text says how to get one.
     #[error(
         "the token endpoint returned no refresh token, so the relay could not stay signed in: \
          {0}"
     )]
     NoRefreshToken(&'static str),
+    /// The sign-in could not be written to the token store.
     #[error("cannot save the sign-in: {0}")]
     Store(#[from] StoreError),
 }
@@ -85,17 +107,24 @@ impl From<TokenError> for SignInError {
 /// What the provider put on the redirect URI's query string.
 #[derive(Debug, Default, Clone)]
 pub struct CallbackParams {
+    /// The `state` we sent with the authorization request.
     pub state: Option<String>,
+    /// The authorization code, on success.
     pub code: Option<Secret>,
+    /// The OAuth `error`, on failure.
     pub error: Option<String>,
+    /// The provider's explanation of `error`.
     pub error_description: Option<String>,
 }
 
 /// A device-code sign-in started from the accounts page, as the page shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DeviceLoginStatus {
+    /// Waiting for someone to enter the code shown.
     Waiting(LoginPrompt),
+    /// The sign-in ended without success, for this reason.
     Failed(String),
+    /// Someone signed in.
     Done,
 }
 
@@ -106,7 +135,7 @@ struct Pending {
     started: Instant,
 }
 
-type Listener = Arc<dyn Fn(&str) + Send + Sync>;
+type Listener = Arc<dyn Fn(String) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
 /// Starts and completes sign-ins for the delegated accounts.
 pub struct SignInManager {
@@ -135,6 +164,7 @@ fn unix(t: SystemTime) -> u64 {
 }
 
 impl SignInManager {
+    /// A manager for the delegated accounts in `targets`.
     pub fn new(targets: Vec<SignInTarget>) -> Self {
         Self {
             targets: targets
@@ -147,11 +177,17 @@ impl SignInManager {
         }
     }
 
-    /// Calls `listener(account)` after every successful sign-in.
-    pub fn on_signed_in(&self, listener: impl Fn(&str) + Send + Sync + 'static) {
-        lock(&self.listeners).push(Arc::new(listener));
+    /// Calls `listener(account)` after every successful sign-in, and waits for it before the
+    /// sign-in is reported complete (so whatever the listener updates is current by then).
+    pub fn on_signed_in<F, Fut>(&self, listener: F)
+    where
+        F: Fn(String) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        lock(&self.listeners).push(Arc::new(move |account| Box::pin(listener(account))));
     }
 
+    /// What the manager knows about `account`.
     pub fn target(&self, account: &str) -> Option<&SignInTarget> {
         self.targets.get(account)
     }
@@ -262,7 +298,7 @@ impl SignInManager {
             expires_at: unix(device.expires_at()),
             started_by: started_by.to_owned(),
         };
-        if let Err(e) = target.store.set_login_prompt(account, Some(&prompt)) {
+        if let Err(e) = target.store.set_login_prompt(account, Some(prompt)).await {
             warn!(account, error = %e, "cannot record the device-code login for the accounts page");
         }
         info!(account, user_code = %device.user_code, verification_uri = %device.verification_uri,
@@ -282,7 +318,7 @@ impl SignInManager {
             .client
             .poll_device_login(&target.http, device, on_event)
             .await;
-        let _ = target.store.set_login_prompt(account, None);
+        let _ = target.store.set_login_prompt(account, None).await;
         self.store_sign_in(target, result?).await
     }
 
@@ -358,21 +394,15 @@ impl SignInManager {
             sign_in_required: false,
             generation: 0,
         };
-        let store = target.store.clone();
-        let account = target.account.clone();
-        tokio::task::spawn_blocking(move || store.update(&account, move |_| Some(record)))
-            .await
-            .map_err(|e| {
-                SignInError::Store(StoreError::Io {
-                    path: target.store.path(&target.account),
-                    error: std::io::Error::other(e.to_string()),
-                })
-            })??;
+        target
+            .store
+            .update(&target.account, move |_| Some(record))
+            .await?;
         info!(account = %target.account, flow = target.client.flow.as_str(), scope = response.scope.as_deref().unwrap_or(""),
             file = %target.store.path(&target.account).display(), "signed in: the refresh token is stored, encrypted");
         let listeners: Vec<Listener> = lock(&self.listeners).clone();
         for listener in listeners {
-            listener(&target.account);
+            listener(target.account.clone()).await;
         }
         Ok(())
     }

@@ -9,6 +9,9 @@
 //!   written whole (write to a temporary file, fsync, rename, fsync the directory) or the one
 //!   before; two processes (the relay refreshing, `smtp2oauth account login` signing in) never
 //!   interleave, because every read-modify-write holds an `flock` on the account's lock file.
+//! - Every one of those steps blocks (a read, an fsync, waiting for the lock), so the store
+//!   has one face, async, and does its file work on tokio's blocking pool: no caller can stall
+//!   the runtime by forgetting to offload it. The blocking work itself is [`Files`].
 //! - A file names the key it was sealed with (a fingerprint, not the key), and the header and
 //!   the account name are authenticated along with the contents. So "wrong master key",
 //!   "this file was modified or swapped" and "this is not a token file" are three different,
@@ -23,12 +26,14 @@
 //! JSON ([`StoredToken`]). Nonces are random: a file is rewritten a few dozen times a day at
 //! most, far below the 2^32 messages per key for which random 96-bit nonces are safe.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -50,38 +55,76 @@ const MAX_FILE: u64 = 256 * 1024;
 /// source, says what it means and what to do, and never contains key material or tokens.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The master key is not 64 hex characters.
     #[error(
         "the master key from {origin} is not valid: {detail}; it must be 64 hexadecimal \
          characters (32 bytes), as printed by `smtp2oauth keygen` or `openssl rand -hex 32`"
     )]
-    BadKey { origin: String, detail: String },
+    BadKey {
+        /// Where the key came from (the variable or the file).
+        origin: String,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// The master key file could not be read.
     #[error("cannot read the master key file {path}: {error}")]
-    KeyFile { path: PathBuf, error: io::Error },
+    KeyFile {
+        /// The key file.
+        path: PathBuf,
+        /// Why it could not be read.
+        error: io::Error,
+    },
+    /// Token files exist but no master key was given.
     #[error(
         "{path} holds encrypted sign-ins but there is no master key: set SMTP2OAUTH_MASTER_KEY \
          or [store] master_key_file to the key they were written with (a new key would not open \
          them; to start over, move {path} away and sign in again)"
     )]
-    MissingKey { path: PathBuf },
+    MissingKey {
+        /// The token directory.
+        path: PathBuf,
+    },
+    /// The file was sealed with another master key.
     #[error(
         "{path} was written with a different master key (key id {file_key}; the key in use has \
          key id {key}): set SMTP2OAUTH_MASTER_KEY or [store] master_key_file to the key it was \
          written with"
     )]
     WrongKey {
+        /// The token file.
         path: PathBuf,
+        /// The id of the key the file was sealed with.
         file_key: String,
+        /// The id of the key in use.
         key: String,
     },
+    /// The file fails authentication: modified, damaged, or another account's.
     #[error(
         "{path} was modified or damaged: its contents fail authentication with the master key \
          it names (key id {key}); restore it from a backup, or move it away and sign in again"
     )]
-    Tampered { path: PathBuf, key: String },
+    Tampered {
+        /// The token file.
+        path: PathBuf,
+        /// The id of the key in use.
+        key: String,
+    },
+    /// The file is not a token file at all.
     #[error("{path} is not a smtp2oauth token file: {detail}")]
-    Corrupt { path: PathBuf, detail: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Reading or writing a file failed.
     #[error("{path}: {error}")]
-    Io { path: PathBuf, error: io::Error },
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the system said.
+        error: io::Error,
+    },
 }
 
 impl StoreError {
@@ -282,6 +325,7 @@ fn read_key_file(path: &Path) -> Result<MasterKey, StoreError> {
 /// Everything kept about one account's sign-in. `Debug` does not print the refresh token.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct StoredToken {
+    /// The refresh token, when someone is signed in.
     pub refresh_token: Option<Secret>,
     /// The app the token belongs to (a token is useless with another client id).
     pub client_id: String,
@@ -337,7 +381,9 @@ fn from_unix(s: u64) -> SystemTime {
 /// leaves the process polling for it, it gives nobody a token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoginPrompt {
+    /// The code a person enters.
     pub user_code: String,
+    /// Where they enter it.
     pub verification_uri: String,
     /// Unix seconds.
     pub expires_at: u64,
@@ -354,44 +400,181 @@ pub struct FileStamp {
 }
 
 /// The encrypted token files of one store directory.
+///
+/// Every method that touches a file is async and runs the file work on tokio's blocking pool.
+/// The store also remembers, per account, the record it last read or wrote
+/// ([`last_known`](Self::last_known)), so a state can be derived without a read.
 pub struct TokenStore {
-    dir: PathBuf,
-    key: LessSafeKey,
-    key_id: String,
+    files: Arc<Files>,
+    known: Mutex<HashMap<String, Option<StoredToken>>>,
 }
 
 impl fmt::Debug for TokenStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenStore")
-            .field("dir", &self.dir)
-            .field("key_id", &self.key_id)
+            .field("dir", &self.files.dir)
+            .field("key_id", &self.files.key_id)
             .finish()
     }
 }
 
-static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
-
 impl TokenStore {
     /// Opens (creating with mode 0700 if needed) the token directory `dir`.
-    pub fn open(dir: &Path, key: &MasterKey) -> Result<Self, StoreError> {
-        create_dir_private(dir)?;
+    pub async fn open(dir: &Path, key: &MasterKey) -> Result<Self, StoreError> {
+        let (dir, file_key, key_id) = (dir.to_path_buf(), key.file_key(), key.id());
+        let files = blocking(&dir.clone(), move || Files::open(dir, file_key, key_id)).await?;
         Ok(TokenStore {
-            dir: dir.to_path_buf(),
-            key: key.file_key(),
-            key_id: key.id(),
+            files: Arc::new(files),
+            known: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The token directory.
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.files.dir
     }
 
+    /// The id of the master key in use (never the key).
     pub fn key_id(&self) -> &str {
-        &self.key_id
+        &self.files.key_id
     }
 
     /// The file of `account`.
     pub fn path(&self, account: &str) -> PathBuf {
+        self.files.path(account)
+    }
+
+    /// Runs `work` on the files, off the runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&Files) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let files = self.files.clone();
+        blocking(&self.files.dir, move || work(&files)).await
+    }
+
+    fn remember(&self, account: &str, record: Option<StoredToken>) {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(account.to_owned(), record);
+    }
+
+    /// The record this process last read or wrote for `account`: `None` when it has not
+    /// looked yet, `Some(None)` when there was no file. Never touches the disk.
+    pub fn last_known(&self, account: &str) -> Option<Option<StoredToken>> {
+        self.known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(account)
+            .cloned()
+    }
+
+    /// Accounts that have a token file.
+    pub async fn accounts(&self) -> Vec<String> {
+        self.run(|files| Ok(token_files(&files.dir)))
+            .await
+            .unwrap_or_default()
+    }
+
+    /// Reads and opens `account`'s file; `None` if there is none.
+    pub async fn load(&self, account: &str) -> Result<Option<StoredToken>, StoreError> {
+        let name = account.to_owned();
+        let record = self.run(move |files| files.load(&name)).await?;
+        self.remember(account, record.clone());
+        Ok(record)
+    }
+
+    /// Read-modify-write of `account`'s file under an exclusive lock shared with every other
+    /// process using this store. `change` gets the current contents (or `None`) and returns
+    /// what to write (`None`: leave the file alone). The written record's generation is one
+    /// more than the current one. Returns what the file holds afterwards.
+    pub async fn update<F>(
+        &self,
+        account: &str,
+        change: F,
+    ) -> Result<Option<StoredToken>, StoreError>
+    where
+        F: FnOnce(Option<&StoredToken>) -> Option<StoredToken> + Send + 'static,
+    {
+        let name = account.to_owned();
+        let record = self.run(move |files| files.update(&name, change)).await?;
+        self.remember(account, record.clone());
+        Ok(record)
+    }
+
+    /// Identifies the current version of `account`'s file without reading it.
+    pub async fn stamp(&self, account: &str) -> Option<FileStamp> {
+        let name = account.to_owned();
+        self.run(move |files| Ok(files.stamp(&name)))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Signs an account out: its token file and any pending device-code prompt are deleted (the
+    /// accounts page's Sign out and `account logout`). True when there was a sign-in.
+    pub async fn sign_out(&self, account: &str) -> Result<bool, StoreError> {
+        let name = account.to_owned();
+        let removed = self
+            .run(move |files| {
+                let removed = files.remove(&name)?;
+                files.set_login_prompt(&name, None)?;
+                Ok(removed)
+            })
+            .await?;
+        self.remember(account, None);
+        Ok(removed)
+    }
+
+    /// Records (or with `None`, clears) a device-code login in progress for `account`.
+    pub async fn set_login_prompt(
+        &self,
+        account: &str,
+        prompt: Option<LoginPrompt>,
+    ) -> Result<(), StoreError> {
+        let name = account.to_owned();
+        self.run(move |files| files.set_login_prompt(&name, prompt.as_ref()))
+            .await
+    }
+
+    /// The device-code login in progress for `account`, if one is recorded and not expired.
+    pub async fn login_prompt(&self, account: &str) -> Option<LoginPrompt> {
+        let name = account.to_owned();
+        self.run(move |files| Ok(files.login_prompt(&name)))
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+/// Runs blocking file work on tokio's blocking pool; a task that cannot finish is an I/O
+/// error about `dir`.
+async fn blocking<T: Send + 'static>(
+    dir: &Path,
+    work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::io(dir, io::Error::other(e.to_string())))?
+}
+
+/// The blocking work of the store: one directory of sealed files and their lock files.
+pub(crate) struct Files {
+    dir: PathBuf,
+    key: LessSafeKey,
+    key_id: String,
+}
+
+static TMP_SEQ: AtomicU64 = AtomicU64::new(0);
+
+impl Files {
+    fn open(dir: PathBuf, key: LessSafeKey, key_id: String) -> Result<Self, StoreError> {
+        create_dir_private(&dir)?;
+        Ok(Files { dir, key, key_id })
+    }
+
+    fn path(&self, account: &str) -> PathBuf {
         self.dir.join(format!("{account}.token"))
     }
 
@@ -403,13 +586,7 @@ impl TokenStore {
         self.dir.join(format!("{account}.login.json"))
     }
 
-    /// Accounts that have a token file.
-    pub fn accounts(&self) -> Vec<String> {
-        token_files(&self.dir)
-    }
-
-    /// Reads and opens `account`'s file; `None` if there is none.
-    pub fn load(&self, account: &str) -> Result<Option<StoredToken>, StoreError> {
+    fn load(&self, account: &str) -> Result<Option<StoredToken>, StoreError> {
         let path = self.path(account);
         let mut text = String::new();
         match File::open(&path) {
@@ -518,8 +695,8 @@ impl TokenStore {
     }
 
     /// Replaces `account`'s file with `token` as it is (generation included), atomically and
-    /// durably. Prefer [`update`](Self::update), which also serialises writers.
-    pub fn save(&self, account: &str, token: &StoredToken) -> Result<(), StoreError> {
+    /// durably. Only [`update`](Self::update) calls it, under the account's lock.
+    fn save(&self, account: &str, token: &StoredToken) -> Result<(), StoreError> {
         let path = self.path(account);
         let text = self.seal(account, token);
         let tmp = self.dir.join(format!(
@@ -536,11 +713,7 @@ impl TokenStore {
         sync_dir(&self.dir)
     }
 
-    /// Read-modify-write of `account`'s file under an exclusive lock shared with every other
-    /// process using this store. `change` gets the current contents (or `None`) and returns
-    /// what to write (`None`: leave the file alone). The written record's generation is one
-    /// more than the current one. Returns what the file holds afterwards.
-    pub fn update<F>(&self, account: &str, change: F) -> Result<Option<StoredToken>, StoreError>
+    fn update<F>(&self, account: &str, change: F) -> Result<Option<StoredToken>, StoreError>
     where
         F: FnOnce(Option<&StoredToken>) -> Option<StoredToken>,
     {
@@ -557,7 +730,7 @@ impl TokenStore {
     }
 
     /// Deletes `account`'s file (sign out). Returns whether there was one.
-    pub fn remove(&self, account: &str) -> Result<bool, StoreError> {
+    fn remove(&self, account: &str) -> Result<bool, StoreError> {
         let _lock = self.lock(account)?;
         let path = self.path(account);
         match fs::remove_file(&path) {
@@ -570,8 +743,7 @@ impl TokenStore {
         }
     }
 
-    /// Identifies the current version of `account`'s file without reading it.
-    pub fn stamp(&self, account: &str) -> Option<FileStamp> {
+    fn stamp(&self, account: &str) -> Option<FileStamp> {
         use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(self.path(account)).ok()?;
         Some(FileStamp {
@@ -581,16 +753,7 @@ impl TokenStore {
         })
     }
 
-    /// Records (or with `None`, clears) a device-code login in progress for `account`.
-    /// Signs an account out: its token file and any pending device-code prompt are deleted (the
-    /// accounts page's Sign out and `account logout`). True when there was a sign-in.
-    pub fn sign_out(&self, account: &str) -> Result<bool, StoreError> {
-        let removed = self.remove(account)?;
-        self.set_login_prompt(account, None)?;
-        Ok(removed)
-    }
-
-    pub fn set_login_prompt(
+    fn set_login_prompt(
         &self,
         account: &str,
         prompt: Option<&LoginPrompt>,
@@ -613,15 +776,15 @@ impl TokenStore {
         }
     }
 
-    /// The device-code login in progress for `account`, if one is recorded and not expired.
-    pub fn login_prompt(&self, account: &str) -> Option<LoginPrompt> {
+    fn login_prompt(&self, account: &str) -> Option<LoginPrompt> {
         let text = fs::read(self.prompt_path(account)).ok()?;
         let prompt: LoginPrompt = serde_json::from_slice(&text).ok()?;
         (prompt.expires_at > to_unix(SystemTime::now())).then_some(prompt)
     }
 
+    /// Takes the account's exclusive lock (an `flock`, shared with other processes), waiting
+    /// for it; released when the returned file is closed.
     fn lock(&self, account: &str) -> Result<File, StoreError> {
-        use std::os::fd::AsRawFd;
         let path = self.lock_path(account);
         let file = OpenOptions::new()
             .create(true)
@@ -631,13 +794,10 @@ impl TokenStore {
             .open(&path)
             .map_err(|e| StoreError::io(&path, e))?;
         loop {
-            // SAFETY: flock on a descriptor we own; released when `file` is closed.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
-                return Ok(file);
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(StoreError::io(&path, e));
+            match file.lock() {
+                Ok(()) => return Ok(file),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(StoreError::io(&path, e)),
             }
         }
     }
@@ -692,6 +852,10 @@ mod tests {
 
     const RT: &str = "0.AAAA-refresh-token-value-that-must-never-appear-in-clear";
 
+    fn files(dir: &Path, key: &MasterKey) -> Files {
+        Files::open(dir.to_path_buf(), key.file_key(), key.id()).unwrap()
+    }
+
     fn sample() -> StoredToken {
         StoredToken {
             refresh_token: Some(Secret::from(RT)),
@@ -710,7 +874,7 @@ mod tests {
     fn round_trip_and_nothing_in_clear() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
-        let store = TokenStore::open(&dir.path().join("tokens"), &key).unwrap();
+        let store = files(&dir.path().join("tokens"), &key);
         assert_eq!(store.load("scanner").unwrap(), None);
         let written = store
             .update("scanner", |old| {
@@ -731,11 +895,11 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let mode = fs::metadata(store.dir()).unwrap().permissions().mode();
+        let mode = fs::metadata(&store.dir).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
-        assert_eq!(store.accounts(), vec!["scanner".to_string()]);
+        assert_eq!(token_files(&store.dir), vec!["scanner".to_string()]);
         // No temporary files are left behind.
-        let names: Vec<_> = fs::read_dir(store.dir())
+        let names: Vec<_> = fs::read_dir(&store.dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .filter(|n| n.ends_with(".tmp"))
@@ -748,11 +912,11 @@ mod tests {
     fn wrong_key_tampering_and_swaps_are_distinct_errors() {
         let dir = tempfile::tempdir().unwrap();
         let key = MasterKey::generate();
-        let store = TokenStore::open(dir.path(), &key).unwrap();
+        let store = files(dir.path(), &key);
         store.update("scanner", |_| Some(sample())).unwrap();
         let original = fs::read(store.path("scanner")).unwrap();
 
-        let other = TokenStore::open(dir.path(), &MasterKey::generate()).unwrap();
+        let other = files(dir.path(), &MasterKey::generate());
         let e = other.load("scanner").unwrap_err();
         assert!(matches!(e, StoreError::WrongKey { .. }), "{e}");
         assert!(e.to_string().contains("different master key"), "{e}");
@@ -840,7 +1004,7 @@ mod tests {
         assert_eq!(again.id(), gen_key.id());
 
         // Token files without their key: never a new key.
-        let store = TokenStore::open(&store_dir.join("tokens"), &gen_key).unwrap();
+        let store = files(&store_dir.join("tokens"), &gen_key);
         store.update("scanner", |_| Some(sample())).unwrap();
         fs::remove_file(&path).unwrap();
         let e = load_master_key(None, None, &store_dir, true).unwrap_err();
@@ -855,7 +1019,7 @@ mod tests {
         let path = dir.path().to_path_buf();
         let threads: Vec<_> = (0..4)
             .map(|_| {
-                let store = TokenStore::open(&path, &key).unwrap();
+                let store = files(&path, &key);
                 std::thread::spawn(move || {
                     for _ in 0..10 {
                         store
@@ -868,14 +1032,14 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let store = TokenStore::open(&path, &key).unwrap();
+        let store = files(&path, &key);
         assert_eq!(store.load("scanner").unwrap().unwrap().generation, 40);
     }
 
     #[test]
     fn login_prompts_expire_and_clear() {
         let dir = tempfile::tempdir().unwrap();
-        let store = TokenStore::open(dir.path(), &MasterKey::generate()).unwrap();
+        let store = files(dir.path(), &MasterKey::generate());
         let mut prompt = LoginPrompt {
             user_code: "ABCD-EFGH".into(),
             verification_uri: "https://microsoft.com/devicelogin".into(),
@@ -889,6 +1053,32 @@ mod tests {
         assert_eq!(store.login_prompt("scanner"), None);
         store.set_login_prompt("scanner", None).unwrap();
         store.set_login_prompt("scanner", None).unwrap();
-        assert!(store.accounts().is_empty());
+        assert!(token_files(&store.dir).is_empty());
+    }
+
+    /// The async face: the same files, and the record last read or written remembered without
+    /// touching the disk again.
+    #[tokio::test]
+    async fn the_async_face_remembers_what_it_last_saw() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let store = TokenStore::open(&dir.path().join("tokens"), &key)
+            .await
+            .unwrap();
+        assert_eq!(store.last_known("scanner"), None);
+        assert_eq!(store.load("scanner").await.unwrap(), None);
+        assert_eq!(store.last_known("scanner"), Some(None));
+        let written = store.update("scanner", |_| Some(sample())).await.unwrap();
+        assert_eq!(store.last_known("scanner"), Some(written.clone()));
+        // Another process (here: the blocking files) changes the file: only a load sees it.
+        files(store.dir(), &key).remove("scanner").unwrap();
+        assert_eq!(store.last_known("scanner"), Some(written));
+        assert!(store.stamp("scanner").await.is_none());
+        assert_eq!(store.load("scanner").await.unwrap(), None);
+        assert_eq!(store.last_known("scanner"), Some(None));
+        store.update("scanner", |_| Some(sample())).await.unwrap();
+        assert!(store.sign_out("scanner").await.unwrap());
+        assert_eq!(store.last_known("scanner"), Some(None));
+        assert!(store.accounts().await.is_empty());
     }
 }

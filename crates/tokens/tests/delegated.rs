@@ -4,6 +4,8 @@
 //! What reaches the logs is checked end to end against the real binary (tests/e2e/signin.rs),
 //! where the subscriber is process-wide.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::collections::HashMap;
@@ -73,16 +75,21 @@ struct Env {
     store: Arc<TokenStore>,
 }
 
-fn store() -> Env {
+async fn store() -> Env {
     let dir = tempfile::tempdir().unwrap();
-    let store =
-        Arc::new(TokenStore::open(&dir.path().join("tokens"), &MasterKey::generate()).unwrap());
-    Env { _dir: dir, store }
+    let store = TokenStore::open(&dir.path().join("tokens"), &MasterKey::generate())
+        .await
+        .unwrap();
+    Env {
+        _dir: dir,
+        store: Arc::new(store),
+    }
 }
 
-fn signed_in(store: &TokenStore, refresh: &str) {
+async fn signed_in(store: &TokenStore, refresh: &str) {
+    let refresh = refresh.to_owned();
     store
-        .update("scanner", |_| {
+        .update("scanner", move |_| {
             Some(StoredToken {
                 refresh_token: Some(Secret::from(refresh)),
                 client_id: CLIENT_ID.into(),
@@ -90,7 +97,22 @@ fn signed_in(store: &TokenStore, refresh: &str) {
                 ..StoredToken::default()
             })
         })
+        .await
         .unwrap();
+}
+
+/// [`signed_in`] from code that is not async (a fake endpoint's handler), as another process
+/// would: on a thread of its own.
+fn signed_in_elsewhere(store: &Arc<TokenStore>, refresh: &str) {
+    let (store, refresh) = (store.clone(), refresh.to_owned());
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(signed_in(&store, &refresh));
+    })
+    .join()
+    .unwrap();
 }
 
 fn manager(server: &TestServer, flow: DelegatedFlow, store: &Arc<TokenStore>) -> SignInManager {
@@ -113,12 +135,15 @@ fn query(url: &str) -> HashMap<String, String> {
 #[tokio::test]
 async fn authorization_code_with_pkce_stores_the_refresh_token() {
     let server = TestServer::always(delegated_token("at-1", "rt-from-code")).await;
-    let env = store();
+    let env = store().await;
     let manager = manager(&server, DelegatedFlow::AuthorizationCode, &env.store);
     let told = Arc::new(Mutex::new(Vec::new()));
     {
         let told = told.clone();
-        manager.on_signed_in(move |a| told.lock().unwrap().push(a.to_string()));
+        manager.on_signed_in(move |a| {
+            told.lock().unwrap().push(a);
+            async {}
+        });
     }
 
     let url = manager.begin_authorization("scanner", "session-A").unwrap();
@@ -156,7 +181,7 @@ async fn authorization_code_with_pkce_stores_the_refresh_token() {
     assert_eq!(challenge_for(&form["code_verifier"]), q["code_challenge"]);
     assert!(!url.contains(&form["code_verifier"]));
 
-    let stored = env.store.load("scanner").unwrap().unwrap();
+    let stored = env.store.load("scanner").await.unwrap().unwrap();
     assert_eq!(stored.refresh_token.unwrap().expose(), "rt-from-code");
     assert_eq!(stored.flow, "authorization_code");
     assert!(stored.signed_in_at.is_some() && !stored.sign_in_required);
@@ -180,7 +205,7 @@ async fn authorization_code_with_pkce_stores_the_refresh_token() {
 #[tokio::test]
 async fn callbacks_that_do_not_belong_are_refused_before_any_request() {
     let server = TestServer::always(delegated_token("at", "rt")).await;
-    let env = store();
+    let env = store().await;
     let manager = manager(&server, DelegatedFlow::AuthorizationCode, &env.store);
     let code = || Some(Secret::from("c"));
 
@@ -247,7 +272,7 @@ async fn callbacks_that_do_not_belong_are_refused_before_any_request() {
     assert!(!r.contains("Trace"), "{r}");
 
     assert_eq!(server.count(), 0, "nothing was redeemed");
-    assert!(env.store.load("scanner").unwrap().is_none());
+    assert!(env.store.load("scanner").await.unwrap().is_none());
     assert!(matches!(
         manager.begin_authorization("printer", "s"),
         Err(SignInError::UnknownAccount(_))
@@ -257,7 +282,7 @@ async fn callbacks_that_do_not_belong_are_refused_before_any_request() {
 #[tokio::test]
 async fn a_response_without_refresh_token_is_an_error_with_advice() {
     let server = TestServer::always(Reply::token("at-only", 3600)).await;
-    let env = store();
+    let env = store().await;
     let manager = manager(&server, DelegatedFlow::AuthorizationCode, &env.store);
     let state = query(&manager.begin_authorization("scanner", "s").unwrap())["state"].clone();
     let e = manager
@@ -273,7 +298,7 @@ async fn a_response_without_refresh_token_is_an_error_with_advice() {
         .unwrap_err();
     assert!(matches!(e, SignInError::NoRefreshToken(_)), "{e}");
     assert!(e.to_string().contains("offline_access"), "{e}");
-    assert!(env.store.load("scanner").unwrap().is_none());
+    assert!(env.store.load("scanner").await.unwrap().is_none());
 }
 
 #[tokio::test]
@@ -289,11 +314,11 @@ async fn device_code_polling_honours_interval_and_slow_down() {
         delegated_token("at-device", "rt-device"),
     ])
     .await;
-    let env = store();
+    let env = store().await;
     let manager = manager(&server, DelegatedFlow::DeviceCode, &env.store);
     let device = manager.start_device_login("scanner", "test").await.unwrap();
     assert_eq!(device.user_code, "FAKE-CODE");
-    let prompt = env.store.login_prompt("scanner").unwrap();
+    let prompt = env.store.login_prompt("scanner").await.unwrap();
     assert_eq!(prompt.user_code, "FAKE-CODE");
     let mut events = Vec::new();
     manager
@@ -331,11 +356,11 @@ async fn device_code_polling_honours_interval_and_slow_down() {
     // After slow_down the interval is 1 + 5 seconds.
     assert!(gap(4) >= Duration::from_millis(5900), "{:?}", gap(4));
 
-    let stored = env.store.load("scanner").unwrap().unwrap();
+    let stored = env.store.load("scanner").await.unwrap().unwrap();
     assert_eq!(stored.refresh_token.unwrap().expose(), "rt-device");
     assert_eq!(stored.flow, "device_code");
     assert!(
-        env.store.login_prompt("scanner").is_none(),
+        env.store.login_prompt("scanner").await.is_none(),
         "the prompt is cleared"
     );
 }
@@ -350,7 +375,7 @@ async fn device_code_declined_or_expired_ends_the_wait() {
         oauth_error(400, "authorization_declined", 70016, "The user declined."),
     ])
     .await;
-    let env = store();
+    let env = store().await;
     let manager = manager(&server, DelegatedFlow::DeviceCode, &env.store);
     let device = manager.start_device_login("scanner", "test").await.unwrap();
     let e = manager
@@ -358,19 +383,20 @@ async fn device_code_declined_or_expired_ends_the_wait() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("declined"), "{e}");
-    assert!(env.store.load("scanner").unwrap().is_none());
-    assert!(env.store.login_prompt("scanner").is_none());
+    assert!(env.store.load("scanner").await.unwrap().is_none());
+    assert!(env.store.login_prompt("scanner").await.is_none());
 
     let e = manager.begin_authorization("scanner", "s").unwrap_err();
     assert!(matches!(e, SignInError::WrongFlow { .. }), "{e}");
 }
 
-fn refresh_cache(server: &TestServer, store: &Arc<TokenStore>) -> TokenCache {
+async fn refresh_cache(server: &TestServer, store: &Arc<TokenStore>) -> TokenCache {
     let grant = StoredRefreshGrant::new(
         "scanner",
         client(server, DelegatedFlow::DeviceCode),
         store.clone(),
     )
+    .await
     .unwrap();
     TokenCache::with_grant(
         "scanner",
@@ -394,14 +420,14 @@ async fn refresh_rotates_and_persists_the_refresh_token() {
         })
         .await
     };
-    let env = store();
-    signed_in(&env.store, "rt-1");
-    let cache = refresh_cache(&server, &env.store);
+    let env = store().await;
+    signed_in(&env.store, "rt-1").await;
+    let cache = refresh_cache(&server, &env.store).await;
     assert!(!cache.status().sign_in_required);
 
     let first = cache.token().await.unwrap();
     assert_eq!(first.secret(), "at-1");
-    let stored = env.store.load("scanner").unwrap().unwrap();
+    let stored = env.store.load("scanner").await.unwrap().unwrap();
     assert_eq!(stored.refresh_token.as_ref().unwrap().expose(), "rt-2");
     assert!(stored.last_refresh.is_some());
     assert_eq!(stored.generation, 2);
@@ -419,6 +445,7 @@ async fn refresh_rotates_and_persists_the_refresh_token() {
     assert_eq!(
         env.store
             .load("scanner")
+            .await
             .unwrap()
             .unwrap()
             .refresh_token
@@ -428,7 +455,7 @@ async fn refresh_rotates_and_persists_the_refresh_token() {
     );
 
     // A fresh cache over the same store (a restart) continues with the latest token.
-    let restarted = refresh_cache(&server, &env.store);
+    let restarted = refresh_cache(&server, &env.store).await;
     restarted.token().await.unwrap();
     assert_eq!(server.requests()[2].form()["refresh_token"], "rt-3");
 }
@@ -453,14 +480,14 @@ async fn invalid_grant_means_sign_in_needed_until_someone_signs_in() {
         })
         .await
     };
-    let env = store();
-    signed_in(&env.store, "rt-revoked");
-    let cache = refresh_cache(&server, &env.store);
+    let env = store().await;
+    signed_in(&env.store, "rt-revoked").await;
+    let cache = refresh_cache(&server, &env.store).await;
     let e = cache.token().await.unwrap_err();
     assert_eq!(e.kind, TokenErrorKind::SignInRequired);
     assert_eq!(e.aadsts, Some(50173));
     assert!(cache.status().sign_in_required);
-    let stored = env.store.load("scanner").unwrap().unwrap();
+    let stored = env.store.load("scanner").await.unwrap().unwrap();
     assert!(stored.sign_in_required);
     assert!(
         stored
@@ -485,11 +512,16 @@ async fn invalid_grant_means_sign_in_needed_until_someone_signs_in() {
     );
 
     // A restart does not forget it.
-    assert!(refresh_cache(&server, &env.store).status().sign_in_required);
+    assert!(
+        refresh_cache(&server, &env.store)
+            .await
+            .status()
+            .sign_in_required
+    );
 
     // Someone signs in (another process writes the store); the cache is told.
     *answers.lock().unwrap() = vec![delegated_token("at-new", "rt-newer")];
-    signed_in(&env.store, "rt-new");
+    signed_in(&env.store, "rt-new").await;
     cache.credentials_changed();
     assert!(
         !cache.status().sign_in_required,
@@ -502,20 +534,21 @@ async fn invalid_grant_means_sign_in_needed_until_someone_signs_in() {
 
 #[tokio::test]
 async fn a_refresh_never_overwrites_a_newer_sign_in() {
-    let env = store();
-    signed_in(&env.store, "rt-old");
+    let env = store().await;
+    signed_in(&env.store, "rt-old").await;
     let store = env.store.clone();
     // The endpoint answers slowly; meanwhile someone signs in again.
     let server = TestServer::start(move |_| {
-        signed_in(&store, "rt-from-new-sign-in");
+        signed_in_elsewhere(&store, "rt-from-new-sign-in");
         delegated_token("at", "rt-rotated-from-old")
     })
     .await;
-    let cache = refresh_cache(&server, &env.store);
+    let cache = refresh_cache(&server, &env.store).await;
     cache.token().await.unwrap();
     assert_eq!(
         env.store
             .load("scanner")
+            .await
             .unwrap()
             .unwrap()
             .refresh_token
@@ -528,8 +561,8 @@ async fn a_refresh_never_overwrites_a_newer_sign_in() {
 #[tokio::test]
 async fn nobody_signed_in_yet_is_sign_in_needed_without_a_request() {
     let server = TestServer::always(delegated_token("at", "rt")).await;
-    let env = store();
-    let cache = refresh_cache(&server, &env.store);
+    let env = store().await;
+    let cache = refresh_cache(&server, &env.store).await;
     assert!(cache.status().sign_in_required);
     let e = cache.token().await.unwrap_err();
     assert_eq!(e.kind, TokenErrorKind::SignInRequired);

@@ -1,6 +1,8 @@
 //! End-to-end behaviour of the token manager against a scripted token endpoint: what goes on the
 //! wire, single flight, margins, cooldowns, error classification and what stays out of logs.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::path::{Path, PathBuf};

@@ -12,6 +12,8 @@
 //! `send` reads the message whole, as the Graph route reads a spooled message, then times
 //! `GraphUpload::send` alone and prints it; `/usr/bin/time -v` gives the process's peak RSS.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -58,11 +58,17 @@ const CLEANUP_ATTEMPTS: usize = 3;
 /// A step of the conversation (for errors and logs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Step {
+    /// `POST /users/{mailbox}/messages` with the MIME.
     CreateDraft,
+    /// `POST .../attachments` with the bytes inline.
     AddAttachment,
+    /// `POST .../attachments/createUploadSession`.
     CreateUploadSession,
+    /// A `PUT` of one chunk to the upload URL.
     UploadChunk,
+    /// `POST .../send`.
     Send,
+    /// `DELETE .../messages/{id}`.
     DeleteDraft,
 }
 
@@ -82,12 +88,15 @@ impl fmt::Display for Step {
 /// An answer from Graph that was not a success.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GraphAnswer {
+    /// The HTTP status.
     pub status: u16,
     /// Graph's `error.code`, e.g. `ErrorAccessDenied` (empty when the body had none).
     pub code: String,
     /// Graph's `error.message`, one line, bounded.
     pub message: String,
+    /// `Retry-After`, when Graph gave one.
     pub retry_after: Option<Duration>,
+    /// Graph's `request-id` header, for Microsoft support.
     pub request_id: String,
 }
 
@@ -107,23 +116,48 @@ pub enum TransportKind {
 /// Why a conversation failed.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum UploadError {
+    /// Graph answered with an error.
     #[error("{step}: Microsoft Graph answered HTTP {}{}", answer.status, describe(answer))]
-    Refused { step: Step, answer: GraphAnswer },
+    Refused {
+        /// Where.
+        step: Step,
+        /// What Graph said.
+        answer: GraphAnswer,
+    },
+    /// No access token could be had.
     #[error("{step}: no access token for Microsoft Graph: {error}")]
-    Token { step: Step, error: TokenError },
+    Token {
+        /// Where.
+        step: Step,
+        /// Why.
+        error: TokenError,
+    },
+    /// The network failed.
     #[error("{step}: {}: {detail}", transport_words(*kind))]
     Transport {
+        /// Where.
         step: Step,
+        /// How.
         kind: TransportKind,
+        /// The transport's words.
         detail: String,
     },
+    /// Graph's answer did not have the shape documented for it.
     #[error("{step}: Microsoft Graph's answer cannot be followed: {detail}")]
-    Unexpected { step: Step, detail: String },
+    Unexpected {
+        /// Where.
+        step: Step,
+        /// What was wrong with it.
+        detail: String,
+    },
     /// Even with every attachment taken out, what must go in the draft is over one request.
     #[error(
         "the message's headers and text alone take {draft_bytes} bytes, more than Microsoft Graph accepts in one request"
     )]
-    TooLarge { draft_bytes: usize },
+    TooLarge {
+        /// The size of what must go in the draft.
+        draft_bytes: usize,
+    },
 }
 
 fn describe(a: &GraphAnswer) -> String {
@@ -145,6 +179,7 @@ fn transport_words(kind: TransportKind) -> &'static str {
 }
 
 impl UploadError {
+    /// The step that failed (None when nothing was sent).
     pub fn step(&self) -> Option<Step> {
         match self {
             UploadError::Refused { step, .. }
@@ -161,9 +196,11 @@ impl UploadError {
             _ => None,
         }
     }
+    /// Graph's HTTP status, when it answered.
     pub fn status(&self) -> Option<u16> {
         self.answer().map(|a| a.status)
     }
+    /// Graph's `Retry-After`, when it gave one.
     pub fn retry_after(&self) -> Option<Duration> {
         self.answer().and_then(|a| a.retry_after)
     }
@@ -223,14 +260,21 @@ pub enum DraftCleanup {
     /// The draft was deleted (or was already gone).
     Deleted,
     /// The draft could not be deleted: it stays in the mailbox's Drafts folder.
-    Left { id: String, reason: String },
+    Left {
+        /// The draft's id.
+        id: String,
+        /// Why the delete failed.
+        reason: String,
+    },
 }
 
 /// A failed conversation: why, and what became of its draft.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{error}{}", cleanup_words(draft))]
 pub struct UploadFailure {
+    /// Why it failed.
     pub error: UploadError,
+    /// What became of the draft.
     pub draft: DraftCleanup,
 }
 
@@ -247,11 +291,13 @@ fn cleanup_words(d: &DraftCleanup) -> String {
 /// A message Graph accepted for sending.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivered {
+    /// The draft that was sent.
     pub draft_id: String,
     /// Graph's `request-id` of the send (empty when it was confirmed by the draft's absence).
     pub request_id: String,
     /// Attachments added in one request, and through upload sessions.
     pub posted: usize,
+    /// Attachments added through upload sessions.
     pub uploaded: usize,
     /// Requests made, `PUT`s included.
     pub requests: usize,
@@ -271,7 +317,9 @@ pub enum Carry {
 /// What the conversation will send: the draft's MIME and each large part with its way in.
 #[derive(Debug)]
 pub struct Plan<'m> {
+    /// The MIME that creates the draft.
     pub draft: Cow<'m, [u8]>,
+    /// The parts taken out, each with its way back in.
     pub parts: Vec<(LargePart, Carry)>,
 }
 

@@ -2,6 +2,8 @@
 //! arrive with every attachment byte-identical (SHA-256), and every failure leaves no draft
 //! behind and says what Graph said.
 
+#![allow(clippy::unwrap_used)]
+
 use std::sync::Arc;
 use std::time::Duration;
 

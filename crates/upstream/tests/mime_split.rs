@@ -3,6 +3,8 @@
 //! minus the reported ranges, still parses, and holds every text body and small attachment;
 //! with nothing large, the message comes back untouched.
 
+#![allow(clippy::unwrap_used)]
+
 use std::borrow::Cow;
 
 use base64::Engine as _;
