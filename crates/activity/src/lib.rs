@@ -40,7 +40,9 @@ pub use alerts::{Alert, AlertBook, AlertKind};
 pub use counts::{Counter, Counts};
 pub use device::{Connection, DeviceView, LastResult, UnknownLogin};
 pub use messages::{MessageFilter, MessageRecord, MessageResult};
-pub use problems::{CertificateInfo, Environment, Level, NoticeFailure, Problem, Subject};
+pub use problems::{
+    CertificateInfo, Environment, EnvironmentFn, Level, NoticeFailure, Problem, Subject,
+};
 pub use reply::ReplyInfo;
 
 use device::{Device, UnknownLogins};

@@ -10,6 +10,14 @@
 use crate::account::{AccountActivity, AccountState};
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// Measures the facts besides the accounts (the binary provides it: it reads the spool, the
+/// filesystem and the certificates). The overview and the notifier both call it.
+pub type EnvironmentFn =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Environment> + Send>> + Send + Sync>;
 
 const DAY_MS: u64 = 86_400_000;
 const MIB: u64 = 1024 * 1024;

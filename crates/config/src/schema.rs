@@ -78,6 +78,8 @@ pub struct Config {
     pub admin: Admin,
     /// `[delivery]`: the queue and the upstream side.
     pub delivery: Delivery,
+    /// `[notify]`: webhook events and alert e-mails.
+    pub notify: Notify,
     /// `[[accounts]]`: the mailboxes we send as.
     pub accounts: Vec<Account>,
     /// `[[devices]]`: who may send.
@@ -305,6 +307,8 @@ pub struct Admin {
     /// argon2id hash (from `smtp2oauth hash-password`) of the password the accounts page asks
     /// for. Unset: the page is open to whoever can reach `listen`.
     pub password_hash: Option<Secret>,
+    /// How many message outcomes the console keeps for its recent-messages log and API.
+    pub recent_messages: usize,
 }
 
 impl Default for Admin {
@@ -312,6 +316,70 @@ impl Default for Admin {
         Admin {
             listen: "127.0.0.1:8025".into(),
             password_hash: None,
+            recent_messages: 1000,
+        }
+    }
+}
+
+/// `[notify]`: who hears about problems, and how often.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Notify {
+    /// An HTTP(S) URL that gets a POST for each event (a problem appears, is still there after
+    /// `repeat_interval`, clears; a message fails for good). Often carries a secret: never logged.
+    pub webhook_url: Option<Secret>,
+    /// The receiver's format.
+    pub webhook_format: WebhookFormat,
+    /// The account that carries failure notices and alert e-mails. Unset: the account the
+    /// notice is about while it works, otherwise any healthy account.
+    pub notify_account: Option<String>,
+    /// Addresses that get alert e-mails (a problem appears, reminders, clears). Unset: the
+    /// `bounce_to` addresses of the accounts.
+    pub email_to: Option<Vec<String>>,
+    /// A queued message older than this is a problem.
+    #[serde(with = "duration")]
+    pub alert_queue_age: Duration,
+    /// While a problem lasts, it is reported again after this long (0: never again).
+    #[serde(with = "duration")]
+    pub repeat_interval: Duration,
+}
+
+impl Default for Notify {
+    fn default() -> Self {
+        Notify {
+            webhook_url: None,
+            webhook_format: WebhookFormat::Json,
+            notify_account: None,
+            email_to: None,
+            alert_queue_age: Duration::from_secs(3600),
+            repeat_interval: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// `[notify] webhook_format`: what the webhook's receiver understands.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// smtp2oauth's own JSON event (docs/monitoring.md).
+    #[default]
+    Json,
+    /// A Microsoft Teams workflow webhook (an Adaptive Card).
+    Teams,
+    /// A Slack incoming webhook.
+    Slack,
+    /// An ntfy topic URL.
+    Ntfy,
+}
+
+impl WebhookFormat {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WebhookFormat::Json => "json",
+            WebhookFormat::Teams => "teams",
+            WebhookFormat::Slack => "slack",
+            WebhookFormat::Ntfy => "ntfy",
         }
     }
 }

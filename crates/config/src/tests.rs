@@ -981,3 +981,53 @@ fn an_account_with_problems_has_no_spec_and_the_others_keep_theirs() {
     let names: Vec<_> = checked.accounts.iter().map(|a| a.name.as_str()).collect();
     assert_eq!(names, ["scanner"]);
 }
+
+#[test]
+fn notify_defaults_and_checks() {
+    let c = parse_str(MINIMAL, no_env()).unwrap();
+    assert_eq!(c.notify.webhook_format, WebhookFormat::Json);
+    assert_eq!(
+        c.notify.alert_queue_age,
+        std::time::Duration::from_secs(3600)
+    );
+    assert_eq!(
+        c.notify.repeat_interval,
+        std::time::Duration::from_secs(6 * 3600)
+    );
+    assert_eq!(c.admin.recent_messages, 1000);
+    assert!(check(&c).problems.is_empty());
+
+    let text = format!(
+        "[notify]\nwebhook_url = \"hooks.example/x\"\nwebhook_format = \"teams\"\nnotify_account = \"nosuch\"\nemail_to = [\"it@contoso.com\", \"not an address\"]\nalert_queue_age = \"30m\"\n{MINIMAL}"
+    );
+    let c = parse_str(&text, no_env()).unwrap();
+    assert_eq!(c.notify.webhook_format, WebhookFormat::Teams);
+    let problems: Vec<(String, String)> = check(&c)
+        .problems
+        .into_iter()
+        .map(|p| (p.key, p.message))
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            (
+                "notify.webhook_url".to_string(),
+                "must be an http:// or https:// URL (the receiver's webhook address)".to_string()
+            ),
+            (
+                "notify.notify_account".to_string(),
+                "`nosuch` is not the name of an [[accounts]] entry".to_string()
+            ),
+            (
+                "notify.email_to.1".to_string(),
+                "`not an address` is not an e-mail address".to_string()
+            ),
+        ]
+    );
+    // The webhook URL is a secret: it never shows in the configuration's debug form.
+    let text = format!(
+        "[notify]\nwebhook_url = \"https://hooks.slack.com/services/T0/B0/s3cr3t\"\n{MINIMAL}"
+    );
+    let c = parse_str(&text, no_env()).unwrap();
+    assert!(!format!("{c:?}").contains("s3cr3t"));
+}

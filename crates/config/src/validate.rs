@@ -43,6 +43,7 @@ pub fn check(c: &Config) -> Checked {
     devices(c, &mut p, &mut w);
     store_and_admin(c, &mut p, &mut w);
     delivery(c, &mut p);
+    notify(c, &mut p);
     Checked {
         problems: p,
         warnings: w,
@@ -81,6 +82,36 @@ fn store_and_admin(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
             "store.fsync",
             "is off: accepted mail can be lost on a crash or power cut (use only to measure)",
         ));
+    }
+}
+
+fn notify(c: &Config, p: &mut Vec<Problem>) {
+    let n = &c.notify;
+    if let Some(url) = &n.webhook_url {
+        let u = url.expose();
+        let scheme_ok = u.starts_with("https://") || u.starts_with("http://");
+        if !scheme_ok || u.contains(char::is_whitespace) {
+            p.push(Problem::new(
+                "notify.webhook_url",
+                "must be an http:// or https:// URL (the receiver's webhook address)",
+            ));
+        }
+    }
+    if let Some(a) = &n.notify_account
+        && !c.accounts.iter().any(|acc| &acc.name == a)
+    {
+        p.push(Problem::new(
+            "notify.notify_account",
+            format!("`{a}` is not the name of an [[accounts]] entry"),
+        ));
+    }
+    for (i, to) in n.email_to.iter().flatten().enumerate() {
+        if !valid_mailbox(to) {
+            p.push(Problem::new(
+                format!("notify.email_to.{i}"),
+                format!("`{to}` is not an e-mail address"),
+            ));
+        }
     }
 }
 

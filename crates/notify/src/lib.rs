@@ -30,8 +30,7 @@ pub use webhook::{WebhookConfig, WebhookSender};
 
 use smtp2oauth_activity::problems::problems;
 use smtp2oauth_activity::{
-    AccountState, Activity, AlertBook, Change, Environment, MessageResult, NoticeFailure, Problem,
-    now_ms,
+    AccountState, Activity, AlertBook, Change, MessageResult, NoticeFailure, Problem, now_ms,
 };
 use std::future::Future;
 use std::pin::Pin;
@@ -44,9 +43,7 @@ use tracing::{error, info};
 /// How long a throttled or unreachable account must last before it is alerted.
 pub const FLAP_GRACE: Duration = Duration::from_secs(300);
 
-/// Measures the facts besides the accounts (done by the binary: it reads the spool).
-pub type EnvironmentFn =
-    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Environment> + Send>> + Send + Sync>;
+pub use smtp2oauth_activity::EnvironmentFn;
 
 /// Sends an alert e-mail through a healthy account.
 pub trait Mailer: Send + Sync {

@@ -2,7 +2,8 @@
 
 use super::*;
 use smtp2oauth_activity::{
-    AccountSignal, ActivityConfig, AttemptReport, AttemptResult, Level, ReplyInfo, Subject,
+    AccountSignal, ActivityConfig, AttemptReport, AttemptResult, Environment, Level, ReplyInfo,
+    Subject,
 };
 use std::sync::Mutex;
 
