@@ -69,6 +69,11 @@ pub struct AdminState {
     pub readiness: ReadinessFn,
     /// The accounts page and OAuth callback; None serves only health and metrics.
     pub accounts: Option<Arc<AccountsPage>>,
+    /// What the relay has been doing (devices, accounts, recent messages), published by the
+    /// sessions and the scheduler.
+    pub activity: smtp2oauth_activity::Activity,
+    /// Measures the facts besides the accounts that problems are decided from.
+    pub environment: smtp2oauth_activity::EnvironmentFn,
 }
 
 /// The admin server, bound and not yet serving.

@@ -10,8 +10,10 @@
 //! - `routes.rs`: each account's route and fallback.
 //! - `tls.rs`: the listeners' certificates and TLS handles.
 //! - `admin.rs`: the admin server's state: readiness checks and the accounts page.
+//! - `console.rs`: the activity store and the environment problems are decided from.
 
 mod admin;
+mod console;
 mod routes;
 mod tls;
 mod tokens;
@@ -60,6 +62,8 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
     let routes = routes(loaded, &tokens, store.as_ref()).await?;
     log_accounts(loaded, &routes);
     let readiness_accounts = admin::readiness_accounts(loaded, &routes);
+    let activity = console::activity(loaded);
+    let environment = console::environment(loaded, spool.clone(), activity.clone());
     let metrics = Metrics::new(Some(Arc::new(status::RelaySnapshot {
         spool: spool.clone(),
         tokens: tokens.clone(),
@@ -89,6 +93,8 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         metrics,
         sign_in: sign_in.as_ref().map(|(m, _)| m.clone()),
         store,
+        activity,
+        environment,
     })
     .await?;
     Ok(Relay {

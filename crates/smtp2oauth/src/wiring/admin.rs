@@ -44,6 +44,8 @@ pub struct Parts<'a> {
     pub metrics: Arc<Metrics>,
     pub sign_in: Option<Arc<SignInManager>>,
     pub store: Option<Arc<TokenStore>>,
+    pub activity: smtp2oauth_activity::Activity,
+    pub environment: smtp2oauth_activity::EnvironmentFn,
 }
 
 /// Binds the admin server, unless `[admin] listen` is empty.
@@ -76,6 +78,8 @@ pub async fn server(parts: Parts<'_>) -> Result<Option<AdminServer>> {
         metrics: parts.metrics,
         readiness,
         accounts: Some(Arc::new(page)),
+        activity: parts.activity,
+        environment: parts.environment,
     };
     let server = smtp2oauth_admin::bind(addr, state)
         .await
