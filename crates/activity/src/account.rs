@@ -10,7 +10,6 @@
 
 use crate::reply::ReplyInfo;
 use serde::{Deserialize, Serialize};
-use smtp2oauth_proto::{AccountIssue, Cause, Stage};
 use std::fmt;
 
 /// An account's health, as named in the API, the metric and the CLI.
@@ -93,37 +92,6 @@ pub enum AccountSignal {
     SignInNeeded,
     /// Nothing about the account: a refusal of one message or recipient, a local error.
     Neutral,
-}
-
-impl AccountSignal {
-    /// What a failed delivery attempt says about its account: the one mapping from a
-    /// [`Cause`] (decided by the upstream crate's table) and the stage it failed at.
-    ///
-    /// A refusal of the account itself degrades it (a sign-in problem asks for a sign-in);
-    /// throttling pauses it until `pause_until_ms`; a transient failure before the upstream
-    /// answered anything about mail (connecting, the greeting, TLS, the token endpoint, an
-    /// HTTP request) means it cannot be reached. Anything about one message or recipient,
-    /// or a transient failure in the middle of a conversation, says nothing about it.
-    pub fn of_failure(cause: Cause, stage: Stage, pause_until_ms: u64) -> AccountSignal {
-        match cause {
-            Cause::Account(AccountIssue::SignIn) => AccountSignal::SignInNeeded,
-            Cause::Account(_) => AccountSignal::Refused,
-            Cause::Throttled { .. } => AccountSignal::Throttled {
-                until_ms: pause_until_ms,
-            },
-            Cause::Transient
-                if matches!(
-                    stage,
-                    Stage::Connect | Stage::Greeting | Stage::StartTls | Stage::Token | Stage::Http
-                ) =>
-            {
-                AccountSignal::Unreachable
-            }
-            Cause::Transient | Cause::Message | Cause::Recipient | Cause::TooLarge => {
-                AccountSignal::Neutral
-            }
-        }
-    }
 }
 
 /// The account's current condition and the evidence for it.
@@ -393,27 +361,6 @@ mod tests {
         assert_eq!((before, after), (S::Degraded, S::Ok));
         assert_eq!(a.consecutive_failures, 0);
         assert!(a.last_delivery.is_some());
-    }
-
-    #[test]
-    fn failures_say_what_they_say_about_the_account() {
-        use smtp2oauth_proto::{AccountIssue as I, Cause as C, Stage as St};
-        let t = |c, st| AccountSignal::of_failure(c, st, 99);
-        assert_eq!(t(C::Account(I::Login), St::Auth), Refused);
-        assert_eq!(t(C::Account(I::SmtpAuthDisabled), St::Auth), Refused);
-        assert_eq!(t(C::Account(I::Permission), St::Http), Refused);
-        assert_eq!(t(C::Account(I::AppRegistration), St::Token), Refused);
-        assert_eq!(t(C::Account(I::SignIn), St::Token), SignInNeeded);
-        assert_eq!(
-            t(C::Throttled { retry_after: None }, St::Mail),
-            Throttled { until_ms: 99 }
-        );
-        assert_eq!(t(C::Transient, St::Connect), Unreachable);
-        assert_eq!(t(C::Transient, St::Token), Unreachable);
-        assert_eq!(t(C::Transient, St::Body), Neutral);
-        assert_eq!(t(C::Recipient, St::Rcpt), Neutral);
-        assert_eq!(t(C::Message, St::Body), Neutral);
-        assert_eq!(t(C::TooLarge, St::Mail), Neutral);
     }
 
     #[test]

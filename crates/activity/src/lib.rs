@@ -34,7 +34,7 @@ pub mod reply;
 
 pub use account::{
     AccountActivity, AccountSignal, AccountState, AttemptReport, AttemptResult, Condition,
-    notice_carrier,
+    Happening, notice_carrier,
 };
 pub use alerts::{Alert, AlertBook, AlertKind};
 pub use counts::{Counter, Counts};

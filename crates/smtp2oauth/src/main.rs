@@ -17,6 +17,7 @@
 //! - `signin.rs`: keeping delegated accounts signed in while the relay runs.
 //! - `logging.rs`: log format and filtering.
 //! - `status.rs`: what the admin server reports (metrics read at scrape time, readiness).
+//! - `state_file.rs`: the live state written to `<store>/state.json` for the CLI.
 
 mod account_cmd;
 mod commands;
@@ -26,6 +27,7 @@ mod relay;
 mod reload;
 mod serve;
 mod signin;
+mod state_file;
 mod status;
 mod wiring;
 
