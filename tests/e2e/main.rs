@@ -15,6 +15,8 @@
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
+//! - `console.rs`: the live state: a device's last result, an account's state after a refused
+//!   login and after a restart, through the state file, the CLI, the metric and a webhook.
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
 //!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
 
@@ -22,6 +24,7 @@
 
 mod bad_input;
 mod cli;
+mod console;
 mod deploy;
 mod harness;
 mod ops;

@@ -125,7 +125,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     debug!("connected");
-    let session_deadline = Instant::now() + ctx.session_timeout;
+    let at = Context {
+        ctx,
+        peer,
+        session_deadline: Instant::now() + ctx.session_timeout,
+    };
     let implicit = listener.settings.tls == ListenerTls::Implicit;
     let mut gauge = SessionGauge::new(
         ctx.metrics.clone(),
@@ -133,60 +137,36 @@ where
         if implicit { "implicit" } else { "none" },
     );
     let mut session = new_session(ctx, listener, peer, tracker.id());
-    let handshake_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline);
-
     if implicit {
-        let Some(tls) = &listener.tls else {
-            error!("implicit TLS listener without a certificate");
-            return EndReason::Error;
-        };
-        let stream = match timeout_at(handshake_deadline(), tls.accept(io)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return tls_failed(Some(e)),
-            Err(_) => return tls_failed(None),
+        let stream = match handshake(listener, io, &at).await {
+            Ok(stream) => stream,
+            Err(end) => return end,
         };
         tracker.tls(log_tls(&stream));
         let mut conn = Conn::new(stream, ctx.metrics.clone());
+        let greeting = session.greeting();
         tracker.send(
             &mut conn,
             &session,
             Command::Connect,
-            &session.greeting(),
+            &greeting,
             About::Command,
             None,
         );
-        let outcome = drive(
-            &mut conn,
-            &mut session,
-            ctx,
-            tracker,
-            peer,
-            session_deadline,
-        )
-        .await;
-        tracker.read(conn.read_total);
-        return outcome.end();
+        return converse(&mut conn, &mut session, tracker, &at).await.end();
     }
 
     let mut conn = Conn::new(io, ctx.metrics.clone());
+    let greeting = session.greeting();
     tracker.send(
         &mut conn,
         &session,
         Command::Connect,
-        &session.greeting(),
+        &greeting,
         About::Command,
         None,
     );
-    let outcome = drive(
-        &mut conn,
-        &mut session,
-        ctx,
-        tracker,
-        peer,
-        session_deadline,
-    )
-    .await;
-    tracker.read(conn.read_total);
+    let outcome = converse(&mut conn, &mut session, tracker, &at).await;
     if outcome != Outcome::StartTls {
         return outcome.end();
     }
@@ -196,30 +176,51 @@ where
         // completed must never be read as commands of the encrypted session.
         warn!(bytes = buffered, "discarding data pipelined after STARTTLS");
     }
-    let io = conn.io;
-    let Some(tls) = &listener.tls else {
-        return EndReason::Error;
-    };
-    let stream = match timeout_at(handshake_deadline(), tls.accept(io)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(e)) => return tls_failed(Some(e)),
-        Err(_) => return tls_failed(None),
+    let stream = match handshake(listener, conn.io, &at).await {
+        Ok(stream) => stream,
+        Err(end) => return end,
     };
     tracker.tls(log_tls(&stream));
     session.tls_established();
     gauge.set_tls("starttls");
     let mut conn = Conn::new(stream, ctx.metrics.clone());
-    let outcome = drive(
-        &mut conn,
-        &mut session,
-        ctx,
-        tracker,
-        peer,
-        session_deadline,
-    )
-    .await;
+    converse(&mut conn, &mut session, tracker, &at).await.end()
+}
+
+/// Runs the session over one connection until it ends or turns to TLS; counts the bytes read.
+async fn converse<S>(
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    tracker: &mut Tracker,
+    at: &Context<'_>,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let outcome = drive(conn, session, at.ctx, tracker, at.peer, at.session_deadline).await;
     tracker.read(conn.read_total);
-    outcome.end()
+    outcome
+}
+
+/// The server side of the TLS handshake, within `command_timeout` (and the session's time).
+async fn handshake<S>(
+    listener: &ListenerRuntime,
+    io: S,
+    at: &Context<'_>,
+) -> Result<crate::tls::TlsStream<S>, EndReason>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = &listener.tls else {
+        error!("TLS listener without a certificate");
+        return Err(EndReason::Error);
+    };
+    let deadline = (Instant::now() + at.ctx.command_timeout).min(at.session_deadline);
+    match timeout_at(deadline, tls.accept(io)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(tls_failed(Some(e))),
+        Err(_) => Err(tls_failed(None)),
+    }
 }
 
 /// Logs a failed TLS handshake (None: it timed out).

@@ -6,7 +6,7 @@
 //! their fate); this records only the ones refused before they were queued.
 
 use crate::identity::{Directory, normalise_ip};
-use crate::observe::{About, Command, MessageInfo, Observer, ReplyEvent, SessionSummary};
+use crate::observe::{About, MessageInfo, Observer, ReplyEvent, SessionSummary};
 use smtp2oauth_activity::{
     Activity, Connection, Counter, MessageRecord, MessageResult, ReplyInfo, now_ms,
 };
@@ -63,11 +63,11 @@ impl Observer for ActivityPublisher {
     fn ended(&self, _summary: &SessionSummary) {}
 }
 
-/// A reply that shows the device is here: its greeting (a device known by address), a
-/// login, a sender accepted (with the TLS in use by then).
+/// A reply that shows the device is here: a login, or a sender accepted (with the TLS in use
+/// by then). Not the greeting: a session from an address listed for a device that does not
+/// log in may still log in as another device.
 fn identifies(e: &ReplyEvent<'_>) -> bool {
     matches!(e.about, About::LoggedIn | About::SenderAccepted { .. })
-        || (e.command == Command::Connect && e.reply.code() < 400)
 }
 
 /// What a reply to a known device counts as: an accepted message, or any refusal (logins

@@ -304,6 +304,22 @@ struct AccountResultLabels {
     result: &'static str,
 }
 
+/// One row per account and state: 1 for the state the account is in, 0 for the others.
+fn state_rows(accounts: &[AccountSnapshot]) -> Vec<(AccountStateLabels, f64)> {
+    accounts
+        .iter()
+        .flat_map(|a| {
+            a.states.iter().map(|(state, now)| {
+                let labels = AccountStateLabels {
+                    account: a.account.clone(),
+                    state,
+                };
+                (labels, if *now { 1.0 } else { 0.0 })
+            })
+        })
+        .collect()
+}
+
 impl prometheus_client::collector::Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
         let q = self.0.queue();
@@ -366,24 +382,12 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             None,
             &rows,
         )?;
-        let rows: Vec<(AccountStateLabels, f64)> = accounts
-            .iter()
-            .flat_map(|a| {
-                a.states.iter().map(|(state, now)| {
-                    let labels = AccountStateLabels {
-                        account: a.account.clone(),
-                        state,
-                    };
-                    (labels, if *now { 1.0 } else { 0.0 })
-                })
-            })
-            .collect();
         gauge(
             &mut enc,
             "account_state",
             "1 for the account's health state now (ok, degraded, sign_in_needed, throttled, unreachable), 0 for the others",
             None,
-            &rows,
+            &state_rows(&accounts),
         )?;
         let mut m = enc.encode_descriptor(
             "token_refreshes",

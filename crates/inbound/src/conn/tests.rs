@@ -486,4 +486,24 @@ async fn the_publisher_feeds_the_live_state() {
     assert_eq!(r.peer.as_deref(), Some("10.0.0.8"));
     assert_eq!(r.reply.as_ref().unwrap().code, 553);
     assert!(r.advice.as_deref().unwrap().contains("allowed_senders"));
+
+    // A temporary refusal counts too and is the new last result.
+    session_from(
+        &ctx,
+        "10.0.0.8",
+        &[
+            "EHLO ups",
+            "MAIL FROM:<scanner@contoso.com>",
+            "RCPT TO:<a@example.com>",
+            "RCPT TO:<b@example.com>",
+            "RCPT TO:<c@example.com>",
+            "RCPT TO:<d@example.com>",
+        ],
+    )
+    .await;
+    let devices = activity.devices(smtp2oauth_activity::now_ms());
+    let ups = devices.iter().find(|d| d.name == "ups").unwrap();
+    let last = &ups.last_result.as_ref().unwrap().reply;
+    assert_eq!((last.code, last.status.as_deref()), (452, Some("4.5.3")));
+    assert_eq!(ups.since_start.refused, 2);
 }
