@@ -13,31 +13,21 @@
 //! - `load`: only the load generator, against any SMTP server;
 //! - `compare`: durable vs non-durable spooling, repeated and alternated (issue 3's figure).
 //!
-//! Modules: `load` (the generator), `idle` (idle sessions), `message` (what it sends), `tls`
-//! (its STARTTLS), `upstream` (the fake token endpoint and sink of one run), `relay` (the relay
-//! process and its config), `postfix` (a private Postfix instance), `sink` (watching the
-//! upstream fake), `scenario` (one measurement of one peer), `peers` and `compare` (repeated,
-//! alternated measurements), `memory`, `report` (definitions of the figures).
-
-mod compare;
-mod idle;
-mod load;
-mod memory;
-mod message;
-mod peers;
-mod postfix;
-mod relay;
-mod report;
-mod scenario;
-mod sink;
-mod tls;
-mod upstream;
+//! - `power-cut`: the relay's store on a filesystem that loses power (`power_cut`);
+//! - `soak`: a long mixed load against a misbehaving upstream (`soak`).
+//!
+//! The measuring code is the `smtp2oauth_bench` library (also used by the end-to-end tests for
+//! the short power-cut run); this file is its command line.
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use relay::{DeviceAuth, RelaySettings};
 use report::{Report, Settings};
 use scenario::{Peer, Scenario, Shape};
+use smtp2oauth_bench::{
+    compare, load, memory, message, peers, postfix, power_cut, relay, report, scenario, tls,
+    upstream,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -152,6 +142,109 @@ enum Command {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// The relay's store on a filesystem that loses power: load, cuts at chosen moments,
+    /// restarts on what survived, a drain; every message that got 250 must arrive. Needs
+    /// /dev/fuse and root. Last line: `power-cut: cuts C, acknowledged A, delivered D, lost L,
+    /// duplicated U`.
+    PowerCut(PowerCutArgs),
+}
+
+#[derive(Args)]
+struct PowerCutArgs {
+    /// The relay binary (default: `smtp2oauth` next to this binary, else
+    /// target/release/smtp2oauth).
+    #[arg(long)]
+    relay: Option<PathBuf>,
+    /// Power cuts (each followed by a restart on what survived).
+    #[arg(long, default_value_t = 50)]
+    cuts: u32,
+    /// Concurrent device sessions sending without pause.
+    #[arg(long, default_value_t = 8)]
+    sessions: usize,
+    /// `[store] fsync` (false must show losses: proof that the rig can see one).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fsync: bool,
+    /// Moments to cut at, comma-separated (default: all, picked at random per cut).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    moments: Vec<power_cut::Moment>,
+    /// Message sizes and weights, `BYTES:WEIGHT,...` (300 KiB messages are written to disk
+    /// while DATA arrives: the spool buffers 256 KiB).
+    #[arg(long, default_value = "10240:4,307200:1", value_parser = parse_sizes)]
+    sizes: Sizes,
+    /// Messages per device session.
+    #[arg(long, default_value_t = 2)]
+    per_session: u64,
+    /// Delay before every reply of the Exchange fake, in ms (keeps mail queued a while).
+    #[arg(long, default_value_t = 20)]
+    upstream_delay_ms: u64,
+    /// Cut a relay that has just created its store, before anything made its directories
+    /// durable (by default the store is laid out and made durable first).
+    #[arg(long)]
+    fresh_store: bool,
+    /// Seconds to wait for a cut trigger before cutting at that time instead.
+    #[arg(long, default_value_t = 8)]
+    segment_max_s: u64,
+    /// Seconds the final relay gets to empty its queue.
+    #[arg(long, default_value_t = 120)]
+    drain_timeout_s: u64,
+    /// Where to create the run's directory (mount point, configs, relay logs).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Copy every relay log (setup, each segment, drain) into this directory.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
+    /// Seed of the cut plan (printed; default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Message sizes with weights, from `--sizes`.
+#[derive(Clone, Debug)]
+struct Sizes(Vec<(usize, u32)>);
+
+fn parse_sizes(s: &str) -> Result<Sizes, String> {
+    s.split(',')
+        .map(|part| {
+            let (size, weight) = part.split_once(':').unwrap_or((part, "1"));
+            let size = size
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad size `{size}`"))?;
+            let weight = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad weight `{weight}`"))?;
+            Ok((size, weight))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .and_then(|v| match v.iter().any(|(_, w)| *w > 0) {
+            true => Ok(Sizes(v)),
+            false => Err("every weight is 0".into()),
+        })
+}
+
+impl PowerCutArgs {
+    fn options(self) -> anyhow::Result<power_cut::Options> {
+        let mut o = power_cut::Options::new(relay_binary(self.relay)?);
+        o.cuts = self.cuts.max(1);
+        o.sessions = self.sessions.max(1);
+        o.fsync = self.fsync;
+        if !self.moments.is_empty() {
+            o.moments = self.moments;
+        }
+        o.sizes = self.sizes.0;
+        o.per_session = self.per_session.max(1);
+        o.upstream_delay = Duration::from_millis(self.upstream_delay_ms);
+        o.fresh_store = self.fresh_store;
+        o.segment_max = Duration::from_secs(self.segment_max_s.max(1));
+        o.drain_timeout = Duration::from_secs(self.drain_timeout_s.max(1));
+        o.work_dir = self.work_dir;
+        o.keep_logs = self.keep_logs;
+        if let Some(seed) = self.seed {
+            o.seed = seed;
+        }
+        Ok(o)
+    }
 }
 
 #[derive(Args)]
@@ -269,6 +362,8 @@ impl RelayArgs {
                 work_dir: self.work_dir.clone(),
                 sessions: shape.sessions,
                 max_message_size: 36_700_160,
+                store_dir: None,
+                extra_config: String::new(),
             },
             shape,
             reply_delay: Duration::from_millis(self.reply_delay_ms),
@@ -447,7 +542,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sessions: shape.sessions,
                 messages: shape.messages,
                 per_session: shape.per_session,
-                template: message::Template::new(&from, &to, &tag, shape.size),
+                template: message::Template::new(&from, &to, &tag, shape.size).into(),
                 auth: user
                     .zip(password)
                     .map(|(user, password)| load::Auth::Plain { user, password }),
@@ -456,6 +551,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to,
                 helo,
                 timeout: shape.timeout,
+                hooks: load::Hooks::default(),
             });
             let auth = spec.auth.is_some();
             let cpu0 = report::process_cpu_time("/proc/self/stat");
@@ -500,6 +596,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.emit(&cmp.table(), || serde_json::to_string_pretty(&cmp));
             let all: Vec<&Report> = cmp.runs.iter().collect();
             Ok(exit_code(&all))
+        }
+        Command::PowerCut(args) => {
+            let opts = args.options()?;
+            eprintln!(
+                "power-cut: seed {} (rerun the same plan with --seed {})",
+                opts.seed, opts.seed
+            );
+            let out = power_cut::run(opts.clone(), &mut |line| eprintln!("{line}")).await?;
+            print!("{}", out.report(&opts));
+            // A loss, or mail left behind, is what scripts must notice; duplicates after a
+            // cut between the upstream's 250 and the removal are the documented price.
+            Ok(if out.lost > 0 || out.left_queued > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

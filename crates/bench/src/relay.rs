@@ -44,6 +44,11 @@ pub struct RelaySettings {
     /// Concurrent device sessions to allow (the session limits must never be what we measure).
     pub sessions: usize,
     pub max_message_size: u64,
+    /// The store (spool) directory; `None`: `store/` in the temporary directory. The power-cut
+    /// rig puts it on its filesystem and restarts relays on it.
+    pub store_dir: Option<PathBuf>,
+    /// More TOML appended to the config (e.g. the soak's `[[devices]]`).
+    pub extra_config: String,
 }
 
 /// Where the relay's account sends mail, and the credentials it uses.
@@ -81,7 +86,10 @@ impl RelayProcess {
                 .tempdir(),
         }
         .context("creating the relay's temporary directory")?;
-        let store_dir = dir.path().join("store");
+        let store_dir = s
+            .store_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("store"));
         let config = dir.path().join("smtp2oauth.toml");
         let log_path = dir.path().join("relay.log");
         let hash = match s.device_auth {
@@ -171,6 +179,14 @@ impl RelayProcess {
         }
         let _ = child.kill();
         let _ = child.wait();
+    }
+
+    /// SIGKILL, as a power cut would, and reaps the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// The relay's log so far (for a failed run, or `--keep-log`).
@@ -305,6 +321,7 @@ max_messages_per_minute = 0
         port = up.smtp_port,
         ca = q(&up.ca_file.display().to_string()),
     );
+    t.push_str(&s.extra_config);
     match hash {
         Some(hash) => {
             let _ = write!(
