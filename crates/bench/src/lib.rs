@@ -22,5 +22,6 @@ pub mod relay;
 pub mod report;
 pub mod scenario;
 pub mod sink;
+pub mod soak;
 pub mod tls;
 pub mod upstream;

@@ -118,7 +118,8 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
-    fn merge(&mut self, o: LoadResult) {
+    /// Adds another load's figures to these.
+    pub fn merge(&mut self, o: LoadResult) {
         self.sent += o.sent;
         self.accepted += o.accepted;
         self.refused += o.refused;

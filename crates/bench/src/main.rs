@@ -25,7 +25,7 @@ use relay::{DeviceAuth, RelaySettings};
 use report::{Report, Settings};
 use scenario::{Peer, Scenario, Shape};
 use smtp2oauth_bench::{
-    compare, load, memory, message, peers, postfix, power_cut, relay, report, scenario, tls,
+    compare, load, memory, message, peers, postfix, power_cut, relay, report, scenario, soak, tls,
     upstream,
 };
 use std::path::PathBuf;
@@ -147,6 +147,73 @@ enum Command {
     /// /dev/fuse and root. Last line: `power-cut: cuts C, acknowledged A, delivered D, lost L,
     /// duplicated U`.
     PowerCut(PowerCutArgs),
+    /// Many minutes of mixed load (device logins, 1 KiB to 10 MiB) against an upstream that
+    /// misbehaves (421 greetings, 451 after DATA, dropped connections, token endpoint 500s and
+    /// stalls, 60-s tokens); lost, duplicated, and the relay's RSS and fd growth.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// The relay binary (as for power-cut).
+    #[arg(long)]
+    relay: Option<PathBuf>,
+    /// Length of the load (the drain comes after).
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Devices, each with its own login (every other one over STARTTLS).
+    #[arg(long, default_value_t = 4)]
+    devices: usize,
+    #[arg(long, default_value_t = 2)]
+    sessions_per_device: usize,
+    /// Seconds a device session rests before the next one (±50 %).
+    #[arg(long, default_value_t = 5.0)]
+    pace_s: f64,
+    /// Message sizes and weights, `BYTES:WEIGHT,...`.
+    #[arg(long, default_value = "1024:50,65536:30,1048576:15,10485760:5", value_parser = parse_sizes)]
+    sizes: Sizes,
+    /// Average seconds between two faults of one kind (0: no faults).
+    #[arg(long, default_value_t = 60)]
+    chaos_every_s: u64,
+    /// Lifetime of the fake IdP's tokens, in seconds.
+    #[arg(long, default_value_t = 60)]
+    token_lifetime_s: u64,
+    /// Seconds between two samples of the relay's RSS and open fds.
+    #[arg(long, default_value_t = 60)]
+    sample_s: u64,
+    /// Minutes at the end over which growth is measured.
+    #[arg(long, default_value_t = 20)]
+    window_minutes: u64,
+    #[arg(long, default_value_t = 600)]
+    drain_timeout_s: u64,
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the relay's log at this path.
+    #[arg(long)]
+    keep_log: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl SoakArgs {
+    fn options(self) -> anyhow::Result<soak::Options> {
+        let minutes = Duration::from_secs_f64(self.minutes.max(0.1) * 60.0);
+        let mut o = soak::Options::new(relay_binary(self.relay)?, minutes);
+        o.devices = self.devices.max(1);
+        o.sessions_per_device = self.sessions_per_device.max(1);
+        o.pace = Duration::from_secs_f64(self.pace_s.max(0.0));
+        o.sizes = self.sizes.0;
+        o.chaos = self.chaos_every_s > 0;
+        o.chaos_every = Duration::from_secs(self.chaos_every_s.max(1));
+        o.token_lifetime = Duration::from_secs(self.token_lifetime_s.max(1));
+        o.sample_every = Duration::from_secs(self.sample_s.max(1));
+        o.window = Duration::from_secs(self.window_minutes.max(1) * 60);
+        o.drain_timeout = Duration::from_secs(self.drain_timeout_s.max(1));
+        o.work_dir = self.work_dir;
+        o.keep_log = self.keep_log;
+        o.seed = self.seed;
+        Ok(o)
+    }
 }
 
 #[derive(Args)]
@@ -596,6 +663,23 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.emit(&cmp.table(), || serde_json::to_string_pretty(&cmp));
             let all: Vec<&Report> = cmp.runs.iter().collect();
             Ok(exit_code(&all))
+        }
+        Command::Soak(args) => {
+            let opts = args.options()?;
+            let out = soak::run(opts.clone(), &mut |line| eprintln!("{line}")).await?;
+            print!("{}", out.report(&opts));
+            let grew = |g: Option<f64>| g.is_some_and(|g| g >= 5.0);
+            Ok(
+                if out.lost > 0
+                    || out.duplicated > 0
+                    || grew(out.rss_growth_pct)
+                    || grew(out.fd_growth_pct)
+                {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
         }
         Command::PowerCut(args) => {
             let opts = args.options()?;

@@ -72,6 +72,7 @@ pub struct RelayProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub log_path: PathBuf,
+    pub config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -114,6 +115,7 @@ impl RelayProcess {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_path,
+            config_path: config,
             _dir: dir,
         };
         relay.addr = relay.wait_started(Duration::from_secs(30))?;
@@ -226,7 +228,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// `smtp2oauth hash-password`, so the hash has exactly the relay's argon2 parameters.
-fn hash_password(binary: &Path, password: &str) -> anyhow::Result<String> {
+pub fn hash_password(binary: &Path, password: &str) -> anyhow::Result<String> {
     let mut child = Command::new(binary)
         .arg("hash-password")
         .stdin(Stdio::piped())
