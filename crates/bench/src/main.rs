@@ -251,7 +251,7 @@ struct PowerCutArgs {
     /// Seconds to wait for a cut trigger before cutting at that time instead.
     #[arg(long, default_value_t = 8)]
     segment_max_s: u64,
-    /// Seconds the final relay gets to empty its queue.
+    /// The final relay drains the queue until it has not shrunk for this many seconds.
     #[arg(long, default_value_t = 120)]
     drain_timeout_s: u64,
     /// Where to create the run's directory (mount point, configs, relay logs).

@@ -96,6 +96,7 @@ pub struct Options {
     pub fresh_store: bool,
     /// A trigger not fired by then is replaced by a timed cut.
     pub segment_max: Duration,
+    /// The drain gives up when the queue has not shrunk for this long.
     pub drain_timeout: Duration,
     /// Parent of the run's temporary directory (mount point, configs, relay logs).
     pub work_dir: Option<PathBuf>,
@@ -559,7 +560,16 @@ impl Rig {
         let t0 = Instant::now();
         let spool = self.mount_path.join("store/spool");
         let queued = |area: &str| count_messages(&spool.join(area));
-        while queued("queue") > 0 && t0.elapsed() < self.opts.drain_timeout {
+        // A long run leaves a long queue: wait while it shrinks, give up when it stops.
+        let (mut last, mut progress_at) = (usize::MAX, Instant::now());
+        loop {
+            let now = queued("queue");
+            if now == 0 || progress_at.elapsed() > self.opts.drain_timeout {
+                break;
+            }
+            if now < last {
+                (last, progress_at) = (now, Instant::now());
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let took = t0.elapsed();
