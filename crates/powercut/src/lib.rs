@@ -270,8 +270,13 @@ impl Mount {
                 _ => return Err(e),
             }
         }
-        // Unmounted: the request loop sees the end of /dev/fuse and returns.
-        session.join()
+        // Unmounted: the request loop sees the end of /dev/fuse and returns. When requests of a
+        // killed process were still queued, the kernel aborts the connection instead, and the
+        // loop ends with ECONNABORTED: that is the end of this mount too.
+        match session.join() {
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => Ok(()),
+            r => r,
+        }
     }
 }
 
