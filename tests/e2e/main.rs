@@ -17,6 +17,7 @@
 //!   a full disk, the queue command, shutdown and recovery.
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
 //!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
+//! - `power_cut.rs`: the store on a filesystem that loses power; every 250 survives the cuts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -25,6 +26,7 @@ mod cli;
 mod deploy;
 mod harness;
 mod ops;
+mod power_cut;
 mod queue;
 mod relay;
 mod routes;
