@@ -51,6 +51,8 @@ async fn every_acknowledged_message_survives_power_cuts() {
     }
     let mut o = short(true);
     o.cuts = 8;
+    // From the relay's first start: its own directories must be durable before any message.
+    o.fresh_store = true;
     let out = run(&o).await;
     assert_eq!(out.cuts.len(), 8);
     assert!(out.acknowledged > 0, "no message was acknowledged");
