@@ -19,6 +19,7 @@
 //!   login and after a restart, through the state file, the CLI, the metric and a webhook.
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
 //!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
+//! - `power_cut.rs`: the store on a filesystem that loses power; every 250 survives the cuts.
 
 #![allow(clippy::unwrap_used)]
 
@@ -28,6 +29,7 @@ mod console;
 mod deploy;
 mod harness;
 mod ops;
+mod power_cut;
 mod queue;
 mod relay;
 mod routes;

@@ -16,13 +16,13 @@
 //! Cost per message on our side: one header block formatted into a reused buffer, the shared
 //! body written from memory, replies read into a reused buffer.
 
-use crate::message::Template;
+use crate::message::Mix;
 use base64::Engine as _;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -37,7 +37,8 @@ pub struct LoadSpec {
     pub sessions: usize,
     pub messages: u64,
     pub per_session: u64,
-    pub template: Template,
+    /// The messages, chosen per sequence number.
+    pub template: Mix,
     /// AUTH, sent after EHLO (and after STARTTLS when enabled).
     pub auth: Option<Auth>,
     /// STARTTLS with this client config and server name.
@@ -47,6 +48,24 @@ pub struct LoadSpec {
     pub helo: String,
     /// Longest wait for any one reply (and for connect and the TLS handshake).
     pub timeout: Duration,
+    /// What the power-cut rig and the soak add; `Hooks::default()` for a plain run.
+    pub hooks: Hooks,
+}
+
+/// Called with the sequence number of each message as its 250 arrives.
+pub type OnAccept = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Ways to steer a long or interrupted load from outside.
+#[derive(Clone, Default)]
+pub struct Hooks {
+    /// Sequence numbers are taken from this counter (shared by several loads, so numbers stay
+    /// unique across the segments of one run) instead of one starting at 0.
+    pub next: Option<Arc<AtomicU64>>,
+    /// Once true, no new message is started.
+    pub stop: Option<Arc<AtomicBool>>,
+    pub on_accept: Option<OnAccept>,
+    /// Each worker rests this long (±50 %) after each session: a steady load, not a flood.
+    pub pace: Option<Duration>,
 }
 
 /// How a session authenticates.
@@ -99,7 +118,8 @@ pub struct LoadResult {
 }
 
 impl LoadResult {
-    fn merge(&mut self, o: LoadResult) {
+    /// Adds another load's figures to these.
+    pub fn merge(&mut self, o: LoadResult) {
         self.sent += o.sent;
         self.accepted += o.accepted;
         self.refused += o.refused;
@@ -136,7 +156,11 @@ fn max_opt(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
 
 /// Runs the whole load and returns when every message has an outcome.
 pub async fn run(spec: Arc<LoadSpec>, base: Instant) -> LoadResult {
-    let next = Arc::new(AtomicU64::new(0));
+    let next = spec
+        .hooks
+        .next
+        .clone()
+        .unwrap_or_else(|| Arc::new(AtomicU64::new(0)));
     let commands = Arc::new(Commands::new(&spec));
     let mut tasks = Vec::with_capacity(spec.sessions);
     for _ in 0..spec.sessions {
@@ -234,7 +258,18 @@ struct Worker {
 
 impl Worker {
     async fn run(mut self) -> LoadResult {
+        let mut rests = 0u64;
         while let Some(seq) = self.claim() {
+            if let Some(pace) = self.spec.hooks.pace
+                && rests > 0
+            {
+                tokio::time::sleep(jitter(pace, seq)).await;
+                if self.stopped() {
+                    self.stats.sent -= 1;
+                    break;
+                }
+            }
+            rests += 1;
             self.current = Some(seq);
             if let Err(fail) = self.session().await {
                 let key = fail.key();
@@ -250,7 +285,18 @@ impl Worker {
         self.stats
     }
 
+    fn stopped(&self) -> bool {
+        self.spec
+            .hooks
+            .stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
     fn claim(&mut self) -> Option<u64> {
+        if self.stopped() {
+            return None;
+        }
         let seq = self.next.fetch_add(1, Ordering::Relaxed);
         if seq < self.spec.messages {
             self.stats.sent += 1;
@@ -320,14 +366,17 @@ impl Worker {
             self.command(&mut conn, &commands.rcpt, 2, Stage::Rcpt)
                 .await?;
             self.command(&mut conn, b"DATA\r\n", 3, Stage::Data).await?;
-            spec.template.write_header(seq, &mut self.header);
-            self.send_message(&mut conn).await?;
+            spec.template.pick(seq).write_header(seq, &mut self.header);
+            self.send_message(&mut conn, seq).await?;
             self.expect(&mut conn, 2, Stage::DataEnd).await?;
             let now = Instant::now();
             self.current = None;
             self.stats.accepted += 1;
-            self.stats.bytes_accepted += spec.template.message_len() as u64;
+            self.stats.bytes_accepted += spec.template.pick(seq).message_len() as u64;
             self.stats.accepted_seqs.push(seq);
+            if let Some(hook) = &spec.hooks.on_accept {
+                hook(seq);
+            }
             self.stats
                 .latencies_us
                 .push((now - started).as_micros().min(u32::MAX as u128) as u32);
@@ -335,6 +384,7 @@ impl Worker {
             started = now;
             done += 1;
             if done < spec.per_session {
+                // A worker leaves a session after its share, or when the load is stopped.
                 self.current = self.claim();
             }
         }
@@ -346,10 +396,11 @@ impl Worker {
     async fn send_message<S: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         conn: &mut BufReader<S>,
+        seq: u64,
     ) -> Result<(), Fail> {
         let stage = Stage::DataEnd;
         let timeout = self.spec.timeout;
-        let body = self.spec.template.body_with_dot().clone();
+        let body = self.spec.template.pick(seq).body_with_dot().clone();
         let header = &self.header;
         let write = async {
             conn.write_all(header).await?;
@@ -431,6 +482,12 @@ impl Worker {
     }
 }
 
+/// `base` ±50 %, varied by `seed` (a sequence number: deterministic, no RNG state to share).
+fn jitter(base: Duration, seed: u64) -> Duration {
+    let spread = crate::message::mix64(seed) % 1001;
+    base.mul_f64(0.5 + spread as f64 / 1000.0)
+}
+
 /// The code of a reply line ("250-..." / "250 ..." / "250\r\n"), if it has one.
 pub fn parse_code(line: &[u8]) -> Option<u16> {
     let digits = line.get(..3)?;
@@ -451,6 +508,7 @@ pub fn parse_code(line: &[u8]) -> Option<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Template;
 
     #[test]
     fn auth_command_lines() {
@@ -538,7 +596,7 @@ mod tests {
             sessions: 1,
             messages: 5,
             per_session: 2,
-            template: Template::new("a@b.example", "c@d.example", "t", 1000),
+            template: Template::new("a@b.example", "c@d.example", "t", 1000).into(),
             auth: Some(Auth::Plain {
                 user: "u".into(),
                 password: "p".into(),
@@ -548,6 +606,7 @@ mod tests {
             to: "c@d.example".into(),
             helo: "bench".into(),
             timeout: Duration::from_secs(5),
+            hooks: Hooks::default(),
         });
         let r = run(spec, Instant::now()).await;
         // Session 1: 2 accepted; 2: refused; 3: error; 4: the remaining message... (5 claimed).

@@ -13,34 +13,21 @@
 //! - `load`: only the load generator, against any SMTP server;
 //! - `compare`: durable vs non-durable spooling, repeated and alternated (what durability costs).
 //!
-//! Modules: `load` (the generator), `idle` (idle sessions), `message` (what it sends), `tls`
-//! (its STARTTLS), `upstream` (the fake token endpoint and sink of one run), `relay` (the relay
-//! process and its config), `postfix` (a private Postfix instance), `sink` (watching the
-//! upstream fake), `scenario` (one measurement of one peer), `peers` and `compare` (repeated,
-//! alternated measurements), `memory`, `report` (definitions of the figures).
-
-// Test and measurement code: a failed unwrap names the line, which is what a test wants.
-#![allow(clippy::unwrap_used)]
-
-mod compare;
-mod idle;
-mod load;
-mod memory;
-mod message;
-mod peers;
-mod postfix;
-mod relay;
-mod report;
-mod scenario;
-mod sink;
-mod tls;
-mod upstream;
+//! - `power-cut`: the relay's store on a filesystem that loses power (`power_cut`);
+//! - `soak`: a long mixed load against a misbehaving upstream (`soak`).
+//!
+//! The measuring code is the `smtp2oauth_bench` library (also used by the end-to-end tests for
+//! the short power-cut run); this file is its command line.
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use relay::{DeviceAuth, RelaySettings};
 use report::{Report, Settings};
 use scenario::{Peer, Scenario, Shape};
+use smtp2oauth_bench::{
+    compare, load, memory, message, peers, postfix, power_cut, relay, report, scenario, soak, tls,
+    upstream,
+};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -155,6 +142,176 @@ enum Command {
         #[command(flatten)]
         out: OutArgs,
     },
+    /// The relay's store on a filesystem that loses power: load, cuts at chosen moments,
+    /// restarts on what survived, a drain; every message that got 250 must arrive. Needs
+    /// /dev/fuse and root. Last line: `power-cut: cuts C, acknowledged A, delivered D, lost L,
+    /// duplicated U`.
+    PowerCut(PowerCutArgs),
+    /// Many minutes of mixed load (device logins, 1 KiB to 10 MiB) against an upstream that
+    /// misbehaves (421 greetings, 451 after DATA, dropped connections, token endpoint 500s and
+    /// stalls, 60-s tokens); lost, duplicated, and the relay's RSS and fd growth.
+    Soak(SoakArgs),
+}
+
+#[derive(Args)]
+struct SoakArgs {
+    /// The relay binary (as for power-cut).
+    #[arg(long)]
+    relay: Option<PathBuf>,
+    /// Length of the load (the drain comes after).
+    #[arg(long, default_value_t = 30.0)]
+    minutes: f64,
+    /// Devices, each with its own login (every other one over STARTTLS).
+    #[arg(long, default_value_t = 4)]
+    devices: usize,
+    #[arg(long, default_value_t = 2)]
+    sessions_per_device: usize,
+    /// Seconds a device session rests before the next one (±50 %).
+    #[arg(long, default_value_t = 5.0)]
+    pace_s: f64,
+    /// Message sizes and weights, `BYTES:WEIGHT,...`.
+    #[arg(long, default_value = "1024:50,65536:30,1048576:15,10485760:5", value_parser = parse_sizes)]
+    sizes: Sizes,
+    /// Average seconds between two faults of one kind (0: no faults).
+    #[arg(long, default_value_t = 60)]
+    chaos_every_s: u64,
+    /// Lifetime of the fake IdP's tokens, in seconds.
+    #[arg(long, default_value_t = 60)]
+    token_lifetime_s: u64,
+    /// Seconds between two samples of the relay's RSS and open fds.
+    #[arg(long, default_value_t = 60)]
+    sample_s: u64,
+    /// Minutes at the end over which growth is measured.
+    #[arg(long, default_value_t = 20)]
+    window_minutes: u64,
+    #[arg(long, default_value_t = 600)]
+    drain_timeout_s: u64,
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Keep the relay's log at this path.
+    #[arg(long)]
+    keep_log: Option<PathBuf>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+impl SoakArgs {
+    fn options(self) -> anyhow::Result<soak::Options> {
+        let minutes = Duration::from_secs_f64(self.minutes.max(0.1) * 60.0);
+        let mut o = soak::Options::new(relay_binary(self.relay)?, minutes);
+        o.devices = self.devices.max(1);
+        o.sessions_per_device = self.sessions_per_device.max(1);
+        o.pace = Duration::from_secs_f64(self.pace_s.max(0.0));
+        o.sizes = self.sizes.0;
+        o.chaos = self.chaos_every_s > 0;
+        o.chaos_every = Duration::from_secs(self.chaos_every_s.max(1));
+        o.token_lifetime = Duration::from_secs(self.token_lifetime_s.max(1));
+        o.sample_every = Duration::from_secs(self.sample_s.max(1));
+        o.window = Duration::from_secs(self.window_minutes.max(1) * 60);
+        o.drain_timeout = Duration::from_secs(self.drain_timeout_s.max(1));
+        o.work_dir = self.work_dir;
+        o.keep_log = self.keep_log;
+        o.seed = self.seed;
+        Ok(o)
+    }
+}
+
+#[derive(Args)]
+struct PowerCutArgs {
+    /// The relay binary (default: `smtp2oauth` next to this binary, else
+    /// target/release/smtp2oauth).
+    #[arg(long)]
+    relay: Option<PathBuf>,
+    /// Power cuts (each followed by a restart on what survived).
+    #[arg(long, default_value_t = 50)]
+    cuts: u32,
+    /// Concurrent device sessions sending without pause.
+    #[arg(long, default_value_t = 8)]
+    sessions: usize,
+    /// `[store] fsync` (false must show losses: proof that the rig can see one).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    fsync: bool,
+    /// Moments to cut at, comma-separated (default: all, picked at random per cut).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    moments: Vec<power_cut::Moment>,
+    /// Message sizes and weights, `BYTES:WEIGHT,...` (300 KiB messages are written to disk
+    /// while DATA arrives: the spool buffers 256 KiB).
+    #[arg(long, default_value = "10240:4,307200:1", value_parser = parse_sizes)]
+    sizes: Sizes,
+    /// Messages per device session.
+    #[arg(long, default_value_t = 2)]
+    per_session: u64,
+    /// Delay before every reply of the Exchange fake, in ms (keeps mail queued a while).
+    #[arg(long, default_value_t = 20)]
+    upstream_delay_ms: u64,
+    /// Cut a relay that has just created its store, before anything made its directories
+    /// durable (by default the store is laid out and made durable first).
+    #[arg(long)]
+    fresh_store: bool,
+    /// Seconds to wait for a cut trigger before cutting at that time instead.
+    #[arg(long, default_value_t = 8)]
+    segment_max_s: u64,
+    /// The final relay drains the queue until it has not shrunk for this many seconds.
+    #[arg(long, default_value_t = 120)]
+    drain_timeout_s: u64,
+    /// Where to create the run's directory (mount point, configs, relay logs).
+    #[arg(long)]
+    work_dir: Option<PathBuf>,
+    /// Copy every relay log (setup, each segment, drain) into this directory.
+    #[arg(long)]
+    keep_logs: Option<PathBuf>,
+    /// Seed of the cut plan (printed; default: from the clock).
+    #[arg(long)]
+    seed: Option<u64>,
+}
+
+/// Message sizes with weights, from `--sizes`.
+#[derive(Clone, Debug)]
+struct Sizes(Vec<(usize, u32)>);
+
+fn parse_sizes(s: &str) -> Result<Sizes, String> {
+    s.split(',')
+        .map(|part| {
+            let (size, weight) = part.split_once(':').unwrap_or((part, "1"));
+            let size = size
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad size `{size}`"))?;
+            let weight = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("bad weight `{weight}`"))?;
+            Ok((size, weight))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .and_then(|v| match v.iter().any(|(_, w)| *w > 0) {
+            true => Ok(Sizes(v)),
+            false => Err("every weight is 0".into()),
+        })
+}
+
+impl PowerCutArgs {
+    fn options(self) -> anyhow::Result<power_cut::Options> {
+        let mut o = power_cut::Options::new(relay_binary(self.relay)?);
+        o.cuts = self.cuts.max(1);
+        o.sessions = self.sessions.max(1);
+        o.fsync = self.fsync;
+        if !self.moments.is_empty() {
+            o.moments = self.moments;
+        }
+        o.sizes = self.sizes.0;
+        o.per_session = self.per_session.max(1);
+        o.upstream_delay = Duration::from_millis(self.upstream_delay_ms);
+        o.fresh_store = self.fresh_store;
+        o.segment_max = Duration::from_secs(self.segment_max_s.max(1));
+        o.drain_timeout = Duration::from_secs(self.drain_timeout_s.max(1));
+        o.work_dir = self.work_dir;
+        o.keep_logs = self.keep_logs;
+        if let Some(seed) = self.seed {
+            o.seed = seed;
+        }
+        Ok(o)
+    }
 }
 
 #[derive(Args)]
@@ -272,6 +429,8 @@ impl RelayArgs {
                 work_dir: self.work_dir.clone(),
                 sessions: shape.sessions,
                 max_message_size: 36_700_160,
+                store_dir: None,
+                extra_config: String::new(),
             },
             shape,
             reply_delay: Duration::from_millis(self.reply_delay_ms),
@@ -450,7 +609,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 sessions: shape.sessions,
                 messages: shape.messages,
                 per_session: shape.per_session,
-                template: message::Template::new(&from, &to, &tag, shape.size),
+                template: message::Template::new(&from, &to, &tag, shape.size).into(),
                 auth: user
                     .zip(password)
                     .map(|(user, password)| load::Auth::Plain { user, password }),
@@ -459,6 +618,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 to,
                 helo,
                 timeout: shape.timeout,
+                hooks: load::Hooks::default(),
             });
             let auth = spec.auth.is_some();
             let cpu0 = report::process_cpu_time("/proc/self/stat");
@@ -503,6 +663,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out.emit(&cmp.table(), || serde_json::to_string_pretty(&cmp));
             let all: Vec<&Report> = cmp.runs.iter().collect();
             Ok(exit_code(&all))
+        }
+        Command::Soak(args) => {
+            let opts = args.options()?;
+            let out = soak::run(opts.clone(), &mut |line| eprintln!("{line}")).await?;
+            print!("{}", out.report(&opts));
+            let grew = |g: Option<f64>| g.is_some_and(|g| g >= 5.0);
+            Ok(
+                if out.lost > 0
+                    || out.duplicated > 0
+                    || grew(out.rss_growth_pct)
+                    || grew(out.fd_growth_pct)
+                {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                },
+            )
+        }
+        Command::PowerCut(args) => {
+            let opts = args.options()?;
+            eprintln!(
+                "power-cut: seed {} (rerun the same plan with --seed {})",
+                opts.seed, opts.seed
+            );
+            let out = power_cut::run(opts.clone(), &mut |line| eprintln!("{line}")).await?;
+            print!("{}", out.report(&opts));
+            // A loss, or mail left behind, is what scripts must notice; duplicates after a
+            // cut between the upstream's 250 and the removal are the documented price.
+            Ok(if out.lost > 0 || out.left_queued > 0 {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }

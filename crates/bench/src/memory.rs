@@ -180,13 +180,14 @@ async fn send(
         sessions,
         messages: sessions as u64,
         per_session: 1,
-        template: Template::new(MAILBOX, RECIPIENT, &tag, size),
+        template: Template::new(MAILBOX, RECIPIENT, &tag, size).into(),
         auth: device_auth(sc),
         starttls: None,
         from: MAILBOX.into(),
         to: RECIPIENT.into(),
         helo: "bench-device".into(),
         timeout: sc.shape.timeout,
+        hooks: crate::load::Hooks::default(),
     });
     let (_abort_tx, abort_rx) = watch::channel(false);
     let base = Instant::now();

@@ -81,6 +81,54 @@ impl Template {
     }
 }
 
+/// Messages of several sizes in set proportions, the choice fixed by each sequence number (so
+/// a run is reproducible and no generator state is shared between sessions).
+#[derive(Clone)]
+pub struct Mix {
+    /// (weight, template); weights are relative.
+    entries: Vec<(u32, Template)>,
+    total: u64,
+}
+
+impl Mix {
+    /// `entries` must not be empty, and some weight must be above 0.
+    pub fn new(entries: Vec<(u32, Template)>) -> Mix {
+        let total = entries
+            .iter()
+            .map(|(w, _)| u64::from(*w))
+            .sum::<u64>()
+            .max(1);
+        assert!(!entries.is_empty(), "a message mix needs a template");
+        Mix { entries, total }
+    }
+
+    /// The template of message `seq`.
+    pub fn pick(&self, seq: u64) -> &Template {
+        let mut at = mix64(seq) % self.total;
+        for (w, t) in &self.entries {
+            if at < u64::from(*w) {
+                return t;
+            }
+            at -= u64::from(*w);
+        }
+        &self.entries[0].1
+    }
+}
+
+impl From<Template> for Mix {
+    fn from(t: Template) -> Mix {
+        Mix::new(vec![(1, t)])
+    }
+}
+
+/// A well-spread hash of `x` (splitmix64's finaliser).
+pub fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 /// `len` bytes of CRLF-terminated lines of base64 characters (pseudo-random, so compression or
 /// deduplication anywhere on the path cannot flatter the figures). The last line absorbs a
 /// remainder too short to be a line of its own.
@@ -155,6 +203,18 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_mix_follows_its_weights() {
+        let small = Template::new("a@b.example", "c@d.example", "m", 1000);
+        let large = Template::new("a@b.example", "c@d.example", "m", 5000);
+        let mix = Mix::new(vec![(3, small), (1, large)]);
+        let large_ones = (0..4000)
+            .filter(|&s| mix.pick(s).message_len() == 5000)
+            .count();
+        assert!((800..1200).contains(&large_ones), "{large_ones}");
+        assert_eq!(mix.pick(7).message_len(), mix.pick(7).message_len());
     }
 
     #[test]

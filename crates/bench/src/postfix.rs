@@ -741,13 +741,14 @@ mod postfix_instance_tests {
                 sessions: 4,
                 messages,
                 per_session: 1,
-                template: Template::new(MAILBOX, RECIPIENT, tag, 4096),
+                template: Template::new(MAILBOX, RECIPIENT, tag, 4096).into(),
                 auth,
                 starttls: None,
                 from: MAILBOX.into(),
                 to: RECIPIENT.into(),
                 helo: "bench-device".into(),
                 timeout: Duration::from_secs(30),
+                hooks: crate::load::Hooks::default(),
             })
         };
         // Not an open relay: without AUTH, or with a wrong password, nothing is accepted.

@@ -44,6 +44,11 @@ pub struct RelaySettings {
     /// Concurrent device sessions to allow (the session limits must never be what we measure).
     pub sessions: usize,
     pub max_message_size: u64,
+    /// The store (spool) directory; `None`: `store/` in the temporary directory. The power-cut
+    /// rig puts it on its filesystem and restarts relays on it.
+    pub store_dir: Option<PathBuf>,
+    /// More TOML appended to the config (e.g. the soak's `[[devices]]`).
+    pub extra_config: String,
 }
 
 /// Where the relay's account sends mail, and the credentials it uses.
@@ -67,6 +72,7 @@ pub struct RelayProcess {
     child: Option<Child>,
     pub addr: SocketAddr,
     pub log_path: PathBuf,
+    pub config_path: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -81,7 +87,10 @@ impl RelayProcess {
                 .tempdir(),
         }
         .context("creating the relay's temporary directory")?;
-        let store_dir = dir.path().join("store");
+        let store_dir = s
+            .store_dir
+            .clone()
+            .unwrap_or_else(|| dir.path().join("store"));
         let config = dir.path().join("smtp2oauth.toml");
         let log_path = dir.path().join("relay.log");
         let hash = match s.device_auth {
@@ -106,6 +115,7 @@ impl RelayProcess {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log_path,
+            config_path: config,
             _dir: dir,
         };
         relay.addr = relay.wait_started(Duration::from_secs(30))?;
@@ -174,6 +184,14 @@ impl RelayProcess {
         let _ = child.wait();
     }
 
+    /// SIGKILL, as a power cut would, and reaps the process.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// The relay's log so far (for a failed run, or `--keep-log`).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
@@ -211,7 +229,7 @@ fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 }
 
 /// `smtp2oauth hash-password`, so the hash has exactly the relay's argon2 parameters.
-fn hash_password(binary: &Path, password: &str) -> anyhow::Result<String> {
+pub fn hash_password(binary: &Path, password: &str) -> anyhow::Result<String> {
     let mut child = Command::new(binary)
         .arg("hash-password")
         .stdin(Stdio::piped())
@@ -306,6 +324,7 @@ max_messages_per_minute = 0
         port = up.smtp_port,
         ca = q(&up.ca_file.display().to_string()),
     );
+    t.push_str(&s.extra_config);
     match hash {
         Some(hash) => {
             let _ = write!(

@@ -265,13 +265,14 @@ pub async fn run(sc: &Scenario, peer: Peer, label: &str) -> anyhow::Result<Repor
             sessions,
             messages,
             per_session,
-            template: Template::new(MAILBOX, RECIPIENT, tag, sc.shape.size),
+            template: Template::new(MAILBOX, RECIPIENT, tag, sc.shape.size).into(),
             auth: auth.clone(),
             starttls: starttls.clone(),
             from: MAILBOX.into(),
             to: RECIPIENT.into(),
             helo: "bench-device".into(),
             timeout: sc.shape.timeout,
+            hooks: crate::load::Hooks::default(),
         })
     };
     if sc.warm_up > 0 {

@@ -27,6 +27,8 @@ pub struct SinkResult {
     pub bytes: u64,
     /// Offset from the run's base time of the last arrival.
     pub last_arrival: Option<Duration>,
+    /// Every sequence number that arrived.
+    pub arrived: HashSet<u64>,
 }
 
 /// A running watcher; [`SinkWatch::finish`] hands it the accepted messages and waits.
@@ -106,6 +108,7 @@ async fn run(
         {
             r.missing = left.len() as u64;
             r.delivered = (*total - left.len()) as u64;
+            r.arrived = seen;
             return r;
         }
     }

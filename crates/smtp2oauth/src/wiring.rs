@@ -138,7 +138,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
 /// Opens the spool under its lock (one relay per spool: a second one would deliver the same
 /// messages twice) and removes what an earlier run left unfinished.
 async fn open_spool(cfg: &Config) -> Result<(Spool, SpoolLock)> {
-    std::fs::create_dir_all(&cfg.store.dir)
+    smtp2oauth_spool::create_dir_durable(&cfg.store.dir, cfg.store.fsync)
         .with_context(|| format!("cannot create store dir {}", cfg.store.dir.display()))?;
     let spool = Spool::open_with(&cfg.store.dir.join("spool"), cfg.store.fsync)
         .context("cannot open the spool")?;

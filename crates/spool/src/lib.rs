@@ -40,12 +40,14 @@
 #![warn(missing_docs)]
 
 pub mod control;
+mod dirs;
 pub mod events;
 mod fsync;
 mod id;
 mod recovery;
 
 pub use control::{Control, ControlAction, ControlTarget, Request as ControlRequest, SpoolLock};
+pub use dirs::{create_dir_durable, sync_dir};
 pub use events::{AttemptOutcome, Event, Progress, RecipientResult};
 pub use id::MessageId;
 
@@ -194,8 +196,10 @@ impl Spool {
         let queue = root.join("queue");
         let failed = root.join("failed");
         let control = root.join("control");
+        // The directories must be durable before the first message is: a message fsynced into
+        // a directory whose own name is not durable is lost with it.
         for d in [&root, &data, &queue, &failed, &control] {
-            std::fs::create_dir_all(d)?;
+            create_dir_durable(d, fsync)?;
         }
         Ok(Spool {
             inner: Arc::new(Inner {

@@ -96,6 +96,10 @@ pub enum IdpFailure {
     Throttled { retry_after_secs: u64 },
     /// Accept the request and never answer (until the fake shuts down).
     Hang,
+    /// 500 with Entra's JSON error body (`server_error`), as during a service incident.
+    ServerError,
+    /// Answer normally, but only after this long (a stalled token endpoint).
+    Stall(Duration),
 }
 
 /// A token the fake has issued.
@@ -336,6 +340,10 @@ impl FakeIdp {
             st.fail_next.push_back(f.clone());
         }
     }
+    /// Failures queued by `fail_next` and not used yet.
+    pub fn pending_failures(&self) -> usize {
+        lock(&self.shared.state).fail_next.len()
+    }
     /// Rotate the registered secret (`None`: no secret registered).
     pub fn set_client_secret(&self, secret: Option<String>) {
         lock(&self.shared.state).client_secret = secret;
@@ -544,6 +552,22 @@ async fn token_endpoint(
 
     match failure {
         None => {}
+        Some(IdpFailure::Stall(d)) => {
+            tokio::select! {
+                _ = tokio::time::sleep(d) => {}
+                _ = shared.wait_shutdown() => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
+            }
+        }
+        Some(IdpFailure::ServerError) => {
+            // AADSTS50000: "There was an error issuing a token or an issue with our sign-in
+            // service."
+            return aad_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                50000,
+                "There was an error issuing a token or an issue with our sign-in service.",
+            );
+        }
         Some(IdpFailure::Hang) => {
             shared.wait_shutdown().await;
             return StatusCode::SERVICE_UNAVAILABLE.into_response();

@@ -458,6 +458,15 @@ impl FakeSmtp {
             remaining: count,
         });
     }
+    /// Scripted replies and drops not used yet (a chaos driver adds one only when the last one
+    /// was used, so faults never pile up while the client is away).
+    pub fn pending_scripts(&self) -> usize {
+        lock(&self.inner.state)
+            .scripts
+            .iter()
+            .map(|e| e.remaining)
+            .sum()
+    }
     pub fn clear_scripts(&self) {
         lock(&self.inner.state).scripts.clear();
     }

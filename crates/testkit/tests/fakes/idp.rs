@@ -567,3 +567,25 @@ async fn jwt_client_assertions() {
     // No secret is registered.
     assert_eq!(post_secret(&idp, &secret()).await.0, 401);
 }
+
+/// The soak's token-endpoint chaos: a 500 with Entra's error body, and a stall that still ends
+/// in a token.
+#[tokio::test]
+async fn server_errors_and_stalls() {
+    let idp = FakeIdp::start(IdpConfig::default()).await;
+    let s = secret();
+    idp.fail_next(IdpFailure::ServerError, 1);
+    assert_eq!(idp.pending_failures(), 1);
+    let (st, _, v) = post_secret(&idp, &s).await;
+    assert_eq!(idp.pending_failures(), 0);
+    assert_eq!(st, 500);
+    assert_aad_error(&v, "server_error", 50000);
+
+    idp.fail_next(IdpFailure::Stall(Duration::from_millis(400)), 1);
+    let t0 = Instant::now();
+    let (st, _, v) = post_secret(&idp, &s).await;
+    assert_eq!(st, 200);
+    assert!(t0.elapsed() >= Duration::from_millis(400));
+    assert!(v["access_token"].is_string());
+    assert_eq!(idp.tokens_issued(), 1);
+}

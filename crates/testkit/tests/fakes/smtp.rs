@@ -611,12 +611,14 @@ async fn scripted_replies_and_drops() {
 
     // Drop during the body: no reply, nothing stored.
     e.smtp.drop_at(Stage::DataBody, 1);
+    assert_eq!(e.smtp.pending_scripts(), 1);
     c.cmd("MAIL FROM:<relay@contoso.example>").await;
     c.cmd("RCPT TO:<a@b.c>").await;
     assert_eq!(c.cmd("DATA").await.code, 354);
     c.send(b"Subject: partial\r\n\r\nhalf a bo").await;
     assert!(c.closed_without_reply().await);
     assert_eq!(e.smtp.messages().len(), 1);
+    assert_eq!(e.smtp.pending_scripts(), 0, "the drop was used");
 
     // Drop at RCPT, then 421 at EHLO closes; clear_scripts restores normal service.
     e.smtp.drop_at(Stage::Rcpt, 1);
