@@ -25,6 +25,7 @@ mod harness;
 mod ops;
 mod queue;
 mod relay;
+mod release;
 mod routes;
 mod signin;
 mod smuggling;
