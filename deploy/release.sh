@@ -443,6 +443,8 @@ cmd_build() {
     dist=$repo/dist
     work=$(mktemp -d "${TMPDIR:-/tmp}/smtp2oauth-release.XXXXXX")
     trap 'rm -rf "$work"' EXIT
+    # uid 65532 runs the arm64 relay from a copy of the image in here.
+    chmod 0711 "$work"
     bins=$work/bin
     step "smtp2oauth $version ($(git -C "$repo" describe --always --dirty)), into $dist"
     check_packaging "$work/check"
@@ -691,8 +693,11 @@ smoke_arm64_image() {
 }
 
 relay_under_qemu() {
-    local root=$1 dir=$work/qemu smtp legacy admin pid status
-    mkdir -p "$dir/data"
+    local root dir=$work/qemu smtp legacy admin pid status
+    # A copy of the image's tree where uid 65532 may read it (buildah's storage is root's alone).
+    root=$dir/root
+    mkdir -p "$root" "$dir/data"
+    cp -a "$1/." "$root/"
     chown 65532:65532 "$dir/data"
     chmod 0750 "$dir/data"
     smtp=$(free_port)
