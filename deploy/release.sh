@@ -28,8 +28,9 @@
 # same binaries with the few glibc libraries they load (from this machine for amd64, from
 # Debian's libc6-arm64-cross for arm64).
 #
-# Smoke tests, each printing PASS/FAIL: every binary's version and the example configuration
-# (arm64 under qemu-user-static); the amd64 image with deploy/build-image.sh --test (messages
+# Smoke tests, each printing PASS/FAIL: every binary checks the example configuration, from its
+# tarball and on Debian 11's glibc 2.31 (a bullseye tree made by debootstrap, loaded through
+# qemu-user-static -L; arm64 always runs under qemu); the amd64 image with deploy/build-image.sh --test (messages
 # over plain SMTP, implicit TLS and TLS 1.0, health checks, SIGTERM); the arm64 image, taken from
 # the OCI archive, running its relay under qemu-aarch64-static: a curl AUTH PLAIN message lands in
 # the capture directory, and one over TLS 1.0; the amd64 package installed, checked and purged on
@@ -53,8 +54,9 @@ TOOLS_DIR=${SMTP2OAUTH_RELEASE_TOOLS:-${HOME:-/root}/.cache/smtp2oauth-release}
 # buildah + netavark: the image; qemu-user-static: runs arm64 binaries; libc6-arm64-cross +
 # libgcc-s1-arm64-cross: the arm64 image's C library; binutils: readelf; perl + make: OpenSSL's
 # build; python3-venv: the tools' virtual environment; curl + openssl: smoke tests; systemd:
-# systemd-analyze verify; adduser + init-system-helpers: what the package's scripts call.
-APT_PACKAGES="buildah netavark qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross binutils perl make python3-venv curl openssl systemd adduser init-system-helpers"
+# systemd-analyze verify; adduser + init-system-helpers: what the package's scripts call;
+# debootstrap: Debian 11's C library, to run the binaries on it.
+APT_PACKAGES="buildah netavark qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross binutils perl make python3-venv curl openssl systemd adduser init-system-helpers debootstrap"
 # Libraries a Linux binary may load, with the Debian package that holds each.
 # (The release binaries load glibc alone; libssl3 is for a package of a binary linked to the
 # system's OpenSSL, such as the test build.)
@@ -429,7 +431,7 @@ cmd_check() {
 # Each step adds its artifacts to $dist; a new platform is one more function in this list.
 RELEASE_STEPS="linux_binaries linux_tarballs debian_packages container_image"
 # Smoke tests of what the steps made.
-SMOKE_TESTS="smoke_tarballs smoke_debian_packages smoke_arm64_image"
+SMOKE_TESTS="smoke_tarballs smoke_debian11 smoke_debian_packages smoke_arm64_image"
 
 cmd_build() {
     local allow_dirty=false start fn
@@ -638,6 +640,29 @@ smoke_debian_packages() {
     else
         fail "smtp2oauth_${version}_amd64.deb: deb-test exit $status"
     fi
+}
+
+# Each binary on Debian 11's own glibc 2.31: the C libraries of a Debian 11 tree (debootstrap's
+# first stage, kept in $TOOLS_DIR), loaded by qemu-user's -L. The dynamic loader checks every
+# GLIBC_ version the binary names before main runs, so --version fails if one is missing.
+smoke_debian11() {
+    local arch root out
+    for arch in $LINUX_ARCHES; do
+        root=$TOOLS_DIR/debian11-$(deb_arch "$arch")
+        if [ ! -e "$root/lib/$arch-linux-gnu/libc.so.6" ]; then
+            step "Debian 11 C library for $arch (debootstrap --foreign bullseye into $root)"
+            rm -rf "$root"
+            debootstrap --variant=minbase --foreign --arch="$(deb_arch "$arch")" bullseye "$root" \
+                >"$work/debootstrap-$arch.log" 2>&1 \
+                || { fail "debootstrap of Debian 11 ($arch): $(tail -3 "$work/debootstrap-$arch.log")"; continue; }
+        fi
+        if out=$(cd "$repo/config" && "qemu-$arch-static" -L "$root" "$bins/$arch/smtp2oauth" check-config \
+            --config smtp2oauth.example.toml 2>&1) && [ -e "$root/lib/$arch-linux-gnu/libc-2.31.so" ]; then
+            pass "$arch binary on Debian 11's glibc 2.31: $(printf '%s\n' "$out" | tail -1)"
+        else
+            fail "$arch binary on Debian 11's glibc: $out"
+        fi
+    done
 }
 
 # A free TCP port below the ephemeral range that nothing listens on.
