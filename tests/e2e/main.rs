@@ -29,6 +29,7 @@ mod ops;
 mod power_cut;
 mod queue;
 mod relay;
+mod release;
 mod routes;
 mod signin;
 mod smuggling;
