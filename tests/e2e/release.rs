@@ -19,8 +19,7 @@ fn required() -> bool {
 }
 
 fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    unsafe { libc::geteuid() == 0 }
+    rustix::process::geteuid().is_root()
 }
 
 fn release_sh(args: &[&str]) -> Output {
