@@ -257,3 +257,6 @@ async fn metrics(
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests;
