@@ -21,14 +21,13 @@ fn config(up: &Upstream) -> String {
         &relay_toml(&up.pki, &up.account_toml(""), ""),
         "wait_for_upstream = \"0s\"\nretry_initial = \"1h\"\nretry_max = \"1h\"",
     );
-    let toml = toml.replace(
+    toml.replace(
         "[admin]",
         &format!(
             "[notify]\nwebhook_url = \"{WEBHOOK}\"\n\n[admin]\npassword_hash = \"{}\"",
             password_hash(ADMIN_PASSWORD)
         ),
-    );
-    toml
+    )
 }
 
 async fn send(relay: &Relay, subject: &str) -> Value {
