@@ -9,6 +9,8 @@
 //! - `harness.rs`: starting the relay and the fakes, running clients.
 //! - `relay.rs`: the core relay: auth, TLS, exact bytes, sender policy, tokens, upstream errors.
 //! - `bad_input.rs`: hostile and broken clients.
+//! - `console.rs`: the operator console: queue actions from the page (Chromium) and the API
+//!   while mail flows, CSRF and the password, rebinding, a password flood, send-test, no secrets.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
 //! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
 //!   `fallback_route`, Graph's Retry-After and size limit.
@@ -23,6 +25,7 @@
 
 mod bad_input;
 mod cli;
+mod console;
 mod deploy;
 mod harness;
 mod ops;
