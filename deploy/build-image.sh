@@ -3,7 +3,7 @@
 # Builds the smtp2oauth container image without a Docker engine or a registry, and optionally
 # runs a real relay test inside it.
 #
-#   deploy/build-image.sh [--binary PATH | --features LIST] [--tag NAME] [--test]
+#   deploy/build-image.sh [--binary PATH | --features LIST] [--arch ARCH] [--tag NAME] [--test]
 #                         [--storage DIR] [--rmi] [--size-limit MB]
 #
 # It builds the Dockerfile's final stage from a binary built here (the earlier stages compile
@@ -22,6 +22,12 @@
 #   --features LIST   build the release binary with these cargo features, e.g. legacy-tls
 #                     (TLS 1.0 listeners for old devices; links OpenSSL, whose libraries the
 #                     root filesystem then carries); the Dockerfile's FEATURES build argument
+#   --arch ARCH       the image's architecture, amd64 or arm64 (default: the binary's). An
+#                     image for another architecture than this machine's needs --binary (e.g. one
+#                     from deploy/release.sh) and that architecture's C library from Debian's
+#                     cross packages (arm64: libc6-arm64-cross, libgcc-s1-arm64-cross); its root
+#                     filesystem is checked under qemu-user-static, and --test is refused (there
+#                     is no emulation for `buildah run`: deploy/release.sh tests such an image)
 #   --tag NAME        image name (default localhost/smtp2oauth:dev)
 #   --test            run the relay in the image and test it from the host: a message through
 #                     each SMTP port (curl, AUTH) is captured in the container's /data, the
@@ -29,8 +35,8 @@
 #                     refused, a configuration from the environment alone with a client secret
 #                     file under /run/secrets passes check-config, `smtp2oauth health` works
 #                     inside, /healthz and /metrics answer, SIGTERM stops it cleanly; with a
-#                     binary that links OpenSSL (legacy-tls), a message also arrives over
-#                     TLS 1.0 on a tls_profile = "legacy" listener
+#                     binary that links OpenSSL (legacy-tls, dynamically or compiled in), a
+#                     message also arrives over TLS 1.0 on a tls_profile = "legacy" listener
 #   --storage DIR     keep buildah's storage under DIR (DIR/root, DIR/run) instead of the default
 #                     (/var/lib/containers/storage): for tests that must leave nothing behind
 #   --rmi             remove the image when done (with --test: test, then remove)
@@ -73,6 +79,7 @@ binary=""
 features=""
 tag="localhost/smtp2oauth:dev"
 run_test=false
+arch=""
 storage=""
 remove_image=false
 size_limit_mb=30
@@ -81,6 +88,7 @@ while [ "$#" -gt 0 ]; do
         --binary) binary=${2:?--binary needs a path}; shift 2 ;;
         --features) features=${2:?--features needs a list}; shift 2 ;;
         --tag) tag=${2:?--tag needs a name}; shift 2 ;;
+        --arch) arch=${2:?--arch needs amd64 or arm64}; shift 2 ;;
         --test) run_test=true; shift ;;
         --storage) storage=${2:?--storage needs a directory}; shift 2 ;;
         --rmi) remove_image=true; shift ;;
@@ -94,6 +102,7 @@ if [ -n "$binary" ] && [ -n "$features" ]; then
     exit 2
 fi
 case "$size_limit_mb" in '' | *[!0-9]*) echo "build-image: --size-limit takes a whole number of MB" >&2; exit 2 ;; esac
+case "$arch" in '' | amd64 | arm64) ;; *) echo "build-image: --arch takes amd64 or arm64, not '$arch'" >&2; exit 2 ;; esac
 
 passed=0
 failed=0
@@ -172,18 +181,59 @@ step "binary: $binary ($(wc -c <"$binary") bytes)"
 cp "$binary" "$work/smtp2oauth"
 binary="$work/smtp2oauth"
 
+# The image's architecture is the binary's; another one than this machine's takes its C library
+# from Debian's cross packages and runs under qemu-user-static.
+debian_arch() {
+    case "$1" in
+        x86_64 | *X86-64*) echo amd64 ;;
+        aarch64 | AArch64) echo arm64 ;;
+        *) echo "unknown($1)" ;;
+    esac
+}
+binary_arch=$(debian_arch "$(LC_ALL=C readelf -h "$binary" | sed -n 's/^ *Machine: *//p')")
+[ -z "$arch" ] || [ "$arch" = "$binary_arch" ] || die "--arch $arch, but $binary is built for $binary_arch"
+arch=$binary_arch
+foreign=false
+if [ "$arch" != "$(debian_arch "$(uname -m)")" ]; then
+    foreign=true
+    case "$arch" in
+        arm64) libdir=/usr/aarch64-linux-gnu/lib qemu=qemu-aarch64-static cross="libc6-arm64-cross libgcc-s1-arm64-cross" ;;
+        amd64) libdir=/usr/x86_64-linux-gnu/lib qemu=qemu-x86_64-static cross="libc6-amd64-cross libgcc-s1-amd64-cross" ;;
+        *) die "no image for the architecture of $binary ($arch)" ;;
+    esac
+    [ -d "$libdir" ] || die "an $arch image needs that architecture's C library in $libdir (Debian: apt-get install $cross)"
+    command -v "$qemu" >/dev/null || die "an $arch image is checked with $qemu (Debian: apt-get install qemu-user-static)"
+    ! $run_test || { echo "build-image: --test runs the image, which needs its own architecture ($arch is not this machine's)" >&2; exit 2; }
+fi
+if $foreign; then
+    step "architecture: $arch (not this machine's: libraries from $libdir)"
+else
+    step "architecture: $arch"
+fi
+
 # --- 2. The root filesystem (the same script as the Dockerfile's rootfs stage). --------------------
 step "assembling the root filesystem"
 rootfs="$work/rootfs"
-bash "$here/assemble-rootfs.sh" "$binary" "$rootfs"
+if $foreign; then
+    bash "$here/assemble-rootfs.sh" "$binary" "$rootfs" "$libdir"
+else
+    bash "$here/assemble-rootfs.sh" "$binary" "$rootfs"
+fi
 # The tree must run as it is: chroot exits 125 when it cannot change root (this sandbox refuses),
 # 126/127 when the binary or its program interpreter cannot be run (a broken tree: our bug).
 set +e
-chroot_out=$(chroot --userspec="$APP_UID:$APP_UID" "$rootfs" /usr/local/bin/smtp2oauth --version 2>&1)
-chroot_status=$?
+if $foreign; then
+    # qemu -L: the binary's loader and libraries come from the tree, as they will in the image.
+    chroot_out=$("$qemu" -L "$rootfs" "$rootfs/usr/local/bin/smtp2oauth" --version 2>&1)
+    chroot_status=$?
+    [ "$chroot_status" -ne 0 ] || chroot_out="$chroot_out (under $qemu)"
+else
+    chroot_out=$(chroot --userspec="$APP_UID:$APP_UID" "$rootfs" /usr/local/bin/smtp2oauth --version 2>&1)
+    chroot_status=$?
+fi
 set -e
 case "$chroot_status" in
-    0) pass "the root filesystem runs the binary as uid $APP_UID (chroot): $chroot_out" ;;
+    0) pass "the root filesystem runs the binary$($foreign || echo " as uid $APP_UID (chroot)"): $chroot_out" ;;
     125) skip "chroot is refused here: $chroot_out" ;;
     *) die "the root filesystem cannot run the binary (chroot exit $chroot_status): $chroot_out" ;;
 esac
@@ -219,7 +269,8 @@ if grep -v '^[[:space:]]*#' "$context/Dockerfile.final" | grep -Eq -- '--from|^(
     die "the final stage needs more than the root filesystem (RUN, ARG or another --from): build-image.sh cannot build it from a local binary:
 $(cat "$context/Dockerfile.final")"
 fi
-if ! bh bud --quiet --format docker --layers=false -f "$context/Dockerfile.final" -t "$tag" \
+if ! bh bud --quiet --format docker --layers=false --arch "$arch" --os linux \
+    -f "$context/Dockerfile.final" -t "$tag" \
     "$context" >"$work/bud.log" 2>&1; then
     die "buildah bud of the final stage failed:
 $(cat "$work/bud.log")"
@@ -320,6 +371,10 @@ legacy_port=$(free_port)
 legacy=false
 libraries=$(LC_ALL=C ldd "$binary" 2>/dev/null || true)
 case "$libraries" in *libssl.so*) legacy=true ;; esac
+# A release build compiles OpenSSL in (legacy-tls-vendored): its version text is in the binary.
+if grep -aqE 'OpenSSL [0-9]+\.[0-9]+\.[0-9]+ +[0-9]+ [A-Z][a-z][a-z] [0-9]{4}' "$binary"; then
+    legacy=true
+fi
 
 test_ctr=$(bh from "$tag")
 containers+=("$test_ctr")

@@ -1,140 +1,38 @@
-//! The live state through the binary: what a device was told, an account's state and its
-//! evidence, as the state file (`<store>/state.json`), `smtp2oauth account status`, the metric
-//! `smtp2oauth_account_state` and a webhook receiver see them.
+//! The operator console through the real binary: queue actions from the page (in a headless
+//! Chromium, behind the password) and from the API while mail flows, the CSRF token and the
+//! password enforced, the relay's answer reported by the CLI, names that are not ours refused,
+//! a flood of wrong passwords kept small, the send-test over the API, and nothing secret on
+//! any page or API answer.
 
 use crate::harness::*;
 use serde_json::Value;
 use smtp2oauth_testkit::Stage;
-use std::sync::{Arc, Mutex};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A webhook receiver: a tiny HTTP server that keeps every JSON body it is posted.
-struct Hook {
-    url: String,
-    events: Arc<Mutex<Vec<Value>>>,
+const TO: &str = "you@example.com";
+const ADMIN_PASSWORD: &str = "C0nsole-adm1n:pass";
+const WEBHOOK: &str = "https://hooks.example.net/services/T0001/B0002/w3bh00k-s3cr3t";
+
+/// A relay whose retries wait an hour (only the admin's buttons cause attempts), behind
+/// `[admin] password_hash`, with a webhook URL configured (a secret).
+fn config(up: &Upstream) -> String {
+    let toml = with_delivery(
+        &relay_toml(&up.pki, &up.account_toml(""), ""),
+        "wait_for_upstream = \"0s\"\nretry_initial = \"1h\"\nretry_max = \"1h\"",
+    );
+    toml.replace(
+        "[admin]",
+        &format!(
+            "[notify]\nwebhook_url = \"{WEBHOOK}\"\n\n[admin]\npassword_hash = \"{}\"",
+            password_hash(ADMIN_PASSWORD)
+        ),
+    )
 }
 
-impl Hook {
-    async fn start() -> Hook {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hook/t0ken", listener.local_addr().unwrap());
-        let events = Arc::new(Mutex::new(Vec::new()));
-        let kept = events.clone();
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(receive(stream, kept.clone()));
-            }
-        });
-        Hook { url, events }
-    }
-
-    fn events(&self) -> Vec<Value> {
-        self.events.lock().unwrap().clone()
-    }
-
-    fn named(&self, name: &str) -> Vec<Value> {
-        self.events()
-            .into_iter()
-            .filter(|e| e["event"] == name)
-            .collect()
-    }
-
-    /// Waits until an event named `name` arrived; returns every event so far.
-    async fn wait_for(&self, name: &str, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        while self.named(name).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "no {name} event; got {:?}",
-                self.events()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.events()
-    }
-}
-
-/// Reads one POST (headers, then Content-Length bytes), keeps its JSON body, answers 204.
-async fn receive(mut stream: tokio::net::TcpStream, events: Arc<Mutex<Vec<Value>>>) {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    let body_at = loop {
-        let n = stream.read(&mut chunk).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break p + 4;
-        }
-    };
-    let head = String::from_utf8_lossy(&buf[..body_at]).to_ascii_lowercase();
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:"))
-        .map_or(0, |v| v.trim().parse().unwrap());
-    while buf.len() < body_at + length {
-        let n = stream.read(&mut chunk).await.unwrap_or(0);
-        if n == 0 {
-            return;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let body: Value = serde_json::from_slice(&buf[body_at..body_at + length]).unwrap();
-    events.lock().unwrap().push(body);
-    let _ = stream
-        .write_all(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        .await;
-}
-
-/// The relay's state file, once `ready` holds for it.
-async fn state_when(relay: &Relay, what: &str, ready: impl Fn(&Value) -> bool) -> Value {
-    let path = relay.store().join("state.json");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let state = std::fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-        match state {
-            Some(s) if ready(&s) => return s,
-            s => assert!(
-                Instant::now() < deadline,
-                "the state file never showed {what}:\n{s:#?}"
-            ),
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn account<'a>(state: &'a Value, name: &str) -> &'a Value {
-    state["activity"]["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == name)
-        .unwrap_or_else(|| panic!("no account {name} in {state:#}"))
-}
-
-fn device<'a>(state: &'a Value, name: &str) -> &'a Value {
-    state["activity"]["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["name"] == name)
-        .unwrap_or_else(|| panic!("no device {name} in {state:#}"))
-}
-
-fn state_of(state: &Value, name: &str) -> String {
-    account(state, name)["condition"]["state"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
-async fn send(relay: &Relay, from: &str, body: &str) -> Value {
+async fn send(relay: &Relay, subject: &str) -> Value {
     let port = relay.port("plain").to_string();
-    smtplib(&[
+    let args = [
         "--port",
         &port,
         "--user",
@@ -142,296 +40,445 @@ async fn send(relay: &Relay, from: &str, body: &str) -> Value {
         "--password",
         DEVICE_PASSWORD,
         "--from",
-        from,
+        MAILBOX,
         "--to",
-        "you@example.com",
-        "--body",
-        body,
-    ])
-    .await
-    .remove(0)
+        TO,
+        "--subject",
+        subject,
+    ];
+    smtplib(&args).await.remove(0)
 }
 
-async fn metrics(relay: &Relay) -> String {
-    let url = format!("http://{}/metrics", relay.addr("admin"));
-    let out = run("curl", &["-sS".into(), url]).await;
-    assert_eq!(out.status, 0, "{}", out.stderr);
-    out.stdout
+fn queue_id(r: &Value) -> String {
+    let reply = r["reply"].as_str().unwrap_or_default();
+    reply
+        .split(" as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no queue id in {r}"))
+        .to_string()
 }
 
-async fn cli(relay: &Relay, args: &[&str]) -> Output {
-    let mut a: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    a.push("--config".into());
-    a.push(relay.config.display().to_string());
-    run(BIN, &a).await
-}
-
-fn with_webhook(toml: &str, hook: &Hook) -> String {
-    format!("{toml}\n[notify]\nwebhook_url = \"{}\"\n", hook.url)
-}
-
-/// Exchange refuses the account's login with `535 5.7.3`: after that one attempt the account
-/// is `degraded` with the reply (state file, `account status`, the metric) and the webhook gets
-/// one `account_degraded` event; once the fake accepts again and a message is delivered, the
-/// account is `ok` and `account_recovered` arrives.
-#[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the scheduler's activity publishing"]
-async fn a_refused_login_degrades_the_account_notifies_once_and_recovers() {
-    let up = Upstream::start().await;
-    let hook = Hook::start().await;
-    up.smtp
-        .script(Stage::Auth, "535 5.7.3 Authentication unsuccessful", 1000);
-    let toml = with_delivery(
-        &relay_toml(&up.pki, &up.account_toml(""), ""),
-        "retry_initial = \"1h\"",
-    );
-    let relay = Relay::start(&with_webhook(&toml, &hook));
-
-    let r = send(&relay, MAILBOX, "refused").await;
-    assert!(r["code"].as_i64().is_some(), "{r:?}");
-    let state = state_when(&relay, "scanner degraded", |s| {
-        state_of(s, "scanner") == "degraded"
-    })
-    .await;
-    let scanner = account(&state, "scanner");
-    assert_eq!(scanner["consecutive_failures"], 1, "within one attempt");
-    assert_eq!(scanner["condition"]["reply"]["code"], 535);
-    assert_eq!(scanner["condition"]["reply"]["status"], "5.7.3");
-
-    let status = cli(&relay, &["account", "status", "scanner"]).await;
-    assert!(
-        status
-            .stdout
-            .contains("state:        degraded (refused by the upstream) since"),
-        "{status:?}"
-    );
-    assert!(
-        status
-            .stdout
-            .contains("reply:        535 5.7.3 Authentication unsuccessful"),
-        "{status:?}"
-    );
-    assert!(
-        status.stdout.contains("the running relay (pid"),
-        "{status:?}"
-    );
-    let m = metrics(&relay).await;
-    assert!(
-        m.contains("smtp2oauth_account_state{account=\"scanner\",state=\"degraded\"} 1"),
-        "{m}"
-    );
-    assert!(
-        m.contains("smtp2oauth_account_state{account=\"scanner\",state=\"ok\"} 0"),
-        "{m}"
-    );
-
-    let events = hook
-        .wait_for("account_degraded", Duration::from_secs(10))
-        .await;
-    let degraded = &hook.named("account_degraded")[0];
-    assert_eq!(degraded["subject"]["name"], "scanner");
-    assert_eq!(degraded["kind"], "raised");
-    assert!(
-        degraded["summary"].as_str().unwrap().contains("535 5.7.3"),
-        "{degraded}"
-    );
-    // A second refusal is the same problem: no second event.
-    send(&relay, MAILBOX, "refused again").await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(hook.named("account_degraded").len(), 1, "{events:?}");
-
-    up.smtp.clear_scripts();
-    let r = send(&relay, MAILBOX, "delivered").await;
-    assert_eq!(r["ok"], true, "{r:?}");
-    let state = state_when(&relay, "scanner ok again", |s| {
-        state_of(s, "scanner") == "ok"
-    })
-    .await;
-    assert!(!account(&state, "scanner")["last_delivery"].is_null());
-    hook.wait_for("account_recovered", Duration::from_secs(10))
-        .await;
-    assert_eq!(hook.named("account_recovered").len(), 1);
-    assert_eq!(hook.named("account_degraded").len(), 1);
-    let m = metrics(&relay).await;
-    assert!(
-        m.contains("smtp2oauth_account_state{account=\"scanner\",state=\"ok\"} 1"),
-        "{m}"
-    );
-}
-
-/// After a device sends, the state file shows when it was last seen, from where and what it
-/// was told; a wrong sender (553) becomes its last result and a refused message record with
-/// the sender, the reply and advice.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_device_shows_its_last_result_and_a_wrong_sender_its_refusal() {
-    let up = Upstream::start().await;
-    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
-    let r = send(&relay, MAILBOX, "scan").await;
-    assert_eq!(r["ok"], true, "{r:?}");
-    let state = state_when(&relay, "the device's accepted message", |s| {
-        device(s, DEVICE_USER)["since_start"]["accepted"] == 1
-    })
-    .await;
-    let d = device(&state, DEVICE_USER);
-    assert!(d["last_seen_ms"].as_u64().unwrap() > 0);
-    assert_eq!(d["connection"]["listener"], "plain");
-    assert_eq!(d["connection"]["peer"], "127.0.0.1");
-    assert_eq!(d["connection"]["tls"], Value::Null);
-    assert_eq!(d["last_result"]["reply"]["code"], 250);
-    assert_eq!(d["account"], "scanner");
-
-    let r = send(&relay, "ceo@evil.example", "phish").await;
-    assert_eq!(r["code"], 553, "{r:?}");
-    let state = state_when(&relay, "the 553", |s| {
-        device(s, DEVICE_USER)["last_result"]["reply"]["code"] == 553
-    })
-    .await;
-    let d = device(&state, DEVICE_USER);
-    assert_eq!(d["last_result"]["reply"]["status"], "5.7.1");
-    assert_eq!(d["since_start"]["refused"], 1);
-    assert_eq!(d["since_start"]["accepted"], 1);
-    let refused: Vec<&Value> = state["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|m| m["result"] == "refused")
-        .collect();
-    assert_eq!(refused.len(), 1, "{state:#}");
-    let m = refused[0];
-    assert_eq!(m["device"], DEVICE_USER);
-    assert_eq!(m["account"], "scanner");
-    assert_eq!(m["sender"], "ceo@evil.example");
-    assert_eq!(m["peer"], "127.0.0.1");
-    assert_eq!(m["reply"]["code"], 553);
-    assert!(
-        m["advice"].as_str().unwrap().contains("allowed_senders"),
-        "{m}"
-    );
-    // A device that never connected is listed, never seen.
-    assert_eq!(device(&state, "ups")["last_seen_ms"], Value::Null);
-
-    let mode = std::fs::metadata(relay.store().join("state.json"))
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
-        .unwrap();
-    assert_eq!(mode, 0o600, "the state file names devices and recipients");
-    let raw = std::fs::read_to_string(relay.store().join("state.json")).unwrap();
-    for secret in [DEVICE_PASSWORD, CLIENT_SECRET] {
-        assert!(!raw.contains(secret), "a secret in the state file");
+async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    true
 }
 
-/// A restart does not forget that the upstream refused an account: the attempt recorded in
-/// the spool makes it `degraded` again at start, with the reply, in the state file, the CLI and
-/// the metric, and the webhook hears of it once. Once the relay stops, the CLI says so.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_restart_remembers_that_an_account_was_refused() {
-    let up = Upstream::start().await;
-    up.smtp
-        .script(Stage::Auth, "535 5.7.3 Authentication unsuccessful", 1000);
-    let store = tempfile::tempdir().unwrap();
-    // The device does not wait for the attempt: the refusal is recorded in the spool.
-    let toml = with_delivery(
-        &relay_toml(&up.pki, &up.account_toml(""), ""),
-        "wait_for_upstream = \"0s\"\nretry_initial = \"1h\"",
-    );
-    let mut first = Relay::start_on(&toml, store.path(), "");
-    let r = send(&first, MAILBOX, "refused").await;
-    assert_eq!(r["ok"], true, "{r:?}");
-    assert!(
-        first.wait_log("535 5.7.3", Duration::from_secs(20)),
-        "{}",
-        first.logs()
-    );
-    first.terminate();
+/// `curl` against the console: (status, body).
+async fn http(relay: &Relay, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
+    let mut args: Vec<String> = vec![
+        "-sS".into(),
+        "-X".into(),
+        method.into(),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(format!("http://{}{path}", relay.addr("admin")));
+    let out = run("curl", &args).await;
+    assert_eq!(out.status, 0, "curl {path}: {}", out.stderr);
+    let (body, code) = out.stdout.rsplit_once('\n').unwrap();
+    (code.parse().unwrap(), body.to_string())
+}
 
-    let hook = Hook::start().await;
-    let toml = with_webhook(&toml, &hook);
-    let mut relay = Relay::start_on(&toml, store.path(), "");
-    let state = state_when(&relay, "scanner degraded after the restart", |s| {
-        state_of(s, "scanner") == "degraded"
+fn basic(password: &str) -> String {
+    format!("admin:{password}")
+}
+
+fn chromium_installed() -> bool {
+    if have("chromium") && have("chromedriver") {
+        return true;
+    }
+    assert!(
+        std::env::var_os("SMTP2OAUTH_REQUIRE_CLIENTS").is_none(),
+        "chromium and chromedriver are required but not installed"
+    );
+    eprintln!("chromium or chromedriver not installed; skipped");
+    false
+}
+
+/// tests/clients/browser_console.py with `steps`; its JSON report.
+async fn browser(relay: &Relay, steps: &Value) -> Value {
+    let base = format!("http://{}", relay.addr("admin"));
+    let out = tokio::process::Command::new("python3")
+        .arg(repo_root().join("tests/clients/browser_console.py"))
+        .args(["--base", &base, "--steps", &steps.to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{e}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
     })
-    .await;
-    let scanner = account(&state, "scanner");
-    assert_eq!(scanner["condition"]["reply"]["code"], 535);
-    assert_eq!(scanner["last_failure"]["reply"]["status"], "5.7.3");
-    let recorded = state["messages"].as_array().unwrap();
-    assert!(
-        recorded
-            .iter()
-            .any(|m| m["account"] == "scanner" && m["reply"]["code"] == 535),
-        "{state:#}"
-    );
-
-    let list = cli(&relay, &["account", "list"]).await;
-    assert_eq!(list.status, 0, "{list:?}");
-    assert!(
-        list.stdout
-            .contains("degraded (refused by the upstream) since"),
-        "{list:?}"
-    );
-    assert!(
-        list.stdout.contains("(state from the running relay"),
-        "{list:?}"
-    );
-    let m = metrics(&relay).await;
-    assert!(
-        m.contains("smtp2oauth_account_state{account=\"scanner\",state=\"degraded\"} 1"),
-        "{m}"
-    );
-    hook.wait_for("account_degraded", Duration::from_secs(10))
-        .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(
-        hook.named("account_degraded").len(),
-        1,
-        "{:?}",
-        hook.events()
-    );
-
-    relay.terminate();
-    let status = cli(&relay, &["account", "status", "scanner"]).await;
-    assert!(
-        status
-            .stdout
-            .contains("relay:        the relay is not running; state as of its last run"),
-        "{status:?}"
-    );
-    assert!(status.stdout.contains("degraded"), "{status:?}");
 }
 
-/// Without a state file (the relay never ran with this store) the CLI still shows what it
-/// can, and says why the state is unknown.
 #[tokio::test(flavor = "multi_thread")]
-async fn without_a_state_file_the_cli_says_the_relay_never_ran() {
+async fn queue_actions_from_the_page_and_the_api_while_mail_flows() {
     let up = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let toml =
-        relay_toml(&up.pki, &up.account_toml(""), "") + &store_toml(&dir.path().join("store"), "");
-    let cfg = file(dir.path(), "c.toml", toml.as_bytes());
-    let out = run(
-        BIN,
+    let relay = Relay::start(&config(&up));
+    let store = relay.store();
+    // Three messages the upstream defers (retries are an hour away), one it refuses for good.
+    up.smtp
+        .script(Stage::Mail, "451 4.3.0 Temporary server error", 3);
+    let mut ids = Vec::new();
+    for i in 1..=3 {
+        ids.push(queue_id(&send(&relay, &format!("queued {i}")).await));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || relay
+            .logs()
+            .matches("scheduler::attempt: deferred")
+            .count()
+            >= 3)
+        .await,
+        "{}",
+        relay.logs()
+    );
+    up.smtp.script(
+        Stage::DataBody,
+        "550 5.7.1 Message rejected for the test",
+        1,
+    );
+    let failed = queue_id(&send(&relay, "refused").await);
+    assert!(
+        eventually(Duration::from_secs(20), || spool_ids(&store, "failed")
+            == [failed.clone()])
+        .await
+    );
+    let (id1, id2, id3) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
+
+    // Mail keeps flowing while the admin acts.
+    let flow = {
+        let port = relay.port("plain").to_string();
+        tokio::spawn(async move {
+            for i in 0..6 {
+                let args = [
+                    "--port",
+                    &port,
+                    "--user",
+                    DEVICE_USER,
+                    "--password",
+                    DEVICE_PASSWORD,
+                    "--from",
+                    MAILBOX,
+                    "--to",
+                    TO,
+                    "--subject",
+                    &format!("flowing {i}"),
+                ];
+                assert_eq!(smtplib(&args).await[0]["code"], 250);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        })
+    };
+
+    if chromium_installed() {
+        let steps = serde_json::json!([
+            {"open": "/queue"}, {"expect": "Password"},
+            {"fill": ["input[name=password]", "wrong"]}, {"click": "form[action='/login'] button"},
+            {"expect": "Wrong password"},
+            {"fill": ["input[name=password]", ADMIN_PASSWORD]}, {"click": "form[action='/login'] button"},
+            {"expect": "Retry all now"}, {"expect": id1.as_str()},
+            {"open": format!("/queue/{id1}")}, {"expect": "451 4.3.0"},
+            {"click": format!("form[action='/queue/{id1}/retry'] button")},
+            {"expect": format!("{id1} is being attempted now")},
+            {"open": format!("/queue/{id2}")}, {"blank_csrf": true},
+            {"click": format!("form[action='/queue/{id2}/delete'] button")},
+            {"expect": "CSRF token"}, {"text": "refused"},
+            {"open": format!("/queue/{id2}")},
+            {"click": format!("form[action='/queue/{id2}/delete'] button")},
+            {"expect": format!("{id2} is deleted")},
+            {"open": "/queue?area=failed"}, {"expect": failed.as_str()},
+            {"click": format!("form[action='/failed/{failed}/requeue'] button")},
+            {"expect": "back in the queue"}, {"expect": "requeued by the admin"},
+        ]);
+        let report = browser(&relay, &steps).await;
+        assert_eq!(report["ok"], true, "{report:#}\n{}", relay.logs());
+        assert!(!spool_ids(&store, "queue").contains(&id2));
+        let got = up.smtp.wait_for_messages(1, Duration::from_secs(20)).await;
+        assert!(
+            got.iter()
+                .any(|m| m.data_str().contains("Subject: queued 1")),
+            "the retried message went out"
+        );
+    }
+
+    // The API: the password by HTTP Basic; the same actions and answers.
+    let auth = basic(ADMIN_PASSWORD);
+    let (code, _) = http(&relay, "POST", &format!("/api/v1/queue/{id3}/retry"), &[]).await;
+    assert_eq!(code, 401, "no password");
+    let (code, _) = http(
+        &relay,
+        "POST",
+        &format!("/api/v1/queue/{id3}/retry"),
+        &["-u", &basic("wrong")],
+    )
+    .await;
+    assert_eq!(code, 401);
+    let (code, body) = http(&relay, "GET", "/api/v1/queue", &["-u", &auth]).await;
+    assert_eq!(code, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        listed["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == id3.as_str()
+                && m["last_reply"] == "451 4.3.0 Temporary server error"),
+        "{listed}"
+    );
+    let (code, body) = http(
+        &relay,
+        "GET",
+        &format!("/api/v1/queue/{id3}"),
+        &["-u", &auth],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let detail: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(detail["history"][0]["event"], "attempt");
+    assert_eq!(detail["device"], DEVICE_USER);
+    let (code, body) = http(
+        &relay,
+        "POST",
+        &format!("/api/v1/queue/{id3}/retry"),
+        &["-u", &auth],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["outcomes"][0]["outcome"], "done", "{answer}");
+    let (code, body) = http(
+        &relay,
+        "POST",
+        "/api/v1/queue/deadbeefdeadbeef/delete",
+        &["-u", &auth],
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("\"unknown_id\""), "{body}");
+    // A browser's POST (a cookie) without the session's token is refused, password or not.
+    let (code, _) = http(
+        &relay,
+        "POST",
+        "/api/v1/queue/retry",
         &[
-            "account".into(),
-            "status".into(),
-            "scanner".into(),
-            "--config".into(),
-            cfg.display().to_string(),
+            "-u",
+            &auth,
+            "-H",
+            "Cookie: smtp2oauth_session=x",
+            "-H",
+            "Origin: http://127.0.0.1",
         ],
     )
     .await;
-    assert_eq!(out.status, 0, "{out:?}");
-    assert!(out.stdout.contains("state:        unknown"), "{out:?}");
+    assert_eq!(code, 403);
+    // The command line gets the relay's answer too.
+    let out = relay.queue(&["delete", "deadbeefdeadbeef"]).await;
+    assert_eq!(out.status, 1, "{out:?}");
     assert!(
-        out.stdout.contains("has never run with this store"),
-        "{out:?}"
+        out.stderr
+            .contains("no message deadbeefdeadbeef in the queue"),
+        "{}",
+        out.stderr
     );
+    let out = relay.queue(&["delete", "all"]).await;
+    assert_eq!(out.status, 2, "{out:?}");
+    assert!(out.stderr.contains("spell out --all"), "{}", out.stderr);
+    flow.await.unwrap();
+
+    // A name that is not ours (DNS rebinding) gets nothing.
+    let (code, body) = http(&relay, "GET", "/", &["-H", "Host: rebind.attacker.example"]).await;
+    assert_eq!(code, 421, "{body}");
+    assert!(!body.contains("csrf"));
+
+    // Nothing secret anywhere.
+    let mut seen = String::new();
+    for path in [
+        "/",
+        "/devices",
+        "/accounts",
+        "/queue",
+        "/queue?area=failed",
+        "/messages",
+        &format!("/queue/{id3}"),
+        "/api/v1/devices",
+        "/api/v1/accounts",
+        "/api/v1/messages",
+        "/api/v1/queue",
+        "/api/v1/problems",
+        "/readyz",
+        "/metrics",
+    ] {
+        let (_, body) = http(&relay, "GET", path, &["-u", &auth]).await;
+        seen.push_str(&body);
+    }
+    let mut secrets = up.idp.issued_tokens();
+    secrets.extend([
+        CLIENT_SECRET.into(),
+        DEVICE_PASSWORD.into(),
+        ADMIN_PASSWORD.into(),
+        WEBHOOK.into(),
+        "w3bh00k".into(),
+        "$argon2id$".into(),
+    ]);
+    for s in &secrets {
+        assert!(
+            !seen.contains(s.as_str()),
+            "a secret ({}…) is on a page or in an API answer",
+            &s[..6.min(s.len())]
+        );
+    }
+}
+
+/// The send-test of the CLI, over the API: the token step, then the upstream's reply, each with
+/// its advice.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_test_over_the_api_reports_the_token_and_the_delivery() {
+    let up = Upstream::start().await;
+    // No pooled upstream session: each test logs in again, as a first delivery would.
+    let toml = config(&up).replace(
+        "retry_max = \"1h\"",
+        "retry_max = \"1h\"\nupstream_idle_timeout = \"0s\"",
+    );
+    let relay = Relay::start(&toml);
+    let auth = basic(ADMIN_PASSWORD);
+    let body = r#"{"to": "admin@example.com"}"#;
+    let json = [
+        "-u",
+        &auth,
+        "-H",
+        "Content-Type: application/json",
+        "-d",
+        body,
+    ];
+    let (code, out) = http(&relay, "POST", "/api/v1/accounts/scanner/test", &json).await;
+    assert_eq!(code, 200, "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["token"]["ok"], true, "{r}");
     assert!(
-        out.stdout
-            .contains("sign-in:      app-only: nobody signs in"),
-        "{out:?}"
+        r["token"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("token obtained, valid until")
     );
+    assert_eq!(r["delivery"]["reply"]["code"], 250, "{r}");
+    let m = up.smtp.wait_for_messages(1, Duration::from_secs(10)).await;
+    assert_eq!(m[0].rcpt_to, vec!["admin@example.com"]);
+
+    up.smtp.script(Stage::Auth, "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Tenant.", 5);
+    let (code, out) = http(&relay, "POST", "/api/v1/accounts/scanner/test", &json).await;
+    assert_eq!(code, 502, "{out}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["token"]["ok"], true, "the token is fine: {r}");
+    assert_eq!(r["delivery"]["ok"], false);
+    assert_eq!(r["delivery"]["reply"]["status"], "5.7.139");
     assert!(
-        !dir.path().join("store").exists(),
-        "a status query creates nothing"
+        r["delivery"]["advice"]
+            .as_str()
+            .is_some_and(|a| !a.is_empty()),
+        "{r}"
     );
+    let (code, _) = http(&relay, "POST", "/api/v1/accounts/nobody/test", &json).await;
+    assert_eq!(code, 400);
+    let bad = [
+        "-u",
+        &auth,
+        "-d",
+        r#"{"to": "x@y.com\r\nRCPT TO:<z@w.com>"}"#,
+    ];
+    let (code, out) = http(&relay, "POST", "/api/v1/accounts/scanner/test", &bad).await;
+    assert_eq!(code, 400, "{out}");
+}
+
+/// 48 wrong passwords at once cost at most two argon2 runs at a time: the relay's memory stays
+/// put and the admin at another address gets in meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_of_wrong_passwords_stays_small_and_lets_the_admin_in() {
+    let up = Upstream::start().await;
+    let relay = Relay::start(&config(&up));
+    let admin: std::net::SocketAddr = relay.addr("admin").parse().unwrap();
+    let status = |field: &str| -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
+        let line = s.lines().find(|l| l.starts_with(field)).unwrap();
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            * 1024
+    };
+    // One right password first, so the baseline includes one verification's memory.
+    let (code, _) = http(
+        &relay,
+        "GET",
+        "/api/v1/accounts",
+        &["-u", &basic(ADMIN_PASSWORD)],
+    )
+    .await;
+    assert_eq!(code, 200);
+    let base = status("VmRSS:");
+    let flood: Vec<_> = (0..48)
+        .map(|_| tokio::spawn(raw_post(admin, "127.0.0.1", basic("guess"))))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let started = Instant::now();
+    let code = raw_post(admin, "127.0.0.2", basic(ADMIN_PASSWORD)).await;
+    assert_eq!(code, 200, "the admin at another address");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut codes = Vec::new();
+    for f in flood {
+        codes.push(f.await.unwrap());
+    }
+    assert!(
+        codes.iter().all(|c| [401, 429, 503].contains(c)),
+        "{codes:?}"
+    );
+    let peak = status("VmHWM:");
+    assert!(
+        peak < base + 64 * 1024 * 1024,
+        "peak {} MiB over a baseline of {} MiB",
+        peak >> 20,
+        base >> 20
+    );
+}
+
+/// `POST /api/v1/queue/retry` with Basic `credentials`, from the local address `from`; the
+/// status code.
+async fn raw_post(admin: std::net::SocketAddr, from: &str, credentials: String) -> u16 {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    let mut s = socket.connect(admin).await.unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode(credentials);
+    let req = format!(
+        "POST /api/v1/queue/retry HTTP/1.1\r\nHost: {admin}\r\nAuthorization: Basic {auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut resp))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&resp)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("0")
+        .parse()
+        .unwrap()
 }

@@ -9,14 +9,17 @@
 //! - `harness.rs`: starting the relay and the fakes, running clients.
 //! - `relay.rs`: the core relay: auth, TLS, exact bytes, sender policy, tokens, upstream errors.
 //! - `bad_input.rs`: hostile and broken clients.
+//! - `console.rs`: the operator console: queue actions from the page (Chromium) and the API
+//!   while mail flows, CSRF and the password, rebinding, a password flood, send-test, no secrets.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
 //! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
 //!   `fallback_route`, Graph's Retry-After and size limit.
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
-//! - `console.rs`: the live state: a device's last result, an account's state after a refused
-//!   login and after a restart, through the state file, the CLI, the metric and a webhook.
+//! - `live_state.rs`: the live state: a device's last result, an account's state after a
+//!   refused login and after a restart, through the state file, the CLI, the metric and a
+//!   webhook.
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
 //!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
 //! - `power_cut.rs`: the store on a filesystem that loses power; every 250 survives the cuts.
@@ -28,10 +31,12 @@ mod cli;
 mod console;
 mod deploy;
 mod harness;
+mod live_state;
 mod ops;
 mod power_cut;
 mod queue;
 mod relay;
+mod release;
 mod routes;
 mod signin;
 mod smuggling;

@@ -1085,7 +1085,8 @@ async fn queue_cli_on_a_populated_spool_with_the_relay_running_and_stopped() {
     let out = relay.queue(&["retry", &id1]).await;
     assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
     assert!(
-        out.stdout.contains("done by the running relay"),
+        out.stdout
+            .contains(&format!("retry {id1}: {id1} is being attempted now")),
         "{}",
         out.stdout
     );
@@ -1107,6 +1108,7 @@ async fn queue_cli_on_a_populated_spool_with_the_relay_running_and_stopped() {
     // delete ID: envelope and data gone
     let out = relay.queue(&["delete", &id2]).await;
     assert_eq!(out.status, 0, "{}{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("is deleted"), "{}", out.stdout);
     assert!(
         eventually(Duration::from_secs(15), || {
             !spool_ids(store.path(), "queue").contains(&id2)

@@ -291,7 +291,7 @@ async fn authorization_code_sign_in_through_the_accounts_page() {
     // The page shows the state, and a Sign in button.
     let base = format!("http://{admin}");
     let jar = dir.path().join("jar");
-    let (code, _, page) = browser(&jar, &format!("{base}/"), &["-L"]).await;
+    let (code, _, page) = browser(&jar, &format!("{base}/accounts"), &["-L"]).await;
     assert_eq!(code, 200);
     assert!(
         page.contains("sign-in needed") && page.contains("not signed in"),
@@ -1073,7 +1073,8 @@ async fn device_code_from_the_accounts_page_behind_a_password() {
         &[
             "-L",
             "-d",
-            &format!("csrf={token}&password={admin_password}"),
+            // As the login form posts it: back to the page it was shown for.
+            &format!("csrf={token}&password={admin_password}&next=%2Faccounts"),
         ],
     )
     .await;

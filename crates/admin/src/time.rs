@@ -1,9 +1,11 @@
-//! Times as people read them on the accounts page and in `smtp2oauth account status`: the date
-//! and time, and how long ago or from now.
+//! Times as people read them on the console's pages and in `smtp2oauth account status`: the
+//! date and time, and how long ago or from now; and as the API writes them (RFC 3339, UTC,
+//! with milliseconds, beside the number of milliseconds since the epoch).
 //!
-//! The page shows UTC (its readers may sit anywhere); a command run on the relay's machine can
-//! show the machine's local time with its offset ([`local_relative`]). Civil dates and time
-//! zones come from `jiff`, which reads the system's time zone database.
+//! Pages and commands show the relay machine's local time with its offset ([`local_relative`]):
+//! pages work without JavaScript, so they cannot know the reader's zone, and the offset makes
+//! the time unambiguous wherever the reader sits. Civil dates and time zones come from `jiff`,
+//! which reads the system's time zone database.
 
 use jiff::Timestamp;
 use jiff::tz::TimeZone;
@@ -16,6 +18,23 @@ fn timestamp(t: SystemTime) -> Timestamp {
     } else {
         Timestamp::MIN
     })
+}
+
+/// A time in milliseconds since the epoch.
+pub fn from_ms(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// `2026-12-06T11:10:31.123Z`: RFC 3339 in UTC with milliseconds, as the API writes times.
+pub fn rfc3339(ms: u64) -> String {
+    timestamp(from_ms(ms))
+        .strftime("%Y-%m-%dT%H:%M:%S%.3fZ")
+        .to_string()
+}
+
+/// `2026-12-06 12:10:31 +01:00 (18 s ago)` for a time in ms since the epoch.
+pub fn local_ms(ms: u64) -> String {
+    local_relative(from_ms(ms))
 }
 
 /// `2025-03-01 14:05:09 UTC`.
@@ -88,6 +107,13 @@ mod tests {
         assert!(utc_relative(SystemTime::now() - Duration::from_secs(120)).contains(" ago)"));
         // Far outside any real date: clamped, never a panic.
         assert!(utc(UNIX_EPOCH + Duration::from_secs(u64::MAX / 4)).starts_with("9999-"));
+    }
+
+    #[test]
+    fn api_times() {
+        assert_eq!(rfc3339(1_796_555_431_123), "2026-12-06T11:10:31.123Z");
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339(5), "1970-01-01T00:00:00.005Z");
     }
 
     #[test]

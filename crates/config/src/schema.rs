@@ -309,6 +309,12 @@ pub struct Admin {
     pub password_hash: Option<Secret>,
     /// How many message outcomes the console keeps for its recent-messages log and API.
     pub recent_messages: usize,
+    /// Host names (or addresses) the admin server may be reached by besides loopback and the
+    /// `listen` address, e.g. `relay.contoso.lan`. A request naming another `Host` gets 421:
+    /// that stops DNS-rebinding pages from reading or driving the console.
+    pub allowed_hosts: Vec<String>,
+    /// Ask for the admin password on `/metrics` too (Prometheus then needs `basic_auth`).
+    pub metrics_auth: bool,
 }
 
 impl Default for Admin {
@@ -317,6 +323,8 @@ impl Default for Admin {
             listen: "127.0.0.1:8025".into(),
             password_hash: None,
             recent_messages: 1000,
+            allowed_hosts: Vec::new(),
+            metrics_auth: false,
         }
     }
 }

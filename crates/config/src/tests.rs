@@ -775,6 +775,30 @@ fn delegated_flow_checks() {
             "admin.password_hash",
             "argon2",
         ),
+        (
+            "flow = \"device_code\"",
+            "[admin]\nallowed_hosts = [\"http://relay.lan/\"]\n",
+            "admin.allowed_hosts.0",
+            "no scheme or path",
+        ),
+        (
+            "flow = \"device_code\"",
+            "[admin]\nallowed_hosts = [\"relay.lan\", \"relay.lan:8025\"]\n",
+            "admin.allowed_hosts.1",
+            "without a port",
+        ),
+        (
+            "flow = \"device_code\"",
+            "[admin]\nallowed_hosts = [\"relay.lan\", \"10.0.0.5\", \"[fd00::5]\", \"bad_name\"]\n",
+            "admin.allowed_hosts.3",
+            "is not a host name",
+        ),
+        (
+            "flow = \"device_code\"",
+            "[admin]\nmetrics_auth = true\n",
+            "admin.metrics_auth",
+            "needs admin.password_hash",
+        ),
     ];
     for (account, extra, key, words) in cases {
         let text = format!("{extra}{}", with_account(account));

@@ -77,12 +77,57 @@ fn store_and_admin(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
             ),
         ));
     }
+    admin_hosts(c, p);
+    if c.admin.metrics_auth && c.admin.password_hash.is_none() {
+        p.push(Problem::new(
+            "admin.metrics_auth",
+            "needs admin.password_hash: the password /metrics would ask for",
+        ));
+    }
     if !c.store.fsync {
         w.push(Problem::new(
             "store.fsync",
             "is off: accepted mail can be lost on a crash or power cut (use only to measure)",
         ));
     }
+}
+
+/// Each `[admin] allowed_hosts` entry is a host name or an IP address, as a browser puts it in
+/// `Host` (without the port).
+fn admin_hosts(c: &Config, p: &mut Vec<Problem>) {
+    for (i, h) in c.admin.allowed_hosts.iter().enumerate() {
+        if let Err(why) = host_name_problem(h) {
+            p.push(Problem::new(
+                format!("admin.allowed_hosts.{i}"),
+                format!("`{h}` {why}"),
+            ));
+        }
+    }
+}
+
+/// Why `h` is not a host name or an IP address.
+fn host_name_problem(h: &str) -> Result<(), &'static str> {
+    if h.contains("://") || h.contains('/') {
+        return Err("must be only the host name, e.g. relay.contoso.lan (no scheme or path)");
+    }
+    let bare = h.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if h.contains(':') {
+        return Err("must be a host name without a port (any port is accepted)");
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if h.is_empty() || h.len() > 253 || !h.trim_end_matches('.').split('.').all(label_ok) {
+        return Err("is not a host name (letters, digits, `-` and dots) or an IP address");
+    }
+    Ok(())
 }
 
 fn notify(c: &Config, p: &mut Vec<Problem>) {

@@ -17,7 +17,8 @@
 //!   `bounce_to` is set, a failure notice is queued (`notice.rs`).
 //! - [`Scheduler::submit`] is what a device's session calls after spooling: it waits up to
 //!   `wait_for_upstream` for the first attempt and turns its outcome into the device's reply.
-//! - Admin requests from `smtp2oauth queue` arrive as files in the spool's `control/` directory.
+//! - Admin requests from `smtp2oauth queue` and the admin server arrive as files in the spool's
+//!   `control/` directory; a task of their own carries them out and answers each.
 //!
 //! # Invariants
 //! - A message leaves `queue/` only after its outcome is recorded: removed once delivered,
@@ -40,7 +41,8 @@ use queue::Queue;
 use smtp2oauth_proto::Reply;
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_spool::{
-    Area, ControlAction, ControlTarget, Event, MessageId, Queued, Spool, SpoolError,
+    Area, ControlAction, ControlAnswer, ControlOutcome, ControlTarget, Event, MessageId,
+    OutcomeKind, Queued, Spool, SpoolError,
 };
 use smtp2oauth_upstream::{Message, Route};
 use std::collections::HashMap;
@@ -87,7 +89,8 @@ pub struct SchedulerConfig {
     pub hostname: String,
     /// Every account's settings, by name.
     pub accounts: HashMap<String, AccountSettings>,
-    /// How often `control/` is checked for admin requests.
+    /// How often `control/` is checked for requests from other processes (those filed in this
+    /// process wake the control task at once).
     pub control_poll: Duration,
 }
 
@@ -193,7 +196,11 @@ impl Scheduler {
 
     /// Starts the dispatcher. It runs until [`Scheduler::shutdown`].
     pub fn start(&self) -> tokio::task::JoinHandle<()> {
-        tokio::spawn(self.inner.clone().dispatch())
+        let dispatch = self.inner.clone().dispatch();
+        let control = self.inner.clone().control();
+        tokio::spawn(async move {
+            tokio::join!(dispatch, control);
+        })
     }
 
     /// The spool this scheduler delivers from.
@@ -282,24 +289,17 @@ impl Inner {
     }
 
     async fn dispatch(self: Arc<Self>) {
-        let mut next_control = Instant::now();
         loop {
             if self.stop.is_cancelled() {
                 break;
             }
             let now = Instant::now();
-            if now >= next_control {
-                self.handle_control().await;
-                next_control = now + self.cfg.control_poll;
-            }
             let (due, next_wake) = self.queue().take_due(now);
             for id in due {
                 let me = self.clone();
                 self.attempts.spawn(async move { me.run_attempt(id).await });
             }
-            let wake_at = next_wake
-                .unwrap_or(now + Duration::from_secs(3600))
-                .min(next_control);
+            let wake_at = next_wake.unwrap_or(now + Duration::from_secs(3600));
             tokio::select! {
                 _ = self.stop.cancelled() => break,
                 _ = self.wake.notified() => {}
@@ -308,7 +308,22 @@ impl Inner {
         }
     }
 
-    /// Carries out requests from `smtp2oauth queue` (files in `control/`).
+    /// Carries out admin requests until stopped: at once when one is filed in this process
+    /// (the admin server), and every `control_poll` for those of `smtp2oauth queue`.
+    async fn control(self: Arc<Self>) {
+        let control = self.spool.control();
+        loop {
+            self.handle_control().await;
+            tokio::select! {
+                _ = self.stop.cancelled() => break,
+                _ = control.filed() => {}
+                _ = tokio::time::sleep(self.cfg.control_poll) => {}
+            }
+        }
+    }
+
+    /// Carries out requests from `smtp2oauth queue` and the admin server (files in `control/`)
+    /// and answers each with what became of every message it named.
     async fn handle_control(&self) {
         let control = self.spool.control();
         let requests = match control.pending().await {
@@ -329,55 +344,105 @@ impl Inner {
                 }
                 ControlTarget::One(id) => vec![id.clone()],
             };
+            let mut answer = ControlAnswer::default();
             for id in ids {
-                let result = match req.action {
-                    ControlAction::Retry => self.admin_retry(&id).await,
-                    ControlAction::Delete => self.admin_delete(&id).await,
-                    ControlAction::Requeue => self.admin_requeue(&id).await,
-                };
-                match result {
-                    Ok(()) => {
-                        info!(queue_id = %id, action = req.action.as_str(), "queue request carried out")
-                    }
-                    Err(e) => {
-                        warn!(queue_id = %id, action = req.action.as_str(), error = %e, "queue request failed")
-                    }
+                let outcome = self.carry_out_request(req.action, id).await;
+                if outcome.kind.is_success() {
+                    info!(queue_id = %outcome.id, action = req.action.as_str(), outcome = outcome.kind.as_str(), "queue request carried out");
+                } else {
+                    warn!(queue_id = %outcome.id, action = req.action.as_str(), outcome = outcome.kind.as_str(), reason = %outcome.detail, "queue request not carried out");
                 }
+                answer.outcomes.push(outcome);
             }
-            control.done(&req).await;
+            control.answer(&req, &answer).await;
         }
         self.wake.notify_one();
     }
 
-    async fn admin_retry(&self, id: &MessageId) -> Result<(), SpoolError> {
-        let q = self.spool.read(id, Area::Queue).await?;
+    /// One message of a request: what became of it, in the relay's words.
+    async fn carry_out_request(&self, action: ControlAction, id: MessageId) -> ControlOutcome {
+        let result = match action {
+            ControlAction::Retry => self.admin_retry(&id).await,
+            ControlAction::Delete => self.admin_delete(&id).await,
+            ControlAction::Requeue => self.admin_requeue(&id).await,
+        };
+        let (kind, detail) = match result {
+            Ok(kind) => (kind, String::new()),
+            Err(SpoolError::NotFound(_)) => (OutcomeKind::UnknownId, String::new()),
+            Err(e) => (OutcomeKind::Error, e.to_string()),
+        };
+        let detail = if detail.is_empty() {
+            outcome_words(action, &id, kind)
+        } else {
+            detail
+        };
+        ControlOutcome { id, kind, detail }
+    }
+
+    async fn admin_retry(&self, id: &MessageId) -> Result<OutcomeKind, SpoolError> {
+        let q = match self.spool.read(id, Area::Queue).await {
+            Err(SpoolError::NotFound(_)) if self.spool.read(id, Area::Failed).await.is_ok() => {
+                return Ok(OutcomeKind::AlreadyFailed);
+            }
+            r => r?,
+        };
         self.spool
             .append_event(id, Area::Queue, &Event::RetryRequested { at_ms: now_ms() })
             .await?;
         self.queue().retry_now(id, &q.envelope.account);
-        Ok(())
+        Ok(OutcomeKind::Done)
     }
 
-    async fn admin_delete(&self, id: &MessageId) -> Result<(), SpoolError> {
+    async fn admin_delete(&self, id: &MessageId) -> Result<OutcomeKind, SpoolError> {
         if self.queue().request_delete(id) {
             // A delivery is running: it removes the message when it ends.
-            return Ok(());
+            return Ok(OutcomeKind::AfterAttempt);
         }
         match self.spool.remove(id, Area::Queue).await {
             Err(SpoolError::NotFound(_)) => self.spool.remove(id, Area::Failed).await,
             r => r,
-        }
+        }?;
+        Ok(OutcomeKind::Done)
     }
 
-    async fn admin_requeue(&self, id: &MessageId) -> Result<(), SpoolError> {
-        let q = self.spool.read(id, Area::Failed).await?;
+    async fn admin_requeue(&self, id: &MessageId) -> Result<OutcomeKind, SpoolError> {
+        let q = match self.spool.read(id, Area::Failed).await {
+            Err(SpoolError::NotFound(_)) if self.spool.read(id, Area::Queue).await.is_ok() => {
+                return Ok(OutcomeKind::StillQueued);
+            }
+            r => r?,
+        };
         self.spool
             .append_event(id, Area::Failed, &Event::Requeued { at_ms: now_ms() })
             .await?;
         self.spool.move_to(id, Area::Failed, Area::Queue).await?;
         self.queue()
             .schedule(id, &q.envelope.account, Instant::now(), None);
-        Ok(())
+        Ok(OutcomeKind::Done)
+    }
+}
+
+/// What the relay says about one message of an admin request.
+fn outcome_words(action: ControlAction, id: &MessageId, kind: OutcomeKind) -> String {
+    match (kind, action) {
+        (OutcomeKind::Done, ControlAction::Retry) => format!("{id} is being attempted now"),
+        (OutcomeKind::Done, ControlAction::Delete) => format!("{id} is deleted"),
+        (OutcomeKind::Done, ControlAction::Requeue) => {
+            format!("{id} is back in the queue and is being attempted now")
+        }
+        (OutcomeKind::AfterAttempt, _) => format!(
+            "{id} is being delivered right now: it is deleted when this attempt ends, unless the attempt delivers it"
+        ),
+        (OutcomeKind::UnknownId, _) => format!(
+            "no message {id} in the queue or in failed/ (already delivered, deleted, or never there)"
+        ),
+        (OutcomeKind::AlreadyFailed, _) => {
+            format!("{id} failed for good and is in failed/: requeue it to try again")
+        }
+        (OutcomeKind::StillQueued, _) => {
+            format!("{id} is still in the queue, not in failed/: retry it instead")
+        }
+        (OutcomeKind::Error, _) => format!("{id}: the spool refused"),
     }
 }
 

@@ -1,12 +1,10 @@
 //! The one-shot commands: `check-config`, `hash-password`, `send-test`.
 
-use crate::wiring;
+use crate::{send_test, wiring};
 use smtp2oauth_config::{AccountSpec, Config, Loaded, Problem, RouteSpec};
-use smtp2oauth_upstream::{Message, Route, advice};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// Reports every problem with its key path; exit status 1 when there is any.
 pub async fn check_config(path: Option<&Path>) -> ExitCode {
@@ -194,8 +192,9 @@ fn prompt_hidden(prompt: &str) -> std::io::Result<String> {
     rpassword::prompt_password(prompt)
 }
 
-/// The account's route as the relay would build it, with the stored sign-in if it has one.
-async fn test_route(loaded: &Loaded, acct: &AccountSpec) -> anyhow::Result<Arc<dyn Route>> {
+/// The account's route as the relay would build it, with the stored sign-in if it has one, and
+/// the token source of its route (None when the route needs no token).
+async fn test_target(loaded: &Loaded, acct: &AccountSpec) -> anyhow::Result<send_test::TestTarget> {
     let cfg = &loaded.config;
     let store = wiring::open_token_store(loaded, false)
         .await?
@@ -213,10 +212,18 @@ async fn test_route(loaded: &Loaded, acct: &AccountSpec) -> anyhow::Result<Arc<d
         tokens.insert(acct.name.clone(), source);
     }
     let slots = wiring::GraphSlots::default();
-    wiring::route(cfg, acct, &tokens, &slots, store.as_ref()).await
+    let route = wiring::route(cfg, acct, &tokens, &slots, store.as_ref()).await?;
+    Ok(send_test::TestTarget {
+        account: acct.name.clone(),
+        mailbox: acct.mailbox.clone(),
+        hostname: cfg.hostname(),
+        route,
+        tokens: tokens.get(&acct.name).cloned(),
+    })
 }
 
-/// Sends a short message through an account's route and prints what the upstream said.
+/// `smtp2oauth send-test`: gets a token, then sends a short message through an account's route,
+/// and prints each step's result with its advice; exit 1 when a step failed.
 pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode {
     let loaded = match smtp2oauth_config::load(path) {
         Ok(l) => l,
@@ -225,69 +232,30 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
             return ExitCode::from(2);
         }
     };
-    let cfg = &loaded.config;
     let Some(acct) = loaded.account(account) else {
         eprintln!("smtp2oauth: no account named `{account}`");
         return ExitCode::from(2);
     };
-    let built = test_route(&loaded, acct).await;
-    let route = match built {
-        Ok(r) => r,
+    let to = match send_test::recipient(to) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("smtp2oauth: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let target = match test_target(&loaded, acct).await {
+        Ok(t) => t,
         Err(e) => {
             eprintln!("smtp2oauth: {e:#}");
             return ExitCode::from(2);
         }
     };
-    let now = smtp2oauth_spool::now_ms();
-    let id = smtp2oauth_spool::MessageId::new().to_string();
-    let hostname = cfg.hostname();
-    let date = smtp2oauth_inbound::headers::rfc5322_date(now / 1000);
-    let body = format!(
-        "From: smtp2oauth test <{mailbox}>\r\nTo: <{to}>\r\nSubject: smtp2oauth test message ({account})\r\nDate: {date}\r\nMessage-ID: <{id}@{hostname}>\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nThis is a test message from smtp2oauth on {hostname}, sent through account\r\n\"{account}\" (route {route}, {target}) at {date}.\r\n\r\nIf you can read it, this account can send mail.\r\n",
-        mailbox = acct.mailbox,
-        route = route.kind(),
-        target = route.target(),
-    );
-    let file = std::env::temp_dir().join(format!("smtp2oauth-send-test-{id}.eml"));
-    if let Err(e) = std::fs::write(&file, &body) {
-        eprintln!("smtp2oauth: cannot write {}: {e}", file.display());
-        return ExitCode::from(2);
-    }
-    let msg = Message {
-        id: id.clone(),
-        account: acct.name.clone(),
-        device: "send-test".into(),
-        sender: acct.mailbox.clone(),
-        recipients: vec![to.to_string()],
-        data_path: file.clone(),
-        size: body.len() as u64,
-        eight_bit: false,
-        smtputf8: false,
-        received_at_ms: now,
-    };
-    println!(
-        "sending a test message to {to} through account {account} ({} to {})",
-        route.kind(),
-        route.target()
-    );
-    let result = route.deliver(&msg).await;
-    let _ = std::fs::remove_file(&file);
-    match result {
-        Ok(report) => {
-            println!("upstream replied: {}", report.reply);
-            for (r, reply) in &report.rejected {
-                println!("recipient {r} refused: {reply}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            println!("delivery failed: {e}");
-            println!("reply a device would get: {}", e.reply());
-            if let Some(a) = advice::for_error(&e) {
-                println!("advice: {a}");
-            }
-            ExitCode::from(1)
-        }
+    let report = send_test::run(&target, to).await;
+    send_test::print(&report);
+    if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

@@ -11,7 +11,8 @@
 //!   listeners, the admin server (shared by `serve`, `check-config` and `send-test`).
 //! - `relay.rs`: the built relay, and running it until told to stop (shutdown order).
 //! - `reload.rs`: reloading the listeners' certificates on SIGHUP or when the files change.
-//! - `commands.rs`: `check-config`, `hash-password`, `send-test`.
+//! - `commands.rs`: `check-config`, `hash-password`, `send-test`; `send_test.rs`: the
+//!   send-test itself (shared with the admin console).
 //! - `queue_cmd.rs`: `queue list|show|retry|delete|failed|requeue`.
 //! - `account_cmd.rs`: `account list|status|login|logout` and `keygen`.
 //! - `signin.rs`: keeping delegated accounts signed in while the relay runs.
@@ -25,6 +26,7 @@ mod logging;
 mod queue_cmd;
 mod relay;
 mod reload;
+mod send_test;
 mod serve;
 mod signin;
 mod state_file;
@@ -145,7 +147,8 @@ enum Command {
         #[arg(long)]
         url: Option<String>,
     },
-    /// Send a test message through an account's route and print the upstream's reply.
+    /// Get a token for an account, then send a test message through its route; print each
+    /// step's result with its advice (exit 1 when one failed).
     SendTest {
         #[command(flatten)]
         config: ConfigArg,

@@ -11,7 +11,7 @@ use smtp2oauth_spool::{
 };
 use std::path::Path;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(clap::Subcommand)]
 pub enum QueueCommand {
@@ -28,8 +28,13 @@ pub enum QueueCommand {
         #[arg(long)]
         all: bool,
     },
-    /// Delete a message from the queue or the failed area, for good.
-    Delete { id: String },
+    /// Delete a message from the queue or the failed area, for good (`--all`: every queued
+    /// message).
+    Delete {
+        id: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
     /// List messages whose delivery failed for good.
     Failed {
         #[arg(long)]
@@ -71,12 +76,73 @@ pub async fn run(config: Option<&Path>, cmd: QueueCommand) -> ExitCode {
         QueueCommand::Failed { json } => list(&spool, Area::Failed, json).await,
         QueueCommand::Show { id } => show(&spool, &id).await,
         QueueCommand::Retry { id, all } => act(&spool, ControlAction::Retry, target(id, all)).await,
-        QueueCommand::Delete { id } => {
-            act(&spool, ControlAction::Delete, target(Some(id), false)).await
+        QueueCommand::Delete { id, all } => {
+            act(&spool, ControlAction::Delete, target(id, all)).await
         }
         QueueCommand::Requeue { id, all } => {
             act(&spool, ControlAction::Requeue, target(id, all)).await
         }
+    }
+}
+
+/// `text` with control characters written as `\x1b`, never raw to the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\x{:02x}", c as u32)
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// How long the command waits for the running relay's answer.
+const RELAY_ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A relay runs: file the request for it (it carries requests out between deliveries) and
+/// report its answer; exit 1 when it could not do what was asked, or did not answer in time.
+async fn ask_the_relay(spool: &Spool, action: ControlAction, target: &ControlTarget) -> ExitCode {
+    let control = spool.control();
+    let ticket = match control.submit(action, target).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("smtp2oauth: cannot file the request: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let answer = match control.wait(&ticket, RELAY_ANSWER_TIMEOUT).await {
+        Ok(Some(a)) => a,
+        Ok(None) => {
+            eprintln!(
+                "{} {target}: the running relay has not answered within {} s; the request stays filed ({}) and is carried out when the relay gets to it",
+                action.as_str(),
+                RELAY_ANSWER_TIMEOUT.as_secs(),
+                ticket.path.display()
+            );
+            return ExitCode::from(1);
+        }
+        Err(e) => {
+            eprintln!("smtp2oauth: cannot read the relay's answer: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if answer.outcomes.is_empty() {
+        println!("{} {target}: nothing to do (no message)", action.as_str());
+    }
+    for o in &answer.outcomes {
+        let words = printable(&o.detail);
+        if o.kind.is_success() {
+            println!("{} {}: {words}", action.as_str(), o.id);
+        } else {
+            eprintln!("{} {}: {words}", action.as_str(), o.id);
+        }
+    }
+    if answer.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 
@@ -333,8 +399,14 @@ async fn act(
     let target = match target {
         Some(Ok(t)) => t,
         Some(Err(id)) => {
+            let all = if id.eq_ignore_ascii_case("all") {
+                "; to act on every message, spell out --all"
+            } else {
+                ""
+            };
             eprintln!(
-                "smtp2oauth: `{id}` is not a queue id (16 hex digits, see `smtp2oauth queue list`)"
+                "smtp2oauth: `{}` is not a queue id (16 hex digits, see `smtp2oauth queue list`){all}",
+                printable(&id)
             );
             return ExitCode::from(2);
         }
@@ -344,30 +416,7 @@ async fn act(
         }
     };
     if spool.is_locked() {
-        // A relay runs: it carries the request out between deliveries.
-        let path = match spool.control().request(action, &target).await {
-            Ok(p) => p,
-            Err(e) => {
-                eprintln!("smtp2oauth: cannot file the request: {e}");
-                return ExitCode::from(1);
-            }
-        };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while path.exists() {
-            if Instant::now() > deadline {
-                println!(
-                    "{} {target}: requested; the running relay has not carried it out yet (it will)",
-                    action.as_str()
-                );
-                return ExitCode::SUCCESS;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        println!(
-            "{} {target}: done by the running relay (see its log for the outcome)",
-            action.as_str()
-        );
-        return ExitCode::SUCCESS;
+        return ask_the_relay(spool, action, &target).await;
     }
     let ids = match target {
         ControlTarget::All => {

@@ -9,7 +9,7 @@
 //! - `tokens.rs`: client credentials, the token store, token sources, sign-in targets.
 //! - `routes.rs`: each account's route and fallback.
 //! - `tls.rs`: the listeners' certificates and TLS handles.
-//! - `admin.rs`: the admin server's state: readiness checks and the accounts page.
+//! - `admin.rs`: the admin server's state: readiness checks, accounts, the send-test.
 //! - `console.rs`: the activity store (seeded from the spool), the certificates in use and
 //!   the environment problems are decided from.
 //! - `notify.rs`: the notifier from `[notify]` (webhook, alert e-mails).
@@ -120,6 +120,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         store,
         activity,
         environment,
+        scheduler: scheduler.clone(),
     })
     .await?;
     Ok(Relay {

@@ -13,8 +13,9 @@
 //!   later lines are events appended by delivery (attempts, results), one JSON object per line.
 //!   It is written as `queue/<id>.tmp` and renamed, so a reader never sees half an envelope.
 //! - `failed/<id>`: an envelope whose delivery failed for good, kept for the admin.
-//! - `control/<action>.<id|all>`: requests from the queue command line to a running relay
-//!   (see `control.rs`); `lock`: held by the running relay so only one process owns the spool.
+//! - `control/<action>.<id|all>[.<ticket>]`: requests from the queue command line and the admin
+//!   server to a running relay, and the relay's answers (see `control.rs`); `lock`: held by
+//!   the running relay so only one process owns the spool.
 //!
 //! # Invariants
 //! - A device gets 250 only after [`Incoming::commit`] returned, and commit returns only after
@@ -46,7 +47,10 @@ mod fsync;
 mod id;
 mod recovery;
 
-pub use control::{Control, ControlAction, ControlTarget, Request as ControlRequest, SpoolLock};
+pub use control::{
+    Answer as ControlAnswer, Control, ControlAction, ControlTarget, Outcome as ControlOutcome,
+    OutcomeKind, Request as ControlRequest, SpoolLock, Ticket as ControlTicket,
+};
 pub use dirs::{create_dir_durable, sync_dir};
 pub use events::{AttemptOutcome, Event, Progress, RecipientResult};
 pub use id::MessageId;
@@ -167,6 +171,8 @@ struct Inner {
     queue: PathBuf,
     failed: PathBuf,
     control: PathBuf,
+    /// Wakes the relay and requesters in this process (see `control.rs`).
+    control_signals: Arc<control::Signals>,
     data_sync: DirSync,
     queue_sync: DirSync,
     failed_sync: DirSync,
@@ -211,6 +217,7 @@ impl Spool {
                 queue,
                 failed,
                 control,
+                control_signals: Arc::default(),
                 fsync,
             }),
         })
@@ -388,7 +395,10 @@ impl Spool {
 
     /// The control directory (requests from the queue command line).
     pub fn control(&self) -> Control {
-        Control::new(self.inner.control.clone())
+        Control::new(
+            self.inner.control.clone(),
+            self.inner.control_signals.clone(),
+        )
     }
 
     /// Takes the spool's lock for this process's lifetime; fails if another process holds it.
