@@ -32,19 +32,23 @@
 mod attempt;
 pub mod backoff;
 mod direct;
+mod mail;
 pub mod notice;
+mod publish;
 mod queue;
+mod signal;
 mod verdict;
 
 use queue::Queue;
+use smtp2oauth_activity::Activity;
 use smtp2oauth_proto::Reply;
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_spool::{
     Area, ControlAction, ControlTarget, Event, MessageId, Queued, Spool, SpoolError,
 };
 use smtp2oauth_upstream::{Message, Route};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -89,6 +93,9 @@ pub struct SchedulerConfig {
     pub accounts: HashMap<String, AccountSettings>,
     /// How often `control/` is checked for admin requests.
     pub control_poll: Duration,
+    /// `[notify] notify_account`: the account that carries failure notices and alerts; None:
+    /// a healthy account is chosen for each (never the one that is failing).
+    pub notify_account: Option<String>,
 }
 
 /// The queue: takes committed messages and delivers them through their account's route.
@@ -105,6 +112,17 @@ pub(crate) struct Inner {
     pub(crate) attempts: TaskTracker,
     pub(crate) stop: CancellationToken,
     pub(crate) metrics: Option<Arc<smtp2oauth_metrics::Metrics>>,
+    /// Where every attempt's outcome and its account signal are published (the console).
+    pub(crate) activity: Option<Activity>,
+    /// This very `Inner`, for tasks an attempt starts that outlive it (a wait for a token).
+    pub(crate) me: Weak<Inner>,
+    /// Accounts whose queue waits for the token endpoint to answer again.
+    pub(crate) token_waits: Mutex<HashSet<String>>,
+    /// Notified whenever an account's connection slot is given back.
+    pub(crate) slot_freed: Notify,
+    /// Notices queued although no healthy account could carry them: notice id → what it is
+    /// about, so its delivery clears the problem it raised on the overview.
+    pub(crate) stranded_notices: Mutex<HashMap<MessageId, String>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -125,12 +143,14 @@ pub(crate) fn instant_at(ms: u64) -> Instant {
 }
 
 impl Scheduler {
-    /// A scheduler over `spool`; nothing runs before [`Scheduler::start`].
+    /// A scheduler over `spool`, publishing to `activity` when given; nothing runs before
+    /// [`Scheduler::start`].
     pub fn new(
         spool: Spool,
         routes: Routes,
         cfg: SchedulerConfig,
         metrics: Option<Arc<smtp2oauth_metrics::Metrics>>,
+        activity: Option<Activity>,
     ) -> Scheduler {
         let queue = Queue::new(
             cfg.accounts
@@ -147,7 +167,7 @@ impl Scheduler {
                 .collect(),
         );
         Scheduler {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 spool,
                 routes,
                 cfg,
@@ -156,8 +176,20 @@ impl Scheduler {
                 attempts: TaskTracker::new(),
                 stop: CancellationToken::new(),
                 metrics,
+                activity,
+                me: me.clone(),
+                token_waits: Mutex::new(HashSet::new()),
+                slot_freed: Notify::new(),
+                stranded_notices: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Queues a plain-text e-mail (an alert) to `to`, carried by `[notify] notify_account`
+    /// or else by a healthy account. Err with the reason when no account can carry it or it
+    /// cannot be spooled; the message is then not queued.
+    pub async fn send_alert(&self, to: &str, subject: &str, text: &str) -> Result<(), String> {
+        self.inner.send_alert(to, subject, text).await
     }
 
     /// The route of `account`, if it has one.
@@ -209,7 +241,7 @@ impl Scheduler {
     /// Makes every queued message of `account` due now (its cause of failure was fixed, e.g.
     /// someone signed in again) and lifts any pause. Returns how many were moved.
     pub fn retry_account(&self, account: &str) -> usize {
-        let n = self.inner.queue().account_due_now(account, Instant::now());
+        let n = self.inner.release(account);
         if n > 0 {
             info!(
                 account,
@@ -217,7 +249,6 @@ impl Scheduler {
                 "retrying the account's queued messages now"
             );
         }
-        self.inner.wake.notify_one();
         n
     }
 
@@ -279,6 +310,13 @@ impl Scheduler {
 impl Inner {
     pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every queued message of `account` due now and lifts its pause.
+    pub(crate) fn release(&self, account: &str) -> usize {
+        let n = self.queue().account_due_now(account, Instant::now());
+        self.wake.notify_one();
+        n
     }
 
     async fn dispatch(self: Arc<Self>) {
