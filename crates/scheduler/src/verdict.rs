@@ -105,7 +105,7 @@ impl Outcome {
 /// message, by the one table. A 5xx about our account (`550 5.7.64` from a connector that
 /// does not know us, `5.7.708` for our address) waits for an admin like any other.
 fn refuses_recipient(reply: &Reply) -> bool {
-    reply.is_permanent() && cause::smtp(reply.code(), reply.status(), Stage::Rcpt).fails_message()
+    reply.is_permanent() && cause::of_reply(Stage::Rcpt, reply).fails_message()
 }
 
 /// What happened to the message before this attempt, and whether its device still waits.
