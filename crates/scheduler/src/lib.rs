@@ -12,9 +12,13 @@
 //!   progress from its envelope file and delivers the remaining recipients (`attempt.rs`). A
 //!   pure function decides what the outcome means (`verdict.rs`), and one place carries that
 //!   out (`attempt.rs`): delivered → removed; temporary failure → an event with the next
-//!   attempt time (exponential backoff with jitter, or a pause of the whole account when the
-//!   upstream throttles it); permanent failure or expiry → moved to `failed/` and, when
-//!   `bounce_to` is set, a failure notice is queued (`notice.rs`).
+//!   attempt time (5 s, 15 s, 30 s, then exponential backoff with jitter; a pause of the whole
+//!   account when the upstream throttles it or refuses the account itself; a release of the
+//!   account's queue as soon as a token can be had again after the token endpoint failed);
+//!   permanent failure or expiry → moved to `failed/` and, when `bounce_to` is set, a failure
+//!   notice is queued (`notice.rs`), carried by a healthy account (`mail.rs`).
+//! - Every attempt is published to the activity store (`publish.rs`): a record for the recent
+//!   messages, and what the outcome says about the account (`signal.rs`, a pure function).
 //! - [`Scheduler::submit`] is what a device's session calls after spooling: it waits up to
 //!   `wait_for_upstream` for the first attempt and turns its outcome into the device's reply.
 //! - Admin requests from `smtp2oauth queue` arrive as files in the spool's `control/` directory.
@@ -23,8 +27,8 @@
 //! - A message leaves `queue/` only after its outcome is recorded: removed once delivered,
 //!   moved to `failed/` (kept) when refused, or removed when refused while its device waited
 //!   for and received that refusal.
-//! - Only an upstream's own 5xx is a permanent failure; everything else is retried until
-//!   `max_queue_lifetime`.
+//! - Only an upstream's own 5xx about the message (or a recipient) is a permanent failure;
+//!   everything else, a 5xx about our account included, is retried until `max_queue_lifetime`.
 //! - No failure notice is ever sent about a failure notice.
 
 #![warn(missing_docs)]

@@ -263,7 +263,11 @@ impl Queue {
         self.entries.get_mut(id).and_then(|e| e.waiter.take())
     }
 
+    /// An admin asked to try `id` now: it is due now, and its account's pause (a hold after
+    /// a refusal of the account, or throttling) no longer stands in the way. The pause's level
+    /// is kept, so a new refusal pauses it as long as before.
     pub(crate) fn retry_now(&mut self, id: &MessageId, account: &str) {
+        self.account(account).paused_until = None;
         self.schedule(id, account, Instant::now(), None);
     }
 
@@ -584,6 +588,7 @@ mod tests {
         q.forget(&id("x"));
         assert_eq!(q.len(), 0);
         q.schedule(&id("y"), "a", t0 + Duration::from_secs(100), None);
+        q.pause("a", t0 + Duration::from_secs(600));
         q.retry_now(&id("y"), "a");
         assert_eq!(labels(q.take_due(Instant::now()).0), vec!["y"]);
         q.finish(&id("y"));
