@@ -175,7 +175,6 @@ fn with_webhook(toml: &str, hook: &Hook) -> String {
 /// one `account_degraded` event; once the fake accepts again and a message is delivered, the
 /// account is `ok` and `account_recovered` arrives.
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "needs the scheduler's activity publishing"]
 async fn a_refused_login_degrades_the_account_notifies_once_and_recovers() {
     let up = Upstream::start().await;
     let hook = Hook::start().await;

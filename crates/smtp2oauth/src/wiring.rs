@@ -80,6 +80,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         routes,
         scheduler_config(loaded),
         Some(metrics.clone()),
+        Some(activity.clone()),
     ));
     recover(cfg, &scheduler, &spool).await?;
     let sign_in = match &store {
@@ -95,9 +96,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         &metrics,
         publisher,
     );
-    // The scheduler's alert-sending API is wired here once it exists on main; until then the
-    // notifier posts to the webhook only.
-    let alerts: Option<Arc<dyn AlertSender>> = None;
+    let alerts: Arc<dyn AlertSender> = Arc::new(SchedulerAlerts(scheduler.clone()));
     let console = Console {
         notifications: notify::build(loaded, activity.clone(), environment.clone(), alerts)?,
         state_file: state_file::Writer {
@@ -253,6 +252,21 @@ async fn sign_in(
     Ok((manager, tasks))
 }
 
+/// Alert e-mails through the scheduler, which queues them on `[notify] notify_account` or an
+/// account that works (never the failing one).
+struct SchedulerAlerts(Arc<Scheduler>);
+
+impl AlertSender for SchedulerAlerts {
+    fn send_alert<'a>(
+        &'a self,
+        to: &'a str,
+        subject: &'a str,
+        text: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(self.0.send_alert(to, subject, text))
+    }
+}
+
 /// Hands accepted messages to the scheduler.
 struct SchedulerSubmit(Arc<Scheduler>);
 
@@ -369,5 +383,6 @@ pub fn scheduler_config(loaded: &Loaded) -> SchedulerConfig {
             })
             .collect(),
         control_poll: std::time::Duration::from_secs(1),
+        notify_account: cfg.notify.notify_account.clone(),
     }
 }

@@ -57,13 +57,12 @@ pub struct Notifications {
 
 /// Builds the notifier from `[notify]`: the webhook client (the same HTTP client as the
 /// token requests: rustls with ring, no redirects, `[delivery] http_timeout`), the alert
-/// addresses (`email_to`, else every account's `bounce_to`), and the mailer when there is a
-/// way to send mail.
+/// addresses (`email_to`, else every account's `bounce_to`), and the mailer over `alerts`.
 pub fn build(
     loaded: &Loaded,
     activity: Activity,
     environment: EnvironmentFn,
-    alerts: Option<Arc<dyn AlertSender>>,
+    alerts: Arc<dyn AlertSender>,
 ) -> Result<Notifications> {
     let cfg = &loaded.config;
     let n = &cfg.notify;
@@ -94,7 +93,7 @@ pub fn build(
             email_to,
         },
         webhook,
-        mailer: alerts.map(|a| Arc::new(AlertMailer(a)) as Arc<dyn Mailer>),
+        mailer: Some(Arc::new(AlertMailer(alerts))),
         activity,
         environment,
     })
