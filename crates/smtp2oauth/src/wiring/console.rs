@@ -430,4 +430,79 @@ mod tests {
         assert!(not_after_ms(&path).is_err());
         assert!(not_after_ms(&dir.path().join("missing.pem")).is_err());
     }
+
+    /// The listener certificate (once, however many listeners use it), an app's client
+    /// certificate and a smart host's client certificate, each with its notAfter.
+    #[test]
+    fn every_certificate_the_relay_presents_is_watched() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for (name, year) in [("listener", 2031), ("app", 2030), ("connector", 2032)] {
+            let mut p = rcgen::CertificateParams::new(vec!["relay.test".into()]).unwrap();
+            p.not_after = rcgen::date_time_ymd(year, 1, 1);
+            let key = rcgen::KeyPair::generate().unwrap();
+            std::fs::write(
+                d.join(format!("{name}.pem")),
+                p.self_signed(&key).unwrap().pem(),
+            )
+            .unwrap();
+            std::fs::write(d.join(format!("{name}.key")), key.serialize_pem()).unwrap();
+        }
+        let toml = format!(
+            r#"
+[tls]
+cert_file = "{d}/listener.pem"
+key_file = "{d}/listener.key"
+[[listeners]]
+address = "127.0.0.1:2525"
+tls = "starttls"
+[[listeners]]
+address = "127.0.0.1:2465"
+tls = "implicit"
+[[accounts]]
+name = "scanner"
+mailbox = "scanner@contoso.com"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+certificate_file = "{d}/app.pem"
+private_key_file = "{d}/app.key"
+[[accounts]]
+name = "nas"
+mailbox = "nas@contoso.com"
+route = "smarthost"
+smarthost_host = "mx.contoso.com"
+tls_client_cert_file = "{d}/connector.pem"
+tls_client_key_file = "{d}/connector.key"
+"#,
+            d = d.display()
+        );
+        let path = d.join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let loaded = smtp2oauth_config::load(Some(&path)).unwrap();
+        let handles =
+            crate::wiring::distinct_handles(&crate::wiring::listener_tls(&loaded.config).unwrap());
+        let files = certificate_files(&loaded, &handles);
+        let got: Vec<(String, u64)> = expiries(&files)
+            .into_iter()
+            .map(|c| (c.label, c.not_after_ms / 1000))
+            .collect();
+        let d = d.display();
+        assert_eq!(
+            got,
+            [
+                (
+                    format!("listener certificate {d}/listener.pem"),
+                    1_924_992_000
+                ),
+                (
+                    format!("account scanner's client certificate {d}/app.pem"),
+                    1_893_456_000
+                ),
+                (
+                    format!("account nas's smart-host client certificate {d}/connector.pem"),
+                    1_956_528_000
+                ),
+            ]
+        );
+    }
 }
