@@ -112,6 +112,26 @@ where
     .await
 }
 
+/// A connection refused when it was accepted (too many sessions, an address locked out): its
+/// one reply passes the observer like any other, and it ends as a session of its own. Returns
+/// the reply to write.
+pub fn refused_at_accept(
+    ctx: &Inbound,
+    listener: &str,
+    peer: SocketAddr,
+    refusal: &SessionError,
+) -> Reply {
+    let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let mut tracker = Tracker::new(ctx, listener, peer, id);
+    let reply = refusal.reply();
+    tracker.observe(Command::Connect, &reply, About::Command, Some(refusal));
+    tracker.finish(match refusal {
+        SessionError::LockedOut => EndReason::LockedOut,
+        _ => EndReason::Limit,
+    });
+    reply
+}
+
 /// Runs the session over plain TCP or implicit TLS, and over STARTTLS when the client asks;
 /// returns why it ended.
 async fn serve_inner<S>(

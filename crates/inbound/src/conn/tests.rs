@@ -507,3 +507,53 @@ async fn the_publisher_feeds_the_live_state() {
     assert_eq!((last.code, last.status.as_deref()), (452, Some("4.5.3")));
     assert_eq!(ups.since_start.refused, 2);
 }
+
+/// A connection refused at accept (over the session limit) passes the observer too: its one
+/// reply, and a summary that ends with `limit`.
+#[tokio::test]
+async fn a_connection_refused_at_accept_passes_the_observer() {
+    let (_dir, spool) = spool();
+    let rec = Arc::new(Recorder::default());
+    let observer: Arc<dyn Observer> = rec.clone();
+    let mut ctx = observed(spool, 5, Some(observer));
+    Arc::get_mut(&mut ctx).unwrap().limiter = Limiter::new(1, 1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rt = Arc::new(ListenerRuntime {
+        settings: Arc::new(ListenerSettings {
+            label: "test".into(),
+            tls: ListenerTls::None,
+            require_tls: false,
+            allow_insecure_auth: true,
+        }),
+        tls: None,
+    });
+    let tracker = tokio_util::task::TaskTracker::new();
+    let accepting = tokio::spawn(crate::listener::accept_loop(
+        ctx.clone(),
+        rt,
+        listener,
+        tracker.clone(),
+    ));
+    let read_line = |s: tokio::net::TcpStream| async move {
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).await.unwrap();
+        line
+    };
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (r1, _w1) = first.into_split();
+    let mut r1 = BufReader::new(r1);
+    let mut greeting = String::new();
+    r1.read_line(&mut greeting).await.unwrap();
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused = read_line(second).await;
+    assert!(refused.starts_with("421 4.7.0"), "{refused}");
+    let seen = rec.replies();
+    let last = seen.last().unwrap();
+    assert_eq!((last.command, last.code), (Command::Connect, 421));
+    assert_eq!(last.refusal, Some(SessionError::TooManyConnections));
+    assert_eq!(rec.summary().end, EndReason::Limit);
+    ctx.shutdown.cancel();
+    accepting.await.unwrap();
+}

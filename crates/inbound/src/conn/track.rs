@@ -81,6 +81,18 @@ impl Tracker {
         if self.view.device.is_some() {
             self.last_device.clone_from(&self.view.device);
         }
+        self.observe(command, reply, about, refusal);
+        conn.queue(reply);
+    }
+
+    /// Shows `reply` to the observer and counts it (the caller sends it).
+    pub(super) fn observe(
+        &mut self,
+        command: Command,
+        reply: &Reply,
+        about: About,
+        refusal: Option<&SessionError>,
+    ) {
         let event = ReplyEvent {
             session: &self.view,
             command,
@@ -96,7 +108,6 @@ impl Tracker {
         if let Some(o) = &self.observer {
             o.reply(&event);
         }
-        conn.queue(reply);
     }
 
     /// The session is over: hands the observer its summary.
