@@ -224,6 +224,29 @@ async fn a_refused_login_degrades_the_account_notifies_once_and_recovers() {
         "{m}"
     );
 
+    // The console says the same: the API, and the overview in a real browser, problem first
+    // with its advice.
+    let (code, body) = crate::console::http(&relay, "GET", "/api/v1/accounts", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let api: Value = serde_json::from_str(&body).unwrap();
+    let a = &api["accounts"][0];
+    assert_eq!(a["name"], "scanner", "{api}");
+    assert_eq!(a["state"], "degraded", "{api}");
+    assert_eq!(a["reply"]["code"], 535, "{api}");
+    assert_eq!(a["reply"]["status"], "5.7.3", "{api}");
+    assert!(!a["advice"].as_str().unwrap_or_default().is_empty(), "{api}");
+    if crate::console::chromium_installed() {
+        let advice = a["advice"].as_str().unwrap().to_string();
+        let steps = serde_json::json!([
+            {"open": "/"},
+            {"expect": "Account scanner"},
+            {"expect": "535 5.7.3 Authentication unsuccessful"},
+            {"expect": advice},
+        ]);
+        let report = crate::console::browser(&relay, &steps).await;
+        assert_eq!(report["ok"], true, "{report:#}");
+    }
+
     let events = hook
         .wait_for("account_degraded", Duration::from_secs(10))
         .await;
@@ -306,6 +329,32 @@ async fn a_device_shows_its_last_result_and_a_wrong_sender_its_refusal() {
         m["advice"].as_str().unwrap().contains("allowed_senders"),
         "{m}"
     );
+    // The console's API shows the same device and the refused message.
+    let (code, body) = crate::console::http(&relay, "GET", "/api/v1/devices", &[]).await;
+    assert_eq!(code, 200, "{body}");
+    let api: Value = serde_json::from_str(&body).unwrap();
+    let mfp = api["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == DEVICE_USER)
+        .unwrap_or_else(|| panic!("{api}"));
+    assert!(mfp["last_seen"]["at_ms"].as_u64().unwrap() > 0, "{mfp}");
+    assert_eq!(mfp["last_result"]["reply"]["code"], 553, "{mfp}");
+    let (code, body) = crate::console::http(
+        &relay,
+        "GET",
+        &format!("/api/v1/messages?device={DEVICE_USER}&result=refused"),
+        &[],
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let api: Value = serde_json::from_str(&body).unwrap();
+    let msgs = api["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 1, "{api}");
+    assert_eq!(msgs[0]["sender"], "ceo@evil.example", "{api}");
+    assert_eq!(msgs[0]["reply"]["code"], 553, "{api}");
+
     // A device that never connected is listed, never seen.
     assert_eq!(device(&state, "ups")["last_seen_ms"], Value::Null);
 
