@@ -15,7 +15,9 @@
 //! `FallbackRoute` around this route may take it).
 //!
 //! Memory: a message is read whole (at most `max_message_size`) and made ready for Graph in
-//! memory; one that fits a request has its base64 built too (about 7 MB for 3 MB of message).
+//! that buffer (only its header block changes, unless a quoted-printable part is re-encoded);
+//! one that fits a request has its base64 built too (about 7 MB for 3 MB of message); a larger
+//! one is freed once its large parts are decoded (`GraphUpload::send_owned`).
 //! At most 4 requests per app run at once (Graph's limit of concurrent requests; the semaphore
 //! is shared by every account of one app registration).
 //!
@@ -38,7 +40,7 @@
 //! decided from the HTTP status and Graph's `error.code` by `cause::graph`.
 
 use crate::graph_upload::{GraphUpload, TransportKind};
-use crate::mime::prepare_for_graph;
+use crate::mime::prepare_for_graph_owned;
 use crate::smtp::token_error;
 use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind, cause};
 use base64::Engine;
@@ -353,7 +355,7 @@ impl GraphRoute {
             return self.send_mail(msg, &mime).await;
         }
         match self.cfg.large_messages {
-            LargeMessages::Upload => self.upload(msg, &mime).await,
+            LargeMessages::Upload => self.upload(msg, mime).await,
             LargeMessages::Refuse => Err(Self::too_large_for_one_request(msg.size)),
         }
     }
@@ -372,8 +374,7 @@ impl GraphRoute {
         if raw.len() as u64 > self.cfg.max_message_size {
             return Err(self.too_large(raw.len() as u64));
         }
-        let prepared = prepare_for_graph(&raw, &msg.recipients);
-        drop(raw);
+        let prepared = prepare_for_graph_owned(raw, &msg.recipients);
         if !prepared.added_bcc.is_empty() || !prepared.removed.is_empty() {
             info!(queue_id = %msg.id, account = %self.cfg.account, bcc_added = prepared.added_bcc.len(),
                 header_recipients_removed = ?prepared.removed,
@@ -417,7 +418,7 @@ impl GraphRoute {
 
     /// The draft conversation for a message too large for one request; its failures become
     /// refusals here, each with its cause (see `graph_upload`).
-    async fn upload(&self, msg: &Message, mime: &[u8]) -> Result<DeliveryReport, DeliveryError> {
+    async fn upload(&self, msg: &Message, mime: Vec<u8>) -> Result<DeliveryReport, DeliveryError> {
         info!(queue_id = %msg.id, account = %self.cfg.account, size = mime.len(),
             "too large for one Graph request: sending through a draft");
         let sent = GraphUpload::new(
@@ -428,7 +429,7 @@ impl GraphRoute {
         )
         .with_slots(&self.slots)
         .with_transfer_timeout(self.cfg.transfer_timeout)
-        .send(mime)
+        .send_owned(mime)
         .await;
         match sent {
             Ok(d) => Ok(delivered(msg, d.reply())),

@@ -28,8 +28,9 @@
 //! the transfer timeout given with [`GraphUpload::with_transfer_timeout`]; the others keep the
 //! HTTP client's own.
 //!
-//! Memory: the message is borrowed; the large parts are decoded once (about ¾ of their encoded
-//! size) and sent from that buffer without copies; each request body is at most 4 MiB more.
+//! Memory: the large parts are decoded once (about ¾ of their encoded size) and sent from that
+//! buffer without copies; each request body is at most 4 MiB more. [`GraphUpload::send_owned`]
+//! frees the message itself once it is planned.
 //! The pre-authenticated upload URL is a credential: it is never logged, and transport errors
 //! on it are reported without the URL.
 
@@ -461,6 +462,17 @@ pub struct Plan<'m> {
     pub parts: Vec<(LargePart, Carry)>,
 }
 
+impl Plan<'_> {
+    /// The plan without a borrow of the message (the draft copied if it was borrowed: only
+    /// when nothing was taken out).
+    pub fn into_owned(self) -> Plan<'static> {
+        Plan {
+            draft: Cow::Owned(self.draft.into_owned()),
+            parts: self.parts,
+        }
+    }
+}
+
 /// Splits `mime` so that the draft fits one request: at `threshold` first, then lower ones
 /// (down to taking every attachment out) while the draft is still too large.
 pub fn plan(mime: &[u8], threshold: usize) -> Result<Plan<'_>, UploadError> {
@@ -585,10 +597,21 @@ impl<'a> GraphUpload<'a> {
 
     /// Sends `mime` (recipient headers already matching the envelope) through a draft.
     pub async fn send(&self, mime: &[u8]) -> Result<Delivered, UploadFailure> {
-        let plan = plan(mime, self.threshold).map_err(|error| UploadFailure {
-            error,
-            draft: DraftCleanup::NotCreated,
-        })?;
+        let plan = plan(mime, self.threshold).map_err(not_planned)?;
+        self.carry_out(plan).await
+    }
+
+    /// [`GraphUpload::send`], taking the message: it is freed once planned, so only the
+    /// draft and the large parts' decoded bytes stay in memory while they upload.
+    pub async fn send_owned(&self, mime: Vec<u8>) -> Result<Delivered, UploadFailure> {
+        let plan = plan(&mime, self.threshold)
+            .map(Plan::into_owned)
+            .map_err(not_planned)?;
+        drop(mime);
+        self.carry_out(plan).await
+    }
+
+    async fn carry_out(&self, plan: Plan<'_>) -> Result<Delivered, UploadFailure> {
         let mut talk = Conversation {
             up: self,
             refreshed: false,
@@ -608,6 +631,13 @@ impl<'a> GraphUpload<'a> {
         let Plan { draft, parts } = plan;
         drop(draft);
         talk.complete(id, parts).await
+    }
+}
+
+fn not_planned(error: UploadError) -> UploadFailure {
+    UploadFailure {
+        error,
+        draft: DraftCleanup::NotCreated,
     }
 }
 
