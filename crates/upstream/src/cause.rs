@@ -89,29 +89,6 @@ pub fn graph(status: u16, error_code: &str) -> Cause {
     }
 }
 
-/// What a Graph answer in the draft conversation of a large message (`graph_upload.rs`) is
-/// about: as [`graph`], except where the step changes the meaning. Throttling comes back
-/// without a wait.
-pub fn graph_upload(step: Step, status: u16, error_code: &str) -> Cause {
-    match (step, status, error_code) {
-        // The upload URL carries its own short-lived credential, not our token: a new
-        // conversation gets a new URL.
-        (Step::UploadChunk, 401 | 403, _) => Cause::Transient,
-        // The draft (or its upload session) is gone between two requests: deleted by someone,
-        // expired. The next attempt makes a new one.
-        (
-            Step::AddAttachment
-            | Step::CreateUploadSession
-            | Step::UploadChunk
-            | Step::Send
-            | Step::DeleteDraft,
-            404,
-            "ErrorItemNotFound" | "",
-        ) => Cause::Transient,
-        _ => graph(status, error_code),
-    }
-}
-
 /// An SMTP refusal as the error routes return: the reply, classified by [`smtp`]. A
 /// throttling reply that says how long to wait ("try again in 5 minutes") carries that wait.
 pub(crate) fn refused(stage: Stage, reply: Reply) -> DeliveryError {
@@ -154,6 +131,29 @@ pub fn retry_hint(text: &str) -> Option<Duration> {
         }
     }
     None
+}
+
+/// What a Graph answer in the draft conversation of a large message (`graph_upload.rs`) is
+/// about: as [`graph`], except where the step changes the meaning. Throttling comes back
+/// without a wait.
+pub fn graph_upload(step: Step, status: u16, error_code: &str) -> Cause {
+    match (step, status, error_code) {
+        // The upload URL carries its own short-lived credential, not our token: a new
+        // conversation gets a new URL.
+        (Step::UploadChunk, 401 | 403, _) => Cause::Transient,
+        // The draft (or its upload session) is gone between two requests: deleted by someone,
+        // expired. The next attempt makes a new one.
+        (
+            Step::AddAttachment
+            | Step::CreateUploadSession
+            | Step::UploadChunk
+            | Step::Send
+            | Step::DeleteDraft,
+            404,
+            "ErrorItemNotFound" | "",
+        ) => Cause::Transient,
+        _ => graph(status, error_code),
+    }
 }
 
 #[cfg(test)]
