@@ -74,6 +74,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         routes,
         scheduler_config(loaded),
         Some(metrics.clone()),
+        Some(activity.clone()),
     ));
     recover(cfg, &scheduler, &spool).await?;
     let sign_in = match &store {
@@ -340,5 +341,6 @@ pub fn scheduler_config(loaded: &Loaded) -> SchedulerConfig {
             })
             .collect(),
         control_poll: std::time::Duration::from_secs(1),
+        notify_account: cfg.notify.notify_account.clone(),
     }
 }
