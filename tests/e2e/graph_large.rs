@@ -493,20 +493,30 @@ async fn a_throttle_mid_upload_is_retried_without_a_duplicate_or_a_stray_draft()
 }
 
 /// An app without `Mail.ReadWrite`: the draft is refused with 403. That is the account's
-/// permission, not the message's: the reply and the advice say to add Mail.ReadWrite, no draft
-/// exists, and small mail still goes by `sendMail`.
+/// permission, not the message's: the device hears `451 4.7.0` with Graph's words and the
+/// permission to add, the advice says the same, the relay keeps the message and no draft is
+/// left; once the permission is granted, the kept message goes out through a draft.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_403_on_the_draft_is_the_accounts_missing_mail_readwrite() {
+async fn a_403_on_the_draft_keeps_the_message_and_names_mail_readwrite() {
     let e = Env::start().await;
     let relay = e.relay(UPLOAD);
     e.graph.set_drafts_denied(true);
     let parts = [Part::new("scan-0001.pdf", "application/pdf", 3_700_000, 10)];
+    let subject = "Scan denied";
     let dir = tempfile::tempdir().unwrap();
-    let f = write(dir.path(), "scan.eml", &scan("Scan denied", &parts));
+    let f = write(dir.path(), "scan.eml", &scan(subject, &parts));
     let r = smtplib_send(&relay, &f).await;
-    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(
+        (r["ok"].clone(), r["code"].clone()),
+        (false.into(), 451.into()),
+        "{r}"
+    );
     let text = r["message"].as_str().unwrap();
-    assert!(text.contains("5.7.1"), "{text}");
+    assert!(text.starts_with("4.7.0 "), "{text}");
+    assert!(
+        text.contains("5.7.1"),
+        "Graph's refusal, kept whole: {text}"
+    );
     assert!(
         text.contains("Mail.ReadWrite"),
         "the reply names the permission: {text}"
@@ -520,14 +530,7 @@ async fn a_403_on_the_draft_is_the_accounts_missing_mail_readwrite() {
         "the advice in the log: {}",
         relay.logs()
     );
-    // ON MAIN the scheduler still treats an account-level refusal with a 5xx reply as
-    // permanent: the waiting device hears the 550 and the message is not kept. The reliability
-    // branch makes an account-level refusal a deferral that keeps the mail; once it is merged,
-    // the two assertions below become: `r["code"] == 451` (Graph's 5.7.1 words kept in the
-    // text) and `spool_ids(&relay.store(), "queue").len() == 1`, and after
-    // `e.graph.set_drafts_denied(false)` the kept message arrives through a draft.
-    assert_eq!(r["code"], 550, "{r}");
-    assert!(spool_ids(&relay.store(), "queue").is_empty());
+    assert_eq!(spool_ids(&relay.store(), "queue").len(), 1, "kept");
     // Nothing half-built is left, and sendMail was not tried with a message it cannot take.
     assert!(e.graph.drafts().is_empty());
     assert!(
@@ -538,26 +541,18 @@ async fn a_403_on_the_draft_is_the_accounts_missing_mail_readwrite() {
         "{:?}",
         e.graph.requests()
     );
-    // Mail that fits one request still goes: sendMail needs only Mail.Send.
-    let r = smtplib(&[
-        "--port",
-        &relay.port("plain").to_string(),
-        "--user",
-        DEVICE_USER,
-        "--password",
-        DEVICE_PASSWORD,
-        "--from",
-        MAILBOX,
-        "--to",
-        "alice@example.com",
-        "--body",
-        "a small scan",
-    ])
-    .await
-    .remove(0);
-    assert_eq!(r["ok"], true, "{r}");
+    // The admin adds Mail.ReadWrite: the account's next attempt sends the kept message.
+    e.graph.set_drafts_denied(false);
     let m = e.wait_for_messages(1, &relay).await;
-    assert!(m[0].draft_id.is_none(), "by sendMail");
+    assert_delivered(&m[0], subject, &parts, &e.graph);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !spool_ids(&relay.store(), "queue").is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        spool_ids(&relay.store(), "queue").is_empty(),
+        "delivered, removed"
+    );
     e.assert_no_secrets(&relay);
 }
 
