@@ -12,6 +12,8 @@
 //! - `console.rs`: the operator console: queue actions from the page (Chromium) and the API
 //!   while mail flows, CSRF and the password, rebinding, a password flood, send-test, no secrets.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `graph_large.rs`: scans larger than one Graph request through a draft and upload sessions
+//!   (`graph_large_messages`), with curl, smtplib and swaks; throttling, permissions, refusal.
 //! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
 //!   `fallback_route`, Graph's Retry-After and size limit.
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
@@ -32,6 +34,7 @@ mod bad_input;
 mod cli;
 mod console;
 mod deploy;
+mod graph_large;
 mod harness;
 mod live_state;
 mod ops;
