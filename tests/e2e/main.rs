@@ -37,6 +37,7 @@ mod deploy;
 mod graph_large;
 mod harness;
 mod live_state;
+mod logs;
 mod ops;
 mod power_cut;
 mod queue;

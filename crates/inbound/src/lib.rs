@@ -13,6 +13,8 @@
 //!   session's end ([`SessionSummary`]).
 //! - `publish.rs`: the observer that feeds the live state (`activity`): devices seen, their
 //!   results, failed logins, refused messages.
+//! - `session_log.rs`: the observer that writes the log lines: each refusal, each message
+//!   accepted, each session's end.
 //! - `listener.rs`: listening sockets and the accept loop.
 //! - `identity.rs`: devices, password checks, sender policy ([`Directory`]).
 //! - `sasl.rs`: AUTH PLAIN / LOGIN decoding.
@@ -36,13 +38,15 @@ pub mod observe;
 pub mod publish;
 pub mod sasl;
 pub mod session;
+pub mod session_log;
 pub mod tls;
 
 pub use conn::{Inbound, ListenerRuntime, Submit, serve};
 pub use guard::{GuardSettings, LoginGuard};
 pub use identity::{Directory, hash_password, hash_password_with};
 pub use limiter::Limiter;
-pub use observe::{Observer, ReplyEvent, SessionSummary};
+pub use observe::{Observer, Observers, ReplyEvent, SessionSummary};
 pub use publish::ActivityPublisher;
 pub use session::{Limits, ListenerSettings, Session, Step};
+pub use session_log::SessionLog;
 pub use tls::{TlsError, TlsHandle, TlsPolicy, TlsStream, server_config};

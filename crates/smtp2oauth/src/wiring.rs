@@ -34,7 +34,7 @@ use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::{Config, Loaded};
 use smtp2oauth_inbound::{
     ActivityPublisher, Directory, GuardSettings, Inbound, Limiter, Limits, ListenerRuntime,
-    ListenerSettings, LoginGuard, Observer, Submit, TlsHandle,
+    ListenerSettings, LoginGuard, Observer, Observers, SessionLog, Submit, TlsHandle,
 };
 use smtp2oauth_metrics::Metrics;
 use smtp2oauth_proto::Reply;
@@ -87,7 +87,10 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         Some(store) => Some(sign_in(loaded, store, &tokens, &scheduler).await?),
         None => None,
     };
-    let publisher = Arc::new(ActivityPublisher::new(activity.clone(), directory.clone()));
+    let publisher: Arc<dyn Observer> = Arc::new(Observers(vec![
+        Arc::new(ActivityPublisher::new(activity.clone(), directory.clone())),
+        Arc::new(SessionLog),
+    ]));
     let inbound = inbound(
         cfg,
         directory,
@@ -277,7 +280,7 @@ impl Submit for SchedulerSubmit {
 }
 
 /// What every session needs: limits, the device directory, the spool, the scheduler, and
-/// the observer of their replies (the live state).
+/// the observer of their replies (the live state and the session log lines).
 fn inbound(
     cfg: &Config,
     directory: Arc<Directory>,
