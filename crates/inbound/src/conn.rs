@@ -245,9 +245,16 @@ where
 
 /// Logs a failed TLS handshake (None: it timed out).
 fn tls_failed(error: Option<io::Error>) -> EndReason {
-    match error {
-        Some(e) => info!(error = %e, "TLS handshake failed"),
-        None => info!("TLS handshake timed out"),
+    let Some(e) = error else {
+        info!("TLS handshake timed out");
+        return EndReason::TlsFailed;
+    };
+    match crate::tls::handshake_failure(&e) {
+        crate::tls::HandshakeFailure {
+            offered: Some(offered),
+            hint: Some(hint),
+        } => warn!(error = %e, client_offered = offered, hint, "TLS handshake failed"),
+        _ => info!(error = %e, "TLS handshake failed"),
     }
     EndReason::TlsFailed
 }
