@@ -9,16 +9,19 @@
 //! waiting for it (so a client trickling one byte a second is cut off, not served forever);
 //! during DATA, no read may take longer than `data_timeout`; and no session outlives
 //! `session_timeout`. Every write is bounded by `command_timeout` too, so a client that stops
-//! reading cannot hold a session.
+//! reading cannot hold a session. While it waits for the device, the driver also watches the
+//! session's [`Slot`]: a session that has not logged in within `preauth_timeout`, one the
+//! relay closes to make room, and every session of an address just locked out are ended.
 
 use crate::guard::Verdict;
 use crate::headers::{HeaderRewriter, ReceivedInfo, received_header};
-use crate::identity::{AuthFailure, Directory};
-use crate::limiter::Limiter;
+use crate::identity::Directory;
+use crate::limiter::{Limiter, Permit};
 use crate::session::{DataPlan, Limits, ListenerSettings, Session, Step};
+use crate::slot::Slot;
 use crate::tls::TlsHandle;
 use smtp2oauth_config::ListenerTls;
-use smtp2oauth_metrics::{AccountLabels, Metrics, RefusalLabels, ResultLabels, SessionLabels};
+use smtp2oauth_metrics::{AccountLabels, Metrics, RefusalLabels, SessionLabels};
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_proto::{DotDecoder, Reply, SessionError};
 use smtp2oauth_spool::{Envelope, Incoming, MessageId, Queued, Spool, SpoolError};
@@ -54,6 +57,8 @@ pub struct Inbound {
     pub data_timeout: Duration,
     /// How long a session may last.
     pub session_timeout: Duration,
+    /// How long a session may take to log in (a device recognised by address has from the start).
+    pub preauth_timeout: Duration,
     /// Put our Received header on top of each message.
     pub add_received_header: bool,
     /// The devices and their passwords.
@@ -92,14 +97,19 @@ const READ_CHUNK: usize = 64 * 1024;
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one accepted connection to the end.
-pub async fn serve<S>(ctx: Arc<Inbound>, listener: Arc<ListenerRuntime>, io: S, peer: SocketAddr)
-where
+/// Serves one accepted connection to the end, in the slot `permit` holds (see [`Limiter`]).
+pub async fn serve<S>(
+    ctx: Arc<Inbound>,
+    listener: Arc<ListenerRuntime>,
+    io: S,
+    peer: SocketAddr,
+    permit: Permit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("session", id, listener = %listener.settings.label, peer = %peer.ip());
-    serve_inner(ctx, listener, io, peer, id)
+    serve_inner(ctx, listener, io, peer, id, permit)
         .instrument(span)
         .await
 }
@@ -110,6 +120,7 @@ async fn serve_inner<S>(
     io: S,
     peer: SocketAddr,
     session_id: u64,
+    permit: Permit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -122,6 +133,14 @@ async fn serve_inner<S>(
         if implicit { "implicit" } else { "none" },
     );
     let mut session = new_session(&ctx, &listener, peer, session_id);
+    let known = session.device().is_some();
+    let slot = &mut Slot::new(
+        permit,
+        peer.ip(),
+        ctx.guard.clone(),
+        ctx.preauth_timeout,
+        known,
+    );
     let handshake_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline);
 
     if implicit {
@@ -134,7 +153,7 @@ async fn serve_inner<S>(
                 log_tls(&stream);
                 let mut conn = Conn::new(stream, ctx.metrics.clone());
                 conn.queue(&session.greeting());
-                drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
+                drive(&mut conn, &mut session, &ctx, slot, peer, session_deadline).await;
             }
             Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
             Err(_) => info!("TLS handshake timed out"),
@@ -145,7 +164,8 @@ async fn serve_inner<S>(
 
     let mut conn = Conn::new(io, ctx.metrics.clone());
     conn.queue(&session.greeting());
-    if drive(&mut conn, &mut session, &ctx, peer, session_deadline).await == Outcome::StartTls {
+    if drive(&mut conn, &mut session, &ctx, slot, peer, session_deadline).await == Outcome::StartTls
+    {
         let buffered = conn.rbuf.len() - conn.rpos;
         if buffered > 0 {
             // Command injection defence (CVE-2011-0411 class): bytes sent before the handshake
@@ -160,7 +180,7 @@ async fn serve_inner<S>(
                 session.tls_established();
                 gauge.set_tls("starttls");
                 let mut conn = Conn::new(stream, ctx.metrics.clone());
-                drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
+                drive(&mut conn, &mut session, &ctx, slot, peer, session_deadline).await;
             }
             Ok(Err(e)) => info!(error = %e, "STARTTLS handshake failed"),
             Err(_) => info!("STARTTLS handshake timed out"),
@@ -395,6 +415,7 @@ async fn drive<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
     ctx: &Arc<Inbound>,
+    slot: &mut Slot,
     peer: SocketAddr,
     session_deadline: Instant,
 ) -> Outcome
@@ -415,7 +436,7 @@ where
         if let Some(step) =
             next_step(conn, session, ctx, &mut commands, &mut command_deadline).await
         {
-            match perform(step, conn, session, ctx, peer, session_deadline).await {
+            match perform(step, conn, session, ctx, slot, peer, session_deadline).await {
                 Some(outcome) => return outcome,
                 None => continue,
             }
@@ -429,10 +450,20 @@ where
             .get_or_insert_with(|| Instant::now() + ctx.command_timeout))
         .min(session_deadline);
         let idle = conn.buffered().is_empty() && !session.in_sasl();
+        if session.device().is_some() {
+            slot.logged_in();
+        }
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled(), if idle => {
                 conn.queue(&SessionError::ShuttingDown.reply());
+                let _ = conn.flush(write_deadline()).await;
+                return Outcome::Closed;
+            }
+            refusal = slot.closing() => {
+                info!(reply = %refusal, "session closed");
+                slot.release();
+                conn.queue(&refusal.reply());
                 let _ = conn.flush(write_deadline()).await;
                 return Outcome::Closed;
             }
@@ -477,6 +508,7 @@ where
             *commands += 1;
             if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL") {
                 session.set_free_space(ctx.spool.free_space().await);
+                session.set_address_locked(ctx.guard.locked(session.peer()).is_some());
             }
             Some(session.handle_line(&line))
         }
@@ -494,6 +526,7 @@ async fn perform<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
     ctx: &Arc<Inbound>,
+    slot: &Slot,
     peer: SocketAddr,
     session_deadline: Instant,
 ) -> Option<Outcome>
@@ -507,7 +540,7 @@ where
             if conn.flush(write_deadline()).await.is_err() {
                 return Some(Outcome::Closed);
             }
-            let result = check_password(ctx, creds, peer).await;
+            let result = crate::login::check(ctx, creds, peer.ip()).await;
             session.auth_result(result)
         }
         other => other,
@@ -540,6 +573,11 @@ where
         }
         Step::Verify(_) => unreachable!("handled above; auth_result never asks to verify again"),
     };
+    if next == Some(Outcome::Closed) {
+        // The session is over: its slot is free before the device can read the reply (to
+        // QUIT, say) and reconnect.
+        slot.release();
+    }
     conn.queue(&reply);
     match next {
         None => None,
@@ -549,40 +587,6 @@ where
             Err(_) => Some(Outcome::Closed),
         },
     }
-}
-
-/// Checks a device's password (on the verifier threads), with its log line and metric. A
-/// success clears the address's failed logins; a failure is counted by the caller, when the
-/// session reports it.
-async fn check_password(
-    ctx: &Inbound,
-    creds: crate::sasl::Credentials,
-    peer: SocketAddr,
-) -> Result<Arc<crate::identity::Device>, AuthFailure> {
-    let username = String::from_utf8_lossy(&creds.username)
-        .chars()
-        .take(64)
-        .collect::<String>();
-    let result = ctx.directory.verify(creds, peer.ip()).await;
-    if let Some(m) = &ctx.metrics {
-        let result = match &result {
-            Ok(_) => "success",
-            Err(e) => e.label(),
-        };
-        m.auth_attempts
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-    match &result {
-        Ok(device) => {
-            ctx.guard.success(peer.ip());
-            debug!(device = %device.name, account = %device.account, "authenticated")
-        }
-        Err(reason) => {
-            warn!(username = %username.escape_debug(), reason = reason.as_str(), "authentication failed")
-        }
-    }
-    result
 }
 
 enum DataOutcome {
@@ -719,9 +723,9 @@ impl BodySink {
             listener: session.listener().label.clone(),
             client_ip: client_ip.clone(),
             helo: plan.helo.clone(),
-            sender: plan.sender.clone(),
-            original_sender: plan.original_sender.clone(),
-            recipients: plan.recipients.clone(),
+            sender: plan.sender.to_string(),
+            original_sender: plan.original_sender.as_ref().map(ToString::to_string),
+            recipients: plan.recipients.iter().map(ToString::to_string).collect(),
             eight_bit: false,
             smtputf8: plan.smtputf8,
             size: 0,
@@ -758,7 +762,7 @@ impl BodySink {
                 tls: plan.tls,
                 authenticated: plan.authenticated,
                 queue_id: inc.id().as_str(),
-                single_recipient: (plan.recipients.len() == 1).then(|| plan.recipients[0].as_str()),
+                single_recipient: (plan.recipients.len() == 1).then(|| &plan.recipients[0]),
                 unix_time: smtp2oauth_spool::now_ms() / 1000,
             });
             sink.staged.extend_from_slice(header.as_bytes());
@@ -803,6 +807,12 @@ impl BodySink {
         }
         if o.from_added {
             info!(to = %plan.device.policy.mailbox, "header From added");
+        }
+        if o.fields_removed > 0 {
+            info!(
+                removed = o.fields_removed,
+                "second From or Sender header removed"
+            );
         }
         if o.too_large {
             warn!("header block too large to rewrite; passed unchanged");

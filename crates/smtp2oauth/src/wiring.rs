@@ -29,8 +29,8 @@ use crate::{signin, status};
 use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::{Config, Loaded};
 use smtp2oauth_inbound::{
-    Directory, GuardSettings, Inbound, Limiter, Limits, ListenerRuntime, ListenerSettings,
-    LoginGuard, Submit, TlsHandle,
+    Directory, GuardSettings, Inbound, KnownLogins, Limiter, LimiterSettings, Limits,
+    ListenerRuntime, ListenerSettings, LoginGuard, Submit, TlsHandle,
 };
 use smtp2oauth_metrics::Metrics;
 use smtp2oauth_proto::Reply;
@@ -80,7 +80,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         Some(store) => Some(sign_in(loaded, store, &tokens, &scheduler).await?),
         None => None,
     };
-    let inbound = inbound(cfg, directory, spool.clone(), scheduler.clone(), &metrics);
+    let inbound = inbound(cfg, directory, spool.clone(), scheduler.clone(), &metrics)?;
     let listeners = bind_listeners(cfg, &listener_tls)?;
     let listeners_up = Arc::new(AtomicUsize::new(listeners.len()));
     let admin = admin::server(admin::Parts {
@@ -236,16 +236,20 @@ impl Submit for SchedulerSubmit {
     }
 }
 
-/// What every session needs: limits, the device directory, the spool, the scheduler.
+/// What every session needs: limits, the device directory, the spool, the scheduler, the
+/// lockouts (with the addresses devices logged in from, kept in the store).
 fn inbound(
     cfg: &Config,
     directory: Arc<Directory>,
     spool: Spool,
     scheduler: Arc<Scheduler>,
     metrics: &Arc<Metrics>,
-) -> Arc<Inbound> {
+) -> Result<Arc<Inbound>> {
     let s = &cfg.server;
-    Arc::new(Inbound {
+    let known_path = cfg.store.dir.join("known-logins");
+    let known = KnownLogins::open(known_path.clone())
+        .with_context(|| format!("cannot read {}", known_path.display()))?;
+    Ok(Arc::new(Inbound {
         hostname: cfg.hostname().into(),
         limits: Limits {
             min_free_space: cfg.store.min_free_space,
@@ -258,23 +262,32 @@ fn inbound(
         command_timeout: s.command_timeout,
         data_timeout: s.data_timeout,
         session_timeout: s.session_timeout,
+        preauth_timeout: s.preauth_timeout,
         add_received_header: s.add_received_header,
         directory,
         spool,
         submit: Arc::new(SchedulerSubmit(scheduler)),
-        limiter: Limiter::new(s.max_sessions, s.max_sessions_per_ip),
+        limiter: Limiter::new(LimiterSettings {
+            max_sessions: s.max_sessions,
+            max_sessions_per_ip: s.max_sessions_per_ip,
+            max_unauthenticated_per_ip: s.max_unauthenticated_per_ip,
+        }),
         shutdown: CancellationToken::new(),
         metrics: Some(metrics.clone()),
-        guard: Arc::new(LoginGuard::new(GuardSettings {
-            lockout_after: s.lockout_after,
-            lockout_window: s.lockout_window,
-            lockout_time: s.lockout_time,
-            lockout_max: s.lockout_max,
-            exempt: s.lockout_exempt.clone(),
-        })),
+        guard: Arc::new(LoginGuard::new(
+            GuardSettings {
+                lockout_after: s.lockout_after,
+                user_lockout_after: s.user_lockout_after,
+                lockout_window: s.lockout_window,
+                lockout_time: s.lockout_time,
+                lockout_max: s.lockout_max,
+                exempt: s.lockout_exempt.clone(),
+            },
+            known,
+        )),
         max_commands: s.max_commands,
         max_session_bytes: s.max_session_bytes,
-    })
+    }))
 }
 
 /// Binds every listener: a relay starts whole or not at all.
