@@ -183,9 +183,68 @@ async fn bad_input_battery_gets_correct_replies() {
         "a reply to injected plaintext: {:?}",
         got
     );
-    drop(c);
+    // The handshake completes, and the injected MAIL was discarded, not run inside TLS: the
+    // first reply is EHLO's, and a RCPT finds no transaction (the address-listed device could
+    // have opened one).
+    assert!(c.buf.is_empty(), "{:?}", String::from_utf8_lossy(&c.buf));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(up.pki.client_config())
+        .connect(name, c.s)
+        .await
+        .expect("the TLS handshake completes after the injected bytes");
+    let mut t = Tls { s: tls };
+    let ehlo = t.cmd("EHLO raw").await;
+    assert!(
+        ehlo.starts_with("250-") || ehlo.starts_with("250 "),
+        "{ehlo}"
+    );
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    let rcpt = t.cmd("RCPT TO:<a@example.com>").await;
+    assert!(
+        rcpt.starts_with("503 5.5.1"),
+        "the injected MAIL ran: {rcpt}"
+    );
+    let mail = t.cmd("MAIL FROM:<scanner@contoso.com>").await;
+    assert!(mail.starts_with("250"), "{mail}");
+    let quit = t.cmd("QUIT").await;
+    assert!(quit.starts_with("221"), "{quit}");
 
     a_normal_message_still_goes_through(&relay, &up).await;
+}
+
+/// A session after STARTTLS: one command, then every line up to its reply's last line.
+struct Tls {
+    s: tokio_rustls::client::TlsStream<TcpStream>,
+}
+
+impl Tls {
+    async fn cmd(&mut self, line: &str) -> String {
+        self.s
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.s.flush().await.unwrap();
+        let mut text = String::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(last) = text
+                .strip_suffix("\r\n")
+                .and_then(|t| t.rsplit("\r\n").next())
+                && last.as_bytes().get(3) == Some(&b' ')
+            {
+                return text;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout_at(deadline.into(), self.s.read(&mut chunk))
+                .await
+                .expect("reply timed out")
+                .unwrap_or(0);
+            if n == 0 {
+                return text;
+            }
+            text.push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    }
 }
 
 impl Raw {

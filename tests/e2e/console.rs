@@ -71,7 +71,7 @@ async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// `curl` against the console: (status, body).
-async fn http(relay: &Relay, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
+pub(crate) async fn http(relay: &Relay, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
     let mut args: Vec<String> = vec![
         "-sS".into(),
         "-X".into(),
@@ -91,7 +91,7 @@ fn basic(password: &str) -> String {
     format!("admin:{password}")
 }
 
-fn chromium_installed() -> bool {
+pub(crate) fn chromium_installed() -> bool {
     if have("chromium") && have("chromedriver") {
         return true;
     }
@@ -104,7 +104,7 @@ fn chromium_installed() -> bool {
 }
 
 /// tests/clients/browser_console.py with `steps`; its JSON report.
-async fn browser(relay: &Relay, steps: &Value) -> Value {
+pub(crate) async fn browser(relay: &Relay, steps: &Value) -> Value {
     let base = format!("http://{}", relay.addr("admin"));
     let out = tokio::process::Command::new("python3")
         .arg(repo_root().join("tests/clients/browser_console.py"))
@@ -127,9 +127,21 @@ async fn queue_actions_from_the_page_and_the_api_while_mail_flows() {
     let up = Upstream::start().await;
     let relay = Relay::start(&config(&up));
     let store = relay.store();
-    // Three messages the upstream defers (retries are an hour away), one it refuses for good.
+    // One message the upstream refuses for good; then it defers every attempt (retries come
+    // every few seconds) until the test says otherwise, so the admin acts on queued mail.
+    up.smtp.script(
+        Stage::DataBody,
+        "550 5.7.1 Message rejected for the test",
+        1,
+    );
+    let failed = queue_id(&send(&relay, "refused").await);
+    assert!(
+        eventually(Duration::from_secs(20), || spool_ids(&store, "failed")
+            == [failed.clone()])
+        .await
+    );
     up.smtp
-        .script(Stage::Mail, "451 4.3.0 Temporary server error", 3);
+        .script(Stage::Mail, "451 4.3.0 Temporary server error", 1_000_000);
     let mut ids = Vec::new();
     for i in 1..=3 {
         ids.push(queue_id(&send(&relay, &format!("queued {i}")).await));
@@ -143,17 +155,6 @@ async fn queue_actions_from_the_page_and_the_api_while_mail_flows() {
         .await,
         "{}",
         relay.logs()
-    );
-    up.smtp.script(
-        Stage::DataBody,
-        "550 5.7.1 Message rejected for the test",
-        1,
-    );
-    let failed = queue_id(&send(&relay, "refused").await);
-    assert!(
-        eventually(Duration::from_secs(20), || spool_ids(&store, "failed")
-            == [failed.clone()])
-        .await
     );
     let (id1, id2, id3) = (ids[0].clone(), ids[1].clone(), ids[2].clone());
 
@@ -205,12 +206,6 @@ async fn queue_actions_from_the_page_and_the_api_while_mail_flows() {
         let report = browser(&relay, &steps).await;
         assert_eq!(report["ok"], true, "{report:#}\n{}", relay.logs());
         assert!(!spool_ids(&store, "queue").contains(&id2));
-        let got = up.smtp.wait_for_messages(1, Duration::from_secs(20)).await;
-        assert!(
-            got.iter()
-                .any(|m| m.data_str().contains("Subject: queued 1")),
-            "the retried message went out"
-        );
     }
 
     // The API: the password by HTTP Basic; the same actions and answers.
@@ -301,6 +296,22 @@ async fn queue_actions_from_the_page_and_the_api_while_mail_flows() {
     let (code, body) = http(&relay, "GET", "/", &["-H", "Host: rebind.attacker.example"]).await;
     assert_eq!(code, 421, "{body}");
     assert!(!body.contains("csrf"));
+
+    // Once the upstream takes mail again, a retry from the command line sends what is queued.
+    up.smtp.clear_scripts();
+    let out = relay.queue(&["retry", "--all"]).await;
+    assert_eq!(out.status, 0, "{out:?}");
+    let got = up.smtp.wait_for_messages(1, Duration::from_secs(20)).await;
+    assert!(
+        eventually(Duration::from_secs(20), || up
+            .smtp
+            .messages()
+            .iter()
+            .any(|m| m.data_str().contains("Subject: queued 1")))
+        .await,
+        "the queued message went out: {} delivered",
+        got.len()
+    );
 
     // Nothing secret anywhere.
     let mut seen = String::new();

@@ -806,6 +806,7 @@ fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
         fn accounts(&self) -> Vec<AccountSnapshot> {
             vec![AccountSnapshot {
                 account: "a".into(),
+                states: vec![("ok", true)],
                 ..AccountSnapshot::default()
             }]
         }
@@ -945,12 +946,13 @@ fn alert_rules_use_metrics_the_relay_exports() {
         "smtp2oauth_account_sign_in_required",
         "smtp2oauth_queue_oldest_message_age_seconds",
         "smtp2oauth_messages_failed_total",
+        "smtp2oauth_account_state",
     ] {
         assert!(used.contains(metric), "no alert watches {metric}");
     }
 
-    // promtool (Debian: prometheus) checks the PromQL and runs the rules' unit tests; it is not
-    // required (the package is large), so only used when installed.
+    // promtool (Debian: prometheus) checks the PromQL and runs the rules' unit tests; .ci/run
+    // installs it, so CI never passes without them.
     if have("promtool") {
         for args in [
             vec!["check", "rules", "prometheus-alerts.yml"],
@@ -970,6 +972,10 @@ fn alert_rules_use_metrics_the_relay_exports() {
             );
         }
     } else {
+        assert!(
+            !required(),
+            "promtool (Debian: prometheus) is not installed: .ci/run installs it"
+        );
         eprintln!("promtool not installed: PromQL syntax and rule unit tests not run");
     }
 }
@@ -1085,6 +1091,10 @@ fn systemd_unit_is_hardened_and_verifies() {
 
     // systemd's own check, when systemd is installed: unknown keys, bad values, a missing binary.
     if !have("systemd-analyze") || !Path::new("/bin/kill").exists() {
+        assert!(
+            !required(),
+            "systemd-analyze (Debian: systemd) or /bin/kill (procps) is not installed: .ci/run installs them"
+        );
         eprintln!("systemd-analyze not installed: the unit was not verified by systemd");
         return;
     }

@@ -183,6 +183,7 @@ pub struct Relay {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
+    stdout: Arc<Mutex<Vec<String>>>,
     addrs: HashMap<String, String>,
     store: PathBuf,
 }
@@ -248,7 +249,7 @@ impl Relay {
                 c
             }
         };
-        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         // Tests run side by side: the admin server must not take the fixed default port.
         if !toml.contains("[admin]") {
             cmd.env("SMTP2OAUTH_ADMIN__LISTEN", "127.0.0.1:0");
@@ -263,6 +264,17 @@ impl Relay {
         }
         let mut child = cmd.spawn().expect("start smtp2oauth");
         let logs = Arc::new(Mutex::new(Vec::new()));
+        // Nothing is meant to go to stdout; whatever does is kept for the secrets test.
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        {
+            let stdout = stdout.clone();
+            let out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    stdout.lock().unwrap().push(line);
+                }
+            });
+        }
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         {
@@ -310,9 +322,15 @@ impl Relay {
             dir,
             config,
             logs,
+            stdout,
             addrs,
             store,
         }
+    }
+
+    /// What the relay wrote to its standard output.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().join("\n")
     }
 
     pub fn addr(&self, listener: &str) -> &str {

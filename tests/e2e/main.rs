@@ -17,6 +17,11 @@
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
+//! - `live_state.rs`: the live state: a device's last result, an account's state after a
+//!   refused login and after a restart, through the state file, the CLI, the metric and a
+//!   webhook.
+//! - `recovery.rs`: a refusal of the relay's own account keeps the mail; how soon mail goes
+//!   after a brief fault clears (measured); synchronous delivery within the account's limits.
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
 //!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
 //! - `power_cut.rs`: the store on a filesystem that loses power; every 250 survives the cuts.
@@ -31,9 +36,11 @@ mod console;
 mod deploy;
 mod hardening;
 mod harness;
+mod live_state;
 mod ops;
 mod power_cut;
 mod queue;
+mod recovery;
 mod relay;
 mod release;
 mod routes;

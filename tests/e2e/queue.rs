@@ -231,10 +231,11 @@ async fn upstream_451_twice_then_accepts_delivers_exactly_once() {
 // 2 -------------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread")]
-async fn connection_dropped_mid_data_is_delivered_later_once() {
+async fn connection_dropped_mid_data_twice_is_delivered_later_once() {
     let up = Upstream::start().await;
     let relay = Relay::start(&cfg(&up, ""));
-    up.smtp.drop_at(Stage::DataBody, 1);
+    // The first drop is tried again at once on a new connection; the second defers.
+    up.smtp.drop_at(Stage::DataBody, 2);
     let dir = tempfile::tempdir().unwrap();
     // Big enough that the fake drops in the middle of the body, not after it.
     let mut body =
@@ -330,7 +331,10 @@ async fn token_endpoint_down_then_back_delivers_and_device_never_sees_5xx() {
 #[tokio::test(flavor = "multi_thread")]
 async fn upstream_550_reaches_a_waiting_device_and_nothing_is_kept() {
     let up = Upstream::start().await;
-    let relay = Relay::start(&cfg(&up, "wait_for_upstream = \"10s\""));
+    let relay = Relay::start(&cfg(
+        &up,
+        &format!("wait_for_upstream = \"10s\"\nbounce_to = \"{ADMIN}\""),
+    ));
     up.smtp.script(
         Stage::DataBody,
         "550 5.7.520 Access denied, Your organization does not allow external forwarding",
@@ -353,9 +357,10 @@ async fn upstream_550_reaches_a_waiting_device_and_nothing_is_kept() {
             spool_ids(&relay.store(), area)
         );
     }
-    // and no notice: the device was told
+    // and no notice, although bounce_to is set: the device was told
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(up.smtp.messages().is_empty());
+    assert!(up.smtp.messages().is_empty(), "{}", dump(&relay, &up.smtp));
+    assert!(!relay.logs().contains("failure notice queued"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -556,14 +561,16 @@ async fn throttling_pauses_the_whole_account_for_the_hinted_time() {
         dump(&relay, &up.smtp)
     );
     // The pause started at most now; it lasts 3 s. Check with a margin for the log's latency.
+    // What counts is MAIL: the refused session stays pooled and could carry B and C without
+    // a new connection.
     let t0 = Instant::now();
     up.smtp.set_reply_delay(Duration::ZERO);
-    let c0 = up.smtp.connections();
-    assert_eq!(c0, 1, "only A's attempt so far: {}", dump(&relay, &up.smtp));
+    let m0 = mail_commands(&up.smtp);
+    assert_eq!(m0, 1, "only A's attempt so far: {}", dump(&relay, &up.smtp));
     while t0.elapsed() < Duration::from_millis(2500) {
         assert_eq!(
-            up.smtp.connections(),
-            c0,
+            mail_commands(&up.smtp),
+            m0,
             "a delivery of the paused account started {:?} into a 3 s pause: {}",
             t0.elapsed(),
             dump(&relay, &up.smtp)
@@ -614,7 +621,8 @@ async fn sigkill_under_load_loses_no_acknowledged_message() {
     const LIVES_KILLED: u64 = 8;
     const PER_LIFE: u64 = 90;
     const FINAL: u64 = 60;
-    const MAX_CONN: usize = 6;
+    // Exchange's limit per mailbox, which the fake enforces.
+    const MAX_CONN: usize = 3;
     let seed = std::env::var("E2E_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -885,6 +893,11 @@ impl Drop for Tmpfs {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_really_full_disk_gets_452_and_loses_nothing() {
     let Some(fs) = Tmpfs::mount("3m") else {
+        assert!(
+            std::env::var_os("SMTP2OAUTH_REQUIRE_CLIENTS").is_none(),
+            "cannot mount a tmpfs (not root, no unprivileged namespaces), and \
+             SMTP2OAUTH_REQUIRE_CLIENTS is set: the real-ENOSPC test must run"
+        );
         eprintln!(
             "SKIPPED the real-ENOSPC part: cannot mount a tmpfs (not root, no unprivileged \
              namespaces); the min_free_space test still covers 452"
@@ -960,6 +973,15 @@ async fn a_really_full_disk_gets_452_and_loses_nothing() {
         .map(|r| r["seq"].as_u64().unwrap())
         .collect();
     assert!(acked.len() >= 2, "{results:?}");
+    if fs.wrapper.is_none() {
+        // Nothing half-written: the spool holds the acknowledged messages and nothing else
+        // (the refused one's data file and envelope are gone, no temporary file is left).
+        let store = relay.store();
+        let queued = spool_ids(&store, "queue");
+        assert_eq!(queued.len(), acked.len(), "{queued:?}");
+        assert!(queued.iter().all(|n| !n.ends_with(".tmp")), "{queued:?}");
+        assert_eq!(spool_ids(&store, "data"), queued, "a data file per message");
+    }
     eprintln!(
         "real ENOSPC: {} messages accepted, then {} {}",
         acked.len(),

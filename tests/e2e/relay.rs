@@ -665,16 +665,24 @@ async fn upstream_535_and_554_send_as_denied_reach_the_device_with_their_text() 
         "you@example.com",
     ])
     .await;
-    assert_eq!(r[0]["code"], 535, "{r:?}");
+    // A refusal of the relay's account, not of the message: the device hears it as 451 4.7.0
+    // in the upstream's words, and the relay keeps the message.
+    assert_eq!(r[0]["code"], 451, "{r:?}");
+    let text = r[0]["message"].as_str().unwrap();
+    assert!(text.starts_with("4.7.0 "), "{r:?}");
     assert!(
-        r[0]["message"]
-            .as_str()
-            .unwrap()
-            .contains("5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"),
+        text.contains(
+            "535 5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled"
+        ),
         "{r:?}"
     );
     assert!(relay.logs().contains("Set-CASMailbox"), "advice in the log");
+    assert_eq!(spool_ids(&relay.store(), "queue").len(), 1, "kept");
     up.smtp.clear_scripts();
+    // Once SMTP AUTH is enabled again, the kept message goes out (the account holds ~5 s).
+    let got = up.smtp.wait_for_messages(1, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 1, "{}", relay.logs());
+    up.smtp.take_messages();
 
     up.smtp.script(
         Stage::DataBody,
@@ -722,7 +730,7 @@ async fn upstream_535_and_554_send_as_denied_reach_the_device_with_their_text() 
     ])
     .await;
     assert_eq!(r[0]["ok"], true, "{r:?}");
-    // nothing of the refused messages was kept: their devices were told
+    // nothing of the refused message was kept: its device was told
     assert!(
         std::fs::read_dir(relay.store().join("spool/failed"))
             .unwrap()
@@ -779,7 +787,8 @@ async fn upstream_unreachable_or_dropping_gives_4xx_never_5xx_in_synchronous_mod
         "queue = false",
     ));
     let port = port_of(&relay, "plain");
-    up.smtp.drop_at(Stage::DataBody, 1);
+    // Dropped twice: the relay tries once more on a new connection within the attempt.
+    up.smtp.drop_at(Stage::DataBody, 2);
     let r = smtplib(&[
         "--port",
         &port,
@@ -932,6 +941,9 @@ async fn secrets_never_appear_in_logs() {
         CLIENT_SECRET.to_string(),
         b64(DEVICE_PASSWORD),
         b64(&format!("\0{DEVICE_USER}\0{DEVICE_PASSWORD}")),
+        // A wrong password is as secret as the right one (often a near miss of it).
+        b64("Wr0ng-p@ssword"),
+        b64(&format!("\0{DEVICE_USER}\0Wr0ng-p@ssword")),
         password_hash(DEVICE_PASSWORD),
     ];
     let issued = up.idp.issued_tokens();
@@ -944,10 +956,15 @@ async fn secrets_never_appear_in_logs() {
         secrets.push(t.split('.').next_back().unwrap().to_string());
         secrets.push(t);
     }
+    let stdout = relay.stdout();
     for s in &secrets {
         assert!(
             !logs.contains(s.as_str()),
             "secret found in the relay's logs: {s}"
+        );
+        assert!(
+            !stdout.contains(s.as_str()),
+            "secret found in the relay's standard output: {s}"
         );
     }
     // the real tokens the relay used: none may appear (XOAUTH2 lines included)

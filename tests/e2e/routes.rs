@@ -233,7 +233,7 @@ async fn graph_429_retry_after_is_honoured() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn graph_401_gets_one_new_token_and_403_is_permanent_with_graphs_words() {
+async fn graph_401_gets_one_new_token_and_a_403_for_the_app_keeps_the_message() {
     let g = GraphUpstream::start().await;
     let relay = Relay::start(&relay_toml(&g.up.pki, &g.account(""), ""));
     let dir = tempfile::tempdir().unwrap();
@@ -262,17 +262,28 @@ async fn graph_401_gets_one_new_token_and_403_is_permanent_with_graphs_words() {
         1,
     );
     let r = send(&relay, &["alice@example.com"], &f, &[]).await;
+    // The app's permission is our account's problem, not the message's: the device hears
+    // 451 4.7.0 with Graph's words, and the relay keeps the message.
     assert_eq!(r["ok"], false, "{r}");
-    assert_eq!(r["code"], 550, "{r}");
+    assert_eq!(r["code"], 451, "{r}");
     let text = r["message"].as_str().unwrap();
     assert!(
-        text.contains("5.7.1") && text.contains("ErrorAccessDenied: Access is denied"),
+        text.starts_with("4.7.0 ")
+            && text.contains("5.7.1")
+            && text.contains("ErrorAccessDenied: Access is denied"),
         "{text}"
     );
     assert!(
         relay.wait_log("Mail.Send", Duration::from_secs(5)),
         "advice in the log"
     );
+    assert_eq!(spool_ids(&relay.store(), "queue").len(), 1, "kept");
+    // The permission is granted (Graph accepts again): the kept message goes out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while g.graph.messages().len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(g.graph.messages().len(), 2, "{}", relay.logs());
     g.assert_no_secrets(&relay);
 }
 

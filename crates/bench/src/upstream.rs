@@ -51,6 +51,11 @@ impl Upstream {
         let mut smtp_cfg = SmtpConfig::microsoft(pki.server_config(), MAILBOX, idp.validator());
         smtp_cfg.reply_delay = opts.reply_delay;
         smtp_cfg.max_size = smtp_cfg.max_size.max(opts.max_size);
+        // A sink for measurements: the peers under comparison choose their own number of
+        // connections (the relay's `max_upstream_connections`, Postfix's destination
+        // concurrency) and senders, so Exchange's per-mailbox limits are off here.
+        smtp_cfg.max_sessions_per_mailbox = None;
+        smtp_cfg.send_as = None;
         let sink = FakeSmtp::start(smtp_cfg).await;
         if let Some(password) = &opts.password_login {
             sink.set_password_login(Some((POSTFIX_SINK_USER.into(), password.clone())));

@@ -145,6 +145,10 @@ pub struct Session {
     errors: u32,
     free_space: Option<u64>,
     address_locked: bool,
+    /// The sender of the MAIL line being handled, accepted or not.
+    mail_from: Option<Given>,
+    /// The refusal behind the last reply, until the driver takes it.
+    refusal: Option<SessionError>,
 }
 
 impl Session {
@@ -177,6 +181,8 @@ impl Session {
             errors: 0,
             free_space: None,
             address_locked: false,
+            mail_from: None,
+            refusal: None,
         }
     }
 
@@ -226,8 +232,34 @@ impl Session {
         self.device.is_some()
     }
 
+    /// The message as far as the session knows it: with a transaction open, the sender the
+    /// device gave and the recipients accepted so far; otherwise the sender of the MAIL line
+    /// just handled (refused), if that line was one.
+    /// Addresses come written in their RFC 5321 form (what `Address` writes).
+    pub fn envelope(&self) -> (Option<String>, Vec<String>) {
+        match &self.tx {
+            Some(tx) => {
+                let sender = match &tx.original_sender {
+                    Some(given) => given.to_string(),
+                    None => tx.sender.to_string(),
+                };
+                let recipients = tx.recipients.iter().map(Address::to_string).collect();
+                (Some(sender), recipients)
+            }
+            None => (self.mail_from.as_ref().map(Given::to_string), Vec::new()),
+        }
+    }
+
+    /// The refusal behind the reply just returned, if the session refused something (taken:
+    /// a second call returns None).
+    pub fn take_refusal(&mut self) -> Option<SessionError> {
+        self.refusal.take()
+    }
+
     /// Handles one line (including its line end).
     pub fn handle_line(&mut self, line: &[u8]) -> Step {
+        self.mail_from = None;
+        self.refusal = None;
         if let Some(state) = self.sasl.take() {
             return self.sasl_response(state, line);
         }
@@ -286,16 +318,22 @@ impl Session {
         self.refuse(SessionError::LineTooLong)
     }
 
-    /// Counts a refusal; too many and the session is closed.
+    /// Counts a refusal; too many and the session is closed. Remembers which refusal was
+    /// sent, for the driver's observers.
     fn refuse(&mut self, err: SessionError) -> Step {
-        if err.closes_session() {
-            return Step::Close(err.reply());
-        }
-        self.errors += 1;
-        if self.errors > self.limits.max_errors {
-            return Step::Close(SessionError::TooManyErrors.reply());
-        }
-        Step::Reply(err.reply())
+        let (sent, step): (SessionError, fn(Reply) -> Step) = if err.closes_session() {
+            (err, Step::Close)
+        } else {
+            self.errors += 1;
+            if self.errors > self.limits.max_errors {
+                (SessionError::TooManyErrors, Step::Close)
+            } else {
+                (err, Step::Reply)
+            }
+        };
+        let reply = sent.reply();
+        self.refusal = Some(sent);
+        step(reply)
     }
 
     /// A refused RCPT address: counted as a recipient attempt (DATA then says none was valid).
@@ -479,34 +517,31 @@ impl Session {
                 self.device = Some(device);
                 Step::Reply(ok::auth_success())
             }
-            Err(AuthFailure::AddressLockedOut) => Step::Close(SessionError::LockedOut.reply()),
+            Err(AuthFailure::AddressLockedOut) => self.refuse(SessionError::LockedOut),
             // Our own trouble (verifiers overloaded) is not the device's failed login.
             Err(AuthFailure::Busy | AuthFailure::Internal) => {
+                self.refusal = Some(SessionError::AuthUnavailable);
                 Step::Reply(SessionError::AuthUnavailable.reply())
             }
             Err(failure) => {
                 self.auth_failures += 1;
-                if self.auth_failures >= self.limits.max_auth_failures {
-                    return Step::AuthFailed {
-                        reply: SessionError::TooManyAuthFailures.reply(),
-                        close: true,
-                    };
-                }
+                let close = self.auth_failures >= self.limits.max_auth_failures;
                 let refusal = match failure {
+                    _ if close => SessionError::TooManyAuthFailures,
                     AuthFailure::UserLockedOut => SessionError::UserLockedOut,
                     _ => SessionError::AuthFailed,
                 };
-                Step::AuthFailed {
-                    reply: refusal.reply(),
-                    close: false,
-                }
+                let reply = refusal.reply();
+                self.refusal = Some(refusal);
+                Step::AuthFailed { reply, close }
             }
         }
     }
 
     fn mail(&mut self, given: Given, flags: u64, size: u64) -> Step {
+        self.mail_from = Some(given.clone());
         if self.address_locked {
-            return Step::Close(SessionError::LockedOut.reply());
+            return self.refuse(SessionError::LockedOut);
         }
         if self.helo.is_none() {
             return self.refuse(SessionError::NeedHelo);

@@ -58,3 +58,21 @@ pub enum AccountIssue {
     /// Our TLS does not meet the upstream's requirements: `421 4.7.66`.
     Tls,
 }
+
+impl Cause {
+    /// True when the refusal is about our side (credentials, permissions, connector, blocks of
+    /// our tenant or address): the message is fine and waits for an admin to fix the cause.
+    pub fn is_account(self) -> bool {
+        matches!(self, Cause::Account(_))
+    }
+
+    /// True when a 5xx with this cause settles the message (or the recipient) for good: only
+    /// what is about the message itself. A refusal of our account or a throttling reply passes
+    /// once the cause is fixed or over, whatever its code.
+    pub fn fails_message(self) -> bool {
+        matches!(
+            self,
+            Cause::Message | Cause::Recipient | Cause::TooLarge | Cause::Transient
+        )
+    }
+}

@@ -107,6 +107,24 @@ pub mod ok {
     }
 }
 
+/// Replies that tell a waiting device its message is not delivered yet.
+pub mod later {
+    use super::*;
+
+    /// The device waited for the first attempt and the upstream refused our account (not the
+    /// message): the device hears a temporary failure with the upstream's words, and the relay
+    /// keeps the message and delivers it once the account works again.
+    pub fn account_refused(queue_id: &str, upstream: &Reply) -> Reply {
+        r(
+            451,
+            (4, 7, 0),
+            format!(
+                "Not delivered yet: the upstream refuses the relay's account ({upstream}); the relay keeps the message as {queue_id} and retries"
+            ),
+        )
+    }
+}
+
 /// Why the inbound session refuses a command. Each variant maps to exactly one reply.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SessionError {
@@ -462,9 +480,17 @@ pub enum DeliveryError {
 }
 
 impl DeliveryError {
-    /// True only for an upstream's own permanent refusal.
+    /// True for an upstream's own permanent refusal (a 5xx), whatever it is about: what the
+    /// route heard. Whether it settles the message is [`DeliveryError::is_final`].
     pub fn is_permanent(&self) -> bool {
         matches!(self, DeliveryError::Rejected { reply, .. } if reply.is_permanent())
+    }
+
+    /// True only when the message will never pass: an upstream's 5xx about the message or its
+    /// recipients. A 5xx about our account (`535 5.7.3`, `5.7.139`, Graph's 403 for the app, a
+    /// connector refusing us, ...) is not final: the message waits until an admin fixes it.
+    pub fn is_final(&self) -> bool {
+        self.is_permanent() && self.cause().fails_message()
     }
 
     /// What the failure is about. Only a refusal or a token error can concern the account;
@@ -531,6 +557,23 @@ impl DeliveryError {
             DeliveryError::Local { .. } => {
                 r(451, (4, 3, 0), "Local error in processing, try again later")
             }
+        }
+    }
+
+    /// The reply a device that waits for a synchronous delivery gets: [`DeliveryError::reply`],
+    /// except that an upstream's 5xx about our account becomes `451 4.7.0` naming it, so the
+    /// device keeps the message and tries again instead of discarding a scan an admin can get
+    /// through.
+    pub fn device_reply(&self) -> Reply {
+        match self {
+            DeliveryError::Rejected { reply, .. } if self.is_permanent() && !self.is_final() => r(
+                451,
+                (4, 7, 0),
+                format!(
+                    "The upstream refuses the relay's account, not this message: {reply}; try again later"
+                ),
+            ),
+            _ => self.reply(),
         }
     }
 
@@ -731,5 +774,51 @@ mod tests {
             cause: Cause::Transient,
         };
         assert!(tok.reply().to_string().starts_with("454 4.7.0"));
+    }
+
+    /// Only a 5xx about the message settles it; a 5xx about our account never reaches a
+    /// device as a 5xx.
+    #[test]
+    fn refusals_of_our_account_are_not_final() {
+        let rej = |s: &str, cause| DeliveryError::Rejected {
+            stage: Stage::Auth,
+            reply: crate::ReplyAssembler::new()
+                .push_line(s.as_bytes())
+                .unwrap()
+                .unwrap(),
+            cause,
+        };
+        let login = rej(
+            "535 5.7.3 Authentication unsuccessful",
+            Cause::Account(AccountIssue::Login),
+        );
+        assert!(login.is_permanent(), "the route heard a 5xx");
+        assert!(!login.is_final());
+        let told = login.device_reply().to_string();
+        assert!(
+            told.starts_with("451 4.7.0 ")
+                && told.contains("535 5.7.3 Authentication unsuccessful"),
+            "{told}"
+        );
+        let sent_as = rej("554 5.2.252 SendAsDenied", Cause::Message);
+        assert!(sent_as.is_final());
+        assert_eq!(
+            sent_as.device_reply().to_string(),
+            "554 5.2.252 SendAsDenied"
+        );
+        for cause in [Cause::Recipient, Cause::TooLarge, Cause::Transient] {
+            assert!(rej("550 5.1.1 x", cause).is_final(), "{cause:?}");
+        }
+        let throttled = rej("554 5.7.600 busy", Cause::Throttled { retry_after: None });
+        assert!(!throttled.is_final());
+        assert!(
+            !rej("451 4.3.0 later", Cause::Message).is_final(),
+            "a 4xx is never final"
+        );
+        let queued = later::account_refused("0123", &login.reply()).to_string();
+        assert!(
+            queued.starts_with("451 4.7.0 ") && queued.contains("as 0123"),
+            "{queued}"
+        );
     }
 }

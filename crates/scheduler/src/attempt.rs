@@ -7,11 +7,13 @@
 //! answers the waiting device.
 
 use crate::backoff;
-use crate::notice::{self, FailedRecipient, Reason};
+use crate::notice::{FailedRecipient, Reason};
+use crate::signal::account_signal;
 use crate::verdict::{MessageState, Outcome, Retry, Verdict, verdict};
 use crate::{Inner, now_ms, to_message};
+use smtp2oauth_activity::AccountSignal;
 use smtp2oauth_metrics::{AccountLabels, Metrics, RouteLabels};
-use smtp2oauth_proto::replies::ok;
+use smtp2oauth_proto::replies::{later, ok};
 use smtp2oauth_proto::{DeliveryError, Reply};
 use smtp2oauth_spool::{
     Area, AttemptOutcome, Envelope, Event, MessageId, Queued, RecipientResult, SpoolError,
@@ -35,6 +37,7 @@ impl Inner {
     pub(crate) async fn run_attempt(self: Arc<Self>, id: MessageId) {
         let next = self.attempt(&id).await;
         let delete = self.queue().finish(&id);
+        self.slot_freed.notify_waiters();
         if delete {
             match self.spool.remove(&id, Area::Queue).await {
                 Ok(()) | Err(SpoolError::NotFound(_)) => {
@@ -141,7 +144,7 @@ pub(crate) struct Attempt<'a> {
 }
 
 impl Attempt<'_> {
-    fn route_kind(&self) -> &'static str {
+    pub(crate) fn route_kind(&self) -> &'static str {
         route_label(self.route)
     }
 
@@ -149,7 +152,7 @@ impl Attempt<'_> {
         self.route.map(|r| r.target()).unwrap_or_default()
     }
 
-    fn advice(&self) -> &'static str {
+    pub(crate) fn advice(&self) -> &'static str {
         self.out
             .error
             .as_ref()
@@ -173,8 +176,13 @@ pub(crate) fn route_label(route: Option<&dyn Route>) -> &'static str {
 impl Inner {
     /// Carries out what `verdict` decided about an attempt.
     pub(crate) async fn carry_out(&self, a: Attempt<'_>, verdict: Verdict) -> Next {
+        let account = &a.q.envelope.account;
         if !a.out.delivered.is_empty() {
-            self.queue().clear_throttle(&a.q.envelope.account);
+            let released = self.queue().recovered(account, Instant::now());
+            if released > 0 {
+                info!(account = %account, messages = released, "the account delivers again; its queued messages go now");
+                self.wake.notify_one();
+            }
         }
         count(
             self.metrics.as_deref(),
@@ -184,13 +192,48 @@ impl Inner {
             &a.out,
             a.ms,
         );
+        let pause = match verdict {
+            Verdict::Deferred { retry, .. } => self.pause_account(&a, retry),
+            _ => None,
+        };
+        self.publish(&a, &verdict, pause);
         match verdict {
             Verdict::Delivered => self.delivered(a).await,
             Verdict::Refused(reply) => self.refused(a, reply).await,
             Verdict::Failed { partial } => self.failed(a, partial).await,
             Verdict::Expired => self.expired(a).await,
-            Verdict::Deferred { partial, retry } => self.deferred(a, partial, retry).await,
+            Verdict::Deferred { partial, retry } => self.deferred(a, partial, retry, pause).await,
         }
+    }
+
+    /// Pauses the whole account when the upstream throttles it or refuses it; returns the
+    /// pause. A message whose whole attempt failed for the account's or the upstream's sake
+    /// marks the account in trouble, so its first delivery again releases the rest.
+    fn pause_account(&self, a: &Attempt<'_>, retry: Retry) -> Option<Duration> {
+        let account = &a.q.envelope.account;
+        if !matches!(
+            account_signal(&a.out, 0),
+            AccountSignal::Working | AccountSignal::Neutral
+        ) {
+            self.queue().mark_troubled(account);
+        }
+        let level = self.queue().throttle_level(account);
+        let pause = match retry {
+            Retry::PauseAccount { retry_after } => backoff::throttle_pause(level, retry_after),
+            Retry::HoldAccount => {
+                backoff::hold_pause(level, self.cfg.retry_initial, self.cfg.retry_max)
+            }
+            _ => return None,
+        };
+        let level = self.queue().pause(account, Instant::now() + pause);
+        if retry == Retry::HoldAccount {
+            error!(account = %account, upstream = %a.out.reply, pause_secs = pause.as_secs(), level, advice = a.advice(),
+                "the upstream refuses this account (not the message); holding all its mail until it is fixed, retrying in {}s", pause.as_secs());
+        } else {
+            warn!(account = %account, upstream = %a.out.reply, pause_secs = pause.as_secs(), level,
+                "the upstream is throttling this account; pausing all its deliveries");
+        }
+        Some(pause)
     }
 
     async fn delivered(&self, mut a: Attempt<'_>) -> Next {
@@ -201,6 +244,9 @@ impl Inner {
         // anyway (a crash can bring a delivered message back either way), so making the
         // device wait for the unlinks would only add latency.
         a.tell(ok::delivered(env.id.as_str()));
+        if env.notice {
+            self.notice_delivered(a.q);
+        }
         self.remove(&env.id, Area::Queue).await;
         Next::Forget
     }
@@ -281,18 +327,17 @@ impl Inner {
         Next::Forget
     }
 
-    async fn deferred(&self, mut a: Attempt<'_>, partial: bool, retry: Retry) -> Next {
+    async fn deferred(
+        &self,
+        mut a: Attempt<'_>,
+        partial: bool,
+        retry: Retry,
+        pause: Option<Duration>,
+    ) -> Next {
         let q = a.q;
         let env = &q.envelope;
-        let mut delay = backoff::retry_delay(a.number, self.cfg.retry_initial, self.cfg.retry_max);
-        if let Retry::PauseAccount { retry_after } = retry {
-            let level = self.queue().throttle_level(&env.account);
-            let pause = backoff::throttle_pause(level, retry_after);
-            let level = self.queue().pause(&env.account, Instant::now() + pause);
-            warn!(account = %env.account, upstream = %a.out.reply, pause_secs = pause.as_secs(), level,
-                "the upstream is throttling this account; pausing all its deliveries");
-            delay = delay.max(pause);
-        }
+        let own = backoff::retry_delay(a.number, self.cfg.retry_initial, self.cfg.retry_max);
+        let delay = pause.map_or(own, |p| own.max(p));
         let next_ms = now_ms() + u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
         let outcome = if partial {
             AttemptOutcome::Partial
@@ -312,19 +357,57 @@ impl Inner {
             )
             .await;
         }
-        let recipients = a.out.deferred.len();
-        if retry == Retry::AwaitSignIn {
-            // Nothing will get better until a person signs in: say so loudly, but keep the mail.
-            error!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
-                recipients, upstream = %a.out.reply, attempt = a.number, retry_in_secs = delay.as_secs(),
-                "deferred: the account needs a new sign-in; the message stays queued and goes out once someone signs in (accounts page, or `smtp2oauth account login {}`)", env.account);
-        } else {
-            warn!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
-                recipients, upstream = %a.out.reply, stage = a.out.stage().map(|s| s.as_str()).unwrap_or(""),
-                attempt = a.number, retry_in_secs = delay.as_secs(), advice = a.advice(), ms = a.ms, "deferred");
+        log_deferred(&a, retry, delay);
+        if retry == Retry::AwaitToken {
+            self.wait_for_token(&env.account);
         }
-        a.tell(ok::queued(env.id.as_str()));
+        let id = env.id.as_str();
+        a.tell(match retry {
+            // Not the message's fault, and not a passing hiccup: the device hears why, in
+            // the upstream's words (never its 5xx), and the relay keeps the message.
+            Retry::HoldAccount => later::account_refused(id, &a.out.reply),
+            _ => ok::queued(id),
+        });
         Next::Retry(Instant::now() + delay)
+    }
+
+    /// Releases the account's queue as soon as its token source hands out a token again
+    /// (after a token-endpoint failure), rather than at each message's next retry. One wait
+    /// per account; it ends with the relay.
+    fn wait_for_token(&self, account: &str) {
+        let Some(route) = self.routes.get(account).cloned() else {
+            return;
+        };
+        let Some(me) = self.me.upgrade() else { return };
+        let fresh = self
+            .token_waits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(account.to_string());
+        if !fresh {
+            return;
+        }
+        let account = account.to_string();
+        tokio::spawn(async move {
+            let got = tokio::select! {
+                r = route.wait_for_token() => Some(r),
+                _ = me.stop.cancelled() => None,
+            };
+            me.token_waits
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&account);
+            match got {
+                Some(Ok(())) => {
+                    let n = me.release(&account);
+                    info!(account = %account, messages = n, "a token could be had again; the account's queued messages go now");
+                }
+                Some(Err(e)) => {
+                    info!(account = %account, error = %e, "stopped waiting for a token; the account's mail is retried on its schedule")
+                }
+                None => {}
+            }
+        });
     }
 
     /// Appends the attempt's event. A failure to write it (full disk) is logged and the
@@ -376,79 +459,30 @@ impl Inner {
             error!(queue_id = %id, error = %e, "cannot move the message to failed/");
         }
     }
+}
 
-    /// Queues a failure notice to the account's `bounce_to`, if there is one.
-    async fn notify(
-        &self,
-        q: &Queued,
-        area: Area,
-        failed: &[FailedRecipient],
-        reason: Reason,
-        remote: &str,
-        advice: &str,
-    ) {
-        if failed.is_empty() {
-            return;
+/// The log line of a deferral: at error level when a person must act (a sign-in, an
+/// account the upstream refuses), a warning otherwise.
+fn log_deferred(a: &Attempt<'_>, retry: Retry, delay: Duration) {
+    let env = &a.q.envelope;
+    let recipients = a.out.deferred.len();
+    let stage = a.out.stage().map(|s| s.as_str()).unwrap_or("");
+    match retry {
+        Retry::AwaitSignIn => {
+            // Nothing will get better until a person signs in: say so loudly, but keep the mail.
+            error!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
+                recipients, upstream = %a.out.reply, attempt = a.number, retry_in_secs = delay.as_secs(),
+                "deferred: the account needs a new sign-in; the message stays queued and goes out once someone signs in (accounts page, or `smtp2oauth account login {}`)", env.account);
         }
-        let env = &q.envelope;
-        if env.notice {
-            error!(queue_id = %env.id, "a failure notice could not be delivered; it is kept in failed/ and not reported again");
-            return;
+        Retry::HoldAccount => {
+            error!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
+                recipients, upstream = %a.out.reply, stage, attempt = a.number, retry_in_secs = delay.as_secs(), advice = a.advice(), ms = a.ms,
+                "deferred: the upstream refuses the account, not the message; the message stays queued until the account works again");
         }
-        let Some(settings) = self.cfg.accounts.get(&env.account) else {
-            return;
-        };
-        let Some(to) = settings.bounce_to.as_deref() else {
-            warn!(queue_id = %env.id, account = %env.account, "no bounce_to is set: the failure is kept in failed/ and logged, no notice sent");
-            return;
-        };
-        let now = now_ms();
-        let headers = notice::original_headers(&q.data_path).await;
-        let notice_id = format!("{}-{now:x}", env.id);
-        let bytes = notice::compose(&notice::Notice {
-            hostname: &self.cfg.hostname,
-            mailbox: &settings.mailbox,
-            to,
-            envelope: env,
-            failed,
-            reason,
-            remote,
-            advice: Some(advice).filter(|a| !a.is_empty()),
-            original_headers: &headers,
-            now_unix: now / 1000,
-            notice_id: &notice_id,
-        });
-        let envelope = notice::envelope(env, &settings.mailbox, to, &self.cfg.hostname, now);
-        match self.spool.write_message(envelope, &bytes).await {
-            Ok(nq) => self.notice_queued(q, area, &nq, to, failed, now).await,
-            Err(e) => {
-                error!(queue_id = %env.id, error = %e, "cannot queue the failure notice; the failure is kept in failed/")
-            }
+        _ => {
+            warn!(queue_id = %env.id, session = env.session, device = %env.device, account = %env.account, route = a.route_kind(), size = env.size,
+                recipients, upstream = %a.out.reply, stage, attempt = a.number, retry_in_secs = delay.as_secs(), advice = a.advice(), ms = a.ms, "deferred");
         }
-    }
-
-    /// Records that a notice about `q` was queued, and schedules the notice.
-    async fn notice_queued(
-        &self,
-        q: &Queued,
-        area: Area,
-        notice: &Queued,
-        to: &str,
-        failed: &[FailedRecipient],
-        now: u64,
-    ) {
-        let env = &q.envelope;
-        let ev = Event::NoticeQueued {
-            at_ms: now,
-            notice_id: notice.id().clone(),
-            to: to.to_string(),
-            rcpts: failed.iter().map(|f| f.rcpt.clone()).collect(),
-        };
-        let _ = self.spool.append_event(&env.id, area, &ev).await;
-        info!(queue_id = %env.id, notice_id = %notice.id(), to = %to, "failure notice queued");
-        self.queue()
-            .schedule(notice.id(), &env.account, Instant::now(), None);
-        self.wake.notify_one();
     }
 }
 

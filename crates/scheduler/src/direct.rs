@@ -4,16 +4,19 @@
 //! error on its panel over mail waiting in a queue.
 //!
 //! The verdict is the queue's (`verdict.rs`), for an outcome in which nothing is retried, and
-//! the metrics are the queue's too (`attempt::count`); only what follows differs: the device
-//! always hears the verdict, and the message is always removed.
+//! the metrics and what the console hears are the queue's too (`attempt::count`,
+//! `publish.rs`); only what follows differs: the device always hears the verdict, and the
+//! message is always removed. A delivery takes one of the account's connection slots like a
+//! queued one, so devices sending at once never open more upstream sessions than
+//! `max_upstream_connections` (Exchange refuses a fourth per mailbox with `432 4.3.2`).
 
-use crate::attempt::{count, route_label};
+use crate::attempt::{Attempt, count, route_label};
 use crate::verdict::{MessageState, Outcome, Verdict, verdict};
 use crate::{Inner, to_message};
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_proto::{Reply, SessionError};
 use smtp2oauth_spool::{Area, Envelope, Queued};
-use smtp2oauth_upstream::advice;
+use smtp2oauth_upstream::{Route, advice};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
@@ -21,21 +24,10 @@ pub(crate) async fn deliver_now(inner: &Inner, queued: Queued) -> Reply {
     let env = &queued.envelope;
     let reply = match inner.routes.get(&env.account) {
         Some(route) => {
-            let started = Instant::now();
-            let result = route
-                .deliver(&to_message(&queued, env.recipients.clone()))
-                .await;
-            let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-            let out = Outcome::of(result, &env.recipients).without_retries();
-            let waiting = MessageState {
-                waiting: true,
-                ..MessageState::default()
-            };
-            let verdict = verdict(&out, &waiting, Duration::MAX);
-            let route = route_label(Some(route.as_ref()));
-            count(inner.metrics.as_deref(), env, route, &verdict, &out, ms);
-            log(env, route, &verdict, &out, ms);
-            device_reply(env, verdict, out)
+            let slot = Slot::take(inner, &env.account).await;
+            let reply = deliver(inner, route.as_ref(), &queued).await;
+            drop(slot);
+            reply
         }
         None => {
             error!(queue_id = %env.id, account = %env.account, "no route for account; message refused");
@@ -48,6 +40,68 @@ pub(crate) async fn deliver_now(inner: &Inner, queued: Queued) -> Reply {
     reply
 }
 
+/// One delivery through `route`, its verdict counted, logged and published; the device's
+/// reply.
+async fn deliver(inner: &Inner, route: &dyn Route, queued: &Queued) -> Reply {
+    let env = &queued.envelope;
+    let started = Instant::now();
+    let result = route
+        .deliver(&to_message(queued, env.recipients.clone()))
+        .await;
+    let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let out = Outcome::of(result, &env.recipients).without_retries();
+    let waiting = MessageState {
+        waiting: true,
+        ..MessageState::default()
+    };
+    let verdict = verdict(&out, &waiting, Duration::MAX);
+    let label = route_label(Some(route));
+    count(inner.metrics.as_deref(), env, label, &verdict, &out, ms);
+    log(env, label, &verdict, &out, ms);
+    let attempt = Attempt {
+        number: 1,
+        q: queued,
+        route: Some(route),
+        out,
+        ms,
+        waiter: None,
+    };
+    inner.publish(&attempt, &verdict, None);
+    device_reply(env, verdict, attempt.out)
+}
+
+/// One of an account's connection slots, held for a synchronous delivery and given back
+/// when dropped (also when the device's session goes away mid-delivery).
+struct Slot<'a> {
+    inner: &'a Inner,
+    account: &'a str,
+}
+
+impl<'a> Slot<'a> {
+    /// Waits for a free slot of `account`.
+    async fn take(inner: &'a Inner, account: &'a str) -> Slot<'a> {
+        loop {
+            let freed = inner.slot_freed.notified();
+            tokio::pin!(freed);
+            // Registered before looking, so a slot given back in between is not missed.
+            freed.as_mut().enable();
+            if inner.queue().acquire_slot(account) {
+                return Slot { inner, account };
+            }
+            freed.await;
+        }
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.inner.queue().release_slot(self.account);
+        self.inner.slot_freed.notify_waiters();
+        // A queued message (a notice) may have waited for the slot too.
+        self.inner.wake.notify_one();
+    }
+}
+
 /// What the device hears: the verdict, in the upstream's words when they are the news.
 fn device_reply(env: &Envelope, verdict: Verdict, out: Outcome) -> Reply {
     let id = env.id.as_str();
@@ -57,9 +111,10 @@ fn device_reply(env: &Envelope, verdict: Verdict, out: Outcome) -> Reply {
             ok::delivered_partially(id, out.delivered.len(), env.recipients.len())
         }
         Verdict::Refused(reply) => reply,
-        // The whole message failed; the device hears why (4xx: it will try again).
+        // The whole message failed; the device hears why, always as a 4xx when it is not
+        // final (a refusal of our account, not of the message): it will try again.
         Verdict::Failed { partial: false } | Verdict::Expired | Verdict::Deferred { .. } => {
-            out.reply
+            out.error.as_ref().map_or(out.reply, |e| e.device_reply())
         }
     }
 }

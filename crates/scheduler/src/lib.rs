@@ -12,9 +12,13 @@
 //!   progress from its envelope file and delivers the remaining recipients (`attempt.rs`). A
 //!   pure function decides what the outcome means (`verdict.rs`), and one place carries that
 //!   out (`attempt.rs`): delivered → removed; temporary failure → an event with the next
-//!   attempt time (exponential backoff with jitter, or a pause of the whole account when the
-//!   upstream throttles it); permanent failure or expiry → moved to `failed/` and, when
-//!   `bounce_to` is set, a failure notice is queued (`notice.rs`).
+//!   attempt time (5 s, 15 s, 30 s, then exponential backoff with jitter; a pause of the whole
+//!   account when the upstream throttles it or refuses the account itself; a release of the
+//!   account's queue as soon as a token can be had again after the token endpoint failed);
+//!   permanent failure or expiry → moved to `failed/` and, when `bounce_to` is set, a failure
+//!   notice is queued (`notice.rs`), carried by a healthy account (`mail.rs`).
+//! - Every attempt is published to the activity store (`publish.rs`): a record for the recent
+//!   messages, and what the outcome says about the account (`signal.rs`, a pure function).
 //! - [`Scheduler::submit`] is what a device's session calls after spooling: it waits up to
 //!   `wait_for_upstream` for the first attempt and turns its outcome into the device's reply.
 //! - Admin requests from `smtp2oauth queue` and the admin server arrive as files in the spool's
@@ -24,8 +28,8 @@
 //! - A message leaves `queue/` only after its outcome is recorded: removed once delivered,
 //!   moved to `failed/` (kept) when refused, or removed when refused while its device waited
 //!   for and received that refusal.
-//! - Only an upstream's own 5xx is a permanent failure; everything else is retried until
-//!   `max_queue_lifetime`.
+//! - Only an upstream's own 5xx about the message (or a recipient) is a permanent failure;
+//!   everything else, a 5xx about our account included, is retried until `max_queue_lifetime`.
 //! - No failure notice is ever sent about a failure notice.
 
 #![warn(missing_docs)]
@@ -33,11 +37,15 @@
 mod attempt;
 pub mod backoff;
 mod direct;
+mod mail;
 pub mod notice;
+mod publish;
 mod queue;
+mod signal;
 mod verdict;
 
 use queue::Queue;
+use smtp2oauth_activity::Activity;
 use smtp2oauth_proto::Reply;
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_spool::{
@@ -45,8 +53,8 @@ use smtp2oauth_spool::{
     OutcomeKind, Queued, Spool, SpoolError,
 };
 use smtp2oauth_upstream::{Message, Route};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
@@ -92,6 +100,9 @@ pub struct SchedulerConfig {
     /// How often `control/` is checked for requests from other processes (those filed in this
     /// process wake the control task at once).
     pub control_poll: Duration,
+    /// `[notify] notify_account`: the account that carries failure notices and alerts; None:
+    /// a healthy account is chosen for each (never the one that is failing).
+    pub notify_account: Option<String>,
 }
 
 /// The queue: takes committed messages and delivers them through their account's route.
@@ -108,6 +119,17 @@ pub(crate) struct Inner {
     pub(crate) attempts: TaskTracker,
     pub(crate) stop: CancellationToken,
     pub(crate) metrics: Option<Arc<smtp2oauth_metrics::Metrics>>,
+    /// Where every attempt's outcome and its account signal are published (the console).
+    pub(crate) activity: Option<Activity>,
+    /// This very `Inner`, for tasks an attempt starts that outlive it (a wait for a token).
+    pub(crate) me: Weak<Inner>,
+    /// Accounts whose queue waits for the token endpoint to answer again.
+    pub(crate) token_waits: Mutex<HashSet<String>>,
+    /// Notified whenever an account's connection slot is given back.
+    pub(crate) slot_freed: Notify,
+    /// Notices queued although no healthy account could carry them: notice id → what it is
+    /// about, so its delivery clears the problem it raised on the overview.
+    pub(crate) stranded_notices: Mutex<HashMap<MessageId, String>>,
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -128,12 +150,14 @@ pub(crate) fn instant_at(ms: u64) -> Instant {
 }
 
 impl Scheduler {
-    /// A scheduler over `spool`; nothing runs before [`Scheduler::start`].
+    /// A scheduler over `spool`, publishing to `activity` when given; nothing runs before
+    /// [`Scheduler::start`].
     pub fn new(
         spool: Spool,
         routes: Routes,
         cfg: SchedulerConfig,
         metrics: Option<Arc<smtp2oauth_metrics::Metrics>>,
+        activity: Option<Activity>,
     ) -> Scheduler {
         let queue = Queue::new(
             cfg.accounts
@@ -150,7 +174,7 @@ impl Scheduler {
                 .collect(),
         );
         Scheduler {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|me| Inner {
                 spool,
                 routes,
                 cfg,
@@ -159,8 +183,20 @@ impl Scheduler {
                 attempts: TaskTracker::new(),
                 stop: CancellationToken::new(),
                 metrics,
+                activity,
+                me: me.clone(),
+                token_waits: Mutex::new(HashSet::new()),
+                slot_freed: Notify::new(),
+                stranded_notices: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// Queues a plain-text e-mail (an alert) to `to`, carried by `[notify] notify_account`
+    /// or else by a healthy account. Err with the reason when no account can carry it or it
+    /// cannot be spooled; the message is then not queued.
+    pub async fn send_alert(&self, to: &str, subject: &str, text: &str) -> Result<(), String> {
+        self.inner.send_alert(to, subject, text).await
     }
 
     /// The route of `account`, if it has one.
@@ -216,7 +252,7 @@ impl Scheduler {
     /// Makes every queued message of `account` due now (its cause of failure was fixed, e.g.
     /// someone signed in again) and lifts any pause. Returns how many were moved.
     pub fn retry_account(&self, account: &str) -> usize {
-        let n = self.inner.queue().account_due_now(account, Instant::now());
+        let n = self.inner.release(account);
         if n > 0 {
             info!(
                 account,
@@ -224,7 +260,6 @@ impl Scheduler {
                 "retrying the account's queued messages now"
             );
         }
-        self.inner.wake.notify_one();
         n
     }
 
@@ -286,6 +321,13 @@ impl Scheduler {
 impl Inner {
     pub(crate) fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Makes every queued message of `account` due now and lifts its pause.
+    pub(crate) fn release(&self, account: &str) -> usize {
+        let n = self.queue().account_due_now(account, Instant::now());
+        self.wake.notify_one();
+        n
     }
 
     async fn dispatch(self: Arc<Self>) {

@@ -1,7 +1,7 @@
 //! Failure notices: what an admin gets when a message could not be delivered.
 //!
 //! Devices rarely read mail, so the notice goes to an admin address (`bounce_to`), sent as the
-//! account's mailbox (Exchange accepts nothing else). It has the shape of a delivery status
+//! mailbox of the account that carries it (Exchange accepts nothing else). It has the shape of a delivery status
 //! notification (RFC 3464): a readable explanation, a `message/delivery-status` part machines
 //! can parse, and the original message's headers (the message itself stays in `failed/`, since a
 //! scan can be tens of megabytes).
@@ -214,18 +214,12 @@ fn for_machines(out: &mut String, n: &Notice<'_>) {
     out.push_str("\r\n");
 }
 
-/// The envelope of a notice about the message `about`, sent as the account's mailbox.
-pub fn envelope(
-    about: &Envelope,
-    mailbox: &str,
-    to: &str,
-    hostname: &str,
-    now_ms: u64,
-) -> Envelope {
+/// The envelope of a notice or an alert carried by `account`, sent as its mailbox.
+pub fn envelope(account: &str, mailbox: &str, to: &str, hostname: &str, now_ms: u64) -> Envelope {
     Envelope {
         id: MessageId::default(),
         received_at_ms: now_ms,
-        account: about.account.clone(),
+        account: account.to_string(),
         device: "smtp2oauth".into(),
         listener: "notice".into(),
         client_ip: "127.0.0.1".into(),
@@ -240,6 +234,100 @@ pub fn envelope(
         notice: true,
         session: 0,
     }
+}
+
+/// An alert e-mail: plain text, about something the relay noticed (an account refused, the
+/// queue growing old, a certificate about to expire).
+pub struct Alert<'a> {
+    /// This relay's name.
+    pub hostname: &'a str,
+    /// The carrying account's mailbox: the alert's sender.
+    pub mailbox: &'a str,
+    /// Where it goes.
+    pub to: &'a str,
+    /// Its subject (any text; encoded as RFC 2047 words when not ASCII).
+    pub subject: &'a str,
+    /// Its text; lines may end in LF or CRLF.
+    pub text: &'a str,
+    /// Now, in seconds since the epoch.
+    pub now_unix: u64,
+    /// Makes the Message-ID unique.
+    pub alert_id: &'a str,
+}
+
+/// The whole alert: headers and the text as one `text/plain` part in UTF-8.
+pub fn compose_alert(a: &Alert<'_>) -> Vec<u8> {
+    let mut out = String::new();
+    let _ = write!(
+        out,
+        "From: smtp2oauth on {} <{}>\r\nTo: <{}>\r\nSubject: {}\r\nDate: {}\r\n",
+        sanitize(a.hostname, 200),
+        a.mailbox,
+        a.to,
+        header_words(&sanitize(a.subject, 400)),
+        smtp2oauth_date(a.now_unix)
+    );
+    let _ = write!(
+        out,
+        "Message-ID: <{}.alert@{}>\r\nAuto-Submitted: auto-generated\r\nMIME-Version: 1.0\r\n",
+        a.alert_id, a.hostname
+    );
+    out.push_str(
+        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+    );
+    for line in a.text.lines() {
+        // Lines are at most 998 octets (RFC 5322); a longer one is broken, not refused.
+        let mut rest = line.trim_end_matches('\r');
+        loop {
+            let mut cut = rest.len().min(998);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            out.push_str(&rest[..cut]);
+            out.push_str("\r\n");
+            rest = &rest[cut..];
+            if rest.is_empty() {
+                break;
+            }
+        }
+    }
+    out.into_bytes()
+}
+
+/// A header value as it may appear in a header: itself when ASCII, else RFC 2047 encoded
+/// words (`=?UTF-8?Q?...?=`, at most 75 characters each, folded onto continuation lines).
+fn header_words(value: &str) -> String {
+    if value.is_ascii() {
+        return value.to_string();
+    }
+    let mut words = Vec::new();
+    let mut word = String::new();
+    for c in value.chars() {
+        let mut buf = [0u8; 4];
+        let mut encoded = String::new();
+        for b in c.encode_utf8(&mut buf).bytes() {
+            match b {
+                b' ' => encoded.push('_'),
+                b'0'..=b'9' | b'a'..=b'z' | b'A'..=b'Z' | b'!' | b'*' | b'+' | b'-' | b'/' => {
+                    encoded.push(char::from(b))
+                }
+                _ => {
+                    let _ = write!(encoded, "={b:02X}");
+                }
+            }
+        }
+        // "=?UTF-8?Q?" and "?=" take 12 of the 75 characters.
+        if word.len() + encoded.len() > 63 {
+            words.push(std::mem::take(&mut word));
+        }
+        word.push_str(&encoded);
+    }
+    words.push(word);
+    words
+        .iter()
+        .map(|w| format!("=?UTF-8?Q?{w}?="))
+        .collect::<Vec<_>>()
+        .join("\r\n ")
 }
 
 /// The header block of the stored message at `path` (empty when it cannot be read).
@@ -444,6 +532,52 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert!(!text.contains('\x1b'));
+    }
+
+    #[test]
+    fn alerts_are_plain_text_with_encoded_subjects_and_short_lines() {
+        let long = "x".repeat(2500);
+        let text = format!(
+            "Account scanner: Exchange refuses our login (535 5.7.3).\n\nWhat to do: grant SMTP.SendAsApp.\n{long}"
+        );
+        let bytes = compose_alert(&Alert {
+            hostname: "relay.test",
+            mailbox: "scanner@contoso.com",
+            to: "it@contoso.com",
+            subject: "Konto scanner: Anmeldung abgelehnt — bitte prüfen",
+            text: &text,
+            now_unix: 1_700_000_000,
+            alert_id: "abc",
+        });
+        let mail = String::from_utf8(bytes).unwrap();
+        assert!(mail.starts_with("From: smtp2oauth on relay.test <scanner@contoso.com>\r\nTo: <it@contoso.com>\r\nSubject: =?UTF-8?Q?"), "{mail}");
+        let (head, body) = mail.split_once("\r\n\r\n").unwrap();
+        assert!(head.is_ascii(), "{head}");
+        assert!(head.contains("Auto-Submitted: auto-generated\r\n"));
+        assert!(head.contains("Content-Type: text/plain; charset=utf-8"));
+        for line in mail.split("\r\n") {
+            assert!(line.len() <= 998, "{}", line.len());
+        }
+        for line in head.split("\r\n").filter(|l| l.contains("=?UTF-8?Q?")) {
+            for w in line.split_whitespace().filter(|w| w.starts_with("=?")) {
+                assert!(w.len() <= 75, "{w}");
+            }
+        }
+        assert!(body.starts_with(
+            "Account scanner: Exchange refuses our login (535 5.7.3).\r\n\r\nWhat to do"
+        ));
+        assert!(
+            !body.replace("\r\n", "").contains(['\r', '\n']),
+            "CRLF only"
+        );
+        let xs: usize = body
+            .split("\r\n")
+            .filter(|l| !l.is_empty() && l.bytes().all(|b| b == b'x'))
+            .map(str::len)
+            .sum();
+        assert_eq!(xs, 2500, "nothing lost when a long line is broken");
+        assert_eq!(header_words("plain subject"), "plain subject");
+        assert_eq!(header_words("prüfen"), "=?UTF-8?Q?pr=C3=BCfen?=");
     }
 
     #[test]

@@ -47,6 +47,10 @@ struct AccountQueue {
     max: usize,
     paused_until: Option<Instant>,
     throttle_level: u32,
+    /// A message of the account failed as a whole for a reason of the account or the
+    /// upstream (not of the message) since its last delivery: the first delivery that goes
+    /// through again releases the rest at once.
+    troubled: bool,
     per_minute: u32,
     /// Start times of the attempts within the pacing window, oldest first.
     recent: VecDeque<Instant>,
@@ -114,6 +118,7 @@ impl Queue {
                 max: limits.max_connections.max(1),
                 paused_until: None,
                 throttle_level: 0,
+                troubled: false,
                 per_minute: limits.per_minute,
                 recent: VecDeque::new(),
             })
@@ -258,7 +263,11 @@ impl Queue {
         self.entries.get_mut(id).and_then(|e| e.waiter.take())
     }
 
+    /// An admin asked to try `id` now: it is due now, and its account's pause (a hold after
+    /// a refusal of the account, or throttling) no longer stands in the way. The pause's level
+    /// is kept, so a new refusal pauses it as long as before.
     pub(crate) fn retry_now(&mut self, id: &MessageId, account: &str) {
+        self.account(account).paused_until = None;
         self.schedule(id, account, Instant::now(), None);
     }
 
@@ -307,11 +316,39 @@ impl Queue {
         ids.len()
     }
 
-    /// A delivery of the account went through: its throttling is over.
-    pub(crate) fn clear_throttle(&mut self, account: &str) {
+    /// A message of the account failed as a whole for the account's or the upstream's sake.
+    pub(crate) fn mark_troubled(&mut self, account: &str) {
+        self.account(account).troubled = true;
+    }
+
+    /// A delivery of the account went through: its throttling is over, and when it was in
+    /// trouble, the messages waiting for their next retry are due now (the cause is gone, so
+    /// there is no reason to wait for their backoff). Returns how many were moved.
+    pub(crate) fn recovered(&mut self, account: &str, now: Instant) -> usize {
         let acc = self.account(account);
         acc.throttle_level = 0;
         acc.paused_until = None;
+        if !std::mem::take(&mut acc.troubled) {
+            return 0;
+        }
+        self.account_due_now(account, now)
+    }
+
+    /// Takes a connection slot of the account for a delivery outside the queue (synchronous
+    /// mode); false when all are in use. Give it back with [`Queue::release_slot`].
+    pub(crate) fn acquire_slot(&mut self, account: &str) -> bool {
+        let acc = self.account(account);
+        if acc.in_flight >= acc.max {
+            return false;
+        }
+        acc.in_flight += 1;
+        true
+    }
+
+    /// Gives back a slot taken with [`Queue::acquire_slot`].
+    pub(crate) fn release_slot(&mut self, account: &str) {
+        let acc = self.account(account);
+        acc.in_flight = acc.in_flight.saturating_sub(1);
     }
 }
 
@@ -477,7 +514,7 @@ mod tests {
             labels(q.take_due(t0 + Duration::from_secs(31)).0),
             vec!["x"]
         );
-        q.clear_throttle("a");
+        assert_eq!(q.recovered("a", t0), 0, "not in trouble: nothing to move");
         assert_eq!(q.throttle_level("a"), 0);
     }
 
@@ -498,6 +535,48 @@ mod tests {
         assert_eq!(due, ["a1", "a2"]);
     }
 
+    /// The first delivery after a failure of the account releases its other messages; a
+    /// delivery of an account that was fine moves nothing.
+    #[test]
+    fn a_recovered_account_releases_its_waiting_mail() {
+        let mut q = Queue::new(HashMap::new());
+        let now = Instant::now();
+        let later = now + Duration::from_secs(600);
+        q.schedule(&id("a1"), "a", later, None);
+        q.schedule(&id("a2"), "a", later, None);
+        assert_eq!(q.recovered("a", now), 0);
+        assert!(q.take_due(now).0.is_empty());
+        q.mark_troubled("a");
+        q.pause("a", later);
+        assert_eq!(q.recovered("a", now), 2);
+        assert_eq!(q.take_due(now).0.len(), 2);
+        assert_eq!(q.recovered("a", now), 0, "once");
+    }
+
+    /// Synchronous deliveries and queued ones share the account's connection slots.
+    #[test]
+    fn slots_are_shared_with_synchronous_deliveries() {
+        let mut q = Queue::new(
+            [(
+                "a".to_string(),
+                Limits {
+                    max_connections: 2,
+                    per_minute: 0,
+                },
+            )]
+            .into(),
+        );
+        let now = Instant::now();
+        assert!(q.acquire_slot("a"));
+        assert!(q.acquire_slot("a"));
+        assert!(!q.acquire_slot("a"), "the third waits");
+        q.schedule(&id("x"), "a", now, None);
+        assert!(q.take_due(now).0.is_empty(), "no slot for the queue either");
+        q.release_slot("a");
+        assert_eq!(labels(q.take_due(now).0), ["x"]);
+        assert!(!q.acquire_slot("a"));
+    }
+
     #[test]
     fn reschedule_retry_and_delete() {
         let mut q = Queue::new(HashMap::new());
@@ -509,6 +588,7 @@ mod tests {
         q.forget(&id("x"));
         assert_eq!(q.len(), 0);
         q.schedule(&id("y"), "a", t0 + Duration::from_secs(100), None);
+        q.pause("a", t0 + Duration::from_secs(600));
         q.retry_now(&id("y"), "a");
         assert_eq!(labels(q.take_due(Instant::now()).0), vec!["y"]);
         q.finish(&id("y"));

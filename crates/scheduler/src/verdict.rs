@@ -7,7 +7,7 @@
 //! tested without a spool or a route.
 
 use smtp2oauth_proto::{AccountIssue, Cause, DeliveryError, Reply, Stage};
-use smtp2oauth_upstream::DeliveryReport;
+use smtp2oauth_upstream::{DeliveryReport, cause};
 use std::time::Duration;
 
 /// What one attempt found, recipient by recipient.
@@ -33,7 +33,7 @@ impl Outcome {
                 let (failed, deferred) = report
                     .rejected
                     .into_iter()
-                    .partition(|(_, reply)| reply.is_permanent());
+                    .partition(|(_, reply)| refuses_recipient(reply));
                 Outcome {
                     delivered: report.accepted,
                     failed,
@@ -48,7 +48,7 @@ impl Outcome {
                     .iter()
                     .map(|r| (r.clone(), reply.clone()))
                     .collect();
-                let (failed, deferred) = if e.is_permanent() {
+                let (failed, deferred) = if e.is_final() {
                     (each, Vec::new())
                 } else {
                     (Vec::new(), each)
@@ -101,6 +101,13 @@ impl Outcome {
     }
 }
 
+/// A refusal of one recipient that settles it for good: a 5xx about the recipient or the
+/// message, by the one table. A 5xx about our account (`550 5.7.64` from a connector that
+/// does not know us, `5.7.708` for our address) waits for an admin like any other.
+fn refuses_recipient(reply: &Reply) -> bool {
+    reply.is_permanent() && cause::of_reply(Stage::Rcpt, reply).fails_message()
+}
+
 /// What happened to the message before this attempt, and whether its device still waits.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct MessageState {
@@ -140,8 +147,14 @@ pub(crate) enum Retry {
     /// The upstream is throttling the account: the whole account pauses, for `retry_after`
     /// when the upstream said how long.
     PauseAccount { retry_after: Option<Duration> },
+    /// The upstream refuses the account itself (credentials, permissions, connector): the
+    /// whole account holds its mail for a growing while, until an admin fixes the cause.
+    HoldAccount,
     /// A person must sign in again; the mail waits for it (and is retried meanwhile).
     AwaitSignIn,
+    /// No token: the token endpoint failed. The message's own backoff, and the account's mail
+    /// is released as soon as a token request succeeds again.
+    AwaitToken,
 }
 
 /// Decides what becomes of a message after an attempt.
@@ -165,14 +178,20 @@ pub(crate) fn verdict(out: &Outcome, msg: &MessageState, max_queue_lifetime: Dur
     if msg.age >= max_queue_lifetime {
         return Verdict::Expired;
     }
-    let retry = match out.error.as_ref().map(DeliveryError::cause) {
-        Some(Cause::Throttled { retry_after }) => Retry::PauseAccount { retry_after },
-        Some(Cause::Account(AccountIssue::SignIn)) => Retry::AwaitSignIn,
-        _ => Retry::Backoff,
-    };
     Verdict::Deferred {
         partial: !out.delivered.is_empty(),
-        retry,
+        retry: out.error.as_ref().map_or(Retry::Backoff, retry_for),
+    }
+}
+
+/// How a message that failed as a whole is tried again, by what the failure is about.
+fn retry_for(e: &DeliveryError) -> Retry {
+    match e.cause() {
+        Cause::Throttled { retry_after } => Retry::PauseAccount { retry_after },
+        Cause::Account(AccountIssue::SignIn) => Retry::AwaitSignIn,
+        Cause::Account(_) => Retry::HoldAccount,
+        Cause::Transient if matches!(e, DeliveryError::Token { .. }) => Retry::AwaitToken,
+        _ => Retry::Backoff,
     }
 }
 
@@ -245,6 +264,10 @@ mod tests {
             partial,
             retry: Retry::Backoff,
         };
+        let hold = || Deferred {
+            partial: false,
+            retry: Retry::HoldAccount,
+        };
         let cases: Vec<(
             &str,
             Result<DeliveryReport, DeliveryError>,
@@ -299,13 +322,67 @@ mod tests {
                 Failed { partial: true },
             ),
             (
-                "account-level refusals stay permanent for now",
+                "a 5xx about our account holds the account, nobody waits",
                 Err(rejected(
                     "535 5.7.139 SMTP AUTH disabled",
                     Cause::Account(AccountIssue::SmtpAuthDisabled),
                 )),
                 FRESH,
-                Failed { partial: false },
+                hold(),
+            ),
+            (
+                "a 5xx about our account is never heard by a waiting device",
+                Err(DeliveryError::Rejected {
+                    stage: Stage::Auth,
+                    reply: reply("535 5.7.3 Authentication unsuccessful"),
+                    cause: Cause::Account(AccountIssue::Login),
+                }),
+                WAITING,
+                hold(),
+            ),
+            (
+                "Graph's 403 for the app",
+                Err(rejected(
+                    "550 5.7.1 ErrorAccessDenied",
+                    Cause::Account(AccountIssue::Permission),
+                )),
+                WAITING,
+                hold(),
+            ),
+            (
+                "the token endpoint refuses the app's registration",
+                Err(DeliveryError::Token {
+                    account: "a".into(),
+                    reason: "invalid_client".into(),
+                    cause: Cause::Account(AccountIssue::AppRegistration),
+                }),
+                WAITING,
+                hold(),
+            ),
+            (
+                "a connector refusing us at RCPT, every recipient",
+                Err(DeliveryError::Rejected {
+                    stage: Stage::Rcpt,
+                    reply: reply("550 5.7.64 TenantAttribution; Relay Access Denied"),
+                    cause: Cause::Account(AccountIssue::Connector),
+                }),
+                WAITING,
+                hold(),
+            ),
+            (
+                "a connector refusing one recipient while others pass is not final for it",
+                report(&[("c@x", "550 5.7.64 TenantAttribution; Relay Access Denied")]),
+                FRESH,
+                backoff(true),
+            ),
+            (
+                "an account refusal, too old to try again",
+                Err(rejected(
+                    "535 5.7.3 Authentication unsuccessful",
+                    Cause::Account(AccountIssue::Login),
+                )),
+                OLD,
+                Expired,
             ),
             (
                 "one recipient refused for good, the others delivered",
@@ -397,7 +474,10 @@ mod tests {
                     cause: Cause::Transient,
                 }),
                 FRESH,
-                backoff(false),
+                Deferred {
+                    partial: false,
+                    retry: Retry::AwaitToken,
+                },
             ),
         ];
         for (name, result, state, want) in cases {

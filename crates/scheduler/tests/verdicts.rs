@@ -67,6 +67,7 @@ fn config(queue: bool) -> SchedulerConfig {
             },
         )]),
         control_poll: Duration::from_secs(60),
+        notify_account: None,
     }
 }
 
@@ -104,7 +105,13 @@ async fn one_message(
         "scanner".to_string(),
         Arc::new(PartlyRefusing { reply: refusal }) as Arc<dyn Route>,
     )]);
-    let scheduler = Scheduler::new(spool.clone(), routes, config(queue), Some(metrics.clone()));
+    let scheduler = Scheduler::new(
+        spool.clone(),
+        routes,
+        config(queue),
+        Some(metrics.clone()),
+        None,
+    );
     let _dispatcher = scheduler.start();
     let queued = spool
         .write_message(envelope(), b"Subject: scan\r\n\r\nbody\r\n")

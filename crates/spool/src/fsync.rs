@@ -18,6 +18,8 @@ pub(crate) struct DirSync {
     enabled: bool,
     issued: AtomicU64,
     synced: AtomicU64,
+    /// fsyncs actually done (for tests: sharing is the point of this module).
+    fsyncs: AtomicU64,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -28,6 +30,7 @@ impl DirSync {
             enabled,
             issued: AtomicU64::new(0),
             synced: AtomicU64::new(0),
+            fsyncs: AtomicU64::new(0),
             lock: tokio::sync::Mutex::new(()),
         })
     }
@@ -49,6 +52,50 @@ impl DirSync {
             .await
             .map_err(io::Error::other)??;
         self.synced.store(upto, Ordering::SeqCst);
+        self.fsyncs.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// How many fsyncs of the directory were done.
+    #[cfg(test)]
+    pub(crate) fn fsyncs(&self) -> u64 {
+        self.fsyncs.load(Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Callers that arrive while an fsync runs share the next one: ten callers, one fsync;
+    /// a caller after that gets an fsync of its own (its change came after the shared one).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_waiting_for_a_running_fsync_share_the_next() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Arc::new(DirSync::open(d.path(), true).unwrap());
+        let running = s.lock.lock().await;
+        let waiting: Vec<_> = (0..10)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.sync().await })
+            })
+            .collect();
+        while s.issued.load(Ordering::SeqCst) < 10 {
+            tokio::task::yield_now().await;
+        }
+        drop(running);
+        for w in waiting {
+            w.await.unwrap().unwrap();
+        }
+        assert_eq!(s.fsyncs(), 1, "ten callers, one fsync");
+        s.sync().await.unwrap();
+        assert_eq!(
+            s.fsyncs(),
+            2,
+            "a later caller is not covered by an earlier fsync"
+        );
+        let off = DirSync::open(d.path(), false).unwrap();
+        off.sync().await.unwrap();
+        assert_eq!(off.fsyncs(), 0, "[store] fsync = false");
     }
 }

@@ -111,6 +111,9 @@ pub struct IssuedToken {
     pub expires_at: SystemTime,
 }
 
+/// Microsoft Graph's resource: tokens for it are refused by the SMTP fake's validator.
+const GRAPH_RESOURCE: &str = "https://graph.microsoft.com";
+
 /// The signature the SMTP fake's `validator` uses (see [`FakeIdp::validator`]).
 pub type TokenValidator = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
 
@@ -359,10 +362,26 @@ impl FakeIdp {
         self.shared.validate(token)
     }
     /// A validator for [`crate::SmtpConfig::validator`]: accepts tokens this fake issued that have
-    /// not expired. It holds the token store, not the server, so it does not keep the IdP alive.
+    /// not expired and were not issued for Microsoft Graph (Exchange refuses a token whose
+    /// audience is another resource, as it refuses any bad token: `535 5.7.3`). It holds the
+    /// token store, not the server, so it does not keep the IdP alive.
     pub fn validator(&self) -> TokenValidator {
         let shared = self.shared.clone();
-        Arc::new(move |token: &str| shared.validate(token).map(|_| ()).map_err(str::to_string))
+        Arc::new(move |token: &str| {
+            let issued = shared.validate(token).map_err(str::to_string)?;
+            // `https://graph.microsoft.com/.default`, or delegated `https://graph.microsoft.com/Mail.Send offline_access`.
+            if issued
+                .scope
+                .split_whitespace()
+                .any(|s| s.starts_with(GRAPH_RESOURCE))
+            {
+                return Err(format!(
+                    "the token was issued for {}, not Exchange: a Graph token cannot log in to SMTP",
+                    issued.scope
+                ));
+            }
+            Ok(())
+        })
     }
     /// A validator for [`crate::FakeGraph`]: accepts tokens this fake issued that have not
     /// expired, and tells which scope each was issued for (Graph refuses tokens for another

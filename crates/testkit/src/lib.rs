@@ -38,6 +38,7 @@ pub mod idp;
 pub mod pki;
 pub mod smtp;
 mod tls_listener;
+pub mod tmpfs;
 
 pub use dns::FakeDns;
 pub use graph::{
@@ -48,6 +49,7 @@ pub use pki::TestPki;
 pub use smtp::{
     AuthFailureStyle, FakeSmtp, ReceivedMessage, SmtpConfig, Stage, TokenValidator, UpstreamTls,
 };
+pub use tmpfs::Tmpfs;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};

@@ -122,6 +122,15 @@ pub struct SmtpConfig {
     /// `localhost` or its IP address) and `port=` its port. A refusal is a `334` with a base64
     /// JSON error; the client must answer a single `%x01` (`AQ==`) to get the final `535 5.7.8`.
     pub oauthbearer: bool,
+    /// Exchange Online's limit of concurrent authenticated sessions per mailbox: an AUTH that
+    /// would exceed it gets `432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded`.
+    /// On (3) for [`SmtpConfig::microsoft`], so every test runs against it; `None`: no limit.
+    /// Changed at run time with [`FakeSmtp::set_max_sessions_per_mailbox`].
+    pub max_sessions_per_mailbox: Option<usize>,
+    /// Exchange's Send As check: a MAIL FROM not in the list (case-insensitive) is refused
+    /// after the body with `554 5.2.252 SendAsDenied`. For [`SmtpConfig::microsoft`] the list
+    /// is the mailbox alone; `None`: any sender. Changed with [`FakeSmtp::set_send_as`].
+    pub send_as: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for SmtpConfig {
@@ -137,13 +146,17 @@ impl std::fmt::Debug for SmtpConfig {
             .field("require_auth", &self.require_auth)
             .field("xoauth2", &self.xoauth2)
             .field("oauthbearer", &self.oauthbearer)
+            .field("max_sessions_per_mailbox", &self.max_sessions_per_mailbox)
+            .field("send_as", &self.send_as)
             .finish_non_exhaustive()
     }
 }
 
 impl SmtpConfig {
     /// Exchange Online defaults: STARTTLS, Microsoft failure style, no delay, PIPELINING,
-    /// SIZE 157286400.
+    /// SIZE 157286400, at most 3 sessions for the mailbox, Send As only as the mailbox. The
+    /// validator (e.g. `FakeIdp::validator()`) decides which tokens log in; the IdP's refuses
+    /// a token issued for another resource, such as Graph.
     pub fn microsoft(
         pki: Arc<rustls::ServerConfig>,
         mailbox: &str,
@@ -161,6 +174,8 @@ impl SmtpConfig {
             require_auth: true,
             xoauth2: true,
             oauthbearer: false,
+            max_sessions_per_mailbox: Some(3),
+            send_as: Some(vec![mailbox.to_string()]),
         }
     }
 
@@ -171,6 +186,10 @@ impl SmtpConfig {
     pub fn smarthost(pki: Arc<rustls::ServerConfig>) -> Self {
         SmtpConfig {
             require_auth: false,
+            // A connector takes mail for its domains from anyone it lets in, any number of
+            // connections at a time.
+            max_sessions_per_mailbox: None,
+            send_as: None,
             ..SmtpConfig::microsoft(pki, "", Arc::new(|_: &str| Err("no AUTH here".to_string())))
         }
     }
@@ -327,6 +346,8 @@ impl FakeSmtp {
         let (kick, _) = watch::channel(0u64);
         let state = SmtpState {
             reply_delay: cfg.reply_delay,
+            max_sessions_per_mailbox: cfg.max_sessions_per_mailbox,
+            send_as: cfg.send_as.clone(),
             ..SmtpState::default()
         };
         let inner = Arc::new(Inner {
@@ -470,12 +491,14 @@ impl FakeSmtp {
     pub fn clear_scripts(&self) {
         lock(&self.inner.state).scripts.clear();
     }
-    /// Emulate Exchange's Send As check: when `Some`, a message whose MAIL FROM is not in the
-    /// list (case-insensitive) is refused after the body with `554 5.2.252 SendAsDenied`.
+    /// Exchange's Send As check (on by default, see [`SmtpConfig::send_as`]): when `Some`, a
+    /// message whose MAIL FROM is not in the list (case-insensitive) is refused after the body
+    /// with `554 5.2.252 SendAsDenied`.
     pub fn set_send_as(&self, allowed: Option<Vec<String>>) {
         lock(&self.inner.state).send_as = allowed;
     }
-    /// Emulate Exchange's concurrent-session limit per mailbox: an AUTH that would exceed it gets
+    /// Exchange's concurrent-session limit per mailbox (3 by default, see
+    /// [`SmtpConfig::max_sessions_per_mailbox`]): an AUTH that would exceed it gets
     /// `432 4.3.2 STOREDRV.ClientSubmit; sender thread limit exceeded`.
     pub fn set_max_sessions_per_mailbox(&self, max: Option<usize>) {
         lock(&self.inner.state).max_sessions_per_mailbox = max;

@@ -102,6 +102,43 @@ pub trait TokenSource: Send + Sync {
     /// The credentials behind this source changed (a person signed in again): forget the
     /// remembered failure and cached token so the next `token()` asks with the new ones.
     fn credentials_changed(&self) {}
+    /// When the remembered failure's cooldown ends, so a caller may ask again (None: no
+    /// failure is remembered, or its cooldown is over).
+    fn retry_at(&self) -> Option<Instant> {
+        None
+    }
+}
+
+/// How long [`wait_for_token`] waits between tries when the source gives no cooldown.
+const WAIT_STEP: Duration = Duration::from_secs(1);
+
+/// Returns once `source` hands out a token, asking again each time its failure cooldown ends;
+/// Err when it fails for a reason waiting does not cure (a needed sign-in, a configuration the
+/// token endpoint refuses).
+///
+/// This is how mail held back by a token-endpoint outage goes out seconds after the endpoint
+/// recovers, rather than at its next retry: the caller releases the account's queue when this
+/// returns Ok. It makes no more requests than the cache's cooldown allows anyway.
+pub async fn wait_for_token(source: &dyn TokenSource) -> Result<(), TokenError> {
+    loop {
+        let now = Instant::now();
+        let wait = source
+            .retry_at()
+            .filter(|t| *t > now)
+            .map_or(Duration::ZERO, |t| t - now);
+        tokio::time::sleep(wait).await;
+        match source.token().await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind == crate::TokenErrorKind::Transient => {
+                // A failure another caller already had: its cooldown is what to wait for; a
+                // source without one gets a short fixed step, never a busy loop.
+                if source.retry_at().is_none_or(|t| t <= Instant::now()) {
+                    tokio::time::sleep(WAIT_STEP).await;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// A snapshot for status pages and metrics.
@@ -413,6 +450,15 @@ impl TokenSource for TokenCache {
             failures: state.failures,
             sign_in_required: self.grant.sign_in_required(),
         }
+    }
+
+    fn retry_at(&self) -> Option<Instant> {
+        let now = Instant::now();
+        self.state()
+            .failure
+            .as_ref()
+            .map(|f| f.until)
+            .filter(|until| *until > now)
     }
 
     fn credentials_changed(&self) {

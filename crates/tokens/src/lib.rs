@@ -28,7 +28,7 @@ mod signin;
 pub mod store;
 pub mod tls;
 
-pub use cache::{AccessToken, CacheOptions, TokenCache, TokenSource, TokenStatus};
+pub use cache::{AccessToken, CacheOptions, TokenCache, TokenSource, TokenStatus, wait_for_token};
 pub use credential::{
     CertificateCredential, ClientCredential, CredentialError, JWT_BEARER_ASSERTION_TYPE, JwtAlg,
 };

@@ -350,6 +350,56 @@ async fn retry_after_lengthens_the_cooldown() {
     assert_eq!(cache.status().last_error, None);
 }
 
+/// A caller waiting for an outage to end asks exactly when each cooldown ends, returns with
+/// the first token, and gives up at once on a failure waiting does not cure.
+#[tokio::test]
+async fn waiting_for_a_token_asks_when_each_cooldown_ends() {
+    let server = TestServer::sequence(vec![
+        Reply::json(503, r#"{"error":"temporarily_unavailable"}"#),
+        Reply::json(503, r#"{"error":"temporarily_unavailable"}"#),
+        Reply::json(503, r#"{"error":"temporarily_unavailable"}"#),
+        Reply::token("at", 3600),
+    ])
+    .await;
+    let cache = cache_with(
+        server.token_url(),
+        CacheOptions {
+            failure_cooldown: Duration::from_millis(200),
+            ..CacheOptions::default()
+        },
+    );
+    cache.token().await.unwrap_err();
+    let until = cache.retry_at().expect("a cooldown after a failure");
+    assert!(until > std::time::Instant::now());
+    let started = std::time::Instant::now();
+    smtp2oauth_tokens::wait_for_token(&cache).await.unwrap();
+    let waited = started.elapsed();
+    assert_eq!(
+        server.count(),
+        4,
+        "one request per cooldown, then the token"
+    );
+    assert!(
+        waited >= Duration::from_millis(550) && waited < Duration::from_secs(3),
+        "three cooldowns of 200 ms: {waited:?}"
+    );
+    assert_eq!(
+        cache.retry_at(),
+        None,
+        "no failure remembered once a token came"
+    );
+
+    let refused = TestServer::always(Reply::json(
+        401,
+        r#"{"error":"invalid_client","error_description":"AADSTS7000215: Invalid client secret provided.","error_codes":[7000215]}"#,
+    ))
+    .await;
+    let cache = cache_with(refused.token_url(), CacheOptions::default());
+    let e = smtp2oauth_tokens::wait_for_token(&cache).await.unwrap_err();
+    assert_eq!(e.kind, TokenErrorKind::Configuration);
+    assert_eq!(refused.count(), 1);
+}
+
 #[tokio::test]
 async fn invalidate_drops_only_the_current_token() {
     let server = TestServer::start(|n| Reply::token(&format!("at-{n}"), 3600)).await;

@@ -37,7 +37,7 @@ pub fn for_error(e: &DeliveryError) -> Option<&'static str> {
 
 /// Advice for one recipient's refusal within a delivery that went through for others.
 pub fn for_recipient(reply: &Reply) -> Option<&'static str> {
-    let cause = cause::smtp(reply.code(), reply.status(), Stage::Rcpt);
+    let cause = cause::of_reply(Stage::Rcpt, reply);
     for_refusal(cause, Stage::Rcpt, reply)
 }
 
@@ -273,7 +273,10 @@ mod tests {
                 "Restricted entities",
             ),
             (
-                smtp(Stage::Body, "554 5.2.0 STOREDRV.Submission.Exception"),
+                smtp(
+                    Stage::Body,
+                    "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
+                ),
                 "quota",
             ),
             (smtp(Stage::Body, "552 5.3.4 too big"), "larger"),

@@ -7,7 +7,10 @@
 //! smart host, any other server), [`graph`] for Microsoft Graph's HTTP answers. Both look only
 //! at codes: reply code, enhanced status and the stage it answered; HTTP status and Graph's
 //! JSON `error.code`. The text after a code varies between servers and releases and is never
-//! read, except for one thing no code carries: how long a throttling server asks us to wait.
+//! read, except for two things no code carries: how long a throttling server asks us to wait,
+//! and which Exchange store exception stands behind its catch-all `554 5.2.0` (an identifier
+//! such as `SubmissionQuotaExceededException`, not words: the same code also refuses a
+//! sender, `SendAsDeniedException`).
 //!
 //! The refusals and their classes come from Microsoft's public lists of Exchange Online
 //! non-delivery codes and Graph `sendMail` errors; anything not listed falls back on the
@@ -27,7 +30,6 @@ pub fn smtp(code: u16, status: Option<EnhancedStatus>, stage: Stage) -> Cause {
         (_, Some((5, 7, 64) | (4, 4, 62))) => account(Connector),
         (_, Some((5, 7, 606..=609) | (5, 7, 708))) => account(Address),
         (_, Some((5, 7, 705) | (5, 7, 750) | (5, 1, 8))) => account(SendingBlocked),
-        (554, Some((5, 2, 0))) => account(Quota),
         (535, _) | (530, Some((5, 7, 57))) | (550, Some((5, 7, 30))) => account(Login),
         (430, Some((4, 2, 0))) => account(Permission),
         (421, _) | (_, Some((4, 3, 2) | (4, 7, 500..=699) | (4, 5, 3))) => {
@@ -87,19 +89,29 @@ pub fn graph(status: u16, error_code: &str) -> Cause {
     }
 }
 
-/// An SMTP refusal as the error routes return: the reply, classified by [`smtp`]. A
-/// throttling reply that says how long to wait ("try again in 5 minutes") carries that wait.
-pub(crate) fn refused(stage: Stage, reply: Reply) -> DeliveryError {
-    let cause = match smtp(reply.code(), reply.status(), stage) {
+/// What a whole SMTP reply is about: [`smtp`], and what only its text can tell: the wait a
+/// throttling reply asks for ("try again in 5 minutes"), and a `5.2.0` that is Exchange's
+/// daily sending quota of the mailbox (`SubmissionQuotaExceededException`) rather than a
+/// refusal of the message (`SendAsDeniedException` and the rest).
+pub fn of_reply(stage: Stage, reply: &Reply) -> Cause {
+    let status = reply.status().map(|s| (s.class, s.subject, s.detail));
+    match smtp(reply.code(), reply.status(), stage) {
         Cause::Throttled { .. } => Cause::Throttled {
             retry_after: retry_hint(&reply.text()),
         },
+        _ if status == Some((5, 2, 0)) && reply.text().contains("SubmissionQuotaExceeded") => {
+            Cause::Account(AccountIssue::Quota)
+        }
         other => other,
-    };
+    }
+}
+
+/// An SMTP refusal as the error routes return: the reply, classified by [`of_reply`].
+pub(crate) fn refused(stage: Stage, reply: Reply) -> DeliveryError {
     DeliveryError::Rejected {
         stage,
+        cause: of_reply(stage, &reply),
         reply,
-        cause,
     }
 }
 
@@ -212,10 +224,11 @@ mod tests {
                 THROTTLED,
             ),
             ("452 4.5.3 Too many recipients", Stage::Rcpt, THROTTLED),
+            // 5.2.0 alone says nothing; see `a_5_2_0_is_told_apart_by_its_exception`.
             (
                 "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException",
                 Stage::Body,
-                Cause::Account(Quota),
+                Cause::Message,
             ),
             (
                 "550 5.1.8 Access denied, bad outbound sender",
@@ -356,6 +369,35 @@ mod tests {
                 "{line} at {stage}"
             );
         }
+    }
+
+    /// Exchange answers both a used-up sending quota and a refused sender with `554 5.2.0`;
+    /// only the store exception's name tells them apart. The quota is the account's (it
+    /// passes within a day: the message waits), the sender is the message's (final).
+    #[test]
+    fn a_5_2_0_is_told_apart_by_its_exception() {
+        let cause = |line: &str| of_reply(Stage::Body, &reply(line));
+        assert_eq!(
+            cause(
+                "554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException; Failed to process message due to a permanent exception with message Cannot submit message."
+            ),
+            Cause::Account(Quota)
+        );
+        assert_eq!(
+            cause(
+                "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; Failed to process message due to a permanent exception with message Cannot submit message."
+            ),
+            Cause::Message
+        );
+        assert_eq!(cause("554 5.2.0 something else"), Cause::Message);
+        assert_eq!(
+            refused(
+                Stage::Body,
+                reply("554 5.2.0 STOREDRV.Submission.Exception:SubmissionQuotaExceededException")
+            )
+            .cause(),
+            Cause::Account(Quota)
+        );
     }
 
     #[test]

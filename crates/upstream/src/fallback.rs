@@ -127,6 +127,16 @@ impl Route for FallbackRoute {
     fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a> {
         Box::pin(self.attempt(message))
     }
+
+    /// The token of the route that carries the account's mail now: the fallback while the
+    /// primary is skipped, the primary otherwise.
+    fn wait_for_token(&self) -> crate::TokenWait<'_> {
+        if self.skipping().is_some() {
+            self.fallback.wait_for_token()
+        } else {
+            self.primary.wait_for_token()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -469,6 +469,10 @@ impl Route for GraphRoute {
     fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a> {
         Box::pin(self.attempt(message))
     }
+
+    fn wait_for_token(&self) -> crate::TokenWait<'_> {
+        crate::token_wait(&self.cfg.account, self.tokens.as_ref())
+    }
 }
 
 #[cfg(test)]

@@ -134,6 +134,9 @@ impl fmt::Display for RouteKind {
     }
 }
 
+/// A wait for a route's token (see [`Route::wait_for_token`]).
+pub type TokenWait<'a> = Pin<Box<dyn Future<Output = Result<(), DeliveryError>> + Send + 'a>>;
+
 /// A way out of the relay.
 pub trait Route: Send + Sync {
     /// What kind of route this is (for logs, metrics and the fallback's rules).
@@ -142,4 +145,22 @@ pub trait Route: Send + Sync {
     fn target(&self) -> String;
     /// Tries to deliver `message` to its recipients.
     fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a>;
+    /// After a delivery failed for want of a token: resolves once the account's token source
+    /// hands one out again (asking when each failure cooldown ends), or with the failure that
+    /// waiting does not cure. A route without tokens resolves at once.
+    fn wait_for_token(&self) -> TokenWait<'_> {
+        Box::pin(std::future::ready(Ok(())))
+    }
+}
+
+/// [`Route::wait_for_token`] for a route that gets its tokens from `tokens`.
+pub(crate) fn token_wait<'a>(
+    account: &'a str,
+    tokens: &'a dyn smtp2oauth_tokens::TokenSource,
+) -> TokenWait<'a> {
+    Box::pin(async move {
+        smtp2oauth_tokens::wait_for_token(tokens)
+            .await
+            .map_err(|e| smtp::token_error(account, &e))
+    })
 }

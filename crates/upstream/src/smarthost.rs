@@ -240,7 +240,7 @@ impl SmarthostRoute {
                 addrs,
             };
             for ip in &hop.addrs {
-                let (mut client, caps) = match self.open(&hop.name, *ip).await {
+                let (client, caps) = match self.open(&hop.name, *ip).await {
                     Ok(x) => x,
                     // A permanent refusal before MAIL (a 5xx greeting) is this host's word on
                     // every message: stop here.
@@ -251,10 +251,15 @@ impl SmarthostRoute {
                         continue;
                     }
                 };
-                let result = transaction(&mut client, &caps, msg, self.cfg.data_timeout).await;
-                match &result {
-                    Ok(_) | Err(DeliveryError::Rejected { .. }) => client.quit().await,
-                    Err(_) => {}
+                let result = self.send(client, &caps, msg).await;
+                if let Err(e) = &result
+                    && crate::smtp::lost_before_final_reply(e)
+                {
+                    // A connection dropped mid-transaction usually goes through on the next
+                    // one: try once more now rather than at the next retry.
+                    warn!(queue_id = %msg.id, account = %self.cfg.account, host = %hop.name, address = %ip, error = %e,
+                        "the smart host's connection was lost before its final reply; trying once more on a new connection");
+                    return self.send_again(&hop.name, *ip, msg).await;
                 }
                 return result;
             }
@@ -263,6 +268,35 @@ impl SmarthostRoute {
             target: self.target(),
             detail: "no address found for any mail host".into(),
         }))
+    }
+}
+
+impl SmarthostRoute {
+    /// One mail transaction on an open session, which is closed politely when it still
+    /// speaks SMTP.
+    async fn send(
+        &self,
+        mut client: Client,
+        caps: &Capabilities,
+        msg: &Message,
+    ) -> Result<DeliveryReport, DeliveryError> {
+        let result = transaction(&mut client, caps, msg, self.cfg.data_timeout).await;
+        match &result {
+            Ok(_) | Err(DeliveryError::Rejected { .. }) => client.quit().await,
+            Err(_) => {}
+        }
+        result
+    }
+
+    /// The second and last try on a new connection to the same address.
+    async fn send_again(
+        &self,
+        host: &str,
+        ip: IpAddr,
+        msg: &Message,
+    ) -> Result<DeliveryReport, DeliveryError> {
+        let (client, caps) = self.open(host, ip).await?;
+        self.send(client, &caps, msg).await
     }
 }
 

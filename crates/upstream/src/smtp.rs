@@ -300,55 +300,88 @@ impl SmtpRoute {
     }
 
     async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
-        let mut replaced = false;
+        let mut tries = Tries::default();
         loop {
-            // Only a session opened with the token the account holds now: after a sign-out
-            // (no token) or a new sign-in (another token), sessions of the earlier sign-in must
-            // not carry mail; after a routine refresh the few pooled sessions are simply renewed.
-            let pooled = match self.tokens.held_token_id() {
-                Some(id) => self.pool.take(id),
-                None => {
-                    self.pool.close_all("the account holds no token");
-                    None
-                }
-            };
-            let (mut session, reused) = match pooled {
-                Some(s) => (s, true),
-                None => (self.open_session().await?, false),
-            };
-            let result = self.send(&mut session.client, &session.caps, msg).await;
+            let (result, reused) = self.try_once(msg, tries.reconnected).await;
             match &result {
-                Ok(_) => {
-                    session.uses += 1;
-                    self.keep(session).await;
-                }
-                Err(e) if reused && !replaced && dead_before_body(e) => {
+                Err(e) if reused && !tries.replaced && dead_before_body(e) => {
                     // The upstream dropped the idle session (or is closing it) and nothing of
                     // this message was accepted: carry on with a new session.
-                    debug!(account = %self.cfg.account, uses = session.uses, error = %e, "reused upstream session failed before the body; opening a new one");
-                    replaced = true;
-                    continue;
+                    debug!(account = %self.cfg.account, error = %e, "reused upstream session failed before the body; opening a new one");
+                    tries.replaced = true;
                 }
-                Err(DeliveryError::Rejected { stage, reply, .. }) if reply.code() != 421 => {
-                    // The session still speaks SMTP. After a refused body the transaction is
-                    // over; before it, RSET closes it. Either way it can carry the next message.
-                    if *stage == Stage::Body {
-                        self.keep(session).await;
-                    } else {
-                        match session.client.command("RSET", Stage::Mail).await {
-                            Ok(r) if r.code() == 250 => self.keep(session).await,
-                            Ok(_) => session.client.quit().await,
-                            Err(_) => {}
-                        }
-                    }
+                Err(e) if !tries.reconnected && lost_before_final_reply(e) => {
+                    // A brief fault (a restart, a dropped connection mid-DATA) usually clears
+                    // by the next connection: try once more now rather than at the next retry.
+                    // A copy may already have been accepted, as with any later retry.
+                    warn!(queue_id = %msg.id, account = %self.cfg.account, error = %e, "the upstream connection was lost before its final reply; trying once more on a new connection");
+                    tries.reconnected = true;
                 }
-                // A 421 ends the session; only a connection that still speaks SMTP gets a QUIT.
-                Err(DeliveryError::Rejected { .. }) => session.client.quit().await,
-                Err(_) => {}
+                _ => return result,
             }
-            return result;
         }
     }
+
+    /// One try on one session: a pooled one unless `fresh`, else a new one. Returns the
+    /// result and whether the session was reused from the pool; a session that can carry
+    /// the next message goes back to the pool.
+    async fn try_once(
+        &self,
+        msg: &Message,
+        fresh: bool,
+    ) -> (Result<DeliveryReport, DeliveryError>, bool) {
+        // Only a session opened with the token the account holds now: after a sign-out (no
+        // token) or a new sign-in (another token), sessions of the earlier sign-in must not
+        // carry mail; after a routine refresh the few pooled sessions are simply renewed.
+        let pooled = match self.tokens.held_token_id() {
+            Some(id) if !fresh => self.pool.take(id),
+            Some(_) => None,
+            None => {
+                self.pool.close_all("the account holds no token");
+                None
+            }
+        };
+        let (mut session, reused) = match pooled {
+            Some(s) => (s, true),
+            None => match self.open_session().await {
+                Ok(s) => (s, false),
+                Err(e) => return (Err(e), false),
+            },
+        };
+        let result = self.send(&mut session.client, &session.caps, msg).await;
+        match &result {
+            Ok(_) => {
+                session.uses += 1;
+                self.keep(session).await;
+            }
+            Err(DeliveryError::Rejected { stage, reply, .. }) if reply.code() != 421 => {
+                // The session still speaks SMTP. After a refused body the transaction is
+                // over; before it, RSET closes it. Either way it can carry the next message.
+                if *stage == Stage::Body {
+                    self.keep(session).await;
+                } else {
+                    match session.client.command("RSET", Stage::Mail).await {
+                        Ok(r) if r.code() == 250 => self.keep(session).await,
+                        Ok(_) => session.client.quit().await,
+                        Err(_) => {}
+                    }
+                }
+            }
+            // A 421 ends the session; only a connection that still speaks SMTP gets a QUIT.
+            Err(DeliveryError::Rejected { .. }) => session.client.quit().await,
+            Err(_) => {}
+        }
+        (result, reused)
+    }
+}
+
+/// Which second chances an attempt has used: each is taken at most once.
+#[derive(Default)]
+struct Tries {
+    /// A reused session proved dead before the body and was replaced.
+    replaced: bool,
+    /// The connection was lost before the final reply and a new one was opened.
+    reconnected: bool,
 }
 
 /// The names of the SASL mechanisms in smtp-proto's bit set, for a log line.
@@ -379,6 +412,13 @@ fn dead_before_body(e: &DeliveryError) -> bool {
         }
         _ => false,
     }
+}
+
+/// The connection broke before the upstream gave its final reply to the message (anywhere
+/// from the greeting to the end of the body): nothing says the message was accepted, and a
+/// new connection may well go through.
+pub(crate) fn lost_before_final_reply(e: &DeliveryError) -> bool {
+    matches!(e, DeliveryError::ConnectionLost { .. })
 }
 
 /// A token the account could not get, as a delivery failure: temporary whatever the cause,
@@ -413,6 +453,10 @@ impl Route for SmtpRoute {
 
     fn deliver<'a>(&'a self, message: &'a Message) -> DeliveryFuture<'a> {
         Box::pin(self.attempt(message))
+    }
+
+    fn wait_for_token(&self) -> crate::TokenWait<'_> {
+        crate::token_wait(&self.cfg.account, self.tokens.as_ref())
     }
 }
 

@@ -80,6 +80,8 @@ async fn env_with(adjust: impl FnOnce(&mut SmtpConfig)) -> Env {
     let pki = TestPki::new();
     let idp = FakeIdp::start(IdpConfig::default()).await;
     let mut cfg = SmtpConfig::microsoft(pki.server_config(), MAILBOX, idp.validator());
+    // The mailbox has Send As rights on the scanner's address (the messages' sender).
+    cfg.send_as = Some(vec![MAILBOX.into(), SENDER.into()]);
     adjust(&mut cfg);
     let smtp = FakeSmtp::start(cfg).await;
     let tokens = token_cache(&idp);
@@ -1139,8 +1141,8 @@ async fn a_refused_body_keeps_a_wide_enhanced_status_and_is_temporary() {
 
 #[tokio::test]
 async fn a_send_as_refusal_after_the_body_is_permanent() {
-    let e = env().await;
-    e.smtp.set_send_as(Some(vec![MAILBOX.to_string()]));
+    // Without Send As rights on the scanner's address (Exchange's default).
+    let e = env_with(|c| c.send_as = Some(vec![MAILBOX.into()])).await;
     let route = e.route(TlsMode::Starttls);
 
     let result = deliver(&route, &e.message("b2", b"body\r\n", &["a@example.net"])).await;
@@ -1276,10 +1278,28 @@ async fn a_server_slower_than_the_command_timeout_is_a_timeout() {
     assert_eq!(err.reply().code(), 451);
 }
 
+/// A connection dropped before the upstream's final reply is tried once more at once on a
+/// new connection: a brief fault costs no retry interval.
 #[tokio::test]
-async fn a_connection_dropped_during_the_body_is_lost_not_refused() {
+async fn a_connection_dropped_once_is_tried_again_on_a_new_connection() {
+    for at in [At::DataBody, At::Mail, At::Connect] {
+        let e = env().await;
+        e.smtp.drop_at(at, 1);
+        let route = e.route(TlsMode::Starttls);
+        let report = deliver(&route, &e.message("d0", b"body\r\n", &["a@example.net"]))
+            .await
+            .unwrap_or_else(|err| panic!("{at:?}: {err:?}"));
+        assert_eq!(report.accepted, ["a@example.net"], "{at:?}");
+        assert_eq!(e.smtp.connections(), 2, "{at:?}: a second connection");
+        assert_eq!(e.smtp.messages().len(), 1, "{at:?}");
+    }
+}
+
+/// Only once: a connection lost again is the attempt's failure, temporary and not a refusal.
+#[tokio::test]
+async fn a_connection_dropped_during_the_body_twice_is_lost_not_refused() {
     let e = env().await;
-    e.smtp.drop_at(At::DataBody, 1);
+    e.smtp.drop_at(At::DataBody, 2);
     let route = e.route(TlsMode::Starttls);
 
     let err = deliver(&route, &e.message("d1", b"body\r\n", &["a@example.net"]))
@@ -1299,12 +1319,13 @@ async fn a_connection_dropped_during_the_body_is_lost_not_refused() {
     assert!(!err.is_permanent());
     assert_eq!(err.reply().code(), 451);
     assert!(e.smtp.messages().is_empty());
+    assert_eq!(e.smtp.connections(), 2, "one more try, not more");
 }
 
 #[tokio::test]
-async fn a_connection_dropped_at_mail_is_lost() {
+async fn a_connection_dropped_at_mail_twice_is_lost() {
     let e = env().await;
-    e.smtp.drop_at(At::Mail, 1);
+    e.smtp.drop_at(At::Mail, 2);
     let route = e.route(TlsMode::Starttls);
 
     let err = deliver(&route, &e.message("d2", b"body\r\n", &["a@example.net"]))
@@ -1822,11 +1843,10 @@ async fn a_session_whose_token_is_expiring_is_not_reused() {
         ..IdpConfig::default()
     })
     .await;
-    let smtp = FakeSmtp::start(SmtpConfig::microsoft(
-        pki.server_config(),
-        MAILBOX,
-        idp.validator(),
-    ))
+    let smtp = FakeSmtp::start(SmtpConfig {
+        send_as: Some(vec![MAILBOX.into(), SENDER.into()]),
+        ..SmtpConfig::microsoft(pki.server_config(), MAILBOX, idp.validator())
+    })
     .await;
     let e = Env {
         tokens: token_cache(&idp),

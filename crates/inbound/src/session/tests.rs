@@ -269,6 +269,33 @@ fn failed_logins_are_reported_as_such() {
     assert!(t.render(step).starts_with("454 4.7.0"));
 }
 
+/// Lockouts met at AUTH are refusals the driver's observers hear as such: a username locked
+/// out for this address is a failed login (`454`, the session goes on until its limit), a
+/// locked-out address closes the session.
+#[test]
+fn lockouts_at_auth_are_reported_with_their_refusal() {
+    let mut t = session(ListenerTls::None, true, false, "10.0.0.1", false);
+    t.line("EHLO printer");
+    t.line("AUTH PLAIN AG1mcAB3cm9uZw==");
+    let step = t.s.auth_result(Err(AuthFailure::UserLockedOut));
+    assert!(t.render(step).starts_with("AUTHFAIL 454 4.7.0"));
+    assert_eq!(t.s.take_refusal(), Some(SessionError::UserLockedOut));
+    t.line("AUTH PLAIN AG1mcAB3cm9uZw==");
+    let step = t.s.auth_result(Err(AuthFailure::UserLockedOut));
+    assert!(t.render(step).starts_with("CLOSE AUTHFAIL 421 4.7.0"));
+    assert_eq!(t.s.take_refusal(), Some(SessionError::TooManyAuthFailures));
+
+    let mut t = session(ListenerTls::None, true, false, "10.0.0.1", false);
+    t.line("EHLO printer");
+    t.line("AUTH PLAIN AG1mcAB3cm9uZw==");
+    let step = t.s.auth_result(Err(AuthFailure::AddressLockedOut));
+    assert!(
+        t.render(step)
+            .starts_with("CLOSE 421 4.7.0 Too many failed logins")
+    );
+    assert_eq!(t.s.take_refusal(), Some(SessionError::LockedOut));
+}
+
 #[test]
 fn already_authenticated_and_auth_in_transaction() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
@@ -516,6 +543,9 @@ fn mail_from_a_locked_out_address_is_refused_and_closes() {
         t.line("MAIL FROM:<scanner@contoso.com>"),
         "CLOSE 421 4.7.0 Too many failed logins from your address, try again later"
     );
+    // The driver's observers hear why, and of which sender.
+    assert_eq!(t.s.take_refusal(), Some(SessionError::LockedOut));
+    assert_eq!(t.s.envelope().0.as_deref(), Some("scanner@contoso.com"));
     t.s.set_address_locked(false);
     assert!(t.line("MAIL FROM:<scanner@contoso.com>").starts_with("250"));
 }
@@ -538,6 +568,17 @@ fn addresses_keep_their_quoted_local_parts() {
     assert_eq!(
         t.line("RCPT TO:<\"plain\"@b.example>"),
         "250 2.1.5 Recipient OK"
+    );
+    // Observers get the envelope written as it goes upstream, quotes and all.
+    assert_eq!(
+        t.s.envelope(),
+        (
+            Some("\"ceo@fabrikam.example> ENVID=x\"@contoso.com".to_string()),
+            vec![
+                "\"victim@fabrikam.example> NOTIFY=NEVER\"@b.example".to_string(),
+                "plain@b.example".to_string()
+            ]
+        )
     );
     assert_eq!(
         t.line("DATA"),

@@ -761,24 +761,34 @@ async fn implicit_tls_mode() {
     assert!(e.smtp.messages()[0].tls);
 }
 
+/// Exchange's rules are on by default, so every test of the relay runs against them: Send
+/// As only as the mailbox, three sessions per mailbox, and no login with a Graph token.
 #[tokio::test]
-async fn send_as_and_session_limit() {
+async fn send_as_session_limit_and_audience_are_on_by_default() {
     let e = env().await;
-    e.smtp.set_send_as(Some(vec![MAILBOX.to_string()]));
     let mut c = authed(&e).await;
     assert_eq!(
         send_message(&mut c, "scanner@printer.local", &["a@b.c"], b"x\r\n").await,
         554
+    );
+    assert!(
+        e.smtp
+            .transcript()
+            .iter()
+            .any(|l| l.contains("S: 554 5.2.252 SendAsDenied")),
+        "{:?}",
+        e.smtp.transcript()
     );
     assert_eq!(
         send_message(&mut c, "RELAY@contoso.example", &["a@b.c"], b"x\r\n").await,
         250
     );
 
-    e.smtp.set_max_sessions_per_mailbox(Some(1));
-    let mut second = Client::to_auth(e.smtp.addr(), e.pki.client_config()).await;
+    let _second = authed(&e).await;
+    let _third = authed(&e).await;
+    let mut fourth = Client::to_auth(e.smtp.addr(), e.pki.client_config()).await;
     let token = e.idp.issue_token(SCOPE).token;
-    let r = second
+    let r = fourth
         .cmd(&format!("AUTH XOAUTH2 {}", xoauth2(MAILBOX, &token)))
         .await;
     assert!(
@@ -791,7 +801,7 @@ async fn send_as_and_session_limit() {
     // The slot frees when the first session ends.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r = second
+        let r = fourth
             .cmd(&format!("AUTH XOAUTH2 {}", xoauth2(MAILBOX, &token)))
             .await;
         if r.code == 235 {
@@ -800,6 +810,39 @@ async fn send_as_and_session_limit() {
         assert!(Instant::now() < deadline, "slot never freed: {r:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+
+    // A token for Graph is a valid token of this IdP, for another audience: refused.
+    let e = env().await;
+    let mut c = Client::to_auth(e.smtp.addr(), e.pki.client_config()).await;
+    let graph = e
+        .idp
+        .issue_token("https://graph.microsoft.com/.default")
+        .token;
+    let r = c
+        .cmd(&format!("AUTH XOAUTH2 {}", xoauth2(MAILBOX, &graph)))
+        .await;
+    assert!(
+        r.text()
+            .starts_with("535 5.7.3 Authentication unsuccessful"),
+        "{r:?}"
+    );
+    assert!(
+        e.smtp
+            .transcript()
+            .iter()
+            .any(|l| l.contains("a Graph token cannot log in to SMTP")),
+        "{:?}",
+        e.smtp.transcript()
+    );
+
+    // Each can be turned off for a test that needs it.
+    e.smtp.set_send_as(None);
+    e.smtp.set_max_sessions_per_mailbox(None);
+    let mut c = authed(&e).await;
+    assert_eq!(
+        send_message(&mut c, "scanner@printer.local", &["a@b.c"], b"x\r\n").await,
+        250
+    );
 }
 
 #[tokio::test]
@@ -824,7 +867,8 @@ async fn reply_delay_costs_one_round_trip_per_flush() {
 
 #[tokio::test]
 async fn many_concurrent_sessions() {
-    let e = env().await;
+    // Exchange's 3 sessions per mailbox would refuse most of them: this is about the fake.
+    let e = env_with(|c| c.max_sessions_per_mailbox = None).await;
     let mut tasks = Vec::new();
     for i in 0..25 {
         let addr = e.smtp.addr();
