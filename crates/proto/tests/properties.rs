@@ -343,6 +343,15 @@ fn assert_sent_as_is(a: &Address) {
     );
     assert_eq!(Address::parse(&written).as_ref(), Ok(a), "{written}");
     let mail = format!("MAIL FROM:{} SIZE=10\r\n", a.path());
+    // The path ends where we think it ends, and reads back as `a`.
+    let (raw, rest) = split_path(&mail["MAIL FROM:<".len()..]).expect("a closing bracket");
+    assert_eq!(rest, " SIZE=10\r\n");
+    assert_eq!(Address::from_path(raw, &a.unquoted()).as_ref(), Ok(a));
+    if a.domain().starts_with('[') {
+        // smtp-proto, our stand-in for the upstream's parser, reads no address literal
+        // (`a@[192.0.2.1]`); what it would make of one cannot be asked of it.
+        return;
+    }
     let Ok(Request::Mail { from }) = Request::parse(&mut mail.as_bytes().iter()) else {
         panic!("{mail:?} does not parse as MAIL");
     };
@@ -364,10 +373,6 @@ fn assert_sent_as_is(a: &Address) {
         (a.unquoted().as_str(), None, 0, 0),
         "{rcpt:?}"
     );
-    // The path ends where we think it ends, and reads back as `a`.
-    let (raw, rest) = split_path(&mail["MAIL FROM:<".len()..]).expect("a closing bracket");
-    assert_eq!(rest, " SIZE=10\r\n");
-    assert_eq!(Address::from_path(raw, &a.unquoted()).as_ref(), Ok(a));
 }
 
 proptest! {
