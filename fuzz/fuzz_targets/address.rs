@@ -7,10 +7,10 @@
 //! Oracles: never a panic; whatever is accepted is written (`Display`) without a control
 //! character, and parse → write → parse is the identity; the written form is its own canonical
 //! form (writing it again changes nothing); as a path in `MAIL FROM:<...> SIZE=1` and
-//! `RCPT TO:<...>`, smtp-proto (the parser devices' commands go through) reads the same
-//! address and no parameter but `SIZE=1`, and our own path reading (`split_path`,
-//! `from_path`) ends the path where it ends and gets the same address back; any text with a
-//! control character is refused by every reading.
+//! `RCPT TO:<...>`, our own path reading (`split_path`, `from_path`) ends the path where it
+//! ends and gets the same address back, and smtp-proto (the parser devices' commands go
+//! through) reads the same address and no parameter but `SIZE=1` (for domain names: it reads
+//! no address literal); any text with a control character is refused by every reading.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -31,6 +31,14 @@ fn check_sent_as_is(a: &Address) {
     );
 
     let mail = format!("MAIL FROM:{} SIZE=1\r\n", a.path());
+    let (raw, rest) = split_path(&mail["MAIL FROM:<".len()..]).expect("a closing bracket");
+    assert_eq!(rest, " SIZE=1\r\n");
+    assert_eq!(Address::from_path(raw, &a.unquoted()).as_ref(), Ok(a));
+    if a.domain().starts_with('[') {
+        // smtp-proto reads no address literal (`a@[192.0.2.1]`): our own reading above is
+        // the only one to ask.
+        return;
+    }
     match Request::parse(&mut mail.as_bytes().iter()) {
         Ok(Request::Mail { from }) => {
             assert_eq!(from.address, a.unquoted(), "{mail:?}");
@@ -51,9 +59,6 @@ fn check_sent_as_is(a: &Address) {
         }
         other => panic!("{rcpt:?} read as {other:?}"),
     }
-    let (raw, rest) = split_path(&mail["MAIL FROM:<".len()..]).expect("a closing bracket");
-    assert_eq!(rest, " SIZE=1\r\n");
-    assert_eq!(Address::from_path(raw, &a.unquoted()).as_ref(), Ok(a));
 }
 
 fuzz_target!(|data: &[u8]| {
