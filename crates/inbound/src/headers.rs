@@ -403,7 +403,10 @@ fn quote(s: &str) -> String {
 /// unbalanced quote, `<` outside quotes) would make a mail parser read a different address, or a
 /// list, instead of the mailbox we put there. Comments are valid in a phrase, but parsers
 /// disagree about them (mail-parser reads `e (c) f <addr>` as the address `e`), so a display
-/// name with one is quoted too: we write only what every parser reads the same way.
+/// name with one is quoted too: we write only what every parser reads the same way. For the
+/// same reason words must be apart: RFC 5322 lets a quoted string touch an atom, but a parser
+/// that decodes `=?...?=` reads an atom like `=?x"y?=` as one encoded word and no longer sees
+/// the quote open.
 fn is_phrase(s: &str) -> bool {
     let b = s.as_bytes();
     let atext =
@@ -413,6 +416,9 @@ fn is_phrase(s: &str) -> bool {
     let mut i = 0;
     let mut words = 0;
     while i < b.len() {
+        if words > 0 && !matches!(b[i], b' ' | b'\t') && !matches!(b[i - 1], b' ' | b'\t') {
+            return false;
+        }
         match b[i] {
             b' ' | b'\t' => i += 1,
             b'"' => {
@@ -601,6 +607,12 @@ mod tests {
             (
                 "From: =?UTF-8?B?U2PDpG5uZXI=?= <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: =?UTF-8?B?U2PDpG5uZXI=?= <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            // An atom touching a quoted string: a parser that decodes `=?a"b?B?eA==?=` as one
+            // encoded word reads <ceo@evil.example> as the address, so the name is quoted.
+            (
+                "From: =?a\"b?B?eA==?= <ceo@evil.example>\" <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: \"=?a\\\"b?B?eA==?= <ceo@evil.example>\\\"\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
             // folded From is replaced whole
             (
