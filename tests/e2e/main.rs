@@ -27,6 +27,8 @@
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
 //!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
 //! - `power_cut.rs`: the store on a filesystem that loses power; every 250 survives the cuts.
+//! - `hardening.rs`: the security review's findings: address injection, lockouts, timing and
+//!   metric oracles, sessions that never log in, slots after QUIT, From rewriting, escapes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -35,6 +37,7 @@ mod cli;
 mod console;
 mod deploy;
 mod graph_large;
+mod hardening;
 mod harness;
 mod live_state;
 mod logs;
