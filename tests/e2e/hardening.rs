@@ -424,12 +424,18 @@ async fn failed_logins_cost_the_same_and_the_metric_does_not_tell_them_apart() {
             .await
             .starts_with("235")
     );
-    let right = median_login(a, "127.0.0.51", "fenced", "fenced-pass", 3).await;
-    let wrong = median_login(a, "127.0.0.51", "fenced", "guess", 3).await;
-    let ratio = right.as_secs_f64() / wrong.as_secs_f64();
+    // Interleaved rounds again, a ratio per round and their median: a busy moment of the
+    // machine then lands on both sides of a ratio, not on one side of the comparison.
+    let mut ratios = Vec::new();
+    for _ in 0..5 {
+        let right = median_login(a, "127.0.0.51", "fenced", "fenced-pass", 1).await;
+        let wrong = median_login(a, "127.0.0.51", "fenced", "guess", 1).await;
+        ratios.push(right.as_secs_f64() / wrong.as_secs_f64());
+    }
+    ratios.sort_by(f64::total_cmp);
     assert!(
-        ratio > 0.5,
-        "right {right:?} vs wrong {wrong:?} from outside allow_ips: the time tells the password"
+        ratios[2] > 0.5,
+        "right / wrong password from outside allow_ips = {ratios:?}: the time tells the password"
     );
 
     let metrics = run(
