@@ -234,7 +234,10 @@ async fn a_refused_login_degrades_the_account_notifies_once_and_recovers() {
     assert_eq!(a["state"], "degraded", "{api}");
     assert_eq!(a["reply"]["code"], 535, "{api}");
     assert_eq!(a["reply"]["status"], "5.7.3", "{api}");
-    assert!(!a["advice"].as_str().unwrap_or_default().is_empty(), "{api}");
+    assert!(
+        !a["advice"].as_str().unwrap_or_default().is_empty(),
+        "{api}"
+    );
     if crate::console::chromium_installed() {
         let advice = a["advice"].as_str().unwrap().to_string();
         let steps = serde_json::json!([
