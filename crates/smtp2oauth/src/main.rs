@@ -11,8 +11,10 @@
 //!   listeners, the admin server (shared by `serve`, `check-config` and `send-test`).
 //! - `relay.rs`: the built relay, and running it until told to stop (shutdown order).
 //! - `reload.rs`: reloading the listeners' certificates on SIGHUP or when the files change.
-//! - `commands.rs`: `check-config`, `hash-password`, `send-test`; `send_test.rs`: the
-//!   send-test itself (shared with the admin console).
+//! - `commands.rs`: `check-config`, `hash-password`, `send-test`, `health`; `send_test.rs`:
+//!   the send-test itself (shared with the admin console).
+//! - `checks.rs`: what `check-config` and `serve` check beyond validation (loading
+//!   credentials and certificates, this build's features, certificate dates).
 //! - `queue_cmd.rs`: `queue list|show|retry|delete|failed|requeue`.
 //! - `account_cmd.rs`: `account list|status|login|logout` and `keygen`.
 //! - `signin.rs`: keeping delegated accounts signed in while the relay runs.
@@ -21,6 +23,7 @@
 //! - `state_file.rs`: the live state written to `<store>/state.json` for the CLI.
 
 mod account_cmd;
+mod checks;
 mod commands;
 mod logging;
 mod queue_cmd;
