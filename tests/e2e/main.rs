@@ -12,6 +12,8 @@
 //! - `console.rs`: the operator console: queue actions from the page (Chromium) and the API
 //!   while mail flows, CSRF and the password, rebinding, a password flood, send-test, no secrets.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `pipes.rs`: every printing command into a closed pipe; queue actions answered by the
+//!   running relay; times and `health` as people read them.
 //! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
 //!   `fallback_route`, Graph's Retry-After and size limit.
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
@@ -35,6 +37,7 @@ mod deploy;
 mod harness;
 mod live_state;
 mod ops;
+mod pipes;
 mod power_cut;
 mod queue;
 mod recovery;

@@ -159,76 +159,129 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
     }
 }
 
-/// `smtp2oauth health`: GET /healthz (or /readyz) from the admin server; exit 0 on 200.
-pub fn health(path: Option<&Path>, url: Option<&str>, ready: bool) -> ExitCode {
-    use std::io::Read;
-    use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-    use std::time::Duration;
-    let target = match url {
-        Some(u) => u
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string(),
-        None => {
-            let listen = match smtp2oauth_config::parse(path, std::env::vars()) {
-                Ok(c) => c.admin.listen,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if listen.is_empty() {
-                eprintln!(
-                    "smtp2oauth: [admin] listen is empty: the admin server is off, so there is nothing to ask"
-                );
-                return ExitCode::from(2);
-            }
-            match listen.parse::<SocketAddr>() {
-                // A wildcard address listens on loopback too.
-                Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
-                _ => listen,
-            }
-        }
+/// `smtp2oauth health`: GET /healthz (or /readyz) from the admin server; exit 0 on 200. Prints
+/// a summary in words, or with `json` the server's JSON as it came.
+pub fn health(path: Option<&Path>, url: Option<&str>, ready: bool, json: bool) -> ExitCode {
+    let target = match health_target(path, url) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     let path = if ready { "/readyz" } else { "/healthz" };
-    let result = (|| -> std::io::Result<(u16, String)> {
-        let addr = target
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other(format!("cannot resolve {target}")))?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        s.write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )?;
-        let mut resp = Vec::new();
-        s.take(1024 * 1024).read_to_end(&mut resp)?;
-        let text = String::from_utf8_lossy(&resp).into_owned();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
-    })();
-    match result {
-        Ok((200, body)) => {
-            println!("{}", body.trim());
-            ExitCode::SUCCESS
-        }
+    let url = format!("http://{target}{path}");
+    match http_get(&target, path) {
         Ok((code, body)) => {
-            println!("{}", body.trim());
-            eprintln!("smtp2oauth: http://{target}{path} answered {code}");
-            ExitCode::from(1)
+            if json {
+                println!("{}", body.trim());
+            } else {
+                println!("{}", health_words(&url, ready, code, &body));
+            }
+            if code == 200 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("smtp2oauth: {url} answered {code}");
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
-            eprintln!("smtp2oauth: cannot reach the admin server at http://{target}{path}: {e}");
+            eprintln!("smtp2oauth: cannot reach the admin server at {url}: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// `host:port` of the admin server: from `--url`, else from `[admin] listen` (a wildcard
+/// address is asked on loopback).
+fn health_target(path: Option<&Path>, url: Option<&str>) -> Result<String, ExitCode> {
+    if let Some(u) = url {
+        return Ok(u
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string());
+    }
+    let listen = match smtp2oauth_config::parse(path, std::env::vars()) {
+        Ok(c) => c.admin.listen,
+        Err(e) => {
+            eprint!("{e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    if listen.is_empty() {
+        eprintln!(
+            "smtp2oauth: [admin] listen is empty: the admin server is off, so there is nothing to ask"
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        _ => listen,
+    })
+}
+
+/// One HTTP/1.0 GET with deadlines: the status code and the body.
+fn http_get(target: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let addr = target
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {target}")))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut resp = Vec::new();
+    s.take(1024 * 1024).read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The answer in words: alive (and the version), or ready with each check and each account's
+/// state; a body that is not the relay's JSON is shown as it came, escaped.
+fn health_words(url: &str, ready: bool, code: u16, body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return format!("{url} answered {code}: {}", body.trim().escape_debug());
+    };
+    if !ready {
+        let version = v["version"].as_str().unwrap_or("?");
+        return match code {
+            200 => format!("alive: smtp2oauth {version} answers at {url}"),
+            _ => format!("NOT alive: {url} answered {code}"),
+        };
+    }
+    let mut out = if v["ready"] == true {
+        format!("ready: {url}")
+    } else {
+        format!("NOT ready: {url} answered {code}")
+    };
+    for c in v["checks"].as_array().into_iter().flatten() {
+        let ok = if c["ok"] == true { "ok" } else { "FAILED" };
+        let name = c["name"].as_str().unwrap_or("?");
+        let detail = c["detail"].as_str().unwrap_or("");
+        out.push_str(&format!("\n  {ok:6}  {name:9}  {}", detail.escape_debug()));
+    }
+    let accounts = v["accounts"].as_array().cloned().unwrap_or_default();
+    if !accounts.is_empty() {
+        out.push_str("\naccounts (their state does not make the relay unready):");
+    }
+    for a in &accounts {
+        let name = a["name"].as_str().unwrap_or("?");
+        let state = a["state"].as_str().unwrap_or("?");
+        let since = match a["since"]["at_ms"].as_u64() {
+            Some(ms) if state != "ok" => format!(" since {}", smtp2oauth_admin::time::local_ms(ms)),
+            _ => String::new(),
+        };
+        out.push_str(&format!("\n  {:12}  {state}{since}", name.escape_debug()));
+    }
+    out
 }

@@ -169,6 +169,12 @@ fn age(ms: u64) -> String {
     }
 }
 
+/// `2026-12-06 12:10:31 +01:00 (18 s ago)`: local time with its offset, and how long ago or
+/// from now.
+fn when(ms: u64) -> String {
+    smtp2oauth_admin::time::local_ms(ms)
+}
+
 async fn load_all(spool: &Spool, area: Area) -> Result<Vec<Queued>, SpoolError> {
     let mut out = Vec::new();
     for id in spool.list(area).await? {
@@ -283,11 +289,7 @@ fn print_message(q: &smtp2oauth_spool::Queued) {
             "failed"
         }
     );
-    println!(
-        "received:    {} ago ({} ms since epoch)",
-        age(e.received_at_ms),
-        e.received_at_ms
-    );
+    println!("received:    {}", when(e.received_at_ms));
     println!(
         "device:      {} from {} (helo {}, listener {}, session {})",
         e.device, e.client_ip, e.helo, e.listener, e.session
@@ -324,8 +326,7 @@ fn print_message(q: &smtp2oauth_spool::Queued) {
     );
     println!("attempts:    {}", p.attempts);
     if let Some(n) = p.next_attempt_ms {
-        let when = n.saturating_sub(now_ms()) / 1000;
-        println!("next:        in {when}s");
+        println!("next:        {}", when(n));
     }
 }
 
@@ -345,19 +346,19 @@ fn print_history(events: &[Event]) {
                 stage,
                 ..
             } => println!(
-                "  {} ago  attempt {attempt}: {outcome}{}  {reply}",
-                age(*at_ms),
+                "  {}  attempt {attempt}: {outcome}{}  {reply}",
+                when(*at_ms),
                 stage
                     .as_deref()
                     .map(|s| format!(" at {s}"))
                     .unwrap_or_default()
             ),
             Event::RetryRequested { at_ms } => {
-                println!("  {} ago  retry requested by the admin", age(*at_ms))
+                println!("  {}  retry requested by the admin", when(*at_ms))
             }
-            Event::Requeued { at_ms } => println!("  {} ago  requeued by the admin", age(*at_ms)),
+            Event::Requeued { at_ms } => println!("  {}  requeued by the admin", when(*at_ms)),
             Event::MovedToFailed { at_ms, reason } => {
-                println!("  {} ago  moved to failed: {reason}", age(*at_ms))
+                println!("  {}  moved to failed: {reason}", when(*at_ms))
             }
             Event::NoticeQueued {
                 at_ms,
@@ -366,8 +367,8 @@ fn print_history(events: &[Event]) {
                 ..
             } => {
                 println!(
-                    "  {} ago  failure notice {notice_id} queued to {to}",
-                    age(*at_ms)
+                    "  {}  failure notice {notice_id} queued to {to}",
+                    when(*at_ms)
                 )
             }
         }
