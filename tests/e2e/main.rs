@@ -12,6 +12,7 @@
 //! - `console.rs`: the operator console: queue actions from the page (Chromium) and the API
 //!   while mail flows, CSRF and the password, rebinding, a password flood, send-test, no secrets.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `files.rs`: what the relay creates on disk is private whatever the umask.
 //! - `pipes.rs`: every printing command into a closed pipe; queue actions answered by the
 //!   running relay; times and `health` as people read them.
 //! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
@@ -34,6 +35,7 @@ mod bad_input;
 mod cli;
 mod console;
 mod deploy;
+mod files;
 mod harness;
 mod live_state;
 mod ops;
