@@ -12,6 +12,7 @@
 //! - `console.rs`: the operator console: queue actions from the page (Chromium) and the API
 //!   while mail flows, CSRF and the password, rebinding, a password flood, send-test, no secrets.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `doc_commands.rs`: every `smtp2oauth ...` command in the docs' shell examples exists.
 //! - `files.rs`: what the relay creates on disk is private whatever the umask.
 //! - `pipes.rs`: every printing command into a closed pipe; queue actions answered by the
 //!   running relay; times and `health` as people read them.
@@ -35,6 +36,7 @@ mod bad_input;
 mod cli;
 mod console;
 mod deploy;
+mod doc_commands;
 mod files;
 mod harness;
 mod live_state;
