@@ -157,6 +157,66 @@ async fn send_test_prints_the_upstream_reply() {
     );
 }
 
+/// send-test asks for the token first and reports the two steps apart, each with its advice:
+/// a refused app is fixed in Entra ID, a refused message in Exchange.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_test_reports_the_token_and_the_delivery_apart() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let send_test = |account_toml: String| {
+        let cfg = relay_toml(&up.pki, &account_toml, "") + &store_toml(dir.path(), "");
+        let path = file(dir.path(), "c.toml", cfg.as_bytes());
+        let args: Vec<String> = [
+            "send-test",
+            "--config",
+            path.to_str().unwrap(),
+            "--account",
+            "scanner",
+            "--to",
+            "admin@example.com",
+        ]
+        .map(String::from)
+        .to_vec();
+        async move { run(BIN, &args).await }
+    };
+    // The token endpoint refuses the app: the message is not tried.
+    up.idp
+        .set_failure(Some(smtp2oauth_testkit::IdpFailure::InvalidClient));
+    let out = send_test(up.account_toml("")).await;
+    assert_eq!(out.status, 1, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[1].starts_with("token: FAILED: no token: "),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[2].starts_with("  advice: "), "{}", out.stdout);
+    assert_eq!(
+        lines[3], "delivery: not tried without a token",
+        "{}",
+        out.stdout
+    );
+    // The token comes, the SMTP server does not answer: the token is reported good first.
+    up.idp.set_failure(None);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = closed.local_addr().unwrap().port();
+    drop(closed);
+    let account = up.account_toml("").replace(
+        &format!("smtp_port = {}", up.smtp.port()),
+        &format!("smtp_port = {unreachable}"),
+    );
+    let out = send_test(account).await;
+    assert_eq!(out.status, 1, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[1].starts_with("token: ok: token obtained, valid until "),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[2].starts_with("delivery: FAILED: "), "{}", out.stdout);
+    assert!(out.stdout.contains("  advice: "), "{}", out.stdout);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_config_runs_and_captures_a_printer_message() {
     // The README's first command, with ports and store moved so tests can run side by side.
@@ -234,6 +294,8 @@ async fn configuration_from_the_environment_alone() {
         ("SMTP2OAUTH_LISTENERS__0__TLS", "none"),
         ("SMTP2OAUTH_LISTENERS__0__ALLOW_INSECURE_AUTH", "true"),
         ("SMTP2OAUTH_STORE__DIR", store.as_str()),
+        // With a file, a new entry comes by index; then its name addresses it too.
+        ("SMTP2OAUTH_ACCOUNTS__0__NAME", "scanner"),
         ("SMTP2OAUTH_ACCOUNTS__SCANNER__MAILBOX", MAILBOX),
         ("SMTP2OAUTH_ACCOUNTS__SCANNER__ROUTE", "capture"),
         ("SMTP2OAUTH_DEVICES__0__USERNAME", DEVICE_USER),

@@ -207,3 +207,73 @@ fn an_admin_server_open_to_the_network_without_a_password_is_a_warning() {
         checked.warnings
     );
 }
+
+/// The configurations behind the messages docs/configuration.md shows under "Messages you will
+/// meet": MINIMAL changed one way each, with environment variables.
+fn documented_cases() -> Vec<(String, Vec<(&'static str, &'static str)>)> {
+    vec![
+        (MINIMAL.replace("hostname = ", "hostnme = "), vec![]),
+        (
+            format!("{MINIMAL}\n[delivery]\nwait_for_upstream = true\n"),
+            vec![],
+        ),
+        (
+            MINIMAL.replace("tls = \"none\"", "tls = \"startls\""),
+            vec![],
+        ),
+        (
+            MINIMAL.replace(
+                "tenant = \"contoso.onmicrosoft.com\"",
+                "tenant = \"https://login.microsoftonline.com/contoso.onmicrosoft.com/\"",
+            ),
+            vec![],
+        ),
+        (
+            MINIMAL.replace("11111111-2222-3333-4444-555555555555", "my app"),
+            vec![],
+        ),
+        (
+            MINIMAL.replace("mailbox = \"scanner@contoso.com\"\n", ""),
+            vec![],
+        ),
+        (
+            MINIMAL.to_string(),
+            vec![("SMTP2OAUTH_ACCOUNTS__SCANER__CLIENT_SECRET", "x")],
+        ),
+        (
+            MINIMAL.to_string(),
+            vec![("SMTP2OAUTH_DEVICES__MFP_3F__ACCOUNT", "nas")],
+        ),
+    ]
+}
+
+#[test]
+fn the_messages_the_docs_show_are_the_ones_printed() {
+    let doc = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md"),
+    )
+    .unwrap();
+    let section = doc
+        .split("### Messages you will meet")
+        .nth(1)
+        .expect("docs/configuration.md has a section \"Messages you will meet\"");
+    let block = section
+        .split("```text\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a ```text block of messages");
+    let produced: Vec<String> = documented_cases()
+        .iter()
+        .flat_map(|(toml, env)| problems(toml, env))
+        .map(|m| m.replace("FILE", "/etc/smtp2oauth/smtp2oauth.toml"))
+        .collect();
+    let shown: Vec<&str> = block.lines().collect();
+    assert_eq!(shown.len(), documented_cases().len());
+    for line in shown {
+        assert!(
+            produced.iter().any(|p| p == line),
+            "docs/configuration.md shows a message the loader does not print:\n{line}\nit prints:\n{}",
+            produced.join("\n")
+        );
+    }
+}
