@@ -69,6 +69,121 @@ account = "missing"
     );
 }
 
+/// One problem is one message: a client CA file that is missing and a password hash that is
+/// malformed were each reported twice (by validation and again by loading), and each message
+/// names the line.
+#[test]
+fn check_config_reports_each_problem_once_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = smtp2oauth_testkit::TestPki::new();
+    let toml = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[[listeners]]\naddress = \"127.0.0.1:2525\"\nclient_ca_file = \"/nonexistent/ca.pem\"\n\n[[accounts]]\nname = \"scanner\"\nmailbox = \"scanner@contoso.com\"\nroute = \"capture\"\n\n[[devices]]\nusername = \"mfp\"\npassword_hash = \"nothash\"\naccount = \"scanner\"\n",
+        pki.cert_pem_path().display(),
+        pki.key_pem_path().display()
+    );
+    let cfg = file(dir.path(), "c.toml", toml.as_bytes());
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let path = cfg.display().to_string();
+    assert!(err.contains("2 configuration problem(s):"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "  - {path}:7: `listeners.0.client_ca_file`: cannot read /nonexistent/ca.pem"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "  - {path}:16: `devices.0.password_hash`: must be an argon2 hash"
+        )),
+        "{err}"
+    );
+}
+
+/// A certificate the relay presents: expired is an error of check-config and serve alike,
+/// expiring within 30 days a warning with the date.
+#[test]
+fn expired_and_expiring_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["relay.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 3, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 3, 1);
+    let expired = params.self_signed(&key).unwrap();
+    let cert = file(dir.path(), "cert.pem", expired.pem().as_bytes());
+    let key_file = file(dir.path(), "key.pem", key.serialize_pem().as_bytes());
+    let toml = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n\n[store]\ndir = \"{}\"\n\n[[accounts]]\nname = \"scanner\"\nmailbox = \"scanner@contoso.com\"\nroute = \"capture\"\n",
+        cert.display(),
+        key_file.display(),
+        dir.path().join("store").display()
+    );
+    let cfg = file(dir.path(), "c.toml", toml.as_bytes());
+    let prefix = format!(
+        "{}:2: `tls.cert_file`: the certificate in {} expired on 2021-03-01 ",
+        cfg.display(),
+        cert.display()
+    );
+    for command in ["check-config", "serve"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&cfg)
+            .env("SMTP2OAUTH_ADMIN__LISTEN", "")
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&prefix), "{command}: {err}");
+        assert!(err.contains(" days ago): renew it"), "{command}: {err}");
+    }
+    // Ten days left: a warning with the date, and the configuration passes.
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "10",
+            "-subj",
+            "/CN=relay.test",
+            "-keyout",
+        ])
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env("SMTP2OAUTH_ADMIN__LISTEN", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {}:2: `tls.cert_file`: the certificate in {} expires on ",
+            cfg.display(),
+            cert.display()
+        )) && err.contains("(in 9 days): renew it before then"),
+        "{err}"
+    );
+}
+
 #[test]
 fn hash_password_reads_stdin_and_prints_an_argon2id_phc_string() {
     let h = password_hash("correct horse");
