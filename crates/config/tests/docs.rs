@@ -8,6 +8,8 @@
 //! - ```` ```toml fragment [[accounts]] ````: keys that belong in the table named after
 //!   `fragment`; they must be keys of that table, with the right types.
 
+#![allow(clippy::unwrap_used)]
+
 use smtp2oauth_config::{check, parse_str};
 use std::path::{Path, PathBuf};
 
