@@ -40,7 +40,7 @@ pub(crate) fn problem(e: &figment::Error) -> Problem {
             format!("expected {}, found {n} item(s)", expected_words(expected)),
         ),
         Kind::DuplicateField(name) => Problem::new(join(&parent, name), "is set twice".to_string()),
-        Kind::Message(m) => Problem::new(parent, m.clone()),
+        Kind::Message(m) => Problem::new(parent, message_words(m)),
         other => Problem::new(parent, other.to_string()),
     }
 }
@@ -150,6 +150,17 @@ fn expected_words(expected: &str) -> String {
         _ => e,
     };
     words.to_string()
+}
+
+/// The standard library's parse errors that serde passes on as they are, in words.
+fn message_words(m: &str) -> String {
+    match m {
+        "invalid socket address syntax" => {
+            "expected an address with a port, such as \"127.0.0.1:2525\" or \"[::1]:2525\"".into()
+        }
+        "invalid IP address syntax" => "expected an IP address, such as \"192.168.1.23\"".into(),
+        other => other.to_string(),
+    }
 }
 
 /// What was found, in words: `a boolean`, `the number 25`, `the string "big"`.

@@ -73,6 +73,13 @@ fn type_errors_say_what_belongs_there() {
             "FILE:7: `listeners.0.tls`: \"startls\" is not one of \"none\", \"starttls\" or \"implicit\"; did you mean \"starttls\"?"
         ]
     );
+    let toml = MINIMAL.replace("127.0.0.1:2525", "relay:smtp");
+    assert_eq!(
+        problems(&toml, &[]),
+        [
+            "FILE:6: `listeners.0.address`: expected an address with a port, such as \"127.0.0.1:2525\" or \"[::1]:2525\""
+        ]
+    );
     let toml = MINIMAL.replace("mailbox = \"scanner@contoso.com\"\n", "");
     assert_eq!(
         problems(&toml, &[]),
