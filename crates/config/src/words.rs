@@ -18,7 +18,8 @@ pub(crate) fn problem(e: &figment::Error) -> Problem {
             } else {
                 join(&parent, name)
             };
-            Problem::new(key, unknown_key(name, expected))
+            let message = unknown_key(name, expected, &table_of(&e.path));
+            Problem::new(key, message)
         }
         Kind::MissingField(name) => Problem::new(
             join(&parent, name),
@@ -53,13 +54,27 @@ fn join(parent: &str, name: &str) -> String {
     }
 }
 
-/// `unknown key; did you mean `hostname`?`, or where to find the valid keys. The problem's key
-/// already names the unknown one.
-fn unknown_key(name: &str, expected: &[&str]) -> String {
+/// `unknown key; did you mean `hostname`?`, else the valid keys when they are few, else where
+/// they are listed. The problem's key already names the unknown one.
+fn unknown_key(name: &str, expected: &[&str], table: &str) -> String {
     match closest(name, expected) {
         Some(best) => format!("unknown key; did you mean `{best}`?"),
         None if expected.is_empty() => "unknown key: this table takes no keys".to_string(),
-        None => format!("unknown key; the keys here are {}", listed(expected)),
+        None if expected.len() <= 10 => {
+            format!("unknown key; the keys here are {}", listed(expected))
+        }
+        None => format!(
+            "unknown key; docs/configuration.md lists the keys of {table} with what each does"
+        ),
+    }
+}
+
+/// The table a key path is in, as the file writes it: `[server]`, `[[accounts]]`.
+fn table_of(path: &[String]) -> String {
+    match path {
+        [table, index, ..] if index.parse::<usize>().is_ok() => format!("[[{table}]]"),
+        [table, _, ..] => format!("[{table}]"),
+        _ => "the file's top level".to_string(),
     }
 }
 

@@ -41,6 +41,13 @@ fn a_typo_names_the_line_and_the_key_meant() {
             "FILE:11: `store.colour`: unknown key; the keys here are \"dir\", \"fsync\", \"min_free_space\" or \"master_key_file\""
         ]
     );
+    let toml = with("[accounts]", "colour = \"blue\"");
+    assert_eq!(
+        problems(&toml, &[]),
+        [
+            "FILE:14: `accounts.0.colour`: unknown key; docs/configuration.md lists the keys of [[accounts]] with what each does"
+        ]
+    );
     // The same typo in the environment names the variable.
     assert_eq!(
         problems(MINIMAL, &[("SMTP2OAUTH_SERVER__HOSTNME", "x")]),
