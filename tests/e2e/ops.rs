@@ -115,7 +115,7 @@ async fn metrics_move_as_messages_pass_and_fail_and_hold_no_addresses() {
         "{text}"
     );
     assert_eq!(
-        delta("smtp2oauth_auth_attempts_total{result=\"wrong_password\"}"),
+        delta("smtp2oauth_auth_attempts_total{result=\"failure\"}"),
         1.0,
         "{text}"
     );

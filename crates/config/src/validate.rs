@@ -271,6 +271,12 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
             "must be at least 1",
         ));
     }
+    if s.max_unauthenticated_per_ip == 0 {
+        p.push(Problem::new(
+            "server.max_unauthenticated_per_ip",
+            "must be at least 1",
+        ));
+    }
     if s.max_auth_failures == 0 {
         p.push(Problem::new(
             "server.max_auth_failures",
@@ -284,6 +290,7 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
         ("server.command_timeout", s.command_timeout),
         ("server.data_timeout", s.data_timeout),
         ("server.session_timeout", s.session_timeout),
+        ("server.preauth_timeout", s.preauth_timeout),
     ] {
         if d.is_zero() {
             p.push(Problem::new(key, "must be longer than zero"));

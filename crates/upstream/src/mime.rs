@@ -16,6 +16,7 @@
 //! whose headers already match its envelope and that has no such part goes out byte for byte.
 
 use base64::Engine;
+use smtp2oauth_proto::Address;
 
 /// What [`prepare_for_graph`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -33,10 +34,16 @@ pub struct Prepared {
 /// Makes the message's recipient headers match the envelope and fixes fragile
 /// quoted-printable parts. `message` has CRLF line ends (as the spool stores it).
 pub fn prepare_for_graph(message: &[u8], envelope: &[String]) -> Prepared {
-    let (header_end, body_start) = split_header(message);
+    prepare_for_graph_owned(message.to_vec(), envelope)
+}
+
+/// [`prepare_for_graph`] in `message`'s own buffer: unless a part is re-encoded, only the
+/// header block is replaced, so a message of tens of megabytes is never held twice.
+pub fn prepare_for_graph_owned(mut message: Vec<u8>, envelope: &[String]) -> Prepared {
+    let (header_end, body_start) = split_header(&message);
     let fields = header_fields(&message[..header_end]);
     let mut filter = RecipientFilter {
-        wanted: envelope.iter().map(|r| r.to_ascii_lowercase()).collect(),
+        wanted: envelope.iter().map(|r| comparable(r)).collect(),
         named: Vec::new(),
         removed: Vec::new(),
     };
@@ -63,19 +70,37 @@ pub fn prepare_for_graph(message: &[u8], envelope: &[String]) -> Prepared {
             added_bcc.push(r.clone());
         }
     }
+    // Written by `Address`, like every address we send: a quoted local part stays quoted. An
+    // address that cannot be written (control characters, from an older version's spool) is
+    // left out: no header can carry it.
+    added_bcc.retain(|a| Address::from_stored(a).is_ok());
     if !added_bcc.is_empty() {
-        let items: Vec<Vec<u8>> = added_bcc.iter().map(|a| a.as_bytes().to_vec()).collect();
+        let items: Vec<Vec<u8>> = added_bcc
+            .iter()
+            .filter_map(|a| Address::from_stored(a).ok())
+            .map(|a| a.to_string().into_bytes())
+            .collect();
         headers.extend_from_slice(&fold_list("Bcc", &items));
     }
-    let (body, reencoded_parts) = fix_quoted_printable(message, &message[..header_end], body_start);
+    let (body, reencoded_parts) =
+        fix_quoted_printable(&message, &message[..header_end], body_start);
     let top_ct = header_value(&message[..header_end], "Content-Type").unwrap_or_default();
     if reencoded_parts > 0 && boundary(&top_ct).is_none() {
         // A single-part message: its own header names the encoding.
         headers = set_cte_base64(&headers);
     }
-    let mut bytes = headers;
-    bytes.extend_from_slice(&message[header_end..body_start]);
-    bytes.extend_from_slice(&body);
+    let bytes = match body {
+        None => {
+            drop(message.splice(..header_end, headers));
+            message
+        }
+        Some(body) => {
+            let mut bytes = headers;
+            bytes.extend_from_slice(&message[header_end..body_start]);
+            bytes.extend_from_slice(&body);
+            bytes
+        }
+    };
     Prepared {
         bytes,
         added_bcc,
@@ -96,7 +121,7 @@ struct RecipientFilter {
 
 impl RecipientFilter {
     fn keeps(&mut self, addr: &str) -> bool {
-        let lower = addr.to_ascii_lowercase();
+        let lower = comparable(addr);
         if self.wanted.contains(&lower) {
             self.named.push(lower);
             true
@@ -138,6 +163,14 @@ impl RecipientFilter {
         }
         (keep, dropped_any)
     }
+}
+
+/// An address in the form envelope and header addresses are compared in: as [`Address`]
+/// writes it (so `"a"@b` in a header is the envelope's `a@b`), lowercase.
+fn comparable(addr: &str) -> String {
+    Address::from_stored(addr)
+        .map_or_else(|_| addr.to_string(), |a| a.to_string())
+        .to_ascii_lowercase()
 }
 
 fn is_empty_group(item: &[u8]) -> bool {
@@ -454,13 +487,11 @@ fn boundary(content_type: &str) -> Option<String> {
 /// Re-encodes the fragile quoted-printable parts of the entity whose header block is `headers`
 /// and whose body starts at `body_start` of `m`. Returns the new body and how many parts
 /// changed (the body is returned unchanged when none did).
-fn fix_quoted_printable(m: &[u8], headers: &[u8], body_start: usize) -> (Vec<u8>, usize) {
+/// The body with its fragile quoted-printable parts re-encoded, and how many; `None` when
+/// nothing needed it.
+fn fix_quoted_printable(m: &[u8], headers: &[u8], body_start: usize) -> (Option<Vec<u8>>, usize) {
     let body = &m[body_start..];
-    let (new, n) = fix_entity(headers, body, 0);
-    match new {
-        Some(b) => (b, n),
-        None => (body.to_vec(), 0),
-    }
+    fix_entity(headers, body, 0)
 }
 
 /// Returns the entity's new body when some part in it was re-encoded.
@@ -594,6 +625,32 @@ mod tests {
         );
         assert_eq!(p.added_bcc, vec!["hidden@y.com"]);
         assert_eq!(p.removed, vec!["c@x.com", "d@x.com"]);
+    }
+
+    /// Graph gets the envelope's addresses as `Address` writes them: a quoted local part stays
+    /// quoted (one recipient, not a list), and a header naming it quoted or not is the same one.
+    #[test]
+    fn recipients_are_written_in_their_one_form() {
+        let m = b"To: <\"a\"@x.com>\r\nSubject: hi\r\n\r\nbody\r\n";
+        let p = prepare_for_graph(
+            m,
+            &env(&[
+                "a@x.com",
+                "\"v@fabrikam.example>, e@evil.example\"@b.example",
+            ]),
+        );
+        assert_eq!(
+            String::from_utf8(p.bytes).unwrap(),
+            "To: <\"a\"@x.com>\r\nSubject: hi\r\nBcc: \"v@fabrikam.example>, e@evil.example\"@b.example\r\n\r\nbody\r\n"
+        );
+        assert!(p.removed.is_empty());
+        // An address an older version stored unquoted is written quoted too.
+        let p = prepare_for_graph(m, &env(&["a@x.com", "v w@b.example"]));
+        assert!(
+            String::from_utf8(p.bytes)
+                .unwrap()
+                .contains("Bcc: \"v w\"@b.example\r\n")
+        );
     }
 
     #[test]
