@@ -17,7 +17,7 @@ use crate::wiring;
 use clap::Subcommand;
 use live::Live;
 use smtp2oauth_activity::now_ms;
-use smtp2oauth_admin::time::{utc, utc_relative};
+use smtp2oauth_admin::time::{local, local_relative};
 use smtp2oauth_config::{AccountSpec, FlowSpec, Loaded, RouteSpec};
 use smtp2oauth_tokens::{
     CallbackParams, MasterKey, PollEvent, Secret, SignInError, SignInManager, StoredToken,
@@ -112,7 +112,7 @@ async fn state_line(account: &AccountSpec, store: Option<&TokenStore>) -> String
         Some(Err(e)) => format!("token file unreadable: {}", printable(&e.to_string())),
         Some(Ok(Some(t))) if t.sign_in_required => "sign-in needed".into(),
         Some(Ok(Some(t))) => match t.signed_in_at {
-            Some(at) => format!("signed in {}", utc_relative(at)),
+            Some(at) => format!("signed in {}", local_relative(at)),
             None => "signed in".into(),
         },
     }
@@ -236,7 +236,7 @@ async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
         Some(t) => {
             let show = |label: &str, t: Option<SystemTime>| {
                 if let Some(t) = t {
-                    println!("{label:14}{}", utc_relative(t));
+                    println!("{label:14}{}", local_relative(t));
                 }
             };
             show("signed in:", t.signed_in_at);
@@ -255,7 +255,7 @@ async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
             "in progress:  open {} and enter {} (until {}, started by {})",
             printable(&p.verification_uri),
             printable(&p.user_code),
-            utc(SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at)),
+            local(SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at)),
             printable(&p.started_by)
         );
     }

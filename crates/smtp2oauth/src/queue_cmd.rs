@@ -176,6 +176,12 @@ fn age(ms: u64) -> String {
     }
 }
 
+/// `2026-12-06 12:10:31 +01:00 (18 s ago)`: local time with its offset, and how long ago or
+/// from now.
+fn when(ms: u64) -> String {
+    smtp2oauth_admin::time::local_ms(ms)
+}
+
 async fn load_all(spool: &Spool, area: Area) -> Result<Vec<Queued>, SpoolError> {
     let mut out = Vec::new();
     for id in spool.list(area).await? {
@@ -290,11 +296,7 @@ fn print_message(q: &smtp2oauth_spool::Queued) {
             "failed"
         }
     );
-    println!(
-        "received:    {} ago ({} ms since epoch)",
-        age(e.received_at_ms),
-        e.received_at_ms
-    );
+    println!("received:    {}", when(e.received_at_ms));
     println!(
         "device:      {} from {} (helo {}, listener {}, session {})",
         printable(&e.device),
@@ -336,8 +338,7 @@ fn print_message(q: &smtp2oauth_spool::Queued) {
     );
     println!("attempts:    {}", p.attempts);
     if let Some(n) = p.next_attempt_ms {
-        let when = n.saturating_sub(now_ms()) / 1000;
-        println!("next:        in {when}s");
+        println!("next:        {}", when(n));
     }
 }
 
@@ -357,8 +358,8 @@ fn print_history(events: &[Event]) {
                 stage,
                 ..
             } => println!(
-                "  {} ago  attempt {attempt}: {outcome}{}  {}",
-                age(*at_ms),
+                "  {}  attempt {attempt}: {outcome}{}  {}",
+                when(*at_ms),
                 stage
                     .as_deref()
                     .map(|s| format!(" at {}", printable(s)))
@@ -366,15 +367,11 @@ fn print_history(events: &[Event]) {
                 printable(&reply.to_string())
             ),
             Event::RetryRequested { at_ms } => {
-                println!("  {} ago  retry requested by the admin", age(*at_ms))
+                println!("  {}  retry requested by the admin", when(*at_ms))
             }
-            Event::Requeued { at_ms } => println!("  {} ago  requeued by the admin", age(*at_ms)),
+            Event::Requeued { at_ms } => println!("  {}  requeued by the admin", when(*at_ms)),
             Event::MovedToFailed { at_ms, reason } => {
-                println!(
-                    "  {} ago  moved to failed: {}",
-                    age(*at_ms),
-                    printable(reason)
-                )
+                println!("  {}  moved to failed: {}", when(*at_ms), printable(reason))
             }
             Event::NoticeQueued {
                 at_ms,
@@ -383,8 +380,8 @@ fn print_history(events: &[Event]) {
                 ..
             } => {
                 println!(
-                    "  {} ago  failure notice {notice_id} queued to {}",
-                    age(*at_ms),
+                    "  {}  failure notice {notice_id} queued to {}",
+                    when(*at_ms),
                     address(to)
                 )
             }

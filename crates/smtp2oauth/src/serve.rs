@@ -7,9 +7,9 @@
 //! order; [`Relay::run`](crate::relay::Relay::run) starts serving. Signals and certificate
 //! reloads are tasks of their own.
 
-use crate::{reload, wiring};
+use crate::{checks, reload, wiring};
 use anyhow::{Result, anyhow};
-use smtp2oauth_config::Loaded;
+use smtp2oauth_config::{ConfigError, Loaded};
 use std::path::{Path, PathBuf};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use tracing::{info, warn};
 
 /// Runs the relay configured by `config_path` until SIGTERM or SIGINT.
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
-    let loaded = load(config_path.as_deref())?;
+    let loaded = load(config_path.as_deref()).await?;
     let relay = wiring::build(&loaded).await?;
     // Handlers first: whoever reads "started" may send SIGTERM at once, and a signal that
     // arrives before its handler exists kills the process without a clean shutdown.
@@ -35,10 +35,16 @@ pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
     relay.run(stop).await
 }
 
-/// Loads and checks the configuration; logs its warnings and the secret files others can read.
-fn load(path: Option<&Path>) -> Result<Loaded> {
+/// Loads and checks the configuration as `check-config` does (validation, then what loading
+/// finds); logs its warnings and the secret files others can read.
+async fn load(path: Option<&Path>) -> Result<Loaded> {
     let loaded = smtp2oauth_config::load(path).map_err(|e| anyhow!("{e}"))?;
-    for w in &loaded.warnings {
+    let found = checks::loading(&loaded, &[]).await;
+    if !found.problems.is_empty() {
+        let problems = found.problems;
+        return Err(anyhow!("{}", ConfigError { problems }));
+    }
+    for w in loaded.warnings.iter().chain(&found.warnings) {
         warn!("configuration: {w}");
     }
     if let Some(p) = path {

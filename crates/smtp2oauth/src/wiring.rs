@@ -21,6 +21,7 @@ mod routes;
 mod tls;
 mod tokens;
 
+pub use console::not_after_ms;
 pub use notify::{AlertSender, Notifications};
 pub use routes::{GraphSlots, route, routes};
 pub use tls::{distinct_handles, listener_tls};
@@ -141,13 +142,19 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
 
 /// Opens the spool under its lock (one relay per spool: a second one would deliver the same
 /// messages twice) and removes what an earlier run left unfinished.
+///
+/// The directories it creates are private (0700); one that was there before, made by an
+/// installer or an admin, gets a warning when every user can read it.
 async fn open_spool(cfg: &Config) -> Result<(Spool, SpoolLock)> {
+    let existed = cfg.store.dir.exists();
     smtp2oauth_spool::create_dir_durable(&cfg.store.dir, cfg.store.fsync)
         .with_context(|| format!("cannot create store dir {}", cfg.store.dir.display()))?;
     let spool = Spool::open_with(&cfg.store.dir.join("spool"), cfg.store.fsync)
         .context("cannot open the spool")?;
     let lock = spool.lock()?;
-    warn_if_readable_by_others(&cfg.store.dir, "the store directory (queued mail and keys)");
+    if existed {
+        warn_if_readable_by_others(&cfg.store.dir, "the store directory (queued mail and keys)");
+    }
     let removed = spool
         .clean_orphans()
         .await

@@ -1,4 +1,5 @@
-//! Creating the directories the relay keeps its state in: private, and durable before use.
+//! Creating the directories and files the relay keeps its state in: private, and durable
+//! before use.
 //!
 //! A new directory is only a name in its parent until the parent is fsynced: after a power cut
 //! it can vanish with every fsynced message inside it. So every directory made here is
@@ -62,6 +63,29 @@ fn make_private_dir(dir: &Path) -> io::Result<()> {
 #[cfg(not(unix))]
 fn make_private_dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new().create(dir)
+}
+
+/// Options that create a file with mode 0600 (read and written by the relay's user only,
+/// whatever the umask), for writing.
+pub fn private_file() -> std::fs::OpenOptions {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o
+}
+
+/// Writes `bytes` to a new or truncated private file (mode 0600).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    private_file()
+        .create(true)
+        .truncate(true)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// Makes the entries of directory `dir` durable.

@@ -28,13 +28,13 @@ fn listener_cert_files(cfg: &Config) -> Result<Option<(PathBuf, PathBuf)>> {
     if cert.exists() && key.exists() {
         return Ok(Some((cert, key)));
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    smtp2oauth_spool::create_dir_durable(&dir, cfg.store.fsync)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let host = cfg.hostname();
     let generated = rcgen::generate_simple_self_signed(vec![host.clone(), "localhost".into()])
         .context("cannot generate a self-signed certificate")?;
     write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, generated.cert.pem())
-        .with_context(|| format!("cannot write {}", cert.display()))?;
+    write_private(&cert, generated.cert.pem().as_bytes())?;
     warn!(
         cert = %cert.display(),
         host = %host,
@@ -46,13 +46,10 @@ fn listener_cert_files(cfg: &Config) -> Result<Option<(PathBuf, PathBuf)>> {
 /// Writes a file readable only by us (mode 0600), atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
+    let mut f = smtp2oauth_spool::private_file()
         .create(true)
         .truncate(true)
-        .mode(0o600)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
