@@ -121,3 +121,51 @@ async fn every_refusal_and_every_session_is_logged_at_the_default_level() {
     );
     assert!(!logs.contains(DEVICE_PASSWORD), "a password in the log");
 }
+
+/// The shape of a session log line: level, message, and its field names in order.
+fn shape(line: &str) -> Option<(String, String, Vec<String>)> {
+    let level = ["INFO", "WARN"].into_iter().find(|l| line.contains(l))?;
+    let rest = line.split("smtp2oauth_inbound::session_log: ").nth(1)?;
+    let message: Vec<&str> = rest.split(' ').take_while(|w| !w.contains('=')).collect();
+    let keys = rest
+        .split(' ')
+        .filter_map(|w| w.split_once('=').map(|(k, _)| k))
+        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'))
+        .map(str::to_string)
+        .collect();
+    Some((level.to_string(), message.join(" "), keys))
+}
+
+/// Every session log line shown in docs/deploy.md and docs/devices.md has the shape of a line
+/// the relay writes (same level, message and fields), so the examples cannot drift.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_documented_log_lines_are_the_ones_the_relay_writes() {
+    let up = Upstream::start().await;
+    let relay = default_level_relay(&up);
+    send(&relay, "127.0.0.1", Some(DEVICE_PASSWORD), MAILBOX).await;
+    send(
+        &relay,
+        "127.0.0.1",
+        Some(DEVICE_PASSWORD),
+        "ceo@evil.example",
+    )
+    .await;
+    send(&relay, "127.0.0.3", None, MAILBOX).await;
+    for _ in 0..4 {
+        send(&relay, "127.0.0.2", Some("wrong-horse-battery"), MAILBOX).await;
+    }
+    wait_for(&relay, &["session ended", "end=\"lockout\""]);
+    let written: Vec<_> = relay.logs().lines().filter_map(shape).collect();
+    let mut checked = 0;
+    for doc in ["docs/deploy.md", "docs/devices.md"] {
+        let text = std::fs::read_to_string(repo_root().join(doc)).unwrap();
+        for example in text.lines().filter_map(shape) {
+            assert!(
+                written.contains(&example),
+                "{doc} shows a line the relay does not write: {example:?}\nwritten: {written:#?}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 8, "only {checked} examples found");
+}
