@@ -178,7 +178,14 @@ struct Inner {
     failed_sync: DirSync,
     /// fsync files and directories (off only to measure what durability costs).
     fsync: bool,
+    /// The last free-space reading and when it was taken (see [`FREE_SPACE_FRESH`]).
+    free_space: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// How long a free-space reading is used again. Sessions ask at every MAIL; a reading a
+/// fraction of a second old decides "enough room?" just as well, and saves each MAIL a hand-off
+/// to the blocking pool. A write that finds the disk full is refused whatever the reading said.
+const FREE_SPACE_FRESH: Duration = Duration::from_millis(500);
 
 /// The states a message can be in, each a directory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -219,6 +226,7 @@ impl Spool {
                 control,
                 control_signals: Arc::default(),
                 fsync,
+                free_space: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -412,14 +420,31 @@ impl Spool {
     }
 
     /// Bytes available to us on the spool's filesystem (None if unknown).
+    /// A reading at most [`FREE_SPACE_FRESH`] old is reused.
     pub async fn free_space(&self) -> Option<u64> {
+        let cached = *self
+            .inner
+            .free_space
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((at, bytes)) = cached
+            && at.elapsed() < FREE_SPACE_FRESH
+        {
+            return Some(bytes);
+        }
         let root = self.inner.root.clone();
-        blocking(move || {
+        let bytes = blocking(move || {
             let st = rustix::fs::statvfs(&root).map_err(io::Error::from)?;
             Ok(st.f_bavail.saturating_mul(st.f_frsize))
         })
         .await
-        .ok()
+        .ok()?;
+        *self
+            .inner
+            .free_space
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some((std::time::Instant::now(), bytes));
+        Some(bytes)
     }
 
     /// Checks that new mail can be written: creates and removes a file where message bytes go.
