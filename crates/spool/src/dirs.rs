@@ -2,21 +2,22 @@
 //!
 //! A new directory is only a name in its parent until the parent is fsynced: after a power cut
 //! it can vanish with every fsynced message inside it. So every directory made here is
-//! created with mode 0700 (the store holds queued mail and keys; the umask can only narrow it)
-//! and, when `fsync` is on, its parent is synced before anything is written into it. Opening a
+//! private (the store holds queued mail and keys: mode 0700 on Unix, a protected ACL on
+//! Windows; see `smtp2oauth_platform`) and, when `fsync` is on, its parent is synced before
+//! anything is written into it. Opening a
 //! store that exists syncs it and its parent again, which also covers a directory an earlier
 //! run created and crashed before syncing.
 
-use std::fs::File;
+use smtp2oauth_platform::create_private_dir;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Creates `path` and any missing ancestors (mode 0700 on Unix), making each new name durable
+/// Creates `path` and any missing ancestors (private), making each new name durable
 /// when `fsync` is on. Existing directories are left as they are, apart from the syncs.
 pub fn create_dir_durable(path: &Path, fsync: bool) -> io::Result<()> {
     let missing = missing_ancestors(path);
     for dir in missing.iter().rev() {
-        match make_private_dir(dir) {
+        match create_private_dir(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -53,20 +54,10 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
-#[cfg(unix)]
-fn make_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().mode(0o700).create(dir)
-}
-
-#[cfg(not(unix))]
-fn make_private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new().create(dir)
-}
-
-/// Makes the entries of directory `dir` durable.
+/// Makes the entries of directory `dir` durable (on Windows: `FlushFileBuffers` on the
+/// directory, see `smtp2oauth_platform`).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    smtp2oauth_platform::sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -79,6 +70,10 @@ mod tests {
         let deep = tmp.path().join("store/spool/queue");
         create_dir_durable(&deep, true).unwrap();
         assert!(deep.is_dir());
+        for d in ["store", "store/spool", "store/spool/queue"] {
+            let who = smtp2oauth_platform::readable_by_others(&tmp.path().join(d)).unwrap();
+            assert_eq!(who, None, "{d}");
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -414,12 +414,9 @@ impl Spool {
     /// Bytes available to us on the spool's filesystem (None if unknown).
     pub async fn free_space(&self) -> Option<u64> {
         let root = self.inner.root.clone();
-        blocking(move || {
-            let st = rustix::fs::statvfs(&root).map_err(io::Error::from)?;
-            Ok(st.f_bavail.saturating_mul(st.f_frsize))
-        })
-        .await
-        .ok()
+        blocking(move || Ok(smtp2oauth_platform::free_space(&root)?))
+            .await
+            .ok()
     }
 
     /// Checks that new mail can be written: creates and removes a file where message bytes go.
