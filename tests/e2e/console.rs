@@ -71,7 +71,7 @@ async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 }
 
 /// `curl` against the console: (status, body).
-async fn http(relay: &Relay, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
+pub(crate) async fn http(relay: &Relay, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
     let mut args: Vec<String> = vec![
         "-sS".into(),
         "-X".into(),
@@ -91,7 +91,7 @@ fn basic(password: &str) -> String {
     format!("admin:{password}")
 }
 
-fn chromium_installed() -> bool {
+pub(crate) fn chromium_installed() -> bool {
     if have("chromium") && have("chromedriver") {
         return true;
     }
@@ -104,7 +104,7 @@ fn chromium_installed() -> bool {
 }
 
 /// tests/clients/browser_console.py with `steps`; its JSON report.
-async fn browser(relay: &Relay, steps: &Value) -> Value {
+pub(crate) async fn browser(relay: &Relay, steps: &Value) -> Value {
     let base = format!("http://{}", relay.addr("admin"));
     let out = tokio::process::Command::new("python3")
         .arg(repo_root().join("tests/clients/browser_console.py"))

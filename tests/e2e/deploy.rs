@@ -806,6 +806,7 @@ fn exported_metrics() -> BTreeMap<String, BTreeSet<String>> {
         fn accounts(&self) -> Vec<AccountSnapshot> {
             vec![AccountSnapshot {
                 account: "a".into(),
+                states: vec![("ok", true)],
                 ..AccountSnapshot::default()
             }]
         }
@@ -945,6 +946,7 @@ fn alert_rules_use_metrics_the_relay_exports() {
         "smtp2oauth_account_sign_in_required",
         "smtp2oauth_queue_oldest_message_age_seconds",
         "smtp2oauth_messages_failed_total",
+        "smtp2oauth_account_state",
     ] {
         assert!(used.contains(metric), "no alert watches {metric}");
     }

@@ -12,11 +12,16 @@
 //! - `console.rs`: the operator console: queue actions from the page (Chromium) and the API
 //!   while mail flows, CSRF and the password, rebinding, a password flood, send-test, no secrets.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `graph_large.rs`: scans larger than one Graph request through a draft and upload sessions
+//!   (`graph_large_messages`), with curl, smtplib and swaks; throttling, permissions, refusal.
 //! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
 //!   `fallback_route`, Graph's Retry-After and size limit.
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
+//! - `live_state.rs`: the live state: a device's last result, an account's state after a
+//!   refused login and after a restart, through the state file, the CLI, the metric and a
+//!   webhook.
 //! - `recovery.rs`: a refusal of the relay's own account keeps the mail; how soon mail goes
 //!   after a brief fault clears (measured); synchronous delivery within the account's limits.
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
@@ -29,7 +34,9 @@ mod bad_input;
 mod cli;
 mod console;
 mod deploy;
+mod graph_large;
 mod harness;
+mod live_state;
 mod ops;
 mod power_cut;
 mod queue;

@@ -193,26 +193,28 @@ async fn metrics_move_as_messages_pass_and_fail_and_hold_no_addresses() {
     );
 }
 
+/// Readiness is about the relay itself: an account whose token endpoint is down does not make
+/// it unready (its state says so instead); an unwritable spool does, and says why.
 #[tokio::test(flavor = "multi_thread")]
-async fn readyz_says_why_when_the_token_endpoint_is_down_or_the_spool_is_unwritable() {
+async fn readyz_is_about_the_relay_not_its_accounts_and_says_why_the_spool_is_unwritable() {
     let up = Upstream::start().await;
     up.idp.set_failure(Some(IdpFailure::Unavailable));
     let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
     let url = format!("http://{}/readyz", relay.addr("admin"));
     let (code, body) = http_get(&url).await;
-    assert_eq!(code, 503, "{body}");
+    assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(v["ready"], false);
-    let account = v["checks"]
+    assert_eq!(v["ready"], true);
+    let checks: Vec<&str> = v["checks"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "account scanner")
-        .unwrap();
-    assert_eq!(account["ok"], false);
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(checks, ["listeners", "spool"], "{body}");
     assert!(
-        account["detail"].as_str().unwrap().contains("no token"),
-        "{account}"
+        up.idp.token_requests() == 0,
+        "readiness asks the token endpoint nothing"
     );
     // /healthz stays 200: the process is alive
     assert_eq!(
@@ -221,20 +223,6 @@ async fn readyz_says_why_when_the_token_endpoint_is_down_or_the_spool_is_unwrita
             .0,
         200
     );
-
-    // the token endpoint comes back: ready (after the failure cooldown)
-    up.idp.set_failure(None);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (code, body) = http_get(&url).await;
-        if code == 200 {
-            let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-            assert_eq!(v["ready"], true);
-            break;
-        }
-        assert!(Instant::now() < deadline, "never ready: {body}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 
     // The spool becomes unwritable (a file where a directory should be: root ignores modes).
     let data_dir = relay.store().join("spool/data");

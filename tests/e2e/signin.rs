@@ -612,7 +612,7 @@ async fn authorization_code_sign_in_in_a_headless_chromium() {
     .await;
     assert_eq!(status.status, 0, "{status:?}");
     assert!(
-        status.stdout.contains("state:        signed in"),
+        status.stdout.contains("sign-in:      signed in"),
         "{}",
         status.stdout
     );
@@ -678,7 +678,7 @@ async fn device_code_login_through_the_cli_honours_slow_down() {
     .await;
     assert_eq!(out.status, 0, "{out:?}");
     assert!(
-        out.stdout.contains("state:        signed in"),
+        out.stdout.contains("sign-in:      signed in"),
         "{}",
         out.stdout
     );

@@ -34,7 +34,7 @@ pub mod reply;
 
 pub use account::{
     AccountActivity, AccountSignal, AccountState, AttemptReport, AttemptResult, Condition,
-    notice_carrier,
+    Happening, notice_carrier,
 };
 pub use alerts::{Alert, AlertBook, AlertKind};
 pub use counts::{Counter, Counts};
@@ -51,7 +51,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, watch};
 
 /// Notice failures kept for the overview (oldest dropped beyond this).
 pub const MAX_NOTICE_FAILURES: usize = 50;
@@ -115,6 +115,9 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     changes: broadcast::Sender<Change>,
+    /// Counts every change of any kind (devices included), for readers that only need to
+    /// know that something changed (the state file).
+    generation: watch::Sender<u64>,
 }
 
 /// The shared activity store. Cheap to clone; every clone is the same store.
@@ -154,11 +157,23 @@ impl Activity {
             shared: Arc::new(Shared {
                 state: Mutex::new(state),
                 changes,
+                generation: watch::Sender::new(0),
             }),
         }
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    /// The state, locked. Every caller that may change it goes through here, so the
+    /// generation is bumped once the lock is released (readers of the generation never wait
+    /// on this lock while it is held).
+    fn state(&self) -> Changing<'_> {
+        Changing {
+            guard: Some(self.read()),
+            generation: &self.shared.generation,
+        }
+    }
+
+    /// The state, locked, for reading only.
+    fn read(&self) -> MutexGuard<'_, State> {
         self.shared
             .state
             .lock()
@@ -266,9 +281,15 @@ impl Activity {
         self.shared.changes.subscribe()
     }
 
+    /// A counter that grows with every change of any kind, devices included: for readers
+    /// that only need to know that something changed (the state file the CLI reads).
+    pub fn generation(&self) -> watch::Receiver<u64> {
+        self.shared.generation.subscribe()
+    }
+
     /// Every device, in name order, with counts as of `now_ms`.
     pub fn devices(&self, now_ms: u64) -> Vec<DeviceView> {
-        let state = self.state();
+        let state = self.read();
         state
             .devices
             .iter()
@@ -278,33 +299,33 @@ impl Activity {
 
     /// Usernames that matched no device, newest first.
     pub fn unknown_logins(&self) -> Vec<UnknownLogin> {
-        self.state().unknown.list()
+        self.read().unknown.list()
     }
 
     /// Every account, in name order, with conditions as of `now_ms`.
     pub fn accounts(&self, now_ms: u64) -> Vec<AccountActivity> {
-        let state = self.state();
+        let state = self.read();
         state.accounts.values().map(|a| a.at(now_ms)).collect()
     }
 
     /// One account, with its condition as of `now_ms`.
     pub fn account(&self, name: &str, now_ms: u64) -> Option<AccountActivity> {
-        self.state().accounts.get(name).map(|a| a.at(now_ms))
+        self.read().accounts.get(name).map(|a| a.at(now_ms))
     }
 
     /// Recent message records matching `filter`, newest first.
     pub fn messages(&self, filter: &MessageFilter) -> Vec<MessageRecord> {
-        self.state().log.search(filter)
+        self.read().log.search(filter)
     }
 
     /// Notices that could not be sent and have not been sent since, oldest first.
     pub fn notice_failures(&self) -> Vec<NoticeFailure> {
-        self.state().notice_failures.clone()
+        self.read().notice_failures.clone()
     }
 
     /// Everything at once, as of `now_ms`.
     pub fn snapshot(&self, now_ms: u64) -> Snapshot {
-        let state = self.state();
+        let state = self.read();
         Snapshot {
             taken_at_ms: now_ms,
             accounts: state.accounts.values().map(|a| a.at(now_ms)).collect(),
@@ -316,6 +337,33 @@ impl Activity {
             unknown_logins: state.unknown.list(),
             notice_failures: state.notice_failures.clone(),
         }
+    }
+}
+
+/// The state locked by a producer; dropping it releases the lock, then counts one change.
+struct Changing<'a> {
+    /// Always `Some` until dropped.
+    guard: Option<MutexGuard<'a, State>>,
+    generation: &'a watch::Sender<u64>,
+}
+
+impl std::ops::Deref for Changing<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        self.guard.as_deref().expect("held until drop")
+    }
+}
+
+impl std::ops::DerefMut for Changing<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        self.guard.as_deref_mut().expect("held until drop")
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        self.generation.send_modify(|g| *g = g.wrapping_add(1));
     }
 }
 

@@ -5,7 +5,7 @@
 //! an upstream, a Graph answer turned into a reply).
 
 use serde::{Deserialize, Serialize};
-use smtp2oauth_proto::Reply;
+use smtp2oauth_proto::{Reply, ReplyAssembler};
 use std::fmt;
 
 /// Longest reply text kept (an upstream may send up to 200 lines of 8 KiB).
@@ -35,6 +35,16 @@ impl ReplyInfo {
     /// True for 4xx and 5xx.
     pub fn is_refusal(&self) -> bool {
         self.code >= 400
+    }
+
+    /// A reply kept as one line (`451 4.7.500 Server busy`), as the spool's delivery events
+    /// store it. A line that is not a reply (never written by the relay) is kept as the text
+    /// of a `554`, the way the spool itself reads such a line.
+    pub fn parse_line(line: &str) -> ReplyInfo {
+        match ReplyAssembler::new().push_line(line.as_bytes()) {
+            Ok(Some(reply)) => ReplyInfo::from(&reply),
+            _ => ReplyInfo::new(554, None, line),
+        }
     }
 }
 
@@ -81,6 +91,19 @@ mod tests {
         assert_eq!(i.status.as_deref(), Some("5.7.3"));
         assert_eq!(i.to_string(), "535 5.7.3 Authentication unsuccessful");
         assert!(i.is_refusal());
+    }
+
+    #[test]
+    fn a_stored_line_reads_back_as_its_parts() {
+        let i = ReplyInfo::parse_line("451 4.7.500 Server busy, try later");
+        assert_eq!(
+            (i.code, i.status.as_deref(), i.text.as_str()),
+            (451, Some("4.7.500"), "Server busy, try later")
+        );
+        let i = ReplyInfo::parse_line("552 Message too big");
+        assert_eq!((i.code, i.status), (552, None));
+        let i = ReplyInfo::parse_line("connection reset");
+        assert_eq!((i.code, i.text.as_str()), (554, "connection reset"));
     }
 
     #[test]

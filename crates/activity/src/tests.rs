@@ -161,3 +161,19 @@ fn the_snapshot_round_trips_through_json() {
     let back: Snapshot = serde_json::from_str(&json).unwrap();
     assert_eq!(back, snap);
 }
+
+#[tokio::test]
+async fn every_change_moves_the_generation_devices_included() {
+    let a = store();
+    let mut g = a.generation();
+    let start = *g.borrow_and_update();
+    a.device_seen("mfp", 1_000, &conn());
+    g.changed().await.unwrap();
+    let after_device = *g.borrow_and_update();
+    assert!(after_device > start);
+    // Reading changes nothing.
+    let _ = a.snapshot(2_000);
+    assert!(!g.has_changed().unwrap());
+    a.attempt(&refused(3_000));
+    assert!(g.has_changed().unwrap());
+}

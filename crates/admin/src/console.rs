@@ -16,7 +16,7 @@ use crate::host::{AllowedHosts, ConnInfo};
 use crate::password::{PasswordCheck, Verdict};
 use crate::session::{self, Refused, Session, Sessions};
 use crate::{AdminState, pages};
-use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -52,10 +52,8 @@ impl<S: Send + Sync> FromRequestParts<S> for Peer {
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(Peer(
-            parts
-                .extensions
-                .get::<ConnectInfo<ConnInfo>>()
-                .map(|c| c.0.peer.ip())
+            ConnInfo::of(&parts.extensions)
+                .map(|c| c.peer.ip())
                 .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         ))
     }

@@ -25,6 +25,18 @@ pub struct ConnInfo {
     pub local: SocketAddr,
 }
 
+impl ConnInfo {
+    /// The connection's addresses, as the server put them on the request (tests put them there
+    /// with axum's `MockConnectInfo`, which the server's own layer overrides).
+    pub fn of(extensions: &axum::http::Extensions) -> Option<ConnInfo> {
+        use axum::extract::connect_info::MockConnectInfo;
+        extensions
+            .get::<ConnectInfo<ConnInfo>>()
+            .map(|c| c.0)
+            .or_else(|| extensions.get::<MockConnectInfo<ConnInfo>>().map(|m| m.0))
+    }
+}
+
 impl
     axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
     for ConnInfo
@@ -163,10 +175,7 @@ pub async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
-    let local = request
-        .extensions()
-        .get::<ConnectInfo<ConnInfo>>()
-        .map(|c| c.0.local.ip());
+    let local = ConnInfo::of(request.extensions()).map(|c| c.local.ip());
     match check(&allowed, request.headers(), local) {
         Ok(()) => next.run(request).await,
         Err(Misdirected::Host) => {

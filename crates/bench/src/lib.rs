@@ -7,10 +7,12 @@
 //! (its STARTTLS), `upstream` (the fake token endpoint and sink of one run), `relay` (the relay
 //! process and its config), `postfix` (a private Postfix instance), `sink` (watching the
 //! upstream fake), `scenario` (one measurement of one peer), `peers` and `compare` (repeated,
-//! alternated measurements), `memory`, `report` (definitions of the figures), `power_cut` (the
+//! alternated measurements), `memory`, `graph_large` (a large scan through the Graph route),
+//! `report` (definitions of the figures), `power_cut` (the
 //! store on a filesystem that loses power), `soak` (hours of mixed load and upstream chaos).
 
 pub mod compare;
+pub mod graph_large;
 pub mod idle;
 pub mod load;
 pub mod memory;

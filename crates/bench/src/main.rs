@@ -10,6 +10,8 @@
 //! - `peers`: the same load through the sink alone (the ceiling), the relay (with and without
 //!   its upstream session pool) and Postfix, repeated and alternated (the relay's targets);
 //! - `memory`: the relay's memory at rest, with many idle sessions, and with one large message;
+//! - `graph-large`: time and peak memory of a large scan through the Graph route (a draft and
+//!   upload sessions) against a small one through the same route;
 //! - `load`: only the load generator, against any SMTP server;
 //! - `compare`: durable vs non-durable spooling, repeated and alternated (what durability costs).
 //!
@@ -25,8 +27,8 @@ use relay::{DeviceAuth, RelaySettings};
 use report::{Report, Settings};
 use scenario::{Peer, Scenario, Shape};
 use smtp2oauth_bench::{
-    compare, load, memory, message, peers, postfix, power_cut, relay, report, scenario, soak, tls,
-    upstream,
+    compare, graph_large, load, memory, message, peers, postfix, power_cut, relay, report,
+    scenario, soak, tls, upstream,
 };
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +101,29 @@ enum Command {
         runs: usize,
         /// Longest wait for any one reply, in seconds.
         #[arg(long, default_value_t = 60)]
+        timeout_s: u64,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Time and peak RSS of one `--large-size` message through the Graph route (a draft and
+    /// upload sessions) against one `--baseline-size` message (one sendMail), a fresh relay
+    /// for each, alternated, `--runs` times.
+    GraphLarge {
+        #[command(flatten)]
+        relay: RelayArgs,
+        /// Size of the baseline message in bytes.
+        #[arg(long, default_value_t = 1_000_000)]
+        baseline_size: usize,
+        /// Size of the message measured in bytes (35 MB, Exchange Online's default limit).
+        #[arg(long, default_value_t = 35_000_000)]
+        large_size: usize,
+        /// Seconds the relay rests before its idle memory is read.
+        #[arg(long, default_value_t = 3)]
+        idle_settle_s: u64,
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Longest wait for any one reply, in seconds.
+        #[arg(long, default_value_t = 120)]
         timeout_s: u64,
         #[command(flatten)]
         out: OutArgs,
@@ -572,6 +597,40 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 settle: Duration::from_secs(idle_settle_s),
             };
             let rep = memory::run(&sc, &opts, runs.max(1), |i, r| {
+                eprint!("{}", r.table(i + 1))
+            })
+            .await?;
+            out.emit(&rep.table(), || serde_json::to_string_pretty(&rep));
+            Ok(if rep.complete {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
+        Command::GraphLarge {
+            relay,
+            baseline_size,
+            large_size,
+            idle_settle_s,
+            runs,
+            timeout_s,
+            out,
+        } => {
+            let shape = Shape {
+                sessions: 1,
+                messages: 1,
+                per_session: 1,
+                size: large_size,
+                starttls: false,
+                timeout: Duration::from_secs(timeout_s.max(1)),
+            };
+            let sc = relay.scenario(shape)?;
+            let opts = graph_large::GraphLargeOptions {
+                baseline_size,
+                large_size,
+                settle: Duration::from_secs(idle_settle_s),
+            };
+            let rep = graph_large::run(&sc, &opts, runs.max(1), |i, r| {
                 eprint!("{}", r.table(i + 1))
             })
             .await?;

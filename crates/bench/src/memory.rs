@@ -198,7 +198,7 @@ async fn send(
 }
 
 /// Resets the process's peak resident size (VmHWM) to its current size.
-fn reset_peak(pid: u32) -> std::io::Result<()> {
+pub fn reset_peak(pid: u32) -> std::io::Result<()> {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5")
 }
 

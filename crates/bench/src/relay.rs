@@ -62,6 +62,9 @@ pub struct UpstreamSide<'a> {
     pub ca_file: &'a Path,
     pub cert_file: &'a Path,
     pub key_file: &'a Path,
+    /// The account's route keys in place of SMTP submission to the sink (`route = "graph"` and
+    /// its keys for the `graph-large` measurement); `None`: the sink on `smtp_port`.
+    pub route_keys: Option<String>,
 }
 
 pub const DEVICE_USER: &str = "bench-mfp";
@@ -296,15 +299,11 @@ upstream_idle_timeout = {idle}
 [[accounts]]
 name = "bench"
 mailbox = {mailbox}
-route = "smtp"
 tenant = {tenant}
 client_id = {client_id}
 client_secret = {secret}
 authority = {authority}
-smtp_host = "127.0.0.1"
-smtp_port = {port}
-smtp_tls = "starttls"
-ca_file = {ca}
+{route}ca_file = {ca}
 # Pacing off: the benchmark measures how fast we can go, not Exchange's 30 a minute.
 max_messages_per_minute = 0
 "#,
@@ -321,7 +320,10 @@ max_messages_per_minute = 0
         client_id = q(&up.client_id),
         secret = q(&up.client_secret),
         authority = q(&up.authority),
-        port = up.smtp_port,
+        route = up.route_keys.clone().unwrap_or_else(|| format!(
+            "route = \"smtp\"\nsmtp_host = \"127.0.0.1\"\nsmtp_port = {}\nsmtp_tls = \"starttls\"\n",
+            up.smtp_port
+        )),
         ca = q(&up.ca_file.display().to_string()),
     );
     t.push_str(&s.extra_config);

@@ -160,6 +160,7 @@ pub fn relay_side(up: &Upstream) -> crate::relay::UpstreamSide<'_> {
         ca_file: up.pki.ca_pem_path(),
         cert_file: up.pki.cert_pem_path(),
         key_file: up.pki.key_pem_path(),
+        route_keys: None,
     }
 }
 

@@ -603,6 +603,35 @@ impl SmarthostTls {
 /// `Received:` header, a `Bcc:` header for envelope-only recipients).
 pub const GRAPH_MAX_MESSAGE_SIZE: u64 = 3 * 1024 * 1024 - 64 * 1024;
 
+/// What a Graph route does with a message too large for one `sendMail` request
+/// (`graph_large_messages`).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GraphLargeMessages {
+    /// Send it through Graph anyway: a draft, its large attachments added one by one (upload
+    /// sessions for the largest), then `send`. Needs the permission `Mail.ReadWrite`.
+    Upload,
+    /// Hand it to the account's `fallback_route`.
+    Fallback,
+    /// Refuse it with `552 5.3.4`; devices are told the limit in EHLO.
+    Refuse,
+}
+
+impl GraphLargeMessages {
+    /// The name used in the configuration file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GraphLargeMessages::Upload => "upload",
+            GraphLargeMessages::Fallback => "fallback",
+            GraphLargeMessages::Refuse => "refuse",
+        }
+    }
+}
+
+/// The largest message Exchange Online lets a mailbox send (its `MaxSendSize` can be raised to
+/// 150 MB, no further).
+pub const EXCHANGE_MAX_SEND_SIZE: u64 = 150 * 1024 * 1024;
+
 /// Signature algorithm of the JWT client assertion with a certificate credential (`jwt_alg`).
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 pub enum JwtAlg {
@@ -697,9 +726,14 @@ pub struct Account {
     /// Token scope for the fallback route. Default: that route's default scope.
     #[serde(default)]
     pub fallback_scope: Option<String>,
+    /// What a Graph route does with a message too large for one request: `"upload"` (a draft
+    /// and upload sessions), `"fallback"` (the `fallback_route`) or `"refuse"`. Default
+    /// `"fallback"` for `route = "graph"` with a `fallback_route`, otherwise `"refuse"`.
+    #[serde(default)]
+    pub graph_large_messages: Option<GraphLargeMessages>,
     /// Largest message (bytes) this account's devices may send. Default: `[server]
-    /// max_message_size`, or [`GRAPH_MAX_MESSAGE_SIZE`] for `route = "graph"` without a
-    /// `fallback_route` that can carry larger mail.
+    /// max_message_size`, or [`GRAPH_MAX_MESSAGE_SIZE`] for `route = "graph"` when
+    /// `graph_large_messages` is `"refuse"`.
     #[serde(default)]
     pub max_message_size: Option<u64>,
     /// For `route = "smarthost"`: a fixed host to deliver to (`mx_domain` is the alternative).
@@ -894,6 +928,14 @@ impl Account {
     /// override it for the primary and the fallback route).
     pub(crate) fn default_scope_for(&self, route: Route) -> String {
         match route {
+            // A draft is a write to the mailbox: uploading needs Mail.ReadWrite as well.
+            Route::Graph
+                if self.is_delegated()
+                    && self.graph_large_messages() == GraphLargeMessages::Upload =>
+            {
+                let r = self.graph_resource();
+                format!("{r}/Mail.Send {r}/Mail.ReadWrite offline_access")
+            }
             Route::Graph if self.is_delegated() => {
                 format!("{}/Mail.Send offline_access", self.graph_resource())
             }
@@ -944,14 +986,27 @@ impl Account {
         self.routes().into_iter().any(Account::route_needs_token)
     }
 
+    /// What the account's Graph route does with a message too large for one request:
+    /// `graph_large_messages`, else `"fallback"` for `route = "graph"` with another route as
+    /// `fallback_route`, else `"refuse"`.
+    pub fn graph_large_messages(&self) -> GraphLargeMessages {
+        let has_fallback = self
+            .fallback_route
+            .is_some_and(|f| !matches!(f, Route::Graph | Route::Capture));
+        self.graph_large_messages
+            .unwrap_or(if self.route == Route::Graph && has_fallback {
+                GraphLargeMessages::Fallback
+            } else {
+                GraphLargeMessages::Refuse
+            })
+    }
+
     /// The largest message this account takes, given the server's limit: the smaller of
-    /// `[server] max_message_size` and `max_message_size`; for `route = "graph"` without a
-    /// fallback that can carry larger mail, at most [`GRAPH_MAX_MESSAGE_SIZE`] unless set.
+    /// `[server] max_message_size` and `max_message_size`; for `route = "graph"` with
+    /// `graph_large_messages = "refuse"`, at most [`GRAPH_MAX_MESSAGE_SIZE`] unless set.
     pub fn message_size_limit(&self, server_max: u64) -> u64 {
         let route_default = if self.route == Route::Graph
-            && self
-                .fallback_route
-                .is_none_or(|f| matches!(f, Route::Graph | Route::Capture))
+            && self.graph_large_messages() == GraphLargeMessages::Refuse
         {
             GRAPH_MAX_MESSAGE_SIZE
         } else {

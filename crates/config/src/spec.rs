@@ -6,7 +6,9 @@
 //! account whose keys passed validation, so whoever builds routes and token sources from it has
 //! nothing left to check and no default left to choose.
 
-use crate::{Flow, JwtAlg, Provider, Route, Secret, SmarthostTls, SmtpAuth, UpstreamTls};
+use crate::{
+    Flow, GraphLargeMessages, JwtAlg, Provider, Route, Secret, SmarthostTls, SmtpAuth, UpstreamTls,
+};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -108,15 +110,20 @@ pub struct SmtpSpec {
     pub scope: String,
 }
 
-/// `route = "graph"`: Microsoft Graph `sendMail`.
+/// `route = "graph"`: Microsoft Graph `sendMail`, and a draft for larger messages.
 #[derive(Clone, Debug)]
 pub struct GraphSpec {
     /// Graph base URL without a trailing `/`: `graph_url`, else the account's cloud's.
     pub url: String,
     /// The token scope for this route.
     pub scope: String,
-    /// The largest message this route sends: `max_message_size`, else
-    /// [`GRAPH_MAX_MESSAGE_SIZE`](crate::GRAPH_MAX_MESSAGE_SIZE), at most the server's limit.
+    /// What the route does with a message too large for one `sendMail` request
+    /// (`graph_large_messages`, its default applied). `Fallback` only when the route is the
+    /// account's `route` and it has a `fallback_route`.
+    pub large_messages: GraphLargeMessages,
+    /// The largest message this route sends: with `Upload` the account's limit; otherwise
+    /// `max_message_size`, else [`GRAPH_MAX_MESSAGE_SIZE`](crate::GRAPH_MAX_MESSAGE_SIZE), at
+    /// most the server's limit.
     pub max_message_size: u64,
 }
 

@@ -1055,3 +1055,162 @@ fn notify_defaults_and_checks() {
     let c = parse_str(&text, no_env()).unwrap();
     assert!(!format!("{c:?}").contains("s3cr3t"));
 }
+
+/// `graph_large_messages`: its default follows `fallback_route`, `"upload"` lets devices send
+/// up to the server's limit, and what cannot work is refused with the key's path.
+#[test]
+fn graph_large_messages_defaults_limits_and_problems() {
+    use GraphLargeMessages::*;
+    // (account keys, the Graph route's mode, the device's limit, the Graph route's own limit)
+    let server = 36_700_160;
+    let cases: &[(&str, GraphLargeMessages, u64, u64)] = &[
+        (
+            "route = \"graph\"",
+            Refuse,
+            GRAPH_MAX_MESSAGE_SIZE,
+            GRAPH_MAX_MESSAGE_SIZE,
+        ),
+        (
+            "route = \"graph\"\nfallback_route = \"smtp\"",
+            Fallback,
+            server,
+            GRAPH_MAX_MESSAGE_SIZE,
+        ),
+        (
+            "route = \"graph\"\ngraph_large_messages = \"upload\"",
+            Upload,
+            server,
+            server,
+        ),
+        (
+            "route = \"graph\"\ngraph_large_messages = \"upload\"\nmax_message_size = 20000000",
+            Upload,
+            20_000_000,
+            20_000_000,
+        ),
+        (
+            "route = \"graph\"\nfallback_route = \"smtp\"\ngraph_large_messages = \"upload\"",
+            Upload,
+            server,
+            server,
+        ),
+        // Refused on purpose although a fallback exists: the devices are told Graph's limit.
+        (
+            "route = \"graph\"\nfallback_route = \"smtp\"\ngraph_large_messages = \"refuse\"",
+            Refuse,
+            GRAPH_MAX_MESSAGE_SIZE,
+            GRAPH_MAX_MESSAGE_SIZE,
+        ),
+        // Graph as the fallback of SMTP.
+        (
+            "route = \"smtp\"\nfallback_route = \"graph\"\ngraph_large_messages = \"upload\"",
+            Upload,
+            server,
+            server,
+        ),
+        (
+            "route = \"smtp\"\nfallback_route = \"graph\"",
+            Refuse,
+            server,
+            GRAPH_MAX_MESSAGE_SIZE,
+        ),
+    ];
+    for (keys, mode, device, route) in cases {
+        let a = first_spec(&with_account_keys(keys));
+        let graph = a
+            .routes()
+            .find_map(|r| match r {
+                RouteSpec::Graph(g) => Some(g.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(graph.large_messages, *mode, "{keys}");
+        assert_eq!(a.max_message_size, *device, "{keys}: the device's limit");
+        assert_eq!(graph.max_message_size, *route, "{keys}: the route's limit");
+    }
+
+    // What cannot work.
+    for (keys, words) in [
+        (
+            "route = \"graph\"\ngraph_large_messages = \"fallback\"",
+            "needs a fallback_route",
+        ),
+        (
+            "route = \"smtp\"\nfallback_route = \"graph\"\ngraph_large_messages = \"fallback\"",
+            "Graph is the fallback route itself",
+        ),
+        (
+            "route = \"graph\"\ngraph_large_messages = \"send\"",
+            "unknown variant",
+        ),
+        (
+            "route = \"graph\"\nfallback_route = \"smtp\"\ngraph_large_messages = \"refuse\"\nmax_message_size = 10000000",
+            "graph_large_messages = \"upload\"",
+        ),
+    ] {
+        let f = write(&with_account_keys(keys));
+        let e = load_with_env(Some(&f.0), no_env()).unwrap_err().to_string();
+        assert!(e.contains(words), "{keys}: {e}");
+        assert!(
+            e.contains("accounts.0.graph_large_messages")
+                || e.contains("accounts.0.max_message_size"),
+            "{keys}: {e}"
+        );
+    }
+
+    // Warnings: the default "refuse" names "upload"; the key without Graph is ignored.
+    let warnings = |keys: &str| {
+        let f = write(&with_account_keys(keys));
+        let l = load_with_env(Some(&f.0), no_env()).unwrap_or_else(|e| panic!("{keys}: {e}"));
+        l.warnings
+            .into_iter()
+            .filter(|w| w.key == "accounts.0.graph_large_messages")
+            .map(|w| w.message)
+            .collect::<Vec<_>>()
+    };
+    let w = warnings("route = \"graph\"");
+    assert!(
+        w.len() == 1 && w[0].contains("\"upload\"") && w[0].contains("Mail.ReadWrite"),
+        "{w:?}"
+    );
+    assert!(warnings("route = \"graph\"\ngraph_large_messages = \"refuse\"").is_empty());
+    assert!(warnings("route = \"graph\"\nfallback_route = \"smtp\"").is_empty());
+    assert!(warnings("route = \"graph\"\ngraph_large_messages = \"upload\"").is_empty());
+    let w = warnings("graph_large_messages = \"upload\"");
+    assert!(w.len() == 1 && w[0].contains("is ignored"), "{w:?}");
+    let w = warnings("route = \"graph\"\ngraph_large_messages = \"upload\"\n");
+    assert!(w.is_empty(), "{w:?}");
+    let big = with_account_keys("route = \"graph\"\ngraph_large_messages = \"upload\"")
+        .replace("[server]\n", "[server]\nmax_message_size = 209715200\n");
+    let f = write(&big);
+    let l = load_with_env(Some(&f.0), no_env()).unwrap();
+    assert!(
+        l.warnings
+            .iter()
+            .any(|w| w.key == "accounts.0.graph_large_messages" && w.message.contains("150 MiB")),
+        "{:?}",
+        l.warnings
+    );
+}
+
+/// A delegated Graph account that uploads asks for `Mail.ReadWrite` as well: a draft is a
+/// write to the mailbox.
+#[test]
+fn delegated_upload_asks_for_mail_readwrite() {
+    let keys = |extra: &str| {
+        with_account_keys(&format!(
+            "route = \"graph\"\nflow = \"device_code\"\n{extra}"
+        ))
+        .replace("client_secret = \"s3cret-value\"\n", "")
+    };
+    let a = first_spec(&keys("graph_large_messages = \"upload\""));
+    assert_eq!(
+        graph_of(&a.route).scope,
+        "https://graph.microsoft.com/Mail.Send https://graph.microsoft.com/Mail.ReadWrite offline_access"
+    );
+    let a = first_spec(&keys("graph_large_messages = \"refuse\""));
+    assert_eq!(
+        graph_of(&a.route).scope,
+        "https://graph.microsoft.com/Mail.Send offline_access"
+    );
+}

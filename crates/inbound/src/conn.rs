@@ -15,6 +15,7 @@ use crate::guard::Verdict;
 use crate::headers::{HeaderRewriter, ReceivedInfo, received_header};
 use crate::identity::{AuthFailure, Directory};
 use crate::limiter::Limiter;
+use crate::observe::{self, About, Command, EndReason, MessageInfo, Observer, TlsInfo};
 use crate::session::{DataPlan, Limits, ListenerSettings, Session, Step};
 use crate::tls::TlsHandle;
 use smtp2oauth_config::ListenerTls;
@@ -33,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
+use track::Tracker;
 
 /// Where an accepted message goes next (the scheduler). It returns the reply the device gets.
 pub trait Submit: Send + Sync + 'static {
@@ -74,6 +76,8 @@ pub struct Inbound {
     pub max_commands: u64,
     /// Bytes one session may send.
     pub max_session_bytes: u64,
+    /// Sees every reply a device gets and every session's end (the live state, log lines).
+    pub observer: Option<Arc<dyn Observer>>,
 }
 
 /// One listener's settings and TLS acceptor.
@@ -99,74 +103,153 @@ where
 {
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("session", id, listener = %listener.settings.label, peer = %peer.ip());
-    serve_inner(ctx, listener, io, peer, id)
-        .instrument(span)
-        .await
+    async move {
+        let mut tracker = Tracker::new(&ctx, &listener.settings.label, peer, id);
+        let end = serve_inner(&ctx, &listener, io, peer, &mut tracker).await;
+        tracker.finish(end);
+    }
+    .instrument(span)
+    .await
 }
 
+/// A connection refused when it was accepted (too many sessions, an address locked out): its
+/// one reply passes the observer like any other, and it ends as a session of its own. Returns
+/// the reply to write.
+pub fn refused_at_accept(
+    ctx: &Inbound,
+    listener: &str,
+    peer: SocketAddr,
+    refusal: &SessionError,
+) -> Reply {
+    let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
+    let mut tracker = Tracker::new(ctx, listener, peer, id);
+    let reply = refusal.reply();
+    tracker.observe(Command::Connect, &reply, About::Command, Some(refusal));
+    tracker.finish(match refusal {
+        SessionError::LockedOut => EndReason::LockedOut,
+        _ => EndReason::Limit,
+    });
+    reply
+}
+
+/// Runs the session over plain TCP or implicit TLS, and over STARTTLS when the client asks;
+/// returns why it ended.
 async fn serve_inner<S>(
-    ctx: Arc<Inbound>,
-    listener: Arc<ListenerRuntime>,
+    ctx: &Arc<Inbound>,
+    listener: &ListenerRuntime,
     io: S,
     peer: SocketAddr,
-    session_id: u64,
-) where
+    tracker: &mut Tracker,
+) -> EndReason
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     debug!("connected");
-    let session_deadline = Instant::now() + ctx.session_timeout;
+    let at = Context {
+        ctx,
+        peer,
+        session_deadline: Instant::now() + ctx.session_timeout,
+    };
     let implicit = listener.settings.tls == ListenerTls::Implicit;
     let mut gauge = SessionGauge::new(
         ctx.metrics.clone(),
         &listener.settings.label,
         if implicit { "implicit" } else { "none" },
     );
-    let mut session = new_session(&ctx, &listener, peer, session_id);
-    let handshake_deadline = || (Instant::now() + ctx.command_timeout).min(session_deadline);
-
+    let mut session = new_session(ctx, listener, peer, tracker.id());
     if implicit {
-        let Some(tls) = &listener.tls else {
-            error!("implicit TLS listener without a certificate");
-            return;
+        let stream = match handshake(listener, io, &at).await {
+            Ok(stream) => stream,
+            Err(end) => return end,
         };
-        match timeout_at(handshake_deadline(), tls.accept(io)).await {
-            Ok(Ok(stream)) => {
-                log_tls(&stream);
-                let mut conn = Conn::new(stream, ctx.metrics.clone());
-                conn.queue(&session.greeting());
-                drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
-            }
-            Ok(Err(e)) => info!(error = %e, "TLS handshake failed"),
-            Err(_) => info!("TLS handshake timed out"),
-        }
-        debug!("disconnected");
-        return;
+        tracker.tls(log_tls(&stream));
+        let mut conn = Conn::new(stream, ctx.metrics.clone());
+        let greeting = session.greeting();
+        tracker.send(
+            &mut conn,
+            &session,
+            Command::Connect,
+            &greeting,
+            About::Command,
+            None,
+        );
+        return converse(&mut conn, &mut session, tracker, &at).await.end();
     }
 
     let mut conn = Conn::new(io, ctx.metrics.clone());
-    conn.queue(&session.greeting());
-    if drive(&mut conn, &mut session, &ctx, peer, session_deadline).await == Outcome::StartTls {
-        let buffered = conn.rbuf.len() - conn.rpos;
-        if buffered > 0 {
-            // Command injection defence (CVE-2011-0411 class): bytes sent before the handshake
-            // completed must never be read as commands of the encrypted session.
-            warn!(bytes = buffered, "discarding data pipelined after STARTTLS");
-        }
-        let io = conn.io;
-        let Some(tls) = &listener.tls else { return };
-        match timeout_at(handshake_deadline(), tls.accept(io)).await {
-            Ok(Ok(stream)) => {
-                log_tls(&stream);
-                session.tls_established();
-                gauge.set_tls("starttls");
-                let mut conn = Conn::new(stream, ctx.metrics.clone());
-                drive(&mut conn, &mut session, &ctx, peer, session_deadline).await;
-            }
-            Ok(Err(e)) => info!(error = %e, "STARTTLS handshake failed"),
-            Err(_) => info!("STARTTLS handshake timed out"),
-        }
+    let greeting = session.greeting();
+    tracker.send(
+        &mut conn,
+        &session,
+        Command::Connect,
+        &greeting,
+        About::Command,
+        None,
+    );
+    let outcome = converse(&mut conn, &mut session, tracker, &at).await;
+    if outcome != Outcome::StartTls {
+        return outcome.end();
     }
-    debug!("disconnected");
+    let buffered = conn.rbuf.len() - conn.rpos;
+    if buffered > 0 {
+        // Command injection defence (CVE-2011-0411 class): bytes sent before the handshake
+        // completed must never be read as commands of the encrypted session.
+        warn!(bytes = buffered, "discarding data pipelined after STARTTLS");
+    }
+    let stream = match handshake(listener, conn.io, &at).await {
+        Ok(stream) => stream,
+        Err(end) => return end,
+    };
+    tracker.tls(log_tls(&stream));
+    session.tls_established();
+    gauge.set_tls("starttls");
+    let mut conn = Conn::new(stream, ctx.metrics.clone());
+    converse(&mut conn, &mut session, tracker, &at).await.end()
+}
+
+/// Runs the session over one connection until it ends or turns to TLS; counts the bytes read.
+async fn converse<S>(
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    tracker: &mut Tracker,
+    at: &Context<'_>,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let outcome = drive(conn, session, at.ctx, tracker, at.peer, at.session_deadline).await;
+    tracker.read(conn.read_total);
+    outcome
+}
+
+/// The server side of the TLS handshake, within `command_timeout` (and the session's time).
+async fn handshake<S>(
+    listener: &ListenerRuntime,
+    io: S,
+    at: &Context<'_>,
+) -> Result<crate::tls::TlsStream<S>, EndReason>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let Some(tls) = &listener.tls else {
+        error!("TLS listener without a certificate");
+        return Err(EndReason::Error);
+    };
+    let deadline = (Instant::now() + at.ctx.command_timeout).min(at.session_deadline);
+    match timeout_at(deadline, tls.accept(io)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(tls_failed(Some(e))),
+        Err(_) => Err(tls_failed(None)),
+    }
+}
+
+/// Logs a failed TLS handshake (None: it timed out).
+fn tls_failed(error: Option<io::Error>) -> EndReason {
+    match error {
+        Some(e) => info!(error = %e, "TLS handshake failed"),
+        None => info!("TLS handshake timed out"),
+    }
+    EndReason::TlsFailed
 }
 
 fn new_session(
@@ -196,13 +279,14 @@ fn new_session(
 
 /// Says which TLS version and cipher a device got: the way to find the devices that still
 /// need a legacy listener, and proof of what a session was protected by.
-fn log_tls<S>(stream: &crate::tls::TlsStream<S>) {
+fn log_tls<S>(stream: &crate::tls::TlsStream<S>) -> TlsInfo {
     let (version, cipher) = stream.describe();
     if version == "TLSv1" || version == "TLSv1.1" {
         info!(%version, %cipher, "TLS established with an old protocol version (legacy listener)");
     } else {
         debug!(%version, %cipher, "TLS established");
     }
+    TlsInfo { version, cipher }
 }
 
 /// Keeps `sessions_active` right for the life of a session (whatever way it ends) and counts
@@ -264,8 +348,18 @@ impl Drop for SessionGauge {
 
 #[derive(Debug, PartialEq, Eq)]
 enum Outcome {
-    Closed,
+    Ended(EndReason),
     StartTls,
+}
+
+impl Outcome {
+    /// Why the session ended (a STARTTLS whose handshake never came is an error).
+    fn end(self) -> EndReason {
+        match self {
+            Outcome::Ended(end) => end,
+            Outcome::StartTls => EndReason::Error,
+        }
+    }
 }
 
 enum LineEvent {
@@ -395,6 +489,7 @@ async fn drive<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
     ctx: &Arc<Inbound>,
+    tracker: &mut Tracker,
     peer: SocketAddr,
     session_deadline: Instant,
 ) -> Outcome
@@ -408,14 +503,26 @@ where
     loop {
         if commands > ctx.max_commands || conn.read_total > ctx.max_session_bytes {
             warn!(commands, bytes = conn.read_total, "session limits exceeded");
-            conn.queue(&SessionError::SessionBudget.reply());
-            let _ = conn.flush(write_deadline()).await;
-            return Outcome::Closed;
+            let refusal = SessionError::SessionBudget;
+            return close(
+                conn,
+                session,
+                tracker,
+                refusal,
+                EndReason::Limit,
+                write_deadline(),
+            )
+            .await;
         }
-        if let Some(step) =
+        if let Some((command, step)) =
             next_step(conn, session, ctx, &mut commands, &mut command_deadline).await
         {
-            match perform(step, conn, session, ctx, peer, session_deadline).await {
+            let at = Context {
+                ctx,
+                peer,
+                session_deadline,
+            };
+            match perform(step, command, conn, session, tracker, &at).await {
                 Some(outcome) => return outcome,
                 None => continue,
             }
@@ -423,7 +530,7 @@ where
 
         // Nothing complete to act on: send what we owe, then wait for more.
         if conn.flush(write_deadline()).await.is_err() {
-            return Outcome::Closed;
+            return Outcome::Ended(EndReason::ClientClosed);
         }
         let deadline = (*command_deadline
             .get_or_insert_with(|| Instant::now() + ctx.command_timeout))
@@ -432,41 +539,66 @@ where
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled(), if idle => {
-                conn.queue(&SessionError::ShuttingDown.reply());
-                let _ = conn.flush(write_deadline()).await;
-                return Outcome::Closed;
+                let refusal = SessionError::ShuttingDown;
+                return close(conn, session, tracker, refusal, EndReason::ShuttingDown, write_deadline()).await;
             }
             r = timeout_at(deadline, conn.fill()) => match r {
                 Err(_) => {
                     info!("timeout waiting for a command");
-                    conn.queue(&SessionError::Timeout.reply());
-                    let _ = conn.flush(write_deadline()).await;
-                    return Outcome::Closed;
+                    let refusal = SessionError::Timeout;
+                    return close(conn, session, tracker, refusal, EndReason::Timeout, write_deadline()).await;
                 }
-                Ok(Ok(0)) => return Outcome::Closed,
+                Ok(Ok(0)) => return Outcome::Ended(EndReason::ClientClosed),
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     debug!(error = %e, "read failed");
-                    return Outcome::Closed;
+                    return Outcome::Ended(EndReason::ClientClosed);
                 }
             }
         }
     }
 }
 
-/// The session's answer to the next complete line already read, if there is one. A whole
-/// line counts as a command and ends the wait for one (`command_deadline`).
+/// Ends the session with a refusal of our own (a limit, a timeout, the relay stopping).
+async fn close<S>(
+    conn: &mut Conn<S>,
+    session: &Session,
+    tracker: &mut Tracker,
+    refusal: SessionError,
+    end: EndReason,
+    write_deadline: Instant,
+) -> Outcome
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let reply = refusal.reply();
+    tracker.send(
+        conn,
+        session,
+        Command::Session,
+        &reply,
+        About::Command,
+        Some(&refusal),
+    );
+    let _ = conn.flush(write_deadline).await;
+    Outcome::Ended(end)
+}
+
+/// The session's answer to the next complete line already read, with the command it
+/// answers, if there is one. A whole line counts as a command and ends the wait for one
+/// (`command_deadline`).
 async fn next_step<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
     ctx: &Inbound,
     commands: &mut u64,
     command_deadline: &mut Option<Instant>,
-) -> Option<Step>
+) -> Option<(Command, Step)>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let limit = if session.in_sasl() {
+    let in_sasl = session.in_sasl();
+    let limit = if in_sasl {
         ctx.max_line_length.max(MAX_SASL_LINE)
     } else {
         ctx.max_line_length
@@ -475,80 +607,211 @@ where
         LineEvent::Line(line) => {
             *command_deadline = None;
             *commands += 1;
-            if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"MAIL") {
+            let command = Command::of_line(&line, in_sasl);
+            if command == Command::Mail {
                 session.set_free_space(ctx.spool.free_space().await);
             }
-            Some(session.handle_line(&line))
+            Some((command, session.handle_line(&line)))
         }
         LineEvent::TooLong => {
             warn!(limit, "command line too long");
-            Some(session.line_too_long())
+            let command = if in_sasl {
+                Command::Auth
+            } else {
+                Command::Other
+            };
+            Some((command, session.line_too_long()))
         }
         LineEvent::NeedMore => None,
     }
 }
 
-/// Carries out one step. Returns `Some` when the session is over (or switches to TLS).
-async fn perform<S>(
-    step: Step,
-    conn: &mut Conn<S>,
-    session: &mut Session,
-    ctx: &Arc<Inbound>,
+/// What a step needs besides the connection and the session.
+struct Context<'a> {
+    ctx: &'a Arc<Inbound>,
     peer: SocketAddr,
     session_deadline: Instant,
+}
+
+impl Context<'_> {
+    fn write_deadline(&self) -> Instant {
+        (Instant::now() + self.ctx.command_timeout)
+            .min(self.session_deadline + Duration::from_secs(5))
+    }
+}
+
+/// Carries out one step: checks a password, receives a message, or just answers. Returns
+/// `Some` when the session is over (or switches to TLS).
+async fn perform<S>(
+    step: Step,
+    command: Command,
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    tracker: &mut Tracker,
+    at: &Context<'_>,
 ) -> Option<Outcome>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let write_deadline =
-        || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
+    let mut login = None;
     let step = match step {
         Step::Verify(creds) => {
-            if conn.flush(write_deadline()).await.is_err() {
-                return Some(Outcome::Closed);
+            if conn.flush(at.write_deadline()).await.is_err() {
+                return Some(Outcome::Ended(EndReason::ClientClosed));
             }
-            let result = check_password(ctx, creds, peer).await;
+            let username = username_of(&creds);
+            tracker.tried(&username);
+            let result = check_password(at.ctx, creds, at.peer).await;
+            login = Some((username, result.as_ref().err().copied()));
             session.auth_result(result)
         }
+        Step::Data(plan) => return message(plan, conn, session, tracker, at).await,
         other => other,
     };
-    let (reply, next) = match step {
-        Step::Reply(r) => (r, None),
-        Step::Close(r) => (r, Some(Outcome::Closed)),
+    let mut refusal = session.take_refusal();
+    let (reply, about, next) = match step {
+        Step::Reply(r) => {
+            let about = about_reply(command, &r, session);
+            (r, about, None)
+        }
+        Step::Close(r) => {
+            let end = if command == Command::Quit && r.code() < 400 {
+                EndReason::Quit
+            } else {
+                EndReason::Limit
+            };
+            let about = about_reply(command, &r, session);
+            (r, about, Some(Outcome::Ended(end)))
+        }
         Step::AuthFailed { reply, close } => {
-            if let Verdict::LockedOut(period) = ctx.guard.failure(peer.ip()) {
+            let (username, reason) = login.map_or((None, None), |(u, r)| (Some(u), r));
+            let about = About::LoginFailed { username, reason };
+            if let Verdict::LockedOut(period) = at.ctx.guard.failure(at.peer.ip()) {
                 warn!(
                     lockout_secs = period.as_secs(),
                     "address locked out after repeated failed logins"
                 );
-                (SessionError::LockedOut.reply(), Some(Outcome::Closed))
+                refusal = Some(SessionError::LockedOut);
+                let ended = Some(Outcome::Ended(EndReason::LockedOut));
+                (SessionError::LockedOut.reply(), about, ended)
             } else {
-                (reply, close.then_some(Outcome::Closed))
+                let ended = close.then_some(Outcome::Ended(EndReason::Limit));
+                (reply, about, ended)
             }
         }
-        Step::StartTls(r) => (r, Some(Outcome::StartTls)),
-        Step::Data(plan) => {
-            conn.queue(&ok::start_data());
-            if conn.flush(write_deadline()).await.is_err() {
-                return Some(Outcome::Closed);
-            }
-            match receive_message(conn, session, ctx, plan, peer, session_deadline).await {
-                DataOutcome::Reply(r) => (r, None),
-                DataOutcome::Close(r) => (r, Some(Outcome::Closed)),
-                DataOutcome::Gone => return Some(Outcome::Closed),
-            }
+        Step::StartTls(r) => (r, About::Command, Some(Outcome::StartTls)),
+        Step::Verify(_) | Step::Data(_) => {
+            unreachable!("handled above; auth_result never asks to verify again")
         }
-        Step::Verify(_) => unreachable!("handled above; auth_result never asks to verify again"),
     };
-    conn.queue(&reply);
-    match next {
-        None => None,
-        // The reply goes out before the connection closes or turns to TLS.
-        Some(outcome) => match conn.flush(write_deadline()).await {
-            Ok(()) => Some(outcome),
-            Err(_) => Some(Outcome::Closed),
-        },
+    tracker.send(conn, session, command, &reply, about, refusal.as_ref());
+    finish_step(conn, next, at).await
+}
+
+/// After a step's reply: nothing (read on), or send it before the connection closes or
+/// turns to TLS.
+async fn finish_step<S>(
+    conn: &mut Conn<S>,
+    next: Option<Outcome>,
+    at: &Context<'_>,
+) -> Option<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let outcome = next?;
+    match conn.flush(at.write_deadline()).await {
+        Ok(()) => Some(outcome),
+        Err(_) => Some(Outcome::Ended(EndReason::ClientClosed)),
     }
+}
+
+/// What a reply to an ordinary command was about: a login that worked, a sender accepted,
+/// a message refused at MAIL or DATA.
+fn about_reply(command: Command, reply: &Reply, session: &Session) -> About {
+    let refused = reply.code() >= 400;
+    let (sender, recipients) = session.envelope();
+    match command {
+        Command::Auth if reply.code() == 235 => About::LoggedIn,
+        Command::Mail if !refused => About::SenderAccepted {
+            sender: sender.unwrap_or_default().to_string(),
+        },
+        Command::Mail | Command::Data if refused => About::MessageRefused(MessageInfo {
+            sender: sender.unwrap_or_default().to_string(),
+            recipients: recipients.to_vec(),
+            size: 0,
+        }),
+        _ => About::Command,
+    }
+}
+
+/// The username of a login attempt, for observers (never the password).
+fn username_of(creds: &crate::sasl::Credentials) -> String {
+    let name = String::from_utf8_lossy(&creds.username);
+    observe::cut(&name, observe::MAX_USERNAME).to_string()
+}
+
+/// Receives a message after DATA, hands it on, and answers its final dot.
+async fn message<S>(
+    plan: DataPlan,
+    conn: &mut Conn<S>,
+    session: &mut Session,
+    tracker: &mut Tracker,
+    at: &Context<'_>,
+) -> Option<Outcome>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    tracker.send(
+        conn,
+        session,
+        Command::Data,
+        &ok::start_data(),
+        About::Command,
+        None,
+    );
+    if conn.flush(at.write_deadline()).await.is_err() {
+        return Some(Outcome::Ended(EndReason::ClientClosed));
+    }
+    let (outcome, size) =
+        receive_message(conn, session, at.ctx, &plan, at.peer, at.session_deadline).await;
+    let message = MessageInfo {
+        sender: plan.original_sender.unwrap_or(plan.sender),
+        recipients: plan.recipients,
+        size,
+    };
+    let (reply, about, refusal, next) = match outcome {
+        DataOutcome::Queued { queue_id, reply } => {
+            let about = About::MessageQueued { queue_id, message };
+            (reply, about, None, None)
+        }
+        DataOutcome::Refused(refusal) => {
+            let about = About::MessageRefused(message);
+            (refusal.reply(), about, Some(refusal), None)
+        }
+        DataOutcome::Close(refusal) => {
+            let end = match refusal {
+                SessionError::Timeout => EndReason::Timeout,
+                _ => EndReason::Limit,
+            };
+            let about = About::MessageRefused(message);
+            (
+                refusal.reply(),
+                about,
+                Some(refusal),
+                Some(Outcome::Ended(end)),
+            )
+        }
+        DataOutcome::Gone => return Some(Outcome::Ended(EndReason::ClientClosed)),
+    };
+    tracker.send(
+        conn,
+        session,
+        Command::Message,
+        &reply,
+        about,
+        refusal.as_ref(),
+    );
+    finish_step(conn, next, at).await
 }
 
 /// Checks a device's password (on the verifier threads), with its log line and metric. A
@@ -585,26 +848,32 @@ async fn check_password(
     result
 }
 
+/// How receiving a message ended.
 enum DataOutcome {
-    Reply(Reply),
-    Close(Reply),
+    /// It was queued; the scheduler's answer for the device.
+    Queued { queue_id: String, reply: Reply },
+    /// We refused it; the session goes on.
+    Refused(SessionError),
+    /// We refused it, and the session ends.
+    Close(SessionError),
+    /// The device went away before its final dot.
     Gone,
 }
 
-/// Receives one message body into the spool and hands the committed message on; returns what
-/// the device hears.
+/// Receives one message body into the spool and hands the committed message on; returns how
+/// that ended and the size received.
 async fn receive_message<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
     ctx: &Arc<Inbound>,
-    plan: DataPlan,
+    plan: &DataPlan,
     peer: SocketAddr,
     session_deadline: Instant,
-) -> DataOutcome
+) -> (DataOutcome, u64)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut sink = BodySink::open(ctx, session, &plan, peer).await;
+    let mut sink = BodySink::open(ctx, session, plan, peer).await;
     // The device's account may take less than the server (a Graph route without a fallback).
     let size_limit = plan
         .device
@@ -613,7 +882,7 @@ where
     let mut decoder = DotDecoder::new(size_limit);
     if let Err(end) = read_body(conn, ctx, &mut decoder, &mut sink, session_deadline).await {
         sink.abort().await;
-        return end;
+        return (end, decoder.size());
     }
     let committed = if decoder.over_limit() {
         info!(
@@ -625,10 +894,10 @@ where
         sink.abort().await;
         Err(SessionError::MessageTooBig(size_limit))
     } else {
-        sink.log_rewrites(&plan);
+        sink.log_rewrites(plan);
         sink.commit(decoder.saw_eight_bit()).await
     };
-    match committed {
+    let outcome = match committed {
         Ok(queued) => {
             debug!(queue_id = %queued.id(), size = queued.envelope.size, "message spooled");
             if let Some(m) = &ctx.metrics {
@@ -640,11 +909,14 @@ where
                     .get_or_create(&labels)
                     .inc_by(queued.envelope.size);
             }
-            DataOutcome::Reply(ctx.submit.submit(queued).await)
+            let queue_id = queued.id().as_str().to_string();
+            let reply = ctx.submit.submit(queued).await;
+            DataOutcome::Queued { queue_id, reply }
         }
-        Err(_) if session.data_refused() => DataOutcome::Close(SessionError::TooManyErrors.reply()),
-        Err(refusal) => DataOutcome::Reply(refusal.reply()),
-    }
+        Err(_) if session.data_refused() => DataOutcome::Close(SessionError::TooManyErrors),
+        Err(refusal) => DataOutcome::Refused(refusal),
+    };
+    (outcome, decoder.size())
 }
 
 /// Reads the body up to its final dot, into `sink`. `Err` is what to do when the device timed
@@ -674,7 +946,7 @@ where
         match timeout_at(deadline, conn.fill()).await {
             Err(_) => {
                 info!("timeout while receiving message data");
-                return Err(DataOutcome::Close(SessionError::Timeout.reply()));
+                return Err(DataOutcome::Close(SessionError::Timeout));
             }
             Ok(Ok(0)) | Ok(Err(_)) => {
                 warn!(
@@ -823,6 +1095,8 @@ impl BodySink {
         })
     }
 }
+
+mod track;
 
 #[cfg(test)]
 mod tests;

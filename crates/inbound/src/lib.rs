@@ -7,7 +7,12 @@
 //! # Layout
 //! - `session.rs`: the SMTP state machine, free of I/O ([`Session`], [`Step`]).
 //! - `conn.rs`: the driver that runs a session over a stream: line framing, deadlines, STARTTLS,
-//!   streaming DATA into the spool ([`serve`], [`Inbound`], [`Submit`]).
+//!   streaming DATA into the spool ([`serve`], [`Inbound`], [`Submit`]); every reply it sends
+//!   passes one hook (`conn/track.rs`).
+//! - `observe.rs`: that hook: [`Observer`] sees every reply ([`ReplyEvent`]) and each
+//!   session's end ([`SessionSummary`]).
+//! - `publish.rs`: the observer that feeds the live state (`activity`): devices seen, their
+//!   results, failed logins, refused messages.
 //! - `listener.rs`: listening sockets and the accept loop.
 //! - `identity.rs`: devices, password checks, sender policy ([`Directory`]).
 //! - `sasl.rs`: AUTH PLAIN / LOGIN decoding.
@@ -27,6 +32,8 @@ pub mod identity;
 mod legacy;
 pub mod limiter;
 pub mod listener;
+pub mod observe;
+pub mod publish;
 pub mod sasl;
 pub mod session;
 pub mod tls;
@@ -35,5 +42,7 @@ pub use conn::{Inbound, ListenerRuntime, Submit, serve};
 pub use guard::{GuardSettings, LoginGuard};
 pub use identity::{Directory, hash_password, hash_password_with};
 pub use limiter::Limiter;
+pub use observe::{Observer, ReplyEvent, SessionSummary};
+pub use publish::ActivityPublisher;
 pub use session::{Limits, ListenerSettings, Session, Step};
 pub use tls::{TlsError, TlsHandle, TlsPolicy, TlsStream, server_config};

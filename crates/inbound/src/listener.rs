@@ -5,7 +5,7 @@
 //! instead of being refused. Session limits are checked at accept time; a client over a limit
 //! gets a 421 reply (with a short write deadline) and is closed.
 
-use crate::conn::{Inbound, ListenerRuntime, serve};
+use crate::conn::{Inbound, ListenerRuntime, refused_at_accept, serve};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -61,11 +61,12 @@ pub async fn accept_loop(
                     }
                     Err(refusal) => {
                         info!(listener = %rt.settings.label, peer = %peer.ip(), reply = %refusal, "connection refused");
+                        let reply = refused_at_accept(&ctx, &rt.settings.label, peer, &refusal);
                         tracker.spawn(async move {
                             let mut stream = stream;
                             let _ = tokio::time::timeout(
                                 Duration::from_secs(5),
-                                stream.write_all(&refusal.reply().to_wire()),
+                                stream.write_all(&reply.to_wire()),
                             )
                             .await;
                             let _ = stream.shutdown().await;

@@ -136,6 +136,10 @@ pub struct Session {
     auth_failures: u32,
     errors: u32,
     free_space: Option<u64>,
+    /// The sender of the MAIL line being handled, accepted or not.
+    mail_from: Option<String>,
+    /// The refusal behind the last reply, until the driver takes it.
+    refusal: Option<SessionError>,
 }
 
 impl Session {
@@ -167,6 +171,8 @@ impl Session {
             auth_failures: 0,
             errors: 0,
             free_space: None,
+            mail_from: None,
+            refusal: None,
         }
     }
 
@@ -205,8 +211,29 @@ impl Session {
         self.device.is_some()
     }
 
+    /// The message as far as the session knows it: with a transaction open, the sender the
+    /// device gave and the recipients accepted so far; otherwise the sender of the MAIL line
+    /// just handled (refused), if that line was one.
+    pub fn envelope(&self) -> (Option<&str>, &[String]) {
+        match &self.tx {
+            Some(tx) => (
+                Some(tx.original_sender.as_deref().unwrap_or(&tx.sender)),
+                &tx.recipients,
+            ),
+            None => (self.mail_from.as_deref(), &[]),
+        }
+    }
+
+    /// The refusal behind the reply just returned, if the session refused something (taken:
+    /// a second call returns None).
+    pub fn take_refusal(&mut self) -> Option<SessionError> {
+        self.refusal.take()
+    }
+
     /// Handles one line (including its line end).
     pub fn handle_line(&mut self, line: &[u8]) -> Step {
+        self.mail_from = None;
+        self.refusal = None;
         if let Some(state) = self.sasl.take() {
             return self.sasl_response(state, line);
         }
@@ -258,16 +285,22 @@ impl Session {
         self.refuse(SessionError::LineTooLong)
     }
 
-    /// Counts a refusal; too many and the session is closed.
+    /// Counts a refusal; too many and the session is closed. Remembers which refusal was
+    /// sent, for the driver's observers.
     fn refuse(&mut self, err: SessionError) -> Step {
-        if err.closes_session() {
-            return Step::Close(err.reply());
-        }
-        self.errors += 1;
-        if self.errors > self.limits.max_errors {
-            return Step::Close(SessionError::TooManyErrors.reply());
-        }
-        Step::Reply(err.reply())
+        let (sent, step): (SessionError, fn(Reply) -> Step) = if err.closes_session() {
+            (err, Step::Close)
+        } else {
+            self.errors += 1;
+            if self.errors > self.limits.max_errors {
+                (SessionError::TooManyErrors, Step::Close)
+            } else {
+                (err, Step::Reply)
+            }
+        };
+        let reply = sent.reply();
+        self.refusal = Some(sent);
+        step(reply)
     }
 
     fn request(&mut self, req: Request<Cow<'_, str>>) -> Step {
@@ -440,25 +473,26 @@ impl Session {
             }
             // Our own trouble (verifiers overloaded) is not the device's failed login.
             Err(AuthFailure::Busy | AuthFailure::Internal) => {
+                self.refusal = Some(SessionError::AuthUnavailable);
                 Step::Reply(SessionError::AuthUnavailable.reply())
             }
             Err(_) => {
                 self.auth_failures += 1;
-                if self.auth_failures >= self.limits.max_auth_failures {
-                    return Step::AuthFailed {
-                        reply: SessionError::TooManyAuthFailures.reply(),
-                        close: true,
-                    };
-                }
-                Step::AuthFailed {
-                    reply: SessionError::AuthFailed.reply(),
-                    close: false,
-                }
+                let close = self.auth_failures >= self.limits.max_auth_failures;
+                let refusal = if close {
+                    SessionError::TooManyAuthFailures
+                } else {
+                    SessionError::AuthFailed
+                };
+                let reply = refusal.reply();
+                self.refusal = Some(refusal);
+                Step::AuthFailed { reply, close }
             }
         }
     }
 
     fn mail(&mut self, addr: String, flags: u64, size: u64) -> Step {
+        self.mail_from = Some(addr.clone());
         if self.helo.is_none() {
             return self.refuse(SessionError::NeedHelo);
         }

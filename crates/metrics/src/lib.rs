@@ -103,6 +103,9 @@ pub struct AccountSnapshot {
     pub token_failures: u64,
     /// True while the account waits for a person to sign in.
     pub sign_in_required: bool,
+    /// Every health state the account can be in, true for the one it is in now
+    /// (`smtp2oauth_account_state`). Empty: the metric has no rows for the account.
+    pub states: Vec<(&'static str, bool)>,
 }
 
 /// Every metric, and the registry they are exported from.
@@ -290,9 +293,31 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AccountStateLabels {
+    account: String,
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AccountResultLabels {
     account: String,
     result: &'static str,
+}
+
+/// One row per account and state: 1 for the state the account is in, 0 for the others.
+fn state_rows(accounts: &[AccountSnapshot]) -> Vec<(AccountStateLabels, f64)> {
+    accounts
+        .iter()
+        .flat_map(|a| {
+            a.states.iter().map(|(state, now)| {
+                let labels = AccountStateLabels {
+                    account: a.account.clone(),
+                    state,
+                };
+                (labels, if *now { 1.0 } else { 0.0 })
+            })
+        })
+        .collect()
 }
 
 impl prometheus_client::collector::Collector for SnapshotCollector {
@@ -357,6 +382,13 @@ impl prometheus_client::collector::Collector for SnapshotCollector {
             None,
             &rows,
         )?;
+        gauge(
+            &mut enc,
+            "account_state",
+            "1 for the account's health state now (ok, degraded, sign_in_needed, throttled, unreachable), 0 for the others",
+            None,
+            &state_rows(&accounts),
+        )?;
         let mut m = enc.encode_descriptor(
             "token_refreshes",
             "Token endpoint requests by account and result",
@@ -401,6 +433,7 @@ mod tests {
                 token_requests: 5,
                 token_failures: 1,
                 sign_in_required: false,
+                states: vec![("ok", false), ("degraded", true)],
             }]
         }
     }
@@ -443,6 +476,8 @@ mod tests {
             "smtp2oauth_token_expiry_seconds{account=\"scanner\"} 3000.0\n",
             "smtp2oauth_token_refreshes_total{account=\"scanner\",result=\"failure\"} 1",
             "smtp2oauth_account_sign_in_required{account=\"scanner\"} 0.0\n",
+            "smtp2oauth_account_state{account=\"scanner\",state=\"ok\"} 0.0\n",
+            "smtp2oauth_account_state{account=\"scanner\",state=\"degraded\"} 1.0\n",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }

@@ -136,7 +136,7 @@ impl Event {
             advice: r.advice.clone().unwrap_or_else(|| {
                 "See the message in Queue → Failed; fix the cause, then Requeue it.".into()
             }),
-            doc: "queue.md#failed-messages".into(),
+            doc: "queue.md#failure-notices".into(),
             since: Some(rfc3339(r.at_ms)),
             message: Some(FailedMessage {
                 queue_id: r.queue_id.clone(),

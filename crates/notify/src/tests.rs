@@ -153,3 +153,92 @@ async fn an_alert_mail_that_cannot_go_is_a_problem() {
     assert_eq!(f[0].about, "e-mail to admin@contoso.com");
     assert!(f[0].reason.contains("no healthy account"));
 }
+
+/// Every doc link an event carries points at a heading that exists (the overview and the
+/// notifications send admins there).
+#[test]
+fn every_doc_link_points_at_a_heading() {
+    use smtp2oauth_activity::problems::problems;
+    use smtp2oauth_activity::{AccountActivity, CertificateInfo, MessageRecord, MessageResult};
+    let accounts: Vec<AccountActivity> = [
+        AccountSignal::Refused,
+        AccountSignal::SignInNeeded,
+        AccountSignal::Unreachable,
+        AccountSignal::Throttled { until_ms: u64::MAX },
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, signal)| {
+        let a = Activity::new(&ActivityConfig::default());
+        a.attempt(&AttemptReport {
+            account: format!("a{i}"),
+            ..refused(1, signal)
+        });
+        a.accounts(2).remove(0)
+    })
+    .collect();
+    let env = Environment {
+        now_ms: 10_000_000,
+        oldest_queued_ms: Some(0),
+        alert_queue_age_ms: 1,
+        free_space: Some(0),
+        min_free_space: 1,
+        certificates: vec![CertificateInfo {
+            label: "c".into(),
+            not_after_ms: 0,
+        }],
+        certificate_warning_ms: 1,
+        notice_failures: vec![smtp2oauth_activity::NoticeFailure {
+            about: "webhook".into(),
+            reason: "r".into(),
+            at_ms: 0,
+        }],
+    };
+    let mut docs: Vec<String> = problems(&accounts, &env)
+        .into_iter()
+        .map(|p| p.doc)
+        .collect();
+    assert_eq!(docs.len(), 8, "one problem of each kind: {docs:?}");
+    let record = MessageRecord {
+        seq: 1,
+        at_ms: 0,
+        queue_id: None,
+        device: String::new(),
+        peer: None,
+        account: String::new(),
+        route: String::new(),
+        sender: String::new(),
+        recipients: vec![],
+        size: 0,
+        result: MessageResult::Failed,
+        reply: None,
+        advice: None,
+    };
+    docs.push(Event::message_failed(&record, "r", 0).doc);
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    for doc in docs {
+        let (file, anchor) = doc.split_once('#').expect("a section");
+        let text =
+            std::fs::read_to_string(root.join(file)).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        let anchors: Vec<String> = text
+            .lines()
+            .filter(|l| l.starts_with('#'))
+            .map(|l| slug(l.trim_start_matches('#')))
+            .collect();
+        assert!(
+            anchors.contains(&anchor.to_string()),
+            "{doc}: no such heading in {anchors:?}"
+        );
+    }
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn slug(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}

@@ -5,10 +5,15 @@
 //! authorization-code accounts prints the sign-in URL and receives the browser's redirect on the
 //! redirect URI's port itself. It works while the relay runs: the relay notices the new sign-in
 //! in the token store within seconds and sends the mail that waited for it. `list` and `status`
-//! print token state without secrets; `keygen` prints a new master key.
+//! print each account's state as the running relay sees it (from its state file: `live.rs`)
+//! and its sign-in, without secrets; `keygen` prints a new master key.
+
+mod live;
 
 use crate::wiring;
 use clap::Subcommand;
+use live::Live;
+use smtp2oauth_activity::now_ms;
 use smtp2oauth_admin::time::{utc, utc_relative};
 use smtp2oauth_config::{AccountSpec, FlowSpec, Loaded, RouteSpec};
 use smtp2oauth_tokens::{
@@ -23,9 +28,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Subcommand)]
 pub enum AccountCommand {
-    /// Every account with its route, flow and sign-in state (no secrets).
+    /// Every account with its route, flow, state (as the running relay sees it) and sign-in
+    /// (no secrets).
     List,
-    /// One account's sign-in state in detail (no secrets).
+    /// One account in detail: its state, since when and why, the last token and delivery
+    /// results, its sign-in (no secrets).
     Status {
         /// The account (name of an [[accounts]] entry).
         name: String,
@@ -91,8 +98,7 @@ async fn state_line(account: &AccountSpec, store: Option<&TokenStore>) -> String
         return "no sign-in needed (capture)".into();
     }
     if account.delegated().is_none() {
-        return "app-only: the running relay gets its tokens (see `smtp2oauth health --ready`)"
-            .into();
+        return "app-only: nobody signs in; the relay gets its tokens itself".into();
     }
     let record = match store {
         Some(s) => Some(s.load(&account.name).await),
@@ -116,6 +122,8 @@ fn flow_name(account: &AccountSpec) -> &'static str {
 
 async fn list(cfg: &Loaded) -> anyhow::Result<ExitCode> {
     let store = store(cfg, false).await?;
+    let live = Live::read(cfg);
+    let now = now_ms();
     let width = cfg
         .accounts
         .iter()
@@ -123,17 +131,71 @@ async fn list(cfg: &Loaded) -> anyhow::Result<ExitCode> {
         .max()
         .unwrap_or(7)
         .max(7);
-    println!("{:width$}  {:9}  {:18}  STATE", "ACCOUNT", "ROUTE", "FLOW");
+    println!(
+        "{:width$}  {:9}  {:18}  {:14}  DETAIL",
+        "ACCOUNT", "ROUTE", "FLOW", "STATE"
+    );
     for a in &cfg.accounts {
+        let (state, mut detail) = match live.account(&a.name) {
+            Some(act) => (
+                act.condition.at(now).state.as_str(),
+                live::state_words(act, now),
+            ),
+            None => ("unknown", String::new()),
+        };
+        let sign_in = state_line(a, store.as_deref()).await;
+        if !detail.is_empty() {
+            detail.push_str("; ");
+        }
+        detail.push_str(&sign_in);
         println!(
-            "{:width$}  {:9}  {:18}  {}",
+            "{:width$}  {:9}  {:18}  {:14}  {}",
             a.name,
             a.route.kind().as_str(),
             flow_name(a),
-            state_line(a, store.as_deref()).await
+            state,
+            detail
         );
     }
+    println!("(state from {})", live.source());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The account's state and last results as the running relay knows them.
+fn print_live(live: &Live, a: &AccountSpec) {
+    let now = now_ms();
+    match live.account(&a.name) {
+        Some(act) => {
+            println!("state:        {}", live::state_words(act, now));
+            let c = act.condition.at(now);
+            if let Some(r) = &c.reply {
+                println!("reply:        {}", live::escaped(&r.to_string()));
+            }
+            if let Some(advice) = &c.advice {
+                println!("advice:       {advice}");
+            }
+            if a.oauth.is_some() {
+                let token = live
+                    .token(&a.name)
+                    .map_or_else(|| "none requested yet".to_string(), live::token_words);
+                println!("last token:   {token}");
+            }
+            let none = || "none since the relay started".to_string();
+            let delivery = act
+                .last_delivery
+                .as_ref()
+                .map_or_else(none, live::happening);
+            println!("last delivery: {delivery}");
+            if let Some(f) = &act.last_failure {
+                println!("last failure: {}", live::happening(f));
+            }
+            if act.consecutive_failures > 0 {
+                println!("failures in a row: {}", act.consecutive_failures);
+            }
+        }
+        None => println!("state:        unknown"),
+    }
+    println!("relay:        {}", live.source());
 }
 
 async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
@@ -146,7 +208,8 @@ async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     println!("mailbox:      {}", a.mailbox);
     println!("route:        {}", a.route.kind().as_str());
     println!("flow:         {}", flow_name(a));
-    println!("state:        {}", state_line(a, store.as_deref()).await);
+    print_live(&Live::read(cfg), a);
+    println!("sign-in:      {}", state_line(a, store.as_deref()).await);
     let Some(oauth) = a.delegated() else {
         return Ok(ExitCode::SUCCESS);
     };
@@ -179,7 +242,7 @@ async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
                 println!("granted:      {scope}");
             }
             if let Some(e) = &t.last_error {
-                println!("last error:   {e}");
+                println!("last error:   {}", live::escaped(e));
             }
             t.sign_in_required || t.refresh_token.is_none()
         }

@@ -22,6 +22,7 @@
 //! - `signin.rs`: keeping delegated accounts signed in while the relay runs.
 //! - `logging.rs`: log format and filtering.
 //! - `status.rs`: what the admin server reports (metrics read at scrape time, readiness).
+//! - `state_file.rs`: the live state written to `<store>/state.json` for the CLI.
 
 mod account_cmd;
 mod commands;
@@ -37,6 +38,7 @@ mod serve;
 mod service;
 mod signals;
 mod signin;
+mod state_file;
 mod status;
 mod wiring;
 

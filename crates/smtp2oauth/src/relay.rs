@@ -2,11 +2,13 @@
 //!
 //! [`wiring::build`](crate::wiring::build) constructs every part and binds every socket; nothing
 //! runs until [`Relay::run`], which starts the tasks (deliveries, sign-in upkeep, the admin
-//! server, the accept loops) and, once `stop` is cancelled, shuts them down in order: sessions
-//! first (the scheduler keeps delivering while devices wait for their first attempt), then the
-//! deliveries in progress.
+//! server, the accept loops, the notifier and the state file) and, once `stop` is cancelled,
+//! shuts them down in order: sessions first (the scheduler keeps delivering while devices wait
+//! for their first attempt), then the deliveries in progress, then the console's tasks (so the
+//! last outcomes are notified and written).
 
-use crate::signin;
+use crate::wiring::Notifications;
+use crate::{signin, state_file};
 use anyhow::Result;
 use smtp2oauth_inbound::{Inbound, ListenerRuntime, TlsHandle};
 use smtp2oauth_scheduler::Scheduler;
@@ -41,6 +43,23 @@ pub struct Relay {
     pub sign_in: Option<signin::Tasks>,
     /// One handle per distinct listener TLS setup, for reloads.
     pub tls: Vec<TlsHandle>,
+    /// The readers of the live state that run as tasks.
+    pub console: Console,
+}
+
+/// The notifier and the state file writer, built and waiting to run.
+pub struct Console {
+    pub notifications: Notifications,
+    pub state_file: state_file::Writer,
+}
+
+impl Console {
+    /// Starts both; they end when `stop` is cancelled (the state file is written once more).
+    fn spawn(self, stop: &CancellationToken) -> Vec<JoinHandle<()>> {
+        let mut tasks = self.notifications.spawn(stop.clone());
+        tasks.push(tokio::spawn(self.state_file.run(stop.clone())));
+        tasks
+    }
 }
 
 impl Relay {
@@ -52,6 +71,8 @@ impl Relay {
             sign_in.spawn(shutdown.clone());
         }
         let admin = self.admin.map(|a| tokio::spawn(a.serve(shutdown.clone())));
+        let console_stop = CancellationToken::new();
+        let console = self.console.spawn(&console_stop);
         let tracker = TaskTracker::new();
         let accept_loops = accept(&self.inbound, self.listeners, &self.listeners_up, &tracker)?;
         info!(version = env!("CARGO_PKG_VERSION"), hostname = %self.inbound.hostname, "smtp2oauth started");
@@ -78,6 +99,10 @@ impl Relay {
         }
         self.scheduler.shutdown().await;
         let _ = dispatcher.await;
+        console_stop.cancel();
+        for t in console {
+            let _ = t.await;
+        }
         drop(self.spool_lock);
         info!("stopped");
         Ok(())

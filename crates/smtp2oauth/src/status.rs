@@ -1,23 +1,28 @@
 //! What the admin server reports about a running relay: the values Prometheus reads at scrape
-//! time (queue depth and age, token state per account) and the readiness checks.
+//! time (queue depth and age, token state and health state per account) and the readiness
+//! checks.
 //!
-//! Readiness answers "can this relay take and deliver mail right now, and if not, why": every
-//! listener is still accepting, the spool accepts a write, and every account can get a token
-//! (or, for capture, write its directory). Each check says in words what is wrong.
+//! Readiness answers "can this relay take mail right now, and if not, why": every listener is
+//! still accepting and the spool accepts a write. It is about the relay itself: an account the
+//! upstream refuses does not make the relay unready (a load balancer or an orchestrator can do
+//! nothing about it, and restarting would only lose the live state); the account's state says
+//! so instead, in the metric `smtp2oauth_account_state`, the console and `account status`.
 
 use crate::wiring::TokenSources;
+use smtp2oauth_activity::{AccountState, Activity, now_ms};
 use smtp2oauth_admin::Check;
 use smtp2oauth_metrics::{AccountSnapshot, QueueSnapshot, Snapshot};
 use smtp2oauth_spool::{Area, Spool};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 pub struct RelaySnapshot {
     pub spool: Spool,
     pub tokens: TokenSources,
     pub accounts: Vec<String>,
+    /// Where the accounts' health states are read.
+    pub activity: Activity,
 }
 
 impl std::fmt::Debug for RelaySnapshot {
@@ -53,143 +58,74 @@ impl Snapshot for RelaySnapshot {
 
     fn accounts(&self) -> Vec<AccountSnapshot> {
         let now = SystemTime::now();
+        let states = self.activity.accounts(now_ms());
         self.accounts
             .iter()
-            .map(|name| match self.tokens.get(name) {
-                Some(t) => {
-                    let st = t.status();
-                    AccountSnapshot {
-                        account: name.clone(),
-                        token_expires_in: st
-                            .valid_until
-                            .and_then(|v| v.duration_since(now).ok())
-                            .map(|d| d.as_secs_f64()),
-                        token_requests: st.requests,
-                        token_failures: st.failures,
-                        sign_in_required: st.sign_in_required,
+            .map(|name| {
+                let state = states
+                    .iter()
+                    .find(|a| &a.name == name)
+                    .map_or(AccountState::Ok, |a| a.condition.state);
+                let states = AccountState::ALL
+                    .iter()
+                    .map(|s| (s.as_str(), *s == state))
+                    .collect();
+                match self.tokens.get(name) {
+                    Some(t) => {
+                        let st = t.status();
+                        AccountSnapshot {
+                            account: name.clone(),
+                            token_expires_in: st
+                                .valid_until
+                                .and_then(|v| v.duration_since(now).ok())
+                                .map(|d| d.as_secs_f64()),
+                            token_requests: st.requests,
+                            token_failures: st.failures,
+                            sign_in_required: st.sign_in_required,
+                            states,
+                        }
                     }
+                    None => AccountSnapshot {
+                        account: name.clone(),
+                        states,
+                        ..AccountSnapshot::default()
+                    },
                 }
-                None => AccountSnapshot {
-                    account: name.clone(),
-                    ..AccountSnapshot::default()
-                },
             })
             .collect()
     }
 }
 
-/// What readiness checks for one account.
-pub struct AccountCheck {
-    pub name: String,
-    /// The kind of its route, as its route names itself.
-    pub route: &'static str,
-    /// For capture routes, the directory that must be writable.
-    pub capture_dir: Option<PathBuf>,
-}
-
 /// Everything the readiness checks look at.
 pub struct ReadinessInputs {
     pub spool: Spool,
-    pub tokens: TokenSources,
-    pub accounts: Vec<AccountCheck>,
     pub listeners: usize,
     /// Accept loops still running (decremented when one ends).
     pub listeners_up: Arc<AtomicUsize>,
 }
 
 pub async fn readiness(inputs: Arc<ReadinessInputs>) -> Vec<Check> {
-    let mut checks = Vec::new();
     let up = inputs.listeners_up.load(Ordering::SeqCst);
-    checks.push(Check {
+    let listeners = Check {
         name: "listeners".into(),
         ok: up == inputs.listeners,
         detail: format!(
             "{up} of {} listeners accepting connections",
             inputs.listeners
         ),
-    });
-    checks.push(match inputs.spool.check_writable().await {
+    };
+    let root = inputs.spool.root().display();
+    let spool = match inputs.spool.check_writable().await {
         Ok(()) => Check {
             name: "spool".into(),
             ok: true,
-            detail: format!("{} is writable", inputs.spool.root().display()),
+            detail: format!("{root} is writable"),
         },
         Err(e) => Check {
             name: "spool".into(),
             ok: false,
-            detail: format!(
-                "cannot write to {}: {e} (new mail gets 452/451)",
-                inputs.spool.root().display()
-            ),
+            detail: format!("cannot write to {root}: {e} (new mail gets 452/451)"),
         },
-    });
-    for AccountCheck {
-        name,
-        route: kind,
-        capture_dir: capture,
-    } in &inputs.accounts
-    {
-        let check_name = format!("account {name}");
-        let check = if let Some(t) = inputs.tokens.get(name) {
-            match tokio::time::timeout(Duration::from_secs(10), t.token()).await {
-                Ok(Ok(token)) => Check {
-                    name: check_name,
-                    ok: true,
-                    detail: format!(
-                        "route {kind}: token valid for {} s",
-                        token
-                            .expires_at()
-                            .duration_since(SystemTime::now())
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0)
-                    ),
-                },
-                Ok(Err(e)) => Check {
-                    name: check_name,
-                    ok: false,
-                    detail: format!(
-                        "route {kind}: no token: {e}{}",
-                        e.advice().map(|a| format!(" ({a})")).unwrap_or_default()
-                    ),
-                },
-                Err(_) => Check {
-                    name: check_name,
-                    ok: false,
-                    detail: format!("route {kind}: the token endpoint did not answer within 10 s"),
-                },
-            }
-        } else if let Some(dir) = capture {
-            match writable(dir.clone()).await {
-                Ok(()) => Check {
-                    name: check_name,
-                    ok: true,
-                    detail: format!("route {kind}: {} is writable", dir.display()),
-                },
-                Err(e) => Check {
-                    name: check_name,
-                    ok: false,
-                    detail: format!("route {kind}: cannot write to {}: {e}", dir.display()),
-                },
-            }
-        } else {
-            Check {
-                name: check_name,
-                ok: true,
-                detail: format!("route {kind}"),
-            }
-        };
-        checks.push(check);
-    }
-    checks
-}
-
-async fn writable(dir: PathBuf) -> std::io::Result<()> {
-    tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir)?;
-        let probe = dir.join(format!(".readyz-{}", std::process::id()));
-        std::fs::write(&probe, b"ok")?;
-        std::fs::remove_file(&probe)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    };
+    vec![listeners, spool]
 }

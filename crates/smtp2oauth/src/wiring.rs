@@ -10,27 +10,31 @@
 //! - `routes.rs`: each account's route and fallback.
 //! - `tls.rs`: the listeners' certificates and TLS handles.
 //! - `admin.rs`: the admin server's state: readiness checks, accounts, the send-test.
-//! - `console.rs`: the activity store and the environment problems are decided from.
+//! - `console.rs`: the activity store (seeded from the spool), the certificates in use and
+//!   the environment problems are decided from.
+//! - `notify.rs`: the notifier from `[notify]` (webhook, alert e-mails).
 
 mod admin;
 mod console;
+mod notify;
 mod routes;
 mod tls;
 mod tokens;
 
+pub use notify::{AlertSender, Notifications};
 pub use routes::{GraphSlots, route, routes};
 pub use tls::{distinct_handles, listener_tls};
 pub use tokens::{
     TokenSources, credential, open_token_store, sign_in_targets, token_source, token_sources,
 };
 
-use crate::relay::Relay;
-use crate::{signin, status};
+use crate::relay::{Console, Relay};
+use crate::{signin, state_file, status};
 use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::{Config, Loaded};
 use smtp2oauth_inbound::{
-    Directory, GuardSettings, Inbound, Limiter, Limits, ListenerRuntime, ListenerSettings,
-    LoginGuard, Submit, TlsHandle,
+    ActivityPublisher, Directory, GuardSettings, Inbound, Limiter, Limits, ListenerRuntime,
+    ListenerSettings, LoginGuard, Observer, Submit, TlsHandle,
 };
 use smtp2oauth_metrics::Metrics;
 use smtp2oauth_proto::Reply;
@@ -61,13 +65,15 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
     report_sign_ins_needed(loaded, &tokens);
     let routes = routes(loaded, &tokens, store.as_ref()).await?;
     log_accounts(loaded, &routes);
-    let readiness_accounts = admin::readiness_accounts(loaded, &routes);
     let activity = console::activity(loaded);
-    let environment = console::environment(loaded, spool.clone(), activity.clone());
+    console::seed(&activity, &spool, loaded, &tokens).await;
+    let certificates = console::certificate_files(loaded, &distinct_handles(&listener_tls));
+    let environment = console::environment(loaded, spool.clone(), activity.clone(), certificates);
     let metrics = Metrics::new(Some(Arc::new(status::RelaySnapshot {
         spool: spool.clone(),
         tokens: tokens.clone(),
         accounts: loaded.accounts.iter().map(|a| a.name.clone()).collect(),
+        activity: activity.clone(),
     })));
     let scheduler = Arc::new(Scheduler::new(
         spool.clone(),
@@ -81,14 +87,31 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         Some(store) => Some(sign_in(loaded, store, &tokens, &scheduler).await?),
         None => None,
     };
-    let inbound = inbound(cfg, directory, spool.clone(), scheduler.clone(), &metrics);
+    let publisher = Arc::new(ActivityPublisher::new(activity.clone(), directory.clone()));
+    let inbound = inbound(
+        cfg,
+        directory,
+        spool.clone(),
+        scheduler.clone(),
+        &metrics,
+        publisher,
+    );
+    let alerts: Arc<dyn AlertSender> = Arc::new(SchedulerAlerts(scheduler.clone()));
+    let console = Console {
+        notifications: notify::build(loaded, activity.clone(), environment.clone(), alerts)?,
+        state_file: state_file::Writer {
+            path: state_file::path(&cfg.store.dir),
+            activity: activity.clone(),
+            tokens: tokens.clone(),
+            started_at_ms: smtp2oauth_activity::now_ms(),
+        },
+    };
     let listeners = bind_listeners(cfg, &listener_tls)?;
     let listeners_up = Arc::new(AtomicUsize::new(listeners.len()));
     let admin = admin::server(admin::Parts {
         loaded,
         spool,
         tokens,
-        readiness_accounts,
         listeners: listeners.len(),
         listeners_up: listeners_up.clone(),
         metrics,
@@ -108,6 +131,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         admin,
         sign_in: sign_in.map(|(_, tasks)| tasks),
         tls: distinct_handles(&listener_tls),
+        console,
     })
 }
 
@@ -228,6 +252,21 @@ async fn sign_in(
     Ok((manager, tasks))
 }
 
+/// Alert e-mails through the scheduler, which queues them on `[notify] notify_account` or an
+/// account that works (never the failing one).
+struct SchedulerAlerts(Arc<Scheduler>);
+
+impl AlertSender for SchedulerAlerts {
+    fn send_alert<'a>(
+        &'a self,
+        to: &'a str,
+        subject: &'a str,
+        text: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
+        Box::pin(self.0.send_alert(to, subject, text))
+    }
+}
+
 /// Hands accepted messages to the scheduler.
 struct SchedulerSubmit(Arc<Scheduler>);
 
@@ -237,13 +276,15 @@ impl Submit for SchedulerSubmit {
     }
 }
 
-/// What every session needs: limits, the device directory, the spool, the scheduler.
+/// What every session needs: limits, the device directory, the spool, the scheduler, and
+/// the observer of their replies (the live state).
 fn inbound(
     cfg: &Config,
     directory: Arc<Directory>,
     spool: Spool,
     scheduler: Arc<Scheduler>,
     metrics: &Arc<Metrics>,
+    observer: Arc<dyn Observer>,
 ) -> Arc<Inbound> {
     let s = &cfg.server;
     Arc::new(Inbound {
@@ -275,6 +316,7 @@ fn inbound(
         })),
         max_commands: s.max_commands,
         max_session_bytes: s.max_session_bytes,
+        observer: Some(observer),
     })
 }
 

@@ -58,7 +58,7 @@ pub fn for_refusal(cause: Cause, stage: Stage, reply: &Reply) -> Option<&'static
             "the mailbox is being throttled (Exchange allows 30 messages a minute and 3 connections); mail will be retried",
         ),
         Cause::TooLarge if graph => Some(
-            "the message is larger than Graph accepts in one request (about 4 MB, 3 MB of message): set fallback_route = \"smtp\" so large mail goes over SMTP, or lower the device's scan resolution",
+            "the message is larger than this Graph route sends: one request carries about 3 MB of message, so set graph_large_messages = \"upload\" (needs Mail.ReadWrite) or fallback_route = \"smtp\"; with \"upload\" the limit is the mailbox's own (Set-Mailbox -MaxSendSize: 35 MB by default, at most 150 MB)",
         ),
         Cause::TooLarge => Some("the message is larger than the upstream accepts"),
         Cause::Message => for_message(graph, reply.code(), status),
@@ -82,7 +82,7 @@ fn for_account(
         }
         Login => return for_login(graph, code, status),
         Permission if graph => {
-            "Graph refused the app (ErrorAccessDenied): grant the application permission Mail.Send (Microsoft Graph) with admin consent, and check that an application access policy or RBAC for Applications scope includes this mailbox"
+            "Graph refused the app (ErrorAccessDenied): grant the application permission Mail.Send (Microsoft Graph) with admin consent, and Mail.ReadWrite too with graph_large_messages = \"upload\" (a large message goes through a draft, a write to the mailbox); check that an application access policy or RBAC for Applications scope includes this mailbox"
         }
         Permission => {
             "mailbox logon failure: the app lacks FullAccess on the mailbox (Add-MailboxPermission), or the mailbox is not licensed"
@@ -281,6 +281,8 @@ mod tests {
             ),
             (smtp(Stage::Body, "552 5.3.4 too big"), "larger"),
             (graph(403, "ErrorAccessDenied", None), "Mail.Send"),
+            (graph(403, "ErrorAccessDenied", None), "Mail.ReadWrite"),
+            (graph(413, "ErrorMessageSizeExceeded", None), "\"upload\""),
             (graph(404, "MailboxNotEnabledForRESTAPI", None), "licence"),
             (
                 graph(400, "ErrorMessageSizeExceeded", None),

@@ -4,7 +4,8 @@
 //! permissions, connectors, blocks of our tenant or address), and it should pause an account
 //! the upstream is throttling rather than dig deeper. So every refusal is classified once,
 //! where the answer is parsed: [`smtp`] for SMTP replies (Exchange Online submission, the MX
-//! smart host, any other server), [`graph`] for Microsoft Graph's HTTP answers. Both look only
+//! smart host, any other server), [`graph`] for Microsoft Graph's HTTP answers ([`graph_upload`]
+//! for those in the draft conversation of a large message). They look only
 //! at codes: reply code, enhanced status and the stage it answered; HTTP status and Graph's
 //! JSON `error.code`. The text after a code varies between servers and releases and is never
 //! read, except for two things no code carries: how long a throttling server asks us to wait,
@@ -16,6 +17,7 @@
 //! non-delivery codes and Graph `sendMail` errors; anything not listed falls back on the
 //! reply class and the stage.
 
+use crate::graph_upload::Step;
 use smtp2oauth_proto::{AccountIssue, Cause, DeliveryError, EnhancedStatus, Reply, Stage};
 use std::time::Duration;
 
@@ -141,6 +143,29 @@ pub fn retry_hint(text: &str) -> Option<Duration> {
         }
     }
     None
+}
+
+/// What a Graph answer in the draft conversation of a large message (`graph_upload.rs`) is
+/// about: as [`graph`], except where the step changes the meaning. Throttling comes back
+/// without a wait.
+pub fn graph_upload(step: Step, status: u16, error_code: &str) -> Cause {
+    match (step, status, error_code) {
+        // The upload URL carries its own short-lived credential, not our token: a new
+        // conversation gets a new URL.
+        (Step::UploadChunk, 401 | 403, _) => Cause::Transient,
+        // The draft (or its upload session) is gone between two requests: deleted by someone,
+        // expired. The next attempt makes a new one.
+        (
+            Step::AddAttachment
+            | Step::CreateUploadSession
+            | Step::UploadChunk
+            | Step::Send
+            | Step::DeleteDraft,
+            404,
+            "ErrorItemNotFound" | "",
+        ) => Cause::Transient,
+        _ => graph(status, error_code),
+    }
 }
 
 #[cfg(test)]
@@ -431,6 +456,87 @@ mod tests {
         ];
         for (status, code, want) in cases {
             assert_eq!(graph(*status, code), *want, "{status} {code}");
+        }
+    }
+
+    /// The draft conversation: `sendMail`'s table, except an upload URL's own credential and a
+    /// draft that vanished between requests, which the next attempt does not meet again.
+    #[test]
+    fn graph_upload_answers_table() {
+        use Step::*;
+        let cases: &[(Step, u16, &str, Cause)] = &[
+            (
+                CreateDraft,
+                403,
+                "ErrorAccessDenied",
+                Cause::Account(Permission),
+            ),
+            (
+                AddAttachment,
+                403,
+                "ErrorAccessDenied",
+                Cause::Account(Permission),
+            ),
+            (
+                CreateUploadSession,
+                403,
+                "ErrorAccessDenied",
+                Cause::Account(Permission),
+            ),
+            (Send, 403, "ErrorAccessDenied", Cause::Account(Permission)),
+            (
+                CreateDraft,
+                401,
+                "InvalidAuthenticationToken",
+                Cause::Account(Login),
+            ),
+            (UploadChunk, 401, "", Cause::Transient),
+            (UploadChunk, 403, "", Cause::Transient),
+            (UploadChunk, 429, "ApplicationThrottled", THROTTLED),
+            (UploadChunk, 503, "", THROTTLED),
+            (CreateDraft, 429, "ApplicationThrottled", THROTTLED),
+            (
+                AddAttachment,
+                413,
+                "ErrorMessageSizeExceeded",
+                Cause::TooLarge,
+            ),
+            (
+                CreateUploadSession,
+                413,
+                "ErrorMessageSizeExceeded",
+                Cause::TooLarge,
+            ),
+            (Send, 400, "ErrorMessageSizeExceeded", Cause::TooLarge),
+            (AddAttachment, 404, "ErrorItemNotFound", Cause::Transient),
+            (Send, 404, "ErrorItemNotFound", Cause::Transient),
+            (UploadChunk, 404, "", Cause::Transient),
+            (
+                CreateDraft,
+                404,
+                "ErrorInvalidUser",
+                Cause::Account(Mailbox),
+            ),
+            (
+                CreateDraft,
+                404,
+                "MailboxNotEnabledForRESTAPI",
+                Cause::Account(Mailbox),
+            ),
+            (Send, 403, "ErrorSendAsDenied", Cause::Message),
+            (
+                CreateDraft,
+                400,
+                "ErrorMimeContentInvalidBase64String",
+                Cause::Message,
+            ),
+        ];
+        for (step, status, code, want) in cases {
+            assert_eq!(
+                graph_upload(*step, *status, code),
+                *want,
+                "{step} {status} {code}"
+            );
         }
     }
 

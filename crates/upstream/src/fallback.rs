@@ -12,6 +12,9 @@
 //! tenant or a used-up quota fail the same way everywhere and are not retried through the
 //! fallback.
 //!
+//! A Graph route told to refuse large messages (`graph_large_messages = "refuse"`) keeps its
+//! size refusals: [`FallbackRoute::keeping_too_large`].
+//!
 //! When the refusal concerns the whole tenant or app (everything above but size), the primary
 //! is skipped for [`SKIP_PRIMARY_FOR`] so each message does not first pay for a doomed
 //! connection; the log says so each time.
@@ -30,6 +33,8 @@ pub struct FallbackRoute {
     account: String,
     primary: Arc<dyn Route>,
     fallback: Arc<dyn Route>,
+    /// Size refusals of the primary go to the fallback (not when the admin chose "refuse").
+    too_large_to_fallback: bool,
     skip_until: Mutex<Option<(Instant, Reply)>>,
 }
 
@@ -57,8 +62,25 @@ impl FallbackRoute {
             account,
             primary,
             fallback,
+            too_large_to_fallback: true,
             skip_until: Mutex::new(None),
         }
+    }
+
+    /// The primary's refusals as too large are the attempt's result: the admin chose to
+    /// refuse large messages rather than send them another way.
+    pub fn keeping_too_large(mut self) -> Self {
+        self.too_large_to_fallback = false;
+        self
+    }
+
+    /// Whether the fallback is tried after `err` from the primary: `Some(sticky)` as in
+    /// [`route_specific`].
+    fn hands_over(&self, err: &DeliveryError) -> Option<bool> {
+        if !self.too_large_to_fallback && err.cause() == Cause::TooLarge {
+            return None;
+        }
+        route_specific(self.primary.kind(), err)
     }
 
     fn skipping(&self) -> Option<Reply> {
@@ -85,7 +107,7 @@ impl FallbackRoute {
             Ok(report) => return Ok(report),
             Err(e) => e,
         };
-        let Some(sticky) = route_specific(p, &err) else {
+        let Some(sticky) = self.hands_over(&err) else {
             return Err(err);
         };
         let reply = err.reply();
@@ -249,5 +271,82 @@ mod tests {
             detail: "refused".into(),
         };
         assert_eq!(route_specific(Smtp, &connect), None);
+    }
+
+    /// A route that answers every message the same way and counts them.
+    struct Fixed {
+        kind: RouteKind,
+        refusal: Option<DeliveryError>,
+        delivered: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Route for Fixed {
+        fn kind(&self) -> RouteKind {
+            self.kind
+        }
+        fn target(&self) -> String {
+            self.kind.to_string()
+        }
+        fn deliver<'a>(&'a self, m: &'a Message) -> DeliveryFuture<'a> {
+            Box::pin(async move {
+                if let Some(e) = &self.refusal {
+                    return Err(e.clone());
+                }
+                self.delivered
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(DeliveryReport {
+                    reply: Reply::with_status(250, (2, 0, 0), "ok"),
+                    accepted: m.recipients.clone(),
+                    rejected: Vec::new(),
+                })
+            })
+        }
+    }
+
+    fn fixed(kind: RouteKind, refusal: Option<DeliveryError>) -> Arc<Fixed> {
+        Arc::new(Fixed {
+            kind,
+            refusal,
+            delivered: Default::default(),
+        })
+    }
+
+    /// `graph_large_messages = "refuse"` keeps Graph's size refusal from the fallback; the
+    /// default ("fallback") hands it over; other refusals are unaffected.
+    #[tokio::test]
+    async fn a_graph_route_that_refuses_large_mail_keeps_its_size_refusals() {
+        let msg = Message {
+            id: "q1".into(),
+            account: "a".into(),
+            device: "d".into(),
+            sender: "s@x".into(),
+            recipients: vec!["r@x".into()],
+            data_path: "/nonexistent".into(),
+            size: 5_000_000,
+            eight_bit: false,
+            smtputf8: false,
+            received_at_ms: 0,
+        };
+        let count = |r: &Arc<Fixed>| r.delivered.load(std::sync::atomic::Ordering::SeqCst);
+        for (refusal, keeping, to_fallback) in [
+            (graph(413, "ErrorMessageSizeExceeded"), false, true),
+            (graph(413, "ErrorMessageSizeExceeded"), true, false),
+            (graph(404, "MailboxNotEnabledForRESTAPI"), true, true),
+        ] {
+            let smtp = fixed(RouteKind::Smtp, None);
+            let route = FallbackRoute::new(
+                "a".into(),
+                fixed(RouteKind::Graph, Some(refusal.clone())),
+                smtp.clone(),
+            );
+            let route = if keeping {
+                route.keeping_too_large()
+            } else {
+                route
+            };
+            let outcome = route.deliver(&msg).await;
+            assert_eq!(outcome.is_ok(), to_fallback, "{refusal} keeping={keeping}");
+            assert_eq!(count(&smtp), usize::from(to_fallback));
+        }
     }
 }

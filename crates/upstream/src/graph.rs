@@ -8,10 +8,22 @@
 //! What Graph needs that SMTP does not (`mime.rs`): the recipients come from the headers, so
 //! the headers are made to match the envelope; fragile quoted-printable parts are re-encoded.
 //!
-//! Memory: Graph takes at most about 4 MB of request body, so a message is read whole (at most
-//! `max_message_size`, 3 MiB by default) and its base64 built in memory: about 7 MB per request
-//! in flight, at most 4 requests per app at once (Graph's limit of concurrent requests; the
-//! semaphore is shared by every account of one app registration).
+//! A message whose base64 does not fit one request (Graph takes about 4 MB) goes, with
+//! [`LargeMessages::Upload`], through a draft: `graph_upload.rs` creates it from the message
+//! without its large attachments, adds those back (upload sessions for the largest) and sends
+//! it. With [`LargeMessages::Refuse`] it is refused with `552 5.3.4` before any request (and a
+//! `FallbackRoute` around this route may take it).
+//!
+//! Memory: a message is read whole (at most `max_message_size`) and made ready for Graph in
+//! that buffer (only its header block changes, unless a quoted-printable part is re-encoded);
+//! one that fits a request has its base64 built too (about 7 MB for 3 MB of message); a larger
+//! one is freed once its large parts are decoded (`GraphUpload::send_owned`).
+//! At most 4 requests per app run at once (Graph's limit of concurrent requests; the semaphore
+//! is shared by every account of one app registration).
+//!
+//! Deadlines: a request that carries message bytes (`sendMail`, a draft, an attachment, an
+//! upload chunk) gets [`GraphRouteConfig::transfer_timeout`]; the others (opening an upload
+//! session, `send`, deleting a draft) the HTTP client's own.
 //!
 //! HTTP outcomes become the SMTP replies the rest of the relay understands:
 //! - 2xx → `250 2.0.0`;
@@ -27,7 +39,8 @@
 //! What each answer is about (throttling, our app's permissions, the mailbox, the message) is
 //! decided from the HTTP status and Graph's `error.code` by `cause::graph`.
 
-use crate::mime::prepare_for_graph;
+use crate::graph_upload::{GraphUpload, TransportKind};
+use crate::mime::prepare_for_graph_owned;
 use crate::smtp::token_error;
 use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind, cause};
 use base64::Engine;
@@ -43,7 +56,16 @@ pub const GRAPH_MAX_REQUEST_BODY: u64 = 4 * 1024 * 1024;
 /// Graph's limit of concurrent requests per app (Outlook resources).
 pub const GRAPH_MAX_CONCURRENT: usize = 4;
 /// Error bodies are read up to this many bytes (they are a few hundred).
-const MAX_ERROR_BODY: usize = 64 * 1024;
+pub(crate) const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// What the route does with a message whose base64 does not fit one `sendMail` request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LargeMessages {
+    /// Send it through a draft (`graph_upload.rs`): needs the permission `Mail.ReadWrite`.
+    Upload,
+    /// Refuse it with `552 5.3.4` before any request.
+    Refuse,
+}
 
 /// What a Graph route needs to know.
 #[derive(Clone)]
@@ -57,6 +79,10 @@ pub struct GraphRouteConfig {
     /// The largest message (bytes as spooled) sent through Graph; larger ones are refused with
     /// `552 5.3.4` before any request.
     pub max_message_size: u64,
+    /// What to do with a message too large for one `sendMail` request.
+    pub large_messages: LargeMessages,
+    /// The deadline of a request that carries message bytes; the others get the HTTP client's.
+    pub transfer_timeout: Duration,
 }
 
 /// Delivery through Microsoft Graph `sendMail`.
@@ -75,7 +101,11 @@ pub fn app_slots() -> Arc<Semaphore> {
 
 /// The temporary failure for a throttled request. Its text starts with "Retry after N
 /// seconds" when Graph said how long to wait, for the admin reading it.
-fn throttled_reply(status: u16, retry_after: Option<Duration>, graph_error: &str) -> Reply {
+pub(crate) fn throttled_reply(
+    status: u16,
+    retry_after: Option<Duration>,
+    graph_error: &str,
+) -> Reply {
     let wait = retry_after
         .map(|d| format!("Retry after {} seconds: ", d.as_secs().max(1)))
         .unwrap_or_default();
@@ -91,7 +121,7 @@ fn throttled_reply(status: u16, retry_after: Option<Duration>, graph_error: &str
     )
 }
 
-fn sep(s: &str) -> String {
+pub(crate) fn sep(s: &str) -> String {
     if s.is_empty() {
         String::new()
     } else {
@@ -139,38 +169,55 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     (secs >= 0).then(|| SystemTime::UNIX_EPOCH + Duration::from_secs(secs as u64))
 }
 
-/// Graph's error JSON, `{"error":{"code":"...","message":"..."}}`.
-struct GraphError {
+/// Graph's error JSON, `{"error":{"code":"...","message":"..."}}`, each field one line and
+/// bounded (they go into replies and log lines).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct GraphError {
     /// `error.code` (empty when the body has none): what `cause::graph` reads.
-    code: String,
-    /// `code: message` (or the body's start) as one bounded line, for replies and logs.
-    text: String,
+    pub code: String,
+    /// `error.message`, or the body's start when it is not Graph's JSON.
+    pub message: String,
 }
 
-fn graph_error(body: &[u8]) -> GraphError {
+impl GraphError {
+    /// `code: message` (or whichever is there), for replies and logs.
+    pub fn text(&self) -> String {
+        match (self.code.as_str(), self.message.as_str()) {
+            ("", m) => m.to_string(),
+            (c, "") => c.to_string(),
+            (c, m) => format!("{c}: {m}"),
+        }
+    }
+}
+
+pub(crate) fn graph_error(body: &[u8]) -> GraphError {
     let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let err = parsed.as_ref().and_then(|v| v.get("error"));
     let field = |name: &str| {
         err.and_then(|e| e.get(name))
             .and_then(|c| c.as_str())
-            .unwrap_or("")
+            .map(one_line)
+            .unwrap_or_default()
     };
     let (code, message) = (field("code"), field("message"));
-    let text = match (code, message) {
-        ("", "") => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
-        (c, "") => c.to_string(),
-        ("", m) => m.to_string(),
-        (c, m) => format!("{c}: {m}"),
-    };
-    // One line, bounded: it goes into a reply and a log line.
-    let one_line: String = text
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect();
-    GraphError {
-        code: code.to_string(),
-        text: one_line.chars().take(400).collect(),
+    if code.is_empty() && message.is_empty() {
+        let start = String::from_utf8_lossy(&body[..body.len().min(300)]);
+        return GraphError {
+            code,
+            message: one_line(&start),
+        };
     }
+    GraphError { code, message }
+}
+
+/// One line (control characters become spaces), at most 400 characters, trimmed.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(400)
+        .collect::<String>()
+        .trim()
+        .to_string()
 }
 
 /// A Graph answer that is not a success, as the refusal the route returns: the reply the rest
@@ -190,12 +237,12 @@ pub fn refusal(status: u16, retry_after: Option<Duration>, body: &[u8]) -> Deliv
 }
 
 /// The reply for a Graph answer that is not a success.
-fn reply_for(status: u16, retry_after: Option<Duration>, err: &GraphError) -> Reply {
+pub(crate) fn reply_for(status: u16, retry_after: Option<Duration>, err: &GraphError) -> Reply {
     let refused = |code, status_code, what: &str| {
         Reply::with_status(
             code,
             status_code,
-            format!("{what} (HTTP {status}{})", sep(&err.text)),
+            format!("{what} (HTTP {status}{})", sep(&err.text())),
         )
     };
     if status == 401 {
@@ -209,7 +256,7 @@ fn reply_for(status: u16, retry_after: Option<Duration>, err: &GraphError) -> Re
         );
     }
     match status {
-        429 | 503 => throttled_reply(status, retry_after, &err.text),
+        429 | 503 => throttled_reply(status, retry_after, &err.text()),
         400 => refused(554, (5, 6, 0), "Microsoft Graph refused the message"),
         403 => refused(
             550,
@@ -233,6 +280,11 @@ enum Sent {
     /// A 401: the token may be stale.
     Unauthorized(DeliveryError),
     Refused(DeliveryError),
+}
+
+/// Whether a message of `n` bytes fits one `sendMail` request once base64-encoded.
+fn fits_one_request(n: usize) -> bool {
+    (n.div_ceil(3) * 4) as u64 <= GRAPH_MAX_REQUEST_BODY
 }
 
 impl GraphRoute {
@@ -273,7 +325,7 @@ impl GraphRoute {
                 552,
                 (5, 3, 4),
                 format!(
-                    "Message size {size} exceeds the Microsoft Graph route's limit of {} bytes (Graph takes about 4 MB per request)",
+                    "Message size {size} exceeds the Microsoft Graph route's limit of {} bytes",
                     self.cfg.max_message_size
                 ),
             ),
@@ -281,7 +333,36 @@ impl GraphRoute {
         }
     }
 
+    /// A message under the route's limit that still does not fit one request, with
+    /// [`LargeMessages::Refuse`].
+    fn too_large_for_one_request(size: u64) -> DeliveryError {
+        DeliveryError::Rejected {
+            stage: Stage::Http,
+            reply: Reply::with_status(
+                552,
+                (5, 3, 4),
+                format!(
+                    "Message size {size} does not fit one Microsoft Graph request (about 3 MB of message); graph_large_messages = \"upload\" sends larger mail through a draft"
+                ),
+            ),
+            cause: Cause::TooLarge,
+        }
+    }
+
     async fn attempt(&self, msg: &Message) -> Result<DeliveryReport, DeliveryError> {
+        let mime = self.prepare(msg).await?;
+        if fits_one_request(mime.len()) {
+            return self.send_mail(msg, &mime).await;
+        }
+        match self.cfg.large_messages {
+            LargeMessages::Upload => self.upload(msg, mime).await,
+            LargeMessages::Refuse => Err(Self::too_large_for_one_request(msg.size)),
+        }
+    }
+
+    /// The spooled message with its recipient headers matching the envelope (Graph has no
+    /// envelope) and fragile quoted-printable re-encoded; refused when over the route's limit.
+    async fn prepare(&self, msg: &Message) -> Result<Vec<u8>, DeliveryError> {
         if msg.size > self.cfg.max_message_size {
             return Err(self.too_large(msg.size));
         }
@@ -293,8 +374,7 @@ impl GraphRoute {
         if raw.len() as u64 > self.cfg.max_message_size {
             return Err(self.too_large(raw.len() as u64));
         }
-        let prepared = prepare_for_graph(&raw, &msg.recipients);
-        drop(raw);
+        let prepared = prepare_for_graph_owned(raw, &msg.recipients);
         if !prepared.added_bcc.is_empty() || !prepared.removed.is_empty() {
             info!(queue_id = %msg.id, account = %self.cfg.account, bcc_added = prepared.added_bcc.len(),
                 header_recipients_removed = ?prepared.removed,
@@ -304,13 +384,12 @@ impl GraphRoute {
             info!(queue_id = %msg.id, parts = prepared.reencoded_parts,
                 "quoted-printable parts re-encoded as base64 for Graph");
         }
-        let body = base64::engine::general_purpose::STANDARD.encode(&prepared.bytes);
-        drop(prepared);
-        if body.len() as u64 > GRAPH_MAX_REQUEST_BODY {
-            return Err(self.too_large(msg.size));
-        }
-        let body = bytes_body(body);
+        Ok(prepared.bytes)
+    }
 
+    /// One `sendMail` with the whole message.
+    async fn send_mail(&self, msg: &Message, mime: &[u8]) -> Result<DeliveryReport, DeliveryError> {
+        let body = bytes_body(base64::engine::general_purpose::STANDARD.encode(mime));
         let _slot = self
             .slots
             .acquire()
@@ -322,13 +401,7 @@ impl GraphRoute {
         loop {
             let token = self.token().await?;
             match self.post(&token, body.clone()).await? {
-                Sent::Accepted(reply) => {
-                    return Ok(DeliveryReport {
-                        reply,
-                        accepted: msg.recipients.clone(),
-                        rejected: Vec::new(),
-                    });
-                }
+                Sent::Accepted(reply) => return Ok(delivered(msg, reply)),
                 Sent::Unauthorized(e) => {
                     self.tokens.invalidate(&token);
                     if !refreshed {
@@ -339,6 +412,32 @@ impl GraphRoute {
                     return Err(e);
                 }
                 Sent::Refused(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The draft conversation for a message too large for one request; its failures become
+    /// refusals here, each with its cause (see `graph_upload`).
+    async fn upload(&self, msg: &Message, mime: Vec<u8>) -> Result<DeliveryReport, DeliveryError> {
+        info!(queue_id = %msg.id, account = %self.cfg.account, size = mime.len(),
+            "too large for one Graph request: sending through a draft");
+        let sent = GraphUpload::new(
+            &self.http,
+            &self.cfg.graph_url,
+            &self.cfg.mailbox,
+            self.tokens.as_ref(),
+        )
+        .with_slots(&self.slots)
+        .with_transfer_timeout(self.cfg.transfer_timeout)
+        .send_owned(mime)
+        .await;
+        match sent {
+            Ok(d) => Ok(delivered(msg, d.reply())),
+            Err(failure) => {
+                let e = failure.delivery_error(&self.cfg, msg.size);
+                warn!(queue_id = %msg.id, account = %self.cfg.account, failure = %failure,
+                    reply = %e.reply(), "sending through a Graph draft failed");
+                Err(e)
             }
         }
     }
@@ -358,35 +457,22 @@ impl GraphRoute {
         let response = self
             .http
             .post(&url)
+            .timeout(self.cfg.transfer_timeout)
             .header(reqwest::header::AUTHORIZATION, auth)
             .header(reqwest::header::CONTENT_TYPE, "text/plain")
             .body(body)
             .send()
             .await
-            .map_err(|e| transport_error(&url, &e))?;
+            .map_err(|e| transport_error(&url, e))?;
         let status = response.status().as_u16();
         let headers = response.headers().clone();
-        let header = |name: &str| {
-            headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_string)
-        };
-        let request_id = header("request-id").unwrap_or_default();
-        let retry_after =
-            header("retry-after").and_then(|v| parse_retry_after(&v, SystemTime::now()));
-        let body = read_bounded(response).await;
+        let request_id = header_text(&headers, "request-id");
+        let retry_after = retry_after(&headers);
+        let body = read_bounded(response, MAX_ERROR_BODY)
+            .await
+            .unwrap_or_default();
         if (200..300).contains(&status) {
-            let id = if request_id.is_empty() {
-                String::new()
-            } else {
-                format!(", request-id {request_id}")
-            };
-            return Ok(Sent::Accepted(Reply::with_status(
-                250,
-                (2, 0, 0),
-                format!("Accepted by Microsoft Graph (HTTP {status}{id})"),
-            )));
+            return Ok(Sent::Accepted(accepted_reply(status, &request_id, "")));
         }
         let refused = refusal(status, retry_after, &body);
         if status == 401 {
@@ -399,50 +485,115 @@ impl GraphRoute {
     }
 }
 
+/// Every recipient of the attempt accepted.
+fn delivered(msg: &Message, reply: Reply) -> DeliveryReport {
+    DeliveryReport {
+        reply,
+        accepted: msg.recipients.clone(),
+        rejected: Vec::new(),
+    }
+}
+
+/// `250 2.0.0 Accepted by Microsoft Graph (HTTP 202, request-id ...{more})`.
+pub(crate) fn accepted_reply(status: u16, request_id: &str, more: &str) -> Reply {
+    let id = if request_id.is_empty() {
+        String::new()
+    } else {
+        format!(", request-id {request_id}")
+    };
+    Reply::with_status(
+        250,
+        (2, 0, 0),
+        format!("Accepted by Microsoft Graph (HTTP {status}{id}{more})"),
+    )
+}
+
 fn bytes_body(s: String) -> bytes::Bytes {
     bytes::Bytes::from(s.into_bytes())
 }
 
-async fn read_bounded(mut response: reqwest::Response) -> Vec<u8> {
+/// A header's value as text (empty when missing or not text).
+pub(crate) fn header_text(headers: &reqwest::header::HeaderMap, name: &str) -> String {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+/// `Retry-After` of an answer, in either form.
+pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    parse_retry_after(&header_text(headers, "retry-after"), SystemTime::now())
+}
+
+/// The body of an answer, at most `limit` bytes of it.
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<Vec<u8>, reqwest::Error> {
     let mut body = Vec::new();
-    while let Ok(Some(chunk)) = response.chunk().await {
-        let room = MAX_ERROR_BODY.saturating_sub(body.len());
+    while let Some(chunk) = response.chunk().await? {
+        let room = limit.saturating_sub(body.len());
         body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= MAX_ERROR_BODY {
+        if body.len() >= limit {
             break;
         }
     }
-    body
+    Ok(body)
 }
 
-fn transport_error(url: &str, e: &reqwest::Error) -> DeliveryError {
-    // reqwest's messages name the URL, never headers: no token can leak through them.
+/// How a request failed in the network, and the transport's words (with every source).
+/// reqwest's messages name the URL, never headers: no token can leak through them (an upload
+/// URL, which is a credential, is taken out by the caller with `without_url`).
+pub(crate) fn transport_kind(e: &reqwest::Error) -> (TransportKind, String) {
     let mut detail = e.to_string();
     let mut source = std::error::Error::source(e);
     while let Some(s) = source {
         detail.push_str(&format!(": {s}"));
         source = s.source();
     }
-    let target = url.split('/').take(3).collect::<Vec<_>>().join("/");
-    if e.is_timeout() {
-        DeliveryError::Timeout { stage: Stage::Http }
+    let kind = if e.is_timeout() {
+        TransportKind::Timeout
     } else if e.is_connect() {
-        if detail.contains("certificate") || detail.to_ascii_lowercase().contains("tls") {
-            DeliveryError::Tls { detail }
+        let lower = detail.to_ascii_lowercase();
+        if lower.contains("certificate") || lower.contains("tls") {
+            TransportKind::Tls
         } else {
-            DeliveryError::Connect { target, detail }
+            TransportKind::Connect
         }
     } else {
-        DeliveryError::ConnectionLost {
+        TransportKind::Lost
+    };
+    (kind, detail)
+}
+
+/// A network failure as the error routes return; `url` names the host tried.
+pub(crate) fn transport_delivery_error(
+    url: &str,
+    kind: TransportKind,
+    detail: String,
+) -> DeliveryError {
+    let target = url.split('/').take(3).collect::<Vec<_>>().join("/");
+    match kind {
+        TransportKind::Timeout => DeliveryError::Timeout { stage: Stage::Http },
+        TransportKind::Tls => DeliveryError::Tls { detail },
+        TransportKind::Connect => DeliveryError::Connect { target, detail },
+        TransportKind::Lost => DeliveryError::ConnectionLost {
             stage: Stage::Http,
             detail,
-        }
+        },
     }
 }
 
-/// Encodes a mailbox for a URL path segment (`@` and `.` stay; `/`, `?`, `#`, `%`, spaces and
-/// non-ASCII are escaped).
-fn percent_encode_path(s: &str) -> String {
+fn transport_error(url: &str, e: reqwest::Error) -> DeliveryError {
+    let (kind, detail) = transport_kind(&e);
+    transport_delivery_error(url, kind, detail)
+}
+
+/// Encodes a mailbox or an id for a URL path segment (`@`, `.`, `=` and the other
+/// sub-delimiters stay, as Graph's ids use them; `/`, `?`, `#`, `%`, spaces and non-ASCII are
+/// escaped).
+pub(crate) fn percent_encode_path(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"@.-_~+!$&'()*,;=".contains(&b) {

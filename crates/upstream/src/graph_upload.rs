@@ -18,12 +18,19 @@
 //! draft still there was not sent (deleted, the failure returned); a draft already gone was
 //! sent (success).
 //!
-//! Failures are data ([`UploadError`]: the step, Graph's status, error code and `Retry-After`,
-//! or what went wrong locally) for the route to map to its reply. A `401` gets one new token
-//! and the same request again, within the conversation; everything else ends it.
+//! Failures are data ([`UploadError`]: the step, Graph's status, error code, `Retry-After` and
+//! what the answer is about, decided where it is parsed by `cause::graph_upload`; or what went
+//! wrong locally). [`UploadFailure::delivery_error`] turns one into the refusal the route
+//! returns. A `401` gets one new token and the same request again, within the conversation;
+//! everything else ends it.
 //!
-//! Memory: the message is borrowed; the large parts are decoded once (about ¾ of their encoded
-//! size) and sent from that buffer without copies; each request body is at most 4 MiB more.
+//! Deadlines: requests that carry message bytes (the draft, attachments, upload chunks) get
+//! the transfer timeout given with [`GraphUpload::with_transfer_timeout`]; the others keep the
+//! HTTP client's own.
+//!
+//! Memory: the large parts are decoded once (about ¾ of their encoded size) and sent from that
+//! buffer without copies; each request body is at most 4 MiB more. [`GraphUpload::send_owned`]
+//! frees the message itself once it is planned.
 //! The pre-authenticated upload URL is a credential: it is never logged, and transport errors
 //! on it are reported without the URL.
 
@@ -34,20 +41,27 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use reqwest::header::{AUTHORIZATION, CONTENT_RANGE, CONTENT_TYPE, HeaderMap, HeaderValue};
+use smtp2oauth_proto::{AccountIssue, Cause, DeliveryError, Reply, Stage};
 use smtp2oauth_tokens::{TokenError, TokenSource};
 use tokio::sync::Semaphore;
 use tracing::{debug, info, warn};
 
+use crate::cause;
+use crate::graph::{
+    GRAPH_MAX_REQUEST_BODY, GraphError, GraphRouteConfig, MAX_ERROR_BODY, accepted_reply,
+    graph_error, header_text, percent_encode_path, read_bounded, reply_for, retry_after, sep,
+    transport_delivery_error, transport_kind,
+};
 use crate::mime_split::{DEFAULT_THRESHOLD, LargePart, split_large_parts};
 
 /// The largest request body we send Graph (its limit is "4 MB").
-pub const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+const MAX_REQUEST_BODY: usize = GRAPH_MAX_REQUEST_BODY as usize;
 /// Upload chunks are a multiple of this, except the last.
 pub const CHUNK_GRANULE: usize = 320 * 1024;
 /// The chunk we send: the largest multiple of 320 KiB within 4 MiB (3.75 MiB).
 pub const CHUNK_SIZE: usize = 12 * CHUNK_GRANULE;
-/// Error answers are read up to this many bytes (they are a few hundred).
-const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Requests with bodies larger than this carry message bytes: they get the transfer timeout.
+const TRANSFER_BODY: usize = 64 * 1024;
 /// Successful answers (a draft's JSON repeats its body) are read up to this many bytes.
 const MAX_ANSWER_BODY: usize = 16 * 1024 * 1024;
 /// The longest a failed conversation waits for Graph to allow the delete of its draft.
@@ -98,6 +112,8 @@ pub struct GraphAnswer {
     pub retry_after: Option<Duration>,
     /// Graph's `request-id` header, for Microsoft support.
     pub request_id: String,
+    /// What the answer is about (`cause::graph_upload`), `Retry-After` included.
+    pub cause: Cause,
 }
 
 /// How the network failed.
@@ -208,6 +224,18 @@ impl UploadError {
     pub fn is_throttled(&self) -> bool {
         matches!(self.status(), Some(429 | 503))
     }
+    /// What the failure is about: the answer's cause; the network's trouble and answers we
+    /// cannot follow may pass by themselves; a message whose text alone is over a request is
+    /// too large.
+    pub fn cause(&self) -> Cause {
+        match self {
+            UploadError::Refused { answer, .. } => answer.cause,
+            UploadError::Token { .. }
+            | UploadError::Transport { .. }
+            | UploadError::Unexpected { .. } => Cause::Transient,
+            UploadError::TooLarge { .. } => Cause::TooLarge,
+        }
+    }
     /// 401 on a Graph request even with a new token: the token is not good for this mailbox.
     /// (A 401 on an upload URL is that URL's own credential expiring: a new conversation
     /// gets a new one.)
@@ -288,6 +316,117 @@ fn cleanup_words(d: &DraftCleanup) -> String {
     }
 }
 
+impl UploadFailure {
+    /// The refusal `route` returns: the reply a waiting device gets and the log shows (with
+    /// Graph's words and the step), and what it is about. `size` is the message's, for a
+    /// refusal as too large.
+    pub fn delivery_error(&self, route: &GraphRouteConfig, size: u64) -> DeliveryError {
+        let (account, mailbox) = (route.account.as_str(), route.mailbox.as_str());
+        let left = match &self.draft {
+            DraftCleanup::Left { .. } => "; the draft could not be deleted and stays in Drafts",
+            DraftCleanup::Unknown => "; a draft may have been left in Drafts",
+            _ => "",
+        };
+        match &self.error {
+            UploadError::Refused { step, answer } => DeliveryError::Rejected {
+                stage: Stage::Http,
+                reply: refused_reply(*step, answer, mailbox, size, left),
+                cause: answer.cause,
+            },
+            UploadError::Token { error, .. } => crate::smtp::token_error(account, error),
+            // Named by Graph's host: the upload URL is a credential.
+            UploadError::Transport { kind, detail, .. } => {
+                transport_delivery_error(&route.graph_url, *kind, format!("{detail}{left}"))
+            }
+            UploadError::Unexpected { step, detail } => DeliveryError::Protocol {
+                stage: Stage::Http,
+                detail: format!(
+                    "{step}: Microsoft Graph's answer cannot be followed: {detail}{left}"
+                ),
+            },
+            UploadError::TooLarge { draft_bytes } => DeliveryError::Rejected {
+                stage: Stage::Http,
+                reply: Reply::with_status(
+                    552,
+                    (5, 3, 4),
+                    format!(
+                        "The message's headers and text alone take {draft_bytes} bytes, more than one Microsoft Graph request carries (about 3 MB)"
+                    ),
+                ),
+                cause: Cause::TooLarge,
+            },
+        }
+    }
+}
+
+/// The reply for an answer in the conversation. It follows the answer's cause: where a step
+/// changes what an answer means (a lost draft, an expired upload URL, drafts not allowed, the
+/// mailbox's size limit) the words say so; otherwise they are `sendMail`'s, with the step.
+fn refused_reply(step: Step, a: &GraphAnswer, mailbox: &str, size: u64, left: &str) -> Reply {
+    let err = GraphError {
+        code: a.code.clone(),
+        message: a.message.clone(),
+    };
+    let http = format!("(HTTP {}{}){left}", a.status, sep(&err.text()));
+    let draft_write = matches!(
+        step,
+        Step::CreateDraft | Step::AddAttachment | Step::CreateUploadSession
+    );
+    match a.cause {
+        Cause::TooLarge => Reply::with_status(
+            552,
+            (5, 3, 4),
+            format!(
+                "The message ({size} bytes) is larger than {mailbox} may send: the mailbox's limit (MaxSendSize; Exchange Online's default is 35 MB, at most 150 MB) {http}"
+            ),
+        ),
+        Cause::Account(AccountIssue::Permission) if draft_write => Reply::with_status(
+            550,
+            (5, 7, 1),
+            format!(
+                "Microsoft Graph refused to write a draft in {mailbox}: messages too large for one request go through a draft, which needs the application permission Mail.ReadWrite {http}"
+            ),
+        ),
+        Cause::Transient if step == Step::UploadChunk && matches!(a.status, 401 | 403) => {
+            Reply::with_status(
+                451,
+                (4, 4, 0),
+                format!("The upload session's URL expired while uploading an attachment {http}"),
+            )
+        }
+        Cause::Transient if a.status == 404 => Reply::with_status(
+            451,
+            (4, 3, 0),
+            format!("The draft disappeared from {mailbox} while {step} {http}"),
+        ),
+        _ => {
+            let r = reply_for(a.status, a.retry_after, &err);
+            Reply::new(
+                r.code(),
+                r.status(),
+                format!("{} while {step}{left}", r.text()),
+            )
+        }
+    }
+}
+
+impl Delivered {
+    /// The reply recorded for the delivery: Graph's answer to `send`, and how the message went.
+    pub fn reply(&self) -> Reply {
+        let how = format!(
+            "; sent through a draft, {} attachment(s) added, {} of them by upload session",
+            self.posted + self.uploaded,
+            self.uploaded
+        );
+        if self.confirmed_by_absence {
+            let more =
+                format!("{how}; the answer to send was lost, the draft's absence confirms it");
+            return accepted_reply(202, "", &more);
+        }
+        accepted_reply(202, &self.request_id, &how)
+    }
+}
+
 /// A message Graph accepted for sending.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivered {
@@ -321,6 +460,17 @@ pub struct Plan<'m> {
     pub draft: Cow<'m, [u8]>,
     /// The parts taken out, each with its way back in.
     pub parts: Vec<(LargePart, Carry)>,
+}
+
+impl Plan<'_> {
+    /// The plan without a borrow of the message (the draft copied if it was borrowed: only
+    /// when nothing was taken out).
+    pub fn into_owned(self) -> Plan<'static> {
+        Plan {
+            draft: Cow::Owned(self.draft.into_owned()),
+            parts: self.parts,
+        }
+    }
 }
 
 /// Splits `mime` so that the draft fits one request: at `threshold` first, then lower ones
@@ -403,6 +553,7 @@ pub struct GraphUpload<'a> {
     tokens: &'a dyn TokenSource,
     slots: Option<&'a Semaphore>,
     threshold: usize,
+    transfer_timeout: Option<Duration>,
 }
 
 impl<'a> GraphUpload<'a> {
@@ -421,7 +572,15 @@ impl<'a> GraphUpload<'a> {
             tokens,
             slots: None,
             threshold: DEFAULT_THRESHOLD,
+            transfer_timeout: None,
         }
+    }
+
+    /// The deadline of each request that carries message bytes (a chunk of up to 3.75 MiB
+    /// over a slow office uplink takes longer than a short request should).
+    pub fn with_transfer_timeout(mut self, timeout: Duration) -> Self {
+        self.transfer_timeout = Some(timeout);
+        self
     }
 
     /// Take one of these permits for each request (Graph's concurrency limit per app).
@@ -438,10 +597,21 @@ impl<'a> GraphUpload<'a> {
 
     /// Sends `mime` (recipient headers already matching the envelope) through a draft.
     pub async fn send(&self, mime: &[u8]) -> Result<Delivered, UploadFailure> {
-        let plan = plan(mime, self.threshold).map_err(|error| UploadFailure {
-            error,
-            draft: DraftCleanup::NotCreated,
-        })?;
+        let plan = plan(mime, self.threshold).map_err(not_planned)?;
+        self.carry_out(plan).await
+    }
+
+    /// [`GraphUpload::send`], taking the message: it is freed once planned, so only the
+    /// draft and the large parts' decoded bytes stay in memory while they upload.
+    pub async fn send_owned(&self, mime: Vec<u8>) -> Result<Delivered, UploadFailure> {
+        let plan = plan(&mime, self.threshold)
+            .map(Plan::into_owned)
+            .map_err(not_planned)?;
+        drop(mime);
+        self.carry_out(plan).await
+    }
+
+    async fn carry_out(&self, plan: Plan<'_>) -> Result<Delivered, UploadFailure> {
         let mut talk = Conversation {
             up: self,
             refreshed: false,
@@ -461,6 +631,13 @@ impl<'a> GraphUpload<'a> {
         let Plan { draft, parts } = plan;
         drop(draft);
         talk.complete(id, parts).await
+    }
+}
+
+fn not_planned(error: UploadError) -> UploadFailure {
+    UploadFailure {
+        error,
+        draft: DraftCleanup::NotCreated,
     }
 }
 
@@ -484,12 +661,12 @@ impl Conversation<'_, '_> {
         format!(
             "{}/v1.0/users/{}/messages",
             self.up.graph_url,
-            path_segment(self.up.mailbox)
+            percent_encode_path(self.up.mailbox)
         )
     }
 
     fn message_url(&self, id: &str, tail: &str) -> String {
-        format!("{}/{}{tail}", self.messages_url(), path_segment(id))
+        format!("{}/{}{tail}", self.messages_url(), percent_encode_path(id))
     }
 
     async fn create_draft(&mut self, mime: &[u8]) -> Result<String, UploadError> {
@@ -706,10 +883,11 @@ impl Conversation<'_, '_> {
         let range = format!("bytes {start}-{}/{total}", start + chunk.len() - 1);
         let _slot = permit(self.up.slots).await;
         self.requests += 1;
-        let response = self
-            .up
-            .http
-            .put(url)
+        let mut request = self.up.http.put(url);
+        if let Some(t) = self.up.transfer_timeout {
+            request = request.timeout(t);
+        }
+        let response = request
             .header(CONTENT_TYPE, "application/octet-stream")
             .header(CONTENT_RANGE, &range)
             .body(chunk)
@@ -752,6 +930,13 @@ impl Conversation<'_, '_> {
                 .body(body.clone());
             if !content_type.is_empty() {
                 request = request.header(CONTENT_TYPE, content_type);
+            }
+            if let Some(t) = self
+                .up
+                .transfer_timeout
+                .filter(|_| body.len() > TRANSFER_BODY)
+            {
+                request = request.timeout(t);
             }
             let _slot = permit(self.up.slots).await;
             self.requests += 1;
@@ -820,15 +1005,7 @@ fn json_field(body: &[u8], name: &str) -> Option<String> {
     v.get(name)?.as_str().map(str::to_string)
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> String {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
-}
-
-/// A success with its body, or the refusal as data.
+/// A success with its body, or the refusal as data, classified here.
 async fn answer(step: Step, response: reqwest::Response) -> Result<Answer, UploadError> {
     let status = response.status().as_u16();
     let headers = response.headers().clone();
@@ -844,101 +1021,28 @@ async fn answer(step: Step, response: reqwest::Response) -> Result<Answer, Uploa
             body,
         });
     }
-    let (code, message) = graph_error(&body);
+    let GraphError { code, message } = graph_error(&body);
+    let retry_after = retry_after(&headers);
+    let cause = match cause::graph_upload(step, status, &code) {
+        Cause::Throttled { .. } => Cause::Throttled { retry_after },
+        other => other,
+    };
     Err(UploadError::Refused {
         step,
         answer: GraphAnswer {
             status,
             code,
             message,
-            retry_after: header_text(&headers, "retry-after")
-                .trim()
-                .parse()
-                .ok()
-                .map(Duration::from_secs),
+            retry_after,
             request_id: header_text(&headers, "request-id"),
+            cause,
         },
     })
 }
 
-async fn read_bounded(
-    mut response: reqwest::Response,
-    limit: usize,
-) -> Result<Vec<u8>, reqwest::Error> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = limit.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if body.len() >= limit {
-            break;
-        }
-    }
-    Ok(body)
-}
-
-/// Graph's `{"error":{"code":"...","message":"..."}}`, each one line and bounded (they go
-/// into replies and log lines).
-fn graph_error(body: &[u8]) -> (String, String) {
-    let v: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let err = v.as_ref().and_then(|v| v.get("error"));
-    let field = |k: &str| {
-        err.and_then(|e| e.get(k))
-            .and_then(|c| c.as_str())
-            .map(one_line)
-            .unwrap_or_default()
-    };
-    let message = match (field("code"), field("message")) {
-        (c, m) if c.is_empty() && m.is_empty() => {
-            one_line(&String::from_utf8_lossy(&body[..body.len().min(300)]))
-        }
-        (_, m) => m,
-    };
-    (field("code"), message)
-}
-
-fn one_line(s: &str) -> String {
-    s.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(400)
-        .collect::<String>()
-        .trim()
-        .to_string()
-}
-
 fn transport(step: Step, e: reqwest::Error) -> UploadError {
-    let mut detail = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        detail.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    let kind = if e.is_timeout() {
-        TransportKind::Timeout
-    } else if e.is_connect() {
-        let lower = detail.to_ascii_lowercase();
-        if lower.contains("certificate") || lower.contains("tls") {
-            TransportKind::Tls
-        } else {
-            TransportKind::Connect
-        }
-    } else {
-        TransportKind::Lost
-    };
+    let (kind, detail) = transport_kind(&e);
     UploadError::Transport { step, kind, detail }
-}
-
-/// A mailbox or an id as one URL path segment (`/`, `?`, `#`, `%`, spaces and non-ASCII
-/// escaped; `@`, `=` and the other sub-delimiters kept, as Graph's ids use them).
-fn path_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"@.-_~+!$&'()*,;=:".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -1048,18 +1152,176 @@ mod tests {
         assert_eq!(next_expected(b"<html>"), None);
     }
 
-    #[test]
-    fn errors_say_what_graph_said_and_classify() {
-        let refused = |step, status, code: &str| UploadError::Refused {
+    fn refused(step: Step, status: u16, code: &str) -> UploadError {
+        refused_after(step, status, code, None)
+    }
+
+    /// An answer as `answer()` makes it: its cause decided by `cause::graph_upload`.
+    fn refused_after(step: Step, status: u16, code: &str, wait: Option<u64>) -> UploadError {
+        let retry_after = wait.map(Duration::from_secs);
+        UploadError::Refused {
             step,
             answer: GraphAnswer {
                 status,
                 code: code.into(),
                 message: "m".into(),
-                retry_after: None,
+                retry_after,
                 request_id: String::new(),
+                cause: match cause::graph_upload(step, status, code) {
+                    Cause::Throttled { .. } => Cause::Throttled { retry_after },
+                    c => c,
+                },
             },
+        }
+    }
+
+    fn route() -> GraphRouteConfig {
+        GraphRouteConfig {
+            account: "scanner".into(),
+            mailbox: "scanner@contoso.com".into(),
+            graph_url: "https://graph.example:8443".into(),
+            max_message_size: 36_700_160,
+            large_messages: crate::graph::LargeMessages::Upload,
+            transfer_timeout: Duration::from_secs(600),
+        }
+    }
+
+    /// What each failure of the conversation becomes for the relay: the reply (code, status,
+    /// the words an admin acts on) and its cause, which decides pausing, keeping or failing.
+    #[test]
+    fn failures_become_refusals_with_their_cause() {
+        use smtp2oauth_proto::AccountIssue::*;
+        let failed = |error| UploadFailure {
+            error,
+            draft: DraftCleanup::Deleted,
         };
+        let cases: Vec<(UploadError, &str, Cause, &[&str])> = vec![
+            (
+                refused_after(Step::UploadChunk, 429, "ApplicationThrottled", Some(7)),
+                "451 4.7.500",
+                Cause::Throttled {
+                    retry_after: Some(Duration::from_secs(7)),
+                },
+                &["Retry after 7 seconds", "while uploading an attachment"],
+            ),
+            (
+                refused_after(Step::CreateDraft, 503, "", Some(3)),
+                "451 4.3.2",
+                Cause::Throttled {
+                    retry_after: Some(Duration::from_secs(3)),
+                },
+                &["Retry after 3 seconds", "while creating the draft"],
+            ),
+            (
+                refused(Step::CreateDraft, 403, "ErrorAccessDenied"),
+                "550 5.7.1",
+                Cause::Account(Permission),
+                &["Mail.ReadWrite", "scanner@contoso.com", "ErrorAccessDenied"],
+            ),
+            (
+                refused(Step::Send, 403, "ErrorAccessDenied"),
+                "550 5.7.1",
+                Cause::Account(Permission),
+                &["refused to send as this mailbox", "while sending the draft"],
+            ),
+            (
+                refused(Step::CreateDraft, 401, "InvalidAuthenticationToken"),
+                "451 4.7.0",
+                Cause::Account(Login),
+                &["refused the access token"],
+            ),
+            (
+                refused(Step::UploadChunk, 401, ""),
+                "451 4.4.0",
+                Cause::Transient,
+                &["upload session's URL expired"],
+            ),
+            (
+                refused(Step::AddAttachment, 404, "ErrorItemNotFound"),
+                "451 4.3.0",
+                Cause::Transient,
+                &["draft disappeared", "while adding an attachment"],
+            ),
+            (
+                refused(Step::CreateUploadSession, 413, "ErrorMessageSizeExceeded"),
+                "552 5.3.4",
+                Cause::TooLarge,
+                &["(20000000 bytes)", "MaxSendSize", "35 MB"],
+            ),
+            (
+                refused(Step::Send, 400, "ErrorMessageSizeExceeded"),
+                "552 5.3.4",
+                Cause::TooLarge,
+                &["larger than scanner@contoso.com may send"],
+            ),
+            (
+                refused(
+                    Step::CreateDraft,
+                    400,
+                    "ErrorMimeContentInvalidBase64String",
+                ),
+                "554 5.6.0",
+                Cause::Message,
+                &["while creating the draft"],
+            ),
+            (
+                refused(Step::Send, 502, ""),
+                "451 4.3.0",
+                Cause::Throttled { retry_after: None },
+                &["while sending the draft"],
+            ),
+            (
+                UploadError::TooLarge {
+                    draft_bytes: 5_000_000,
+                },
+                "552 5.3.4",
+                Cause::TooLarge,
+                &["5000000 bytes"],
+            ),
+            (
+                UploadError::Transport {
+                    step: Step::UploadChunk,
+                    kind: TransportKind::Timeout,
+                    detail: "operation timed out".into(),
+                },
+                "451 4.4.2",
+                Cause::Transient,
+                &[],
+            ),
+            (
+                UploadError::Unexpected {
+                    step: Step::CreateUploadSession,
+                    detail: "no uploadUrl".into(),
+                },
+                "451 4.5.0",
+                Cause::Transient,
+                &["opening an upload session", "no uploadUrl"],
+            ),
+        ];
+        for (error, want, cause, words) in cases {
+            let what = error.to_string();
+            let e = failed(error).delivery_error(&route(), 20_000_000);
+            let reply = e.reply().to_string();
+            assert!(reply.starts_with(want), "{what}: {reply}");
+            assert_eq!(e.cause(), cause, "{what}");
+            for w in words {
+                assert!(reply.contains(w), "{what}: {w:?} not in {reply}");
+            }
+        }
+        // A draft left behind is said.
+        let e = UploadFailure {
+            error: refused(Step::Send, 400, "ErrorInvalidRecipients"),
+            draft: DraftCleanup::Left {
+                id: "AAMk=".into(),
+                reason: "x".into(),
+            },
+        }
+        .delivery_error(&route(), 1);
+        assert!(e.reply().to_string().contains("stays in Drafts"), "{e}");
+    }
+
+    #[test]
+    fn errors_say_what_graph_said_and_classify() {
         let e = refused(Step::CreateDraft, 403, "ErrorAccessDenied");
         assert!(e.is_drafts_denied());
         assert_eq!(
@@ -1075,14 +1337,20 @@ mod tests {
         assert!(!refused(Step::Send, 400, "").outcome_unknown());
         assert_eq!(
             graph_error(br#"{"error":{"code":"X","message":"line\r\nbreak"}}"#),
-            ("X".to_string(), "line  break".to_string())
+            GraphError {
+                code: "X".into(),
+                message: "line  break".into()
+            }
         );
     }
 
     #[test]
     fn ids_and_mailboxes_are_escaped_as_path_segments() {
-        assert_eq!(path_segment("AAMkAD+/x=="), "AAMkAD+%2Fx==");
-        assert_eq!(path_segment("scanner@contoso.com"), "scanner@contoso.com");
-        assert_eq!(path_segment("a b?#%"), "a%20b%3F%23%25");
+        assert_eq!(percent_encode_path("AAMkAD+/x=="), "AAMkAD+%2Fx==");
+        assert_eq!(
+            percent_encode_path("scanner@contoso.com"),
+            "scanner@contoso.com"
+        );
+        assert_eq!(percent_encode_path("a b?#%"), "a%20b%3F%23%25");
     }
 }

@@ -18,7 +18,11 @@
 //!   dot-stuffed on the way.
 //! - `client.rs`: the SMTP client connection: framing replies, deadlines, TLS upgrade.
 //! - `graph.rs`: [`GraphRoute`], Microsoft Graph `sendMail` with the MIME message (base64),
-//!   401 → one token refresh, throttling replies that carry `Retry-After`, 4 requests per app.
+//!   401 → one token refresh, throttling replies that carry `Retry-After`, 4 requests per app;
+//!   a message too large for one request is uploaded (`graph_upload.rs`) or refused.
+//! - `graph_upload.rs`: the draft conversation for such a message (a draft from the MIME, its
+//!   large attachments added back, upload sessions for the largest, send), with `mime_split.rs`
+//!   taking the large attachments out.
 //! - `mime.rs`: making a message's recipient headers match its envelope for Graph, and
 //!   re-encoding fragile quoted-printable parts.
 //! - `smarthost.rs`: [`SmarthostRoute`], a fixed host or a domain's MX hosts, STARTTLS

@@ -33,7 +33,13 @@ pub struct Prepared {
 /// Makes the message's recipient headers match the envelope and fixes fragile
 /// quoted-printable parts. `message` has CRLF line ends (as the spool stores it).
 pub fn prepare_for_graph(message: &[u8], envelope: &[String]) -> Prepared {
-    let (header_end, body_start) = split_header(message);
+    prepare_for_graph_owned(message.to_vec(), envelope)
+}
+
+/// [`prepare_for_graph`] in `message`'s own buffer: unless a part is re-encoded, only the
+/// header block is replaced, so a message of tens of megabytes is never held twice.
+pub fn prepare_for_graph_owned(mut message: Vec<u8>, envelope: &[String]) -> Prepared {
+    let (header_end, body_start) = split_header(&message);
     let fields = header_fields(&message[..header_end]);
     let mut filter = RecipientFilter {
         wanted: envelope.iter().map(|r| r.to_ascii_lowercase()).collect(),
@@ -67,15 +73,25 @@ pub fn prepare_for_graph(message: &[u8], envelope: &[String]) -> Prepared {
         let items: Vec<Vec<u8>> = added_bcc.iter().map(|a| a.as_bytes().to_vec()).collect();
         headers.extend_from_slice(&fold_list("Bcc", &items));
     }
-    let (body, reencoded_parts) = fix_quoted_printable(message, &message[..header_end], body_start);
+    let (body, reencoded_parts) =
+        fix_quoted_printable(&message, &message[..header_end], body_start);
     let top_ct = header_value(&message[..header_end], "Content-Type").unwrap_or_default();
     if reencoded_parts > 0 && boundary(&top_ct).is_none() {
         // A single-part message: its own header names the encoding.
         headers = set_cte_base64(&headers);
     }
-    let mut bytes = headers;
-    bytes.extend_from_slice(&message[header_end..body_start]);
-    bytes.extend_from_slice(&body);
+    let bytes = match body {
+        None => {
+            drop(message.splice(..header_end, headers));
+            message
+        }
+        Some(body) => {
+            let mut bytes = headers;
+            bytes.extend_from_slice(&message[header_end..body_start]);
+            bytes.extend_from_slice(&body);
+            bytes
+        }
+    };
     Prepared {
         bytes,
         added_bcc,
@@ -454,13 +470,11 @@ fn boundary(content_type: &str) -> Option<String> {
 /// Re-encodes the fragile quoted-printable parts of the entity whose header block is `headers`
 /// and whose body starts at `body_start` of `m`. Returns the new body and how many parts
 /// changed (the body is returned unchanged when none did).
-fn fix_quoted_printable(m: &[u8], headers: &[u8], body_start: usize) -> (Vec<u8>, usize) {
+/// The body with its fragile quoted-printable parts re-encoded, and how many; `None` when
+/// nothing needed it.
+fn fix_quoted_printable(m: &[u8], headers: &[u8], body_start: usize) -> (Option<Vec<u8>>, usize) {
     let body = &m[body_start..];
-    let (new, n) = fix_entity(headers, body, 0);
-    match new {
-        Some(b) => (b, n),
-        None => (body.to_vec(), 0),
-    }
+    fix_entity(headers, body, 0)
 }
 
 /// Returns the entity's new body when some part in it was re-encoded.

@@ -56,6 +56,15 @@ impl Env {
     }
 
     fn route(&self, slots: Arc<tokio::sync::Semaphore>) -> GraphRoute {
+        self.route_with(slots, graph::LargeMessages::Refuse, 3 * 1024 * 1024)
+    }
+
+    fn route_with(
+        &self,
+        slots: Arc<tokio::sync::Semaphore>,
+        large_messages: graph::LargeMessages,
+        max_message_size: u64,
+    ) -> GraphRoute {
         let http = http_client(&HttpOptions {
             ca_file: Some(self.pki.ca_pem_path().to_path_buf()),
             ..HttpOptions::default()
@@ -66,7 +75,9 @@ impl Env {
                 account: "graph".into(),
                 mailbox: MAILBOX.into(),
                 graph_url: self.graph.url(),
-                max_message_size: 3 * 1024 * 1024,
+                max_message_size,
+                large_messages,
+                transfer_timeout: Duration::from_secs(60),
             },
             http,
             self.tokens(),
@@ -198,5 +209,143 @@ async fn throttling_carries_retry_after_and_too_large_mail_never_leaves() {
         e.graph.requests().len(),
         before,
         "no request for a message Graph cannot take"
+    );
+}
+
+/// A scan of about `pdf + 1.4` MB: a text body, then a PDF and a PNG in base64 lines, both
+/// larger than what stays in the draft.
+fn large_scan(pdf: usize) -> (Vec<u8>, Vec<u8>) {
+    let noise = |n: usize, seed: u64| {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect::<Vec<u8>>()
+    };
+    let b64 = |b: &[u8]| {
+        use base64::Engine as _;
+        let enc = base64::engine::general_purpose::STANDARD.encode(b);
+        enc.as_bytes()
+            .chunks(76)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    };
+    let pdf_bytes = noise(pdf, 7);
+    let png = noise(1_000_000, 8);
+    let m = format!(
+        "From: scanner@contoso.example\r\nTo: a@example.com\r\nSubject: big scan\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nThe scan.\r\n--b\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"scan.pdf\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b\r\nContent-Type: image/png\r\nContent-Disposition: attachment; filename=\"page.png\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{}\r\n--b--\r\n",
+        b64(&pdf_bytes),
+        b64(&png)
+    );
+    (m.into_bytes(), pdf_bytes)
+}
+
+/// With `Upload`, a message too large for one request goes through a draft and arrives whole;
+/// one that fits still goes by `sendMail`. With `Refuse`, the same message is refused with
+/// `552 5.3.4` naming "upload", before any request.
+#[tokio::test]
+async fn too_large_for_one_request_is_uploaded_or_refused_as_configured() {
+    let e = env().await;
+    let (big, pdf) = large_scan(5_000_000);
+    let upload = e.route_with(graph::app_slots(), graph::LargeMessages::Upload, 36_700_160);
+    let report = upload.deliver(&e.message("big", &big)).await.unwrap();
+    assert_eq!(report.reply.code(), 250);
+    assert!(
+        report.reply.text().contains("sent through a draft"),
+        "{}",
+        report.reply
+    );
+    assert_eq!(report.accepted, vec!["a@example.com".to_string()]);
+    let m = e.graph.messages();
+    assert_eq!(m.len(), 1);
+    assert!(m[0].draft_id.is_some(), "sent as a draft");
+    let att: Vec<_> = m[0].attachments.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(
+        att,
+        ["scan.pdf"],
+        "only the PDF is over what one request takes"
+    );
+    assert_eq!(m[0].attachments[0].bytes, pdf);
+    assert!(
+        m[0].attachments[0].chunks >= 2,
+        "the PDF went by upload session"
+    );
+    assert!(e.graph.drafts().is_empty());
+    // A small one still takes one sendMail.
+    upload.deliver(&e.message("small", BODY)).await.unwrap();
+    assert!(e.graph.messages()[1].draft_id.is_none());
+
+    // Refused: under the route's limit (a fallback around it could take it), but over one
+    // request.
+    let refuse = e.route_with(graph::app_slots(), graph::LargeMessages::Refuse, 36_700_160);
+    let before = e.graph.requests().len();
+    let err = refuse.deliver(&e.message("big2", &big)).await.unwrap_err();
+    assert_eq!(err.cause(), smtp2oauth_proto::Cause::TooLarge);
+    let reply = err.reply().to_string();
+    assert!(reply.starts_with("552 5.3.4"), "{reply}");
+    assert!(
+        reply.contains("graph_large_messages = \"upload\""),
+        "{reply}"
+    );
+    assert_eq!(e.graph.requests().len(), before, "no request");
+}
+
+/// The conversation's refusals reach the route's caller as data: a 403 on the draft is the
+/// account's permission and names Mail.ReadWrite; a throttle mid-upload pauses with Graph's
+/// wait; neither leaves a draft.
+#[tokio::test]
+async fn upload_refusals_carry_their_cause() {
+    use smtp2oauth_proto::{AccountIssue, Cause};
+    use smtp2oauth_testkit::GraphStep;
+    let e = env().await;
+    let (big, _) = large_scan(9_000_000);
+    let route = e.route_with(graph::app_slots(), graph::LargeMessages::Upload, 36_700_160);
+
+    e.graph.set_drafts_denied(true);
+    let err = route.deliver(&e.message("m1", &big)).await.unwrap_err();
+    assert_eq!(err.cause(), Cause::Account(AccountIssue::Permission));
+    let reply = err.reply().to_string();
+    assert!(reply.starts_with("550 5.7.1"), "{reply}");
+    assert!(reply.contains("Mail.ReadWrite"), "{reply}");
+    assert!(e.graph.drafts().is_empty());
+    // sendMail needs only Mail.Send: a message that fits one request still goes.
+    let report = route.deliver(&e.message("small", BODY)).await.unwrap();
+    assert_eq!(report.reply.code(), 250);
+    assert_eq!(e.graph.messages().len(), 1);
+    e.graph.set_drafts_denied(false);
+
+    e.graph
+        .fail_step(GraphStep::UploadChunk, 2, GraphFailure::throttled(9));
+    let err = route.deliver(&e.message("m2", &big)).await.unwrap_err();
+    assert_eq!(
+        err.cause(),
+        Cause::Throttled {
+            retry_after: Some(Duration::from_secs(9))
+        }
+    );
+    assert!(
+        err.reply()
+            .to_string()
+            .starts_with("451 4.7.500 Retry after 9 seconds"),
+        "{err}"
+    );
+    assert!(e.graph.drafts().is_empty(), "the draft was deleted");
+    assert_eq!(e.graph.messages().len(), 1, "only the small one");
+    // The retry sends it once.
+    route.deliver(&e.message("m2", &big)).await.unwrap();
+    assert_eq!(e.graph.messages().len(), 2);
+    assert!(e.graph.drafts().is_empty());
+    // No bearer token ever went to an upload URL.
+    assert!(
+        e.graph
+            .requests()
+            .iter()
+            .filter(|r| r.step == GraphStep::UploadChunk)
+            .all(|r| !r.authorization)
     );
 }

@@ -44,6 +44,7 @@ fn account(
     let before = p.len();
     common(a, key, duplicate, p);
     route::combination(a, key, p, w);
+    route::large_messages(c, a, key, p, w);
     let routes = a.routes();
     let smarthost = if routes.contains(&Route::Smarthost) {
         route::smarthost(a, key, p)

@@ -3,8 +3,9 @@
 
 use super::{parse_dns_server, readable};
 use crate::{
-    Account, CertificatePair, Config, Destination, GRAPH_MAX_MESSAGE_SIZE, GraphSpec, Problem,
-    Provider, Route, RouteSpec, SmarthostSpec, SmtpAuth, SmtpSpec, UpstreamTls,
+    Account, CertificatePair, Config, Destination, EXCHANGE_MAX_SEND_SIZE, GRAPH_MAX_MESSAGE_SIZE,
+    GraphLargeMessages, GraphSpec, Problem, Provider, Route, RouteSpec, SmarthostSpec, SmtpAuth,
+    SmtpSpec, UpstreamTls,
 };
 
 /// How `route`, `fallback_route` and the keys that depend on both fit together.
@@ -51,13 +52,13 @@ fn max_message_size(a: &Account, m: u64, key: &str, p: &mut Vec<Problem>) {
     }
     // Graph refuses request bodies over ~4 MB: 3 MiB of MIME once base64-encoded.
     if a.route == Route::Graph
-        && a.fallback_route.is_none_or(|f| f == Route::Capture)
+        && a.graph_large_messages() == GraphLargeMessages::Refuse
         && m > 3 * 1024 * 1024
     {
         p.push(Problem::new(
             format!("{key}.max_message_size"),
             format!(
-                "{m} bytes cannot go through Microsoft Graph (about 3 MiB of message per request, default {GRAPH_MAX_MESSAGE_SIZE}); set fallback_route = \"smtp\" to send larger mail over SMTP"
+                "{m} bytes cannot go through one Microsoft Graph request (about 3 MiB of message, default {GRAPH_MAX_MESSAGE_SIZE}); set graph_large_messages = \"upload\" to send larger mail through a draft, or fallback_route = \"smtp\" to send it over SMTP"
             ),
         ));
     }
@@ -233,14 +234,77 @@ pub(super) fn smtp(
     })
 }
 
-/// `route = "graph"`: its keys have no combination to check beyond the token's.
+/// `route = "graph"` (or `fallback_route = "graph"`); `graph_large_messages` is checked in
+/// [`large_messages`].
 pub(super) fn graph(c: &Config, a: &Account) -> RouteSpec {
-    RouteSpec::Graph(GraphSpec {
-        url: a.graph_url(),
-        scope: a.scope_for(Route::Graph),
-        max_message_size: a
+    let large_messages = a.graph_large_messages();
+    let max_message_size = match large_messages {
+        GraphLargeMessages::Upload => a.message_size_limit(c.server.max_message_size),
+        _ => a
             .max_message_size
             .unwrap_or(GRAPH_MAX_MESSAGE_SIZE)
             .min(c.server.max_message_size),
+    };
+    RouteSpec::Graph(GraphSpec {
+        url: a.graph_url(),
+        scope: a.scope_for(Route::Graph),
+        large_messages,
+        max_message_size,
     })
+}
+
+/// `graph_large_messages`: where it applies, what `"fallback"` needs, and advice when large
+/// messages would be refused without the admin having said so.
+pub(super) fn large_messages(
+    c: &Config,
+    a: &Account,
+    key: &str,
+    p: &mut Vec<Problem>,
+    w: &mut Vec<Problem>,
+) {
+    let k = format!("{key}.graph_large_messages");
+    if !a.routes().contains(&Route::Graph) {
+        if a.graph_large_messages.is_some() {
+            w.push(Problem::new(
+                k,
+                "only applies to route \"graph\" (or fallback_route = \"graph\") and is ignored",
+            ));
+        }
+        return;
+    }
+    match (a.graph_large_messages, a.graph_large_messages()) {
+        (_, GraphLargeMessages::Fallback) if a.route != Route::Graph => p.push(Problem::new(
+            k,
+            "\"fallback\" needs route = \"graph\"; here Graph is the fallback route itself: use \"upload\" or \"refuse\"",
+        )),
+        (_, GraphLargeMessages::Fallback) if a.fallback_route.is_none() => p.push(Problem::new(
+            k,
+            "\"fallback\" needs a fallback_route to hand large messages to (e.g. fallback_route = \"smtp\"), or use \"upload\"",
+        )),
+        (None, GraphLargeMessages::Refuse) => {
+            let when = if a.route == Route::Graph {
+                ""
+            } else {
+                "when the Graph fallback is used, "
+            };
+            w.push(Problem::new(
+                k,
+                format!(
+                    "is not set: {when}messages over {GRAPH_MAX_MESSAGE_SIZE} bytes (one Microsoft Graph request) are refused with 552 5.3.4; set graph_large_messages = \"upload\" to send them through a draft (needs the permission Mail.ReadWrite), or \"refuse\" to keep this"
+                ),
+            ))
+        }
+        (_, GraphLargeMessages::Upload)
+            if a.message_size_limit(c.server.max_message_size) > EXCHANGE_MAX_SEND_SIZE =>
+        {
+            w.push(Problem::new(
+                k,
+                format!(
+                    "\"upload\" with a size limit of {} bytes: Exchange Online refuses messages over {EXCHANGE_MAX_SEND_SIZE} bytes (150 MiB) whatever the mailbox's MaxSendSize",
+                    a.message_size_limit(c.server.max_message_size)
+                ),
+            ))
+        }
+        _ => {}
+    }
 }

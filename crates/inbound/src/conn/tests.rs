@@ -5,6 +5,7 @@ use super::*;
 use crate::guard::{GuardSettings, LoginGuard};
 use crate::identity::Directory;
 use crate::limiter::Limiter;
+use crate::observe::{ReplyEvent, SessionSummary};
 use crate::session::ListenerSettings;
 use smtp2oauth_config::ListenerTls;
 use smtp2oauth_spool::Area;
@@ -47,6 +48,11 @@ account = "scanner"
 
 /// A relay context with `lockout_after` failed logins per address and 2 per session.
 fn inbound(spool: Spool, lockout_after: u32) -> Arc<Inbound> {
+    observed(spool, lockout_after, None)
+}
+
+/// [`inbound`] with an observer on its replies.
+fn observed(spool: Spool, lockout_after: u32, observer: Option<Arc<dyn Observer>>) -> Arc<Inbound> {
     Arc::new(Inbound {
         hostname: "relay.test".into(),
         limits: Limits {
@@ -76,6 +82,7 @@ fn inbound(spool: Spool, lockout_after: u32) -> Arc<Inbound> {
         })),
         max_commands: 100,
         max_session_bytes: 1 << 20,
+        observer,
     })
 }
 
@@ -195,4 +202,358 @@ async fn messages_are_spooled_or_refused_after_the_final_dot() {
     assert!(bytes.ends_with(b"Subject: scan\r\n\r\nhello\r\n"));
     assert_eq!(q.envelope.device, "ups");
     assert_eq!(q.envelope.recipients, ["a@example.com"]);
+}
+
+/// What an observer saw of one reply.
+#[derive(Clone, Debug)]
+struct Seen {
+    command: Command,
+    code: u16,
+    about: About,
+    refusal: Option<SessionError>,
+    device: Option<String>,
+    username: Option<String>,
+}
+
+#[derive(Default)]
+struct Recorder {
+    replies: std::sync::Mutex<Vec<Seen>>,
+    ended: std::sync::Mutex<Vec<SessionSummary>>,
+}
+
+impl Observer for Recorder {
+    fn reply(&self, e: &ReplyEvent<'_>) {
+        self.replies.lock().unwrap().push(Seen {
+            command: e.command,
+            code: e.reply.code(),
+            about: e.about.clone(),
+            refusal: e.refusal.cloned(),
+            device: e.session.device.clone(),
+            username: e.session.username.clone(),
+        });
+    }
+    fn ended(&self, summary: &SessionSummary) {
+        self.ended.lock().unwrap().push(summary.clone());
+    }
+}
+
+impl Recorder {
+    fn replies(&self) -> Vec<Seen> {
+        std::mem::take(&mut *self.replies.lock().unwrap())
+    }
+    fn summary(&self) -> SessionSummary {
+        let mut ended = self.ended.lock().unwrap();
+        assert_eq!(ended.len(), 1, "one summary per session: {ended:?}");
+        ended.pop().unwrap()
+    }
+}
+
+fn recorded(spool: &Spool, lockout_after: u32) -> (Arc<Inbound>, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::default());
+    let observer: Arc<dyn Observer> = rec.clone();
+    (observed(spool.clone(), lockout_after, Some(observer)), rec)
+}
+
+fn spool() -> (tempfile::TempDir, Spool) {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = Spool::open_with(dir.path(), false).unwrap();
+    (dir, spool)
+}
+
+/// Every reply passes the hook, in order, with what it was about: the refused sender with
+/// its refusal, the accepted message with its queue id, the device it came from; the session's
+/// summary counts one message accepted and one refused, every byte read, and the QUIT.
+#[tokio::test]
+async fn every_reply_and_the_end_of_the_session_pass_the_observer() {
+    let (_dir, spool) = spool();
+    let (ctx, rec) = recorded(&spool, 5);
+    let lines = [
+        "EHLO ups",
+        "MAIL FROM:<ceo@evil.example>",
+        "MAIL FROM:<scanner@contoso.com>",
+        "RCPT TO:<a@example.com>",
+        "DATA",
+        "Subject: scan\r\n\r\nhello\r\n.",
+        "QUIT",
+    ];
+    let last = session_from(&ctx, "10.0.0.8", &lines).await;
+    assert!(last.starts_with("221"), "{last}");
+    let seen = rec.replies();
+    let sequence: Vec<(Command, u16)> = seen.iter().map(|s| (s.command, s.code)).collect();
+    assert_eq!(
+        sequence,
+        [
+            (Command::Connect, 220),
+            (Command::Ehlo, 250),
+            (Command::Mail, 553),
+            (Command::Mail, 250),
+            (Command::Rcpt, 250),
+            (Command::Data, 354),
+            (Command::Message, 250),
+            (Command::Quit, 221),
+        ]
+    );
+    assert!(seen.iter().all(|s| s.device.as_deref() == Some("ups")));
+    assert_eq!(
+        seen[2].about,
+        About::MessageRefused(MessageInfo {
+            sender: "ceo@evil.example".into(),
+            recipients: vec![],
+            size: 0,
+        })
+    );
+    assert_eq!(
+        seen[2].refusal,
+        Some(SessionError::SenderNotAllowed("ceo@evil.example".into()))
+    );
+    assert_eq!(
+        seen[3].about,
+        About::SenderAccepted {
+            sender: "scanner@contoso.com".into()
+        }
+    );
+    let About::MessageQueued { queue_id, message } = &seen[6].about else {
+        panic!("{:?}", seen[6]);
+    };
+    assert_eq!(spool.list(Area::Queue).await.unwrap()[0].as_str(), queue_id);
+    assert_eq!(message.recipients, ["a@example.com"]);
+    assert_eq!(message.size, "Subject: scan\r\n\r\nhello\r\n".len() as u64);
+
+    let summary = rec.summary();
+    assert_eq!((summary.accepted, summary.refused), (1, 1));
+    assert_eq!(summary.end, EndReason::Quit);
+    assert_eq!(summary.device.as_deref(), Some("ups"));
+    assert_eq!(summary.listener, "test");
+    assert_eq!(summary.tls, None);
+    let sent: usize = lines.iter().map(|l| l.len() + 2).sum();
+    assert_eq!(summary.bytes, sent as u64);
+}
+
+/// Failed logins reach the observer with the username tried (never the password) and why;
+/// the session that reaches its limit ends with `limit`, the one that locks its address out
+/// with `lockout`.
+#[tokio::test]
+async fn failed_logins_and_how_sessions_end_reach_the_observer() {
+    let (_dir, spool) = spool();
+    let wrong = "AUTH PLAIN AG1mcAB3cm9uZw=="; // mfp / wrong
+    let malformed = "AUTH PLAIN bm9udWxz";
+    for (lockout_after, end, last_code) in
+        [(10, EndReason::Limit, 421), (2, EndReason::LockedOut, 421)]
+    {
+        let (ctx, rec) = recorded(&spool, lockout_after);
+        session(&ctx, &["EHLO printer", wrong, malformed]).await;
+        let seen = rec.replies();
+        let logins: Vec<&Seen> = seen.iter().filter(|s| s.command == Command::Auth).collect();
+        assert_eq!(logins.len(), 2, "{seen:?}");
+        assert_eq!(
+            logins[0].about,
+            About::LoginFailed {
+                username: Some("mfp".into()),
+                reason: Some(crate::identity::AuthFailure::WrongPassword),
+            }
+        );
+        assert_eq!(logins[0].code, 535);
+        assert_eq!(logins[0].refusal, Some(SessionError::AuthFailed));
+        assert_eq!(logins[0].username.as_deref(), Some("mfp"));
+        assert_eq!(
+            logins[1].about,
+            About::LoginFailed {
+                username: None,
+                reason: None
+            }
+        );
+        assert_eq!(logins[1].code, last_code);
+        assert!(logins.iter().all(|s| s.device.is_none()));
+        let debug = format!("{seen:?}");
+        assert!(
+            !debug.contains("wrong"),
+            "no password reaches observers: {debug}"
+        );
+        let summary = rec.summary();
+        assert_eq!(summary.end, end);
+        assert_eq!(summary.username.as_deref(), Some("mfp"));
+        assert_eq!(summary.device, None);
+    }
+}
+
+/// MAIL without a login is a refused message (no device known); a message over the size
+/// limit is refused after its final dot with its size; a client that goes away without QUIT
+/// ends the session as `client closed`.
+#[tokio::test]
+async fn refused_messages_carry_what_was_known() {
+    let (_dir, spool) = spool();
+    let (ctx, rec) = recorded(&spool, 5);
+    session(&ctx, &["EHLO printer", "MAIL FROM:<scanner@contoso.com>"]).await;
+    let seen = rec.replies();
+    assert_eq!((seen[2].command, seen[2].code), (Command::Mail, 530));
+    assert_eq!(seen[2].refusal, Some(SessionError::AuthRequired));
+    assert!(
+        matches!(&seen[2].about, About::MessageRefused(m) if m.sender == "scanner@contoso.com")
+    );
+    assert_eq!(rec.summary().end, EndReason::ClientClosed);
+
+    let big = format!("Subject: x\r\n\r\n{}\r\n.", "y".repeat(20_000));
+    session_from(
+        &ctx,
+        "10.0.0.8",
+        &[
+            "EHLO ups",
+            "MAIL FROM:<scanner@contoso.com>",
+            "RCPT TO:<a@example.com>",
+            "DATA",
+            &big,
+        ],
+    )
+    .await;
+    let seen = rec.replies();
+    let last = seen.last().unwrap();
+    assert_eq!((last.command, last.code), (Command::Message, 552));
+    assert_eq!(last.refusal, Some(SessionError::MessageTooBig(10_000)));
+    let About::MessageRefused(m) = &last.about else {
+        panic!("{last:?}")
+    };
+    assert_eq!(m.recipients, ["a@example.com"]);
+    assert!(m.size > 20_000, "{}", m.size);
+    let summary = rec.summary();
+    assert_eq!((summary.accepted, summary.refused), (0, 1));
+}
+
+/// The publisher turns the replies into the live state: the device's last result and counts,
+/// the refused message with its advice, failed logins by device or unknown username.
+#[tokio::test]
+async fn the_publisher_feeds_the_live_state() {
+    use smtp2oauth_activity::{Activity, ActivityConfig, MessageFilter, MessageResult};
+    let (_dir, spool) = spool();
+    let activity = Activity::new(&ActivityConfig {
+        recent_messages: 10,
+        devices: vec![
+            ("mfp".into(), "scanner".into()),
+            ("ups".into(), "scanner".into()),
+        ],
+        accounts: vec!["scanner".into()],
+    });
+    let publisher = crate::publish::ActivityPublisher::new(activity.clone(), Arc::new(directory()));
+    let ctx = observed(spool.clone(), 10, Some(Arc::new(publisher)));
+    session_from(
+        &ctx,
+        "10.0.0.8",
+        &[
+            "EHLO ups",
+            "MAIL FROM:<scanner@contoso.com>",
+            "RCPT TO:<a@example.com>",
+            "DATA",
+            "Subject: scan\r\n\r\nhello\r\n.",
+            "MAIL FROM:<ceo@evil.example>",
+        ],
+    )
+    .await;
+    session(
+        &ctx,
+        &[
+            "EHLO printer",
+            "AUTH PLAIN AG1mcAB3cm9uZw==",
+            "AUTH PLAIN AG5vYm9keQB4",
+        ],
+    )
+    .await;
+
+    let devices = activity.devices(smtp2oauth_activity::now_ms());
+    let ups = devices.iter().find(|d| d.name == "ups").unwrap();
+    assert!(ups.last_seen_ms.is_some());
+    let connection = ups.connection.as_ref().unwrap();
+    assert_eq!(
+        (connection.peer.as_str(), connection.listener.as_str()),
+        ("10.0.0.8", "test")
+    );
+    let last = ups.last_result.as_ref().unwrap();
+    assert_eq!(
+        (last.reply.code, last.reply.status.as_deref()),
+        (553, Some("5.7.1"))
+    );
+    assert_eq!((ups.since_start.accepted, ups.since_start.refused), (1, 1));
+    let mfp = devices.iter().find(|d| d.name == "mfp").unwrap();
+    assert_eq!(mfp.since_start.failed_logins, 1);
+    assert_eq!(activity.unknown_logins()[0].username, "nobody");
+
+    let refused = activity.messages(&MessageFilter {
+        result: Some(MessageResult::Refused),
+        ..MessageFilter::default()
+    });
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    let r = &refused[0];
+    assert_eq!((r.device.as_str(), r.account.as_str()), ("ups", "scanner"));
+    assert_eq!(r.sender, "ceo@evil.example");
+    assert_eq!(r.peer.as_deref(), Some("10.0.0.8"));
+    assert_eq!(r.reply.as_ref().unwrap().code, 553);
+    assert!(r.advice.as_deref().unwrap().contains("allowed_senders"));
+
+    // A temporary refusal counts too and is the new last result.
+    session_from(
+        &ctx,
+        "10.0.0.8",
+        &[
+            "EHLO ups",
+            "MAIL FROM:<scanner@contoso.com>",
+            "RCPT TO:<a@example.com>",
+            "RCPT TO:<b@example.com>",
+            "RCPT TO:<c@example.com>",
+            "RCPT TO:<d@example.com>",
+        ],
+    )
+    .await;
+    let devices = activity.devices(smtp2oauth_activity::now_ms());
+    let ups = devices.iter().find(|d| d.name == "ups").unwrap();
+    let last = &ups.last_result.as_ref().unwrap().reply;
+    assert_eq!((last.code, last.status.as_deref()), (452, Some("4.5.3")));
+    assert_eq!(ups.since_start.refused, 2);
+}
+
+/// A connection refused at accept (over the session limit) passes the observer too: its one
+/// reply, and a summary that ends with `limit`.
+#[tokio::test]
+async fn a_connection_refused_at_accept_passes_the_observer() {
+    let (_dir, spool) = spool();
+    let rec = Arc::new(Recorder::default());
+    let observer: Arc<dyn Observer> = rec.clone();
+    let mut ctx = observed(spool, 5, Some(observer));
+    Arc::get_mut(&mut ctx).unwrap().limiter = Limiter::new(1, 1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rt = Arc::new(ListenerRuntime {
+        settings: Arc::new(ListenerSettings {
+            label: "test".into(),
+            tls: ListenerTls::None,
+            require_tls: false,
+            allow_insecure_auth: true,
+        }),
+        tls: None,
+    });
+    let tracker = tokio_util::task::TaskTracker::new();
+    let accepting = tokio::spawn(crate::listener::accept_loop(
+        ctx.clone(),
+        rt,
+        listener,
+        tracker.clone(),
+    ));
+    let read_line = |s: tokio::net::TcpStream| async move {
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).await.unwrap();
+        line
+    };
+    let first = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (r1, _w1) = first.into_split();
+    let mut r1 = BufReader::new(r1);
+    let mut greeting = String::new();
+    r1.read_line(&mut greeting).await.unwrap();
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let refused = read_line(second).await;
+    assert!(refused.starts_with("421 4.7.0"), "{refused}");
+    let seen = rec.replies();
+    let last = seen.last().unwrap();
+    assert_eq!((last.command, last.code), (Command::Connect, 421));
+    assert_eq!(last.refusal, Some(SessionError::TooManyConnections));
+    assert_eq!(rec.summary().end, EndReason::Limit);
+    ctx.shutdown.cancel();
+    accepting.await.unwrap();
 }

@@ -8,41 +8,20 @@ use anyhow::{Context, Result};
 use smtp2oauth_admin::{
     AccountView, AccountsConfig, AdminServer, AdminState, Security, SendTestFn,
 };
-use smtp2oauth_config::{FlowSpec, Loaded, RouteSpec};
+use smtp2oauth_config::{FlowSpec, Loaded};
 use smtp2oauth_metrics::Metrics;
-use smtp2oauth_scheduler::{Routes, Scheduler};
+use smtp2oauth_scheduler::Scheduler;
 use smtp2oauth_spool::Spool;
 use smtp2oauth_tokens::{SignInManager, TokenStore};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-/// What readiness checks for each account: its name, its route's kind and, for capture, the
-/// directory it writes.
-pub fn readiness_accounts(loaded: &Loaded, routes: &Routes) -> Vec<status::AccountCheck> {
-    loaded
-        .accounts
-        .iter()
-        .map(|a| status::AccountCheck {
-            name: a.name.clone(),
-            route: routes
-                .get(&a.name)
-                .map(|r| r.kind().as_str())
-                .unwrap_or("none"),
-            capture_dir: match &a.route {
-                RouteSpec::Capture { dir } => Some(dir.clone()),
-                _ => None,
-            },
-        })
-        .collect()
-}
-
 /// Everything the admin server shows.
 pub struct Parts<'a> {
     pub loaded: &'a Loaded,
     pub spool: Spool,
     pub tokens: TokenSources,
-    pub readiness_accounts: Vec<status::AccountCheck>,
     pub listeners: usize,
     pub listeners_up: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
@@ -62,8 +41,6 @@ pub async fn server(parts: Parts<'_>) -> Result<Option<AdminServer>> {
     let addr = cfg.admin.listen.parse().context("[admin] listen")?;
     let inputs = Arc::new(status::ReadinessInputs {
         spool: parts.spool.clone(),
-        tokens: parts.tokens.clone(),
-        accounts: parts.readiness_accounts,
         listeners: parts.listeners,
         listeners_up: parts.listeners_up,
     });

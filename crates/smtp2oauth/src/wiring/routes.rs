@@ -3,11 +3,12 @@
 use super::tokens::{TokenSources, token_source, user_agent};
 use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::{
-    AccountSpec, Config, GraphSpec, Loaded, RouteSpec, SmarthostSpec, SmtpAuth, SmtpSpec,
-    UpstreamTls,
+    AccountSpec, Config, GraphLargeMessages, GraphSpec, Loaded, RouteSpec, SmarthostSpec, SmtpAuth,
+    SmtpSpec, UpstreamTls,
 };
 use smtp2oauth_scheduler::Routes;
 use smtp2oauth_tokens::{HttpOptions, TokenSource, TokenStore};
+use smtp2oauth_upstream::graph::LargeMessages;
 use smtp2oauth_upstream::{
     CaptureRoute, Destination, FallbackRoute, GraphRoute, GraphRouteConfig, Route, SaslMechanism,
     SmarthostRoute, SmarthostRouteConfig, SmarthostTls, SmtpRoute, SmtpRouteConfig, TlsMode,
@@ -48,7 +49,8 @@ pub async fn routes(
 }
 
 /// The account's route, wrapped with its fallback route when it has one. `tokens` holds the
-/// primary route's token source; the fallback gets its own (its scope differs).
+/// primary route's token source; the fallback gets its own (its scope differs). A Graph
+/// primary with `graph_large_messages = "refuse"` keeps its size refusals from the fallback.
 pub async fn route(
     cfg: &Config,
     account: &AccountSpec,
@@ -71,11 +73,13 @@ pub async fn route(
         None => None,
     };
     let fallback = route_of(cfg, account, fallback, fallback_tokens, slots)?;
-    Ok(Arc::new(FallbackRoute::new(
-        account.name.clone(),
-        primary,
-        fallback,
-    )))
+    let wrapped = FallbackRoute::new(account.name.clone(), primary, fallback);
+    Ok(Arc::new(match &account.route {
+        RouteSpec::Graph(g) if g.large_messages == GraphLargeMessages::Refuse => {
+            wrapped.keeping_too_large()
+        }
+        _ => wrapped,
+    }))
 }
 
 /// One route of an account; `tokens` is the token source for that route, when it needs one.
@@ -149,8 +153,9 @@ fn graph_route(
 ) -> Result<GraphRoute> {
     let http = smtp2oauth_tokens::http_client(&HttpOptions {
         ca_file: account.ca_file.clone(),
-        // One request carries the whole message: allow it the time a message body gets.
-        timeout: cfg.delivery.data_timeout,
+        // Requests without message bytes (an upload session, send, a delete) answer at once;
+        // those with them get `transfer_timeout` below.
+        timeout: cfg.delivery.command_timeout,
         user_agent: user_agent(),
     })
     .with_context(|| format!("account `{}`: HTTP client", account.name))?;
@@ -164,6 +169,13 @@ fn graph_route(
         mailbox: account.mailbox.clone(),
         graph_url: graph.url.clone(),
         max_message_size: graph.max_message_size,
+        large_messages: match graph.large_messages {
+            GraphLargeMessages::Upload => LargeMessages::Upload,
+            // "fallback": the route refuses, and the FallbackRoute around it takes the message.
+            GraphLargeMessages::Fallback | GraphLargeMessages::Refuse => LargeMessages::Refuse,
+        },
+        // A request carries a whole message or a chunk of one: the time a message body gets.
+        transfer_timeout: cfg.delivery.data_timeout,
     };
     Ok(GraphRoute::new(config, http, tokens, slots.for_app(app)))
 }

@@ -1,0 +1,192 @@
+//! What the running relay knows about an account, as `account list` and `account status`
+//! print it: its state in words and by name, since when, the last token and delivery results.
+//!
+//! The CLI is another process, so it reads the state file the relay writes
+//! (`state_file.rs`) and says how old it is, or that the relay is not running. Without the
+//! file the commands show what the token store alone can tell.
+
+use crate::state_file::{self, StateFile, TokenState};
+use smtp2oauth_activity::{AccountActivity, AccountState, Happening};
+use smtp2oauth_admin::time::local_relative;
+use smtp2oauth_config::Loaded;
+use smtp2oauth_spool::Spool;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The relay's state file, and whether the relay that wrote it still runs.
+pub enum Live {
+    /// A running relay wrote it.
+    Running(StateFile),
+    /// The relay that wrote it has stopped.
+    Stopped(StateFile),
+    /// The relay has never written one with this store.
+    Never,
+    /// It cannot be read.
+    Unreadable(String),
+}
+
+impl Live {
+    /// Reads the state file of the configured store.
+    pub fn read(cfg: &Loaded) -> Live {
+        let dir = &cfg.config.store.dir;
+        match state_file::read(dir) {
+            Ok(None) => Live::Never,
+            Err(e) => Live::Unreadable(format!("{}: {e}", state_file::path(dir).display())),
+            Ok(Some(state)) if relay_running(dir) => Live::Running(state),
+            Ok(Some(state)) => Live::Stopped(state),
+        }
+    }
+
+    fn state(&self) -> Option<&StateFile> {
+        match self {
+            Live::Running(s) | Live::Stopped(s) => Some(s),
+            Live::Never | Live::Unreadable(_) => None,
+        }
+    }
+
+    /// The account's activity, if the file has it.
+    pub fn account(&self, name: &str) -> Option<&AccountActivity> {
+        self.state()?
+            .activity
+            .accounts
+            .iter()
+            .find(|a| a.name == name)
+    }
+
+    /// The account's token source, if it has one.
+    pub fn token(&self, name: &str) -> Option<&TokenState> {
+        self.state()?.tokens.iter().find(|t| t.account == name)
+    }
+
+    /// One line on where the state comes from and how old it is.
+    pub fn source(&self) -> String {
+        match self {
+            Live::Running(s) => format!(
+                "the running relay (pid {}), written {}",
+                s.pid,
+                local_relative(at(s.written_at_ms))
+            ),
+            Live::Stopped(s) => format!(
+                "the relay is not running; state as of its last run, written {}",
+                local_relative(at(s.written_at_ms))
+            ),
+            Live::Never => {
+                "the relay is not running and has never run with this store; start it to see the accounts' states".into()
+            }
+            Live::Unreadable(e) => format!("the state file cannot be read: {e}"),
+        }
+    }
+}
+
+/// True while a relay holds the spool's lock.
+fn relay_running(store_dir: &std::path::Path) -> bool {
+    let dir = store_dir.join("spool");
+    dir.exists() && Spool::open(&dir).is_ok_and(|s| s.is_locked())
+}
+
+/// A time in ms since the epoch.
+pub fn at(ms: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// `degraded (refused by the upstream) since 2026-12-06 10:02:11 +01:00 (5 min ago)`.
+pub fn state_words(a: &AccountActivity, now_ms: u64) -> String {
+    let c = a.condition.at(now_ms);
+    let mut s = format!("{} ({})", c.state.as_str(), c.state.words());
+    if let Some(since) = c.since_ms.filter(|_| c.state != AccountState::Ok) {
+        s.push_str(&format!(" since {}", local_relative(at(since))));
+    }
+    if let (AccountState::Throttled, Some(until)) = (c.state, c.until_ms) {
+        s.push_str(&format!(", until {}", local_relative(at(until))));
+    }
+    s
+}
+
+/// `2026-12-06 10:02:11 +01:00 (5 min ago): 535 5.7.3 Authentication unsuccessful`.
+pub fn happening(h: &Happening) -> String {
+    let mut s = local_relative(at(h.at_ms));
+    if let Some(r) = &h.reply {
+        s.push_str(&format!(": {}", escaped(&r.to_string())));
+    }
+    s
+}
+
+/// The last token result: obtained (and until when), or the failure.
+pub fn token_words(t: &TokenState) -> String {
+    if t.sign_in_required {
+        return "none: a person must sign in".into();
+    }
+    if let Some(e) = &t.last_error {
+        return format!("failed: {}", escaped(e));
+    }
+    match (t.last_refresh_ms, t.valid_until_ms) {
+        (Some(got), Some(until)) => format!(
+            "obtained {}, valid until {}",
+            local_relative(at(got)),
+            local_relative(at(until))
+        ),
+        (Some(got), None) => format!("obtained {} (expired since)", local_relative(at(got))),
+        (None, _) => "none requested yet (the relay asks when it first delivers)".into(),
+    }
+}
+
+/// Text that came from an upstream or a device, with control characters escaped (`\x1b`)
+/// so it cannot move the cursor or recolour the terminal.
+pub fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            c if c.is_control() && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smtp2oauth_activity::{Condition, ReplyInfo};
+
+    fn account(state: AccountState, since_ms: Option<u64>) -> AccountActivity {
+        AccountActivity {
+            name: "scanner".into(),
+            condition: Condition {
+                state,
+                since_ms,
+                reply: Some(ReplyInfo::new(535, Some("5.7.3".into()), "x")),
+                advice: None,
+                until_ms: None,
+            },
+            last_delivery: None,
+            last_failure: None,
+            consecutive_failures: 0,
+        }
+    }
+
+    #[test]
+    fn a_state_reads_by_name_and_in_words_with_since_when() {
+        let now = smtp2oauth_activity::now_ms();
+        let s = state_words(&account(AccountState::Degraded, Some(now - 300_000)), now);
+        assert!(
+            s.starts_with("degraded (refused by the upstream) since "),
+            "{s}"
+        );
+        assert!(s.ends_with("ago)"), "{s}");
+        assert_eq!(
+            state_words(&account(AccountState::Ok, Some(now)), now),
+            "ok (working)"
+        );
+    }
+
+    #[test]
+    fn replies_cannot_drive_the_terminal() {
+        assert_eq!(
+            escaped("550 \u{1b}[31mred\r\n"),
+            "550 \\x1b[31mred\\x0d\\x0a"
+        );
+        assert_eq!(escaped("plain"), "plain");
+    }
+}
