@@ -64,11 +64,9 @@ impl CaptureRoute {
         tokio::fs::rename(&json_tmp, self.dir.join(format!("{}.json", msg.id)))
             .await
             .map_err(|e| local(e, "cannot rename"))?;
+        // The names, durable too (on Windows a directory handle needs flags of its own).
         let dir = self.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(dir).and_then(|d| d.sync_all())
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || smtp2oauth_platform::sync_dir(&dir)).await;
 
         Ok(DeliveryReport {
             reply: Reply::with_status(
