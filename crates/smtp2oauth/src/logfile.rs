@@ -118,7 +118,7 @@ mod tests {
                 .write_all(format!("line {i} of the log\n").as_bytes())
                 .unwrap();
         }
-        // 20 bytes a line, 25 a file: one line per file; the current and two rotated remain.
+        // 18 bytes a line, 25 a file: one line per file; the current and two rotated remain.
         assert_eq!(read(dir.join(LOG_NAME)), "line 6 of the log\n");
         assert_eq!(read(dir.join("smtp2oauth.1.log")), "line 5 of the log\n");
         assert_eq!(read(dir.join("smtp2oauth.2.log")), "line 4 of the log\n");

@@ -60,7 +60,8 @@ struct Cli {
 #[derive(clap::Args, Clone)]
 struct ConfigArg {
     /// Configuration file (TOML). Default: /etc/smtp2oauth/smtp2oauth.toml (on Windows
-    /// %ProgramData%\smtp2oauth\smtp2oauth.toml) if it exists, otherwise the environment alone. Every key can also be set as SMTP2OAUTH_<TABLE>__<KEY>.
+    /// %ProgramData%\smtp2oauth\smtp2oauth.toml) if it exists, otherwise the environment
+    /// alone. Every key can also be set as SMTP2OAUTH_<TABLE>__<KEY>.
     /// (It may come before or after a sub-command: `queue --config F list`, `queue list --config F`.)
     #[arg(short, long, env = "SMTP2OAUTH_CONFIG", global = true)]
     config: Option<PathBuf>,

@@ -325,8 +325,7 @@ fn dispatch(config: Option<PathBuf>, log_dir: PathBuf) -> Result<()> {
 
 mod ffi {
     // The macro expands to the `extern "system"` entry point the service manager calls, which
-    // turns its raw arguments into a Vec<OsString>; the unsafe code is the crate's.
-    #![allow(unsafe_code)]
+    // turns its raw arguments into a Vec<OsString>; its unsafe code is windows-service's own.
     use super::service_main as main;
     windows_service::define_windows_service!(service_main, main);
     pub(super) const ENTRY: extern "system" fn(u32, *mut *mut u16) = service_main;

@@ -4,9 +4,8 @@
 //! it can vanish with every fsynced message inside it. So every directory made here is
 //! private (the store holds queued mail and keys: mode 0700 on Unix, a protected ACL on
 //! Windows; see `smtp2oauth_platform`) and, when `fsync` is on, its parent is synced before
-//! anything is written into it. Opening a
-//! store that exists syncs it and its parent again, which also covers a directory an earlier
-//! run created and crashed before syncing.
+//! anything is written into it. Opening a store that exists syncs it and its parent again,
+//! which also covers a directory an earlier run created and crashed before syncing.
 
 use smtp2oauth_platform::create_private_dir;
 use std::io;
