@@ -2,8 +2,8 @@
  * Test-only stand-in for bcryptprimitives.dll under Wine 8 (Debian 12), which lacks that DLL.
  * Rust's standard library on Windows takes its random numbers from ProcessPrng there (every
  * Windows 10 and later has it); this one asks bcrypt.dll's system RNG, which Wine has.
- * deploy/release.sh and tests/e2e/windows.rs build it into the private Wine prefix of the smoke
- * test; it is never part of the Windows zip.
+ * deploy/windows/wine-smoke.sh builds it into the private Wine prefix of the smoke test; it is
+ * never part of the Windows zip.
  */
 #include <windows.h>
 #include <bcrypt.h>
