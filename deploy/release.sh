@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the release artifacts of smtp2oauth into dist/, tests them, and prints their SHA-256.
 #
-#   deploy/release.sh [--allow-dirty]   everything below, from a clean checkout (docs/deploy.md)
+#   deploy/release.sh [--allow-dirty] [--platform linux|windows]...
+#                                       everything below, from a clean checkout (docs/deploy.md);
+#                                       --platform: only that platform's artifacts and smoke
+#                                       tests (repeatable; default: all), to rebuild one quickly
 #   deploy/release.sh --check           fast: the build tools are present and the packaging
 #                                       metadata is valid (CI runs this, not the build)
 #   deploy/release.sh setup             installs the build tools (Debian packages, Rust targets,
@@ -444,14 +447,34 @@ cmd_check() {
 
 # --- The build ---------------------------------------------------------------------------------------
 
-# Each step adds its artifacts to $dist; a new platform is one more function in this list.
-RELEASE_STEPS="linux_binaries linux_tarballs debian_packages container_image windows"
-# Smoke tests of what the steps made.
-SMOKE_TESTS="smoke_tarballs smoke_debian11 smoke_debian_packages smoke_arm64_image smoke_windows"
+# Per platform: the steps that add its artifacts to $dist, then the smoke tests of what they made.
+# A new platform is one more pair here and in PLATFORMS.
+PLATFORMS="linux windows"
+linux_STEPS="linux_binaries linux_tarballs debian_packages container_image"
+linux_SMOKE_TESTS="smoke_tarballs smoke_debian11 smoke_debian_packages smoke_arm64_image"
+windows_STEPS="windows"
+windows_SMOKE_TESTS="smoke_windows"
 
 cmd_build() {
-    local allow_dirty=false start fn
-    case "${1:-}" in --allow-dirty) allow_dirty=true ;; "") ;; *) usage_error "unknown argument '$1'" ;; esac
+    local allow_dirty=false start fn platforms="" p var steps="" smoke_tests=""
+    while [ "$#" -gt 0 ]; do
+        case "$1" in
+            --allow-dirty) allow_dirty=true; shift ;;
+            --platform)
+                case " $PLATFORMS " in *" ${2:-none} "*) ;; *) usage_error "--platform is one of: $PLATFORMS" ;; esac
+                case " $platforms " in *" $2 "*) ;; *) platforms="${platforms:+$platforms }$2" ;; esac
+                shift 2
+                ;;
+            *) usage_error "unknown argument '$1'" ;;
+        esac
+    done
+    platforms=${platforms:-$PLATFORMS}
+    for p in $platforms; do
+        var=${p}_STEPS
+        steps="$steps ${!var}"
+        var=${p}_SMOKE_TESTS
+        smoke_tests="$smoke_tests ${!var}"
+    done
     start=$(date +%s)
     preflight "$allow_dirty"
     cmd_setup
@@ -464,11 +487,11 @@ cmd_build() {
     # uid 65532 runs the arm64 relay from a copy of the image in here.
     chmod 0711 "$work"
     bins=$work/bin
-    step "smtp2oauth $version ($(git -C "$repo" describe --always --dirty)), into $dist"
+    step "smtp2oauth $version ($(git -C "$repo" describe --always --dirty)), into $dist, for $platforms"
     check_packaging "$work/check"
     rm -rf "$dist"
     mkdir -p "$dist"
-    for fn in $RELEASE_STEPS $SMOKE_TESTS; do
+    for fn in $steps $smoke_tests; do
         "$fn"
     done
     checksums
@@ -851,6 +874,6 @@ case "${1:-}" in
     deb) shift; cmd_deb "$@" ;;
     deb-test) shift; cmd_deb_test "$@" ;;
     -h | --help) usage ;;
-    "" | --allow-dirty) cmd_build "$@" ;;
+    "" | --allow-dirty | --platform) cmd_build "$@" ;;
     *) usage_error "unknown argument '$1' (see --help)" ;;
 esac
