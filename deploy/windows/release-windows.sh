@@ -109,12 +109,15 @@ windows_exe() {
 
 # PE32+ for x86-64, a console program, only Windows' own DLLs, OpenSSL compiled in.
 check_exe() {
-    local exe=$1 format dlls bad="" dll openssl
+    local exe=$1 format headers subsystem dlls bad="" dll openssl
     format=$(x86_64-w64-mingw32-objdump -f "$exe" | sed -n 's/.*file format //p')
     [ "$format" = pei-x86-64 ] && pass "smtp2oauth.exe: $format" || fail "smtp2oauth.exe: file format '$format'"
-    x86_64-w64-mingw32-objdump -p "$exe" | grep -q 'Subsystem.*(Windows CUI)' \
-        && pass "smtp2oauth.exe: a console program (CUI)" || fail "smtp2oauth.exe is not a console program"
-    dlls=$(x86_64-w64-mingw32-objdump -p "$exe" | sed -n 's/.*DLL Name: //p' | tr 'A-Z' 'a-z' | sed 's/\.dll$//' | sort -u)
+    # Read whole, then searched: `objdump | grep -q` fails under pipefail when grep stops early.
+    headers=$(x86_64-w64-mingw32-objdump -p "$exe")
+    subsystem=$(printf '%s\n' "$headers" | sed -n 's/^Subsystem[[:space:]]*[0-9a-f]*[[:space:]]*//p')
+    [ "$subsystem" = "(Windows CUI)" ] && pass "smtp2oauth.exe: a console program $subsystem" \
+        || fail "smtp2oauth.exe is not a console program: subsystem '$subsystem'"
+    dlls=$(printf '%s\n' "$headers" | sed -n 's/.*DLL Name: //p' | tr 'A-Z' 'a-z' | sed 's/\.dll$//' | sort -u)
     for dll in $dlls; do
         case " $WINDOWS_DLLS " in *" $dll "*) continue ;; esac
         case "$dll" in api-ms-win-*) continue ;; esac
