@@ -15,6 +15,7 @@ use libfuzzer_sys::fuzz_target;
 use smtp2oauth_fuzz::{find, is_canonical, normalise_line_ends, take_num};
 use smtp2oauth_inbound::headers::{HeaderRewriter, RewriteOutcome, parse_mailbox};
 use smtp2oauth_inbound::identity::SenderPolicy;
+use smtp2oauth_proto::Address;
 
 const MAILBOX: &str = "scanner@contoso.com";
 
@@ -54,7 +55,8 @@ fn fields(block: &[u8]) -> Vec<&[u8]> {
 
 fn name(field: &[u8]) -> Option<String> {
     let colon = field.iter().position(|&b| b == b':')?;
-    let n = &field[..colon];
+    // Obsolete syntax (RFC 5322 §4.5) allows blanks before the colon: `From : ...`.
+    let n = field[..colon].trim_ascii_end();
     if n.is_empty() || n.iter().any(|b| b.is_ascii_whitespace()) {
         return None;
     }
@@ -82,7 +84,8 @@ fuzz_target!(|data: &[u8]| {
         .take(4)
         .map(str::to_string)
         .collect();
-    let policy = SenderPolicy::new(MAILBOX, &patterns, true);
+    let mailbox = Address::parse(MAILBOX).expect("a mailbox");
+    let policy = SenderPolicy::new(mailbox, &patterns, true);
 
     // Robustness on bytes the decoder would never produce.
     let (a, oa) = rewrite(&policy, raw, chunk);
@@ -123,13 +126,20 @@ fuzz_target!(|data: &[u8]| {
         others(&out_fields),
         "other fields changed"
     );
-    let from_count = |fs: &[&[u8]]| {
+    let count = |fs: &[&[u8]], wanted: &str| {
         fs.iter()
-            .filter(|f| name(f).as_deref() == Some("from"))
+            .filter(|f| name(f).as_deref() == Some(wanted))
             .count()
     };
-    assert_eq!(outcome.from_added, from_count(&in_fields) == 0);
-    assert_eq!(from_count(&out_fields), from_count(&in_fields).max(1));
+    let (froms, senders) = (count(&in_fields, "from"), count(&in_fields, "sender"));
+    assert_eq!(outcome.from_added, froms == 0);
+    // One From and at most one Sender: every reader sees the one that was checked.
+    assert_eq!(count(&out_fields, "from"), 1);
+    assert_eq!(count(&out_fields, "sender"), senders.min(1));
+    assert_eq!(
+        outcome.fields_removed,
+        froms.saturating_sub(1) + senders.saturating_sub(1)
+    );
 
     // The first From now names an allowed sender; our own output passes unchanged.
     let first_from = out_fields
@@ -138,7 +148,9 @@ fuzz_target!(|data: &[u8]| {
         .expect("a From field");
     let (_, addr) = parse_mailbox(&value(first_from));
     assert!(
-        addr.as_deref().is_some_and(|a| policy.allows(a)),
+        addr.as_deref()
+            .and_then(|a| Address::parse(a).ok())
+            .is_some_and(|a| policy.allows(&a)),
         "From after rewriting is not allowed: {:?}",
         String::from_utf8_lossy(first_from)
     );

@@ -69,6 +69,121 @@ account = "missing"
     );
 }
 
+/// One problem is one message: a client CA file that is missing and a password hash that is
+/// malformed were each reported twice (by validation and again by loading), and each message
+/// names the line.
+#[test]
+fn check_config_reports_each_problem_once_with_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = smtp2oauth_testkit::TestPki::new();
+    let toml = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[[listeners]]\naddress = \"127.0.0.1:2525\"\nclient_ca_file = \"/nonexistent/ca.pem\"\n\n[[accounts]]\nname = \"scanner\"\nmailbox = \"scanner@contoso.com\"\nroute = \"capture\"\n\n[[devices]]\nusername = \"mfp\"\npassword_hash = \"nothash\"\naccount = \"scanner\"\n",
+        pki.cert_pem_path().display(),
+        pki.key_pem_path().display()
+    );
+    let cfg = file(dir.path(), "c.toml", toml.as_bytes());
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let path = cfg.display().to_string();
+    assert!(err.contains("2 configuration problem(s):"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "  - {path}:7: `listeners.0.client_ca_file`: cannot read /nonexistent/ca.pem"
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "  - {path}:16: `devices.0.password_hash`: must be an argon2 hash"
+        )),
+        "{err}"
+    );
+}
+
+/// A certificate the relay presents: expired is an error of check-config and serve alike,
+/// expiring within 30 days a warning with the date.
+#[test]
+fn expired_and_expiring_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["relay.test".to_string()]).unwrap();
+    params.not_before = rcgen::date_time_ymd(2020, 3, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 3, 1);
+    let expired = params.self_signed(&key).unwrap();
+    let cert = file(dir.path(), "cert.pem", expired.pem().as_bytes());
+    let key_file = file(dir.path(), "key.pem", key.serialize_pem().as_bytes());
+    let toml = format!(
+        "[tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\n[[listeners]]\naddress = \"127.0.0.1:0\"\ntls = \"implicit\"\n\n[store]\ndir = \"{}\"\n\n[[accounts]]\nname = \"scanner\"\nmailbox = \"scanner@contoso.com\"\nroute = \"capture\"\n",
+        cert.display(),
+        key_file.display(),
+        dir.path().join("store").display()
+    );
+    let cfg = file(dir.path(), "c.toml", toml.as_bytes());
+    let prefix = format!(
+        "{}:2: `tls.cert_file`: the certificate in {} expired on 2021-03-01 ",
+        cfg.display(),
+        cert.display()
+    );
+    for command in ["check-config", "serve"] {
+        let out = Command::new(BIN)
+            .args([command, "--config"])
+            .arg(&cfg)
+            .env("SMTP2OAUTH_ADMIN__LISTEN", "")
+            .env("TZ", "UTC")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{command}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&prefix), "{command}: {err}");
+        assert!(err.contains(" days ago): renew it"), "{command}: {err}");
+    }
+    // Ten days left: a warning with the date, and the configuration passes.
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args([
+            "-nodes",
+            "-days",
+            "10",
+            "-subj",
+            "/CN=relay.test",
+            "-keyout",
+        ])
+        .arg(&key_file)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg)
+        .env("SMTP2OAUTH_ADMIN__LISTEN", "")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains(&format!(
+            "warning: {}:2: `tls.cert_file`: the certificate in {} expires on ",
+            cfg.display(),
+            cert.display()
+        )) && err.contains("(in 9 days): renew it before then"),
+        "{err}"
+    );
+}
+
 #[test]
 fn hash_password_reads_stdin_and_prints_an_argon2id_phc_string() {
     let h = password_hash("correct horse");
@@ -157,6 +272,66 @@ async fn send_test_prints_the_upstream_reply() {
     );
 }
 
+/// send-test asks for the token first and reports the two steps apart, each with its advice:
+/// a refused app is fixed in Entra ID, a refused message in Exchange.
+#[tokio::test(flavor = "multi_thread")]
+async fn send_test_reports_the_token_and_the_delivery_apart() {
+    let up = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let send_test = |account_toml: String| {
+        let cfg = relay_toml(&up.pki, &account_toml, "") + &store_toml(dir.path(), "");
+        let path = file(dir.path(), "c.toml", cfg.as_bytes());
+        let args: Vec<String> = [
+            "send-test",
+            "--config",
+            path.to_str().unwrap(),
+            "--account",
+            "scanner",
+            "--to",
+            "admin@example.com",
+        ]
+        .map(String::from)
+        .to_vec();
+        async move { run(BIN, &args).await }
+    };
+    // The token endpoint refuses the app: the message is not tried.
+    up.idp
+        .set_failure(Some(smtp2oauth_testkit::IdpFailure::InvalidClient));
+    let out = send_test(up.account_toml("")).await;
+    assert_eq!(out.status, 1, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[1].starts_with("token: FAILED: no token: "),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[2].starts_with("  advice: "), "{}", out.stdout);
+    assert_eq!(
+        lines[3], "delivery: not tried without a token",
+        "{}",
+        out.stdout
+    );
+    // The token comes, the SMTP server does not answer: the token is reported good first.
+    up.idp.set_failure(None);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let unreachable = closed.local_addr().unwrap().port();
+    drop(closed);
+    let account = up.account_toml("").replace(
+        &format!("smtp_port = {}", up.smtp.port()),
+        &format!("smtp_port = {unreachable}"),
+    );
+    let out = send_test(account).await;
+    assert_eq!(out.status, 1, "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        lines[1].starts_with("token: ok: token obtained, valid until "),
+        "{}",
+        out.stdout
+    );
+    assert!(lines[2].starts_with("delivery: FAILED: "), "{}", out.stdout);
+    assert!(out.stdout.contains("  advice: "), "{}", out.stdout);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_example_config_runs_and_captures_a_printer_message() {
     // The README's first command, with ports and store moved so tests can run side by side.
@@ -234,6 +409,8 @@ async fn configuration_from_the_environment_alone() {
         ("SMTP2OAUTH_LISTENERS__0__TLS", "none"),
         ("SMTP2OAUTH_LISTENERS__0__ALLOW_INSECURE_AUTH", "true"),
         ("SMTP2OAUTH_STORE__DIR", store.as_str()),
+        // With a file, a new entry comes by index; then its name addresses it too.
+        ("SMTP2OAUTH_ACCOUNTS__0__NAME", "scanner"),
         ("SMTP2OAUTH_ACCOUNTS__SCANNER__MAILBOX", MAILBOX),
         ("SMTP2OAUTH_ACCOUNTS__SCANNER__ROUTE", "capture"),
         ("SMTP2OAUTH_DEVICES__0__USERNAME", DEVICE_USER),

@@ -12,6 +12,10 @@
 //! - `console.rs`: the operator console: queue actions from the page (Chromium) and the API
 //!   while mail flows, CSRF and the password, rebinding, a password flood, send-test, no secrets.
 //! - `cli.rs`: check-config, hash-password, send-test, the example config, signals.
+//! - `doc_commands.rs`: every `smtp2oauth ...` command in the docs' shell examples exists.
+//! - `files.rs`: what the relay creates on disk is private whatever the umask.
+//! - `pipes.rs`: every printing command into a closed pipe; queue actions answered by the
+//!   running relay; times and `health` as people read them.
 //! - `graph_large.rs`: scans larger than one Graph request through a draft and upload sessions
 //!   (`graph_large_messages`), with curl, smtplib and swaks; throttling, permissions, refusal.
 //! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
@@ -27,6 +31,8 @@
 //! - `signin.rs`: delegated sign-in: the accounts page with authorization code + PKCE, device
 //!   code through the CLI, refresh and rotation across restarts, revocation, the master key.
 //! - `power_cut.rs`: the store on a filesystem that loses power; every 250 survives the cuts.
+//! - `hardening.rs`: the security review's findings: address injection, lockouts, timing and
+//!   metric oracles, sessions that never log in, slots after QUIT, From rewriting, escapes.
 
 #![allow(clippy::unwrap_used)]
 
@@ -34,10 +40,15 @@ mod bad_input;
 mod cli;
 mod console;
 mod deploy;
+mod doc_commands;
+mod files;
 mod graph_large;
+mod hardening;
 mod harness;
 mod live_state;
+mod logs;
 mod ops;
+mod pipes;
 mod power_cut;
 mod queue;
 mod recovery;

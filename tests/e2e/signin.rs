@@ -911,7 +911,7 @@ async fn wrong_key_missing_key_and_modified_file_stop_the_relay_with_clear_error
     .await;
     assert_eq!(check.status, 1);
     assert!(
-        check.stderr.contains("accounts.0: ") && check.stderr.contains("different master key"),
+        check.stderr.contains("`accounts.0`: ") && check.stderr.contains("different master key"),
         "{}",
         check.stderr
     );

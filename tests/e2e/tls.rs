@@ -351,11 +351,45 @@ async fn default_listeners_refuse_tls_1_0_and_1_1() {
         return;
     }
     let up = Upstream::start().await;
-    let relay = Relay::start(&relay_toml(&up.pki, &up.account_toml(""), ""));
+    // At the default level: the refused handshake is the admin's only clue.
+    let toml = relay_toml(&up.pki, &up.account_toml(""), "");
+    let relay = Relay::start_env(&toml, &[("RUST_LOG", "info")]);
     for version in ["-tls1", "-tls1_1"] {
         let out = s_client(relay.port("implicit"), false, version).await;
         assert_eq!(negotiated(&out), None, "{version} was accepted:\n{out}");
     }
+    let out = s_client(relay.port("plain"), true, "-tls1").await;
+    assert_eq!(
+        negotiated(&out),
+        None,
+        "STARTTLS with TLS 1.0 was accepted:\n{out}"
+    );
+    // Each failed handshake says what the device offered and what to do, and its session ends
+    // as a failed handshake.
+    let ended_tls = |logs: &str| {
+        logs.lines()
+            .filter(|l| l.contains("session ended") && l.contains("end=\"tls failed\""))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ended_tls(&relay.logs()) < 3 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let logs = relay.logs();
+    let failed: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("TLS handshake failed"))
+        .collect();
+    assert_eq!(failed.len(), 3, "{logs}");
+    for line in failed {
+        assert!(
+            line.contains("client_offered=\"TLS 1.1 or older\""),
+            "{line}"
+        );
+        assert!(line.contains("tls_profile = \\\"legacy\\\""), "{line}");
+        assert!(line.contains("docs/devices.md"), "{line}");
+    }
+    assert_eq!(ended_tls(&logs), 3, "{logs}");
     let out = s_client(relay.port("implicit"), false, "-tls1_2").await;
     assert_eq!(negotiated(&out).as_deref(), Some("TLSv1.2"), "{out}");
 }

@@ -1,7 +1,7 @@
 //! Durations in the config file: a number of seconds (`30`) or a number with a unit
 //! (`"500ms"`, `"30s"`, `"5m"`, `"2h"`, `"5d"`), because admins think in minutes and days.
 
-use serde::{Deserialize, Deserializer, Serializer};
+use serde::{Deserializer, Serializer};
 use std::time::Duration;
 
 /// Ten years: longer than any timeout or queue lifetime makes sense, and far from overflow.
@@ -55,27 +55,50 @@ pub fn format(d: Duration) -> String {
     }
 }
 
+/// What a duration key takes, as type errors say it: "expected a duration such as "20s"".
+pub const EXPECTED: &str = "a duration such as \"20s\"";
+
 /// Deserializes a duration written as a human duration or a number of seconds.
 pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        U(u64),
-        F(f64),
-        S(String),
+    d.deserialize_any(DurationVisitor)
+}
+
+/// Takes a number of seconds or a string; anything else is a type error that says what
+/// belongs here (an untagged enum would only say that no variant matched).
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(EXPECTED)
     }
-    match Raw::deserialize(d)? {
-        Raw::U(n) if n <= MAX_SECS as u64 => Ok(Duration::from_secs(n)),
-        Raw::F(f) if f.is_finite() && (0.0..=MAX_SECS).contains(&f) => {
-            Ok(Duration::from_secs_f64(f))
+
+    fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<Duration, E> {
+        if n <= MAX_SECS as u64 {
+            Ok(Duration::from_secs(n))
+        } else {
+            Err(E::custom(format!("duration {n} is out of range")))
         }
-        Raw::U(n) => Err(serde::de::Error::custom(format!(
-            "duration {n} is out of range"
-        ))),
-        Raw::F(f) => Err(serde::de::Error::custom(format!(
-            "duration {f} is out of range"
-        ))),
-        Raw::S(s) => parse(&s).map_err(serde::de::Error::custom),
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<Duration, E> {
+        match u64::try_from(n) {
+            Ok(n) => self.visit_u64(n),
+            Err(_) => Err(E::custom(format!("duration {n} is negative"))),
+        }
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, f: f64) -> Result<Duration, E> {
+        if f.is_finite() && (0.0..=MAX_SECS).contains(&f) {
+            Ok(Duration::from_secs_f64(f))
+        } else {
+            Err(E::custom(format!("duration {f} is out of range")))
+        }
+    }
+
+    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Duration, E> {
+        parse(s).map_err(E::custom)
     }
 }
 

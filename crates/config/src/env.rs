@@ -6,11 +6,16 @@
 //! tables, so this provider resolves such paths itself: the segment after the table name is an
 //! index (`SMTP2OAUTH_ACCOUNTS__0__CLIENT_SECRET`) or the entry's name, compared without regard
 //! to case and to `-`/`_` (`SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_SECRET`). A name that matches
-//! no entry creates one, so a whole account can come from the environment.
+//! no entry is an error naming the entries there are when a configuration file is read: a typo
+//! (`SCANER`) must not quietly make a second account. New entries then come from the next index
+//! (`SMTP2OAUTH_ACCOUNTS__1__NAME=nas`); variables are applied in order of their names, so such
+//! an entry can be addressed by its name as well. Without a file (a container configured from
+//! its environment alone) a name that matches no entry creates one.
 //!
 //! Values are parsed the way figment parses environment values (`true`, numbers, `[a, b]`
 //! arrays), and `__` separates levels because keys themselves contain `_`.
 
+use crate::{Origin, Problem, words};
 use figment::value::{Dict, Map, Value};
 use figment::{Error, Metadata, Profile, Provider};
 
@@ -29,61 +34,95 @@ const ARRAY_TABLES: &[(&str, &[&str])] = &[
 pub struct EnvOverrides {
     overlay: Dict,
     vars: Vec<String>,
+    /// The key path each variable set (`accounts.0.client_secret`), with the variable.
+    sources: Vec<(String, String)>,
+    /// A name that matches no entry creates one (no configuration file).
+    names_create: bool,
 }
 
 impl EnvOverrides {
     /// Builds the overrides from `vars` (normally `std::env::vars()`), resolving array entries
-    /// against `base` (the configuration file's values).
+    /// against `base` (the configuration file's values). Every variable that cannot apply is
+    /// one problem.
+    /// With `names_create` (no configuration file), a name that matches no entry creates one.
     pub fn new(
         base: &Dict,
         vars: impl IntoIterator<Item = (String, String)>,
-    ) -> Result<Self, String> {
+        names_create: bool,
+    ) -> Result<Self, Vec<Problem>> {
         let mut vars: Vec<(String, String)> = vars
             .into_iter()
             .filter(|(k, _)| k.starts_with(PREFIX) && k[PREFIX.len()..].contains("__"))
             .collect();
         vars.sort();
         let mut working = base.clone();
-        let mut overlay = Dict::new();
-        let mut names = Vec::new();
+        let mut overrides = EnvOverrides {
+            overlay: Dict::new(),
+            vars: Vec::new(),
+            sources: Vec::new(),
+            names_create,
+        };
+        let mut problems = Vec::new();
         for (key, raw) in &vars {
-            let path: Vec<String> = key[PREFIX.len()..]
-                .split("__")
-                .map(|s| s.to_ascii_lowercase())
-                .collect();
-            if path.iter().any(String::is_empty) {
-                return Err(format!("environment variable {key}: empty path segment"));
-            }
-            let value = parse_value(raw);
-            let top = path[0].clone();
-            if let Some((_, name_keys)) = ARRAY_TABLES.iter().find(|(t, _)| *t == top) {
-                set_in_array(&mut working, &top, &path[1..], value, name_keys)
-                    .map_err(|e| format!("environment variable {key}: {e}"))?;
-                let full = working
-                    .get(&top)
-                    .cloned()
-                    .unwrap_or(Value::from(Vec::<Value>::new()));
-                overlay.insert(top, full);
-            } else {
-                if path.len() < 2 {
-                    return Err(format!("environment variable {key}: names no key"));
+            match overrides.apply(&mut working, key, raw) {
+                Ok(path) => {
+                    overrides.vars.push(key.clone());
+                    overrides.sources.push((path, key.clone()));
                 }
-                set_path(&mut overlay, &path, value.clone())
-                    .map_err(|e| format!("environment variable {key}: {e}"))?;
-                set_path(&mut working, &path, value)
-                    .map_err(|e| format!("environment variable {key}: {e}"))?;
+                Err(e) => problems.push(Problem::new("", e).at(Origin::Env(key.clone()))),
             }
-            names.push(key.clone());
         }
-        Ok(EnvOverrides {
-            overlay,
-            vars: names,
-        })
+        if problems.is_empty() {
+            Ok(overrides)
+        } else {
+            Err(problems)
+        }
+    }
+
+    /// Applies one variable; returns the key path it set, with array entries by index.
+    fn apply(&mut self, working: &mut Dict, key: &str, raw: &str) -> Result<String, String> {
+        let path: Vec<String> = key[PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err("empty path segment (`____` or a trailing `__`)".into());
+        }
+        let value = parse_value(raw);
+        let top = path[0].clone();
+        if let Some((_, name_keys)) = ARRAY_TABLES.iter().find(|(t, _)| *t == top) {
+            let index = set_in_array(
+                working,
+                &top,
+                &path[1..],
+                value,
+                name_keys,
+                self.names_create,
+            )?;
+            let full = working
+                .get(&top)
+                .cloned()
+                .unwrap_or(Value::from(Vec::<Value>::new()));
+            self.overlay.insert(top.clone(), full);
+            let rest = path[2..].join(".");
+            return Ok(format!("{top}.{index}.{rest}"));
+        }
+        if path.len() < 2 {
+            return Err("names no key".into());
+        }
+        set_path(&mut self.overlay, &path, value.clone())?;
+        set_path(working, &path, value)?;
+        Ok(path.join("."))
     }
 
     /// True when no variable applies.
     pub fn is_empty(&self) -> bool {
         self.vars.is_empty()
+    }
+
+    /// The key path each variable set, with the variable.
+    pub fn sources(&self) -> &[(String, String)] {
+        &self.sources
     }
 }
 
@@ -138,13 +177,16 @@ fn normalise(s: &str) -> String {
     s.to_ascii_lowercase().replace('-', "_")
 }
 
+/// Sets `rest[1..]` in the entry of `table` that `rest[0]` (an index or a name) selects;
+/// returns the entry's index.
 fn set_in_array(
     working: &mut Dict,
     table: &str,
     rest: &[String],
     value: Value,
     name_keys: &[&str],
-) -> Result<(), String> {
+    names_create: bool,
+) -> Result<usize, String> {
     if rest.len() < 2 {
         return Err(format!(
             "use {PREFIX}{}__<index or name>__<KEY>",
@@ -159,39 +201,84 @@ fn set_in_array(
         _ => return Err(format!("`{table}` is not an array of tables")),
     };
     let selector = &rest[0];
-    let index = if let Ok(i) = selector.parse::<usize>() {
-        if i > items.len() {
+    let index = match selector.parse::<usize>() {
+        Ok(i) if i > items.len() => {
             return Err(format!(
                 "index {i} skips entries ({table} has {} entries)",
                 items.len()
             ));
         }
-        if i == items.len() {
-            items.push(Value::from(Dict::new()));
+        Ok(i) => {
+            if i == items.len() {
+                items.push(Value::from(Dict::new()));
+            }
+            i
         }
-        i
-    } else {
-        let wanted = normalise(selector);
-        let found = items.iter().position(|item| match item {
-            Value::Dict(_, d) => name_keys
-                .iter()
-                .any(|k| matches!(d.get(*k), Some(Value::String(_, s)) if normalise(s) == wanted)),
-            _ => false,
-        });
-        match found {
-            Some(i) => i,
-            None => {
+        Err(_) => match find_by_name(items, table, selector, name_keys) {
+            Ok(i) => i,
+            Err(_) if names_create => {
                 let mut d = Dict::new();
                 d.insert(name_keys[0].to_string(), Value::from(selector.clone()));
                 items.push(Value::from(d));
                 items.len() - 1
             }
-        }
+            Err(e) => return Err(e),
+        },
     };
     match &mut items[index] {
-        Value::Dict(_, d) => set_path(d, &rest[1..], value),
+        Value::Dict(_, d) => set_path(d, &rest[1..], value).map(|()| index),
         _ => Err(format!("{table} entry {index} is not a table")),
     }
+}
+
+/// The index of the entry named `selector`, or why there is none: the names there are, the
+/// closest one, and how to add an entry instead.
+fn find_by_name(
+    items: &[Value],
+    table: &str,
+    selector: &str,
+    name_keys: &[&str],
+) -> Result<usize, String> {
+    let names_of = |item: &Value| -> Vec<String> {
+        match item {
+            Value::Dict(_, d) => name_keys
+                .iter()
+                .filter_map(|k| match d.get(*k) {
+                    Some(Value::String(_, s)) => Some(s.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let wanted = normalise(selector);
+    if let Some(i) = items
+        .iter()
+        .position(|item| names_of(item).iter().any(|n| normalise(n) == wanted))
+    {
+        return Ok(i);
+    }
+    let known: Vec<String> = items.iter().flat_map(names_of).collect();
+    let normalised: Vec<String> = known.iter().map(|n| normalise(n)).collect();
+    let choices: Vec<&str> = normalised.iter().map(String::as_str).collect();
+    let hint = words::closest(&wanted, &choices)
+        .and_then(|best| normalised.iter().position(|n| n == best))
+        .map(|i| format!("did you mean `{}`? ", known[i]))
+        .unwrap_or_default();
+    let entries = if items.is_empty() {
+        format!("there are no [[{table}]] entries")
+    } else if known.is_empty() {
+        format!("no [[{table}]] entry has a name: address them by index, from 0")
+    } else {
+        let quoted: Vec<String> = known.iter().map(|n| format!("`{n}`")).collect();
+        format!("the {table} are {}", quoted.join(", "))
+    };
+    Err(format!(
+        "no [[{table}]] entry is named `{selector}` ({hint}{entries}); to add one from the environment, set {PREFIX}{}__{}__{}",
+        table.to_ascii_uppercase(),
+        items.len(),
+        name_keys[0].to_ascii_uppercase()
+    ))
 }
 
 impl Provider for EnvOverrides {

@@ -10,6 +10,8 @@
 //! - `schema.rs`: every key, type and default.
 //! - `duration.rs`: human durations (`"30s"`, `"5d"`).
 //! - `env.rs`: `SMTP2OAUTH_…` overrides, including entries of arrays of tables.
+//! - `origin.rs`: the line of the file or the environment variable each key came from.
+//! - `words.rs`: figment's and serde's errors in words, with the closest valid key for a typo.
 //! - `validate.rs`: the semantic checks, which also turn each account into an [`AccountSpec`].
 //! - `spec.rs`: accounts as the relay is built from them (routes, flows and credentials as
 //!   enums carrying only the keys that apply).
@@ -18,13 +20,16 @@
 
 pub mod duration;
 pub mod env;
+mod origin;
 mod schema;
 mod spec;
 mod validate;
+mod words;
 
+pub use origin::{Origin, Origins};
 pub use schema::*;
 pub use spec::*;
-pub use validate::{Checked, check, parse_dns_server, validate};
+pub use validate::{Checked, admin_exposure, check, parse_dns_server, validate};
 
 use figment::Figment;
 use figment::providers::{Format, Toml};
@@ -39,6 +44,8 @@ pub struct Problem {
     pub key: String,
     /// What is wrong, in words an admin can act on.
     pub message: String,
+    /// Where the key was set (the file's line or an environment variable), when known.
+    pub origin: Option<Origin>,
 }
 
 impl Problem {
@@ -47,17 +54,28 @@ impl Problem {
         Problem {
             key: key.into(),
             message: message.into(),
+            origin: None,
         }
+    }
+
+    /// The same problem, found at `origin`.
+    pub fn at(mut self, origin: Origin) -> Self {
+        self.origin = Some(origin);
+        self
     }
 }
 
+/// `smtp2oauth.toml:3: `server.hostnme`: unknown key; did you mean `hostname`?`: where, which
+/// key, what is wrong.
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}", self.message)
-        } else {
-            write!(f, "{}: {}", self.key, self.message)
+        if let Some(o) = &self.origin {
+            write!(f, "{o}: ")?;
         }
+        if !self.key.is_empty() {
+            write!(f, "`{}`: ", self.key)?;
+        }
+        f.write_str(&self.message)
     }
 }
 
@@ -89,6 +107,9 @@ pub struct Loaded {
     pub warnings: Vec<Problem>,
     /// The file it was read from, if any.
     pub path: Option<PathBuf>,
+    /// Where each key came from, to point problems found later (loading a certificate, a
+    /// stored sign-in) at the line to fix.
+    pub origins: Origins,
 }
 
 impl Loaded {
@@ -113,8 +134,10 @@ pub fn load_with_env(
     path: Option<&Path>,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Loaded, ConfigError> {
-    let config = parse(path, vars)?;
-    let checked = check(&config);
+    let Parsed { config, origins } = parse_located(path, vars)?;
+    let mut checked = check(&config);
+    origins.annotate(&mut checked.problems);
+    origins.annotate(&mut checked.warnings);
     if !checked.problems.is_empty() {
         return Err(ConfigError {
             problems: checked.problems,
@@ -125,7 +148,17 @@ pub fn load_with_env(
         accounts: checked.accounts,
         warnings: checked.warnings,
         path: path.map(Path::to_path_buf),
+        origins,
     })
+}
+
+/// A configuration as written, and where each of its keys came from.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The configuration (file and environment), not yet validated.
+    pub config: Config,
+    /// Where each key came from.
+    pub origins: Origins,
 }
 
 /// Parses TOML text (no file) and `vars`, without semantic validation. Never panics, whatever
@@ -134,21 +167,7 @@ pub fn parse_str(
     toml: &str,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let figment = Figment::new().merge(Toml::string(toml));
-    let base: Dict = match figment.extract::<Value>() {
-        Ok(Value::Dict(_, d)) => d,
-        Ok(_) => Dict::new(),
-        Err(e) => return Err(figment_problems(e)),
-    };
-    let overrides = env::EnvOverrides::new(&base, vars).map_err(|m| ConfigError {
-        problems: vec![Problem::new("", m)],
-    })?;
-    let figment = if overrides.is_empty() {
-        figment
-    } else {
-        figment.merge(overrides)
-    };
-    figment.extract::<Config>().map_err(figment_problems)
+    parse_text(toml, Origins::default(), vars, false).map(|p| p.config)
 }
 
 /// Parses without semantic validation (used by `check-config` to report everything).
@@ -156,46 +175,76 @@ pub fn parse(
     path: Option<&Path>,
     vars: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigError> {
-    let mut figment = Figment::new();
-    if let Some(p) = path {
-        if !p.exists() {
-            return Err(ConfigError {
-                problems: vec![Problem::new(
-                    "",
-                    format!("configuration file {} does not exist", p.display()),
-                )],
-            });
+    parse_located(path, vars).map(|p| p.config)
+}
+
+/// Like [`parse`], keeping where each key came from; its problems carry their origins.
+pub fn parse_located(
+    path: Option<&Path>,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Parsed, ConfigError> {
+    let Some(p) = path else {
+        return parse_text("", Origins::default(), vars, true);
+    };
+    let one = |message: String| ConfigError {
+        problems: vec![Problem::new("", message)],
+    };
+    let text = match std::fs::read_to_string(p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(one(format!(
+                "configuration file {} does not exist",
+                p.display()
+            )));
         }
-        figment = figment.merge(Toml::file_exact(p));
+        Err(e) => return Err(one(format!("cannot read {}: {e}", p.display()))),
+    };
+    if let Err(e) = toml_edit::ImDocument::parse(text.as_str()) {
+        let line = e
+            .span()
+            .map_or(1, |s| text[..s.start].matches('\n').count() + 1);
+        let message = format!("not valid TOML: {}", e.message().trim().replace('\n', "; "));
+        return Err(ConfigError {
+            problems: vec![Problem::new("", message).at(Origin::Line {
+                file: p.to_path_buf(),
+                line,
+            })],
+        });
     }
+    parse_text(&text, Origins::of_file(p, &text), vars, false)
+}
+
+/// The configuration of `text` with the environment's overrides applied; `env_alone` when
+/// there is no file, so variables may create entries by name.
+fn parse_text(
+    text: &str,
+    mut origins: Origins,
+    vars: impl IntoIterator<Item = (String, String)>,
+    env_alone: bool,
+) -> Result<Parsed, ConfigError> {
+    let mut figment = Figment::new().merge(Toml::string(text));
     let base: Dict = match figment.extract::<Value>() {
         Ok(Value::Dict(_, d)) => d,
         Ok(_) => Dict::new(),
-        Err(e) => return Err(figment_problems(e)),
+        Err(e) => return Err(figment_problems(e, &origins)),
     };
-    let overrides = env::EnvOverrides::new(&base, vars).map_err(|m| ConfigError {
-        problems: vec![Problem::new("", m)],
-    })?;
+    let overrides = env::EnvOverrides::new(&base, vars, env_alone)
+        .map_err(|problems| ConfigError { problems })?;
+    for (path, var) in overrides.sources() {
+        origins.set_by_env(path.clone(), var.clone());
+    }
     if !overrides.is_empty() {
         figment = figment.merge(overrides);
     }
-    figment.extract::<Config>().map_err(figment_problems)
+    match figment.extract::<Config>() {
+        Ok(config) => Ok(Parsed { config, origins }),
+        Err(e) => Err(figment_problems(e, &origins)),
+    }
 }
 
-fn figment_problems(err: figment::Error) -> ConfigError {
-    let problems = err
-        .into_iter()
-        .map(|e| {
-            let mut message = e.kind.to_string();
-            if let Some(md) = &e.metadata {
-                match &md.source {
-                    Some(src) => message.push_str(&format!(" (in {src})")),
-                    None => message.push_str(&format!(" (from {})", md.name)),
-                }
-            }
-            Problem::new(e.path.join("."), message)
-        })
-        .collect();
+fn figment_problems(err: figment::Error, origins: &Origins) -> ConfigError {
+    let mut problems: Vec<Problem> = err.into_iter().map(|e| words::problem(&e)).collect();
+    origins.annotate(&mut problems);
     ConfigError { problems }
 }
 

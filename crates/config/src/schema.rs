@@ -102,6 +102,10 @@ pub struct Server {
     pub max_sessions: usize,
     /// Concurrent sessions from one address.
     pub max_sessions_per_ip: usize,
+    /// Concurrent sessions from one address that have not logged in (devices recognised by
+    /// address count as logged in). When `max_sessions` is reached, the oldest session that has
+    /// not logged in is closed to admit a new connection.
+    pub max_unauthenticated_per_ip: usize,
     /// Time allowed for one whole command line to arrive (also the idle time between commands).
     #[serde(with = "duration")]
     pub command_timeout: Duration,
@@ -111,6 +115,10 @@ pub struct Server {
     /// Longest a session may last, whatever it does.
     #[serde(with = "duration")]
     pub session_timeout: Duration,
+    /// Longest a session may go without logging in (devices recognised by address are logged in
+    /// from the start).
+    #[serde(with = "duration")]
+    pub preauth_timeout: Duration,
     /// Failed AUTH attempts allowed in one session before it is closed.
     pub max_auth_failures: u32,
     /// Refused commands allowed in one session before it is closed.
@@ -127,6 +135,10 @@ pub struct Server {
     pub auth_workers: usize,
     /// Failed logins from one address within `lockout_window` that lock it out. 0 disables.
     pub lockout_after: u32,
+    /// Failed logins for one username within `lockout_window`, from addresses where it has not
+    /// logged in successfully within 30 days, after which such addresses get `454 4.7.0` for it
+    /// without a password check (for `lockout_time`, doubling up to `lockout_max`). 0 disables.
+    pub user_lockout_after: u32,
     /// The window in which failed logins are counted for `lockout_after`.
     #[serde(with = "duration")]
     pub lockout_window: Duration,
@@ -154,15 +166,18 @@ impl Default for Server {
             max_recipients: 500,
             max_sessions: 500,
             max_sessions_per_ip: 50,
+            max_unauthenticated_per_ip: 10,
             command_timeout: Duration::from_secs(30),
             data_timeout: Duration::from_secs(120),
             session_timeout: Duration::from_secs(30 * 60),
+            preauth_timeout: Duration::from_secs(60),
             max_auth_failures: 3,
             max_errors: 20,
             add_received_header: true,
             auth_cache_ttl: Duration::from_secs(15 * 60),
             auth_workers: 0,
             lockout_after: 10,
+            user_lockout_after: 20,
             lockout_window: Duration::from_secs(600),
             lockout_time: Duration::from_secs(60),
             lockout_max: Duration::from_secs(3600),

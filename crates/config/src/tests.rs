@@ -1,6 +1,8 @@
 use super::*;
 use std::io::Write;
 
+mod messages;
+
 fn write(toml: &str) -> tempfile_like::TempFile {
     tempfile_like::TempFile::new(toml)
 }
@@ -364,6 +366,15 @@ fn env_values_that_do_not_round_trip_stay_strings() {
         (
             "SMTP2OAUTH_ACCOUNTS__SCANNER__CLIENT_ID".to_string(),
             "1.50".to_string(),
+        ),
+        // Any client ID (Microsoft's are GUIDs).
+        (
+            "SMTP2OAUTH_ACCOUNTS__SCANNER__PROVIDER".to_string(),
+            "generic".to_string(),
+        ),
+        (
+            "SMTP2OAUTH_ACCOUNTS__SCANNER__TOKEN_URL".to_string(),
+            "https://idp.example/token".to_string(),
         ),
     ];
     let c = load_with_env(Some(&f.0), env).unwrap().config;
@@ -882,7 +893,7 @@ fn smtp_auth_defaults_to_xoauth2_and_is_checked_against_the_route_and_host() {
         (
             "smtp_auth = \"plain\"".into(),
             "accounts.0.smtp_auth",
-            "unknown variant",
+            "is not one of \"xoauth2\" or \"oauthbearer\"",
         ),
         // Meaningless without an SMTP route: loads, with a warning.
         (
@@ -1141,7 +1152,7 @@ fn graph_large_messages_defaults_limits_and_problems() {
         ),
         (
             "route = \"graph\"\ngraph_large_messages = \"send\"",
-            "unknown variant",
+            "\"send\" is not one of \"upload\", \"fallback\" or \"refuse\"",
         ),
         (
             "route = \"graph\"\nfallback_route = \"smtp\"\ngraph_large_messages = \"refuse\"\nmax_message_size = 10000000",

@@ -78,6 +78,13 @@ fn store_and_admin(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
         ));
     }
     admin_hosts(c, p);
+    if let Some(warning) = admin_exposure(
+        &c.admin.listen,
+        c.admin.password_hash.is_some(),
+        running_in_container(),
+    ) {
+        w.push(Problem::new("admin.listen", warning));
+    }
     if c.admin.metrics_auth && c.admin.password_hash.is_none() {
         p.push(Problem::new(
             "admin.metrics_auth",
@@ -90,6 +97,36 @@ fn store_and_admin(c: &Config, p: &mut Vec<Problem>, w: &mut Vec<Problem>) {
             "is off: accepted mail can be lost on a crash or power cut (use only to measure)",
         ));
     }
+}
+
+/// Why an admin server on `listen` without a password is open to others, when it is: it
+/// listens beyond loopback. In a container it must listen on every interface of the container
+/// to be published at all, so the advice there is to publish the port on the host's loopback.
+pub fn admin_exposure(listen: &str, has_password: bool, in_container: bool) -> Option<String> {
+    let addr = listen.parse::<SocketAddr>().ok()?;
+    if has_password || addr.ip().is_loopback() {
+        return None;
+    }
+    let exposed = format!(
+        "{listen} is reachable from the network and [admin] has no password_hash: anyone who can reach it can sign accounts in and out and retry or delete queued mail"
+    );
+    let port = addr.port();
+    Some(if in_container {
+        format!(
+            "{exposed}; this is a container, so publish the port on the host's loopback only (`-p 127.0.0.1:{port}:{port}`, or `\"127.0.0.1:{port}:{port}\"` under `ports:` in Compose), or set password_hash (from `smtp2oauth hash-password`)"
+        )
+    } else {
+        format!(
+            "{exposed}; set password_hash (from `smtp2oauth hash-password`), or listen on 127.0.0.1:{port}"
+        )
+    })
+}
+
+/// True inside a Docker, Podman or systemd-nspawn container (they leave these marks).
+fn running_in_container() -> bool {
+    Path::new("/.dockerenv").exists()
+        || Path::new("/run/.containerenv").exists()
+        || std::env::var_os("container").is_some()
 }
 
 /// Each `[admin] allowed_hosts` entry is a host name or an IP address, as a browser puts it in
@@ -234,6 +271,12 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
             "must be at least 1",
         ));
     }
+    if s.max_unauthenticated_per_ip == 0 {
+        p.push(Problem::new(
+            "server.max_unauthenticated_per_ip",
+            "must be at least 1",
+        ));
+    }
     if s.max_auth_failures == 0 {
         p.push(Problem::new(
             "server.max_auth_failures",
@@ -247,6 +290,7 @@ fn server(c: &Config, p: &mut Vec<Problem>) {
         ("server.command_timeout", s.command_timeout),
         ("server.data_timeout", s.data_timeout),
         ("server.session_timeout", s.session_timeout),
+        ("server.preauth_timeout", s.preauth_timeout),
     ] {
         if d.is_zero() {
             p.push(Problem::new(key, "must be longer than zero"));

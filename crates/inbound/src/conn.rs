@@ -9,17 +9,20 @@
 //! waiting for it (so a client trickling one byte a second is cut off, not served forever);
 //! during DATA, no read may take longer than `data_timeout`; and no session outlives
 //! `session_timeout`. Every write is bounded by `command_timeout` too, so a client that stops
-//! reading cannot hold a session.
+//! reading cannot hold a session. While it waits for the device, the driver also watches the
+//! session's [`Slot`]: a session that has not logged in within `preauth_timeout`, one the
+//! relay closes to make room, and every session of an address just locked out are ended.
 
 use crate::guard::Verdict;
 use crate::headers::{HeaderRewriter, ReceivedInfo, received_header};
 use crate::identity::{AuthFailure, Directory};
-use crate::limiter::Limiter;
+use crate::limiter::{Limiter, Permit};
 use crate::observe::{self, About, Command, EndReason, MessageInfo, Observer, TlsInfo};
 use crate::session::{DataPlan, Limits, ListenerSettings, Session, Step};
+use crate::slot::Slot;
 use crate::tls::TlsHandle;
 use smtp2oauth_config::ListenerTls;
-use smtp2oauth_metrics::{AccountLabels, Metrics, RefusalLabels, ResultLabels, SessionLabels};
+use smtp2oauth_metrics::{AccountLabels, Metrics, RefusalLabels, SessionLabels};
 use smtp2oauth_proto::replies::ok;
 use smtp2oauth_proto::{DotDecoder, Reply, SessionError};
 use smtp2oauth_spool::{Envelope, Incoming, MessageId, Queued, Spool, SpoolError};
@@ -56,6 +59,8 @@ pub struct Inbound {
     pub data_timeout: Duration,
     /// How long a session may last.
     pub session_timeout: Duration,
+    /// How long a session may take to log in (a device recognised by address has from the start).
+    pub preauth_timeout: Duration,
     /// Put our Received header on top of each message.
     pub add_received_header: bool,
     /// The devices and their passwords.
@@ -96,16 +101,21 @@ const READ_CHUNK: usize = 64 * 1024;
 
 static SESSION_IDS: AtomicU64 = AtomicU64::new(1);
 
-/// Serves one accepted connection to the end.
-pub async fn serve<S>(ctx: Arc<Inbound>, listener: Arc<ListenerRuntime>, io: S, peer: SocketAddr)
-where
+/// Serves one accepted connection to the end, in the slot `permit` holds (see [`Limiter`]).
+pub async fn serve<S>(
+    ctx: Arc<Inbound>,
+    listener: Arc<ListenerRuntime>,
+    io: S,
+    peer: SocketAddr,
+    permit: Permit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let id = SESSION_IDS.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("session", id, listener = %listener.settings.label, peer = %peer.ip());
     async move {
         let mut tracker = Tracker::new(&ctx, &listener.settings.label, peer, id);
-        let end = serve_inner(&ctx, &listener, io, peer, &mut tracker).await;
+        let end = serve_inner(&ctx, &listener, io, peer, &mut tracker, permit).await;
         tracker.finish(end);
     }
     .instrument(span)
@@ -125,10 +135,7 @@ pub fn refused_at_accept(
     let mut tracker = Tracker::new(ctx, listener, peer, id);
     let reply = refusal.reply();
     tracker.observe(Command::Connect, &reply, About::Command, Some(refusal));
-    tracker.finish(match refusal {
-        SessionError::LockedOut => EndReason::LockedOut,
-        _ => EndReason::Limit,
-    });
+    tracker.finish(end_of(refusal));
     reply
 }
 
@@ -140,6 +147,7 @@ async fn serve_inner<S>(
     io: S,
     peer: SocketAddr,
     tracker: &mut Tracker,
+    permit: Permit,
 ) -> EndReason
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -157,6 +165,9 @@ where
         if implicit { "implicit" } else { "none" },
     );
     let mut session = new_session(ctx, listener, peer, tracker.id());
+    let known = session.device().is_some();
+    let guard = ctx.guard.clone();
+    let slot = &mut Slot::new(permit, peer.ip(), guard, ctx.preauth_timeout, known);
     if implicit {
         let stream = match handshake(listener, io, &at).await {
             Ok(stream) => stream,
@@ -173,7 +184,9 @@ where
             About::Command,
             None,
         );
-        return converse(&mut conn, &mut session, tracker, &at).await.end();
+        return converse(&mut conn, &mut session, tracker, slot, &at)
+            .await
+            .end();
     }
 
     let mut conn = Conn::new(io, ctx.metrics.clone());
@@ -186,7 +199,7 @@ where
         About::Command,
         None,
     );
-    let outcome = converse(&mut conn, &mut session, tracker, &at).await;
+    let outcome = converse(&mut conn, &mut session, tracker, slot, &at).await;
     if outcome != Outcome::StartTls {
         return outcome.end();
     }
@@ -204,7 +217,9 @@ where
     session.tls_established();
     gauge.set_tls("starttls");
     let mut conn = Conn::new(stream, ctx.metrics.clone());
-    converse(&mut conn, &mut session, tracker, &at).await.end()
+    converse(&mut conn, &mut session, tracker, slot, &at)
+        .await
+        .end()
 }
 
 /// Runs the session over one connection until it ends or turns to TLS; counts the bytes read.
@@ -212,12 +227,13 @@ async fn converse<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
     tracker: &mut Tracker,
+    slot: &mut Slot,
     at: &Context<'_>,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let outcome = drive(conn, session, at.ctx, tracker, at.peer, at.session_deadline).await;
+    let outcome = drive(conn, session, tracker, slot, at).await;
     tracker.read(conn.read_total);
     outcome
 }
@@ -245,9 +261,16 @@ where
 
 /// Logs a failed TLS handshake (None: it timed out).
 fn tls_failed(error: Option<io::Error>) -> EndReason {
-    match error {
-        Some(e) => info!(error = %e, "TLS handshake failed"),
-        None => info!("TLS handshake timed out"),
+    let Some(e) = error else {
+        info!("TLS handshake timed out");
+        return EndReason::TlsFailed;
+    };
+    match crate::tls::handshake_failure(&e) {
+        crate::tls::HandshakeFailure {
+            offered: Some(offered),
+            hint: Some(hint),
+        } => warn!(error = %e, client_offered = offered, hint, "TLS handshake failed"),
+        _ => info!(error = %e, "TLS handshake failed"),
     }
     EndReason::TlsFailed
 }
@@ -488,65 +511,57 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 async fn drive<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
-    ctx: &Arc<Inbound>,
     tracker: &mut Tracker,
-    peer: SocketAddr,
-    session_deadline: Instant,
+    slot: &mut Slot,
+    at: &Context<'_>,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let write_deadline =
-        || (Instant::now() + ctx.command_timeout).min(session_deadline + Duration::from_secs(5));
+    let ctx = at.ctx;
     let mut command_deadline: Option<Instant> = None;
     let mut commands: u64 = 0;
     loop {
         if commands > ctx.max_commands || conn.read_total > ctx.max_session_bytes {
             warn!(commands, bytes = conn.read_total, "session limits exceeded");
             let refusal = SessionError::SessionBudget;
-            return close(
-                conn,
-                session,
-                tracker,
-                refusal,
-                EndReason::Limit,
-                write_deadline(),
-            )
-            .await;
+            return close(conn, session, tracker, slot, refusal, at).await;
         }
         if let Some((command, step)) =
             next_step(conn, session, ctx, &mut commands, &mut command_deadline).await
         {
-            let at = Context {
-                ctx,
-                peer,
-                session_deadline,
-            };
-            match perform(step, command, conn, session, tracker, &at).await {
+            match perform(step, command, conn, session, tracker, slot, at).await {
                 Some(outcome) => return outcome,
                 None => continue,
             }
         }
 
         // Nothing complete to act on: send what we owe, then wait for more.
-        if conn.flush(write_deadline()).await.is_err() {
+        if conn.flush(at.write_deadline()).await.is_err() {
             return Outcome::Ended(EndReason::ClientClosed);
         }
         let deadline = (*command_deadline
             .get_or_insert_with(|| Instant::now() + ctx.command_timeout))
-        .min(session_deadline);
+        .min(at.session_deadline);
         let idle = conn.buffered().is_empty() && !session.in_sasl();
+        if session.device().is_some() {
+            slot.logged_in();
+        }
         tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled(), if idle => {
                 let refusal = SessionError::ShuttingDown;
-                return close(conn, session, tracker, refusal, EndReason::ShuttingDown, write_deadline()).await;
+                return close(conn, session, tracker, slot, refusal, at).await;
+            }
+            refusal = slot.closing() => {
+                info!(reply = %refusal, "session closed");
+                return close(conn, session, tracker, slot, refusal, at).await;
             }
             r = timeout_at(deadline, conn.fill()) => match r {
                 Err(_) => {
                     info!("timeout waiting for a command");
                     let refusal = SessionError::Timeout;
-                    return close(conn, session, tracker, refusal, EndReason::Timeout, write_deadline()).await;
+                    return close(conn, session, tracker, slot, refusal, at).await;
                 }
                 Ok(Ok(0)) => return Outcome::Ended(EndReason::ClientClosed),
                 Ok(Ok(_)) => {}
@@ -559,14 +574,15 @@ where
     }
 }
 
-/// Ends the session with a refusal of our own (a limit, a timeout, the relay stopping).
+/// Ends the session with a refusal of our own (a limit, a timeout, no login in time, room
+/// needed, a lockout, the relay stopping).
 async fn close<S>(
     conn: &mut Conn<S>,
     session: &Session,
     tracker: &mut Tracker,
+    slot: &Slot,
     refusal: SessionError,
-    end: EndReason,
-    write_deadline: Instant,
+    at: &Context<'_>,
 ) -> Outcome
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
@@ -580,8 +596,19 @@ where
         About::Command,
         Some(&refusal),
     );
-    let _ = conn.flush(write_deadline).await;
-    Outcome::Ended(end)
+    slot.release();
+    let _ = conn.flush(at.write_deadline()).await;
+    Outcome::Ended(end_of(&refusal))
+}
+
+/// Why a session ends when we close it with `refusal`.
+fn end_of(refusal: &SessionError) -> EndReason {
+    match refusal {
+        SessionError::LockedOut => EndReason::LockedOut,
+        SessionError::Timeout | SessionError::LoginTimeout => EndReason::Timeout,
+        SessionError::ShuttingDown => EndReason::ShuttingDown,
+        _ => EndReason::Limit,
+    }
 }
 
 /// The session's answer to the next complete line already read, with the command it
@@ -610,6 +637,7 @@ where
             let command = Command::of_line(&line, in_sasl);
             if command == Command::Mail {
                 session.set_free_space(ctx.spool.free_space().await);
+                session.set_address_locked(ctx.guard.locked(session.peer()).is_some());
             }
             Some((command, session.handle_line(&line)))
         }
@@ -648,6 +676,7 @@ async fn perform<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
     tracker: &mut Tracker,
+    slot: &Slot,
     at: &Context<'_>,
 ) -> Option<Outcome>
 where
@@ -661,11 +690,11 @@ where
             }
             let username = username_of(&creds);
             tracker.tried(&username);
-            let result = check_password(at.ctx, creds, at.peer).await;
+            let result = crate::login::check(at.ctx, creds, at.peer.ip()).await;
             login = Some((username, result.as_ref().err().copied()));
             session.auth_result(result)
         }
-        Step::Data(plan) => return message(plan, conn, session, tracker, at).await,
+        Step::Data(plan) => return message(plan, conn, session, tracker, slot, at).await,
         other => other,
     };
     let mut refusal = session.take_refusal();
@@ -675,12 +704,19 @@ where
             (r, about, None)
         }
         Step::Close(r) => {
-            let end = if command == Command::Quit && r.code() < 400 {
-                EndReason::Quit
-            } else {
-                EndReason::Limit
+            let end = match &refusal {
+                _ if command == Command::Quit && r.code() < 400 => EndReason::Quit,
+                Some(refusal) => end_of(refusal),
+                None => EndReason::Limit,
             };
-            let about = about_reply(command, &r, session);
+            let about = match login {
+                // A login refused because the address is locked out (the session closes).
+                Some((username, reason @ Some(AuthFailure::AddressLockedOut))) => {
+                    let username = Some(username);
+                    About::LoginFailed { username, reason }
+                }
+                _ => about_reply(command, &r, session),
+            };
             (r, about, Some(Outcome::Ended(end)))
         }
         Step::AuthFailed { reply, close } => {
@@ -705,20 +741,25 @@ where
         }
     };
     tracker.send(conn, session, command, &reply, about, refusal.as_ref());
-    finish_step(conn, next, at).await
+    finish_step(conn, next, slot, at).await
 }
 
 /// After a step's reply: nothing (read on), or send it before the connection closes or
-/// turns to TLS.
+/// turns to TLS. A session that is over gives its slot back before the device can read that
+/// reply (to QUIT, say) and reconnect.
 async fn finish_step<S>(
     conn: &mut Conn<S>,
     next: Option<Outcome>,
+    slot: &Slot,
     at: &Context<'_>,
 ) -> Option<Outcome>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
     let outcome = next?;
+    if matches!(outcome, Outcome::Ended(_)) {
+        slot.release();
+    }
     match conn.flush(at.write_deadline()).await {
         Ok(()) => Some(outcome),
         Err(_) => Some(Outcome::Ended(EndReason::ClientClosed)),
@@ -733,11 +774,11 @@ fn about_reply(command: Command, reply: &Reply, session: &Session) -> About {
     match command {
         Command::Auth if reply.code() == 235 => About::LoggedIn,
         Command::Mail if !refused => About::SenderAccepted {
-            sender: sender.unwrap_or_default().to_string(),
+            sender: sender.unwrap_or_default(),
         },
         Command::Mail | Command::Data if refused => About::MessageRefused(MessageInfo {
-            sender: sender.unwrap_or_default().to_string(),
-            recipients: recipients.to_vec(),
+            sender: sender.unwrap_or_default(),
+            recipients,
             size: 0,
         }),
         _ => About::Command,
@@ -756,6 +797,7 @@ async fn message<S>(
     conn: &mut Conn<S>,
     session: &mut Session,
     tracker: &mut Tracker,
+    slot: &Slot,
     at: &Context<'_>,
 ) -> Option<Outcome>
 where
@@ -775,8 +817,11 @@ where
     let (outcome, size) =
         receive_message(conn, session, at.ctx, &plan, at.peer, at.session_deadline).await;
     let message = MessageInfo {
-        sender: plan.original_sender.unwrap_or(plan.sender),
-        recipients: plan.recipients,
+        sender: match &plan.original_sender {
+            Some(given) => given.to_string(),
+            None => plan.sender.to_string(),
+        },
+        recipients: plan.recipients.iter().map(ToString::to_string).collect(),
         size,
     };
     let (reply, about, refusal, next) = match outcome {
@@ -789,10 +834,7 @@ where
             (refusal.reply(), about, Some(refusal), None)
         }
         DataOutcome::Close(refusal) => {
-            let end = match refusal {
-                SessionError::Timeout => EndReason::Timeout,
-                _ => EndReason::Limit,
-            };
+            let end = end_of(&refusal);
             let about = About::MessageRefused(message);
             (
                 refusal.reply(),
@@ -811,41 +853,7 @@ where
         about,
         refusal.as_ref(),
     );
-    finish_step(conn, next, at).await
-}
-
-/// Checks a device's password (on the verifier threads), with its log line and metric. A
-/// success clears the address's failed logins; a failure is counted by the caller, when the
-/// session reports it.
-async fn check_password(
-    ctx: &Inbound,
-    creds: crate::sasl::Credentials,
-    peer: SocketAddr,
-) -> Result<Arc<crate::identity::Device>, AuthFailure> {
-    let username = String::from_utf8_lossy(&creds.username)
-        .chars()
-        .take(64)
-        .collect::<String>();
-    let result = ctx.directory.verify(creds, peer.ip()).await;
-    if let Some(m) = &ctx.metrics {
-        let result = match &result {
-            Ok(_) => "success",
-            Err(e) => e.label(),
-        };
-        m.auth_attempts
-            .get_or_create(&ResultLabels { result })
-            .inc();
-    }
-    match &result {
-        Ok(device) => {
-            ctx.guard.success(peer.ip());
-            debug!(device = %device.name, account = %device.account, "authenticated")
-        }
-        Err(reason) => {
-            warn!(username = %username.escape_debug(), reason = reason.as_str(), "authentication failed")
-        }
-    }
-    result
+    finish_step(conn, next, slot, at).await
 }
 
 /// How receiving a message ended.
@@ -991,9 +999,9 @@ impl BodySink {
             listener: session.listener().label.clone(),
             client_ip: client_ip.clone(),
             helo: plan.helo.clone(),
-            sender: plan.sender.clone(),
-            original_sender: plan.original_sender.clone(),
-            recipients: plan.recipients.clone(),
+            sender: plan.sender.to_string(),
+            original_sender: plan.original_sender.as_ref().map(ToString::to_string),
+            recipients: plan.recipients.iter().map(ToString::to_string).collect(),
             eight_bit: false,
             smtputf8: plan.smtputf8,
             size: 0,
@@ -1030,7 +1038,7 @@ impl BodySink {
                 tls: plan.tls,
                 authenticated: plan.authenticated,
                 queue_id: inc.id().as_str(),
-                single_recipient: (plan.recipients.len() == 1).then(|| plan.recipients[0].as_str()),
+                single_recipient: (plan.recipients.len() == 1).then(|| &plan.recipients[0]),
                 unix_time: smtp2oauth_spool::now_ms() / 1000,
             });
             sink.staged.extend_from_slice(header.as_bytes());
@@ -1075,6 +1083,12 @@ impl BodySink {
         }
         if o.from_added {
             info!(to = %plan.device.policy.mailbox, "header From added");
+        }
+        if o.fields_removed > 0 {
+            info!(
+                removed = o.fields_removed,
+                "second From or Sender header removed"
+            );
         }
         if o.too_large {
             warn!("header block too large to rewrite; passed unchanged");

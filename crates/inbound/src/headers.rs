@@ -7,11 +7,19 @@
 //! device sent the scan. Everything else, including the rest of the header block, passes through
 //! byte for byte.
 //!
+//! A From (or Sender) is kept only when it is one plain field holding exactly one mailbox the
+//! device may use. Everything that readers could take for another sender is rewritten: a list
+//! of mailboxes or a group (`From: HR <hr@contoso.com>, Boss <ceo@evil.example>`) becomes the
+//! account's mailbox with the first mailbox's display name; a field in obsolete syntax
+//! (`From : ...`, blanks before the colon) is rewritten like a disallowed one; and a second
+//! From (or Sender) field is removed, so every reader sees the one we checked.
+//!
 //! The rewriter sees the message as it streams in (already CRLF-canonical, see `proto::dot`). It
 //! holds back only the header block, up to a cap; a header block larger than the cap is passed on
 //! unchanged (and logged), never buffered without bound.
 
 use crate::identity::SenderPolicy;
+use smtp2oauth_proto::Address;
 use std::borrow::Cow;
 
 /// Largest header block we buffer for rewriting.
@@ -35,8 +43,10 @@ enum RewriteState {
 /// What the From rewriter did to one message.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RewriteOutcome {
-    /// The From address the device wrote, when it was replaced.
+    /// The From the device wrote (its value), when it was replaced.
     pub from_rewritten: Option<String>,
+    /// Further From and Sender fields removed.
+    pub fields_removed: usize,
     /// The message had no From; the mailbox was added.
     pub from_added: bool,
     /// The Sender header was set to the mailbox.
@@ -96,34 +106,34 @@ impl HeaderRewriter {
 
     /// `headers` is the header block including the CRLF of its last line (not the blank line).
     fn rewrite_block(&mut self, headers: &[u8], out: &mut Vec<u8>) {
-        let fields = split_fields(headers);
-        let mut saw_from = false;
-        for field in &fields {
-            let name = field_name(field);
-            let is_from = name.eq_ignore_ascii_case(b"from");
-            let is_sender = name.eq_ignore_ascii_case(b"sender");
-            if (is_from && !saw_from) || is_sender {
-                if is_from {
-                    saw_from = true;
-                }
-                let value = field_value(field);
-                let (display, addr) = parse_mailbox(&value);
-                let allowed = addr.as_deref().is_some_and(|a| self.policy.allows(a));
-                if !allowed {
-                    let name = if is_from { "From" } else { "Sender" };
-                    out.extend_from_slice(
-                        format_mailbox_field(name, display.as_deref(), &self.policy.mailbox)
-                            .as_bytes(),
-                    );
-                    if is_from {
-                        self.outcome.from_rewritten = Some(addr.unwrap_or_default());
-                    } else {
-                        self.outcome.sender_rewritten = true;
-                    }
-                    continue;
-                }
+        let (mut saw_from, mut saw_sender) = (false, false);
+        for field in split_fields(headers) {
+            let (name, obsolete) = field_name(field);
+            let (label, seen) = if name.eq_ignore_ascii_case(b"from") {
+                ("From", &mut saw_from)
+            } else if name.eq_ignore_ascii_case(b"sender") {
+                ("Sender", &mut saw_sender)
+            } else {
+                out.extend_from_slice(field);
+                continue;
+            };
+            if std::mem::replace(seen, true) {
+                self.outcome.fields_removed += 1;
+                continue;
             }
-            out.extend_from_slice(field);
+            let value = field_value(field);
+            if !obsolete && self.allowed(&value) {
+                out.extend_from_slice(field);
+                continue;
+            }
+            let display = first_display(&value);
+            let field = format_mailbox_field(label, display.as_deref(), &self.policy.mailbox);
+            out.extend_from_slice(field.as_bytes());
+            if label == "From" {
+                self.outcome.from_rewritten = Some(value);
+            } else {
+                self.outcome.sender_rewritten = true;
+            }
         }
         if !saw_from {
             out.extend_from_slice(
@@ -131,6 +141,13 @@ impl HeaderRewriter {
             );
             self.outcome.from_added = true;
         }
+    }
+
+    /// The value is exactly one mailbox, one the device may use.
+    fn allowed(&self, value: &str) -> bool {
+        single_mailbox(value)
+            .and_then(|addr| Address::parse(&addr).ok())
+            .is_some_and(|a| self.policy.allows(&a))
     }
 }
 
@@ -156,14 +173,17 @@ fn split_fields(block: &[u8]) -> Vec<&[u8]> {
     fields
 }
 
-fn field_name(field: &[u8]) -> &[u8] {
+/// The field's name, and whether blanks stand between it and the colon (RFC 5322's obsolete
+/// syntax, which readers differ about).
+fn field_name(field: &[u8]) -> (&[u8], bool) {
     let colon = memchr::memchr(b':', field).unwrap_or(0);
-    let name = &field[..colon];
-    // a name with spaces is not a header field name (e.g. an mbox "From " line)
+    let written = &field[..colon];
+    let name = written.trim_ascii_end();
+    // a name with blanks inside is not a header field name (e.g. an mbox "From " line)
     if name.iter().any(|b| b.is_ascii_whitespace()) {
-        b""
+        (b"", false)
     } else {
-        name
+        (name, name.len() != written.len())
     }
 }
 
@@ -226,6 +246,135 @@ pub fn parse_mailbox(value: &str) -> (Option<String>, Option<String>) {
     (display, addr)
 }
 
+/// The characters of a header value that stand outside quoted strings, comments and angle
+/// brackets, with their positions: where list separators and group colons can be.
+fn top_level(value: &str) -> Vec<(usize, char)> {
+    let mut out = Vec::new();
+    let (mut depth, mut in_quote, mut in_angle, mut escaped) = (0usize, false, false, false);
+    for (i, c) in value.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_quote || depth > 0 => escaped = true,
+            '"' if depth == 0 => in_quote = !in_quote,
+            _ if in_quote => {}
+            '(' => depth += 1,
+            ')' if depth > 0 => depth -= 1,
+            _ if depth > 0 => {}
+            '<' => {
+                in_angle = true;
+                out.push((i, c));
+            }
+            '>' => {
+                in_angle = false;
+                out.push((i, c));
+            }
+            _ if in_angle => {}
+            c => out.push((i, c)),
+        }
+    }
+    out
+}
+
+/// Where the non-empty entries of an address list end (split at top-level commas).
+fn list_ends(value: &str) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut start = 0;
+    let commas = top_level(value).into_iter().filter(|&(_, c)| c == ',');
+    for end in commas.map(|(i, _)| i).chain([value.len()]) {
+        if !value[start..end].trim().is_empty() {
+            ends.push(end);
+        }
+        start = (end + 1).min(value.len());
+    }
+    ends
+}
+
+/// The display name of the first mailbox of a From or Sender value: the first entry with an
+/// address, together with any entries before it that are only words (`Scan, 3F <mfp@...>` is a
+/// display name with an unquoted comma to its writer); a group's name is left out.
+fn first_display(value: &str) -> Option<String> {
+    let ends = list_ends(value);
+    let mut start = 0;
+    let end = ends.iter().copied().find(|&end| {
+        let item = &value[start..end];
+        start = (end + 1).min(value.len());
+        top_level(item).iter().any(|&(_, c)| c == '@' || c == '<')
+    });
+    let text = &value[..end.or(ends.first().copied())?];
+    let text = match top_level(text).into_iter().find(|&(_, c)| c == ':') {
+        Some((i, _)) => &text[i + 1..],
+        None => text,
+    };
+    parse_mailbox(text).0
+}
+
+/// The address of a value that is exactly one mailbox (`addr`, `addr (comment)`,
+/// `phrase <addr>`, `<addr>`); None for a list, a group, a route, or text around the mailbox.
+fn single_mailbox(value: &str) -> Option<String> {
+    if top_level(value)
+        .iter()
+        .any(|&(_, c)| matches!(c, ',' | ':' | ';'))
+    {
+        return None;
+    }
+    let (_, addr) = parse_mailbox(value);
+    let addr = addr?;
+    let bare = strip_comments(value)?;
+    let bare = bare.trim();
+    let Some(lt) = find_unquoted(bare, '<') else {
+        return (bare == addr).then_some(addr);
+    };
+    let inner = bare[lt + 1..].strip_suffix('>')?;
+    let phrase = bare[..lt].trim();
+    (inner.trim() == addr && (phrase.is_empty() || is_phrase(phrase))).then_some(addr)
+}
+
+/// The text without its comments; None when a comment or a quoted string does not end.
+fn strip_comments(value: &str) -> Option<String> {
+    let mut out = String::with_capacity(value.len());
+    let (mut depth, mut in_quote, mut escaped) = (0usize, false, false);
+    for c in value.chars() {
+        match c {
+            _ if escaped => {
+                escaped = false;
+                if depth == 0 {
+                    out.push(c);
+                }
+            }
+            '\\' if in_quote || depth > 0 => {
+                escaped = true;
+                if depth == 0 {
+                    out.push(c);
+                }
+            }
+            '"' if depth == 0 => {
+                in_quote = !in_quote;
+                out.push(c);
+            }
+            '(' if !in_quote => depth += 1,
+            ')' if !in_quote && depth > 0 => depth -= 1,
+            _ if depth == 0 => out.push(c),
+            _ => {}
+        }
+    }
+    (depth == 0 && !in_quote).then_some(out)
+}
+
+/// The first `c` outside a quoted string.
+fn find_unquoted(s: &str, c: char) -> Option<usize> {
+    let (mut in_quote, mut escaped) = (false, false);
+    for (i, ch) in s.char_indices() {
+        match ch {
+            _ if escaped => escaped = false,
+            '\\' if in_quote => escaped = true,
+            '"' => in_quote = !in_quote,
+            _ if ch == c && !in_quote => return Some(i),
+            _ => {}
+        }
+    }
+    None
+}
+
 /// A display name taken from a comment becomes a quoted string (unless it is encoded words).
 fn quote_phrase(s: &str) -> String {
     if s.starts_with("=?") && s.ends_with("?=") && is_phrase(s) {
@@ -254,7 +403,10 @@ fn quote(s: &str) -> String {
 /// unbalanced quote, `<` outside quotes) would make a mail parser read a different address, or a
 /// list, instead of the mailbox we put there. Comments are valid in a phrase, but parsers
 /// disagree about them (mail-parser reads `e (c) f <addr>` as the address `e`), so a display
-/// name with one is quoted too: we write only what every parser reads the same way.
+/// name with one is quoted too: we write only what every parser reads the same way. For the
+/// same reason words must be apart: RFC 5322 lets a quoted string touch an atom, but a parser
+/// that decodes `=?...?=` reads an atom like `=?x"y?=` as one encoded word and no longer sees
+/// the quote open.
 fn is_phrase(s: &str) -> bool {
     let b = s.as_bytes();
     let atext =
@@ -264,6 +416,9 @@ fn is_phrase(s: &str) -> bool {
     let mut i = 0;
     let mut words = 0;
     while i < b.len() {
+        if words > 0 && !matches!(b[i], b' ' | b'\t') && !matches!(b[i - 1], b' ' | b'\t') {
+            return false;
+        }
         match b[i] {
             b' ' | b'\t' => i += 1,
             b'"' => {
@@ -292,7 +447,7 @@ fn is_phrase(s: &str) -> bool {
     words > 0
 }
 
-fn format_mailbox_field(name: &str, display: Option<&str>, mailbox: &str) -> String {
+fn format_mailbox_field(name: &str, display: Option<&str>, mailbox: &Address) -> String {
     match display {
         Some(d) if is_phrase(d) => format!("{name}: {d} <{mailbox}>\r\n"),
         Some(d) if !d.trim().is_empty() => {
@@ -337,7 +492,7 @@ pub struct ReceivedInfo<'a> {
     /// The message's queue id.
     pub queue_id: &'a str,
     /// Named only when the message has a single recipient (as Postfix does), to not disclose Bcc.
-    pub single_recipient: Option<&'a str>,
+    pub single_recipient: Option<&'a Address>,
     /// When the message arrived (seconds since the epoch).
     pub unix_time: u64,
 }
@@ -367,7 +522,7 @@ pub fn received_header(r: &ReceivedInfo<'_>) -> String {
         r.queue_id
     );
     if let Some(rcpt) = r.single_recipient {
-        h.push_str(&format!("\r\n\tfor <{rcpt}>"));
+        h.push_str(&format!("\r\n\tfor {}", rcpt.path()));
     }
     h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(r.unix_time)));
     h
@@ -409,7 +564,11 @@ mod tests {
     use super::*;
 
     fn policy() -> SenderPolicy {
-        SenderPolicy::new("scanner@contoso.com", &["*@contoso.com".into()], true)
+        SenderPolicy::new(
+            Address::parse("scanner@contoso.com").unwrap(),
+            &["*@contoso.com".into()],
+            true,
+        )
     }
 
     fn rewrite(msg: &[u8], chunk: usize) -> (Vec<u8>, RewriteOutcome) {
@@ -448,6 +607,12 @@ mod tests {
             (
                 "From: =?UTF-8?B?U2PDpG5uZXI=?= <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: =?UTF-8?B?U2PDpG5uZXI=?= <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            // An atom touching a quoted string: a parser that decodes `=?a"b?B?eA==?=` as one
+            // encoded word reads <ceo@evil.example> as the address, so the name is quoted.
+            (
+                "From: =?a\"b?B?eA==?= <ceo@evil.example>\" <mfp@printer.local>\r\n\r\nb\r\n",
+                "From: \"=?a\\\"b?B?eA==?= <ceo@evil.example>\\\"\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
             // folded From is replaced whole
             (
@@ -507,6 +672,46 @@ mod tests {
                 "From: \"Scan\u{0} 3F\u{1}\" <mfp@printer.local>\r\n\r\nb\r\n",
                 "From: \"Scan 3F\" <scanner@contoso.com>\r\n\r\nb\r\n",
             ),
+            // Exactly one mailbox the device may use is kept; anything a reader could take for
+            // another sender is rewritten to the mailbox, the first display name kept.
+            (
+                "From: hr@contoso.com, ceo@evil.example\r\n\r\nb\r\n",
+                "From: scanner@contoso.com\r\n\r\nb\r\n",
+            ),
+            (
+                "From: HR <hr@contoso.com>, Boss <ceo@evil.example>\r\n\r\nb\r\n",
+                "From: HR <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            (
+                "From: Team: hr@contoso.com, ceo@evil.example;\r\n\r\nb\r\n",
+                "From: scanner@contoso.com\r\n\r\nb\r\n",
+            ),
+            (
+                "From: HR <hr@contoso.com> ceo@evil.example\r\n\r\nb\r\n",
+                "From: HR <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            (
+                "From: <hr@contoso.com>\r\nSender: hr@contoso.com (HR)\r\n\r\nb\r\n",
+                "From: <hr@contoso.com>\r\nSender: hr@contoso.com (HR)\r\n\r\nb\r\n",
+            ),
+            // obsolete syntax (blanks before the colon) is always rewritten
+            (
+                "From : Boss <ceo@evil.example>\r\n\r\nb\r\n",
+                "From: Boss <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            (
+                "Subject: s\r\nFrom\t: HR <hr@contoso.com>\r\n\r\nb\r\n",
+                "Subject: s\r\nFrom: HR <scanner@contoso.com>\r\n\r\nb\r\n",
+            ),
+            // a second From (or Sender) is removed, whatever it says
+            (
+                "From: HR <hr@contoso.com>\r\nSubject: s\r\nfrom: Boss <ceo@evil.example>\r\n\r\nb\r\n",
+                "From: HR <hr@contoso.com>\r\nSubject: s\r\n\r\nb\r\n",
+            ),
+            (
+                "From: mfp@printer.local\r\nFROM : a@contoso.com\r\nSender: a@contoso.com\r\nSender: x@y.z\r\n\r\nb\r\n",
+                "From: scanner@contoso.com\r\nSender: a@contoso.com\r\n\r\nb\r\n",
+            ),
             // a quote inside a comment does not open a quoted string (else our own output
             // would be read back as a different address)
             (
@@ -529,7 +734,7 @@ mod tests {
     #[test]
     fn outcome_records_original() {
         let (_, o) = rewrite(b"From: S <mfp@printer.local>\r\n\r\n", 5);
-        assert_eq!(o.from_rewritten.as_deref(), Some("mfp@printer.local"));
+        assert_eq!(o.from_rewritten.as_deref(), Some("S <mfp@printer.local>"));
         let (_, o) = rewrite(b"Subject: s\r\n\r\n", 5);
         assert!(o.from_added);
     }
@@ -566,7 +771,7 @@ mod tests {
             tls: true,
             authenticated: true,
             queue_id: "0123456789abcdef",
-            single_recipient: Some("a@b.c"),
+            single_recipient: Some(&Address::parse("a@b.c").unwrap()),
             unix_time: 0,
         });
         assert_eq!(

@@ -10,6 +10,7 @@ use crate::sasl::Credentials;
 use argon2::{Algorithm, Argon2, Block, Params, PasswordHash, Version};
 use ipnet::IpNet;
 use smtp2oauth_config::Config;
+use smtp2oauth_proto::Address;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
@@ -108,8 +109,21 @@ impl Directory {
                 },
                 _ => None,
             };
+            let mailbox = match Address::parse(&account.mailbox) {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(DirectoryError {
+                        key: format!("devices.{i}.account"),
+                        message: format!(
+                            "the mailbox of account `{}` is not an address we can send as ({e})",
+                            account.name
+                        ),
+                    });
+                    continue;
+                }
+            };
             let policy = SenderPolicy::new(
-                &account.mailbox,
+                mailbox,
                 d.allowed_senders
                     .as_ref()
                     .unwrap_or(&account.allowed_senders),
@@ -135,7 +149,11 @@ impl Directory {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let dummy = Arc::new(PasswordHash::new(DUMMY_HASH).expect("built-in dummy hash is valid"));
+        let dummy = Arc::new(dummy_hash(
+            by_username
+                .values()
+                .filter_map(|d: &Arc<Device>| d.hash.as_deref()),
+        ));
         let workers = match cfg.server.auth_workers {
             0 => std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -177,26 +195,29 @@ impl Directory {
             .cloned()
     }
 
-    /// Checks credentials. A login seen to succeed within `auth_cache_ttl` is recognised from a
-    /// keyed hash of the credentials; anything else runs argon2 on a small pool of verifier
-    /// threads (not the async executor, so a burst of logins does not stall other sessions).
-    /// Unknown users, wrong passwords and devices connecting from an address outside their
-    /// `allow_ips` all fail the same way, and failures always pay the full argon2 cost.
+    /// Checks credentials. A device connecting from outside its `allow_ips` is refused before
+    /// anything else, whatever its password and whatever the cache holds, after the same time
+    /// an unknown user takes. A login seen to succeed within `auth_cache_ttl` is recognised
+    /// from a keyed hash of the credentials; anything else runs argon2 on a small pool of
+    /// verifier threads (not the async executor, so a burst of logins does not stall other
+    /// sessions). Unknown users cost as much as the most expensive configured hash, and
+    /// failures always pay the full argon2 cost.
     pub async fn verify(
         self: &Arc<Self>,
         creds: Credentials,
         peer: IpAddr,
     ) -> Result<Arc<Device>, AuthFailure> {
+        if let Some(dev) = self.by_username.get(&creds.username)
+            && !dev.allowed_from(peer)
+        {
+            self.verifier
+                .verify(self.dummy.clone(), creds.password)
+                .await?;
+            return Err(AuthFailure::AddressNotAllowed);
+        }
         let tag = self.cache.tag(&creds.username, &creds.password);
-        let cached = |dev: Arc<Device>| {
-            if dev.allowed_from(peer) {
-                Ok(dev)
-            } else {
-                Err(AuthFailure::AddressNotAllowed)
-            }
-        };
         if let Some(dev) = self.cache.get(&tag) {
-            return cached(dev);
+            return Ok(dev);
         }
         // The same credentials already being verified (printers that wake together): wait for
         // that verification. Only a success is shared; after a failure (or if the verifying
@@ -208,7 +229,7 @@ impl Directory {
                     && *v == Some(true)
                     && let Some(dev) = self.cache.get(&tag)
                 {
-                    return cached(dev);
+                    return Ok(dev);
                 }
                 None
             }
@@ -225,7 +246,7 @@ impl Directory {
             Some(d) if ok && d.hash.is_some() => {
                 // Cached before the followers are told, so they find it.
                 self.cache.insert(tag, d.clone());
-                cached(d)
+                Ok(d)
             }
             Some(d) if d.hash.is_some() => Err(AuthFailure::WrongPassword),
             _ => Err(AuthFailure::UnknownUser),
@@ -472,9 +493,13 @@ impl AuthCache {
     }
 }
 
-/// Why a login failed (for the log; the device always gets the same 535).
+/// Why a login failed (for the log; the device gets the same 535 for every failed check).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthFailure {
+    /// The client's address is locked out: the session is closed, nothing is checked.
+    AddressLockedOut,
+    /// The username is locked out for addresses it never logged in from: nothing is checked.
+    UserLockedOut,
     /// No device has this username.
     UnknownUser,
     /// The password does not match.
@@ -488,20 +513,32 @@ pub enum AuthFailure {
 }
 
 impl AuthFailure {
-    /// The value of the `result` label in `smtp2oauth_auth_attempts_total`.
+    /// The value of the `result` label in `smtp2oauth_auth_attempts_total`. Every failed check
+    /// has the same label: whoever reads the metrics cannot tell which usernames exist.
     pub fn label(self) -> &'static str {
         match self {
-            AuthFailure::UnknownUser => "unknown_user",
-            AuthFailure::WrongPassword => "wrong_password",
-            AuthFailure::AddressNotAllowed => "address_not_allowed",
+            AuthFailure::UnknownUser
+            | AuthFailure::WrongPassword
+            | AuthFailure::AddressNotAllowed => "failure",
+            AuthFailure::AddressLockedOut | AuthFailure::UserLockedOut => "locked_out",
             AuthFailure::Busy => "busy",
             AuthFailure::Internal => "error",
         }
     }
 
+    /// A failed check of credentials (not a lockout or our own trouble): what lockouts count.
+    pub fn is_failed_check(self) -> bool {
+        matches!(
+            self,
+            AuthFailure::UnknownUser | AuthFailure::WrongPassword | AuthFailure::AddressNotAllowed
+        )
+    }
+
     /// The failure in words, for the log.
     pub fn as_str(self) -> &'static str {
         match self {
+            AuthFailure::AddressLockedOut => "address locked out",
+            AuthFailure::UserLockedOut => "username locked out for this address",
             AuthFailure::UnknownUser => "unknown user",
             AuthFailure::WrongPassword => "wrong password",
             AuthFailure::AddressNotAllowed => "address not in the device's allow_ips",
@@ -513,6 +550,29 @@ impl AuthFailure {
 
 /// argon2id of a random password nobody knows, with the default cost parameters.
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZHVtbXlzYWx0ZHVtbXk$5oKfUJ0g0vwnmSpS4y0P0b3Gv7oUr2j0d9cM3jVvQ0g";
+const DUMMY_SALT_AND_OUTPUT: &str =
+    "ZHVtbXlzYWx0ZHVtbXk$5oKfUJ0g0vwnmSpS4y0P0b3Gv7oUr2j0d9cM3jVvQ0g";
+
+/// What unknown users are verified against: a hash with the cost of the most expensive
+/// configured one (memory times passes, then lanes), so that no username can be told from the
+/// time its failure takes (the default cost when no device has a hash). No password matches
+/// it: its output belongs to other parameters.
+fn dummy_hash<'a>(hashes: impl Iterator<Item = &'a PasswordHash>) -> PasswordHash {
+    let cost = |p: &Params| (u64::from(p.m_cost()) * u64::from(p.t_cost()), p.p_cost());
+    let Some(p) = hashes
+        .filter_map(|h| Params::try_from(h).ok())
+        .max_by_key(cost)
+    else {
+        return PasswordHash::new(DUMMY_HASH).expect("built-in dummy hash is valid");
+    };
+    let text = format!(
+        "$argon2id$v=19$m={},t={},p={}${DUMMY_SALT_AND_OUTPUT}",
+        p.m_cost(),
+        p.t_cost(),
+        p.p_cost()
+    );
+    PasswordHash::new(&text).expect("valid parameters make a valid hash string")
+}
 
 /// Makes an argon2id hash of `password` with the default (OWASP-recommended) cost:
 /// 19 MiB of memory, 2 passes, 1 lane.
@@ -546,28 +606,17 @@ pub fn hash_password_with(
 #[derive(Clone, Debug)]
 pub struct SenderPolicy {
     /// The account's mailbox (what a rewritten sender becomes).
-    pub mailbox: String,
+    pub mailbox: Address,
     patterns: Vec<String>,
     /// Senders the device may not use are rewritten to the mailbox (else refused).
     pub rewrite: bool,
 }
 
-/// What becomes of an envelope sender.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SenderDecision {
-    /// Send as given.
-    Allow,
-    /// Not allowed as given; send as the account's mailbox instead.
-    Rewrite,
-    /// Not allowed: MAIL is refused.
-    Reject,
-}
-
 impl SenderPolicy {
     /// The policy of an account's `mailbox` with its `allowed_senders` patterns.
-    pub fn new(mailbox: &str, patterns: &[String], rewrite: bool) -> Self {
+    pub fn new(mailbox: Address, patterns: &[String], rewrite: bool) -> Self {
         SenderPolicy {
-            mailbox: mailbox.to_string(),
+            mailbox,
             patterns: patterns
                 .iter()
                 .map(|p| p.trim().to_ascii_lowercase())
@@ -576,26 +625,16 @@ impl SenderPolicy {
         }
     }
 
-    /// True when the account may send as `addr`: its mailbox, or a match of `allowed_senders`.
-    pub fn allows(&self, addr: &str) -> bool {
-        if addr.eq_ignore_ascii_case(&self.mailbox) {
+    /// True when the account may send as `addr`: its mailbox, or an address whose RFC 5321
+    /// form (the one we write upstream, quotes included) matches an `allowed_senders` pattern.
+    pub fn allows(&self, addr: &Address) -> bool {
+        if addr.same_mailbox(&self.mailbox) {
             return true;
         }
-        let a = addr.to_ascii_lowercase();
+        let a = addr.to_string().to_ascii_lowercase();
         self.patterns
             .iter()
             .any(|p| glob(p.as_bytes(), a.as_bytes()))
-    }
-
-    /// What to do with `sender`.
-    pub fn decide(&self, sender: &str) -> SenderDecision {
-        if self.allows(sender) {
-            SenderDecision::Allow
-        } else if self.rewrite {
-            SenderDecision::Rewrite
-        } else {
-            SenderDecision::Reject
-        }
     }
 }
 
@@ -649,17 +688,27 @@ mod tests {
         }
     }
 
+    fn addr(s: &str) -> Address {
+        Address::parse(s).unwrap()
+    }
+
     #[test]
-    fn sender_policy_decisions() {
-        let p = SenderPolicy::new("scanner@contoso.com", &["*@contoso.com".into()], false);
-        assert_eq!(p.decide("Scanner@Contoso.com"), SenderDecision::Allow);
-        assert_eq!(p.decide("hr@contoso.com"), SenderDecision::Allow);
-        assert_eq!(p.decide("scanner@printer.local"), SenderDecision::Reject);
-        assert_eq!(p.decide(""), SenderDecision::Reject);
-        let p = SenderPolicy::new("scanner@contoso.com", &[], true);
-        assert_eq!(p.decide("scanner@printer.local"), SenderDecision::Rewrite);
-        assert_eq!(p.decide("mfp-3f"), SenderDecision::Rewrite);
-        assert_eq!(p.decide("scanner@contoso.com"), SenderDecision::Allow);
+    fn sender_policy_matches_the_written_form() {
+        let p = SenderPolicy::new(
+            addr("scanner@contoso.com"),
+            &["*@contoso.com".into(), "\"a b\"@fabrikam.example".into()],
+            false,
+        );
+        assert!(p.allows(&addr("Scanner@Contoso.com")));
+        assert!(p.allows(&addr("hr@contoso.com")));
+        assert!(!p.allows(&addr("scanner@printer.local")));
+        // The pattern sees the address as it goes upstream: a quoted local part stays quoted,
+        // so `@` inside it is no domain.
+        assert!(!p.allows(&addr("\"a@contoso.com\"@evil.example")));
+        assert!(p.allows(&addr("\"a b\"@fabrikam.example")));
+        let p = SenderPolicy::new(addr("scanner@contoso.com"), &[], true);
+        assert!(p.allows(&addr("scanner@contoso.com")));
+        assert!(!p.allows(&addr("hr@contoso.com")));
     }
 
     fn directory(ttl: &str, allow: &str) -> Arc<Directory> {
@@ -765,20 +814,21 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap().name, "mfp");
         }
         assert_eq!(runs(), 1);
-        // Waiting on another session's verification still checks this session's address.
-        d.clear_auth_cache();
-        let ok = burst("mfp", "s3cret", "10.0.0.7");
-        let outside = burst("mfp", "s3cret", "192.168.1.9");
-        for t in ok {
-            assert!(t.await.unwrap().is_ok());
-        }
-        for t in outside {
+        // From outside the device's allow_ips the right password is refused before it is
+        // checked, cached or not, each refusal taking as long as an unknown user's failure.
+        let before = runs();
+        for t in burst("mfp", "s3cret", "192.168.1.9") {
             assert_eq!(
                 t.await.unwrap().unwrap_err(),
                 AuthFailure::AddressNotAllowed
             );
         }
-        assert!(runs() <= 3, "{} runs", runs());
+        assert_eq!(runs() - before, 20, "every refusal pays for a verification");
+        assert_eq!(
+            d.cache.map.lock().unwrap().len(),
+            1,
+            "still cached for 10.0.0.7"
+        );
         // Wrong passwords are never shared: every attempt pays for its own verification.
         let before = runs();
         for t in burst("mfp", "guess", "10.0.0.7") {
@@ -798,6 +848,22 @@ mod tests {
     #[test]
     fn dummy_hash_parses() {
         assert!(PasswordHash::new(DUMMY_HASH).is_ok());
+        assert!(DUMMY_HASH.ends_with(DUMMY_SALT_AND_OUTPUT));
+    }
+
+    /// An unknown user costs what the most expensive configured hash costs.
+    #[test]
+    fn unknown_users_cost_the_most_expensive_hash() {
+        let cheap = PasswordHash::new(&hash_password_with(b"a", 8, 1, 1).unwrap()).unwrap();
+        let dear = PasswordHash::new(&hash_password_with(b"b", 65536, 3, 1).unwrap()).unwrap();
+        let d = dummy_hash([&cheap, &dear, &cheap].into_iter());
+        let p = Params::try_from(&d).unwrap();
+        assert_eq!((p.m_cost(), p.t_cost(), p.p_cost()), (65536, 3, 1));
+        let d = dummy_hash([&cheap].into_iter());
+        assert_eq!(Params::try_from(&d).unwrap().m_cost(), 8);
+        let d = dummy_hash(std::iter::empty());
+        assert_eq!(d.to_string(), DUMMY_HASH);
+        assert!(!verify_with(&d, b"a") && !verify_with(&d, b""));
     }
 
     #[test]

@@ -2,8 +2,8 @@
 //!
 //! Printers open a new connection for every message and often arrive in bursts (a batch scan
 //! from several floors), so the listen backlog is large: a burst waits in the kernel's queue
-//! instead of being refused. Session limits are checked at accept time; a client over a limit
-//! gets a 421 reply (with a short write deadline) and is closed.
+//! instead of being refused. Session limits and lockouts are checked at accept time; a client
+//! over a limit gets a 421 reply (with a short write deadline) and is closed.
 
 use crate::conn::{Inbound, ListenerRuntime, refused_at_accept, serve};
 use std::io;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 /// Connections the kernel queues before we accept them.
 pub const LISTEN_BACKLOG: u32 = 1024;
@@ -48,19 +48,18 @@ pub async fn accept_loop(
                 let ctx = ctx.clone();
                 let rt = rt.clone();
                 // An address locked out for failed logins is refused before anything else.
+                // A device recognised by its address counts as logged in from the start.
+                let known = ctx.directory.device_for_address(peer.ip()).is_some();
                 let admission = match ctx.guard.locked(peer.ip()) {
                     Some(_) => Err(smtp2oauth_proto::SessionError::LockedOut),
-                    None => ctx.limiter.try_acquire(peer.ip()),
+                    None => ctx.limiter.try_acquire(peer.ip(), known),
                 };
                 match admission {
                     Ok(permit) => {
-                        tracker.spawn(async move {
-                            serve(ctx, rt, stream, peer).await;
-                            drop(permit);
-                        });
+                        tracker.spawn(serve(ctx, rt, stream, peer, permit));
                     }
                     Err(refusal) => {
-                        info!(listener = %rt.settings.label, peer = %peer.ip(), reply = %refusal, "connection refused");
+                        debug!(listener = %rt.settings.label, peer = %peer.ip(), reply = %refusal, "connection refused");
                         let reply = refused_at_accept(&ctx, &rt.settings.label, peer, &refusal);
                         tracker.spawn(async move {
                             let mut stream = stream;

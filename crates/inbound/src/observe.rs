@@ -300,6 +300,24 @@ pub(crate) fn cut(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
+/// Several observers, shown every reply and every session's end in turn (the live state and
+/// the log lines, say).
+pub struct Observers(pub Vec<std::sync::Arc<dyn Observer>>);
+
+impl Observer for Observers {
+    fn reply(&self, event: &ReplyEvent<'_>) {
+        for o in &self.0 {
+            o.reply(event);
+        }
+    }
+
+    fn ended(&self, summary: &SessionSummary) {
+        for o in &self.0 {
+            o.ended(summary);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -123,6 +123,12 @@ pub fn advice(refusal: &SessionError) -> Option<&'static str> {
             "Check the recipient addresses configured on the device (and [server] max_recipients)."
         }
         LocalError => "The relay could not store the message: see its log at this time.",
+        InvalidSender(_) => {
+            "The sender address has control characters, or <, > or blanks outside a quoted local part: set a plain sender address on the device."
+        }
+        LockedOut => {
+            "The device's address is locked out after failed logins from it: correct the password of whatever at that address keeps failing; the lockout ends by itself (lockout_time, docs/configuration.md)."
+        }
         _ => return None,
     })
 }
@@ -139,6 +145,8 @@ mod tests {
             SessionError::TlsRequired,
             SessionError::MessageTooBig(10),
             SessionError::StorageFull,
+            SessionError::InvalidSender("ambiguous address"),
+            SessionError::LockedOut,
         ] {
             assert!(advice(&r).is_some(), "{r:?}");
         }

@@ -11,15 +11,23 @@
 //! inline (`AUTH LOGIN <b64>`); AUTH PLAIN inline or after `334`; `AUTH=PLAIN LOGIN` advertised
 //! for old clients; `MAIL FROM:addr` without angle brackets; an unqualified sender such as the
 //! device's login name (it can only pass by being rewritten to the mailbox).
+//!
+//! Addresses are read from the bytes the device sent (`paths.rs`) and must mean the same to
+//! smtp-proto: an [`Address`] is what goes into the envelope, written one way from then on.
 
-use crate::identity::{AuthFailure, Device, SenderDecision};
+mod paths;
+
+pub use paths::Given;
+
+use crate::identity::{AuthFailure, Device};
 use crate::sasl::{self, Credentials, SaslError};
+use paths::PathArg;
 use smtp_proto::{
     AUTH_LOGIN, AUTH_PLAIN, Error as ParseError, MAIL_BODY_BINARYMIME, MAIL_SMTPUTF8, Request,
 };
 use smtp2oauth_config::ListenerTls;
 use smtp2oauth_proto::replies::ok;
-use smtp2oauth_proto::{Reply, SessionError};
+use smtp2oauth_proto::{Address, Reply, SessionError};
 use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -83,11 +91,11 @@ pub struct DataPlan {
     /// The device sending.
     pub device: Arc<Device>,
     /// The envelope sender to use (after any rewrite).
-    pub sender: String,
+    pub sender: Address,
     /// The sender the device gave, when it was rewritten.
-    pub original_sender: Option<String>,
+    pub original_sender: Option<Given>,
     /// The accepted recipients.
-    pub recipients: Vec<String>,
+    pub recipients: Vec<Address>,
     /// The device asked for SMTPUTF8.
     pub smtputf8: bool,
     /// The name the device gave in EHLO or HELO.
@@ -110,9 +118,9 @@ enum Sasl {
 #[derive(Clone, Debug)]
 struct Transaction {
     device: Arc<Device>,
-    sender: String,
-    original_sender: Option<String>,
-    recipients: Vec<String>,
+    sender: Address,
+    original_sender: Option<Given>,
+    recipients: Vec<Address>,
     rcpt_attempts: usize,
     smtputf8: bool,
 }
@@ -136,8 +144,9 @@ pub struct Session {
     auth_failures: u32,
     errors: u32,
     free_space: Option<u64>,
+    address_locked: bool,
     /// The sender of the MAIL line being handled, accepted or not.
-    mail_from: Option<String>,
+    mail_from: Option<Given>,
     /// The refusal behind the last reply, until the driver takes it.
     refusal: Option<SessionError>,
 }
@@ -171,6 +180,7 @@ impl Session {
             auth_failures: 0,
             errors: 0,
             free_space: None,
+            address_locked: false,
             mail_from: None,
             refusal: None,
         }
@@ -179,6 +189,17 @@ impl Session {
     /// Bytes free in the spool, checked by the driver before MAIL (None: unknown).
     pub fn set_free_space(&mut self, free: Option<u64>) {
         self.free_space = free;
+    }
+
+    /// Whether the client's address is locked out for failed logins, checked by the driver
+    /// before MAIL: a locked address sends no mail, whoever logged in.
+    pub fn set_address_locked(&mut self, locked: bool) {
+        self.address_locked = locked;
+    }
+
+    /// The client's address.
+    pub fn peer(&self) -> IpAddr {
+        self.peer
     }
 
     /// The greeting to send first.
@@ -214,13 +235,18 @@ impl Session {
     /// The message as far as the session knows it: with a transaction open, the sender the
     /// device gave and the recipients accepted so far; otherwise the sender of the MAIL line
     /// just handled (refused), if that line was one.
-    pub fn envelope(&self) -> (Option<&str>, &[String]) {
+    /// Addresses come written in their RFC 5321 form (what `Address` writes).
+    pub fn envelope(&self) -> (Option<String>, Vec<String>) {
         match &self.tx {
-            Some(tx) => (
-                Some(tx.original_sender.as_deref().unwrap_or(&tx.sender)),
-                &tx.recipients,
-            ),
-            None => (self.mail_from.as_deref(), &[]),
+            Some(tx) => {
+                let sender = match &tx.original_sender {
+                    Some(given) => given.to_string(),
+                    None => tx.sender.to_string(),
+                };
+                let recipients = tx.recipients.iter().map(Address::to_string).collect();
+                (Some(sender), recipients)
+            }
+            None => (self.mail_from.as_ref().map(Given::to_string), Vec::new()),
         }
     }
 
@@ -241,11 +267,18 @@ impl Session {
             return self.refuse(SessionError::Syntax("bare CR in a command"));
         }
         let line = normalise_path_command(line);
+        let path = match paths::read(&line) {
+            PathArg::Sender(Err(e)) => return self.refuse(SessionError::InvalidSender(e.as_str())),
+            PathArg::Recipient(Err(e)) => return self.bad_recipient(e.as_str()),
+            path => path,
+        };
         match Request::parse(&mut line.iter()) {
-            Ok(req) => self.request(req),
-            Err(ParseError::InvalidSenderAddress) => match parse_unqualified_mail(&line) {
-                Some((addr, flags, size)) => self.mail(addr, flags, size),
-                None => self.refuse(SessionError::BadSenderAddress),
+            Ok(req) => self.request(req, path),
+            Err(ParseError::InvalidSenderAddress) => match (path, parse_unqualified_mail(&line)) {
+                (PathArg::Sender(Ok(given @ Given::Unqualified(_))), Some((flags, size))) => {
+                    self.mail(given, flags, size)
+                }
+                _ => self.refuse(SessionError::BadSenderAddress),
             },
             Err(e) => {
                 if matches!(e, ParseError::InvalidRecipientAddress)
@@ -303,7 +336,15 @@ impl Session {
         step(reply)
     }
 
-    fn request(&mut self, req: Request<Cow<'_, str>>) -> Step {
+    /// A refused RCPT address: counted as a recipient attempt (DATA then says none was valid).
+    fn bad_recipient(&mut self, why: &'static str) -> Step {
+        if let Some(tx) = self.tx.as_mut() {
+            tx.rcpt_attempts += 1;
+        }
+        self.refuse(SessionError::InvalidRecipient(why))
+    }
+
+    fn request(&mut self, req: Request<Cow<'_, str>>, path: PathArg) -> Step {
         match req {
             Request::Ehlo { host } => {
                 self.reset_helo(host.as_ref(), true);
@@ -313,11 +354,16 @@ impl Session {
                 self.reset_helo(host.as_ref(), false);
                 Step::Reply(ok::helo(&self.hostname, host.as_ref()))
             }
-            Request::Mail { from } => {
-                let addr = from.address.to_string();
-                self.mail(addr, from.flags, from.size as u64)
-            }
-            Request::Rcpt { to } => self.rcpt(to.address.as_ref()),
+            Request::Mail { from } => match path {
+                PathArg::Sender(Ok(given)) if agrees(&given, &from.address) => {
+                    self.mail(given, from.flags, from.size as u64)
+                }
+                _ => self.refuse(SessionError::InvalidSender("ambiguous address")),
+            },
+            Request::Rcpt { to } => match path {
+                PathArg::Recipient(Ok(a)) if a.unquoted() == to.address => self.rcpt(a),
+                _ => self.bad_recipient("ambiguous address"),
+            },
             Request::Data => self.data(),
             Request::Auth {
                 mechanism,
@@ -471,18 +517,19 @@ impl Session {
                 self.device = Some(device);
                 Step::Reply(ok::auth_success())
             }
+            Err(AuthFailure::AddressLockedOut) => self.refuse(SessionError::LockedOut),
             // Our own trouble (verifiers overloaded) is not the device's failed login.
             Err(AuthFailure::Busy | AuthFailure::Internal) => {
                 self.refusal = Some(SessionError::AuthUnavailable);
                 Step::Reply(SessionError::AuthUnavailable.reply())
             }
-            Err(_) => {
+            Err(failure) => {
                 self.auth_failures += 1;
                 let close = self.auth_failures >= self.limits.max_auth_failures;
-                let refusal = if close {
-                    SessionError::TooManyAuthFailures
-                } else {
-                    SessionError::AuthFailed
+                let refusal = match failure {
+                    _ if close => SessionError::TooManyAuthFailures,
+                    AuthFailure::UserLockedOut => SessionError::UserLockedOut,
+                    _ => SessionError::AuthFailed,
                 };
                 let reply = refusal.reply();
                 self.refusal = Some(refusal);
@@ -491,8 +538,11 @@ impl Session {
         }
     }
 
-    fn mail(&mut self, addr: String, flags: u64, size: u64) -> Step {
-        self.mail_from = Some(addr.clone());
+    fn mail(&mut self, given: Given, flags: u64, size: u64) -> Step {
+        self.mail_from = Some(given.clone());
+        if self.address_locked {
+            return self.refuse(SessionError::LockedOut);
+        }
         if self.helo.is_none() {
             return self.refuse(SessionError::NeedHelo);
         }
@@ -517,10 +567,11 @@ impl Session {
         if flags & MAIL_BODY_BINARYMIME != 0 {
             return self.refuse(SessionError::UnsupportedParameter("BODY=BINARYMIME".into()));
         }
-        let (sender, original_sender) = match device.policy.decide(&addr) {
-            SenderDecision::Allow => (addr, None),
-            SenderDecision::Rewrite => (device.policy.mailbox.clone(), Some(addr)),
-            SenderDecision::Reject => return self.refuse(SessionError::SenderNotAllowed(addr)),
+        let policy = &device.policy;
+        let (sender, original_sender) = match given {
+            Given::Mailbox(a) if policy.allows(&a) => (a, None),
+            given if policy.rewrite => (policy.mailbox.clone(), Some(given)),
+            given => return self.refuse(SessionError::SenderNotAllowed(given.to_string())),
         };
         self.tx = Some(Transaction {
             device,
@@ -533,22 +584,19 @@ impl Session {
         Step::Reply(ok::sender_ok())
     }
 
-    fn rcpt(&mut self, addr: &str) -> Step {
+    fn rcpt(&mut self, addr: Address) -> Step {
         let max = self.limits.max_recipients;
         let Some(tx) = self.tx.as_mut() else {
             return self.refuse(SessionError::NeedMail);
         };
         tx.rcpt_attempts += 1;
-        if addr.is_empty() || !addr.contains('@') {
-            return self.refuse(SessionError::BadRecipientAddress);
-        }
-        if tx.recipients.iter().any(|r| r.eq_ignore_ascii_case(addr)) {
+        if tx.recipients.iter().any(|r| r.same_mailbox(&addr)) {
             return Step::Reply(ok::recipient_ok());
         }
         if tx.recipients.len() >= max {
             return self.refuse(SessionError::TooManyRecipients);
         }
-        tx.recipients.push(addr.to_string());
+        tx.recipients.push(addr);
         Step::Reply(ok::recipient_ok())
     }
 
@@ -586,6 +634,16 @@ impl Session {
     pub fn data_refused(&mut self) -> bool {
         self.errors += 1;
         self.errors > self.limits.max_errors
+    }
+}
+
+/// smtp-proto's value of a MAIL path is the address we read: `<>` is empty, a mailbox unquoted
+/// the same, and a bare word is what smtp-proto makes `<postmaster>` (empty) or refuses.
+fn agrees(given: &Given, value: &str) -> bool {
+    match given {
+        Given::Null => value.is_empty(),
+        Given::Mailbox(a) => a.unquoted() == value,
+        Given::Unqualified(word) => value.is_empty() && word.eq_ignore_ascii_case("postmaster"),
     }
 }
 
@@ -634,8 +692,8 @@ fn normalise_path_command(line: &[u8]) -> Cow<'_, [u8]> {
 }
 
 /// `MAIL FROM:<mfp-3f>`: an address without a domain. Parses the parameters with a placeholder
-/// address and returns the original one, which the sender policy will then rewrite or refuse.
-fn parse_unqualified_mail(line: &[u8]) -> Option<(String, u64, u64)> {
+/// address (the address itself is read by `paths`; the sender policy rewrites or refuses it).
+fn parse_unqualified_mail(line: &[u8]) -> Option<(u64, u64)> {
     let s = std::str::from_utf8(line).ok()?;
     if !s.get(..10)?.eq_ignore_ascii_case("MAIL FROM:") {
         return None;
@@ -654,7 +712,7 @@ fn parse_unqualified_mail(line: &[u8]) -> Option<(String, u64, u64)> {
     }
     let patched = format!("{}<unqualified@sender.invalid>{}", &s[..lt], &s[gt + 1..]);
     match Request::parse(&mut patched.as_bytes().iter()) {
-        Ok(Request::Mail { from }) => Some((addr.to_string(), from.flags, from.size as u64)),
+        Ok(Request::Mail { from }) => Some((from.flags, from.size as u64)),
         _ => None,
     }
 }

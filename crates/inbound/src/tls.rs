@@ -334,8 +334,77 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for TlsStream<S> {
     }
 }
 
+/// What a failed handshake tells about the client, in words an admin can act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HandshakeFailure {
+    /// What the client offered, when the error says (`TLS 1.1 or older`, `no cipher suite we
+    /// accept`, `plain text, not TLS`).
+    pub offered: Option<&'static str>,
+    /// What to do about it.
+    pub hint: Option<&'static str>,
+}
+
+/// The advice for a device stuck on TLS 1.0/1.1 at a listener that needs TLS 1.2 or later.
+pub const OLD_TLS_HINT: &str = "the device is too old for this listener (TLS 1.2 or later): \
+update its firmware, or give it a listener with tls_profile = \"legacy\" \
+(docs/devices.md, \"Devices that only speak TLS 1.0 or 1.1\")";
+
+/// Reads a handshake error from rustls (OpenSSL's, on a legacy listener, says what it says).
+pub fn handshake_failure(e: &io::Error) -> HandshakeFailure {
+    use rustls::{Error, PeerIncompatible as P};
+    let none = HandshakeFailure {
+        offered: None,
+        hint: None,
+    };
+    let Some(err) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return none;
+    };
+    let (offered, hint) = match err {
+        // TLS 1.0 and 1.1 ClientHellos carry no signature_algorithms extension (TLS 1.2 added it).
+        Error::PeerIncompatible(
+            P::SignatureAlgorithmsExtensionRequired
+            | P::Tls12NotOffered
+            | P::Tls12NotOfferedOrEnabled
+            | P::ServerDoesNotSupportTls12Or13,
+        ) => ("TLS 1.1 or older", OLD_TLS_HINT),
+        Error::PeerIncompatible(P::NoCipherSuitesInCommon | P::NoKxGroupsInCommon) => (
+            "no cipher suite or key exchange we accept",
+            "the device offers only old ciphers: update its firmware, or give it a listener \
+             with tls_profile = \"legacy\" (docs/devices.md)",
+        ),
+        Error::PeerIncompatible(P::NoSignatureSchemesInCommon) => (
+            "no signature scheme our certificate can use",
+            "the device does not accept this certificate's key type: try an RSA certificate",
+        ),
+        Error::InvalidMessage(_) => (
+            "something other than TLS",
+            "the device may be sending plain SMTP to an implicit-TLS port: point it at the \
+             STARTTLS or plain port, or switch it to SSL/TLS",
+        ),
+        _ => return none,
+    };
+    HandshakeFailure {
+        offered: Some(offered),
+        hint: Some(hint),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_tls_1_0_client_is_named_and_pointed_at_the_legacy_profile() {
+        use rustls::{Error, PeerIncompatible};
+        let e = io::Error::new(
+            io::ErrorKind::InvalidData,
+            Error::PeerIncompatible(PeerIncompatible::SignatureAlgorithmsExtensionRequired),
+        );
+        let f = super::handshake_failure(&e);
+        assert_eq!(f.offered, Some("TLS 1.1 or older"));
+        assert!(f.hint.unwrap().contains("tls_profile = \"legacy\""));
+        let other = io::Error::new(io::ErrorKind::ConnectionReset, "reset");
+        assert_eq!(super::handshake_failure(&other).hint, None);
+    }
+
     use super::*;
     use smtp2oauth_testkit::TestPki;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

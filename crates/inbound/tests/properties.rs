@@ -12,7 +12,7 @@ use smtp2oauth_inbound::headers::{HeaderRewriter, RewriteOutcome, parse_mailbox}
 use smtp2oauth_inbound::identity::{AuthFailure, Directory, SenderPolicy};
 use smtp2oauth_inbound::sasl::{self, Credentials, SaslError};
 use smtp2oauth_inbound::{Limits, ListenerSettings, Session, Step};
-use smtp2oauth_proto::Reply;
+use smtp2oauth_proto::{Address, Reply};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
@@ -102,6 +102,12 @@ fn command() -> impl Strategy<Value = Vec<u8>> {
         "RCPT TO:<c@example.com>",
         "RCPT TO:you@example.com",
         "RCPT TO:<nodomain>",
+        "MAIL FROM:<\"ceo@fabrikam.example> ENVID=x\"@contoso.com> SIZE=246",
+        "MAIL FROM:<\"a b\"@contoso.com>",
+        "RCPT TO:<\"victim@fabrikam.example> NOTIFY=NEVER\"@b.example>",
+        "RCPT TO:<\"\x1b]2;owned\x07\"@b.example>",
+        "RCPT TO:<a b@example.com>",
+        "RCPT TO:<@relay.example:routed@example.com>",
         "DATA",
         "RSET",
         "NOOP",
@@ -223,11 +229,14 @@ proptest! {
                     prop_assert!(plan.authenticated || plan.device.name == "ups");
                     prop_assert!(plan.device.policy.allows(&plan.sender), "open relay: {}", plan.sender);
                     prop_assert!(!plan.recipients.is_empty() && plan.recipients.len() <= 2);
+                    // Every address is written so that it reads back as itself: no control
+                    // character, no parameter of its own upstream.
                     for (i, r) in plan.recipients.iter().enumerate() {
-                        prop_assert!(!r.contains(['\r', '\n', '\0']));
-                        prop_assert!(!plan.recipients[..i].iter().any(|o| o.eq_ignore_ascii_case(r)));
+                        prop_assert_eq!(Address::parse(&r.to_string()), Ok(r.clone()));
+                        prop_assert!(!r.to_string().chars().any(char::is_control));
+                        prop_assert!(!plan.recipients[..i].iter().any(|o| o.same_mailbox(r)));
                     }
-                    prop_assert!(!plan.sender.contains(['\r', '\n', '\0']));
+                    prop_assert_eq!(Address::parse(&plan.sender.to_string()), Ok(plan.sender.clone()));
                 }
                 Step::Verify(_) => unreachable!("handled above"),
             }
@@ -274,6 +283,7 @@ proptest! {
     fn header_rewriter_properties(
         parts in proptest::collection::vec(prop_oneof![
             Just("From: "), Just("Sender: "), Just("Subject: s"), Just("\r\n"), Just("\r\n "),
+            Just("From : "), Just("HR <hr@contoso.com>, Boss <ceo@evil.example>"), Just("g: a@contoso.com;"),
             Just("<mfp@printer.local>"), Just("a@contoso.com"), Just("\""), Just("("), Just(")"),
             Just(","), Just("<"), Just(">"), Just("=?UTF-8?Q?x?="), Just("Scan 3F"), Just("\\"),
             Just("é"), Just(" "),
@@ -285,7 +295,8 @@ proptest! {
             msg.extend_from_slice(b"\r\n");
         }
         msg.extend_from_slice(b"\r\nbody\r\n.From: x\r\n");
-        let policy = SenderPolicy::new("scanner@contoso.com", &["*@contoso.com".into()], true);
+        let mailbox = Address::parse("scanner@contoso.com").unwrap();
+        let policy = SenderPolicy::new(mailbox, &["*@contoso.com".into()], true);
         let run = |m: &[u8], c: usize| {
             let mut r = HeaderRewriter::new(policy.clone());
             let mut out = Vec::new();
@@ -306,11 +317,17 @@ proptest! {
             if b == b'\r' { prop_assert_eq!(out.get(i + 1), Some(&b'\n')); }
         }
         let text = String::from_utf8_lossy(&out).into_owned();
-        let from = text
-            .split("\r\n")
-            .find(|l| l.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("from:")));
+        let head = &text[..text.len() - (msg.len() - body_at)];
+        // Exactly one From field (in any syntax) reaches the upstream.
+        let is_from = |l: &&str| {
+            l.split_once(':').is_some_and(|(name, _)| name.trim_end().eq_ignore_ascii_case("from"))
+        };
+        prop_assert_eq!(head.split("\r\n").filter(is_from).count(), 1, "{:?}", head);
+        let from = head.split("\r\n").find(is_from);
         if outcome.from_rewritten.is_some() || outcome.from_added {
-            let (_, addr) = parse_mailbox(&from.expect("a From line")[5..]);
+            let from = from.expect("a From line");
+            prop_assert!(from.starts_with("From: "), "{}", from);
+            let (_, addr) = parse_mailbox(&from[5..]);
             prop_assert_eq!(addr.as_deref(), Some("scanner@contoso.com"));
         }
         let (again, o2) = run(&out, chunk);

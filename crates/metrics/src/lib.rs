@@ -33,7 +33,7 @@ pub struct SessionLabels {
 /// Labels of a metric counted by outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
-    /// The outcome, a word from a fixed list (e.g. `success`, `wrong_password`).
+    /// The outcome, a word from a fixed list (e.g. `success`, `failure`).
     pub result: &'static str,
 }
 
@@ -177,7 +177,11 @@ impl Metrics {
             "SMTP sessions accepted, by listener and TLS",
             m.sessions.clone(),
         );
-        registry.register("auth_attempts", "Device AUTH attempts by result (success, unknown_user, wrong_password, address_not_allowed)", m.auth_attempts.clone());
+        registry.register(
+            "auth_attempts",
+            "Device AUTH attempts by result (success, failure, locked_out, busy, error)",
+            m.auth_attempts.clone(),
+        );
         registry.register(
             "inbound_refusals",
             "Commands and messages refused to devices, by reply code",

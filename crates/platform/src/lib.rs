@@ -60,6 +60,18 @@ pub fn open_private(options: &mut OpenOptions, path: &Path) -> io::Result<File> 
     sys::open_private(options, path)
 }
 
+/// Options for writing, under which a file is created private when it is created inside a
+/// private directory (one made by [`create_private_dir`]): mode 0600 on Unix, whatever the
+/// umask; on Windows the file inherits that directory's private DACL, as everything created in
+/// it does. For options that must stay a builder (`create_new`, tokio's `OpenOptions`);
+/// elsewhere [`open_private`] also covers a file outside such a directory.
+pub fn private_file_options() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    options.write(true);
+    sys::private_file_options(&mut options);
+    options
+}
+
 /// Opens a directory so that `sync_all` on the handle makes its entries (creates, renames,
 /// removals) durable.
 pub fn open_dir(path: &Path) -> io::Result<File> {

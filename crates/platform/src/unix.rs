@@ -14,6 +14,10 @@ pub(crate) fn open_private(options: &mut OpenOptions, path: &Path) -> io::Result
     options.mode(0o600).open(path)
 }
 
+pub(crate) fn private_file_options(options: &mut OpenOptions) {
+    options.mode(0o600);
+}
+
 pub(crate) fn open_dir(path: &Path) -> io::Result<File> {
     File::open(path)
 }

@@ -72,6 +72,9 @@ pub(crate) fn open_private(options: &mut OpenOptions, path: &Path) -> io::Result
     Ok(file)
 }
 
+/// Nothing to add: a file created inside a private directory inherits its DACL.
+pub(crate) fn private_file_options(_options: &mut OpenOptions) {}
+
 /// A directory handle whose `sync_all` (`FlushFileBuffers`) flushes the directory: opening a
 /// directory needs `FILE_FLAG_BACKUP_SEMANTICS`, flushing needs write access.
 pub(crate) fn open_dir(path: &Path) -> io::Result<File> {

@@ -10,21 +10,25 @@
 //! - [`replies`]: every reply we send, and the one mapping from our failure enums
 //!   ([`SessionError`], [`DeliveryError`]) to SMTP replies;
 //! - [`Cause`]: what a delivery failure is about (throttling, our account, the message, ...),
-//!   decided where the upstream's answer is parsed and carried with it.
+//!   decided where the upstream's answer is parsed and carried with it;
+//! - [`Address`]: a mail address, read once and written one way (RFC 5321) wherever it goes.
 //!
 //! # Layout
 //! - `reply.rs`: [`Reply`], [`EnhancedStatus`], [`ReplyAssembler`] (parses replies line by line).
 //! - `dot.rs`: [`DotDecoder`], [`DotEncoder`].
 //! - `replies.rs`: [`replies::ok`], [`SessionError`], [`DeliveryError`], [`Stage`].
 //! - `cause.rs`: [`Cause`], [`AccountIssue`].
+//! - `address.rs`: [`Address`], [`AddressError`].
 
 #![warn(missing_docs)]
 
+pub mod address;
 pub mod cause;
 pub mod dot;
 pub mod replies;
 pub mod reply;
 
+pub use address::{Address, AddressError};
 pub use cause::{AccountIssue, Cause};
 pub use dot::{Decoded, DotDecoder, DotEncoder};
 pub use replies::{DeliveryError, SessionError, Stage};

@@ -138,6 +138,11 @@ pub enum SessionError {
     BadSenderAddress,
     /// A RCPT address that does not parse.
     BadRecipientAddress,
+    /// A MAIL address we do not pass on (control characters, `<`, `>` or blanks outside a
+    /// quoted local part, a meaning parsers disagree about); why, in words.
+    InvalidSender(&'static str),
+    /// A RCPT address we do not pass on; why, in words.
+    InvalidRecipient(&'static str),
     /// A MAIL or RCPT parameter we do not support.
     UnsupportedParameter(String),
     /// A parameter with a value that does not parse.
@@ -182,6 +187,15 @@ pub enum SessionError {
     TooManyAuthFailures,
     /// The client's address is locked out after failed logins.
     LockedOut,
+    /// The username is locked out after failed logins from addresses it never used: no
+    /// password is checked for it from such an address for now.
+    UserLockedOut,
+    /// The session did not log in within `preauth_timeout`.
+    LoginTimeout,
+    /// The relay is full and this session, the oldest one not logged in, makes room.
+    Evicted,
+    /// The client's address has as many sessions without a login as it may.
+    TooManyUnauthenticated,
     /// The session sent more commands or bytes than allowed.
     SessionBudget,
     /// A sender the device may not use; the address.
@@ -216,6 +230,8 @@ impl SessionError {
             Syntax(syntax) => r(501, (5, 5, 4), format!("Syntax: {syntax}")),
             BadSenderAddress => r(501, (5, 1, 7), "Bad sender address syntax"),
             BadRecipientAddress => r(501, (5, 1, 3), "Bad recipient address syntax"),
+            InvalidSender(why) => r(553, (5, 1, 7), format!("Sender address rejected: {why}")),
+            InvalidRecipient(why) => r(501, (5, 1, 3), format!("Bad recipient address: {why}")),
             UnsupportedParameter(p) => r(555, (5, 5, 4), format!("Unsupported parameter {p}")),
             InvalidParameter(p) => r(501, (5, 5, 4), format!("Invalid value for parameter {p}")),
             NotImplemented(cmd) => r(502, (5, 5, 1), format!("{cmd} not implemented")),
@@ -254,6 +270,22 @@ impl SessionError {
                 (4, 7, 0),
                 "Too many failed logins from your address, try again later",
             ),
+            UserLockedOut => r(
+                454,
+                (4, 7, 0),
+                "Too many failed logins for this user, try later",
+            ),
+            LoginTimeout => r(
+                421,
+                (4, 7, 0),
+                "No login in the time allowed, closing connection",
+            ),
+            Evicted => r(
+                421,
+                (4, 7, 0),
+                "Too many connections, closing one not logged in",
+            ),
+            TooManyUnauthenticated => r(421, (4, 7, 0), "Too many connections without a login"),
             SessionBudget => r(
                 421,
                 (4, 7, 0),
@@ -294,6 +326,9 @@ impl SessionError {
             self,
             SessionError::TooManyAuthFailures
                 | SessionError::LockedOut
+                | SessionError::LoginTimeout
+                | SessionError::Evicted
+                | SessionError::TooManyUnauthenticated
                 | SessionError::SessionBudget
                 | SessionError::Timeout
                 | SessionError::TooManyErrors
@@ -570,6 +605,8 @@ mod tests {
             Syntax("x"),
             BadSenderAddress,
             BadRecipientAddress,
+            InvalidSender("x"),
+            InvalidRecipient("x"),
             UnsupportedParameter("X".into()),
             InvalidParameter("SIZE"),
             NotImplemented("EXPN"),
@@ -591,6 +628,10 @@ mod tests {
             AuthRequired,
             TooManyAuthFailures,
             LockedOut,
+            UserLockedOut,
+            LoginTimeout,
+            Evicted,
+            TooManyUnauthenticated,
             SessionBudget,
             SenderNotAllowed("a@b".into()),
             TooManyRecipients,
@@ -646,6 +687,24 @@ mod tests {
                 .reply()
                 .to_string()
                 .starts_with("452 4.3.1")
+        );
+        assert!(
+            SessionError::InvalidSender("x")
+                .reply()
+                .to_string()
+                .starts_with("553 5.1.7")
+        );
+        assert!(
+            SessionError::InvalidRecipient("x")
+                .reply()
+                .to_string()
+                .starts_with("501 5.1.3")
+        );
+        assert!(
+            SessionError::UserLockedOut
+                .reply()
+                .to_string()
+                .starts_with("454 4.7.0")
         );
         assert_eq!(ok::auth_login_username().to_wire(), b"334 VXNlcm5hbWU6\r\n");
         assert_eq!(ok::auth_login_password().to_wire(), b"334 UGFzc3dvcmQ6\r\n");

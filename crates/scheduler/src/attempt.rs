@@ -225,7 +225,8 @@ impl Inner {
             }
             _ => return None,
         };
-        let level = self.queue().pause(account, Instant::now() + pause);
+        let now = Instant::now();
+        let level = self.queue().pause(account, now + pause, now);
         if retry == Retry::HoldAccount {
             error!(account = %account, upstream = %a.out.reply, pause_secs = pause.as_secs(), level, advice = a.advice(),
                 "the upstream refuses this account (not the message); holding all its mail until it is fixed, retrying in {}s", pause.as_secs());

@@ -6,6 +6,7 @@
 //! can parse, and the original message's headers (the message itself stays in `failed/`, since a
 //! scan can be tens of megabytes).
 
+use smtp2oauth_proto::address::display_stored;
 use smtp2oauth_proto::{EnhancedStatus, Reply};
 use smtp2oauth_spool::{Envelope, MessageId};
 use std::fmt::Write;
@@ -124,8 +125,8 @@ fn headers(out: &mut String, n: &Notice<'_>, boundary: &str) {
     let _ = write!(
         out,
         "From: Mail Delivery System <{}>\r\nTo: <{}>\r\nSubject: {subject}: {}\r\nDate: {}\r\n",
-        n.mailbox,
-        n.to,
+        display_stored(n.mailbox),
+        display_stored(n.to),
         sanitize(&subject_of, 120),
         smtp2oauth_date(n.now_unix)
     );
@@ -152,7 +153,7 @@ fn for_people(out: &mut String, n: &Notice<'_>) {
     let _ = write!(
         out,
         "  Sender:    {}\r\n  Subject:   {}\r\n  Received:  {}\r\n\r\n",
-        env.original_sender.as_deref().unwrap_or(&env.sender),
+        display_stored(env.original_sender.as_deref().unwrap_or(&env.sender)),
         sanitize(&subject_of, 200),
         smtp2oauth_date(env.received_at_ms / 1000)
     );
@@ -169,7 +170,7 @@ fn for_people(out: &mut String, n: &Notice<'_>) {
         let _ = write!(
             out,
             "  <{}>\r\n    {}\r\n",
-            f.rcpt,
+            display_stored(&f.rcpt),
             sanitize(&f.diagnostic, 400)
         );
     }
@@ -198,7 +199,8 @@ fn for_machines(out: &mut String, n: &Notice<'_>) {
         let _ = write!(
             out,
             "\r\nFinal-Recipient: rfc822; {}\r\nAction: failed\r\nStatus: {}\r\n",
-            f.rcpt, f.status
+            display_stored(&f.rcpt),
+            f.status
         );
         if !n.remote.is_empty() {
             let _ = write!(out, "Remote-MTA: dns; {}\r\n", sanitize(n.remote, 200));
@@ -478,6 +480,58 @@ mod tests {
         );
         // every line ends with CRLF
         assert!(!text.replace("\r\n", "").contains('\n'));
+    }
+
+    /// Addresses in a notice are written one way (`proto::Address`): quoted where needed, and
+    /// an older version's stored text never puts a control character into the notice.
+    #[test]
+    fn notice_addresses_are_written_by_the_address_type() {
+        let env = Envelope {
+            id: smtp2oauth_spool::MessageId::parse("0123456789abcdef").unwrap(),
+            received_at_ms: 0,
+            account: "scanner".into(),
+            device: "mfp".into(),
+            listener: "smtp-2525".into(),
+            client_ip: "192.168.1.20".into(),
+            helo: "mfp".into(),
+            sender: "scanner@contoso.com".into(),
+            original_sender: Some("a b@printer.local".into()),
+            recipients: vec!["\"x y\"@example.com".into(), "\x1b[2J@b.example".into()],
+            eight_bit: false,
+            smtputf8: false,
+            size: 10,
+            crc32c: 0,
+            notice: false,
+            session: 7,
+        };
+        let reply = Reply::with_status(550, (5, 1, 1), "User unknown");
+        let failed = [
+            FailedRecipient::refused("\"x y\"@example.com", &reply),
+            FailedRecipient::refused("\x1b[2J@b.example", &reply),
+        ];
+        let n = Notice {
+            hostname: "relay.lan",
+            mailbox: "scanner@contoso.com",
+            to: "admin@contoso.com",
+            envelope: &env,
+            failed: &failed,
+            reason: Reason::Refused,
+            remote: "",
+            advice: None,
+            original_headers: b"",
+            now_unix: 0,
+            notice_id: "fedcba9876543210",
+        };
+        let text = String::from_utf8(compose(&n)).unwrap();
+        for needle in [
+            "Sender:    \"a b\"@printer.local",
+            "  <\"x y\"@example.com>\r\n",
+            "Final-Recipient: rfc822; \"x y\"@example.com\r\n",
+            "Final-Recipient: rfc822; \\x1b[2J@b.example\r\n",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(!text.contains('\x1b'));
     }
 
     #[test]

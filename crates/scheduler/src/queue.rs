@@ -287,11 +287,17 @@ impl Queue {
     }
 
     /// The account's upstream throttled us: no attempt of it starts before `until`.
-    /// Returns the throttle level reached (consecutive throttles).
-    pub(crate) fn pause(&mut self, account: &str, until: Instant) -> u32 {
+    /// Returns the throttle level reached (consecutive throttles). A throttle that arrives
+    /// while the account is already paused came from an attempt that was in flight when the
+    /// pause began: it extends the pause but is not a further step (a burst of replies to
+    /// attempts in flight at once would otherwise multiply the pause within milliseconds).
+    pub(crate) fn pause(&mut self, account: &str, until: Instant, now: Instant) -> u32 {
         let acc = self.account(account);
+        let already = acc.paused_until.is_some_and(|u| u > now);
         acc.paused_until = Some(acc.paused_until.map_or(until, |u| u.max(until)));
-        acc.throttle_level += 1;
+        if !already {
+            acc.throttle_level += 1;
+        }
         acc.throttle_level
     }
 
@@ -506,7 +512,10 @@ mod tests {
         let mut q = Queue::new(HashMap::new());
         let t0 = Instant::now();
         q.schedule(&id("x"), "a", t0, None);
-        assert_eq!(q.pause("a", t0 + Duration::from_secs(30)), 1);
+        assert_eq!(q.pause("a", t0 + Duration::from_secs(30), t0), 1);
+        // Throttles of attempts that were in flight when the pause began do not raise it.
+        assert_eq!(q.pause("a", t0 + Duration::from_secs(30), t0), 1);
+        assert_eq!(q.pause("a", t0 + Duration::from_secs(20), t0), 1);
         let (start, next) = q.take_due(t0 + Duration::from_secs(1));
         assert!(start.is_empty());
         assert_eq!(next, Some(t0 + Duration::from_secs(30)));
@@ -514,6 +523,9 @@ mod tests {
             labels(q.take_due(t0 + Duration::from_secs(31)).0),
             vec!["x"]
         );
+        // Once the pause is over, a new throttle is the next step.
+        let t1 = t0 + Duration::from_secs(31);
+        assert_eq!(q.pause("a", t1 + Duration::from_secs(60), t1), 2);
         assert_eq!(q.recovered("a", t0), 0, "not in trouble: nothing to move");
         assert_eq!(q.throttle_level("a"), 0);
     }
@@ -526,7 +538,7 @@ mod tests {
         q.schedule(&id("a1"), "a", later, None);
         q.schedule(&id("a2"), "a", later, None);
         q.schedule(&id("b1"), "b", later, None);
-        q.pause("a", later);
+        q.pause("a", later, now);
         assert_eq!(labels(q.take_due(now).0), Vec::<String>::new());
         assert_eq!(q.account_due_now("a", now), 2);
         assert_eq!(q.account_due_now("nobody", now), 0);
@@ -547,7 +559,7 @@ mod tests {
         assert_eq!(q.recovered("a", now), 0);
         assert!(q.take_due(now).0.is_empty());
         q.mark_troubled("a");
-        q.pause("a", later);
+        q.pause("a", later, now);
         assert_eq!(q.recovered("a", now), 2);
         assert_eq!(q.take_due(now).0.len(), 2);
         assert_eq!(q.recovered("a", now), 0, "once");
@@ -588,7 +600,7 @@ mod tests {
         q.forget(&id("x"));
         assert_eq!(q.len(), 0);
         q.schedule(&id("y"), "a", t0 + Duration::from_secs(100), None);
-        q.pause("a", t0 + Duration::from_secs(600));
+        q.pause("a", t0 + Duration::from_secs(600), t0);
         q.retry_now(&id("y"), "a");
         assert_eq!(labels(q.take_due(Instant::now()).0), vec!["y"]);
         q.finish(&id("y"));

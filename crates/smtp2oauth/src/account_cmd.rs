@@ -6,15 +6,18 @@
 //! redirect URI's port itself. It works while the relay runs: the relay notices the new sign-in
 //! in the token store within seconds and sends the mail that waited for it. `list` and `status`
 //! print each account's state as the running relay sees it (from its state file: `live.rs`)
-//! and its sign-in, without secrets; `keygen` prints a new master key.
+//! and its sign-in, without secrets; `keygen` prints a new master key. What the identity
+//! platform or an upstream said (errors, replies, scopes, codes) is printed with its control
+//! characters escaped.
 
 mod live;
 
+use crate::queue_cmd::printable;
 use crate::wiring;
 use clap::Subcommand;
 use live::Live;
 use smtp2oauth_activity::now_ms;
-use smtp2oauth_admin::time::{utc, utc_relative};
+use smtp2oauth_admin::time::{local, local_relative};
 use smtp2oauth_config::{AccountSpec, FlowSpec, Loaded, RouteSpec};
 use smtp2oauth_tokens::{
     CallbackParams, MasterKey, PollEvent, Secret, SignInError, SignInManager, StoredToken,
@@ -106,10 +109,10 @@ async fn state_line(account: &AccountSpec, store: Option<&TokenStore>) -> String
     };
     match record {
         None | Some(Ok(None)) => "not signed in".into(),
-        Some(Err(e)) => format!("token file unreadable: {e}"),
+        Some(Err(e)) => format!("token file unreadable: {}", printable(&e.to_string())),
         Some(Ok(Some(t))) if t.sign_in_required => "sign-in needed".into(),
         Some(Ok(Some(t))) => match t.signed_in_at {
-            Some(at) => format!("signed in {}", utc_relative(at)),
+            Some(at) => format!("signed in {}", local_relative(at)),
             None => "signed in".into(),
         },
     }
@@ -169,7 +172,7 @@ fn print_live(live: &Live, a: &AccountSpec) {
             println!("state:        {}", live::state_words(act, now));
             let c = act.condition.at(now);
             if let Some(r) = &c.reply {
-                println!("reply:        {}", live::escaped(&r.to_string()));
+                println!("reply:        {}", printable(&r.to_string()));
             }
             if let Some(advice) = &c.advice {
                 println!("advice:       {advice}");
@@ -233,16 +236,16 @@ async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
         Some(t) => {
             let show = |label: &str, t: Option<SystemTime>| {
                 if let Some(t) = t {
-                    println!("{label:14}{}", utc_relative(t));
+                    println!("{label:14}{}", local_relative(t));
                 }
             };
             show("signed in:", t.signed_in_at);
             show("last refresh:", t.last_refresh);
             if let Some(scope) = &t.scope {
-                println!("granted:      {scope}");
+                println!("granted:      {}", printable(scope));
             }
             if let Some(e) = &t.last_error {
-                println!("last error:   {}", live::escaped(e));
+                println!("last error:   {}", printable(e));
             }
             t.sign_in_required || t.refresh_token.is_none()
         }
@@ -250,10 +253,10 @@ async fn status(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
     if let Some(p) = store.login_prompt(&a.name).await {
         println!(
             "in progress:  open {} and enter {} (until {}, started by {})",
-            p.verification_uri,
-            p.user_code,
-            utc(SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at)),
-            p.started_by
+            printable(&p.verification_uri),
+            printable(&p.user_code),
+            local(SystemTime::UNIX_EPOCH + Duration::from_secs(p.expires_at)),
+            printable(&p.started_by)
         );
     }
     if needs_login {
@@ -328,7 +331,7 @@ async fn login(cfg: &Loaded, name: &str) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            eprintln!("smtp2oauth: sign-in failed: {e}");
+            eprintln!("smtp2oauth: sign-in failed: {}", printable(&e.to_string()));
             Ok(ExitCode::from(1))
         }
     }
@@ -344,7 +347,10 @@ async fn device_login(
     let minutes = device.expires_in.as_secs() / 60;
     println!(
         "To sign in account {} ({}), open {} in a browser on any device and enter the code: {}",
-        account.name, account.mailbox, device.verification_uri, device.user_code
+        account.name,
+        account.mailbox,
+        printable(&device.verification_uri),
+        printable(&device.user_code)
     );
     println!(
         "Sign in as the mailbox's user (or a member of the shared mailbox). The code works for {minutes} minutes. Waiting..."
@@ -355,7 +361,10 @@ async fn device_login(
             "the identity provider asked to poll less often: every {} s now",
             interval.as_secs()
         ),
-        PollEvent::Retrying(e) => println!("temporary problem, still waiting: {e}"),
+        PollEvent::Retrying(e) => println!(
+            "temporary problem, still waiting: {}",
+            printable(&e.to_string())
+        ),
     };
     let wait = manager.finish_device_login(&account.name, &device, &mut on_event);
     tokio::select! {

@@ -1,150 +1,50 @@
 //! The one-shot commands: `check-config`, `hash-password`, `send-test`.
 
-use crate::{send_test, wiring};
-use smtp2oauth_config::{AccountSpec, Config, Loaded, Problem, RouteSpec};
+use crate::{checks, send_test, wiring};
+use smtp2oauth_config::{AccountSpec, ConfigError, Loaded};
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-/// Reports every problem with its key path; exit status 1 when there is any.
+/// Reports every problem with where it was set and its key; exit status 1 when there is any.
+/// Validation first, then what loading finds in the entries validation found no fault with
+/// (the same [`checks::loading`] `serve` runs).
 pub async fn check_config(path: Option<&Path>) -> ExitCode {
-    let cfg = match smtp2oauth_config::parse(path, std::env::vars()) {
+    let parsed = match smtp2oauth_config::parse_located(path, std::env::vars()) {
         Ok(c) => c,
         Err(e) => {
             eprint!("{e}");
             return ExitCode::from(1);
         }
     };
-    let checked = smtp2oauth_config::check(&cfg);
-    let mut problems = checked.problems;
-    let warnings = checked.warnings;
-    let loaded = smtp2oauth_config::Loaded {
-        config: cfg,
+    let mut checked = smtp2oauth_config::check(&parsed.config);
+    parsed.origins.annotate(&mut checked.problems);
+    parsed.origins.annotate(&mut checked.warnings);
+    let loaded = Loaded {
+        config: parsed.config,
         accounts: checked.accounts,
         warnings: Vec::new(),
         path: path.map(Path::to_path_buf),
+        origins: parsed.origins,
     };
-    problems.append(&mut deep_checks(&loaded).await);
-    let cfg = &loaded.config;
+    let found = checks::loading(&loaded, &checked.problems).await;
+    let problems = [checked.problems, found.problems].concat();
+    let warnings = [checked.warnings, found.warnings].concat();
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    if problems.is_empty() {
-        println!(
-            "configuration OK: {} listener(s), {} account(s), {} device(s)",
-            cfg.listeners.len(),
-            cfg.accounts.len(),
-            cfg.devices.len()
-        );
-        ExitCode::SUCCESS
-    } else {
-        eprintln!("{} configuration problem(s):", problems.len());
-        for p in &problems {
-            eprintln!("  - {p}");
-        }
-        ExitCode::from(1)
+    if !problems.is_empty() {
+        eprint!("{}", ConfigError { problems });
+        return ExitCode::from(1);
     }
-}
-
-/// Checks that need more than the schema: hashes parse, credentials load, TLS files load.
-/// Accounts are checked from their specs, so an account with problems of its own is checked
-/// here once those are fixed.
-async fn deep_checks(loaded: &Loaded) -> Vec<Problem> {
     let cfg = &loaded.config;
-    let mut p = Vec::new();
-    if let Err(errs) = smtp2oauth_inbound::Directory::from_config(cfg) {
-        for e in errs {
-            if !e.key.ends_with(".account") {
-                p.push(Problem::new(e.key, e.message));
-            }
-        }
-    }
-    for a in &loaded.accounts {
-        account_checks(a, &account_key(cfg, &a.name), &mut p);
-    }
-    token_store_checks(loaded, &mut p).await;
-    listener_tls_checks(cfg, &mut p);
-    p
-}
-
-/// The key path of the account named `name`.
-fn account_key(cfg: &Config, name: &str) -> String {
-    let i = cfg.accounts.iter().position(|a| a.name == name);
-    format!("accounts.{}", i.unwrap_or_default())
-}
-
-/// The account's client certificates and CA file load, and its credential does.
-fn account_checks(a: &AccountSpec, key: &str, p: &mut Vec<Problem>) {
-    for route in a.routes() {
-        if let RouteSpec::Smarthost(s) = route
-            && let Some(pair) = &s.client_cert
-            && let Err(e) = smtp2oauth_upstream::client_config_with_cert(
-                a.ca_file.as_deref(),
-                &pair.cert_file,
-                &pair.key_file,
-            )
-        {
-            p.push(Problem::new(format!("{key}.tls_client_cert_file"), e));
-        }
-    }
-    let Some(oauth) = &a.oauth else {
-        return;
-    };
-    if let Some(c) = oauth.flow.credential()
-        && let Err(e) = wiring::credential(&a.name, c)
-    {
-        p.push(Problem::new(key, format!("{e:#}")));
-    }
-    if let Err(e) = smtp2oauth_upstream::client_config(a.ca_file.as_deref()) {
-        p.push(Problem::new(format!("{key}.ca_file"), e));
-    }
-}
-
-/// Stored sign-ins must open with the master key the relay will use (nothing is created).
-async fn token_store_checks(loaded: &Loaded, p: &mut Vec<Problem>) {
-    match wiring::open_token_store(loaded, false).await {
-        Err(e) => p.push(Problem::new("store.master_key_file", format!("{e:#}"))),
-        Ok(None) => {}
-        Ok(Some((store, _))) => {
-            for a in loaded.accounts.iter().filter(|a| a.delegated().is_some()) {
-                if let Err(e) = store.load(&a.name).await {
-                    p.push(Problem::new(
-                        account_key(&loaded.config, &a.name),
-                        e.to_string(),
-                    ));
-                }
-            }
-        }
-    }
-}
-
-/// Each listener's TLS as `serve` would load it (client CA, legacy profile); the bare pair
-/// only when no listener uses it, so one bad file is reported once.
-fn listener_tls_checks(cfg: &Config, p: &mut Vec<Problem>) {
-    if let (Some(c), Some(k)) = (&cfg.tls.cert_file, &cfg.tls.key_file)
-        && c.exists()
-        && k.exists()
-    {
-        let mut checked = false;
-        for (i, l) in cfg.listeners.iter().enumerate() {
-            if l.tls == smtp2oauth_config::ListenerTls::None {
-                continue;
-            }
-            let policy = smtp2oauth_inbound::TlsPolicy {
-                cert: c.clone(),
-                key: k.clone(),
-                client_ca: l.client_ca_file.clone(),
-                profile: l.tls_profile,
-            };
-            checked = true;
-            if let Err(e) = smtp2oauth_inbound::TlsHandle::load(policy) {
-                p.push(Problem::new(format!("listeners.{i}"), e.to_string()));
-            }
-        }
-        if !checked && let Err(e) = smtp2oauth_inbound::server_config(c, k) {
-            p.push(Problem::new("tls", e.to_string()));
-        }
-    }
+    println!(
+        "configuration OK: {} listener(s), {} account(s), {} device(s)",
+        cfg.listeners.len(),
+        cfg.accounts.len(),
+        cfg.devices.len()
+    );
+    ExitCode::SUCCESS
 }
 
 /// Reads a password (without echo on a terminal) and prints its argon2id hash.
@@ -259,76 +159,129 @@ pub async fn send_test(path: Option<&Path>, account: &str, to: &str) -> ExitCode
     }
 }
 
-/// `smtp2oauth health`: GET /healthz (or /readyz) from the admin server; exit 0 on 200.
-pub fn health(path: Option<&Path>, url: Option<&str>, ready: bool) -> ExitCode {
-    use std::io::Read;
-    use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
-    use std::time::Duration;
-    let target = match url {
-        Some(u) => u
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_string(),
-        None => {
-            let listen = match smtp2oauth_config::parse(path, std::env::vars()) {
-                Ok(c) => c.admin.listen,
-                Err(e) => {
-                    eprint!("{e}");
-                    return ExitCode::from(2);
-                }
-            };
-            if listen.is_empty() {
-                eprintln!(
-                    "smtp2oauth: [admin] listen is empty: the admin server is off, so there is nothing to ask"
-                );
-                return ExitCode::from(2);
-            }
-            match listen.parse::<SocketAddr>() {
-                // A wildcard address listens on loopback too.
-                Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
-                _ => listen,
-            }
-        }
+/// `smtp2oauth health`: GET /healthz (or /readyz) from the admin server; exit 0 on 200. Prints
+/// a summary in words, or with `json` the server's JSON as it came.
+pub fn health(path: Option<&Path>, url: Option<&str>, ready: bool, json: bool) -> ExitCode {
+    let target = match health_target(path, url) {
+        Ok(t) => t,
+        Err(code) => return code,
     };
     let path = if ready { "/readyz" } else { "/healthz" };
-    let result = (|| -> std::io::Result<(u16, String)> {
-        let addr = target
-            .to_socket_addrs()?
-            .next()
-            .ok_or_else(|| std::io::Error::other(format!("cannot resolve {target}")))?;
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(15)))?;
-        s.write_all(
-            format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )?;
-        let mut resp = Vec::new();
-        s.take(1024 * 1024).read_to_end(&mut resp)?;
-        let text = String::from_utf8_lossy(&resp).into_owned();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = text
-            .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default();
-        Ok((code, body))
-    })();
-    match result {
-        Ok((200, body)) => {
-            println!("{}", body.trim());
-            ExitCode::SUCCESS
-        }
+    let url = format!("http://{target}{path}");
+    match http_get(&target, path) {
         Ok((code, body)) => {
-            println!("{}", body.trim());
-            eprintln!("smtp2oauth: http://{target}{path} answered {code}");
-            ExitCode::from(1)
+            if json {
+                println!("{}", body.trim());
+            } else {
+                println!("{}", health_words(&url, ready, code, &body));
+            }
+            if code == 200 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("smtp2oauth: {url} answered {code}");
+                ExitCode::from(1)
+            }
         }
         Err(e) => {
-            eprintln!("smtp2oauth: cannot reach the admin server at http://{target}{path}: {e}");
+            eprintln!("smtp2oauth: cannot reach the admin server at {url}: {e}");
             ExitCode::from(1)
         }
     }
+}
+
+/// `host:port` of the admin server: from `--url`, else from `[admin] listen` (a wildcard
+/// address is asked on loopback).
+fn health_target(path: Option<&Path>, url: Option<&str>) -> Result<String, ExitCode> {
+    if let Some(u) = url {
+        return Ok(u
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string());
+    }
+    let listen = match smtp2oauth_config::parse(path, std::env::vars()) {
+        Ok(c) => c.admin.listen,
+        Err(e) => {
+            eprint!("{e}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    if listen.is_empty() {
+        eprintln!(
+            "smtp2oauth: [admin] listen is empty: the admin server is off, so there is nothing to ask"
+        );
+        return Err(ExitCode::from(2));
+    }
+    Ok(match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => format!("127.0.0.1:{}", a.port()),
+        _ => listen,
+    })
+}
+
+/// One HTTP/1.0 GET with deadlines: the status code and the body.
+fn http_get(target: &str, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Read;
+    use std::net::{TcpStream, ToSocketAddrs};
+    use std::time::Duration;
+    let addr = target
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("cannot resolve {target}")))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.0\r\nHost: {target}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut resp = Vec::new();
+    s.take(1024 * 1024).read_to_end(&mut resp)?;
+    let text = String::from_utf8_lossy(&resp).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((code, body))
+}
+
+/// The answer in words: alive (and the version), or ready with each check and each account's
+/// state; a body that is not the relay's JSON is shown as it came, escaped.
+fn health_words(url: &str, ready: bool, code: u16, body: &str) -> String {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
+        return format!("{url} answered {code}: {}", body.trim().escape_debug());
+    };
+    if !ready {
+        let version = v["version"].as_str().unwrap_or("?");
+        return match code {
+            200 => format!("alive: smtp2oauth {version} answers at {url}"),
+            _ => format!("NOT alive: {url} answered {code}"),
+        };
+    }
+    let mut out = if v["ready"] == true {
+        format!("ready: {url}")
+    } else {
+        format!("NOT ready: {url} answered {code}")
+    };
+    for c in v["checks"].as_array().into_iter().flatten() {
+        let ok = if c["ok"] == true { "ok" } else { "FAILED" };
+        let name = c["name"].as_str().unwrap_or("?");
+        let detail = c["detail"].as_str().unwrap_or("");
+        out.push_str(&format!("\n  {ok:6}  {name:9}  {}", detail.escape_debug()));
+    }
+    let accounts = v["accounts"].as_array().cloned().unwrap_or_default();
+    if !accounts.is_empty() {
+        out.push_str("\naccounts (their state does not make the relay unready):");
+    }
+    for a in &accounts {
+        let name = a["name"].as_str().unwrap_or("?");
+        let state = a["state"].as_str().unwrap_or("?");
+        let since = match a["since"]["at_ms"].as_u64() {
+            Some(ms) if state != "ok" => format!(" since {}", smtp2oauth_admin::time::local_ms(ms)),
+            _ => String::new(),
+        };
+        out.push_str(&format!("\n  {:12}  {state}{since}", name.escape_debug()));
+    }
+    out
 }

@@ -15,20 +15,44 @@
 //! - `relay.rs`: the built relay, and running it until told to stop (shutdown order).
 //! - `reload.rs`: reloading the listeners' certificates on request (SIGHUP, the service's
 //!   parameter-change control) or when the files change.
-//! - `commands.rs`: `check-config`, `hash-password`, `send-test`; `send_test.rs`: the
-//!   send-test itself (shared with the admin console).
+//! - `commands.rs`: `check-config`, `hash-password`, `send-test`, `health`; `send_test.rs`:
+//!   the send-test itself (shared with the admin console).
+//! - `checks.rs`: what `check-config` and `serve` check beyond validation (loading
+//!   credentials and certificates, this build's features, certificate dates).
 //! - `queue_cmd.rs`: `queue list|show|retry|delete|failed|requeue`.
 //! - `account_cmd.rs`: `account list|status|login|logout` and `keygen`.
 //! - `signin.rs`: keeping delegated accounts signed in while the relay runs.
 //! - `logging.rs`: log format and filtering.
 //! - `status.rs`: what the admin server reports (metrics read at scrape time, readiness).
 //! - `state_file.rs`: the live state written to `<store>/state.json` for the CLI.
+//! - `output.rs`: printing that ends quietly when the reader stops reading (`| head -1`).
+
+// Every command prints through `output.rs`: these shadow std's macros in the whole crate (they
+// are defined before the modules, so the modules see them), so a closed pipe never panics,
+// whichever command prints.
+macro_rules! println {
+    () => { $crate::output::stdout(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*), true) };
+}
+#[allow(unused_macros)] // so that a later `print!` cannot bypass it either
+macro_rules! print {
+    ($($arg:tt)*) => { $crate::output::stdout(format_args!($($arg)*), false) };
+}
+macro_rules! eprintln {
+    () => { $crate::output::stderr(format_args!(""), true) };
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*), true) };
+}
+macro_rules! eprint {
+    ($($arg:tt)*) => { $crate::output::stderr(format_args!($($arg)*), false) };
+}
 
 mod account_cmd;
+mod checks;
 mod commands;
 #[cfg(any(windows, test))]
 mod logfile;
 mod logging;
+mod output;
 mod queue_cmd;
 mod relay;
 mod reload;
@@ -159,12 +183,16 @@ enum Command {
     Health {
         #[command(flatten)]
         config: ConfigArg,
-        /// Ask /readyz (every account can get a token, the spool is writable) instead of /healthz.
+        /// Ask /readyz (listeners accepting, spool writable; each account's state is listed
+        /// too) instead of /healthz.
         #[arg(long)]
         ready: bool,
         /// Base URL of the admin server (default: from `[admin] listen`).
         #[arg(long)]
         url: Option<String>,
+        /// Print the server's JSON answer instead of a summary.
+        #[arg(long)]
+        json: bool,
     },
     /// Get a token for an account, then send a test message through its route; print each
     /// step's result with its advice (exit 1 when one failed).
@@ -228,9 +256,12 @@ fn main() -> ExitCode {
             runtime().block_on(account_cmd::run(config.path().as_deref(), command))
         }
         Command::Keygen => account_cmd::keygen(),
-        Command::Health { config, ready, url } => {
-            commands::health(config.path().as_deref(), url.as_deref(), ready)
-        }
+        Command::Health {
+            config,
+            ready,
+            url,
+            json,
+        } => commands::health(config.path().as_deref(), url.as_deref(), ready, json),
         Command::SendTest {
             config,
             account,

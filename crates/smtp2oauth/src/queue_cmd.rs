@@ -5,7 +5,12 @@
 //! relay's deliveries, so when a relay holds the spool's lock the command files a request in
 //! `control/` and waits for the relay to carry it out; when none runs, it changes the files
 //! itself.
+//!
+//! Everything printed that a device or an upstream wrote (addresses, EHLO names, headers,
+//! replies) goes through [`printable`] or [`address`]: a recipient such as
+//! `"\x1b]2;owned\x07"@b.example` must not retitle or clear the admin's terminal.
 
+pub use smtp2oauth_proto::address::printable;
 use smtp2oauth_spool::{
     Area, ControlAction, ControlTarget, Event, MessageId, Queued, Spool, SpoolError,
 };
@@ -85,17 +90,19 @@ pub async fn run(config: Option<&Path>, cmd: QueueCommand) -> ExitCode {
     }
 }
 
-/// `text` with control characters written as `\x1b`, never raw to the terminal.
-fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                format!("\\x{:02x}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+/// A stored address as the relay writes it upstream (control characters escaped, for texts
+/// an older version stored).
+fn address(stored: &str) -> String {
+    smtp2oauth_proto::address::display_stored(stored)
+}
+
+/// Addresses, comma-separated.
+fn addresses(stored: &[String]) -> String {
+    stored
+        .iter()
+        .map(|a| address(a))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// How long the command waits for the running relay's answer.
@@ -169,6 +176,12 @@ fn age(ms: u64) -> String {
     }
 }
 
+/// `2026-12-06 12:10:31 +01:00 (18 s ago)`: local time with its offset, and how long ago or
+/// from now.
+fn when(ms: u64) -> String {
+    smtp2oauth_admin::time::local_ms(ms)
+}
+
 async fn load_all(spool: &Spool, area: Area) -> Result<Vec<Queued>, SpoolError> {
     let mut out = Vec::new();
     for id in spool.list(area).await? {
@@ -232,16 +245,16 @@ async fn list(spool: &Spool, area: Area, json: bool) -> ExitCode {
         println!(
             "{:<16}  {:<12}  {:>9}  {:>7}  {:>3}  {} -> {}{}",
             e.id,
-            e.account,
+            printable(&e.account),
             e.size,
             age(e.received_at_ms),
             p.attempts,
-            e.sender,
-            rcpts.join(", "),
+            address(&e.sender),
+            addresses(rcpts),
             if e.notice { "  (failure notice)" } else { "" }
         );
         if let Some(err) = &p.last_reply {
-            println!("{:<16}  {err}", "");
+            println!("{:<16}  {}", "", printable(err));
         }
     }
     println!("{} message(s).", items.len());
@@ -283,39 +296,40 @@ fn print_message(q: &smtp2oauth_spool::Queued) {
             "failed"
         }
     );
-    println!(
-        "received:    {} ago ({} ms since epoch)",
-        age(e.received_at_ms),
-        e.received_at_ms
-    );
+    println!("received:    {}", when(e.received_at_ms));
     println!(
         "device:      {} from {} (helo {}, listener {}, session {})",
-        e.device, e.client_ip, e.helo, e.listener, e.session
+        printable(&e.device),
+        printable(&e.client_ip),
+        printable(&e.helo),
+        printable(&e.listener),
+        e.session
     );
-    println!("account:     {}", e.account);
+    println!("account:     {}", printable(&e.account));
     match &e.original_sender {
-        Some(orig) => println!("sender:      {} (rewritten from {orig})", e.sender),
-        None => println!("sender:      {}", e.sender),
+        Some(orig) => println!(
+            "sender:      {} (rewritten from {})",
+            address(&e.sender),
+            address(orig)
+        ),
+        None => println!("sender:      {}", address(&e.sender)),
     }
-    println!("recipients:  {}", e.recipients.join(", "));
-    println!(
-        "delivered:   {}",
-        if p.delivered.is_empty() {
+    println!("recipients:  {}", addresses(&e.recipients));
+    let or_dash = |list: &[String]| {
+        if list.is_empty() {
             "-".to_string()
         } else {
-            p.delivered.join(", ")
+            addresses(list)
         }
-    );
-    println!(
-        "remaining:   {}",
-        if p.remaining.is_empty() {
-            "-".to_string()
-        } else {
-            p.remaining.join(", ")
-        }
-    );
+    };
+    println!("delivered:   {}", or_dash(&p.delivered));
+    println!("remaining:   {}", or_dash(&p.remaining));
     for f in &p.failed {
-        println!("refused:     {} ({})", f.rcpt, f.reply);
+        println!(
+            "refused:     {} ({})",
+            address(&f.rcpt),
+            printable(&f.reply.to_string())
+        );
     }
     println!(
         "size:        {} bytes{}",
@@ -324,8 +338,7 @@ fn print_message(q: &smtp2oauth_spool::Queued) {
     );
     println!("attempts:    {}", p.attempts);
     if let Some(n) = p.next_attempt_ms {
-        let when = n.saturating_sub(now_ms()) / 1000;
-        println!("next:        in {when}s");
+        println!("next:        {}", when(n));
     }
 }
 
@@ -345,19 +358,20 @@ fn print_history(events: &[Event]) {
                 stage,
                 ..
             } => println!(
-                "  {} ago  attempt {attempt}: {outcome}{}  {reply}",
-                age(*at_ms),
+                "  {}  attempt {attempt}: {outcome}{}  {}",
+                when(*at_ms),
                 stage
                     .as_deref()
-                    .map(|s| format!(" at {s}"))
-                    .unwrap_or_default()
+                    .map(|s| format!(" at {}", printable(s)))
+                    .unwrap_or_default(),
+                printable(&reply.to_string())
             ),
             Event::RetryRequested { at_ms } => {
-                println!("  {} ago  retry requested by the admin", age(*at_ms))
+                println!("  {}  retry requested by the admin", when(*at_ms))
             }
-            Event::Requeued { at_ms } => println!("  {} ago  requeued by the admin", age(*at_ms)),
+            Event::Requeued { at_ms } => println!("  {}  requeued by the admin", when(*at_ms)),
             Event::MovedToFailed { at_ms, reason } => {
-                println!("  {} ago  moved to failed: {reason}", age(*at_ms))
+                println!("  {}  moved to failed: {}", when(*at_ms), printable(reason))
             }
             Event::NoticeQueued {
                 at_ms,
@@ -366,8 +380,9 @@ fn print_history(events: &[Event]) {
                 ..
             } => {
                 println!(
-                    "  {} ago  failure notice {notice_id} queued to {to}",
-                    age(*at_ms)
+                    "  {}  failure notice {notice_id} queued to {}",
+                    when(*at_ms),
+                    address(to)
                 )
             }
         }
@@ -384,7 +399,7 @@ fn print_headers(data_path: &std::path::Path) {
             let _ = f.take(64 * 1024).read_to_end(&mut buf);
             let headers = smtp2oauth_scheduler::notice::header_block(&buf);
             for line in String::from_utf8_lossy(headers).lines() {
-                println!("  {line}");
+                println!("  {}", printable(line));
             }
         }
         Err(err) => println!("  (cannot read {}: {err})", data_path.display()),

@@ -128,7 +128,12 @@ async fn delivery_step(t: &TestTarget, to: &str) -> TestStep {
     let date = smtp2oauth_inbound::headers::rfc5322_date(now / 1000);
     let text = body(t, to, &id, &date);
     let file = std::env::temp_dir().join(format!("smtp2oauth-send-test-{id}.eml"));
-    if let Err(e) = std::fs::write(&file, &text) {
+    let written = smtp2oauth_platform::open_private(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        &file,
+    )
+    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if let Err(e) = written {
         return TestStep {
             ok: false,
             summary: format!("cannot write the test message to {}: {e}", file.display()),

@@ -9,9 +9,9 @@
 //! the Windows service manager), so both run exactly this.
 
 use crate::signals::{self, Controls};
-use crate::{reload, wiring};
+use crate::{checks, reload, wiring};
 use anyhow::{Result, anyhow};
-use smtp2oauth_config::Loaded;
+use smtp2oauth_config::{ConfigError, Loaded};
 use std::path::{Path, PathBuf};
 use tracing::warn;
 
@@ -31,7 +31,7 @@ pub async fn run_with(
     controls: Controls,
     built: impl FnOnce(),
 ) -> Result<()> {
-    let loaded = load(config_path.as_deref())?;
+    let loaded = load(config_path.as_deref()).await?;
     let relay = wiring::build(&loaded).await?;
     tokio::spawn(reload::watch(
         relay.tls.clone(),
@@ -43,10 +43,16 @@ pub async fn run_with(
     relay.run(controls.stop).await
 }
 
-/// Loads and checks the configuration; logs its warnings and the secret files others can read.
-fn load(path: Option<&Path>) -> Result<Loaded> {
+/// Loads and checks the configuration as `check-config` does (validation, then what loading
+/// finds); logs its warnings and the secret files others can read.
+async fn load(path: Option<&Path>) -> Result<Loaded> {
     let loaded = smtp2oauth_config::load(path).map_err(|e| anyhow!("{e}"))?;
-    for w in &loaded.warnings {
+    let found = checks::loading(&loaded, &[]).await;
+    if !found.problems.is_empty() {
+        let problems = found.problems;
+        return Err(anyhow!("{}", ConfigError { problems }));
+    }
+    for w in loaded.warnings.iter().chain(&found.warnings) {
         warn!("configuration: {w}");
     }
     if let Some(p) = path {

@@ -21,6 +21,7 @@ mod routes;
 mod tls;
 mod tokens;
 
+pub use console::not_after_ms;
 pub use notify::{AlertSender, Notifications};
 pub use routes::{GraphSlots, route, routes};
 pub use tls::{distinct_handles, listener_tls};
@@ -33,8 +34,9 @@ use crate::{signin, state_file, status};
 use anyhow::{Context, Result, anyhow};
 use smtp2oauth_config::{Config, Loaded};
 use smtp2oauth_inbound::{
-    ActivityPublisher, Directory, GuardSettings, Inbound, Limiter, Limits, ListenerRuntime,
-    ListenerSettings, LoginGuard, Observer, Submit, TlsHandle,
+    ActivityPublisher, Directory, GuardSettings, Inbound, KnownLogins, Limiter, LimiterSettings,
+    Limits, ListenerRuntime, ListenerSettings, LoginGuard, Observer, Observers, SessionLog, Submit,
+    TlsHandle,
 };
 use smtp2oauth_metrics::Metrics;
 use smtp2oauth_proto::Reply;
@@ -87,7 +89,10 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         Some(store) => Some(sign_in(loaded, store, &tokens, &scheduler).await?),
         None => None,
     };
-    let publisher = Arc::new(ActivityPublisher::new(activity.clone(), directory.clone()));
+    let publisher: Arc<dyn Observer> = Arc::new(Observers(vec![
+        Arc::new(ActivityPublisher::new(activity.clone(), directory.clone())),
+        Arc::new(SessionLog),
+    ]));
     let inbound = inbound(
         cfg,
         directory,
@@ -95,7 +100,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         scheduler.clone(),
         &metrics,
         publisher,
-    );
+    )?;
     let alerts: Arc<dyn AlertSender> = Arc::new(SchedulerAlerts(scheduler.clone()));
     let console = Console {
         notifications: notify::build(loaded, activity.clone(), environment.clone(), alerts)?,
@@ -137,13 +142,19 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
 
 /// Opens the spool under its lock (one relay per spool: a second one would deliver the same
 /// messages twice) and removes what an earlier run left unfinished.
+///
+/// The directories it creates are private (0700); one that was there before, made by an
+/// installer or an admin, gets a warning when every user can read it.
 async fn open_spool(cfg: &Config) -> Result<(Spool, SpoolLock)> {
+    let existed = cfg.store.dir.exists();
     smtp2oauth_spool::create_dir_durable(&cfg.store.dir, cfg.store.fsync)
         .with_context(|| format!("cannot create store dir {}", cfg.store.dir.display()))?;
     let spool = Spool::open_with(&cfg.store.dir.join("spool"), cfg.store.fsync)
         .context("cannot open the spool")?;
     let lock = spool.lock()?;
-    warn_if_readable_by_others(&cfg.store.dir, "the store directory (queued mail and keys)");
+    if existed {
+        warn_if_readable_by_others(&cfg.store.dir, "the store directory (queued mail and keys)");
+    }
     let removed = spool
         .clean_orphans()
         .await
@@ -276,8 +287,9 @@ impl Submit for SchedulerSubmit {
     }
 }
 
-/// What every session needs: limits, the device directory, the spool, the scheduler, and
-/// the observer of their replies (the live state).
+/// What every session needs: limits, the device directory, the spool, the scheduler, the
+/// lockouts (with the addresses devices logged in from, kept in the store), and the observer
+/// of their replies (the live state and the session log lines).
 fn inbound(
     cfg: &Config,
     directory: Arc<Directory>,
@@ -285,9 +297,12 @@ fn inbound(
     scheduler: Arc<Scheduler>,
     metrics: &Arc<Metrics>,
     observer: Arc<dyn Observer>,
-) -> Arc<Inbound> {
+) -> Result<Arc<Inbound>> {
     let s = &cfg.server;
-    Arc::new(Inbound {
+    let known_path = cfg.store.dir.join("known-logins");
+    let known = KnownLogins::open(known_path.clone())
+        .with_context(|| format!("cannot read {}", known_path.display()))?;
+    Ok(Arc::new(Inbound {
         hostname: cfg.hostname().into(),
         limits: Limits {
             min_free_space: cfg.store.min_free_space,
@@ -300,24 +315,33 @@ fn inbound(
         command_timeout: s.command_timeout,
         data_timeout: s.data_timeout,
         session_timeout: s.session_timeout,
+        preauth_timeout: s.preauth_timeout,
         add_received_header: s.add_received_header,
         directory,
         spool,
         submit: Arc::new(SchedulerSubmit(scheduler)),
-        limiter: Limiter::new(s.max_sessions, s.max_sessions_per_ip),
+        limiter: Limiter::new(LimiterSettings {
+            max_sessions: s.max_sessions,
+            max_sessions_per_ip: s.max_sessions_per_ip,
+            max_unauthenticated_per_ip: s.max_unauthenticated_per_ip,
+        }),
         shutdown: CancellationToken::new(),
         metrics: Some(metrics.clone()),
-        guard: Arc::new(LoginGuard::new(GuardSettings {
-            lockout_after: s.lockout_after,
-            lockout_window: s.lockout_window,
-            lockout_time: s.lockout_time,
-            lockout_max: s.lockout_max,
-            exempt: s.lockout_exempt.clone(),
-        })),
+        guard: Arc::new(LoginGuard::new(
+            GuardSettings {
+                lockout_after: s.lockout_after,
+                user_lockout_after: s.user_lockout_after,
+                lockout_window: s.lockout_window,
+                lockout_time: s.lockout_time,
+                lockout_max: s.lockout_max,
+                exempt: s.lockout_exempt.clone(),
+            },
+            known,
+        )),
         max_commands: s.max_commands,
         max_session_bytes: s.max_session_bytes,
         observer: Some(observer),
-    })
+    }))
 }
 
 /// Binds every listener: a relay starts whole or not at all.

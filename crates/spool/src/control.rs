@@ -273,7 +273,7 @@ impl Control {
         let dir = self.dir.clone();
         let path = crate::blocking(move || {
             let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, b"")?;
+            crate::dirs::write_private(&tmp, b"")?;
             let path = dir.join(&name);
             std::fs::rename(&tmp, &path)?;
             Ok(path)
@@ -352,7 +352,7 @@ impl Control {
                     .and_then(|n| n.to_str())
                     .unwrap_or_default();
                 let tmp = path.with_file_name(format!(".{name}.answer.tmp"));
-                std::fs::write(&tmp, text)?;
+                crate::dirs::write_private(&tmp, text.as_bytes())?;
                 std::fs::rename(&tmp, path.with_file_name(format!("{name}.answer")))?;
             }
             Ok(std::fs::remove_file(path)?)
@@ -426,10 +426,9 @@ pub struct SpoolLock {
 
 impl SpoolLock {
     pub(crate) fn acquire(path: &Path) -> Result<SpoolLock, SpoolError> {
-        let file = std::fs::OpenOptions::new()
+        let file = crate::dirs::private_file()
             .create(true)
             .truncate(false)
-            .write(true)
             .open(path)?;
         match file.try_lock() {
             Ok(()) => {}

@@ -1,4 +1,5 @@
-//! Creating the directories the relay keeps its state in: private, and durable before use.
+//! Creating the directories and files the relay keeps its state in: private, and durable
+//! before use.
 //!
 //! A new directory is only a name in its parent until the parent is fsynced: after a power cut
 //! it can vanish with every fsynced message inside it. So every directory made here is
@@ -51,6 +52,23 @@ fn parent_of(path: &Path) -> &Path {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     }
+}
+
+/// Options that create a file private (read and written by the relay's user only: mode 0600
+/// whatever the umask; on Windows the DACL of the private directory it is created in), for
+/// writing. Every file of the store is created inside the store's private directories.
+pub fn private_file() -> std::fs::OpenOptions {
+    smtp2oauth_platform::private_file_options()
+}
+
+/// Writes `bytes` to a new or truncated private file.
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    private_file()
+        .create(true)
+        .truncate(true)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// Makes the entries of directory `dir` durable (on Windows: `FlushFileBuffers` on the

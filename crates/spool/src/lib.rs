@@ -51,7 +51,7 @@ pub use control::{
     Answer as ControlAnswer, Control, ControlAction, ControlTarget, Outcome as ControlOutcome,
     OutcomeKind, Request as ControlRequest, SpoolLock, Ticket as ControlTicket,
 };
-pub use dirs::{create_dir_durable, sync_dir};
+pub use dirs::{create_dir_durable, private_file, sync_dir};
 pub use events::{AttemptOutcome, Event, Progress, RecipientResult};
 pub use id::MessageId;
 
@@ -666,11 +666,9 @@ fn write_envelope(
     })
 }
 
+/// A new private file (mode 0600): queued mail is for the relay's user only.
 fn create_new(path: &Path) -> io::Result<std::fs::File> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
+    dirs::private_file().create_new(true).open(path)
 }
 
 impl Drop for Incoming {

@@ -4,7 +4,8 @@
 //! It lets a new user run the whole relay without a Microsoft account and see exactly what a
 //! printer sends, and it gives tests a route with no network. Files appear atomically (written
 //! under a temporary name, fsynced, renamed), the envelope last, so a reader that sees the
-//! `.json` can trust the `.eml`.
+//! `.json` can trust the `.eml`. Captured mail is for the relay's user alone: the directory is
+//! created with mode 0700 and the files with 0600, whatever the umask.
 
 use crate::{DeliveryFuture, DeliveryReport, Message, Route, RouteKind};
 use smtp2oauth_proto::{DeliveryError, Reply};
@@ -26,15 +27,14 @@ impl CaptureRoute {
         let local = |e: std::io::Error, what: &str| DeliveryError::Local {
             detail: format!("capture: {what}: {e}"),
         };
-        tokio::fs::create_dir_all(&self.dir)
+        create_private_dir(&self.dir)
             .await
             .map_err(|e| local(e, &format!("cannot create {}", self.dir.display())))?;
         let eml = self.dir.join(format!("{}.eml", msg.id));
         let tmp = self.dir.join(format!(".{}.eml.tmp", msg.id));
-        tokio::fs::copy(&msg.data_path, &tmp)
+        copy_private(&msg.data_path, &tmp)
             .await
             .map_err(|e| local(e, "cannot copy the message"))?;
-        sync_file(&tmp).await.map_err(|e| local(e, "cannot sync"))?;
         tokio::fs::rename(&tmp, &eml)
             .await
             .map_err(|e| local(e, "cannot rename"))?;
@@ -51,7 +51,7 @@ impl CaptureRoute {
             "received_at_ms": msg.received_at_ms,
         });
         let json_tmp = self.dir.join(format!(".{}.json.tmp", msg.id));
-        let mut f = tokio::fs::File::create(&json_tmp)
+        let mut f = create_private(&json_tmp)
             .await
             .map_err(|e| local(e, "cannot write the envelope"))?;
         let mut body = serde_json::to_vec_pretty(&envelope).unwrap_or_default();
@@ -83,13 +83,28 @@ impl CaptureRoute {
     }
 }
 
-async fn sync_file(p: &Path) -> std::io::Result<()> {
-    tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(p)
-        .await?
-        .sync_all()
+/// `dir` and its missing ancestors, private (mode 0700; a protected ACL on Windows).
+async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || smtp2oauth_platform::create_private_dir_all(&dir))
         .await
+        .map_err(std::io::Error::other)?
+}
+
+/// A new or truncated private file (mode 0600; on Windows the capture directory's ACL).
+async fn create_private(p: &Path) -> std::io::Result<tokio::fs::File> {
+    let mut options = smtp2oauth_platform::private_file_options();
+    options.create(true).truncate(true);
+    tokio::fs::OpenOptions::from(options).open(p).await
+}
+
+/// Copies `from` into a private file `to` and syncs it (`fs::copy` would copy the source's
+/// mode instead).
+async fn copy_private(from: &Path, to: &Path) -> std::io::Result<()> {
+    let mut source = tokio::fs::File::open(from).await?;
+    let mut target = create_private(to).await?;
+    tokio::io::copy(&mut source, &mut target).await?;
+    target.sync_all().await
 }
 
 impl Route for CaptureRoute {

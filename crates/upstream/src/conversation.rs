@@ -12,7 +12,8 @@ use crate::{DeliveryReport, Message};
 use smtp_proto::{
     EXT_8BIT_MIME, EXT_AUTH, EXT_PIPELINING, EXT_SIZE, EXT_SMTP_UTF8, EXT_START_TLS, EhloResponse,
 };
-use smtp2oauth_proto::{Cause, DeliveryError, DotEncoder, Reply, Stage};
+use smtp2oauth_proto::address::display_stored;
+use smtp2oauth_proto::{Address, Cause, DeliveryError, DotEncoder, Reply, Stage};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::{debug, info, warn};
@@ -151,10 +152,15 @@ pub(crate) async fn transaction(
     data_timeout: Duration,
 ) -> Result<DeliveryReport, DeliveryError> {
     let mail = mail_command(caps, msg)?;
+    let rcpt_paths = msg
+        .recipients
+        .iter()
+        .map(|r| path(r, Stage::Rcpt))
+        .collect::<Result<Vec<_>, _>>()?;
     let replies = if caps.pipelining {
-        envelope_pipelined(client, &mail, &msg.recipients).await?
+        envelope_pipelined(client, &mail, &rcpt_paths).await?
     } else {
-        envelope_in_turn(client, &mail, &msg.recipients).await?
+        envelope_in_turn(client, &mail, &rcpt_paths).await?
     };
     if !replies.mail.is_positive() {
         return Err(refused(Stage::Mail, replies.mail));
@@ -202,7 +208,7 @@ fn mail_command(caps: &Capabilities, msg: &Message) -> Result<String, DeliveryEr
             cause: Cause::TooLarge,
         });
     }
-    let mut mail = format!("MAIL FROM:<{}>", msg.sender);
+    let mut mail = format!("MAIL FROM:{}", path(&msg.sender, Stage::Mail)?);
     if caps.size.is_some() {
         mail.push_str(&format!(" SIZE={}", msg.size));
     }
@@ -215,6 +221,28 @@ fn mail_command(caps: &Capabilities, msg: &Message) -> Result<String, DeliveryEr
     Ok(mail)
 }
 
+/// `<address>` as RFC 5321 writes it: [`Address`] is the one writer of addresses, so a quoted
+/// local part stays quoted and no address can carry a parameter of its own. A stored address
+/// that cannot be written at all (control characters, kept by an older version) refuses the
+/// message for good: no upstream could take it as it is.
+fn path(stored: &str, stage: Stage) -> Result<String, DeliveryError> {
+    if stored.is_empty() && stage == Stage::Mail {
+        return Ok("<>".into());
+    }
+    Address::from_stored(stored).map(|a| a.path()).map_err(|e| {
+        let (status, cause) = match stage {
+            Stage::Mail => ((5, 1, 7), Cause::Message),
+            _ => ((5, 1, 3), Cause::Recipient),
+        };
+        let text = format!("<{}>: cannot be sent: {e}", display_stored(stored));
+        DeliveryError::Rejected {
+            stage,
+            reply: Reply::with_status(553, status, text),
+            cause,
+        }
+    })
+}
+
 /// The server's replies to the envelope.
 struct EnvelopeReplies {
     mail: Reply,
@@ -224,7 +252,8 @@ struct EnvelopeReplies {
     data: Option<Reply>,
 }
 
-/// MAIL, every RCPT and DATA in one write (RFC 2920); the replies read in order.
+/// MAIL, every RCPT and DATA in one write (RFC 2920); the replies read in order. `recipients`
+/// are paths, already written.
 async fn envelope_pipelined(
     client: &mut Client,
     mail: &str,
@@ -232,7 +261,7 @@ async fn envelope_pipelined(
 ) -> Result<EnvelopeReplies, DeliveryError> {
     let mut batch = format!("{mail}\r\n");
     for r in recipients {
-        batch.push_str(&format!("RCPT TO:<{r}>\r\n"));
+        batch.push_str(&format!("RCPT TO:{r}\r\n"));
     }
     batch.push_str("DATA\r\n");
     client.write(batch.as_bytes(), Stage::Mail).await?;
@@ -249,7 +278,8 @@ async fn envelope_pipelined(
     })
 }
 
-/// MAIL, then each RCPT, one command at a time; DATA is left to the caller.
+/// MAIL, then each RCPT (paths, already written), one command at a time; DATA is left to the
+/// caller.
 async fn envelope_in_turn(
     client: &mut Client,
     mail: &str,
@@ -259,9 +289,7 @@ async fn envelope_in_turn(
     let mut rcpt = Vec::new();
     if mail.is_positive() {
         for r in recipients {
-            let reply = client
-                .command(&format!("RCPT TO:<{r}>"), Stage::Rcpt)
-                .await?;
+            let reply = client.command(&format!("RCPT TO:{r}"), Stage::Rcpt).await?;
             rcpt.push(closing(reply, Stage::Rcpt)?);
         }
     }
@@ -389,5 +417,37 @@ impl BodyReader {
         self.file = Some(f);
         self.chunk = chunk;
         Ok(eof)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What goes after `MAIL FROM:` and `RCPT TO:`: one path, quoted where RFC 5321 says, never
+    /// a parameter; an address that cannot be written refuses the message for good.
+    #[test]
+    fn paths_are_written_by_the_address_type() {
+        let quoted = "\"ceo@fabrikam.example> ENVID=x\"@contoso.com";
+        assert_eq!(path(quoted, Stage::Mail).unwrap(), format!("<{quoted}>"));
+        // as an older version stored it: smtp-proto's unquoted value
+        assert_eq!(
+            path(
+                "victim@fabrikam.example> NOTIFY=NEVER@b.example",
+                Stage::Rcpt
+            )
+            .unwrap(),
+            "<\"victim@fabrikam.example> NOTIFY=NEVER\"@b.example>"
+        );
+        assert_eq!(path("", Stage::Mail).unwrap(), "<>");
+        let e = path("\x1b]2;owned\x07@b.example", Stage::Rcpt).unwrap_err();
+        assert!(e.is_permanent());
+        assert_eq!(e.cause(), Cause::Recipient);
+        let text = e.reply().to_string();
+        assert!(
+            text.starts_with("553 5.1.3 <\\x1b]2;owned\\x07@b.example>"),
+            "{text}"
+        );
+        assert!(path("", Stage::Rcpt).is_err());
     }
 }

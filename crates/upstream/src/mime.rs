@@ -16,6 +16,7 @@
 //! whose headers already match its envelope and that has no such part goes out byte for byte.
 
 use base64::Engine;
+use smtp2oauth_proto::Address;
 
 /// What [`prepare_for_graph`] changed.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -42,7 +43,7 @@ pub fn prepare_for_graph_owned(mut message: Vec<u8>, envelope: &[String]) -> Pre
     let (header_end, body_start) = split_header(&message);
     let fields = header_fields(&message[..header_end]);
     let mut filter = RecipientFilter {
-        wanted: envelope.iter().map(|r| r.to_ascii_lowercase()).collect(),
+        wanted: envelope.iter().map(|r| comparable(r)).collect(),
         named: Vec::new(),
         removed: Vec::new(),
     };
@@ -69,8 +70,16 @@ pub fn prepare_for_graph_owned(mut message: Vec<u8>, envelope: &[String]) -> Pre
             added_bcc.push(r.clone());
         }
     }
+    // Written by `Address`, like every address we send: a quoted local part stays quoted. An
+    // address that cannot be written (control characters, from an older version's spool) is
+    // left out: no header can carry it.
+    added_bcc.retain(|a| Address::from_stored(a).is_ok());
     if !added_bcc.is_empty() {
-        let items: Vec<Vec<u8>> = added_bcc.iter().map(|a| a.as_bytes().to_vec()).collect();
+        let items: Vec<Vec<u8>> = added_bcc
+            .iter()
+            .filter_map(|a| Address::from_stored(a).ok())
+            .map(|a| a.to_string().into_bytes())
+            .collect();
         headers.extend_from_slice(&fold_list("Bcc", &items));
     }
     let (body, reencoded_parts) =
@@ -112,7 +121,7 @@ struct RecipientFilter {
 
 impl RecipientFilter {
     fn keeps(&mut self, addr: &str) -> bool {
-        let lower = addr.to_ascii_lowercase();
+        let lower = comparable(addr);
         if self.wanted.contains(&lower) {
             self.named.push(lower);
             true
@@ -154,6 +163,14 @@ impl RecipientFilter {
         }
         (keep, dropped_any)
     }
+}
+
+/// An address in the form envelope and header addresses are compared in: as [`Address`]
+/// writes it (so `"a"@b` in a header is the envelope's `a@b`), lowercase.
+fn comparable(addr: &str) -> String {
+    Address::from_stored(addr)
+        .map_or_else(|_| addr.to_string(), |a| a.to_string())
+        .to_ascii_lowercase()
 }
 
 fn is_empty_group(item: &[u8]) -> bool {
@@ -608,6 +625,32 @@ mod tests {
         );
         assert_eq!(p.added_bcc, vec!["hidden@y.com"]);
         assert_eq!(p.removed, vec!["c@x.com", "d@x.com"]);
+    }
+
+    /// Graph gets the envelope's addresses as `Address` writes them: a quoted local part stays
+    /// quoted (one recipient, not a list), and a header naming it quoted or not is the same one.
+    #[test]
+    fn recipients_are_written_in_their_one_form() {
+        let m = b"To: <\"a\"@x.com>\r\nSubject: hi\r\n\r\nbody\r\n";
+        let p = prepare_for_graph(
+            m,
+            &env(&[
+                "a@x.com",
+                "\"v@fabrikam.example>, e@evil.example\"@b.example",
+            ]),
+        );
+        assert_eq!(
+            String::from_utf8(p.bytes).unwrap(),
+            "To: <\"a\"@x.com>\r\nSubject: hi\r\nBcc: \"v@fabrikam.example>, e@evil.example\"@b.example\r\n\r\nbody\r\n"
+        );
+        assert!(p.removed.is_empty());
+        // An address an older version stored unquoted is written quoted too.
+        let p = prepare_for_graph(m, &env(&["a@x.com", "v w@b.example"]));
+        assert!(
+            String::from_utf8(p.bytes)
+                .unwrap()
+                .contains("Bcc: \"v w\"@b.example\r\n")
+        );
     }
 
     #[test]

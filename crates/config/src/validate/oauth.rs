@@ -198,11 +198,24 @@ fn redirect_uri(
 
 /// `client_id`, and where the token endpoint is.
 fn app(a: &Account, key: &str, p: &mut Vec<Problem>) {
-    if a.client_id.as_deref().is_none_or(str::is_empty) {
-        p.push(Problem::new(
+    if let Some(t) = a.tenant.as_deref().filter(|t| !t.is_empty())
+        && let Err(why) = tenant_problem(t)
+    {
+        p.push(Problem::new(format!("{key}.tenant"), why));
+    }
+    match a.client_id.as_deref() {
+        None | Some("") => p.push(Problem::new(
             format!("{key}.client_id"),
             "is required (the Application (client) ID from Entra ID)",
-        ));
+        )),
+        Some(id) if a.provider == Provider::Microsoft && !is_guid(id) => p.push(Problem::new(
+            format!("{key}.client_id"),
+            format!(
+                "`{}` is not an Application (client) ID: Entra ID shows it on the app registration's Overview page as a GUID such as 11111111-2222-3333-4444-555555555555",
+                id.escape_debug()
+            ),
+        )),
+        Some(_) => {}
     }
     if a.token_url.is_none()
         && a.provider == Provider::Microsoft
@@ -219,6 +232,43 @@ fn app(a: &Account, key: &str, p: &mut Vec<Problem>) {
             "is required with provider = \"generic\"",
         ));
     }
+}
+
+/// `8-4-4-4-12` hexadecimal digits, as Entra ID writes IDs.
+fn is_guid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// Why `t` is not a tenant: Entra ID takes a tenant ID (a GUID), one of the tenant's domains,
+/// or `common`, `organizations`, `consumers` for apps of several tenants.
+fn tenant_problem(t: &str) -> Result<(), String> {
+    if let Some((_, rest)) = t.split_once("://") {
+        let inside = rest.split('/').nth(1).filter(|s| !s.is_empty());
+        let example = inside.map(|s| format!(" (`{s}`)")).unwrap_or_default();
+        return Err(format!(
+            "`{t}` is a URL: put only the domain or tenant ID here{example}; the URL goes in `authority`"
+        ));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    let domain = t.contains('.') && t.split('.').all(label_ok);
+    if is_guid(t) || domain || matches!(t, "common" | "organizations" | "consumers") {
+        return Ok(());
+    }
+    Err(format!(
+        "`{}` is neither a tenant ID (a GUID such as 72f988bf-86f1-41af-91ab-2d7cd011db47) nor a domain of the tenant (such as contoso.onmicrosoft.com)",
+        t.escape_debug()
+    ))
 }
 
 /// The client credential: `Some(None)` for a public client (delegated flows only), `None`

@@ -70,16 +70,25 @@ fn observed(spool: Spool, lockout_after: u32, observer: Option<Arc<dyn Observer>
         directory: Arc::new(directory()),
         spool,
         submit: Arc::new(Queues),
-        limiter: Limiter::new(10, 10),
+        preauth_timeout: Duration::from_secs(20),
+        limiter: Limiter::new(crate::limiter::LimiterSettings {
+            max_sessions: 10,
+            max_sessions_per_ip: 10,
+            max_unauthenticated_per_ip: 10,
+        }),
         shutdown: CancellationToken::new(),
         metrics: None,
-        guard: Arc::new(LoginGuard::new(GuardSettings {
-            lockout_after,
-            lockout_window: Duration::from_secs(600),
-            lockout_time: Duration::from_secs(60),
-            lockout_max: Duration::from_secs(300),
-            exempt: Vec::new(),
-        })),
+        guard: Arc::new(LoginGuard::new(
+            GuardSettings {
+                lockout_after,
+                user_lockout_after: 20,
+                lockout_window: Duration::from_secs(600),
+                lockout_time: Duration::from_secs(60),
+                lockout_max: Duration::from_secs(300),
+                exempt: Vec::new(),
+            },
+            crate::known::KnownLogins::in_memory(),
+        )),
         max_commands: 100,
         max_session_bytes: 1 << 20,
         observer,
@@ -99,7 +108,11 @@ async fn session_from(ctx: &Arc<Inbound>, peer: &str, lines: &[&str]) -> String 
         tls: None,
     });
     let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
-    let served = tokio::spawn(serve(ctx.clone(), listener, server, peer));
+    let permit = ctx
+        .limiter
+        .try_acquire(peer.ip(), false)
+        .expect("a free slot");
+    let served = tokio::spawn(serve(ctx.clone(), listener, server, peer, permit));
     let (read, mut write) = tokio::io::split(client);
     let mut read = BufReader::new(read);
     let mut last = String::new();
@@ -204,6 +217,63 @@ async fn messages_are_spooled_or_refused_after_the_final_dot() {
     assert_eq!(q.envelope.recipients, ["a@example.com"]);
 }
 
+/// A device's side of a session over an in-memory pipe, for tests that hold several open.
+struct Client {
+    read: BufReader<tokio::io::ReadHalf<tokio::io::DuplexStream>>,
+    write: tokio::io::WriteHalf<tokio::io::DuplexStream>,
+    served: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    /// Connects from `peer` the way the accept loop does (a slot first); returns the greeting.
+    async fn connect(ctx: &Arc<Inbound>, peer: &str) -> (Client, String) {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let listener = Arc::new(ListenerRuntime {
+            settings: Arc::new(ListenerSettings {
+                label: "test".into(),
+                tls: ListenerTls::None,
+                require_tls: false,
+                allow_insecure_auth: true,
+            }),
+            tls: None,
+        });
+        let peer: SocketAddr = format!("{peer}:40000").parse().unwrap();
+        let known = ctx.directory.device_for_address(peer.ip()).is_some();
+        let permit = ctx.limiter.try_acquire(peer.ip(), known).expect("a slot");
+        let served = tokio::spawn(serve(ctx.clone(), listener, server, peer, permit));
+        let (read, write) = tokio::io::split(client);
+        let mut c = Client {
+            read: BufReader::new(read),
+            write,
+            served,
+        };
+        let greeting = c.reply().await;
+        (c, greeting)
+    }
+
+    /// The next whole reply's last line ("" when the relay closed the connection).
+    async fn reply(&mut self) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if self.read.read_line(&mut line).await.unwrap() == 0 {
+                return String::new();
+            }
+            if line.as_bytes().get(3) != Some(&b'-') {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+
+    async fn send(&mut self, line: &str) -> String {
+        self.write
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await
+            .unwrap();
+        self.reply().await
+    }
+}
+
 /// What an observer saw of one reply.
 #[derive(Clone, Debug)]
 struct Seen {
@@ -258,6 +328,91 @@ fn spool() -> (tempfile::TempDir, Spool) {
     let dir = tempfile::tempdir().unwrap();
     let spool = Spool::open_with(dir.path(), false).unwrap();
     (dir, spool)
+}
+
+/// When an address is locked out, every session it has open is told so and closed, and one
+/// that had logged in earlier cannot send mail any more.
+#[tokio::test]
+async fn a_lockout_closes_the_addresses_open_sessions() {
+    let (_dir, spool) = spool();
+    let ctx = inbound(spool, 2);
+    let (mut idle, _) = Client::connect(&ctx, "10.0.0.7").await;
+    assert!(idle.send("EHLO idle").await.starts_with("250"));
+    let (mut ups, _) = Client::connect(&ctx, "10.0.0.8").await;
+    assert!(ups.send("EHLO ups").await.starts_with("250"));
+    let (mut guesser, _) = Client::connect(&ctx, "10.0.0.7").await;
+    guesser.send("EHLO x").await;
+    assert!(
+        guesser
+            .send("AUTH PLAIN AG1mcAB3cm9uZw==")
+            .await
+            .starts_with("535")
+    );
+    let last = guesser.send("AUTH PLAIN AG1mcAB3cm9uZw==").await;
+    assert!(
+        last.starts_with("421 4.7.0 Too many failed logins from your address"),
+        "{last}"
+    );
+    // The idle session of the same address hears it without saying anything.
+    let told = tokio::time::timeout(Duration::from_secs(5), idle.reply())
+        .await
+        .expect("told at once");
+    assert!(
+        told.starts_with("421 4.7.0 Too many failed logins"),
+        "{told}"
+    );
+    assert_eq!(idle.reply().await, "", "and closed");
+    // Another address goes on.
+    assert!(ups.send("NOOP").await.starts_with("250"));
+    for c in [idle, guesser] {
+        c.served.await.unwrap();
+    }
+}
+
+/// A session that does not log in within `preauth_timeout` is closed, whatever it sends; a
+/// device recognised by its address is logged in from the start.
+#[tokio::test(start_paused = true)]
+async fn sessions_must_log_in_within_the_preauth_timeout() {
+    let (_dir, spool) = spool();
+    let ctx = inbound(spool, 10);
+    let (mut lurker, _) = Client::connect(&ctx, "10.0.0.7").await;
+    let (mut ups, _) = Client::connect(&ctx, "10.0.0.8").await;
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(lurker.send("NOOP").await.starts_with("250"));
+        assert!(ups.send("NOOP").await.starts_with("250"));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let closed = lurker.reply().await;
+    assert_eq!(
+        closed,
+        "421 4.7.0 No login in the time allowed, closing connection"
+    );
+    assert!(ups.send("NOOP").await.starts_with("250"), "the UPS stays");
+}
+
+/// A full relay closes its oldest session that has not logged in to admit a new one; the
+/// slot of a session that said QUIT is free before the device reads 221.
+#[tokio::test]
+async fn a_full_relay_makes_room_and_quit_frees_the_slot_at_once() {
+    let (_dir, spool) = spool();
+    let ctx = inbound(spool, 10);
+    let mut open = Vec::new();
+    for i in 0..9 {
+        open.push(Client::connect(&ctx, &format!("10.0.1.{i}")).await.0);
+    }
+    let (mut ups, _) = Client::connect(&ctx, "10.0.0.8").await;
+    assert_eq!(ctx.limiter.active(), 10);
+    let (mut newcomer, greeting) = Client::connect(&ctx, "10.0.2.1").await;
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let oldest = open[0].reply().await;
+    assert_eq!(
+        oldest,
+        "421 4.7.0 Too many connections, closing one not logged in"
+    );
+    assert!(ups.send("NOOP").await.starts_with("250"), "never the UPS");
+    assert_eq!(newcomer.send("QUIT").await, "221 2.0.0 Bye");
+    assert_eq!(ctx.limiter.active(), 9, "free once 221 is read");
 }
 
 /// Every reply passes the hook, in order, with what it was about: the refused sender with
@@ -508,15 +663,19 @@ async fn the_publisher_feeds_the_live_state() {
     assert_eq!(ups.since_start.refused, 2);
 }
 
-/// A connection refused at accept (over the session limit) passes the observer too: its one
-/// reply, and a summary that ends with `limit`.
+/// A connection refused at accept (over the limit per address) passes the observer too: its
+/// one reply, and a summary that ends with `limit`.
 #[tokio::test]
 async fn a_connection_refused_at_accept_passes_the_observer() {
     let (_dir, spool) = spool();
     let rec = Arc::new(Recorder::default());
     let observer: Arc<dyn Observer> = rec.clone();
     let mut ctx = observed(spool, 5, Some(observer));
-    Arc::get_mut(&mut ctx).unwrap().limiter = Limiter::new(1, 1);
+    Arc::get_mut(&mut ctx).unwrap().limiter = Limiter::new(crate::limiter::LimiterSettings {
+        max_sessions: 10,
+        max_sessions_per_ip: 1,
+        max_unauthenticated_per_ip: 10,
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let rt = Arc::new(ListenerRuntime {
@@ -552,8 +711,101 @@ async fn a_connection_refused_at_accept_passes_the_observer() {
     let seen = rec.replies();
     let last = seen.last().unwrap();
     assert_eq!((last.command, last.code), (Command::Connect, 421));
-    assert_eq!(last.refusal, Some(SessionError::TooManyConnections));
+    assert_eq!(
+        last.refusal,
+        Some(SessionError::TooManyConnectionsFromAddress)
+    );
     assert_eq!(rec.summary().end, EndReason::Limit);
     ctx.shutdown.cancel();
     accepting.await.unwrap();
+}
+
+/// Every way a lockout ends a session reaches the observer as a refusal, and the session
+/// ends as `lockout`: a session of the address waiting for a command is told at once, AUTH
+/// from a locked address is a failed login refused without a check, and MAIL from a device
+/// recognised by a locked address is a message refused (its sender known).
+#[tokio::test]
+async fn lockouts_reach_the_observer_and_end_sessions_as_lockout() {
+    let (_dir, spool) = spool();
+    let (ctx, rec) = recorded(&spool, 2);
+    let wrong = "AUTH PLAIN AG1mcAB3cm9uZw=="; // mfp / wrong
+    let (mut idle, _) = Client::connect(&ctx, "10.0.0.7").await;
+    assert!(idle.send("EHLO idle").await.starts_with("250"));
+    let (mut guesser, _) = Client::connect(&ctx, "10.0.0.7").await;
+    guesser.send("EHLO x").await;
+    assert!(guesser.send(wrong).await.starts_with("535"));
+    assert!(guesser.send(wrong).await.starts_with("421 4.7.0"));
+    assert!(
+        idle.reply()
+            .await
+            .starts_with("421 4.7.0 Too many failed logins")
+    );
+    for c in [idle, guesser] {
+        c.served.await.unwrap();
+    }
+    let seen = rec.replies();
+    let told = seen.iter().find(|s| s.command == Command::Session).unwrap();
+    assert_eq!(
+        (told.code, &told.refusal),
+        (421, &Some(SessionError::LockedOut))
+    );
+
+    // A session opened before the accept loop could refuse it tries to log in.
+    let (mut late, _) = Client::connect(&ctx, "10.0.0.7").await;
+    late.send("EHLO late").await;
+    assert!(late.send(wrong).await.starts_with("421 4.7.0"));
+    late.served.await.unwrap();
+    let auth = rec
+        .replies()
+        .into_iter()
+        .find(|s| s.command == Command::Auth);
+    let auth = auth.unwrap();
+    assert_eq!(auth.refusal, Some(SessionError::LockedOut));
+    assert_eq!(
+        auth.about,
+        About::LoginFailed {
+            username: Some("mfp".into()),
+            reason: Some(crate::identity::AuthFailure::AddressLockedOut),
+        }
+    );
+
+    // The UPS's address is locked out; a session of it opened before the accept loop could
+    // refuse it (as in the race between accept and a lockout) sends a message.
+    let ups_ip = "10.0.0.8".parse().unwrap();
+    for _ in 0..2 {
+        ctx.guard.failure(ups_ip);
+    }
+    let (mut ups, _) = Client::connect(&ctx, "10.0.0.8").await;
+    assert!(ups.send("EHLO ups").await.starts_with("250"));
+    ups.write
+        .write_all(b"MAIL FROM:<scanner@contoso.com>\r\n")
+        .await
+        .unwrap();
+    let refused = ups.reply().await;
+    assert!(
+        refused.starts_with("421 4.7.0 Too many failed logins"),
+        "{refused}"
+    );
+    ups.served.await.unwrap();
+    let mail = rec
+        .replies()
+        .into_iter()
+        .find(|s| s.command == Command::Mail);
+    let mail = mail.unwrap();
+    assert_eq!(mail.refusal, Some(SessionError::LockedOut));
+    assert_eq!(
+        mail.about,
+        About::MessageRefused(MessageInfo {
+            sender: "scanner@contoso.com".into(),
+            recipients: vec![],
+            size: 0,
+        })
+    );
+    let ended = std::mem::take(&mut *rec.ended.lock().unwrap());
+    assert_eq!(ended.len(), 4);
+    assert!(
+        ended.iter().all(|s| s.end == EndReason::LockedOut),
+        "{ended:?}"
+    );
+    assert_eq!(ended[3].refused, 1, "the UPS's message counts as refused");
 }

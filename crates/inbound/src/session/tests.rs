@@ -107,8 +107,12 @@ impl T {
             Step::Data(p) => format!(
                 "DATA from={} orig={:?} to={}",
                 p.sender,
-                p.original_sender,
-                p.recipients.join(",")
+                p.original_sender.map(|o| o.to_string()),
+                p.recipients
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
             ),
         }
     }
@@ -263,6 +267,33 @@ fn failed_logins_are_reported_as_such() {
     assert_eq!(t.line("AUTH PLAIN AG1mcABzZWNyZXQ="), "VERIFY mfp:secret");
     let step = t.s.auth_result(Err(AuthFailure::Busy));
     assert!(t.render(step).starts_with("454 4.7.0"));
+}
+
+/// Lockouts met at AUTH are refusals the driver's observers hear as such: a username locked
+/// out for this address is a failed login (`454`, the session goes on until its limit), a
+/// locked-out address closes the session.
+#[test]
+fn lockouts_at_auth_are_reported_with_their_refusal() {
+    let mut t = session(ListenerTls::None, true, false, "10.0.0.1", false);
+    t.line("EHLO printer");
+    t.line("AUTH PLAIN AG1mcAB3cm9uZw==");
+    let step = t.s.auth_result(Err(AuthFailure::UserLockedOut));
+    assert!(t.render(step).starts_with("AUTHFAIL 454 4.7.0"));
+    assert_eq!(t.s.take_refusal(), Some(SessionError::UserLockedOut));
+    t.line("AUTH PLAIN AG1mcAB3cm9uZw==");
+    let step = t.s.auth_result(Err(AuthFailure::UserLockedOut));
+    assert!(t.render(step).starts_with("CLOSE AUTHFAIL 421 4.7.0"));
+    assert_eq!(t.s.take_refusal(), Some(SessionError::TooManyAuthFailures));
+
+    let mut t = session(ListenerTls::None, true, false, "10.0.0.1", false);
+    t.line("EHLO printer");
+    t.line("AUTH PLAIN AG1mcAB3cm9uZw==");
+    let step = t.s.auth_result(Err(AuthFailure::AddressLockedOut));
+    assert!(
+        t.render(step)
+            .starts_with("CLOSE 421 4.7.0 Too many failed logins")
+    );
+    assert_eq!(t.s.take_refusal(), Some(SessionError::LockedOut));
 }
 
 #[test]
@@ -422,7 +453,10 @@ fn legacy_path_forms() {
     let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
     t.line("EHLO x");
     assert!(t.line("MAIL FROM:<mfp-3f>").starts_with("553 5.7.1"));
-    assert!(t.line("MAIL FROM:<bad address@x>").starts_with("501"));
+    assert!(
+        t.line("MAIL FROM:<bad address@x>")
+            .starts_with("553 5.1.7 Sender address rejected: invalid character")
+    );
 }
 
 #[test]
@@ -496,6 +530,104 @@ fn a_cr_inside_a_command_is_refused() {
     }
     // The transaction is intact: the refused lines did nothing.
     assert!(t.line("DATA").starts_with("DATA from=a@contoso.com"));
+}
+
+/// The driver tells the session its address is locked out before MAIL: no mail, whoever
+/// logged in, and the session is closed.
+#[test]
+fn mail_from_a_locked_out_address_is_refused_and_closes() {
+    let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
+    t.line("EHLO x");
+    t.s.set_address_locked(true);
+    assert_eq!(
+        t.line("MAIL FROM:<scanner@contoso.com>"),
+        "CLOSE 421 4.7.0 Too many failed logins from your address, try again later"
+    );
+    // The driver's observers hear why, and of which sender.
+    assert_eq!(t.s.take_refusal(), Some(SessionError::LockedOut));
+    assert_eq!(t.s.envelope().0.as_deref(), Some("scanner@contoso.com"));
+    t.s.set_address_locked(false);
+    assert!(t.line("MAIL FROM:<scanner@contoso.com>").starts_with("250"));
+}
+
+/// An address is read from what the device wrote, quotes and all, and carried as one value:
+/// a quoted local part with `>` and a parameter inside is an address of its domain (and is
+/// written quoted upstream), never an address followed by a parameter.
+#[test]
+fn addresses_keep_their_quoted_local_parts() {
+    let mut t = session(ListenerTls::None, true, false, "192.168.1.50", false);
+    t.line("EHLO x");
+    assert_eq!(
+        t.line("MAIL FROM:<\"ceo@fabrikam.example> ENVID=x\"@contoso.com> SIZE=246"),
+        "250 2.1.0 Sender OK"
+    );
+    assert_eq!(
+        t.line("RCPT TO:<\"victim@fabrikam.example> NOTIFY=NEVER\"@b.example>"),
+        "250 2.1.5 Recipient OK"
+    );
+    assert_eq!(
+        t.line("RCPT TO:<\"plain\"@b.example>"),
+        "250 2.1.5 Recipient OK"
+    );
+    // Observers get the envelope written as it goes upstream, quotes and all.
+    assert_eq!(
+        t.s.envelope(),
+        (
+            Some("\"ceo@fabrikam.example> ENVID=x\"@contoso.com".to_string()),
+            vec![
+                "\"victim@fabrikam.example> NOTIFY=NEVER\"@b.example".to_string(),
+                "plain@b.example".to_string()
+            ]
+        )
+    );
+    assert_eq!(
+        t.line("DATA"),
+        "DATA from=\"ceo@fabrikam.example> ENVID=x\"@contoso.com orig=None \
+         to=\"victim@fabrikam.example> NOTIFY=NEVER\"@b.example,plain@b.example"
+    );
+    // The sender pattern sees the address as written: `@contoso.com` inside quotes is no domain.
+    assert!(
+        t.line("MAIL FROM:<\"x@contoso.com\"@evil.example>")
+            .starts_with("553 5.7.1 <\"x@contoso.com\"@evil.example>")
+    );
+}
+
+/// Control characters anywhere, and `<`, `>` or blanks outside quotes, are refused: 553 5.1.7
+/// for a sender, 501 5.1.3 for a recipient.
+#[test]
+fn unsafe_addresses_are_refused() {
+    let mut t = session(ListenerTls::None, true, false, "192.168.1.50", true);
+    t.line("EHLO x");
+    for (line, want) in [
+        (
+            "MAIL FROM:<\"\x1b]2;owned\x07\"@contoso.com>",
+            "553 5.1.7 Sender address rejected: control character in address",
+        ),
+        (
+            "MAIL FROM:<a b@contoso.com>",
+            "553 5.1.7 Sender address rejected: invalid character outside a quoted local part",
+        ),
+        (
+            "MAIL FROM:<\"unterminated@contoso.com>",
+            "553 5.1.7 Sender address rejected: unterminated or empty quoted local part",
+        ),
+    ] {
+        assert_eq!(t.line(line), want, "{line:?}");
+    }
+    assert_eq!(t.line("MAIL FROM:<a@contoso.com>"), "250 2.1.0 Sender OK");
+    for line in [
+        "RCPT TO:<\"\x1b]2;owned\x07\x1b[2J\"@b.example>",
+        "RCPT TO:<a b@b.example>",
+        "RCPT TO:<a@b.example c>",
+        "RCPT TO:<a\u{85}@b.example>",
+    ] {
+        let got = t.line(line);
+        assert!(
+            got.starts_with("501 5.1.3 Bad recipient address: "),
+            "{line:?}: {got}"
+        );
+    }
+    assert!(t.line("DATA").starts_with("554 5.5.1 No valid recipients"));
 }
 
 #[test]

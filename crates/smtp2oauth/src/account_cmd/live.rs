@@ -5,6 +5,7 @@
 //! (`state_file.rs`) and says how old it is, or that the relay is not running. Without the
 //! file the commands show what the token store alone can tell.
 
+use crate::queue_cmd::printable;
 use crate::state_file::{self, StateFile, TokenState};
 use smtp2oauth_activity::{AccountActivity, AccountState, Happening};
 use smtp2oauth_admin::time::local_relative;
@@ -105,7 +106,7 @@ pub fn state_words(a: &AccountActivity, now_ms: u64) -> String {
 pub fn happening(h: &Happening) -> String {
     let mut s = local_relative(at(h.at_ms));
     if let Some(r) = &h.reply {
-        s.push_str(&format!(": {}", escaped(&r.to_string())));
+        s.push_str(&format!(": {}", printable(&r.to_string())));
     }
     s
 }
@@ -116,7 +117,7 @@ pub fn token_words(t: &TokenState) -> String {
         return "none: a person must sign in".into();
     }
     if let Some(e) = &t.last_error {
-        return format!("failed: {}", escaped(e));
+        return format!("failed: {}", printable(e));
     }
     match (t.last_refresh_ms, t.valid_until_ms) {
         (Some(got), Some(until)) => format!(
@@ -127,22 +128,6 @@ pub fn token_words(t: &TokenState) -> String {
         (Some(got), None) => format!("obtained {} (expired since)", local_relative(at(got))),
         (None, _) => "none requested yet (the relay asks when it first delivers)".into(),
     }
-}
-
-/// Text that came from an upstream or a device, with control characters escaped (`\x1b`)
-/// so it cannot move the cursor or recolour the terminal.
-pub fn escaped(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            c if c.is_control() && (c as u32) < 0x100 => {
-                out.push_str(&format!("\\x{:02x}", c as u32));
-            }
-            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -184,9 +169,9 @@ mod tests {
     #[test]
     fn replies_cannot_drive_the_terminal() {
         assert_eq!(
-            escaped("550 \u{1b}[31mred\r\n"),
+            printable("550 \u{1b}[31mred\r\n"),
             "550 \\x1b[31mred\\x0d\\x0a"
         );
-        assert_eq!(escaped("plain"), "plain");
+        assert_eq!(printable("plain"), "plain");
     }
 }

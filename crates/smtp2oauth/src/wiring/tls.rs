@@ -28,13 +28,13 @@ fn listener_cert_files(cfg: &Config) -> Result<Option<(PathBuf, PathBuf)>> {
     if cert.exists() && key.exists() {
         return Ok(Some((cert, key)));
     }
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    smtp2oauth_spool::create_dir_durable(&dir, cfg.store.fsync)
+        .with_context(|| format!("cannot create {}", dir.display()))?;
     let host = cfg.hostname();
     let generated = rcgen::generate_simple_self_signed(vec![host.clone(), "localhost".into()])
         .context("cannot generate a self-signed certificate")?;
     write_private(&key, generated.signing_key.serialize_pem().as_bytes())?;
-    std::fs::write(&cert, generated.cert.pem())
-        .with_context(|| format!("cannot write {}", cert.display()))?;
+    write_private(&cert, generated.cert.pem().as_bytes())?;
     warn!(
         cert = %cert.display(),
         host = %host,
