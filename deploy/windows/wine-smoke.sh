@@ -244,8 +244,11 @@ service_relay() {
     fi
     if wait_state RUNNING 60 && wait_for "$log" 60 'smtp2oauth started'; then
         pass "service: sc start: RUNNING, the relay logs to $(basename "$log")"
+        # The store was made by `service install`, so the relay checks who may read it.
         if grep -q 'store directory .*is readable by every user' "$log"; then
             note "Wine: ACLs are not tested here: Wine keeps no DACL on its Unix drive (it maps one to mode bits and reads Everyone back), so the relay warns that the store is readable by every user"
+        else
+            note "Wine: ACLs are not tested here: Wine keeps no DACL on its Unix drive (it maps one to mode bits)"
         fi
         send_and_capture "$smtp" "$dir/data/capture" service
     else
