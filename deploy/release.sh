@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the release artifacts of smtp2oauth into dist/, tests them, and prints their SHA-256.
 #
-#   deploy/release.sh [--allow-dirty]   everything below, from a clean checkout (docs/deploy.md)
+#   deploy/release.sh [--allow-dirty] [--platform linux|windows]...
+#                                       everything below, from a clean checkout (docs/deploy.md);
+#                                       --platform: only that platform's artifacts and smoke
+#                                       tests (repeatable; default: all), to rebuild one quickly
 #   deploy/release.sh --check           fast: the build tools are present and the packaging
 #                                       metadata is valid (CI runs this, not the build)
 #   deploy/release.sh setup             installs the build tools (Debian packages, Rust targets,
@@ -18,6 +21,9 @@
 #   smtp2oauth_<v>_arm64.deb
 #   smtp2oauth-<v>-oci.tar               the container image for linux/amd64 and linux/arm64:
 #                                        one manifest list, as an OCI archive
+#   smtp2oauth-<v>-x86_64-windows.zip    smtp2oauth.exe (x86_64-pc-windows-gnu, mingw-w64), the
+#                                        example configuration with Windows paths, README,
+#                                        LICENSE, docs\ (docs/windows.md: install as a service)
 #   SHA256SUMS
 #
 # The Linux binaries have the legacy-tls feature with OpenSSL compiled in (legacy-tls-vendored:
@@ -34,7 +40,10 @@
 # over plain SMTP, implicit TLS and TLS 1.0, health checks, SIGTERM); the arm64 image, taken from
 # the OCI archive, running its relay under qemu-aarch64-static: a curl AUTH PLAIN message lands in
 # the capture directory, and one over TLS 1.0; the amd64 package installed, checked and purged on
-# this machine (deb-test). The build needs root (buildah, dpkg) and an x86_64 Debian 12 machine.
+# this machine (deb-test); the Windows zip's exe under Wine (deploy/windows/wine-smoke.sh: in a
+# console and as a service, a curl AUTH PLAIN message captured, Ctrl-C and the service's stop
+# control each shutting it down cleanly). The build needs root (buildah, dpkg) and an x86_64
+# Debian 12 machine.
 #
 # Exit status: 0 built and all passed; 1 a step or check failed; 2 usage; 77 (deb-test only) this
 # machine cannot install packages (not root).
@@ -55,14 +64,18 @@ TOOLS_DIR=${SMTP2OAUTH_RELEASE_TOOLS:-${HOME:-/root}/.cache/smtp2oauth-release}
 # libgcc-s1-arm64-cross: the arm64 image's C library; binutils: readelf; perl + make: OpenSSL's
 # build; python3-venv: the tools' virtual environment; curl + openssl: smoke tests; systemd:
 # systemd-analyze verify; adduser + init-system-helpers: what the package's scripts call;
-# debootstrap: Debian 11's C library, to run the binaries on it.
-APT_PACKAGES="buildah netavark qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross binutils perl make python3-venv curl openssl systemd adduser init-system-helpers debootstrap"
+# debootstrap: Debian 11's C library, to run the binaries on it; gcc-mingw-w64-x86-64: the
+# Windows exe's linker and OpenSSL's compiler for it; wine64: runs the exe in the smoke test;
+# zip + unzip: the Windows archive.
+APT_PACKAGES="buildah netavark qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross binutils perl make python3-venv curl openssl systemd adduser init-system-helpers debootstrap gcc-mingw-w64-x86-64 wine64 zip unzip"
 # Libraries a Linux binary may load, with the Debian package that holds each.
 # (The release binaries load glibc alone; libssl3 is for a package of a binary linked to the
 # system's OpenSSL, such as the test build.)
 ALLOWED_LIBS="libc.so.6:libc6 libm.so.6:libc6 libpthread.so.0:libc6 libdl.so.2:libc6 librt.so.1:libc6 libutil.so.1:libc6 ld-linux-x86-64.so.2:libc6 ld-linux-aarch64.so.1:libc6 libgcc_s.so.1:libgcc-s1 libssl.so.3:libssl3 libcrypto.so.3:libssl3"
 # Every Linux architecture: name in file names, Rust target, Debian and OCI architecture.
 LINUX_ARCHES="x86_64 aarch64"
+# Every Rust target the release builds (the Windows one: deploy/windows/release-windows.sh).
+RUST_TARGETS="x86_64-unknown-linux-gnu aarch64-unknown-linux-gnu x86_64-pc-windows-gnu"
 
 passed=0
 failed=0
@@ -278,12 +291,17 @@ check_machine() {
 # shellcheck source=deploy/debian/deb-test.sh
 . "$here/debian/deb-test.sh"
 
+# --- Windows: the exe, the zip, their checks and the Wine smoke test ---------------------------------
+
+# shellcheck source=deploy/windows/release-windows.sh
+. "$here/windows/release-windows.sh"
+
 # --- Setup and check ---------------------------------------------------------------------------------
 
 venv_bin() { echo "$TOOLS_DIR/venv-zigbuild-$ZIGBUILD_VERSION-zig-$ZIG_VERSION/bin"; }
 
 cmd_setup() {
-    local missing="" p
+    local missing="" p t
     for p in $APT_PACKAGES; do
         dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
     done
@@ -293,9 +311,8 @@ cmd_setup() {
         # shellcheck disable=SC2086 # one word per package
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
     fi
-    for arch in $LINUX_ARCHES; do
-        rustup target list --installed | grep -qx "$(rust_target "$arch")" \
-            || rustup target add "$(rust_target "$arch")"
+    for t in $RUST_TARGETS; do
+        rustup target list --installed | grep -qx "$t" || rustup target add "$t"
     done
     if [ ! -x "$(venv_bin)/cargo-zigbuild" ]; then
         step "installing cargo-zigbuild $ZIGBUILD_VERSION and zig $ZIG_VERSION (PyPI) into $(dirname "$(venv_bin)")"
@@ -308,7 +325,7 @@ cmd_setup() {
 
 # The tools a full build needs, each present.
 check_tools() {
-    local p arch
+    local p t
     for p in $APT_PACKAGES; do
         if dpkg -s "$p" >/dev/null 2>&1; then
             pass "Debian package $p is installed"
@@ -316,11 +333,11 @@ check_tools() {
             fail "Debian package $p is missing (deploy/release.sh setup installs it)"
         fi
     done
-    for arch in $LINUX_ARCHES; do
-        if rustup target list --installed 2>/dev/null | grep -qx "$(rust_target "$arch")"; then
-            pass "Rust target $(rust_target "$arch") is installed"
+    for t in $RUST_TARGETS; do
+        if rustup target list --installed 2>/dev/null | grep -qx "$t"; then
+            pass "Rust target $t is installed"
         else
-            fail "Rust target $(rust_target "$arch") is missing (deploy/release.sh setup adds it)"
+            fail "Rust target $t is missing (deploy/release.sh setup adds it)"
         fi
     done
     if [ "$("$(venv_bin)/cargo-zigbuild" --version 2>/dev/null)" = "cargo-zigbuild $ZIGBUILD_VERSION" ] \
@@ -422,20 +439,42 @@ cmd_check() {
     for f in release.sh build-image.sh assemble-rootfs.sh debian/deb-test.sh; do
         bash -n "$here/$f" && pass "bash -n deploy/$f" || fail "bash -n deploy/$f"
     done
+    step "Windows"
+    check_windows
     echo "release check: $passed passed, $failed failed"
     [ "$failed" -eq 0 ]
 }
 
 # --- The build ---------------------------------------------------------------------------------------
 
-# Each step adds its artifacts to $dist; a new platform is one more function in this list.
-RELEASE_STEPS="linux_binaries linux_tarballs debian_packages container_image"
-# Smoke tests of what the steps made.
-SMOKE_TESTS="smoke_tarballs smoke_debian11 smoke_debian_packages smoke_arm64_image"
+# Per platform: the steps that add its artifacts to $dist, then the smoke tests of what they made.
+# A new platform is one more pair here and in PLATFORMS.
+PLATFORMS="linux windows"
+linux_STEPS="linux_binaries linux_tarballs debian_packages container_image"
+linux_SMOKE_TESTS="smoke_tarballs smoke_debian11 smoke_debian_packages smoke_arm64_image"
+windows_STEPS="windows"
+windows_SMOKE_TESTS="smoke_windows"
 
 cmd_build() {
-    local allow_dirty=false start fn
-    case "${1:-}" in --allow-dirty) allow_dirty=true ;; "") ;; *) usage_error "unknown argument '$1'" ;; esac
+    local allow_dirty=false start fn platforms="" p var steps="" smoke_tests=""
+    while [ "$#" -gt 0 ]; do
+        case "$1" in
+            --allow-dirty) allow_dirty=true; shift ;;
+            --platform)
+                case " $PLATFORMS " in *" ${2:-none} "*) ;; *) usage_error "--platform is one of: $PLATFORMS" ;; esac
+                case " $platforms " in *" $2 "*) ;; *) platforms="${platforms:+$platforms }$2" ;; esac
+                shift 2
+                ;;
+            *) usage_error "unknown argument '$1'" ;;
+        esac
+    done
+    platforms=${platforms:-$PLATFORMS}
+    for p in $platforms; do
+        var=${p}_STEPS
+        steps="$steps ${!var}"
+        var=${p}_SMOKE_TESTS
+        smoke_tests="$smoke_tests ${!var}"
+    done
     start=$(date +%s)
     preflight "$allow_dirty"
     cmd_setup
@@ -448,11 +487,11 @@ cmd_build() {
     # uid 65532 runs the arm64 relay from a copy of the image in here.
     chmod 0711 "$work"
     bins=$work/bin
-    step "smtp2oauth $version ($(git -C "$repo" describe --always --dirty)), into $dist"
+    step "smtp2oauth $version ($(git -C "$repo" describe --always --dirty)), into $dist, for $platforms"
     check_packaging "$work/check"
     rm -rf "$dist"
     mkdir -p "$dist"
-    for fn in $RELEASE_STEPS $SMOKE_TESTS; do
+    for fn in $steps $smoke_tests; do
         "$fn"
     done
     checksums
@@ -835,6 +874,6 @@ case "${1:-}" in
     deb) shift; cmd_deb "$@" ;;
     deb-test) shift; cmd_deb_test "$@" ;;
     -h | --help) usage ;;
-    "" | --allow-dirty) cmd_build "$@" ;;
+    "" | --allow-dirty | --platform) cmd_build "$@" ;;
     *) usage_error "unknown argument '$1' (see --help)" ;;
 esac

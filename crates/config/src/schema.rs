@@ -286,7 +286,7 @@ impl Listener {
 #[serde(deny_unknown_fields, default)]
 pub struct Store {
     /// Spool, captures and generated keys live here. Relative paths are relative to the
-    /// working directory.
+    /// working directory. Default: `/var/lib/smtp2oauth`; on Windows `%ProgramData%\smtp2oauth`.
     pub dir: PathBuf,
     /// Make every accepted message durable (fsync) before answering 250. Turning this off
     /// risks losing accepted mail on a crash or power cut; it exists to measure what
@@ -304,12 +304,29 @@ pub struct Store {
 impl Default for Store {
     fn default() -> Self {
         Store {
-            dir: PathBuf::from("/var/lib/smtp2oauth"),
+            dir: default_store_dir(),
             fsync: true,
             min_free_space: 1024 * 1024,
             master_key_file: None,
         }
     }
+}
+
+/// Where the store is when `[store] dir` is not set: the system's place for a service's state.
+pub fn default_store_dir() -> PathBuf {
+    if cfg!(windows) {
+        program_data().join("smtp2oauth")
+    } else {
+        PathBuf::from("/var/lib/smtp2oauth")
+    }
+}
+
+/// Windows' folder for machine-wide application data (`%ProgramData%`, normally
+/// `C:\ProgramData`).
+pub fn program_data() -> PathBuf {
+    std::env::var_os("ProgramData")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(r"C:\ProgramData"), PathBuf::from)
 }
 
 /// `[admin]`.

@@ -148,19 +148,19 @@ fn parse_line(line: &str) -> Option<((Vec<u8>, IpAddr), u64)> {
 /// `path` replaced whole: a temporary file written and fsynced, renamed over it, the directory
 /// fsynced. Readable by the owner only.
 fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = smtp2oauth_platform::open_private(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        &tmp,
+    )?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path)?;
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+        smtp2oauth_platform::sync_dir(dir)?;
     }
     Ok(())
 }

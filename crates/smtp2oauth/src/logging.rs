@@ -1,11 +1,35 @@
-//! Logging: human-readable lines by default, JSON lines for collectors. Always to standard
-//! error, so `serve` works the same under systemd, Docker and a terminal.
+//! Logging: human-readable lines by default, JSON lines for collectors. To standard error, so
+//! `serve` works the same under systemd, Docker and a terminal; the Windows service, which has
+//! no standard error, writes the same lines to a rotating file (`logfile.rs`).
 
 use crate::LogFormat;
 use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
 pub fn init(format: LogFormat, filter: Option<&str>) {
+    install(
+        format,
+        filter,
+        std::io::stderr,
+        std::io::stderr().is_terminal(),
+    );
+}
+
+/// Logs to `file` (the Windows service).
+#[cfg(windows)]
+pub fn init_file(
+    format: LogFormat,
+    filter: Option<&str>,
+    file: std::sync::Arc<crate::logfile::LogFile>,
+) {
+    install(format, filter, file, false);
+}
+
+fn install<W>(format: LogFormat, filter: Option<&str>, writer: W, ansi: bool)
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let filter = filter
         .map(str::to_string)
         .or_else(|| std::env::var("RUST_LOG").ok())
@@ -16,9 +40,9 @@ pub fn init(format: LogFormat, filter: Option<&str>) {
     });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match format {
-        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Text => builder.with_ansi(ansi).init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(true)

@@ -5,12 +5,16 @@
 //!
 //! # Layout
 //! - `main.rs`: the command line.
-//! - `serve.rs`: `smtp2oauth serve`: loads the configuration, builds the relay, runs it; the
-//!   signal task.
+//! - `serve.rs`: `smtp2oauth serve`: loads the configuration, builds the relay, runs it until
+//!   its controls say stop; `signals.rs`: those controls from signals (Unix) or console events
+//!   (Windows).
+//! - `service.rs` (Windows): `service install|uninstall`, and running as a Windows service;
+//!   `logfile.rs`: the service's rotating log file.
 //! - `wiring.rs`: turning configuration into the relay's parts: routes, token sources, TLS,
 //!   listeners, the admin server (shared by `serve`, `check-config` and `send-test`).
 //! - `relay.rs`: the built relay, and running it until told to stop (shutdown order).
-//! - `reload.rs`: reloading the listeners' certificates on SIGHUP or when the files change.
+//! - `reload.rs`: reloading the listeners' certificates on request (SIGHUP, the service's
+//!   parameter-change control) or when the files change.
 //! - `commands.rs`: `check-config`, `hash-password`, `send-test`, `health`; `send_test.rs`:
 //!   the send-test itself (shared with the admin console).
 //! - `checks.rs`: what `check-config` and `serve` check beyond validation (loading
@@ -45,6 +49,8 @@ macro_rules! eprint {
 mod account_cmd;
 mod checks;
 mod commands;
+#[cfg(any(windows, test))]
+mod logfile;
 mod logging;
 mod output;
 mod queue_cmd;
@@ -52,6 +58,9 @@ mod relay;
 mod reload;
 mod send_test;
 mod serve;
+#[cfg(windows)]
+mod service;
+mod signals;
 mod signin;
 mod state_file;
 mod status;
@@ -74,22 +83,31 @@ struct Cli {
 
 #[derive(clap::Args, Clone)]
 struct ConfigArg {
-    /// Configuration file (TOML). Default: /etc/smtp2oauth/smtp2oauth.toml if it exists,
-    /// otherwise the environment alone. Every key can also be set as SMTP2OAUTH_<TABLE>__<KEY>.
+    /// Configuration file (TOML). Default: /etc/smtp2oauth/smtp2oauth.toml (on Windows
+    /// %ProgramData%\smtp2oauth\smtp2oauth.toml) if it exists, otherwise the environment
+    /// alone. Every key can also be set as SMTP2OAUTH_<TABLE>__<KEY>.
     /// (It may come before or after a sub-command: `queue --config F list`, `queue list --config F`.)
     #[arg(short, long, env = "SMTP2OAUTH_CONFIG", global = true)]
     config: Option<PathBuf>,
 }
 
 /// Where the configuration file is read from when none is given.
-pub const DEFAULT_CONFIG: &str = "/etc/smtp2oauth/smtp2oauth.toml";
+fn default_config() -> PathBuf {
+    if cfg!(windows) {
+        smtp2oauth_config::program_data()
+            .join("smtp2oauth")
+            .join("smtp2oauth.toml")
+    } else {
+        PathBuf::from("/etc/smtp2oauth/smtp2oauth.toml")
+    }
+}
 
 impl ConfigArg {
     /// The file to read: the one given, else the default path if it exists, else none
     /// (configuration from the environment alone, as containers often do).
     fn path(&self) -> Option<PathBuf> {
         self.config.clone().or_else(|| {
-            let default = PathBuf::from(DEFAULT_CONFIG);
+            let default = default_config();
             default.exists().then_some(default)
         })
     }
@@ -118,7 +136,8 @@ pub enum LogFormat {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the relay in the foreground (logs to standard error; exits on SIGTERM).
+    /// Run the relay in the foreground (logs to standard error; exits on SIGTERM or SIGINT, on
+    /// Windows on Ctrl-C or Ctrl-Break).
     Serve {
         #[command(flatten)]
         config: ConfigArg,
@@ -189,6 +208,14 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
+    /// Install or remove the Windows service (see docs/windows.md).
+    #[cfg(windows)]
+    Service {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: service::ServiceCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -244,6 +271,8 @@ fn main() -> ExitCode {
             logging::init(log.log_format, Some(log.log.as_deref().unwrap_or("warn")));
             runtime().block_on(commands::send_test(config.path().as_deref(), &account, &to))
         }
+        #[cfg(windows)]
+        Command::Service { config, command } => service::run(config.path(), command),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Reloading the listeners' certificates while the relay runs, on SIGHUP or when the files
-//! change, as a task of its own.
+//! Reloading the listeners' certificates while the relay runs, on request (SIGHUP on Unix, the
+//! service's parameter-change control on Windows) or when the files change, as a task of its
+//! own.
 //!
 //! A renewed certificate (certbot, an ACME client, an admin's copy) must be picked up without a
 //! restart, and a broken renewal must not take TLS away: running sessions keep theirs, and a
@@ -7,16 +8,16 @@
 
 use smtp2oauth_inbound::TlsHandle;
 use std::time::Duration;
-use tokio::signal::unix::Signal;
+use tokio::sync::mpsc::UnboundedReceiver;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-/// Watches `handles` until `stop`: reloads all of them on SIGHUP (`hup`), and each one whose
-/// files changed every `interval` (zero: on SIGHUP only).
+/// Watches `handles` until `stop`: reloads all of them on each request (which says why), and
+/// each one whose files changed every `interval` (zero: on request only).
 pub async fn watch(
     handles: Vec<TlsHandle>,
     interval: Duration,
-    mut hup: Signal,
+    mut requests: UnboundedReceiver<&'static str>,
     stop: CancellationToken,
 ) {
     let mut stamps: Vec<_> = handles.iter().map(|h| h.policy().stamp()).collect();
@@ -30,13 +31,13 @@ pub async fn watch(
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = hup.recv() => {
+            Some(why) = requests.recv() => {
                 if handles.is_empty() {
-                    info!("SIGHUP: no TLS listener, nothing to reload");
+                    info!("{why}: no TLS listener, nothing to reload");
                 }
                 for (h, stamp) in handles.iter().zip(stamps.iter_mut()) {
                     *stamp = h.policy().stamp();
-                    reload(h, "SIGHUP");
+                    reload(h, why);
                 }
             }
             _ = check.tick(), if poll => {

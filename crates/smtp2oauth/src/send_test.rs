@@ -128,10 +128,11 @@ async fn delivery_step(t: &TestTarget, to: &str) -> TestStep {
     let date = smtp2oauth_inbound::headers::rfc5322_date(now / 1000);
     let text = body(t, to, &id, &date);
     let file = std::env::temp_dir().join(format!("smtp2oauth-send-test-{id}.eml"));
-    let written = smtp2oauth_spool::private_file()
-        .create_new(true)
-        .open(&file)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    let written = smtp2oauth_platform::open_private(
+        std::fs::OpenOptions::new().write(true).create_new(true),
+        &file,
+    )
+    .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
     if let Err(e) = written {
         return TestStep {
             ok: false,

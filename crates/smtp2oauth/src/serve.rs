@@ -1,38 +1,46 @@
-//! `smtp2oauth serve`: load and check the configuration, build the relay, run it until
-//! SIGTERM/SIGINT.
+//! `smtp2oauth serve`: load and check the configuration, build the relay, run it until told to
+//! stop (SIGTERM/SIGINT, Ctrl-C on Windows, or the Windows service's stop control).
 //!
 //! Start-up order matters for the admin's first experience: everything that can be wrong in the
 //! configuration is found before any socket is opened, and every listener is bound before any is
 //! served, so a relay either starts whole or exits with the reason. [`wiring::build`] keeps that
-//! order; [`Relay::run`](crate::relay::Relay::run) starts serving. Signals and certificate
-//! reloads are tasks of their own.
+//! order; [`Relay::run`](crate::relay::Relay::run) starts serving. What stops it and asks for
+//! certificate reloads comes in as [`Controls`] (`signals.rs` in a console, `service.rs` under
+//! the Windows service manager), so both run exactly this.
 
+use crate::signals::{self, Controls};
 use crate::{checks, reload, wiring};
 use anyhow::{Result, anyhow};
 use smtp2oauth_config::{ConfigError, Loaded};
 use std::path::{Path, PathBuf};
-use tokio::signal::unix::{Signal, SignalKind, signal};
-use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
-/// Runs the relay configured by `config_path` until SIGTERM or SIGINT.
+/// Runs the relay configured by `config_path` until a signal (Unix) or console event
+/// (Windows) stops it.
 pub async fn run(config_path: Option<PathBuf>) -> Result<()> {
-    let loaded = load(config_path.as_deref()).await?;
-    let relay = wiring::build(&loaded).await?;
     // Handlers first: whoever reads "started" may send SIGTERM at once, and a signal that
     // arrives before its handler exists kills the process without a clean shutdown.
-    let stop = CancellationToken::new();
-    let term = signal(SignalKind::terminate())?;
-    let int = signal(SignalKind::interrupt())?;
-    let hup = signal(SignalKind::hangup())?;
-    tokio::spawn(stop_on_signal(term, int, stop.clone()));
+    let controls = signals::install()?;
+    run_with(config_path, controls, || {}).await
+}
+
+/// Loads, builds and runs the relay until `controls.stop`; `built` is called once every socket
+/// is bound, just before the relay starts serving.
+pub async fn run_with(
+    config_path: Option<PathBuf>,
+    controls: Controls,
+    built: impl FnOnce(),
+) -> Result<()> {
+    let loaded = load(config_path.as_deref()).await?;
+    let relay = wiring::build(&loaded).await?;
     tokio::spawn(reload::watch(
         relay.tls.clone(),
         loaded.config.tls.reload_interval,
-        hup,
-        stop.clone(),
+        controls.reload,
+        controls.stop.clone(),
     ));
-    relay.run(stop).await
+    built();
+    relay.run(controls.stop).await
 }
 
 /// Loads and checks the configuration as `check-config` does (validation, then what loading
@@ -59,13 +67,4 @@ async fn load(path: Option<&Path>) -> Result<Loaded> {
         }
     }
     Ok(loaded)
-}
-
-/// Cancels `stop` on the first SIGTERM or SIGINT.
-async fn stop_on_signal(mut term: Signal, mut int: Signal, stop: CancellationToken) {
-    tokio::select! {
-        _ = term.recv() => info!("SIGTERM: shutting down"),
-        _ = int.recv() => info!("SIGINT: shutting down"),
-    }
-    stop.cancel();
 }

@@ -175,15 +175,15 @@ fn token_state(account: &str, st: &smtp2oauth_tokens::TokenStatus) -> TokenState
 
 /// Writes `state` to `path` whole: a private temporary file, then a rename over the old one.
 fn write(path: &Path, state: &StateFile) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
     let bytes = serde_json::to_vec(state).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
+    let mut f = smtp2oauth_platform::open_private(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        &tmp,
+    )?;
     f.write_all(&bytes)?;
     drop(f);
     std::fs::rename(&tmp, path)

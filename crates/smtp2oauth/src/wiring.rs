@@ -367,15 +367,13 @@ fn bind_listeners(
     Ok(bound)
 }
 
-/// Warns when a file or directory holding secrets or mail is readable by every user.
+/// Warns when a file or directory holding secrets or mail is readable by every user (the
+/// mode's other-read bit on Unix, a read grant to Everyone, Users and the like on Windows).
 pub fn warn_if_readable_by_others(path: &Path, what: &str) {
-    use std::os::unix::fs::PermissionsExt;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode();
-        if mode & 0o004 != 0 {
-            warn!(path = %path.display(), mode = format!("{:o}", mode & 0o777),
-                "{what} is readable by every user on this machine; restrict it (chmod o-rwx)");
-        }
+    if let Ok(Some(who)) = smtp2oauth_platform::readable_by_others(path) {
+        warn!(path = %path.display(), access = %who,
+            "{what} is readable by every user on this machine; restrict it ({})",
+            smtp2oauth_platform::restrict_advice(path));
     }
 }
 

@@ -3,21 +3,21 @@
 //!
 //! A new directory is only a name in its parent until the parent is fsynced: after a power cut
 //! it can vanish with every fsynced message inside it. So every directory made here is
-//! created with mode 0700 (the store holds queued mail and keys; the umask can only narrow it)
-//! and, when `fsync` is on, its parent is synced before anything is written into it. Opening a
-//! store that exists syncs it and its parent again, which also covers a directory an earlier
-//! run created and crashed before syncing.
+//! private (the store holds queued mail and keys: mode 0700 on Unix, a protected ACL on
+//! Windows; see `smtp2oauth_platform`) and, when `fsync` is on, its parent is synced before
+//! anything is written into it. Opening a store that exists syncs it and its parent again,
+//! which also covers a directory an earlier run created and crashed before syncing.
 
-use std::fs::File;
+use smtp2oauth_platform::create_private_dir;
 use std::io;
 use std::path::{Path, PathBuf};
 
-/// Creates `path` and any missing ancestors (mode 0700 on Unix), making each new name durable
+/// Creates `path` and any missing ancestors (private), making each new name durable
 /// when `fsync` is on. Existing directories are left as they are, apart from the syncs.
 pub fn create_dir_durable(path: &Path, fsync: bool) -> io::Result<()> {
     let missing = missing_ancestors(path);
     for dir in missing.iter().rev() {
-        match make_private_dir(dir) {
+        match create_private_dir(dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e),
@@ -54,31 +54,14 @@ fn parent_of(path: &Path) -> &Path {
     }
 }
 
-#[cfg(unix)]
-fn make_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().mode(0o700).create(dir)
-}
-
-#[cfg(not(unix))]
-fn make_private_dir(dir: &Path) -> io::Result<()> {
-    std::fs::DirBuilder::new().create(dir)
-}
-
-/// Options that create a file with mode 0600 (read and written by the relay's user only,
-/// whatever the umask), for writing.
+/// Options that create a file private (read and written by the relay's user only: mode 0600
+/// whatever the umask; on Windows the DACL of the private directory it is created in), for
+/// writing. Every file of the store is created inside the store's private directories.
 pub fn private_file() -> std::fs::OpenOptions {
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o
+    smtp2oauth_platform::private_file_options()
 }
 
-/// Writes `bytes` to a new or truncated private file (mode 0600).
+/// Writes `bytes` to a new or truncated private file.
 pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     use std::io::Write;
     private_file()
@@ -88,9 +71,10 @@ pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
         .write_all(bytes)
 }
 
-/// Makes the entries of directory `dir` durable.
+/// Makes the entries of directory `dir` durable (on Windows: `FlushFileBuffers` on the
+/// directory, see `smtp2oauth_platform`).
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    smtp2oauth_platform::sync_dir(dir)
 }
 
 #[cfg(test)]
@@ -103,6 +87,10 @@ mod tests {
         let deep = tmp.path().join("store/spool/queue");
         create_dir_durable(&deep, true).unwrap();
         assert!(deep.is_dir());
+        for d in ["store", "store/spool", "store/spool/queue"] {
+            let who = smtp2oauth_platform::readable_by_others(&tmp.path().join(d)).unwrap();
+            assert_eq!(who, None, "{d}");
+        }
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

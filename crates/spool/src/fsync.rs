@@ -26,7 +26,7 @@ pub(crate) struct DirSync {
 impl DirSync {
     pub(crate) fn open(path: &Path, enabled: bool) -> io::Result<DirSync> {
         Ok(DirSync {
-            dir: Arc::new(File::open(path)?),
+            dir: Arc::new(smtp2oauth_platform::open_dir(path)?),
             enabled,
             issued: AtomicU64::new(0),
             synced: AtomicU64::new(0),

@@ -433,12 +433,9 @@ impl Spool {
             return Some(bytes);
         }
         let root = self.inner.root.clone();
-        let bytes = blocking(move || {
-            let st = rustix::fs::statvfs(&root).map_err(io::Error::from)?;
-            Ok(st.f_bavail.saturating_mul(st.f_frsize))
-        })
-        .await
-        .ok()?;
+        let bytes = blocking(move || Ok(smtp2oauth_platform::free_space(&root)?))
+            .await
+            .ok()?;
         *self
             .inner
             .free_space

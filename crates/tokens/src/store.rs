@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -744,12 +743,12 @@ impl Files {
     }
 
     fn stamp(&self, account: &str) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = fs::metadata(self.path(account)).ok()?;
+        let path = self.path(account);
+        let meta = fs::metadata(&path).ok()?;
         Some(FileStamp {
             modified: meta.modified().ok(),
             len: meta.len(),
-            inode: meta.ino(),
+            inode: smtp2oauth_platform::file_id(&path).ok()?,
         })
     }
 
@@ -786,13 +785,11 @@ impl Files {
     /// for it; released when the returned file is closed.
     fn lock(&self, account: &str) -> Result<File, StoreError> {
         let path = self.lock_path(account);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(|e| StoreError::io(&path, e))?;
+        let file = smtp2oauth_platform::open_private(
+            OpenOptions::new().create(true).truncate(false).write(true),
+            &path,
+        )
+        .map_err(|e| StoreError::io(&path, e))?;
         loop {
             match file.lock() {
                 Ok(()) => return Ok(file),
@@ -817,32 +814,26 @@ fn token_files(dir: &Path) -> Vec<String> {
     names
 }
 
+/// Creates `dir` and its missing ancestors, private (mode 0700 on Unix, a protected ACL on
+/// Windows).
 fn create_dir_private(dir: &Path) -> Result<(), StoreError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|e| StoreError::io(dir, e))
+    smtp2oauth_platform::create_private_dir_all(dir).map_err(|e| StoreError::io(dir, e))
 }
 
-/// Creates (or truncates) `path` with mode 0600, writes `bytes` and fsyncs.
+/// Creates (or truncates) `path`, private (mode 0600 on Unix), writes `bytes` and fsyncs.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|e| StoreError::io(path, e))?;
+    let mut f = smtp2oauth_platform::open_private(
+        OpenOptions::new().write(true).create(true).truncate(true),
+        path,
+    )
+    .map_err(|e| StoreError::io(path, e))?;
     f.write_all(bytes)
         .and_then(|()| f.sync_all())
         .map_err(|e| StoreError::io(path, e))
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| StoreError::io(dir, e))
+    smtp2oauth_platform::sync_dir(dir).map_err(|e| StoreError::io(dir, e))
 }
 
 #[cfg(test)]

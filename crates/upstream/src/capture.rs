@@ -27,10 +27,7 @@ impl CaptureRoute {
         let local = |e: std::io::Error, what: &str| DeliveryError::Local {
             detail: format!("capture: {what}: {e}"),
         };
-        tokio::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
+        create_private_dir(&self.dir)
             .await
             .map_err(|e| local(e, &format!("cannot create {}", self.dir.display())))?;
         let eml = self.dir.join(format!("{}.eml", msg.id));
@@ -67,11 +64,9 @@ impl CaptureRoute {
         tokio::fs::rename(&json_tmp, self.dir.join(format!("{}.json", msg.id)))
             .await
             .map_err(|e| local(e, "cannot rename"))?;
+        // The names, durable too (on Windows a directory handle needs flags of its own).
         let dir = self.dir.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            std::fs::File::open(dir).and_then(|d| d.sync_all())
-        })
-        .await;
+        let _ = tokio::task::spawn_blocking(move || smtp2oauth_platform::sync_dir(&dir)).await;
 
         Ok(DeliveryReport {
             reply: Reply::with_status(
@@ -88,15 +83,19 @@ impl CaptureRoute {
     }
 }
 
-/// A new or truncated file with mode 0600.
-async fn create_private(p: &Path) -> std::io::Result<tokio::fs::File> {
-    tokio::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(p)
+/// `dir` and its missing ancestors, private (mode 0700; a protected ACL on Windows).
+async fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || smtp2oauth_platform::create_private_dir_all(&dir))
         .await
+        .map_err(std::io::Error::other)?
+}
+
+/// A new or truncated private file (mode 0600; on Windows the capture directory's ACL).
+async fn create_private(p: &Path) -> std::io::Result<tokio::fs::File> {
+    let mut options = smtp2oauth_platform::private_file_options();
+    options.create(true).truncate(true);
+    tokio::fs::OpenOptions::from(options).open(p).await
 }
 
 /// Copies `from` into a private file `to` and syncs it (`fs::copy` would copy the source's

@@ -43,15 +43,18 @@ fn listener_cert_files(cfg: &Config) -> Result<Option<(PathBuf, PathBuf)>> {
     Ok(Some((cert, key)))
 }
 
-/// Writes a file readable only by us (mode 0600), atomically.
+/// Writes a file readable only by us (mode 0600 on Unix, a private ACL on Windows), atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
-    let mut f = smtp2oauth_spool::private_file()
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut f = smtp2oauth_platform::open_private(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true),
+        &tmp,
+    )
+    .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(bytes)?;
     f.sync_all()?;
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
