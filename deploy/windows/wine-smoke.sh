@@ -51,7 +51,6 @@ export WINEPREFIX=$work/prefix WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
 cleanup() {
     # Only after the relay was stopped (or failed to): ends the prefix's programs and service
     # manager.
-    [ -z "${holder:-}" ] || release_prefix
     "$WINESERVER" -k 2>/dev/null || true
     rm -rf "$work"
 }
@@ -59,7 +58,16 @@ trap cleanup EXIT
 
 # A Windows path (Z: is the Linux root in every Wine prefix).
 winpath() { printf 'Z:%s' "$1" | tr / '\\'; }
-wine() { "$WINE" "$@"; }
+# Runs a Windows program and prints what it wrote, carriage returns removed. The output goes
+# through a file, never straight into a pipe: the first program of a Wine session starts
+# services.exe and the rest, which keep that program's standard output and error, and a
+# `$(...)` or `| grep` reading from them would wait for those to end.
+wine() {
+    local status=0
+    "$WINE" "$@" </dev/null >"$work/wine.out" 2>&1 || status=$?
+    tr -d '\r' <"$work/wine.out"
+    return "$status"
+}
 
 # A free TCP port that nothing listens on.
 free_port() {
@@ -166,7 +174,7 @@ console_relay() {
     admin=$(free_port)
     relay_config "$dir/data" "$smtp" "$admin" >"$dir/relay.toml"
     # Started directly (not through the wine function) so that $! is the program's own process.
-    "$WINE" "$exe" serve --config "$(winpath "$dir/relay.toml")" >"$dir/relay.log" 2>&1 &
+    "$WINE" "$exe" serve --config "$(winpath "$dir/relay.toml")" </dev/null >"$dir/relay.log" 2>&1 &
     pid=$!
     if wait_for "$dir/relay.log" 120 'smtp2oauth started'; then
         pass "console: the relay started under Wine with the capture route"
@@ -188,7 +196,7 @@ console_relay() {
 
 # The state sc.exe reports for the service (RUNNING, STOPPED, ...), or nothing.
 service_state() {
-    wine sc query smtp2oauth 2>/dev/null | sed -n 's/.*STATE *: *[0-9]* *\([A-Z_]*\).*/\1/p' | tr -d '\r'
+    wine sc query smtp2oauth 2>/dev/null | sed -n 's/.*STATE *: *[0-9]* *\([A-Z_]*\).*/\1/p'
 }
 
 wait_state() {
@@ -204,18 +212,11 @@ wait_state() {
 # dispatcher exits when the last user process does, and services.exe with it: the next program
 # starts a new one), where Windows keeps services running with nobody logged on. A program
 # waiting on its standard input stands in for that session for the whole test: find.exe, reading
-# a pipe that stays open until release_prefix.
+# a FIFO it holds both ends of (so no end of input ever comes); cleanup's wineserver -k ends it.
 hold_prefix() {
     mkfifo "$work/hold"
-    "$WINE" find.exe never <"$work/hold" >/dev/null 2>&1 &
-    holder=$!
-    exec 9>"$work/hold"
-    note "Wine stops services when no other program runs in the prefix; find.exe (pid $holder) stands in for a logged-on session"
-}
-
-release_prefix() {
-    exec 9>&-
-    wait "$holder" 2>/dev/null || true
+    "$WINE" find.exe never <>"$work/hold" >/dev/null 2>&1 &
+    note "Wine stops services when no other program runs in the prefix; find.exe (pid $!) stands in for a logged-on session"
 }
 
 service_relay() {
@@ -256,7 +257,7 @@ service_relay() {
     fi
     wine sc stop smtp2oauth >"$dir/sc-stop.log" 2>&1 || true
     if wait_state STOPPED 60 && grep -q 'service stop requested' "$log" && grep -q 'smtp2oauth::relay: stopped' "$log" \
-        && wine sc query smtp2oauth 2>/dev/null | grep -q 'WIN32_EXIT_CODE *: 0 '; then
+        && wine sc query smtp2oauth >"$dir/sc-query.log" 2>&1 && grep -q 'WIN32_EXIT_CODE *: 0 ' "$dir/sc-query.log"; then
         pass "service: sc stop: the stop control ran the clean shutdown ($(grep -o 'STATE.*' "$dir/sc-stop.log" | tr -d '\r' | tr -s ' ')), STOPPED, exit code 0"
     else
         fail "service: sc stop: state $(service_state); $(cat "$dir/sc-stop.log"); $(tail -3 "$log" 2>&1)"
@@ -281,7 +282,7 @@ check_example() {
 
 start=$SECONDS
 if prepare_prefix; then
-    out=$(wine "$exe" --version 2>&1 | tr -d '\r') && pass "smtp2oauth.exe --version: $out" || fail "smtp2oauth.exe --version: $out"
+    out=$(wine "$exe" --version) && pass "smtp2oauth.exe --version: $out" || fail "smtp2oauth.exe --version: $out"
     [ -z "$config" ] || check_example
     console_relay
     service_relay
