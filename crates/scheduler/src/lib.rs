@@ -386,9 +386,14 @@ impl Inner {
                 }
                 ControlTarget::One(id) => vec![id.clone()],
             };
+            let all = matches!(req.target, ControlTarget::All);
             let mut answer = ControlAnswer::default();
             for id in ids {
                 let outcome = self.carry_out_request(req.action, id).await;
+                if all && outcome.kind == OutcomeKind::UnknownId {
+                    // Delivered (or deleted) between the listing and now: "all" never meant it.
+                    continue;
+                }
                 if outcome.kind.is_success() {
                     info!(queue_id = %outcome.id, action = req.action.as_str(), outcome = outcome.kind.as_str(), "queue request carried out");
                 } else {
