@@ -13,6 +13,7 @@
 
 use crate::observe::{About, Command, MessageInfo, Observer, ReplyEvent, SessionSummary};
 use smtp2oauth_proto::SessionError;
+use smtp2oauth_proto::address::printable as escaped;
 use std::fmt::Write as _;
 use tracing::{info, warn};
 
@@ -140,19 +141,6 @@ fn message(m: &MessageInfo) -> String {
     out
 }
 
-/// Device text with control characters (and quotes, backslashes) escaped.
-fn escaped(s: &str) -> String {
-    s.chars()
-        .flat_map(|c| {
-            if c.is_control() || c == '"' || c == '\\' {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,8 +149,8 @@ mod tests {
     fn device_text_cannot_forge_a_line() {
         assert_eq!(
             who(None, Some("evil\r\nINFO session ended")),
-            "username \"evil\\r\\nINFO session ended\""
+            "username \"evil\\x0d\\x0aINFO session ended\""
         );
-        assert_eq!(escaped("a\u{1b}[2J\"b\\"), "a\\u{1b}[2J\\\"b\\\\");
+        assert_eq!(who(Some("a\u{1b}[2J"), None), "device a\\x1b[2J");
     }
 }
