@@ -42,8 +42,9 @@ fn assert_quiet_exit(args: &[&str], stdin: &[u8]) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn every_printing_command_stops_quietly_when_its_reader_goes() {
+/// A relay whose upstream refuses every MAIL for now, holding one message smtplib sent (its
+/// queue id), retried only in an hour.
+async fn relay_holding_one_message() -> (Upstream, Relay, String) {
     let up = Upstream::start().await;
     let toml = with_delivery(
         &relay_toml(&up.pki, &up.account_toml(""), ""),
@@ -70,6 +71,12 @@ async fn every_printing_command_stops_quietly_when_its_reader_goes() {
     let id = spool_ids(&relay.store(), "queue")
         .pop()
         .expect("a queued message");
+    (up, relay, id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_printing_command_stops_quietly_when_its_reader_goes() {
+    let (_up, relay, id) = relay_holding_one_message().await;
     let config = relay.config.display().to_string();
     let admin = format!("http://{}", relay.addr("admin"));
     let c = config.as_str();
@@ -118,32 +125,7 @@ async fn every_printing_command_stops_quietly_when_its_reader_goes() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_actions_report_the_running_relays_answer_and_times_read_as_dates() {
-    let up = Upstream::start().await;
-    let toml = with_delivery(
-        &relay_toml(&up.pki, &up.account_toml(""), ""),
-        "wait_for_upstream = \"0s\"\nretry_initial = \"1h\"\nretry_max = \"1h\"",
-    );
-    let relay = Relay::start(&toml);
-    up.smtp
-        .script(Stage::Mail, "451 4.3.0 Temporary server error", 1000);
-    let port = relay.port("plain").to_string();
-    let r = smtplib(&[
-        "--port",
-        &port,
-        "--user",
-        DEVICE_USER,
-        "--password",
-        DEVICE_PASSWORD,
-        "--from",
-        MAILBOX,
-        "--to",
-        "you@example.com",
-    ])
-    .await;
-    assert_eq!(r[0]["code"], 250, "{r:?}");
-    let id = spool_ids(&relay.store(), "queue")
-        .pop()
-        .expect("a queued message");
+    let (_up, relay, id) = relay_holding_one_message().await;
 
     // An id the queue does not hold: the relay's reason, status 1.
     let out = relay.queue(&["delete", "deadbeefdeadbeef"]).await;
