@@ -439,6 +439,12 @@ cmd_check() {
     for f in release.sh build-image.sh assemble-rootfs.sh debian/deb-test.sh; do
         bash -n "$here/$f" && pass "bash -n deploy/$f" || fail "bash -n deploy/$f"
     done
+    # The scripts the docs tell admins to run as commands (`sudo deploy/release.sh`) must be
+    # executable in a fresh checkout; the sourced ones need not be.
+    for f in release.sh build-image.sh assemble-rootfs.sh windows/wine-smoke.sh; do
+        [ -x "$here/$f" ] && pass "deploy/$f is executable" \
+            || fail "deploy/$f is not executable (git update-index --chmod=+x deploy/$f)"
+    done
     step "Windows"
     check_windows
     echo "release check: $passed passed, $failed failed"
