@@ -195,6 +195,15 @@ def stop(proc):
         break
 
 
+def page_went_away(e):
+    """Whether a WebDriver error only says that the page changed under the command: the element
+    was found in the page before a navigation and read in the next one. chromedriver reports
+    that as a stale element, or, when the new document is already in place, as an "unknown
+    error" from Chromium's inspector ("Node with given id does not belong to the document")."""
+    return (e.error in ("no such element", "stale element reference", "no such window")
+            or (e.error == "unknown error" and "does not belong to the document" in str(e)))
+
+
 def wait_for_text(driver, expect, deadline, settle):
     """Polls the current page until its text contains `expect` (the browser may still be
     following redirects, so a page can vanish between two commands). chromedriver answers only
@@ -213,7 +222,7 @@ def wait_for_text(driver, expect, deadline, settle):
                 raise Failed("the browser stayed on %s without %r: %r"
                              % (now[0], expect, text[:2000]))
         except WebDriverError as e:
-            if e.error not in ("no such element", "stale element reference", "no such window"):
+            if not page_went_away(e):
                 raise
         if deadline.end - time.monotonic() < 0.3:
             raise Failed("the page never showed %r; last text: %r" % (expect, text[:2000]))
