@@ -5,8 +5,9 @@
 //! no device are kept apart, bounded, so guessing cannot grow memory.
 
 use crate::counts::{Counter, Counts, Tally};
-use crate::reply::{ReplyInfo, cut};
+use crate::reply::ReplyInfo;
 use serde::{Deserialize, Serialize};
+use smtp2oauth_proto::reply::truncate_at_char;
 use std::collections::HashMap;
 
 /// Usernames that matched no device, kept for the console (oldest dropped beyond this).
@@ -123,7 +124,7 @@ pub(crate) struct UnknownLogins {
 
 impl UnknownLogins {
     pub(crate) fn record(&mut self, username: &str, peer: &str, at_ms: u64) {
-        let username = cut(username, MAX_USERNAME);
+        let username = truncate_at_char(username, MAX_USERNAME);
         if let Some(u) = self.by_name.get_mut(username) {
             u.attempts += 1;
             u.last_peer = peer.to_string();

@@ -5,6 +5,7 @@
 //! an upstream, a Graph answer turned into a reply).
 
 use serde::{Deserialize, Serialize};
+use smtp2oauth_proto::reply::truncate_at_char;
 use smtp2oauth_proto::{Reply, ReplyAssembler};
 use std::fmt;
 
@@ -28,7 +29,7 @@ impl ReplyInfo {
         ReplyInfo {
             code,
             status,
-            text: cut(text, MAX_TEXT).to_string(),
+            text: truncate_at_char(text, MAX_TEXT).to_string(),
         }
     }
 
@@ -65,18 +66,6 @@ impl fmt::Display for ReplyInfo {
         }
         Ok(())
     }
-}
-
-/// `s` cut to at most `max` bytes, at a character boundary.
-pub(crate) fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

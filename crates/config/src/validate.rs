@@ -154,17 +154,19 @@ fn host_name_problem(h: &str) -> Result<(), &'static str> {
     if h.contains(':') {
         return Err("must be a host name without a port (any port is accepted)");
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    if h.is_empty() || h.len() > 253 || !h.trim_end_matches('.').split('.').all(label_ok) {
+    if h.is_empty() || h.len() > 253 || !h.trim_end_matches('.').split('.').all(dns_label_ok) {
         return Err("is not a host name (letters, digits, `-` and dots) or an IP address");
     }
     Ok(())
+}
+
+/// One label of a DNS name: letters, digits and `-`, not at either end, 1 to 63 bytes.
+pub(crate) fn dns_label_ok(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
 }
 
 fn notify(c: &Config, p: &mut Vec<Problem>) {

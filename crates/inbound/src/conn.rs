@@ -24,6 +24,7 @@ use crate::tls::TlsHandle;
 use smtp2oauth_config::ListenerTls;
 use smtp2oauth_metrics::{AccountLabels, Metrics, RefusalLabels, SessionLabels};
 use smtp2oauth_proto::replies::ok;
+use smtp2oauth_proto::reply::truncate_at_char;
 use smtp2oauth_proto::{DotDecoder, Reply, SessionError};
 use smtp2oauth_spool::{Envelope, Incoming, MessageId, Queued, Spool, SpoolError};
 use std::future::Future;
@@ -770,17 +771,20 @@ where
 /// a message refused at MAIL or DATA.
 fn about_reply(command: Command, reply: &Reply, session: &Session) -> About {
     let refused = reply.code() >= 400;
-    let (sender, recipients) = session.envelope();
     match command {
         Command::Auth if reply.code() == 235 => About::LoggedIn,
+        // The envelope is written out only for the replies about it, not for every command.
         Command::Mail if !refused => About::SenderAccepted {
-            sender: sender.unwrap_or_default(),
+            sender: session.envelope().0.unwrap_or_default(),
         },
-        Command::Mail | Command::Data if refused => About::MessageRefused(MessageInfo {
-            sender: sender.unwrap_or_default(),
-            recipients,
-            size: 0,
-        }),
+        Command::Mail | Command::Data if refused => {
+            let (sender, recipients) = session.envelope();
+            About::MessageRefused(MessageInfo {
+                sender: sender.unwrap_or_default(),
+                recipients,
+                size: 0,
+            })
+        }
         _ => About::Command,
     }
 }
@@ -788,7 +792,7 @@ fn about_reply(command: Command, reply: &Reply, session: &Session) -> About {
 /// The username of a login attempt, for observers (never the password).
 fn username_of(creds: &crate::sasl::Credentials) -> String {
     let name = String::from_utf8_lossy(&creds.username);
-    observe::cut(&name, observe::MAX_USERNAME).to_string()
+    truncate_at_char(&name, observe::MAX_USERNAME).to_string()
 }
 
 /// Receives a message after DATA, hands it on, and answers its final dot.

@@ -82,6 +82,8 @@ impl Limiter {
         ip: IpAddr,
         authenticated: bool,
     ) -> Result<Permit, SessionError> {
+        // Per full address, not per IPv6 /64 as lockouts are: on a LAN every device shares one
+        // /64, and a cap on sessions for all of them together would refuse honest printers.
         let ip = normalise_ip(ip);
         let s = self.settings;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());

@@ -9,8 +9,11 @@
 use crate::conn::Inbound;
 use crate::guard::Verdict;
 use crate::identity::{AuthFailure, Device};
+use crate::observe::MAX_USERNAME;
 use crate::sasl::Credentials;
 use smtp2oauth_metrics::ResultLabels;
+use smtp2oauth_proto::address::printable;
+use smtp2oauth_proto::reply::truncate_at_char;
 use std::net::IpAddr;
 use std::sync::Arc;
 use tracing::{debug, warn};
@@ -58,7 +61,13 @@ fn record(ctx: &Inbound, username: &[u8], peer: IpAddr, result: &Result<Arc<Devi
             .get_or_create(&ResultLabels { result })
             .inc();
     }
-    let shown = String::from_utf8_lossy(&username[..username.len().min(64)]).into_owned();
+    // Only failures print the username: escaped, cut as the session's log line cuts it.
+    let shown = || {
+        printable(truncate_at_char(
+            &String::from_utf8_lossy(username),
+            MAX_USERNAME,
+        ))
+    };
     match result {
         Ok(device) => {
             ctx.guard.success(username, peer);
@@ -66,14 +75,14 @@ fn record(ctx: &Inbound, username: &[u8], peer: IpAddr, result: &Result<Arc<Devi
         }
         Err(failure) if failure.is_failed_check() => {
             // The refusal's own line (session_log) is the admin's; this one is for debugging.
-            debug!(username = %shown.escape_debug(), reason = failure.as_str(), "authentication failed");
+            debug!(username = %shown(), reason = failure.as_str(), "authentication failed");
             if let Verdict::LockedOut(period) = ctx.guard.user_failure(username, peer) {
-                warn!(username = %shown.escape_debug(), lockout_secs = period.as_secs(),
+                warn!(username = %shown(), lockout_secs = period.as_secs(),
                     "username locked out for addresses it has not logged in from, after repeated failed logins");
             }
         }
         Err(failure) => {
-            debug!(username = %shown.escape_debug(), reason = failure.as_str(), "authentication refused without a check");
+            debug!(username = %shown(), reason = failure.as_str(), "authentication refused without a check");
         }
     }
 }

@@ -288,18 +288,6 @@ pub trait Observer: Send + Sync + 'static {
     fn ended(&self, summary: &SessionSummary);
 }
 
-/// `s` cut to at most `max` bytes, at a character boundary.
-pub(crate) fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
-
 /// Several observers, shown every reply and every session's end in turn (the live state and
 /// the log lines, say).
 pub struct Observers(pub Vec<std::sync::Arc<dyn Observer>>);
@@ -321,6 +309,7 @@ impl Observer for Observers {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use smtp2oauth_proto::reply::truncate_at_char;
 
     #[test]
     fn commands_are_named_by_their_verb_and_sasl_lines_never_by_content() {
@@ -338,9 +327,13 @@ mod tests {
 
     #[test]
     fn usernames_are_cut_at_a_character_boundary() {
-        assert_eq!(cut("abc", 64), "abc");
+        assert_eq!(truncate_at_char("abc", 64), "abc");
         let long = "é".repeat(40);
-        assert!(cut(&long, MAX_USERNAME).len() <= MAX_USERNAME);
-        assert!(cut(&long, MAX_USERNAME).chars().all(|c| c == 'é'));
+        assert!(truncate_at_char(&long, MAX_USERNAME).len() <= MAX_USERNAME);
+        assert!(
+            truncate_at_char(&long, MAX_USERNAME)
+                .chars()
+                .all(|c| c == 'é')
+        );
     }
 }

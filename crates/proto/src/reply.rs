@@ -258,8 +258,9 @@ impl fmt::Display for Reply {
 /// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, code and CRLF included.
 pub const MAX_WIRE_LINE: usize = 512;
 
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate_at_char(s: &str, max: usize) -> &str {
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary: how
+/// every bounded text we keep or send (reply lines, usernames, recorded replies) is shortened.
+pub fn truncate_at_char(s: &str, max: usize) -> &str {
     if s.len() <= max {
         return s;
     }

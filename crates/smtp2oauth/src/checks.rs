@@ -11,7 +11,7 @@
 //! other words.
 
 use crate::wiring;
-use smtp2oauth_admin::time::{local, span};
+use smtp2oauth_admin::time::{from_ms, local, span};
 use smtp2oauth_config::{AccountSpec, Config, Credential, ListenerTls, Loaded, Problem, RouteSpec};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -177,7 +177,7 @@ fn certificate_dates(loaded: &Loaded, now: SystemTime, f: &mut Findings) {
         let Ok(ms) = wiring::not_after_ms(&path) else {
             continue;
         };
-        let not_after = SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        let not_after = from_ms(ms);
         match expiry(&path, not_after, now) {
             Some(Expiry::Expired(m)) => f.problems.push(Problem::new(key, m)),
             Some(Expiry::Soon(m)) => f.warnings.push(Problem::new(key, m)),

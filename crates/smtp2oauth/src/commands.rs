@@ -1,5 +1,6 @@
 //! The one-shot commands: `check-config`, `hash-password`, `send-test`.
 
+use crate::queue_cmd::printable;
 use crate::{checks, send_test, wiring};
 use smtp2oauth_config::{AccountSpec, ConfigError, Loaded};
 use std::io::{BufRead, IsTerminal, Write};
@@ -250,7 +251,7 @@ fn http_get(target: &str, path: &str) -> std::io::Result<(u16, String)> {
 /// state; a body that is not the relay's JSON is shown as it came, escaped.
 fn health_words(url: &str, ready: bool, code: u16, body: &str) -> String {
     let Ok(v) = serde_json::from_str::<serde_json::Value>(body) else {
-        return format!("{url} answered {code}: {}", body.trim().escape_debug());
+        return format!("{url} answered {code}: {}", printable(body.trim()));
     };
     if !ready {
         let version = v["version"].as_str().unwrap_or("?");
@@ -268,7 +269,7 @@ fn health_words(url: &str, ready: bool, code: u16, body: &str) -> String {
         let ok = if c["ok"] == true { "ok" } else { "FAILED" };
         let name = c["name"].as_str().unwrap_or("?");
         let detail = c["detail"].as_str().unwrap_or("");
-        out.push_str(&format!("\n  {ok:6}  {name:9}  {}", detail.escape_debug()));
+        out.push_str(&format!("\n  {ok:6}  {name:9}  {}", printable(detail)));
     }
     let accounts = v["accounts"].as_array().cloned().unwrap_or_default();
     if !accounts.is_empty() {
@@ -281,7 +282,7 @@ fn health_words(url: &str, ready: bool, code: u16, body: &str) -> String {
             Some(ms) if state != "ok" => format!(" since {}", smtp2oauth_admin::time::local_ms(ms)),
             _ => String::new(),
         };
-        out.push_str(&format!("\n  {:12}  {state}{since}", name.escape_debug()));
+        out.push_str(&format!("\n  {:12}  {state}{since}", printable(name)));
     }
     out
 }

@@ -225,7 +225,7 @@ fn mail_command(caps: &Capabilities, msg: &Message) -> Result<String, DeliveryEr
 /// local part stays quoted and no address can carry a parameter of its own. A stored address
 /// that cannot be written at all (control characters, kept by an older version) refuses the
 /// message for good: no upstream could take it as it is.
-fn path(stored: &str, stage: Stage) -> Result<String, DeliveryError> {
+pub(crate) fn path(stored: &str, stage: Stage) -> Result<String, DeliveryError> {
     if stored.is_empty() && stage == Stage::Mail {
         return Ok("<>".into());
     }

@@ -374,6 +374,12 @@ impl GraphRoute {
         if raw.len() as u64 > self.cfg.max_message_size {
             return Err(self.too_large(raw.len() as u64));
         }
+        // Graph has no envelope: a recipient no header can carry (control characters, from an
+        // older version's spool) would be left out while the message counts as delivered.
+        // Refused as the SMTP routes refuse it, so the sender's notice says which and why.
+        for r in &msg.recipients {
+            crate::conversation::path(r, Stage::Rcpt)?;
+        }
         let prepared = prepare_for_graph_owned(raw, &msg.recipients);
         if !prepared.added_bcc.is_empty() || !prepared.removed.is_empty() {
             info!(queue_id = %msg.id, account = %self.cfg.account, bcc_added = prepared.added_bcc.len(),

@@ -72,14 +72,16 @@ pub fn prepare_for_graph_owned(mut message: Vec<u8>, envelope: &[String]) -> Pre
     }
     // Written by `Address`, like every address we send: a quoted local part stays quoted. An
     // address that cannot be written (control characters, from an older version's spool) is
-    // left out: no header can carry it.
-    added_bcc.retain(|a| Address::from_stored(a).is_ok());
-    if !added_bcc.is_empty() {
-        let items: Vec<Vec<u8>> = added_bcc
-            .iter()
-            .filter_map(|a| Address::from_stored(a).ok())
-            .map(|a| a.to_string().into_bytes())
-            .collect();
+    // left out: no header can carry it (the Graph route refuses such a message before this).
+    let mut items: Vec<Vec<u8>> = Vec::with_capacity(added_bcc.len());
+    added_bcc.retain(|a| match Address::from_stored(a) {
+        Ok(written) => {
+            items.push(written.to_string().into_bytes());
+            true
+        }
+        Err(_) => false,
+    });
+    if !items.is_empty() {
         headers.extend_from_slice(&fold_list("Bcc", &items));
     }
     let (body, reencoded_parts) =
@@ -484,9 +486,6 @@ fn boundary(content_type: &str) -> Option<String> {
     (!b.is_empty()).then(|| b.to_string())
 }
 
-/// Re-encodes the fragile quoted-printable parts of the entity whose header block is `headers`
-/// and whose body starts at `body_start` of `m`. Returns the new body and how many parts
-/// changed (the body is returned unchanged when none did).
 /// The body with its fragile quoted-printable parts re-encoded, and how many; `None` when
 /// nothing needed it.
 fn fix_quoted_printable(m: &[u8], headers: &[u8], body_start: usize) -> (Option<Vec<u8>>, usize) {

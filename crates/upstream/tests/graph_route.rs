@@ -349,3 +349,24 @@ async fn upload_refusals_carry_their_cause() {
             .all(|r| !r.authorization)
     );
 }
+
+/// A recipient no header can carry (a control character, as an older version's spool may hold)
+/// is not dropped while the message counts as delivered: the message is refused, as the SMTP
+/// routes refuse it, so the sender's notice names the recipient, and Graph sees no request.
+#[tokio::test]
+async fn a_recipient_no_header_can_carry_is_refused_not_dropped() {
+    let e = env().await;
+    let route = e.route(graph::app_slots());
+    let mut msg = e.message("m-unwritable", BODY);
+    msg.recipients.push("b\u{1}c@example.com".into());
+    match route.deliver(&msg).await {
+        Err(DeliveryError::Rejected { stage, reply, .. }) => {
+            assert_eq!(stage, Stage::Rcpt);
+            assert_eq!(reply.code(), 553, "{reply}");
+            assert!(reply.to_string().contains("5.1.3"), "{reply}");
+            assert!(reply.to_string().contains("b\\x01c@example.com"), "{reply}");
+        }
+        other => panic!("expected a 553 refusal, got {other:?}"),
+    }
+    assert!(e.graph.requests().is_empty(), "{:?}", e.graph.requests());
+}

@@ -254,14 +254,7 @@ fn tenant_problem(t: &str) -> Result<(), String> {
             "`{t}` is a URL: put only the domain or tenant ID here{example}; the URL goes in `authority`"
         ));
     }
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !l.starts_with('-')
-            && !l.ends_with('-')
-    };
-    let domain = t.contains('.') && t.split('.').all(label_ok);
+    let domain = t.contains('.') && t.split('.').all(super::dns_label_ok);
     if is_guid(t) || domain || matches!(t, "common" | "organizations" | "consumers") {
         return Ok(());
     }

@@ -8,10 +8,9 @@
 use crate::queue_cmd::printable;
 use crate::state_file::{self, StateFile, TokenState};
 use smtp2oauth_activity::{AccountActivity, AccountState, Happening};
-use smtp2oauth_admin::time::local_relative;
+use smtp2oauth_admin::time::local_ms;
 use smtp2oauth_config::Loaded;
 use smtp2oauth_spool::Spool;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The relay's state file, and whether the relay that wrote it still runs.
 pub enum Live {
@@ -64,11 +63,11 @@ impl Live {
             Live::Running(s) => format!(
                 "the running relay (pid {}), written {}",
                 s.pid,
-                local_relative(at(s.written_at_ms))
+                local_ms(s.written_at_ms)
             ),
             Live::Stopped(s) => format!(
                 "the relay is not running; state as of its last run, written {}",
-                local_relative(at(s.written_at_ms))
+                local_ms(s.written_at_ms)
             ),
             Live::Never => {
                 "the relay is not running and has never run with this store; start it to see the accounts' states".into()
@@ -84,27 +83,22 @@ fn relay_running(store_dir: &std::path::Path) -> bool {
     dir.exists() && Spool::open(&dir).is_ok_and(|s| s.is_locked())
 }
 
-/// A time in ms since the epoch.
-pub fn at(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
-}
-
 /// `degraded (refused by the upstream) since 2026-12-06 10:02:11 +01:00 (5 min ago)`.
 pub fn state_words(a: &AccountActivity, now_ms: u64) -> String {
     let c = a.condition.at(now_ms);
     let mut s = format!("{} ({})", c.state.as_str(), c.state.words());
     if let Some(since) = c.since_ms.filter(|_| c.state != AccountState::Ok) {
-        s.push_str(&format!(" since {}", local_relative(at(since))));
+        s.push_str(&format!(" since {}", local_ms(since)));
     }
     if let (AccountState::Throttled, Some(until)) = (c.state, c.until_ms) {
-        s.push_str(&format!(", until {}", local_relative(at(until))));
+        s.push_str(&format!(", until {}", local_ms(until)));
     }
     s
 }
 
 /// `2026-12-06 10:02:11 +01:00 (5 min ago): 535 5.7.3 Authentication unsuccessful`.
 pub fn happening(h: &Happening) -> String {
-    let mut s = local_relative(at(h.at_ms));
+    let mut s = local_ms(h.at_ms);
     if let Some(r) = &h.reply {
         s.push_str(&format!(": {}", printable(&r.to_string())));
     }
@@ -122,10 +116,10 @@ pub fn token_words(t: &TokenState) -> String {
     match (t.last_refresh_ms, t.valid_until_ms) {
         (Some(got), Some(until)) => format!(
             "obtained {}, valid until {}",
-            local_relative(at(got)),
-            local_relative(at(until))
+            local_ms(got),
+            local_ms(until)
         ),
-        (Some(got), None) => format!("obtained {} (expired since)", local_relative(at(got))),
+        (Some(got), None) => format!("obtained {} (expired since)", local_ms(got)),
         (None, _) => "none requested yet (the relay asks when it first delivers)".into(),
     }
 }
