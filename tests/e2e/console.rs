@@ -59,17 +59,6 @@ fn queue_id(r: &Value) -> String {
         .to_string()
 }
 
-async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    true
-}
-
 /// `curl` against the console: (status, body).
 pub(crate) async fn http(relay: &Relay, method: &str, path: &str, extra: &[&str]) -> (u16, String) {
     let mut args: Vec<String> = vec![

@@ -586,3 +586,15 @@ pub fn signal(pid: u32, sig: Signal) {
         let _ = kill_process(pid, sig);
     }
 }
+
+/// Polls `f` every 100 ms until it holds (true) or `timeout` has passed (false).
+pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    true
+}

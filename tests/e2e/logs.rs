@@ -97,7 +97,7 @@ async fn every_refusal_and_every_session_is_logged_at_the_default_level() {
     let line = wait_for(&relay, &["WARN", "refused", "command=\"AUTH\"", "535"]);
     assert!(line.contains("login failed: wrong password"), "{line}");
     assert!(
-        line.contains(&format!("username \\\"{DEVICE_USER}\\\"")) || line.contains(DEVICE_USER),
+        line.contains(&format!("who=username \"{DEVICE_USER}\"")),
         "{line}"
     );
 

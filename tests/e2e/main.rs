@@ -21,6 +21,8 @@
 //! - `routes.rs`: the Graph and smart-host routes, MX resolution, client certificates,
 //!   `fallback_route`, Graph's Retry-After and size limit.
 //! - `tls.rs`: certificate reload, start-up errors, client certificates, legacy TLS 1.0.
+//! - `logs.rs`: the log lines an admin reads at the default level: refusals, failed logins and
+//!   lockouts, accepted messages, session ends; never a password.
 //! - `queue.rs`: store-and-forward: retries, throttling, failure notices, crashes under load,
 //!   a full disk, the queue command, shutdown and recovery.
 //! - `live_state.rs`: the live state: a device's last result, an account's state after a

@@ -87,20 +87,6 @@ fn seq_of(m: &ReceivedMessage) -> Option<u64> {
     text[i..].split("\r\n").next()?.trim().parse().ok()
 }
 
-/// Polls `f` every 100 ms until it holds or `timeout` passes; returns whether it held.
-async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Waits until `queue/` is empty and the upstream has received nothing new for `quiet`.
 async fn drained(store: &Path, smtp: &FakeSmtp, quiet: Duration, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
