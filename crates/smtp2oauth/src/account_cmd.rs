@@ -178,9 +178,10 @@ fn print_live(live: &Live, a: &AccountSpec) {
                 println!("advice:       {advice}");
             }
             if a.oauth.is_some() {
-                let token = live
-                    .token(&a.name)
-                    .map_or_else(|| "none requested yet".to_string(), live::token_words);
+                let token = live.token(&a.name).map_or_else(
+                    || "none requested yet".to_string(),
+                    |t| live::token_words(t, now),
+                );
                 println!("last token:   {token}");
             }
             let none = || "none since the relay started".to_string();

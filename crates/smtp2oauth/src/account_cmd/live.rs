@@ -105,23 +105,29 @@ pub fn happening(h: &Happening) -> String {
     s
 }
 
-/// The last token result: obtained (and until when), or the failure.
-pub fn token_words(t: &TokenState) -> String {
+/// The last token result: obtained (and until when), or the failure. A token still valid
+/// comes first, as on the console's accounts page: mail goes with it even when the last renewal
+/// failed, which is said after it.
+pub fn token_words(t: &TokenState, now_ms: u64) -> String {
     if t.sign_in_required {
         return "none: a person must sign in".into();
     }
-    if let Some(e) = &t.last_error {
-        return format!("failed: {}", printable(e));
-    }
-    match (t.last_refresh_ms, t.valid_until_ms) {
-        (Some(got), Some(until)) => format!(
+    let valid = t.valid_until_ms.filter(|&until| until > now_ms);
+    let mut s = match (t.last_refresh_ms, valid, &t.last_error) {
+        (_, None, Some(e)) => return format!("failed: {}", printable(e)),
+        (Some(got), Some(until), _) => format!(
             "obtained {}, valid until {}",
             local_ms(got),
             local_ms(until)
         ),
-        (Some(got), None) => format!("obtained {} (expired since)", local_ms(got)),
-        (None, _) => "none requested yet (the relay asks when it first delivers)".into(),
+        (None, Some(until), _) => format!("valid until {}", local_ms(until)),
+        (Some(got), None, None) => format!("obtained {} (expired since)", local_ms(got)),
+        (None, None, None) => "none requested yet (the relay asks when it first delivers)".into(),
+    };
+    if let Some(e) = &t.last_error {
+        s.push_str(&format!("; the last renewal failed: {}", printable(e)));
     }
+    s
 }
 
 #[cfg(test)]
@@ -158,6 +164,36 @@ mod tests {
             state_words(&account(AccountState::Ok, Some(now)), now),
             "ok (working)"
         );
+    }
+
+    #[test]
+    fn a_token_still_valid_comes_first_and_a_failed_renewal_after_it() {
+        let now = smtp2oauth_activity::now_ms();
+        let token = |valid_until_ms: Option<u64>, last_error: Option<&str>| TokenState {
+            account: "scanner".into(),
+            valid_until_ms,
+            last_refresh_ms: Some(now - 600_000),
+            last_error: last_error.map(str::to_string),
+            requests: 2,
+            failures: u64::from(last_error.is_some()),
+            sign_in_required: false,
+        };
+        let s = token_words(
+            &token(Some(now + 3_000_000), Some("AADSTS7000215 \u{1b}[31m")),
+            now,
+        );
+        assert!(s.starts_with("obtained "), "{s}");
+        assert!(s.contains(", valid until "), "{s}");
+        assert!(
+            s.ends_with("; the last renewal failed: AADSTS7000215 \\x1b[31m"),
+            "{s}"
+        );
+        let s = token_words(&token(Some(now - 1_000), Some("AADSTS7000215")), now);
+        assert_eq!(s, "failed: AADSTS7000215");
+        let s = token_words(&token(Some(now + 3_000_000), None), now);
+        assert!(!s.contains("failed"), "{s}");
+        let s = token_words(&token(Some(now - 1_000), None), now);
+        assert!(s.ends_with("(expired since)"), "{s}");
     }
 
     #[test]
