@@ -33,18 +33,19 @@ impl ActivityPublisher {
 impl Observer for ActivityPublisher {
     fn reply(&self, e: &ReplyEvent<'_>) {
         let now = now_ms();
-        let peer = normalise_ip(e.session.peer.ip()).to_string();
+        // Written out only for the replies that record it, not for every command.
+        let peer = || normalise_ip(e.session.peer.ip()).to_string();
         if let About::LoginFailed { username, .. } = e.about {
             let username = username.as_deref().unwrap_or("");
             let device = self.directory.device_by_username(username);
             let device = device.as_ref().map(|d| d.name.as_str());
-            self.activity.login_failed(username, device, &peer, now);
+            self.activity.login_failed(username, device, &peer(), now);
             return;
         }
         if let Some(device) = &e.session.device {
             if identifies(e) {
                 let connection = Connection {
-                    peer: peer.clone(),
+                    peer: peer(),
                     listener: e.session.listener.clone(),
                     tls: e.session.tls.as_ref().map(|t| t.version.clone()),
                 };
@@ -56,7 +57,7 @@ impl Observer for ActivityPublisher {
             }
         }
         if let About::MessageRefused(m) = e.about {
-            self.activity.message(refused_record(e, m, peer, now));
+            self.activity.message(refused_record(e, m, peer(), now));
         }
     }
 
