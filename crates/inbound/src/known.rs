@@ -11,9 +11,9 @@
 //! The file is a line per pair: `<unix seconds> <address key> <username in hex>`.
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::warn;
@@ -110,7 +110,7 @@ impl KnownLogins {
         let job = move || {
             let _one_at_a_time = saving.lock().unwrap_or_else(|p| p.into_inner());
             let text = render(&pairs.lock().unwrap_or_else(|p| p.into_inner()));
-            if let Err(e) = write_durably(&path, text.as_bytes()) {
+            if let Err(e) = smtp2oauth_platform::replace_private(&path, text.as_bytes(), true) {
                 warn!(path = %path.display(), error = %e, "cannot save the addresses devices logged in from; the per-username lockout may not exempt them after a restart");
             }
         };
@@ -143,26 +143,6 @@ fn parse_line(line: &str) -> Option<((Vec<u8>, IpAddr), u64)> {
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect::<Option<Vec<u8>>>()?;
     Some(((user, key), at))
-}
-
-/// `path` replaced whole: a temporary file written and fsynced, renamed over it, the directory
-/// fsynced. Readable by the owner only.
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = smtp2oauth_platform::open_private(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true),
-        &tmp,
-    )?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        smtp2oauth_platform::sync_dir(dir)?;
-    }
-    Ok(())
 }
 
 fn now_secs() -> u64 {

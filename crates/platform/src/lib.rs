@@ -83,6 +83,35 @@ pub fn sync_dir(path: &Path) -> io::Result<()> {
     open_dir(path)?.sync_all()
 }
 
+/// Replaces `path` whole with `bytes`: a private temporary file beside it (`<name>.tmp`), then
+/// a rename over the old one, so a reader sees the old content or the new, never a part.
+/// `durable`: the file and then the directory entry are synced, so the new content survives a
+/// power cut (for what must not be lost; a status file rewritten every few seconds need not).
+pub fn replace_private(path: &Path, bytes: &[u8], durable: bool) -> io::Result<()> {
+    use std::io::Write;
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    let tmp = path.with_file_name(name);
+    let mut f = open_private(
+        OpenOptions::new().write(true).create(true).truncate(true),
+        &tmp,
+    )?;
+    f.write_all(bytes)?;
+    if durable {
+        f.sync_all()?;
+    }
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) if durable => sync_dir(if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Bytes the relay may still write on the filesystem that holds `path`.
 pub fn free_space(path: &Path) -> io::Result<u64> {
     sys::free_space(path)
@@ -131,6 +160,23 @@ mod tests {
             create_private_dir(&deep).unwrap_err().kind(),
             io::ErrorKind::AlreadyExists
         ));
+    }
+
+    #[test]
+    fn a_replaced_file_holds_the_new_bytes_is_private_and_leaves_no_temporary() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("known-logins");
+        std::fs::write(&path, "old").unwrap();
+        for durable in [true, false] {
+            replace_private(&path, b"new", durable).unwrap();
+            assert_eq!(std::fs::read(&path).unwrap(), b"new");
+            assert_eq!(readable_by_others(&path).unwrap(), None);
+            let names: Vec<_> = std::fs::read_dir(tmp.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(names, ["known-logins"], "durable: {durable}");
+        }
     }
 
     #[cfg(unix)]

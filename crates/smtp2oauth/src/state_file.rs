@@ -12,7 +12,6 @@
 use crate::wiring::TokenSources;
 use serde::{Deserialize, Serialize};
 use smtp2oauth_activity::{Activity, MessageFilter, MessageRecord, Snapshot, now_ms};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio_util::sync::CancellationToken;
@@ -176,17 +175,8 @@ fn token_state(account: &str, st: &smtp2oauth_tokens::TokenStatus) -> TokenState
 /// Writes `state` to `path` whole: a private temporary file, then a rename over the old one.
 fn write(path: &Path, state: &StateFile) -> std::io::Result<()> {
     let bytes = serde_json::to_vec(state).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = smtp2oauth_platform::open_private(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true),
-        &tmp,
-    )?;
-    f.write_all(&bytes)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    // Not synced: a view of memory, rewritten on changes and every 30 s, rebuilt at each start.
+    smtp2oauth_platform::replace_private(path, &bytes, false)
 }
 
 #[cfg(test)]

@@ -45,20 +45,8 @@ fn listener_cert_files(cfg: &Config) -> Result<Option<(PathBuf, PathBuf)>> {
 
 /// Writes a file readable only by us (mode 0600 on Unix, a private ACL on Windows), atomically.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = smtp2oauth_platform::open_private(
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true),
-        &tmp,
-    )
-    .with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    smtp2oauth_platform::replace_private(path, bytes, true)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Loads each listener's TLS (none for plain listeners). Listeners with the same files and
