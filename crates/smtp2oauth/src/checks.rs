@@ -12,7 +12,7 @@
 
 use crate::wiring;
 use smtp2oauth_admin::time::{from_ms, local, span};
-use smtp2oauth_config::{AccountSpec, Config, Credential, ListenerTls, Loaded, Problem, RouteSpec};
+use smtp2oauth_config::{AccountSpec, Config, ListenerTls, Loaded, Problem, RouteSpec};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -197,21 +197,8 @@ fn certificate_files(loaded: &Loaded) -> Vec<(String, std::path::PathBuf)> {
     }
     for a in &loaded.accounts {
         let key = account_key(cfg, &a.name);
-        if let Some(Credential::Certificate { pair, .. }) =
-            a.oauth.as_ref().and_then(|o| o.flow.credential())
-        {
-            files.push((format!("{key}.certificate_file"), pair.cert_file.clone()));
-        }
-        for route in a.routes() {
-            if let RouteSpec::Smarthost(s) = route
-                && let Some(pair) = &s.client_cert
-            {
-                files.push((
-                    format!("{key}.tls_client_cert_file"),
-                    pair.cert_file.clone(),
-                ));
-            }
-        }
+        let certificates = wiring::account_certificates(a, &key);
+        files.extend(certificates.into_iter().map(|(key, f)| (key, f.path)));
     }
     files
 }
@@ -275,6 +262,54 @@ mod tests {
             )))
         );
         assert_eq!(expiry(path, now + 31 * day, now), None);
+    }
+
+    /// Each account certificate is reported under the setting that names it, as the console
+    /// lists it (one list for both).
+    #[test]
+    fn account_certificates_are_named_by_their_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().display();
+        for f in ["app.pem", "app.key", "host.pem", "host.key"] {
+            std::fs::write(dir.path().join(f), "x").unwrap();
+        }
+        let toml = format!(
+            r#"
+[[listeners]]
+address = "127.0.0.1:2525"
+[[accounts]]
+name = "scanner"
+mailbox = "scanner@contoso.com"
+tenant = "contoso.onmicrosoft.com"
+client_id = "11111111-2222-3333-4444-555555555555"
+certificate_file = "{d}/app.pem"
+private_key_file = "{d}/app.key"
+[[accounts]]
+name = "nas"
+mailbox = "nas@contoso.com"
+route = "smarthost"
+smarthost_host = "contoso-com.mail.protection.outlook.com"
+tls_client_cert_file = "{d}/host.pem"
+tls_client_key_file = "{d}/host.key"
+"#
+        );
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, toml).unwrap();
+        let loaded = smtp2oauth_config::load(Some(&path)).unwrap();
+        let files = certificate_files(&loaded);
+        assert_eq!(
+            files,
+            [
+                (
+                    "accounts.0.certificate_file".to_string(),
+                    dir.path().join("app.pem")
+                ),
+                (
+                    "accounts.1.tls_client_cert_file".to_string(),
+                    dir.path().join("host.pem")
+                ),
+            ]
+        );
     }
 
     fn legacy_listener() -> Config {

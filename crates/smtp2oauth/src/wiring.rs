@@ -21,7 +21,7 @@ mod routes;
 mod tls;
 mod tokens;
 
-pub use console::not_after_ms;
+pub use console::{account_certificates, not_after_ms};
 pub use notify::{AlertSender, Notifications};
 pub use routes::{GraphSlots, route, routes};
 pub use tls::{distinct_handles, listener_tls};

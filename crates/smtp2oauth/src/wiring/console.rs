@@ -102,36 +102,44 @@ pub fn certificate_files(loaded: &Loaded, listeners: &[TlsHandle]) -> Vec<Certif
         }
     }
     for a in &loaded.accounts {
-        files.extend(account_certificates(a));
+        files.extend(account_certificates(a, "").into_iter().map(|(_, f)| f));
     }
     files
 }
 
-fn account_certificates(a: &AccountSpec) -> Vec<CertificateFile> {
+/// An account's client certificates, each with the setting that names it (after `key`, the
+/// account's own, e.g. `accounts.0`), as check-config reports them.
+pub fn account_certificates(a: &AccountSpec, key: &str) -> Vec<(String, CertificateFile)> {
     let mut files = Vec::new();
     let credential = a.oauth.as_ref().and_then(|o| o.flow.credential());
     if let Some(Credential::Certificate { pair, .. }) = credential {
-        files.push(CertificateFile {
-            label: format!(
-                "account {}'s client certificate {}",
-                a.name,
-                pair.cert_file.display()
-            ),
-            path: pair.cert_file.clone(),
-        });
+        files.push((
+            format!("{key}.certificate_file"),
+            CertificateFile {
+                label: format!(
+                    "account {}'s client certificate {}",
+                    a.name,
+                    pair.cert_file.display()
+                ),
+                path: pair.cert_file.clone(),
+            },
+        ));
     }
     for route in a.routes() {
         if let RouteSpec::Smarthost(s) = route
             && let Some(pair) = &s.client_cert
         {
-            files.push(CertificateFile {
-                label: format!(
-                    "account {}'s smart-host client certificate {}",
-                    a.name,
-                    pair.cert_file.display()
-                ),
-                path: pair.cert_file.clone(),
-            });
+            files.push((
+                format!("{key}.tls_client_cert_file"),
+                CertificateFile {
+                    label: format!(
+                        "account {}'s smart-host client certificate {}",
+                        a.name,
+                        pair.cert_file.display()
+                    ),
+                    path: pair.cert_file.clone(),
+                },
+            ));
         }
     }
     files
