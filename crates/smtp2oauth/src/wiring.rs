@@ -22,7 +22,7 @@ mod tls;
 mod tokens;
 
 pub use console::{account_certificates, not_after_ms};
-pub use notify::{AlertSender, Notifications};
+pub use notify::Notifications;
 pub use routes::{GraphSlots, route, routes};
 pub use tls::{distinct_handles, listener_tls};
 pub use tokens::{
@@ -101,7 +101,7 @@ pub async fn build(loaded: &Loaded) -> Result<Relay> {
         &metrics,
         publisher,
     )?;
-    let alerts: Arc<dyn AlertSender> = Arc::new(SchedulerAlerts(scheduler.clone()));
+    let alerts: Arc<dyn smtp2oauth_notify::Mailer> = Arc::new(SchedulerAlerts(scheduler.clone()));
     let console = Console {
         notifications: notify::build(loaded, activity.clone(), environment.clone(), alerts)?,
         state_file: state_file::Writer {
@@ -267,8 +267,8 @@ async fn sign_in(
 /// account that works (never the failing one).
 struct SchedulerAlerts(Arc<Scheduler>);
 
-impl AlertSender for SchedulerAlerts {
-    fn send_alert<'a>(
+impl smtp2oauth_notify::Mailer for SchedulerAlerts {
+    fn send<'a>(
         &'a self,
         to: &'a str,
         subject: &'a str,

@@ -2,15 +2,13 @@
 //! decides when to send them, built with the rest of the relay and run as one of its tasks.
 //!
 //! Alert e-mails go out as mail through a healthy account, never the failing one: queueing
-//! them is the scheduler's job ([`AlertSender`]); this module only adapts it to the notifier.
+//! them is the scheduler's job (the binary's `SchedulerAlerts`, a [`Mailer`] over it).
 
 use anyhow::{Context, Result};
 use smtp2oauth_activity::{Activity, EnvironmentFn};
 use smtp2oauth_config::{Loaded, WebhookFormat as ConfigFormat};
 use smtp2oauth_notify::webhook::{self, WebhookConfig};
 use smtp2oauth_notify::{Mailer, Notifier, NotifyConfig, WebhookFormat};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -20,31 +18,6 @@ use tracing::info;
 /// How often problems are looked at besides on every account change (queue age, free space
 /// and certificates change without an event).
 pub const CHECK_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Queues a plain-text alert e-mail through an account that can carry it.
-pub trait AlertSender: Send + Sync + 'static {
-    /// Queues the e-mail; Err with the reason when no account can carry it.
-    fn send_alert<'a>(
-        &'a self,
-        to: &'a str,
-        subject: &'a str,
-        text: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
-}
-
-/// The notifier's mailer over an [`AlertSender`].
-struct AlertMailer(Arc<dyn AlertSender>);
-
-impl Mailer for AlertMailer {
-    fn send<'a>(
-        &'a self,
-        to: &'a str,
-        subject: &'a str,
-        text: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>> {
-        self.0.send_alert(to, subject, text)
-    }
-}
 
 /// Everything the notifier needs, built; nothing runs until [`Notifications::spawn`].
 pub struct Notifications {
@@ -57,12 +30,12 @@ pub struct Notifications {
 
 /// Builds the notifier from `[notify]`: the webhook client (the same HTTP client as the
 /// token requests: rustls with ring, no redirects, `[delivery] http_timeout`), the alert
-/// addresses (`email_to`, else every account's `bounce_to`), and the mailer over `alerts`.
+/// addresses (`email_to`, else every account's `bounce_to`), and `mailer` for them.
 pub fn build(
     loaded: &Loaded,
     activity: Activity,
     environment: EnvironmentFn,
-    alerts: Arc<dyn AlertSender>,
+    mailer: Arc<dyn Mailer>,
 ) -> Result<Notifications> {
     let cfg = &loaded.config;
     let n = &cfg.notify;
@@ -93,7 +66,7 @@ pub fn build(
             email_to,
         },
         webhook,
-        mailer: Some(Arc::new(AlertMailer(alerts))),
+        mailer: Some(mailer),
         activity,
         environment,
     })
