@@ -33,7 +33,6 @@ const ARRAY_TABLES: &[(&str, &[&str])] = &[
 /// file.
 pub struct EnvOverrides {
     overlay: Dict,
-    vars: Vec<String>,
     /// The key path each variable set (`accounts.0.client_secret`), with the variable.
     sources: Vec<(String, String)>,
     /// A name that matches no entry creates one (no configuration file).
@@ -58,17 +57,13 @@ impl EnvOverrides {
         let mut working = base.clone();
         let mut overrides = EnvOverrides {
             overlay: Dict::new(),
-            vars: Vec::new(),
             sources: Vec::new(),
             names_create,
         };
         let mut problems = Vec::new();
         for (key, raw) in &vars {
             match overrides.apply(&mut working, key, raw) {
-                Ok(path) => {
-                    overrides.vars.push(key.clone());
-                    overrides.sources.push((path, key.clone()));
-                }
+                Ok(path) => overrides.sources.push((path, key.clone())),
                 Err(e) => problems.push(Problem::new("", e).at(Origin::Env(key.clone()))),
             }
         }
@@ -117,7 +112,7 @@ impl EnvOverrides {
 
     /// True when no variable applies.
     pub fn is_empty(&self) -> bool {
-        self.vars.is_empty()
+        self.sources.is_empty()
     }
 
     /// The key path each variable set, with the variable.
@@ -284,10 +279,11 @@ fn find_by_name(
 impl Provider for EnvOverrides {
     fn metadata(&self) -> Metadata {
         let mut label = String::from("environment variable");
-        if self.vars.len() == 1 {
-            label = format!("environment variable {}", self.vars[0]);
-        } else if !self.vars.is_empty() {
-            label = format!("environment variables ({})", self.vars.join(", "));
+        let vars: Vec<&str> = self.sources.iter().map(|(_, var)| var.as_str()).collect();
+        if vars.len() == 1 {
+            label = format!("environment variable {}", vars[0]);
+        } else if !vars.is_empty() {
+            label = format!("environment variables ({})", vars.join(", "));
         }
         Metadata::named(label)
     }
