@@ -176,11 +176,6 @@ impl Address {
         !is_dot_string(&self.local)
     }
 
-    /// Any non-ASCII character (the upstream must be told SMTPUTF8).
-    pub fn is_ascii(&self) -> bool {
-        self.local.is_ascii() && self.domain.is_ascii()
-    }
-
     /// The same mailbox, ignoring ASCII case (how recipients are told apart in one message).
     pub fn same_mailbox(&self, other: &Address) -> bool {
         self.local.eq_ignore_ascii_case(&other.local)
