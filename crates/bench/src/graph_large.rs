@@ -17,13 +17,12 @@
 //! (`message::Template`: one base64 PDF, as a scanner sends it) and timed from connect until
 //! Graph holds it; the new VmHWM is the peak.
 
-use crate::load::{self, Auth, LoadSpec};
-use crate::memory::{WARM_UP_SESSIONS, reset_peak};
-use crate::message::Template;
-use crate::relay::{DEVICE_PASSWORD, DEVICE_USER, RelayProcess, UpstreamSide, proc_status_kib};
+use crate::load;
+use crate::memory::{self, WARM_UP_SESSIONS, reset_peak};
+use crate::relay::{RelayProcess, UpstreamSide, proc_status_kib};
 use crate::report::median;
 use crate::scenario::{Scenario, sync_disks, unique_tag};
-use crate::upstream::{MAILBOX, RECIPIENT};
+use crate::upstream::MAILBOX;
 use serde::Serialize;
 use smtp2oauth_testkit::{FakeGraph, FakeIdp, IdpConfig, TestPki};
 use std::fmt::Write as _;
@@ -188,23 +187,14 @@ async fn send(
     size: usize,
     expect: usize,
 ) -> (load::LoadResult, Instant, bool) {
-    let spec = Arc::new(LoadSpec {
-        addr: relay.addr.to_string(),
+    // Logged in as the scenario says (`--device-auth`), as the memory bench does.
+    let spec = Arc::new(memory::one_message_each(
+        sc,
+        relay.addr.to_string(),
         sessions,
-        messages: sessions as u64,
-        per_session: 1,
-        template: Template::new(MAILBOX, RECIPIENT, &unique_tag(), size).into(),
-        auth: Some(Auth::Plain {
-            user: DEVICE_USER.into(),
-            password: DEVICE_PASSWORD.into(),
-        }),
-        starttls: None,
-        from: MAILBOX.into(),
-        to: RECIPIENT.into(),
-        helo: "bench-device".into(),
-        timeout: sc.shape.timeout,
-        hooks: load::Hooks::default(),
-    });
+        size,
+        &unique_tag(),
+    ));
     let base = Instant::now();
     let result = load::run(spec, base).await;
     let held = fakes

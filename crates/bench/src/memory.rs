@@ -165,6 +165,31 @@ fn device_auth(sc: &Scenario) -> Option<Auth> {
     }
 }
 
+/// `sessions` concurrent sessions each sending one message of `size` bytes (tagged `tag`) to
+/// `addr`, logged in as the scenario's devices do.
+pub(crate) fn one_message_each(
+    sc: &Scenario,
+    addr: String,
+    sessions: usize,
+    size: usize,
+    tag: &str,
+) -> LoadSpec {
+    LoadSpec {
+        addr,
+        sessions,
+        messages: sessions as u64,
+        per_session: 1,
+        template: Template::new(MAILBOX, RECIPIENT, tag, size).into(),
+        auth: device_auth(sc),
+        starttls: None,
+        from: MAILBOX.into(),
+        to: RECIPIENT.into(),
+        helo: "bench-device".into(),
+        timeout: sc.shape.timeout,
+        hooks: crate::load::Hooks::default(),
+    }
+}
+
 /// `sessions` concurrent sessions each send one message of `size` bytes through the relay;
 /// returns once the sink has them all (or the drain timeout passed).
 async fn send(
@@ -175,20 +200,13 @@ async fn send(
     size: usize,
 ) -> (LoadResult, SinkResult) {
     let tag = unique_tag();
-    let spec = Arc::new(LoadSpec {
-        addr: relay.addr.to_string(),
+    let spec = Arc::new(one_message_each(
+        sc,
+        relay.addr.to_string(),
         sessions,
-        messages: sessions as u64,
-        per_session: 1,
-        template: Template::new(MAILBOX, RECIPIENT, &tag, size).into(),
-        auth: device_auth(sc),
-        starttls: None,
-        from: MAILBOX.into(),
-        to: RECIPIENT.into(),
-        helo: "bench-device".into(),
-        timeout: sc.shape.timeout,
-        hooks: crate::load::Hooks::default(),
-    });
+        size,
+        &tag,
+    ));
     let (_abort_tx, abort_rx) = watch::channel(false);
     let base = Instant::now();
     let watch = SinkWatch::start(up.sink.clone(), tag, base, abort_rx);
