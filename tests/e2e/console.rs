@@ -81,15 +81,7 @@ fn basic(password: &str) -> String {
 }
 
 pub(crate) fn chromium_installed() -> bool {
-    if have("chromium") && have("chromedriver") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("SMTP2OAUTH_REQUIRE_CLIENTS").is_none(),
-        "chromium and chromedriver are required but not installed"
-    );
-    eprintln!("chromium or chromedriver not installed; skipped");
-    false
+    required(&["chromium", "chromedriver"])
 }
 
 /// tests/clients/browser_console.py with `steps`; its JSON report.

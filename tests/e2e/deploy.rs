@@ -25,7 +25,7 @@ fn stop_time_needed() -> u64 {
 }
 
 /// .ci/run sets this: tools the test needs must be there, never skipped.
-fn required() -> bool {
+fn tools_required() -> bool {
     std::env::var_os("SMTP2OAUTH_REQUIRE_CLIENTS").is_some()
 }
 
@@ -551,7 +551,7 @@ fn yaml(rel: &str) -> Option<Value> {
         .arg(&path)
         .output();
     let missing = |why: String| {
-        assert!(!required(), "{why}: .ci/run installs it");
+        assert!(!tools_required(), "{why}: .ci/run installs it");
         eprintln!("{why}; {rel} not checked");
         None
     };
@@ -973,7 +973,7 @@ fn alert_rules_use_metrics_the_relay_exports() {
         }
     } else {
         assert!(
-            !required(),
+            !tools_required(),
             "promtool (Debian: prometheus) is not installed: .ci/run installs it"
         );
         eprintln!("promtool not installed: PromQL syntax and rule unit tests not run");
@@ -1092,7 +1092,7 @@ fn systemd_unit_is_hardened_and_verifies() {
     // systemd's own check, when systemd is installed: unknown keys, bad values, a missing binary.
     if !have("systemd-analyze") || !Path::new("/bin/kill").exists() {
         assert!(
-            !required(),
+            !tools_required(),
             "systemd-analyze (Debian: systemd) or /bin/kill (procps) is not installed: .ci/run installs them"
         );
         eprintln!("systemd-analyze not installed: the unit was not verified by systemd");
@@ -1161,7 +1161,7 @@ fn container_image_built_here_runs_the_relay() {
     );
     match out.status.code() {
         Some(0) => {}
-        Some(77) if !required() => {
+        Some(77) if !tools_required() => {
             eprintln!(
                 "deploy/build-image.sh cannot build or run containers here; skipped:\n{report}"
             );

@@ -80,15 +80,6 @@ impl Raw {
     }
 }
 
-/// `relay_toml` with keys added to `[server]`.
-fn with_server(toml: &str, keys: &str) -> String {
-    toml.replacen(
-        "hostname = \"relay.test\"",
-        &format!("hostname = \"relay.test\"\n{keys}"),
-        1,
-    )
-}
-
 /// A second device that logs in, for the account `scanner`.
 fn second_device(password: &str) -> String {
     format!(

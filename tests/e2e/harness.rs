@@ -598,3 +598,29 @@ pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool 
     }
     true
 }
+
+/// True when every program in `programs` is installed, else the test skips. `.ci/run`
+/// installs them all and sets SMTP2OAUTH_REQUIRE_CLIENTS, so on CI a missing one fails the
+/// test instead of skipping it silently.
+pub fn required(programs: &[&str]) -> bool {
+    let missing: Vec<&str> = programs.iter().copied().filter(|p| !have(p)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let missing = missing.join(", ");
+    assert!(
+        std::env::var_os("SMTP2OAUTH_REQUIRE_CLIENTS").is_none(),
+        "{missing}: required but not installed (.ci/run installs it)"
+    );
+    eprintln!("{missing} not installed; skipped (.ci/run installs it)");
+    false
+}
+
+/// `relay_toml` with keys added to `[server]`.
+pub fn with_server(toml: &str, keys: &str) -> String {
+    toml.replacen(
+        "hostname = \"relay.test\"",
+        &format!("hostname = \"relay.test\"\n{keys}"),
+        1,
+    )
+}

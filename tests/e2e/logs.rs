@@ -44,9 +44,9 @@ fn wait_for(relay: &Relay, needles: &[&str]) -> String {
 }
 
 fn default_level_relay(up: &Upstream) -> Relay {
-    let toml = relay_toml(&up.pki, &up.account_toml(""), "").replace(
-        "hostname = \"relay.test\"",
-        "hostname = \"relay.test\"\nlockout_after = 3\nlockout_time = \"30s\"",
+    let toml = with_server(
+        &relay_toml(&up.pki, &up.account_toml(""), ""),
+        "lockout_after = 3\nlockout_time = \"30s\"",
     );
     Relay::start_env(&toml, &[("RUST_LOG", "info")])
 }

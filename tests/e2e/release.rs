@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// .ci/run sets this: what the test needs must be there, never skipped.
-fn required() -> bool {
+fn tools_required() -> bool {
     std::env::var_os("SMTP2OAUTH_REQUIRE_CLIENTS").is_some()
 }
 
@@ -133,7 +133,7 @@ fn contents(deb: &Path) -> BTreeMap<String, String> {
 /// The package built around this test's binary, or None (and a note) where dpkg-deb is missing.
 fn package(dir: &Path) -> Option<PathBuf> {
     if !have("dpkg-deb") {
-        assert!(!required(), "dpkg-deb is missing");
+        assert!(!tools_required(), "dpkg-deb is missing");
         eprintln!("dpkg-deb is not installed: the package was not built");
         return None;
     }
@@ -269,7 +269,7 @@ fn user_exists(name: &str) -> bool {
 fn debian_package_installs_runs_and_purges() {
     if !is_root() || !have("dpkg") {
         assert!(
-            !required(),
+            !tools_required(),
             "installing the package needs root and dpkg, and SMTP2OAUTH_REQUIRE_CLIENTS is set"
         );
         eprintln!("not root or no dpkg: the package was not installed");

@@ -464,21 +464,6 @@ async fn authorization_code_sign_in_through_the_accounts_page() {
     assert_sign_in_required(&relay, 1.0).await;
 }
 
-/// True when Chromium and chromedriver are installed. .ci/run installs them and sets
-/// SMTP2OAUTH_REQUIRE_CLIENTS, so CI fails instead of skipping.
-fn chromium_installed() -> bool {
-    if have("chromium") && have("chromedriver") {
-        return true;
-    }
-    assert!(
-        std::env::var_os("SMTP2OAUTH_REQUIRE_CLIENTS").is_none(),
-        "chromium and chromedriver are required but not installed \
-         (apt-get install chromium chromium-driver)"
-    );
-    eprintln!("chromium or chromedriver not installed; skipped (.ci/run installs them)");
-    false
-}
-
 /// tests/clients/browser_sign_in.py: a headless Chromium, driven through chromedriver, opens
 /// `page`, clicks `account`'s Sign in button and waits for `expect`; then opens `then`.
 /// Returns the script's JSON report.
@@ -540,7 +525,7 @@ async fn chromium_sign_in(
 /// with one click, and the relay then holds the sign-in.
 #[tokio::test(flavor = "multi_thread")]
 async fn authorization_code_sign_in_in_a_headless_chromium() {
-    if !chromium_installed() {
+    if !crate::console::chromium_installed() {
         return;
     }
     let port = free_port();
