@@ -116,19 +116,7 @@ async fn everything_the_relay_creates_is_private_whatever_the_umask() {
     }
     assert!(eml, "nothing captured: {}", relay.logs());
     // A message that stays queued (its account waits for a sign-in) keeps files in the spool.
-    let r = smtplib(&[
-        "--port",
-        &port,
-        "--user",
-        DEVICE_USER,
-        "--password",
-        DEVICE_PASSWORD,
-        "--from",
-        "nas@contoso.com",
-        "--to",
-        "you@example.com",
-    ])
-    .await;
+    let r = send_as_device(&relay, "nas@contoso.com", &[]).await;
     assert_eq!(r[0]["code"], 250, "{r:?}");
     assert_eq!(spool_ids(&store, "queue").len(), 1, "{}", relay.logs());
     for made in [

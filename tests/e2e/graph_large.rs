@@ -256,26 +256,12 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 async fn smtplib_send(relay: &Relay, path: &Path) -> serde_json::Value {
-    let port = relay.port("plain").to_string();
     let f = path.display().to_string();
-    let mut args = vec![
-        "--port",
-        &port,
-        "--user",
-        DEVICE_USER,
-        "--password",
-        DEVICE_PASSWORD,
-        "--from",
-        MAILBOX,
-        "--file",
-        &f,
-        "--timeout",
-        "180",
-    ];
+    let mut args = vec!["--file", &f, "--timeout", "180"];
     for r in RCPTS {
         args.extend(["--to", r]);
     }
-    smtplib(&args).await.remove(0)
+    send_as_device(relay, MAILBOX, &args).await.remove(0)
 }
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_sends_a_5_mb_scan_with_one_pdf_through_a_draft() {

@@ -624,3 +624,24 @@ pub fn with_server(toml: &str, keys: &str) -> String {
         1,
     )
 }
+
+/// Sends with smtplib (tests/clients/send.py) as the password device on the `plain` listener,
+/// from `from`; `extra` adds send.py arguments (without a `--to`, to `you@example.com`).
+pub async fn send_as_device(relay: &Relay, from: &str, extra: &[&str]) -> Vec<serde_json::Value> {
+    let port = relay.port("plain").to_string();
+    let mut a = vec![
+        "--port",
+        &port,
+        "--user",
+        DEVICE_USER,
+        "--password",
+        DEVICE_PASSWORD,
+        "--from",
+        from,
+    ];
+    if !extra.contains(&"--to") {
+        a.extend(["--to", "you@example.com"]);
+    }
+    a.extend_from_slice(extra);
+    smtplib(&a).await
+}

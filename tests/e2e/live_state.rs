@@ -133,23 +133,9 @@ fn state_of(state: &Value, name: &str) -> String {
 }
 
 async fn send(relay: &Relay, from: &str, body: &str) -> Value {
-    let port = relay.port("plain").to_string();
-    smtplib(&[
-        "--port",
-        &port,
-        "--user",
-        DEVICE_USER,
-        "--password",
-        DEVICE_PASSWORD,
-        "--from",
-        from,
-        "--to",
-        "you@example.com",
-        "--body",
-        body,
-    ])
-    .await
-    .remove(0)
+    send_as_device(relay, from, &["--body", body])
+        .await
+        .remove(0)
 }
 
 async fn metrics(relay: &Relay) -> String {

@@ -53,20 +53,7 @@ async fn relay_holding_one_message() -> (Upstream, Relay, String) {
     let relay = Relay::start(&toml);
     up.smtp
         .script(Stage::Mail, "451 4.3.0 Temporary server error", 1000);
-    let port = relay.port("plain").to_string();
-    let r = smtplib(&[
-        "--port",
-        &port,
-        "--user",
-        DEVICE_USER,
-        "--password",
-        DEVICE_PASSWORD,
-        "--from",
-        MAILBOX,
-        "--to",
-        "you@example.com",
-    ])
-    .await;
+    let r = send_as_device(&relay, MAILBOX, &[]).await;
     assert_eq!(r[0]["code"], 250, "{r:?}");
     let id = spool_ids(&relay.store(), "queue")
         .pop()

@@ -46,22 +46,7 @@ fn cfg(up: &Upstream, delivery: &str) -> String {
 /// Sends with the password device on the `plain` listener; `extra` adds send.py arguments
 /// (a `--to` replaces the default recipient).
 async fn send(relay: &Relay, extra: &[&str]) -> Vec<Value> {
-    let port = relay.port("plain").to_string();
-    let mut a = vec![
-        "--port",
-        &port,
-        "--user",
-        DEVICE_USER,
-        "--password",
-        DEVICE_PASSWORD,
-        "--from",
-        MAILBOX,
-    ];
-    if !extra.contains(&"--to") {
-        a.extend(["--to", TO]);
-    }
-    a.extend_from_slice(extra);
-    smtplib(&a).await
+    send_as_device(relay, MAILBOX, extra).await
 }
 
 /// The queue id in a 250 reply (`2.0.0 OK: queued as <id>` / `delivered as <id>`).
